@@ -1,0 +1,1 @@
+"""Registry database: typed models, engine/session factory, migrations."""

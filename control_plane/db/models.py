@@ -1,0 +1,233 @@
+"""Registry tables: tenants, keys, models, versions, aliases, routes, history, audit, fleet."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from control_plane.db.base import Base, BigId, utcnow_column
+
+ROLES = ("admin", "publisher", "consumer")
+FORMATS = ("onnx", "torchscript", "python")
+VERSION_STATES = ("registered", "loading", "ready", "failed", "unloaded", "retired")
+ROUTE_KINDS = ("weighted", "shadow")
+INSTANCE_STATES = ("unknown", "ready", "unavailable")
+PLACEMENT_STATES = ("loading", "ready", "failed", "unloading", "unloaded")
+# Names become Triton model names, object keys and path components.
+NAME_PATTERN_SQL = "^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _name_check(column: str = "name") -> CheckConstraint:
+    # LENGTH works on both Postgres and SQLite; the full pattern is enforced by the API.
+    return CheckConstraint(f"length({column}) BETWEEN 1 AND 63", name=f"{column}_length")
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    __table_args__ = (UniqueConstraint("name"), _name_check())
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = utcnow_column()
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    models: Mapped[list[Model]] = relationship(back_populates="tenant", lazy="raise")
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        UniqueConstraint("prefix"),
+        CheckConstraint(_in("role", ROLES), name="role"),
+        CheckConstraint("role = 'admin' OR tenant_id IS NOT NULL", name="tenant_bound"),
+        CheckConstraint("length(key_hash) = 64", name="key_hash_length"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = utcnow_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        CheckConstraint(_in("format", FORMATS), name="format"),
+        CheckConstraint("max_batch_size >= 0", name="max_batch_size"),
+        _name_check(),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(63))
+    format: Mapped[str] = mapped_column(String(16))
+    max_batch_size: Mapped[int | None] = mapped_column()
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = utcnow_column()
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    tenant: Mapped[Tenant] = relationship(back_populates="models", lazy="raise")
+    versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", lazy="raise")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version"),
+        UniqueConstraint("triton_name"),
+        CheckConstraint("version > 0", name="version_positive"),
+        CheckConstraint("size_bytes >= 0", name="size_nonnegative"),
+        CheckConstraint("length(sha256) = 64", name="sha256_length"),
+        CheckConstraint(_in("state", VERSION_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    version: Mapped[int] = mapped_column()
+    triton_name: Mapped[str] = mapped_column(String(200))
+    artifact_uri: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigId)
+    signature: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    config_text: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="registered")
+    state_message: Mapped[str | None] = mapped_column(Text)
+    created_by_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = utcnow_column()
+    updated_at: Mapped[datetime] = utcnow_column()
+
+    model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("model_id", "name"), _name_check())
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"))
+    created_at: Mapped[datetime] = utcnow_column()
+    updated_at: Mapped[datetime] = utcnow_column()
+
+    routes: Mapped[list[AliasRoute]] = relationship(back_populates="alias", lazy="raise")
+
+
+class AliasRoute(Base):
+    """A canary split (weighted) or a traffic mirror (shadow) on an alias."""
+
+    __tablename__ = "alias_routes"
+    __table_args__ = (
+        UniqueConstraint("alias_id", "version_id", "kind"),
+        CheckConstraint(_in("kind", ROUTE_KINDS), name="kind"),
+        CheckConstraint("weight BETWEEN 0 AND 100", name="weight_range"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    alias_id: Mapped[int] = mapped_column(ForeignKey("aliases.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"))
+    kind: Mapped[str] = mapped_column(String(16))
+    weight: Mapped[int] = mapped_column()
+    created_at: Mapped[datetime] = utcnow_column()
+
+    alias: Mapped[Alias] = relationship(back_populates="routes", lazy="raise")
+
+
+class AliasHistory(Base):
+    __tablename__ = "alias_history"
+    __table_args__ = (
+        CheckConstraint(_in("action", ("promote", "rollback")), name="action"),
+        Index("ix_alias_history_alias_id_created_at", "alias_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    alias_id: Mapped[int] = mapped_column(ForeignKey("aliases.id", ondelete="CASCADE"))
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"))
+    to_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"))
+    action: Mapped[str] = mapped_column(String(16))
+    actor_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        CheckConstraint(_in("outcome", ("success", "failure")), name="outcome"),
+        Index("ix_audit_events_tenant_created_at", "tenant", "created_at"),
+        Index("ix_audit_events_action_created_at", "action", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = utcnow_column()
+    actor_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str | None] = mapped_column(String(63))
+    model: Mapped[str | None] = mapped_column(String(63))
+    target: Mapped[str] = mapped_column(String(300))
+    before: Mapped[dict[str, Any] | None] = mapped_column()
+    after: Mapped[dict[str, Any] | None] = mapped_column()
+    outcome: Mapped[str] = mapped_column(String(16), default="success")
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class TritonInstance(Base):
+    __tablename__ = "triton_instances"
+    __table_args__ = (
+        UniqueConstraint("name"),
+        UniqueConstraint("http_url"),
+        CheckConstraint(_in("state", INSTANCE_STATES), name="state"),
+        CheckConstraint(
+            "memory_budget_bytes IS NULL OR memory_budget_bytes > 0", name="memory_budget_positive"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    http_url: Mapped[str] = mapped_column(String(300))
+    grpc_url: Mapped[str] = mapped_column(String(300))
+    state: Mapped[str] = mapped_column(String(16), default="unknown")
+    memory_budget_bytes: Mapped[int | None] = mapped_column(BigId)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class Placement(Base):
+    """One version loaded (or being loaded) on one Triton instance."""
+
+    __tablename__ = "placements"
+    __table_args__ = (
+        UniqueConstraint("instance_id", "version_id"),
+        CheckConstraint(_in("state", PLACEMENT_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("triton_instances.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    loaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = utcnow_column()

@@ -1,0 +1,118 @@
+"""Domain errors that carry their HTTP status, and the one handler that renders them."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """Base of every foreseeable error; rendered as `{"error", "detail"}`."""
+
+    status_code = 500
+    kind = "InternalError"
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class BadRequest(AppError):
+    status_code = 400
+    kind = "BadRequest"
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    kind = "Unauthorized"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    kind = "Forbidden"
+
+
+class NotFound(AppError):
+    status_code = 404
+    kind = "NotFound"
+
+
+class Conflict(AppError):
+    status_code = 409
+    kind = "Conflict"
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    kind = "PayloadTooLarge"
+
+
+class InvalidRequest(AppError):
+    status_code = 422
+    kind = "InvalidRequest"
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    kind = "ServiceUnavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message, retry_after=retry_after)
+
+
+class UpstreamTimeout(AppError):
+    status_code = 504
+    kind = "UpstreamTimeout"
+
+
+def error_response(exc: AppError) -> JSONResponse:
+    """The JSON response for one domain error."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(
+        {"error": exc.kind, "detail": exc.message}, status_code=exc.status_code, headers=headers
+    )
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )
+    return JSONResponse({"error": "InvalidRequest", "detail": problems}, status_code=422)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kinds = {404: "NotFound", 405: "MethodNotAllowed", 401: "Unauthorized", 403: "Forbidden"}
+    return JSONResponse(
+        {"error": kinds.get(exc.status_code, "HTTPError"), "detail": str(exc.detail)},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse({"error": "InternalError", "detail": "internal error"}, status_code=500)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors and anything unexpected to JSON bodies."""
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

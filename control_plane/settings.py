@@ -1,0 +1,85 @@
+"""Service settings, read from `CP_*` environment variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ArtifactBackend(StrEnum):
+    """Where artifacts are stored."""
+
+    LOCAL = "local"
+    S3 = "s3"
+
+
+class Runtime(StrEnum):
+    """How ONNX/TorchScript versions run in Triton."""
+
+    NATIVE = "native"  # onnxruntime / pytorch_libtorch backends (NGC image)
+    PYTHON = "python"  # our Python-backend runners (bundled Triton)
+
+
+class Device(StrEnum):
+    """Instance-group kind for generated configs."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings of one control-plane process."""
+
+    model_config = SettingsConfigDict(env_prefix="CP_", env_file=None, extra="ignore")
+
+    database_url: str = "sqlite:///var/control-plane.db"
+    database_pool_size: int = 10
+
+    artifact_store: ArtifactBackend = ArtifactBackend.LOCAL
+    artifact_dir: Path = Path("var/artifacts")
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    s3_access_key: SecretStr = SecretStr("minioadmin")
+    s3_secret_key: SecretStr = SecretStr("minioadmin")
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "artifacts"
+    s3_timeout_s: float = 30.0
+
+    model_repository: str = "model_repository"
+
+    triton_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    triton_grpc_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    triton_embedded: bool = False
+    triton_timeout_s: float = 30.0
+    triton_load_timeout_s: float = 300.0
+    triton_runtime: Runtime = Runtime.PYTHON
+    triton_device: Device = Device.CPU
+    triton_gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)
+
+    admin_token: SecretStr | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    max_upload_bytes: int = 2 * 1024**3
+    max_request_bytes: int = 64 * 1024**2
+
+    @field_validator("triton_urls", "triton_grpc_urls", "triton_gpus", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings of this process, read once from the environment."""
+    return Settings()
