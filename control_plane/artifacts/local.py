@@ -1,0 +1,102 @@
+"""Artifact store in a local directory (the embedded default)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from control_plane.artifacts.base import (
+    CHUNK_SIZE,
+    ArtifactReader,
+    ArtifactStore,
+    HashingReader,
+    StoredArtifact,
+    content_key,
+)
+from control_plane.artifacts.exceptions import ArtifactNotFound, ArtifactStoreUnavailable
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalArtifactStore(ArtifactStore):
+    """Artifacts as files `root/sha256/ab/<hex>`, written through `root/tmp/` and renamed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        (self.root / "sha256").mkdir(exist_ok=True)
+
+    def _path(self, sha256: str) -> Path:
+        return self.root / content_key(sha256)
+
+    def put(self, stream: BinaryIO, *, max_bytes: int | None = None) -> StoredArtifact:
+        """Hash into a temp file, fsync, then rename into place (or keep the existing copy)."""
+        reader = HashingReader(stream, max_bytes=max_bytes)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := reader.read(CHUNK_SIZE):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            return self._promote(tmp, sha256=reader.sha256, size=reader.size)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _promote(self, tmp: Path, *, sha256: str, size: int) -> StoredArtifact:
+        dest = self._path(sha256)
+        if dest.is_file() and dest.stat().st_size == size:
+            return StoredArtifact(uri=self.uri_for(sha256), sha256=sha256, size_bytes=size)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp.chmod(0o644)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        return StoredArtifact(uri=self.uri_for(sha256), sha256=sha256, size_bytes=size)
+
+    @contextmanager
+    def open(self, sha256: str) -> Iterator[ArtifactReader]:
+        """Read the file, verifying sha256 and size when the reader reaches EOF."""
+        try:
+            file = self._path(sha256).open("rb")
+        except FileNotFoundError as exc:
+            raise ArtifactNotFound(f"artifact {sha256} not found") from exc
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            yield ArtifactReader(file, sha256=sha256, size_bytes=size)
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the file exists."""
+        return self._path(sha256).is_file()
+
+    def stat(self, sha256: str) -> StoredArtifact:
+        """Size of the file; ArtifactNotFound if missing."""
+        try:
+            size = self._path(sha256).stat().st_size
+        except FileNotFoundError as exc:
+            raise ArtifactNotFound(f"artifact {sha256} not found") from exc
+        return StoredArtifact(uri=self.uri_for(sha256), sha256=sha256, size_bytes=size)
+
+    def delete(self, sha256: str) -> None:
+        """Remove the file if present."""
+        self._path(sha256).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        """Raise ArtifactStoreUnavailable unless the directory exists and is writable."""
+        if not self.tmp_dir.is_dir() or not os.access(self.tmp_dir, os.W_OK | os.X_OK):
+            raise ArtifactStoreUnavailable(f"artifact directory {self.root} is not writable")
+
+    def uri_for(self, sha256: str) -> str:
+        """`file:///.../sha256/ab/<hex>`."""
+        return self._path(sha256).as_uri()
