@@ -1,0 +1,1 @@
+"""Model signatures, Triton config.pbtxt generation (through Triton's protobuf) and artifact checks."""
