@@ -1,0 +1,243 @@
+"""Run the bundled tritonserver as a child process in its own process group."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from control_plane.tritonserver.distribution import (
+    TritonDistribution,
+    locate_tritonserver,
+    prepare_backend_dir,
+)
+from control_plane.tritonserver.exceptions import TritonStartError
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")  # noqa: S108 (POSIX shared memory, where Triton puts its regions)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _log_tail(path: Path, *, lines: int = 20) -> str:
+    """Last lines of Triton's log, without the rows of its startup tables."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    kept = [line for line in text.splitlines() if line.strip() and not line.startswith(("|", "+-"))]
+    return "\n".join(kept[-lines:])
+
+
+class TritonProcess:
+    """One tritonserver child: started in its own session, stopped with its whole process group."""
+
+    def __init__(
+        self,
+        *,
+        repository: str,
+        workdir: Path,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        address: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        backend_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+        exit_timeout_s: int = 10,
+        distribution: TritonDistribution | None = None,
+    ) -> None:
+        # Triton runs in `workdir`, so a relative folder repository must be made absolute.
+        self.repository = repository if "://" in repository else str(Path(repository).resolve())
+        self.workdir = workdir.resolve()
+        self.address = address
+        self.http_port = http_port or free_port(address)
+        self.grpc_port = grpc_port or free_port(address)
+        self.metrics_port = metrics_port or free_port(address)
+        self.env_overrides = dict(env or {})
+        self.log_path = log_path or self.workdir / "tritonserver.log"
+        self.backend_dir = backend_dir
+        self.extra_args = list(extra_args)
+        self.exit_timeout_s = exit_timeout_s
+        # Our own prefix for the Python backend's shared-memory regions, so that the ones a
+        # killed Triton could not unlink can be found and removed.
+        self.shm_prefix = f"triton_python_backend_shm_region_cp{uuid.uuid4().hex[:12]}_"
+        self._dist = distribution
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """PID of tritonserver (also its process group id), None before start."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of Triton's HTTP (KServe v2) endpoint."""
+        return f"http://{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """host:port of Triton's gRPC endpoint, as tritonclient.grpc wants it."""
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address  # noqa: S104
+
+    def is_running(self) -> bool:
+        """Whether the tritonserver process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def command(self, backend_dir: Path) -> list[str]:
+        """The tritonserver command line."""
+        dist = self._distribution()
+        return [
+            str(dist.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_dir}",
+            f"--cache-directory={dist.caches_dir}",
+            "--model-control-mode=explicit",
+            # A model that failed to load would otherwise make /v2/health/ready fail for good.
+            "--strict-readiness=false",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--http-address={self.address}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.address}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.address}",
+            f"--metrics-port={self.metrics_port}",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """Environment of the child: bundled libs, this interpreter first on PATH, then overrides."""
+        dist = self._distribution()
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(dist.libs_dir), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        env["PATH"] = os.pathsep.join(p for p in (str(dist.python_bin_dir), env.get("PATH", "")) if p)
+        env.update(self.env_overrides)
+        return env
+
+    def start(self, *, timeout_s: float = 60.0) -> None:
+        """Launch tritonserver and wait until it answers ready; on failure raise with its log tail."""
+        if self.is_running():
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        backend_dir = self.backend_dir or prepare_backend_dir(self._distribution(), self.workdir / "backends")
+        argv = self.command(backend_dir)
+        log.info("starting tritonserver: %s", " ".join(argv))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as out:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.environment(),
+                start_new_session=True,
+            )
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        url = f"{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise TritonStartError(
+                    f"tritonserver exited with {code} during startup; log tail:\n{_log_tail(self.log_path)}"
+                )
+            if _answers_ok(url):
+                log.info("tritonserver ready at %s (pid %s)", self.http_url, self._proc.pid)
+                return
+            time.sleep(0.1)
+        raise TritonStartError(
+            f"tritonserver not ready after {timeout_s}s; log tail:\n{_log_tail(self.log_path)}"
+        )
+
+    def stop(self, *, timeout_s: float = 30.0) -> None:
+        """Stop tritonserver and everything in its process group (Python-backend stubs); idempotent."""
+        proc = self._proc
+        if proc is None:
+            return
+        atexit.unregister(self.stop)
+        if proc.poll() is None:
+            # Triton shuts its stubs down itself on SIGTERM; the group kill catches any left over.
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver %s ignored SIGTERM for %ss; killing its group", proc.pid, timeout_s)
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self._proc = None
+        self._remove_leftover_shm()
+
+    def _remove_leftover_shm(self) -> None:
+        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            log.warning("removing shared memory left by tritonserver: %s", region)
+            region.unlink(missing_ok=True)
+
+    def __enter__(self) -> TritonProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _distribution(self) -> TritonDistribution:
+        if self._dist is None:
+            self._dist = locate_tritonserver()
+        return self._dist
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+# No proxies: the health check goes to our own child, whatever HTTP(S)_PROXY says.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _answers_ok(url: str) -> bool:
+    try:
+        with _OPENER.open(url, timeout=1.0) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
