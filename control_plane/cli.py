@@ -1,1 +1,56 @@
-"""`control-plane` command line."""
+"""`control-plane` command line: database migrations, Triton, and the API server."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+import uvicorn
+
+from control_plane.db import migrate
+from control_plane.settings import get_settings
+from control_plane.tritonserver.cli import app as triton_app
+
+app = typer.Typer(help="Control plane for NVIDIA Triton Inference Server.", no_args_is_help=True)
+db_app = typer.Typer(help="Registry database migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(triton_app, name="triton", help="Run the bundled Triton Inference Server.")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Upgrade the registry database (CP_DATABASE_URL) to a revision."""
+    migrate.upgrade(get_settings().database_url, revision)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(...)) -> None:
+    """Downgrade the registry database to a revision ('base' drops everything)."""
+    migrate.downgrade(get_settings().database_url, revision)
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Fail when the models and the migrations have drifted apart."""
+    migrate.check(get_settings().database_url)
+
+
+@app.command("serve")
+def serve(
+    host: str | None = typer.Option(None, help="Bind address (default CP_HTTP_HOST)."),
+    port: int | None = typer.Option(None, help="HTTP port (default CP_HTTP_PORT)."),
+) -> None:
+    """Serve the API (and the embedded Triton when CP_TRITON_EMBEDDED is set) until SIGINT/SIGTERM."""
+    from control_plane.app import create_app
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

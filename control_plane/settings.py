@@ -60,11 +60,14 @@ class Settings(BaseSettings):
     triton_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     triton_grpc_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     triton_embedded: bool = False
+    triton_workdir: Path = Path("var/triton")
     triton_timeout_s: float = 30.0
     triton_load_timeout_s: float = 300.0
     triton_runtime: Runtime = Runtime.PYTHON
     triton_device: Device = Device.CPU
     triton_gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)
+
+    protected_aliases: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["production"])
 
     admin_token: SecretStr | None = None
     http_host: str = "127.0.0.1"
@@ -73,7 +76,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024**3
     max_request_bytes: int = 64 * 1024**2
 
-    @field_validator("triton_urls", "triton_grpc_urls", "triton_gpus", mode="before")
+    @field_validator("triton_urls", "triton_grpc_urls", "triton_gpus", "protected_aliases", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

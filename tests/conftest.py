@@ -18,11 +18,11 @@ from control_plane.db import migrate
 from control_plane.db.session import make_engine, make_session_factory
 from tests.support import procs
 
-pytest_plugins = ["tests.fixtures_triton"]
+pytest_plugins = ["tests.fixtures_triton", "tests.appfixtures"]
 
 ADMIN_URL = os.environ.get("CP_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 S3_ACCESS_KEY = "testing"
-S3_SECRET_KEY = "testing-secret"  # noqa: S105
+S3_SECRET_KEY = "testing-secret"
 
 
 def _admin_conninfo() -> str:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -72,7 +73,15 @@ class ApiKey(Base):
 class Model(Base):
     __tablename__ = "models"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "name"),
+        # Unique among live models only: a deleted model's name can be registered again.
+        Index(
+            "uq_models_tenant_id_name",
+            "tenant_id",
+            "name",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
         CheckConstraint(_in("format", FORMATS), name="format"),
         CheckConstraint("max_batch_size >= 0", name="max_batch_size"),
         _name_check(),

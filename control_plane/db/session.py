@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.db import hooks
+
 
 def normalize_url(url: str) -> str:
     """Use the psycopg 3 driver for plain `postgresql://` URLs."""
@@ -40,6 +42,12 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error."""
-    with factory() as session, session.begin():
-        yield session
+    """A session whose work commits on success and rolls back on any error, running the hooks."""
+    with factory() as session:
+        try:
+            with session.begin():
+                yield session
+        except BaseException:
+            hooks.rolled_back(session)
+            raise
+        hooks.committed(session)

@@ -91,7 +91,14 @@ def upgrade() -> None:
             ["tenant_id"], ["tenants.id"], name=op.f("fk_models_tenant_id_tenants"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_models")),
-        sa.UniqueConstraint("tenant_id", "name", name=op.f("uq_models_tenant_id_name")),
+    )
+    op.create_index(
+        "uq_models_tenant_id_name",
+        "models",
+        ["tenant_id", "name"],
+        unique=True,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+        sqlite_where=sa.text("deleted_at IS NULL"),
     )
     op.create_table(
         "audit_events",

@@ -1,0 +1,120 @@
+"""App factory: builds engines and clients in the lifespan and mounts the routers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from control_plane import __version__
+from control_plane.artifacts import build_artifact_store
+from control_plane.audit.endpoints import router as audit_router
+from control_plane.db.session import make_engine, make_session_factory, transaction
+from control_plane.errors import register_error_handlers
+from control_plane.fleet.instances import TritonEndpoint, endpoints_from_urls, register_instances
+from control_plane.fleet.loader import VersionLoader
+from control_plane.keys.endpoints import router as keys_router
+from control_plane.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from control_plane.modelrepo import ModelRepository, build_model_repository
+from control_plane.registry.endpoints import router as registry_router
+from control_plane.settings import Settings, get_settings
+from control_plane.state import AppState
+from control_plane.status.endpoints import router as status_router
+from control_plane.tenants.endpoints import router as tenants_router
+from control_plane.tritonserver import TritonProcess
+
+log = logging.getLogger(__name__)
+UPLOAD_PATH = re.compile(r"^/v1/tenants/[^/]+/models/[^/]+/versions/?$")
+
+
+def _start_embedded_triton(settings: Settings, repository: ModelRepository) -> TritonProcess:
+    """Start the bundled Triton against the configured repository (S3 credentials passed on)."""
+    env = {
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key.get_secret_value(),
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key.get_secret_value(),
+        "AWS_DEFAULT_REGION": settings.s3_region,
+    }
+    process = TritonProcess(repository=repository.location, workdir=settings.triton_workdir, env=env)
+    process.start(timeout_s=settings.triton_load_timeout_s)
+    log.info("embedded Triton ready at %s (gRPC %s)", process.http_url, process.grpc_url)
+    return process
+
+
+def build_state(settings: Settings) -> AppState:
+    """Create the engine, stores, Triton clients and loader (and the embedded Triton if asked)."""
+    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    session_factory = make_session_factory(engine)
+    artifacts = build_artifact_store(settings)
+    repository = build_model_repository(settings)
+    tritons = endpoints_from_urls(
+        settings.triton_urls,
+        settings.triton_grpc_urls,
+        timeout_s=settings.triton_timeout_s,
+        load_timeout_s=settings.triton_load_timeout_s,
+    )
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        session_factory=session_factory,
+        artifacts=artifacts,
+        repository=repository,
+        loader=VersionLoader(
+            session_factory=session_factory, artifacts=artifacts, repository=repository, tritons=tritons
+        ),
+        tritons=tritons,
+    )
+    if settings.triton_embedded:
+        embedded = state.embedded_triton = _start_embedded_triton(settings, repository)
+        tritons.append(
+            TritonEndpoint.connect(
+                name="embedded",
+                http_url=embedded.http_url,
+                grpc_url=embedded.grpc_url,
+                timeout_s=settings.triton_timeout_s,
+                load_timeout_s=settings.triton_load_timeout_s,
+            )
+        )
+    with transaction(session_factory) as session:
+        register_instances(session, tritons)
+    return state
+
+
+def close_state(state: AppState) -> None:
+    """Stop what build_state started."""
+    state.loader.shutdown()
+    for triton in state.tritons:
+        triton.close()
+    if state.embedded_triton is not None:
+        state.embedded_triton.stop()
+    state.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The control-plane ASGI app."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await run_in_threadpool(build_state, settings)
+        app.state.cp = state
+        try:
+            yield
+        finally:
+            await run_in_threadpool(close_state, state)
+
+    app = FastAPI(title="Triton control plane", version=__version__, lifespan=lifespan)
+    register_error_handlers(app)
+    for router in (status_router, tenants_router, keys_router, registry_router, audit_router):
+        app.include_router(router)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=settings.max_request_bytes,
+        upload_limit=settings.max_upload_bytes,
+        upload_path=UPLOAD_PATH,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,1 @@
+"""Authentication (API keys, admin token) and role checks."""

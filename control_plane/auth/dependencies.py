@@ -1,0 +1,46 @@
+"""FastAPI dependencies that authenticate the caller and check its role."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from control_plane.auth.principal import Principal, Role
+from control_plane.errors import Forbidden, Unauthorized
+from control_plane.keys import service as keys
+
+ADMIN_TOKEN_PRINCIPAL = Principal(role=Role.ADMIN, tenant_id=None, key_id=None, label="admin-token")
+
+
+def bearer_token(request: Request) -> str:
+    """The key from `Authorization: Bearer <key>`, or 401."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing or malformed Authorization header; expected 'Bearer <key>'")
+    return token.strip()
+
+
+def authenticate(request: Request) -> Principal:
+    """The caller behind the request's key (bootstrap admin token or a stored key), or 401."""
+    token = bearer_token(request)
+    state = request.app.state.cp
+    admin_token = state.settings.admin_token
+    if admin_token is not None and hmac.compare_digest(
+        token.encode(), admin_token.get_secret_value().encode()
+    ):
+        return ADMIN_TOKEN_PRINCIPAL
+    with state.session_factory() as session:
+        principal = keys.verify(session, token)
+    if principal is None:
+        raise Unauthorized("invalid or revoked API key")
+    return principal
+
+
+def require_admin(request: Request) -> Principal:
+    """The caller, who must be an admin (403 otherwise)."""
+    principal = authenticate(request)
+    if not principal.is_admin:
+        raise Forbidden("admin role required")
+    return principal

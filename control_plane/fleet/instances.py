@@ -1,0 +1,77 @@
+"""Triton instances known to this process, from settings or the embedded server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.db.models import TritonInstance
+from control_plane.tritonserver import TritonClient
+
+
+@dataclass(frozen=True)
+class TritonEndpoint:
+    """One Triton server: its URLs, a client for loads (long timeout) and one for health probes (short)."""
+
+    name: str
+    http_url: str
+    grpc_url: str
+    client: TritonClient
+    health: TritonClient
+
+    @classmethod
+    def connect(
+        cls, *, name: str, http_url: str, grpc_url: str, timeout_s: float, load_timeout_s: float
+    ) -> TritonEndpoint:
+        """Clients for one Triton: health calls give up after `timeout_s`, loads after `load_timeout_s`."""
+        return cls(
+            name=name,
+            http_url=http_url,
+            grpc_url=grpc_url,
+            client=TritonClient.from_url(http_url, timeout_s=load_timeout_s, connect_timeout_s=timeout_s),
+            health=TritonClient.from_url(http_url, timeout_s=timeout_s),
+        )
+
+    def close(self) -> None:
+        """Close both clients' connections (Triton waits for open connections when it shuts down)."""
+        self.client.close()
+        self.health.close()
+
+
+def grpc_url_for(http_url: str) -> str:
+    """Triton's default gRPC address next to an HTTP URL (port + 1)."""
+    parts = urlsplit(http_url)
+    port = parts.port or 8000
+    return f"{parts.hostname}:{port + 1}"
+
+
+def endpoints_from_urls(
+    http_urls: list[str], grpc_urls: list[str], *, timeout_s: float, load_timeout_s: float
+) -> list[TritonEndpoint]:
+    """Endpoints for configured URLs; gRPC URLs default to the HTTP port + 1."""
+    return [
+        TritonEndpoint.connect(
+            name=urlsplit(http_url).netloc,
+            http_url=http_url,
+            grpc_url=grpc_urls[index] if index < len(grpc_urls) else grpc_url_for(http_url),
+            timeout_s=timeout_s,
+            load_timeout_s=load_timeout_s,
+        )
+        for index, http_url in enumerate(http_urls)
+    ]
+
+
+def register_instances(session: Session, endpoints: list[TritonEndpoint]) -> None:
+    """Record the configured instances in the registry (insert or refresh by HTTP URL)."""
+    for endpoint in endpoints:
+        row = session.scalar(select(TritonInstance).where(TritonInstance.http_url == endpoint.http_url))
+        if row is None:
+            session.add(
+                TritonInstance(name=endpoint.name, http_url=endpoint.http_url, grpc_url=endpoint.grpc_url)
+            )
+        else:
+            row.grpc_url = endpoint.grpc_url
+    session.flush()

@@ -1,0 +1,29 @@
+"""Everything the app builds at start-up and disposes at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.artifacts import ArtifactStore
+from control_plane.fleet.instances import TritonEndpoint
+from control_plane.fleet.loader import VersionLoader
+from control_plane.modelrepo import ModelRepository
+from control_plane.settings import Settings
+from control_plane.tritonserver import TritonProcess
+
+
+@dataclass
+class AppState:
+    """Process-wide resources, reachable as `request.app.state.cp`."""
+
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    artifacts: ArtifactStore
+    repository: ModelRepository
+    loader: VersionLoader
+    tritons: list[TritonEndpoint] = field(default_factory=list)
+    embedded_triton: TritonProcess | None = None

@@ -1,0 +1,107 @@
+"""scripts/serve end to end: SQLite, local artifacts, bundled Triton; ready, usable, and clean on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support import model_files
+from tests.support.procs import free_port
+from tests.tritonserver.procfs import live_processes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _descendants(root_pid: int) -> set[int]:
+    procs = live_processes()
+    found: set[int] = set()
+    frontier = {root_pid}
+    while frontier:
+        children = {p.pid for p in procs if p.ppid in frontier} - found
+        found |= children
+        frontier = children
+    return found
+
+
+def _wait_for_line(
+    proc: subprocess.Popen[str], pattern: str, *, timeout: float, seen: list[str]
+) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"scripts/serve ended early:\n{''.join(seen)}")
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n{''.join(seen)}")
+
+
+def _register_onnx_model(client: httpx.Client, tmp_path: Path) -> str:
+    """Tenant, model, upload; the version's state once settled."""
+    assert client.post("/v1/tenants", json={"name": "acme"}).status_code == 201
+    assert client.post("/v1/tenants/acme/models", json={"name": "mlp", "format": "onnx"}).status_code == 201
+    with model_files.onnx_mlp(tmp_path / "mlp.onnx").open("rb") as f:
+        assert client.post("/v1/tenants/acme/models/mlp/versions", files={"file": f}).status_code == 201
+    deadline = time.monotonic() + 120
+    state = "registered"
+    while state not in ("ready", "failed") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        state = client.get("/v1/tenants/acme/models/mlp/versions/1").json()["state"]
+    return str(state)
+
+
+def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
+    env.update(
+        CP_HTTP_PORT=str(port),
+        CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
+        CP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
+        CP_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
+        CP_TRITON_WORKDIR=str(tmp_path / "triton"),
+    )
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "serve")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    try:
+        _wait_for_line(proc, r"Control plane ready", timeout=240, seen=seen)
+        key = _wait_for_line(proc, r"Admin key \(generated.*\): (\S+)", timeout=5, seen=seen).group(1)
+        example = _wait_for_line(proc, r"curl -H \"Authorization: Bearer (\S+)\" (\S+)", timeout=5, seen=seen)
+        assert example.group(1) == key
+        children = _descendants(proc.pid)
+        assert any("tritonserver" in " ".join(p.argv) for p in live_processes() if p.pid in children)
+
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+            status = client.get(example.group(2)).json()
+            assert status["database"] == {"ok": True, "detail": "sqlite"}
+            assert status["artifact_store"] == {"ok": True, "detail": "local"}
+            [triton] = status["tritons"]
+            assert (triton["state"], triton["embedded"]) == ("ready", True)
+            assert _register_onnx_model(client, tmp_path) == "ready"
+
+        children = _descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        time.sleep(0.5)
+        left = [p for p in live_processes() if p.pid in children]
+        assert left == [], f"left behind: {left}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
