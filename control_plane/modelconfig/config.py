@@ -26,6 +26,14 @@ ARTIFACT_FILENAMES: dict[ModelFormat, str] = {
 }
 
 
+def artifact_filename(model_format: str) -> str:
+    """The file name a version's artifact gets in its Triton version directory."""
+    for known, filename in ARTIFACT_FILENAMES.items():
+        if known == model_format:
+            return filename
+    raise ValueError(f"unknown model format {model_format!r}")
+
+
 def batching_plan(signature: Signature, *, requested_max_batch_size: int | None) -> tuple[int, Signature]:
     """Triton's max_batch_size for this signature, and the signature as config dims (batch dim removed)."""
     if requested_max_batch_size is not None and requested_max_batch_size < 0:

@@ -1,0 +1,27 @@
+"""Audit API types."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class AuditEventOut(BaseModel):
+    """One audit event."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    actor: str
+    actor_key_id: int | None
+    action: str
+    tenant: str | None
+    model: str | None
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    outcome: str
+    request_id: str | None

@@ -1,0 +1,1 @@
+"""The Triton fleet this control plane drives."""

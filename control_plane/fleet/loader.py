@@ -1,0 +1,169 @@
+"""Load and retire versions on the fleet: repository entry first, then Triton's repository API."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.artifacts import ArtifactStore
+from control_plane.db.models import Model, ModelVersion, Placement, TritonInstance
+from control_plane.db.session import transaction
+from control_plane.errors import AppError
+from control_plane.fleet.instances import TritonEndpoint
+from control_plane.modelconfig.config import artifact_filename, parse_config
+from control_plane.modelrepo import ModelRepository, RepositoryFile
+from control_plane.registry.staging import python_model_members
+from control_plane.runners import RUNNER_FILENAME, runner_source
+
+log = logging.getLogger(__name__)
+
+
+class VersionLoader:
+    """Background loads and unloads, one at a time per Triton model name."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        artifacts: ArtifactStore,
+        repository: ModelRepository,
+        tritons: list[TritonEndpoint],
+        max_workers: int = 2,
+    ):
+        self.session_factory = session_factory
+        self.artifacts = artifacts
+        self.repository = repository
+        self.tritons = tritons
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cp-loader")
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def submit_load(self, version_id: int) -> Future[str]:
+        """Load a version in the background; the future gives its final state."""
+        return self._executor.submit(self.load, version_id)
+
+    def submit_retire(self, version_id: int) -> Future[None]:
+        """Unload a retired version and remove its repository entry in the background."""
+        return self._executor.submit(self.retire, version_id)
+
+    def shutdown(self) -> None:
+        """Finish queued work and stop the workers."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def load(self, version_id: int) -> str:
+        """Write the version's repository entry, load it on every Triton, record ready or failed."""
+        with transaction(self.session_factory) as session:
+            version = session.get(ModelVersion, version_id)
+            if version is None or version.state == "retired":
+                return "retired"
+            model = session.get_one(Model, version.model_id)
+            version.state, version.state_message = "loading", None
+            version.updated_at = datetime.now(UTC)
+            name, model_format, sha256, config_text = (
+                version.triton_name,
+                model.format,
+                version.sha256,
+                version.config_text,
+            )
+        with self._locks[name]:
+            try:
+                self._write_entry(
+                    name, model_format=model_format, sha256=sha256, config_text=config_text or ""
+                )
+                errors = self._load_everywhere(name)
+            except (AppError, OSError) as exc:
+                errors = {"repository": getattr(exc, "message", str(exc))}
+        state = "failed" if errors or not self.tritons else "ready"
+        message = "; ".join(f"{k}: {v}" for k, v in errors.items()) or (
+            None if self.tritons else "no Triton configured"
+        )
+        self._record(version_id, state=state, message=message, failed=set(errors))
+        log.info("version %s (%s) is %s%s", version_id, name, state, f": {message}" if message else "")
+        return state
+
+    def retire(self, version_id: int) -> None:
+        """Unload the version everywhere and delete its repository entry."""
+        with self.session_factory() as session:
+            version = session.get(ModelVersion, version_id)
+            if version is None:
+                return
+            name = version.triton_name
+        with self._locks[name]:
+            for triton in self.tritons:
+                try:
+                    triton.client.unload_model(name)
+                except AppError as exc:
+                    log.warning("unloading %s from %s failed: %s", name, triton.name, exc.message)
+            self.repository.remove_model(name)
+        self._record(version_id, state="retired", message=None, failed=set(), placement_state="unloaded")
+
+    def _write_entry(self, name: str, *, model_format: str, sha256: str, config_text: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="cp-load-") as tmp:
+            artifact = Path(tmp) / artifact_filename(model_format)
+            self.artifacts.download_to(sha256, artifact)
+            if model_format == "python":
+                files = [
+                    RepositoryFile(f"1/{rel}", content=data) for rel, data in python_model_members(artifact)
+                ]
+            else:
+                files = [RepositoryFile(f"1/{artifact.name}", source=artifact)]
+                if parse_config(config_text).backend == "python":
+                    runner = runner_source("onnx" if model_format == "onnx" else "torchscript").encode()
+                    files.append(RepositoryFile(f"1/{RUNNER_FILENAME}", content=runner))
+            self.repository.write_model(name, config_text=config_text, files=files)
+
+    def _load_everywhere(self, name: str) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        for triton in self.tritons:
+            try:
+                triton.client.load_model(name)
+            except AppError as exc:
+                errors[triton.name] = exc.message
+        return errors
+
+    def _record(
+        self,
+        version_id: int,
+        *,
+        state: str,
+        message: str | None,
+        failed: set[str],
+        placement_state: str | None = None,
+    ) -> None:
+        now = datetime.now(UTC)
+        with transaction(self.session_factory) as session:
+            version = session.get(ModelVersion, version_id)
+            if version is None:
+                return
+            if version.state != "retired" or state == "retired":
+                version.state, version.state_message, version.updated_at = state, message, now
+            instances = {i.http_url: i for i in session.scalars(select(TritonInstance))}
+            for triton in self.tritons:
+                instance = instances.get(triton.http_url)
+                if instance is None:
+                    continue
+                where = placement_state or ("failed" if triton.name in failed else "ready")
+                _upsert_placement(
+                    session, instance_id=instance.id, version_id=version_id, state=where, now=now
+                )
+
+
+def _upsert_placement(
+    session: Session, *, instance_id: int, version_id: int, state: str, now: datetime
+) -> None:
+    placement = session.scalar(
+        select(Placement).where(Placement.instance_id == instance_id, Placement.version_id == version_id)
+    )
+    if placement is None:
+        placement = Placement(instance_id=instance_id, version_id=version_id, state=state)
+        session.add(placement)
+    placement.state, placement.updated_at = state, now
+    if state == "ready":
+        placement.loaded_at = now

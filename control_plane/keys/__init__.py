@@ -1,0 +1,1 @@
+"""API keys: random secrets stored hashed, looked up by prefix."""

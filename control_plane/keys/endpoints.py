@@ -1,0 +1,53 @@
+"""Key endpoints (admins only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from sqlalchemy.orm import Session
+
+from control_plane.auth.context import RequestContext, admin_context
+from control_plane.auth.principal import Role
+from control_plane.dependencies import get_session
+from control_plane.keys import service
+from control_plane.keys.schemas import KeyCreate, KeyCreated, KeyOut
+from control_plane.tenants import service as tenants
+
+router = APIRouter(prefix="/v1/tenants/{tenant}/keys", tags=["keys"])
+
+
+@router.post("", status_code=201, response_model=KeyCreated)
+def create_key(
+    tenant: str,
+    body: KeyCreate,
+    ctx: RequestContext = Depends(admin_context),
+    session: Session = Depends(get_session, scope="function"),
+) -> KeyCreated:
+    """Create a key bound to the tenant; its secret is in this response only."""
+    owner = tenants.visible(session, ctx=ctx, name=tenant)
+    key, plaintext = service.create(
+        session, ctx=ctx, tenant=owner, role=Role(body.role), description=body.description
+    )
+    return KeyCreated.model_validate({**KeyOut.model_validate(key).model_dump(), "key": plaintext})
+
+
+@router.get("", response_model=list[KeyOut])
+def list_keys(
+    tenant: str,
+    ctx: RequestContext = Depends(admin_context),
+    session: Session = Depends(get_session, scope="function"),
+) -> list[KeyOut]:
+    """The tenant's keys, without secrets."""
+    owner = tenants.visible(session, ctx=ctx, name=tenant)
+    return [KeyOut.model_validate(k) for k in service.list_for(session, tenant=owner)]
+
+
+@router.delete("/{key_id}", response_model=KeyOut)
+def revoke_key(
+    tenant: str,
+    key_id: int,
+    ctx: RequestContext = Depends(admin_context),
+    session: Session = Depends(get_session, scope="function"),
+) -> KeyOut:
+    """Revoke a key; requests with it get 401 from then on."""
+    owner = tenants.visible(session, ctx=ctx, name=tenant)
+    return KeyOut.model_validate(service.revoke(session, ctx=ctx, tenant=owner, key_id=key_id))

@@ -1,0 +1,28 @@
+"""SQL for API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.db.models import ApiKey, Tenant
+
+
+def by_prefix(session: Session, prefix: str) -> tuple[ApiKey, str | None] | None:
+    """The key with `prefix` and its tenant's name (None for unbound admin keys)."""
+    row = session.execute(
+        select(ApiKey, Tenant.name)
+        .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.prefix == prefix)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def for_tenant(session: Session, tenant_id: int) -> list[ApiKey]:
+    """All keys of a tenant, oldest first."""
+    return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.id)))
+
+
+def get(session: Session, *, tenant_id: int, key_id: int) -> ApiKey | None:
+    """One key of a tenant."""
+    return session.scalar(select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id))

@@ -1,0 +1,1 @@
+"""Registry of models and versions: creation, upload, detail, deletion, aliases."""

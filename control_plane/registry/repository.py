@@ -1,0 +1,90 @@
+"""SQL for models, versions and aliases."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion
+
+
+def get_model(session: Session, *, tenant_id: int, name: str, lock: bool = False) -> Model | None:
+    """The live model `name` of a tenant, optionally locked for update."""
+    stmt = select(Model).where(Model.tenant_id == tenant_id, Model.name == name, Model.deleted_at.is_(None))
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalar(stmt)
+
+
+def list_models(session: Session, *, tenant_id: int) -> list[Model]:
+    """Live models of a tenant, by name."""
+    return list(
+        session.scalars(
+            select(Model).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None)).order_by(Model.name)
+        )
+    )
+
+
+def next_version_number(session: Session, *, model_id: int) -> int:
+    """One more than the highest version ever given to the model (retired ones included)."""
+    highest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id))
+    return (highest or 0) + 1
+
+
+def get_version(session: Session, *, model_id: int, number: int) -> ModelVersion | None:
+    """Version `number` of a model, unless retired."""
+    return session.scalar(
+        select(ModelVersion).where(
+            ModelVersion.model_id == model_id,
+            ModelVersion.version == number,
+            ModelVersion.state != "retired",
+        )
+    )
+
+
+def get_version_by_id(session: Session, version_id: int) -> ModelVersion | None:
+    """A version row by primary key."""
+    return session.get(ModelVersion, version_id)
+
+
+def list_versions(session: Session, *, model_id: int, include_retired: bool = False) -> list[ModelVersion]:
+    """A model's versions, oldest first."""
+    stmt = select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.version)
+    if not include_retired:
+        stmt = stmt.where(ModelVersion.state != "retired")
+    return list(session.scalars(stmt))
+
+
+def aliases_of(session: Session, *, model_id: int) -> dict[str, int]:
+    """Alias name -> version number for a model."""
+    rows = session.execute(
+        select(Alias.name, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.id == Alias.version_id)
+        .where(Alias.model_id == model_id)
+        .order_by(Alias.name)
+    )
+    return {name: number for name, number in rows}
+
+
+def get_alias(session: Session, *, model_id: int, name: str, lock: bool = False) -> Alias | None:
+    """One alias of a model, optionally locked for update."""
+    stmt = select(Alias).where(Alias.model_id == model_id, Alias.name == name)
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalar(stmt)
+
+
+def aliases_referencing(session: Session, *, version_id: int) -> list[str]:
+    """Names of aliases (or traffic routes) that point at a version."""
+    direct = select(Alias.name).where(Alias.version_id == version_id)
+    routed = (
+        select(Alias.name)
+        .join(AliasRoute, AliasRoute.alias_id == Alias.id)
+        .where(AliasRoute.version_id == version_id)
+    )
+    return sorted(set(session.scalars(direct)) | set(session.scalars(routed)))
+
+
+def sha_in_use(session: Session, sha256: str) -> bool:
+    """Whether any version row references the artifact."""
+    return session.scalar(select(ModelVersion.id).where(ModelVersion.sha256 == sha256).limit(1)) is not None

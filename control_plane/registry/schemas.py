@@ -1,0 +1,84 @@
+"""Registry API types."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from control_plane.modelconfig.specs import DynamicBatchingSpec, InstanceGroupSpec, TensorSpec
+from control_plane.names import Name
+
+ModelFormat = Literal["onnx", "torchscript", "python"]
+
+
+class ModelSpec(BaseModel):
+    """How a model's versions are served; stored with the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(None, ge=0, le=65536)
+    dynamic_batching: DynamicBatchingSpec | None = None
+    instance_group: InstanceGroupSpec | None = None
+    inputs: list[TensorSpec] | None = None
+    outputs: list[TensorSpec] | None = None
+    warmup: bool = False
+
+
+class ModelCreate(ModelSpec):
+    """Body of POST /v1/tenants/{t}/models."""
+
+    name: Name
+    format: ModelFormat
+
+
+class VersionOut(BaseModel):
+    """A version: where its artifact is, its signature, its generated config and state."""
+
+    version: int
+    state: str
+    state_message: str | None
+    sha256: str
+    size_bytes: int
+    artifact_uri: str
+    triton_name: str
+    signature: dict[str, Any]
+    config: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class VersionSummary(BaseModel):
+    """A version in a model listing."""
+
+    version: int
+    state: str
+    created_at: datetime
+
+
+class ModelOut(ModelSpec):
+    """A model with its versions and aliases."""
+
+    name: str
+    format: ModelFormat
+    created_at: datetime
+    versions: list[VersionSummary] = []
+    aliases: dict[str, int] = {}
+
+
+class AliasSet(BaseModel):
+    """Body of PUT .../aliases/{a}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    reason: str | None = Field(None, max_length=500)
+
+
+class AliasOut(BaseModel):
+    """An alias and the version it names."""
+
+    alias: str
+    version: int
+    previous_version: int | None = None

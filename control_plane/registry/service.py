@@ -1,0 +1,128 @@
+"""Models: create, list, detail, delete."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from control_plane.audit import service as audit
+from control_plane.auth.context import RequestContext
+from control_plane.db import hooks
+from control_plane.db.models import Model, Tenant
+from control_plane.errors import Forbidden
+from control_plane.modelconfig.exceptions import InvalidModelSpec
+from control_plane.names import is_valid_name
+from control_plane.registry import repository
+from control_plane.registry.configgen import declared_signature, generate_config
+from control_plane.registry.exceptions import ModelExists, ModelNotFound
+from control_plane.registry.schemas import ModelCreate, ModelOut, ModelSpec, VersionSummary
+from control_plane.settings import Settings
+from control_plane.state import AppState
+
+
+def get_model(session: Session, *, tenant: Tenant, name: str, lock: bool = False) -> Model:
+    """A live model of the tenant, or 404."""
+    model = (
+        repository.get_model(session, tenant_id=tenant.id, name=name, lock=lock)
+        if is_valid_name(name)
+        else None
+    )
+    if model is None:
+        raise ModelNotFound(tenant.name, name)
+    return model
+
+
+def spec_of(model: Model) -> ModelSpec:
+    """The stored serving spec of a model."""
+    return ModelSpec.model_validate(model.spec)
+
+
+def create(
+    session: Session, *, ctx: RequestContext, tenant: Tenant, body: ModelCreate, settings: Settings
+) -> Model:
+    """Register a model; its spec is checked by generating a config from the declared signature."""
+    if body.format == "python" and not ctx.principal.is_admin:
+        raise Forbidden("Python-backend models run arbitrary code: only admins may register them")
+    if repository.get_model(session, tenant_id=tenant.id, name=body.name) is not None:
+        raise ModelExists(tenant.name, body.name)
+    spec = ModelSpec.model_validate(body.model_dump(exclude={"name", "format"}))
+    declared = declared_signature(spec)
+    if body.format != "onnx" and declared is None:
+        raise InvalidModelSpec(f"{body.format} models need declared 'inputs' and 'outputs'")
+    if (spec.inputs is None) != (spec.outputs is None):
+        raise InvalidModelSpec("declare both 'inputs' and 'outputs', or neither")
+    if declared is not None:
+        generate_config(
+            name="validation", model_format=body.format, spec=spec, signature=declared, settings=settings
+        )
+    model = Model(
+        tenant_id=tenant.id,
+        name=body.name,
+        format=body.format,
+        max_batch_size=spec.max_batch_size,
+        spec=spec.model_dump(mode="json", exclude_none=True),
+    )
+    session.add(model)
+    session.flush()
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="model.create",
+        target=f"{tenant.name}/{model.name}",
+        tenant=tenant.name,
+        model=model.name,
+        after={"format": model.format, **model.spec},
+        request_id=ctx.request_id,
+    )
+    return model
+
+
+def describe(session: Session, *, model: Model) -> ModelOut:
+    """A model with its versions and aliases."""
+    versions = repository.list_versions(session, model_id=model.id)
+    return ModelOut(
+        **spec_of(model).model_dump(),
+        name=model.name,
+        format=model.format,  # type: ignore[arg-type]
+        created_at=model.created_at,
+        versions=[
+            VersionSummary(version=v.version, state=v.state, created_at=v.created_at) for v in versions
+        ],
+        aliases=repository.aliases_of(session, model_id=model.id),
+    )
+
+
+def list_for(session: Session, *, tenant: Tenant) -> list[ModelOut]:
+    """All live models of a tenant."""
+    return [describe(session, model=m) for m in repository.list_models(session, tenant_id=tenant.id)]
+
+
+def mark_deleted(
+    session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant, model: Model
+) -> None:
+    """Soft-delete a model and retire its versions; they are unloaded after commit."""
+    versions = repository.list_versions(session, model_id=model.id)
+    before = {
+        "versions": [v.version for v in versions],
+        "aliases": repository.aliases_of(session, model_id=model.id),
+    }
+    for version in versions:
+        version.state = "retired"
+        version.updated_at = datetime.now(UTC)
+    model.deleted_at = datetime.now(UTC)
+    session.flush()
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="model.delete",
+        target=f"{tenant.name}/{model.name}",
+        tenant=tenant.name,
+        model=model.name,
+        before=before,
+        after={"deleted": True},
+        request_id=ctx.request_id,
+    )
+    for version in versions:
+        hooks.after_commit(session, functools.partial(state.loader.submit_retire, version.id))

@@ -1,0 +1,153 @@
+"""Versions: upload (validate, store, register, then load), detail, delete."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control_plane.audit import service as audit
+from control_plane.auth.context import RequestContext
+from control_plane.db import hooks
+from control_plane.db.models import Model, ModelVersion, Tenant
+from control_plane.errors import Forbidden
+from control_plane.modelconfig.config import artifact_filename
+from control_plane.names import triton_model_name
+from control_plane.registry import repository
+from control_plane.registry.configgen import declared_signature, generate_config
+from control_plane.registry.exceptions import VersionConflict, VersionNotFound
+from control_plane.registry.schemas import VersionOut
+from control_plane.registry.service import get_model, spec_of
+from control_plane.registry.staging import inspect_artifact, stage_upload
+from control_plane.state import AppState
+
+
+def upload(
+    session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant, model: Model, stream: BinaryIO
+) -> ModelVersion:
+    """Validate and store an artifact, register it as the next version, and load it after commit."""
+    if model.format == "python" and not ctx.principal.is_admin:
+        raise Forbidden("Python-backend models run arbitrary code: only admins may upload versions")
+    spec, settings = spec_of(model), state.settings
+    with tempfile.TemporaryDirectory(prefix="cp-upload-") as tmp:
+        staged = stage_upload(
+            stream,
+            destination=Path(tmp) / artifact_filename(model.format),
+            max_bytes=settings.max_upload_bytes,
+        )
+        signature = inspect_artifact(staged, model_format=model.format, declared=declared_signature(spec))
+        generate_config(
+            name="validation", model_format=model.format, spec=spec, signature=signature, settings=settings
+        )
+        existed = state.artifacts.exists(staged.sha256)
+        with staged.path.open("rb") as artifact:
+            stored = state.artifacts.put(artifact, max_bytes=settings.max_upload_bytes)
+    if not existed:
+        hooks.on_rollback(session, lambda: _drop_if_orphan(state, stored.sha256))
+
+    get_model(session, tenant=tenant, name=model.name, lock=True)  # serializes version numbering
+    number = repository.next_version_number(session, model_id=model.id)
+    name = triton_model_name(tenant=tenant.name, model=model.name, model_id=model.id, version=number)
+    version = ModelVersion(
+        model_id=model.id,
+        version=number,
+        triton_name=name,
+        artifact_uri=stored.uri,
+        sha256=stored.sha256,
+        size_bytes=stored.size_bytes,
+        signature=signature.model_dump(mode="json"),
+        config_text=generate_config(
+            name=name, model_format=model.format, spec=spec, signature=signature, settings=settings
+        ),
+        state="registered",
+        created_by_key_id=ctx.principal.key_id,
+    )
+    session.add(version)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise VersionConflict(
+            f"version {number} of '{model.name}' was registered concurrently; retry"
+        ) from exc
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="version.create",
+        target=f"{tenant.name}/{model.name}/v{number}",
+        tenant=tenant.name,
+        model=model.name,
+        request_id=ctx.request_id,
+        after={"version": number, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+    )
+    version_id = version.id
+    hooks.after_commit(session, lambda: state.loader.submit_load(version_id))
+    return version
+
+
+def _drop_if_orphan(state: AppState, sha256: str) -> None:
+    """Delete an artifact stored for a transaction that rolled back, unless something else uses it."""
+    with state.session_factory() as session:
+        if not repository.sha_in_use(session, sha256):
+            state.artifacts.delete(sha256)
+
+
+def get_version(session: Session, *, model: Model, number: int) -> ModelVersion:
+    """A non-retired version of the model, or 404."""
+    version = repository.get_version(session, model_id=model.id, number=number)
+    if version is None:
+        raise VersionNotFound(model.name, number)
+    return version
+
+
+def list_for(session: Session, *, model: Model) -> list[VersionOut]:
+    """The model's non-retired versions, oldest first."""
+    return [describe(v) for v in repository.list_versions(session, model_id=model.id)]
+
+
+def describe(version: ModelVersion) -> VersionOut:
+    """The API view of a version."""
+    return VersionOut(
+        version=version.version,
+        state=version.state,
+        state_message=version.state_message,
+        sha256=version.sha256,
+        size_bytes=version.size_bytes,
+        artifact_uri=version.artifact_uri,
+        triton_name=version.triton_name,
+        signature=version.signature,
+        config=version.config_text,
+        created_at=version.created_at,
+        updated_at=version.updated_at,
+    )
+
+
+def retire(
+    session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant, model: Model, number: int
+) -> ModelVersion:
+    """Retire a version no alias uses; it is unloaded and its repository entry removed after commit."""
+    version = get_version(session, model=model, number=number)
+    users = repository.aliases_referencing(session, version_id=version.id)
+    if users:
+        raise VersionConflict(f"version {number} is used by alias(es) {', '.join(users)}; move them first")
+    before = {"state": version.state}
+    version.state = "retired"
+    version.updated_at = datetime.now(UTC)
+    session.flush()
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="version.delete",
+        target=f"{tenant.name}/{model.name}/v{number}",
+        tenant=tenant.name,
+        model=model.name,
+        before=before,
+        after={"state": "retired"},
+        request_id=ctx.request_id,
+    )
+    version_id = version.id
+    hooks.after_commit(session, lambda: state.loader.submit_retire(version_id))
+    return version

@@ -1,0 +1,48 @@
+"""Create and look up tenants, hiding other tenants from tenant-bound keys."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from control_plane.audit import service as audit
+from control_plane.auth.context import RequestContext
+from control_plane.db.models import Tenant
+from control_plane.names import is_valid_name
+from control_plane.tenants import repository
+from control_plane.tenants.exceptions import TenantExists, TenantNotFound
+
+
+def create(session: Session, *, ctx: RequestContext, name: str) -> Tenant:
+    """Create a tenant (admins only; checked by the router)."""
+    if repository.exists_named(session, name):
+        raise TenantExists(name)
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    session.flush()
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="tenant.create",
+        target=f"tenant/{name}",
+        tenant=name,
+        after={"name": name},
+        request_id=ctx.request_id,
+    )
+    return tenant
+
+
+def visible(session: Session, *, ctx: RequestContext, name: str) -> Tenant:
+    """The tenant called `name` if the caller may see it; 404 otherwise, whether it exists or not."""
+    if not is_valid_name(name):
+        raise TenantNotFound(name)
+    tenant = repository.get_by_name(session, name)
+    principal = ctx.principal
+    if tenant is None or (not principal.is_admin and principal.tenant_id != tenant.id):
+        raise TenantNotFound(name)
+    return tenant
+
+
+def list_visible(session: Session, *, ctx: RequestContext) -> list[Tenant]:
+    """All tenants for admins, the own tenant for everyone else."""
+    principal = ctx.principal
+    return repository.list_all(session, only_id=None if principal.is_admin else principal.tenant_id)
