@@ -13,6 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from control_plane import __version__
 from control_plane.artifacts import build_artifact_store
 from control_plane.audit.endpoints import router as audit_router
+from control_plane.dataplane.auth import KeyUsage
+from control_plane.dataplane.limits import TenantLimits
+from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.db.session import make_engine, make_session_factory, transaction
 from control_plane.errors import register_error_handlers
 from control_plane.fleet.instances import TritonEndpoint, endpoints_from_urls, register_instances
@@ -21,6 +24,9 @@ from control_plane.keys.endpoints import router as keys_router
 from control_plane.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control_plane.modelrepo import ModelRepository, build_model_repository
 from control_plane.registry.endpoints import router as registry_router
+from control_plane.routing.changes import install as install_change_hooks
+from control_plane.routing.router import Router
+from control_plane.routing.watcher import RegistryWatcher
 from control_plane.settings import Settings, get_settings
 from control_plane.state import AppState
 from control_plane.status.endpoints import router as status_router
@@ -56,6 +62,8 @@ def build_state(settings: Settings) -> AppState:
         timeout_s=settings.triton_timeout_s,
         load_timeout_s=settings.triton_load_timeout_s,
     )
+    router = Router(session_factory)
+    install_change_hooks(session_factory, on_change=router.reload)
     state = AppState(
         settings=settings,
         engine=engine,
@@ -65,6 +73,14 @@ def build_state(settings: Settings) -> AppState:
         loader=VersionLoader(
             session_factory=session_factory, artifacts=artifacts, repository=repository, tritons=tritons
         ),
+        router=router,
+        limits=TenantLimits(
+            rate_per_s=settings.tenant_rate_limit,
+            burst=settings.tenant_burst,
+            max_concurrency=settings.tenant_max_concurrency,
+        ),
+        metrics=DataPlaneMetrics(),
+        key_usage=KeyUsage(session_factory),
         tritons=tritons,
     )
     if settings.triton_embedded:
@@ -80,11 +96,23 @@ def build_state(settings: Settings) -> AppState:
         )
     with transaction(session_factory) as session:
         register_instances(session, tritons)
+    router.reload()
+    state.watcher = RegistryWatcher(
+        router=router,
+        database_url=settings.database_url,
+        refresh_s=settings.routing_refresh_s,
+        poll_s=settings.routing_poll_s,
+    )
+    state.watcher.start()
+    state.key_usage.start()
     return state
 
 
 def close_state(state: AppState) -> None:
     """Stop what build_state started."""
+    if state.watcher is not None:
+        state.watcher.stop()
+    state.key_usage.stop()
     state.loader.shutdown()
     for triton in state.tritons:
         triton.close()

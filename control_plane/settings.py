@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     triton_device: Device = Device.CPU
     triton_gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)
 
+    routing_refresh_s: float = 30.0
+    routing_poll_s: float = 1.0
+
+    tenant_rate_limit: float = 0.0  # requests/s per tenant; 0 = unlimited
+    tenant_burst: int = 100
+    tenant_max_concurrency: int = 0  # in-flight requests per tenant; 0 = unlimited
+    upstream_timeout_s: float = 60.0
+
     protected_aliases: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["production"])
 
     admin_token: SecretStr | None = None

@@ -8,9 +8,14 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.artifacts import ArtifactStore
+from control_plane.dataplane.auth import KeyUsage
+from control_plane.dataplane.limits import TenantLimits
+from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import VersionLoader
 from control_plane.modelrepo import ModelRepository
+from control_plane.routing.router import Router
+from control_plane.routing.watcher import RegistryWatcher
 from control_plane.settings import Settings
 from control_plane.tritonserver import TritonProcess
 
@@ -25,5 +30,10 @@ class AppState:
     artifacts: ArtifactStore
     repository: ModelRepository
     loader: VersionLoader
+    router: Router
+    limits: TenantLimits
+    metrics: DataPlaneMetrics
+    key_usage: KeyUsage
     tritons: list[TritonEndpoint] = field(default_factory=list)
     embedded_triton: TritonProcess | None = None
+    watcher: RegistryWatcher | None = None

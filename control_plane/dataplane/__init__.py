@@ -1,0 +1,1 @@
+"""The inference data plane: KServe v2 HTTP and gRPC proxies in front of Triton."""

@@ -1,0 +1,1 @@
+"""Tenant + model + alias -> Triton model name, held in memory and refreshed on registry changes."""

@@ -1,0 +1,104 @@
+"""Resolve tenant + model + alias (or version) to a ready Triton model, from the in-memory table."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import zlib
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.errors import NotFound, ServiceUnavailable
+from control_plane.routing.table import EMPTY_TABLE, AliasTarget, RoutingTable, build_table
+
+log = logging.getLogger(__name__)
+DEFAULT_ALIAS = "production"
+
+
+class ModelLoading(ServiceUnavailable):
+    """The version exists but Triton is not serving it (yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The concrete version a request goes to."""
+
+    tenant: str
+    model: str
+    version: int
+    triton_name: str
+    alias: str | None
+    shadow: tuple[str, int, int] | None = None  # (triton name, version, percent)
+
+
+class Router:
+    """Holds the current RoutingTable; reload() swaps in a fresh one atomically."""
+
+    def __init__(self, session_factory: sessionmaker[Session]):
+        self.session_factory = session_factory
+        self.table: RoutingTable = EMPTY_TABLE
+        self._reload_lock = threading.Lock()
+        self.generation = 0
+
+    def reload(self) -> None:
+        """Rebuild the table from the registry."""
+        with self._reload_lock, self.session_factory() as session:
+            self.table = build_table(session)
+            self.generation += 1
+
+    def resolve(
+        self,
+        *,
+        tenant_id: int,
+        model: str,
+        alias: str | None = None,
+        version: int | None = None,
+        routing_key: str | None = None,
+    ) -> Resolved:
+        """The ready version that serves this request; 404 for unknown names, 503 while loading."""
+        target = self.table.models.get((tenant_id, model))
+        if target is None:
+            raise NotFound(f"model '{model}' not found")
+        shadow = None
+        if version is None:
+            alias = alias or DEFAULT_ALIAS
+            alias_target = target.aliases.get(alias)
+            if alias_target is None:
+                raise NotFound(f"model '{model}' has no alias '{alias}'")
+            version = pick_version(alias_target, routing_key)
+            if alias_target.shadow is not None:
+                shadow_version = target.versions.get(alias_target.shadow[0])
+                if shadow_version is not None and shadow_version.state == "ready":
+                    shadow = (shadow_version.triton_name, shadow_version.version, alias_target.shadow[1])
+        found = target.versions.get(version)
+        if found is None:
+            raise NotFound(f"version {version} of model '{model}' not found")
+        if found.state != "ready":
+            raise ModelLoading(
+                f"version {version} of model '{model}' is {found.state}, not ready", retry_after=2
+            )
+        return Resolved(
+            tenant=target.tenant,
+            model=model,
+            version=version,
+            triton_name=found.triton_name,
+            alias=alias,
+            shadow=shadow,
+        )
+
+
+def pick_version(alias: AliasTarget, routing_key: str | None) -> int:
+    """The alias' version, or one drawn from its canary weights (sticky per routing key)."""
+    if not alias.weighted:
+        return alias.version
+    total = sum(weight for _, weight in alias.weighted)
+    if total <= 0:
+        return alias.version
+    point = (zlib.crc32(routing_key.encode()) % total) if routing_key else random.randrange(total)  # noqa: S311
+    for version, weight in alias.weighted:
+        if point < weight:
+            return version
+        point -= weight
+    return alias.version

@@ -1,0 +1,124 @@
+"""An immutable snapshot of everything the hot path needs to route a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.db.models import Alias, AliasRoute, ApiKey, Model, ModelVersion, Tenant
+
+
+@dataclass(frozen=True, slots=True)
+class VersionTarget:
+    """One version as Triton knows it."""
+
+    version: int
+    triton_name: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class AliasTarget:
+    """Where an alias sends traffic: one version, or a weighted split, plus an optional shadow."""
+
+    version: int
+    weighted: tuple[tuple[int, int], ...] = ()  # (version, weight) when a canary split is set
+    shadow: tuple[int, int] | None = None  # (version, percent)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    """A live model of a tenant with its versions and aliases."""
+
+    tenant: str
+    name: str
+    model_id: int
+    versions: dict[int, VersionTarget] = field(default_factory=dict)
+    aliases: dict[str, AliasTarget] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """An API key as the hot path checks it: hash, role, tenant."""
+
+    key_id: int
+    key_hash: str
+    role: str
+    tenant_id: int | None
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """(tenant id, model name) -> ModelTarget, tenant names by id, and unrevoked keys by prefix."""
+
+    models: dict[tuple[int, str], ModelTarget]
+    tenants: dict[int, str]
+    tenant_ids: dict[str, int]
+    keys: dict[str, KeyEntry]
+
+
+EMPTY_TABLE = RoutingTable(models={}, tenants={}, tenant_ids={}, keys={})
+
+
+def build_table(session: Session) -> RoutingTable:
+    """Read the live registry in a handful of queries."""
+    tenants = {t.id: t.name for t in session.scalars(select(Tenant).where(Tenant.deleted_at.is_(None)))}
+    models = {
+        m.id: m
+        for m in session.scalars(select(Model).where(Model.deleted_at.is_(None)))
+        if m.tenant_id in tenants
+    }
+    versions: dict[int, dict[int, VersionTarget]] = {model_id: {} for model_id in models}
+    by_id: dict[int, VersionTarget] = {}
+    for v in session.scalars(select(ModelVersion).where(ModelVersion.state != "retired")):
+        if v.model_id in models:
+            target = VersionTarget(version=v.version, triton_name=v.triton_name, state=v.state)
+            versions[v.model_id][v.version] = target
+            by_id[v.id] = target
+    routes: dict[int, list[AliasRoute]] = {}
+    for route in session.scalars(select(AliasRoute)):
+        routes.setdefault(route.alias_id, []).append(route)
+    aliases: dict[int, dict[str, AliasTarget]] = {model_id: {} for model_id in models}
+    for alias in session.scalars(select(Alias)):
+        if alias.model_id in models and alias.version_id in by_id:
+            aliases[alias.model_id][alias.name] = _alias_target(by_id, alias, routes.get(alias.id, []))
+    table = {
+        (m.tenant_id, m.name): ModelTarget(
+            tenant=tenants[m.tenant_id],
+            name=m.name,
+            model_id=m.id,
+            versions=versions[m.id],
+            aliases=aliases[m.id],
+        )
+        for m in models.values()
+    }
+    keys = {
+        k.prefix: KeyEntry(
+            key_id=k.id, key_hash=k.key_hash, role=k.role, tenant_id=k.tenant_id, prefix=k.prefix
+        )
+        for k in session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))
+        if k.tenant_id is None or k.tenant_id in tenants
+    }
+    return RoutingTable(
+        models=table, tenants=tenants, tenant_ids={n: i for i, n in tenants.items()}, keys=keys
+    )
+
+
+def _alias_target(by_id: dict[int, VersionTarget], alias: Alias, routes: list[AliasRoute]) -> AliasTarget:
+    weighted = tuple(
+        (by_id[r.version_id].version, r.weight)
+        for r in routes
+        if r.kind == "weighted" and r.version_id in by_id
+    )
+    shadow = next(
+        (
+            (by_id[r.version_id].version, r.weight)
+            for r in routes
+            if r.kind == "shadow" and r.version_id in by_id
+        ),
+        None,
+    )
+    return AliasTarget(version=by_id[alias.version_id].version, weighted=weighted, shadow=shadow)
