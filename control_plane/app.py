@@ -9,13 +9,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp
 
 from control_plane import __version__
 from control_plane.artifacts import build_artifact_store
 from control_plane.audit.endpoints import router as audit_router
 from control_plane.dataplane.auth import KeyUsage
+from control_plane.dataplane.grpc_proxy import GrpcProxy
+from control_plane.dataplane.http import HttpDataPlane
 from control_plane.dataplane.limits import TenantLimits
 from control_plane.dataplane.metrics import DataPlaneMetrics
+from control_plane.dataplane.upstream import Upstream
 from control_plane.db.session import make_engine, make_session_factory, transaction
 from control_plane.errors import register_error_handlers
 from control_plane.fleet.instances import TritonEndpoint, endpoints_from_urls, register_instances
@@ -81,6 +85,7 @@ def build_state(settings: Settings) -> AppState:
         ),
         metrics=DataPlaneMetrics(),
         key_usage=KeyUsage(session_factory),
+        upstream=Upstream(tritons, timeout_s=settings.upstream_timeout_s),
         tritons=tritons,
     )
     if settings.triton_embedded:
@@ -121,6 +126,14 @@ def close_state(state: AppState) -> None:
     state.engine.dispose()
 
 
+class ControlPlaneApp(FastAPI):
+    """FastAPI with the inference data plane in front of its whole middleware stack (the hot path)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """The app's usual stack, wrapped by the data plane."""
+        return HttpDataPlane(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The control-plane ASGI app."""
     settings = settings or get_settings()
@@ -129,12 +142,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await run_in_threadpool(build_state, settings)
         app.state.cp = state
+        grpc = GrpcProxy(state) if settings.grpc_port else None
         try:
+            if grpc is not None:
+                await grpc.start(settings.http_host, settings.grpc_port)
             yield
         finally:
+            if grpc is not None:
+                await grpc.stop(grace_s=5.0)
+            await state.upstream.close()
             await run_in_threadpool(close_state, state)
 
-    app = FastAPI(title="Triton control plane", version=__version__, lifespan=lifespan)
+    app = ControlPlaneApp(title="Triton control plane", version=__version__, lifespan=lifespan)
     register_error_handlers(app)
     for router in (status_router, tenants_router, keys_router, registry_router, audit_router):
         app.include_router(router)

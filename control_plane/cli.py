@@ -54,3 +54,7 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+if __name__ == "__main__":
+    app()

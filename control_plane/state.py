@@ -11,6 +11,7 @@ from control_plane.artifacts import ArtifactStore
 from control_plane.dataplane.auth import KeyUsage
 from control_plane.dataplane.limits import TenantLimits
 from control_plane.dataplane.metrics import DataPlaneMetrics
+from control_plane.dataplane.upstream import Upstream
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import VersionLoader
 from control_plane.modelrepo import ModelRepository
@@ -34,6 +35,7 @@ class AppState:
     limits: TenantLimits
     metrics: DataPlaneMetrics
     key_usage: KeyUsage
+    upstream: Upstream
     tritons: list[TritonEndpoint] = field(default_factory=list)
     embedded_triton: TritonProcess | None = None
     watcher: RegistryWatcher | None = None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from minio import Minio
 
@@ -15,6 +19,7 @@ from control_plane.settings import Settings
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
+from tests.support.procs import free_port
 
 ADMIN_TOKEN = "test-admin-token-" + uuid.uuid4().hex
 
@@ -38,6 +43,7 @@ def make_settings(database_url: str, s3_endpoint: str, triton: RunningTriton) ->
             "triton_runtime": "python",
             "triton_device": "cpu",
             "admin_token": ADMIN_TOKEN,
+            "grpc_port": 0,
         }
         return Settings(**{**values, **overrides})
 
@@ -59,6 +65,35 @@ def make_api(make_settings: MakeSettings) -> Iterator[Callable[..., Api]]:
     yield start
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_served(make_settings: MakeSettings) -> Iterator[Callable[..., Api]]:
+    """Apps served by a real uvicorn (uvloop + httptools) on a free port, for stock HTTP clients."""
+    servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
+
+    def start(**overrides: Any) -> Api:
+        settings = make_settings(**overrides)
+        app = create_app(settings)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=free_port(), loop="uvloop", http="httptools", log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{config.port}", timeout=60)
+        servers.append((server, thread, client))
+        return Api(client, admin_token=ADMIN_TOKEN, settings=settings, app=app)
+
+    yield start
+    for server, thread, client in servers:
+        client.close()
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ class Resolved:
     triton_name: str
     alias: str | None
     shadow: tuple[str, int, int] | None = None  # (triton name, version, percent)
+    inputs: tuple[tuple[str, str], ...] = ()
 
 
 class Router:
@@ -86,6 +87,7 @@ class Router:
             triton_name=found.triton_name,
             alias=alias,
             shadow=shadow,
+            inputs=found.inputs,
         )
 
 

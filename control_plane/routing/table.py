@@ -17,6 +17,7 @@ class VersionTarget:
     version: int
     triton_name: str
     state: str
+    inputs: tuple[tuple[str, str], ...] = ()  # (name, KServe datatype), for /v1/predict
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,8 @@ def build_table(session: Session) -> RoutingTable:
     by_id: dict[int, VersionTarget] = {}
     for v in session.scalars(select(ModelVersion).where(ModelVersion.state != "retired")):
         if v.model_id in models:
-            target = VersionTarget(version=v.version, triton_name=v.triton_name, state=v.state)
+            inputs = tuple((t["name"], t["datatype"]) for t in v.signature.get("inputs", []))
+            target = VersionTarget(version=v.version, triton_name=v.triton_name, state=v.state, inputs=inputs)
             versions[v.model_id][v.version] = target
             by_id[v.id] = target
     routes: dict[int, list[AliasRoute]] = {}

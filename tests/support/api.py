@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import numpy as np
 import tritonclient.http as triton_http
-from fastapi.testclient import TestClient
+from fastapi import FastAPI
 
 from control_plane.settings import Settings
 from control_plane.state import AppState
@@ -19,15 +19,18 @@ from tests.support.builders import unique_name
 class Api:
     """Calls the control plane as admin or with a given key."""
 
-    def __init__(self, client: TestClient, *, admin_token: str, settings: Settings):
+    def __init__(
+        self, client: httpx.Client, *, admin_token: str, settings: Settings, app: FastAPI | None = None
+    ):
         self.client = client
         self.admin_token = admin_token
         self.settings = settings
+        self.app = app if app is not None else client.app  # type: ignore[attr-defined]
 
     @property
     def state(self) -> AppState:
         """The app's process-wide state (engine, loader, Triton endpoints)."""
-        state: AppState = self.client.app.state.cp  # type: ignore[attr-defined]
+        state: AppState = self.app.state.cp
         return state
 
     def headers(self, key: str | None = None) -> dict[str, str]:

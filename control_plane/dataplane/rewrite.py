@@ -1,0 +1,45 @@
+"""Rewrite Triton's internal model name in response headers without decoding tensors."""
+
+from __future__ import annotations
+
+import orjson
+
+
+def _json_str(value: str) -> bytes:
+    return orjson.dumps(value)
+
+
+def rewrite_infer_response(
+    body: bytes, *, header_length: int | None, triton_name: str, model: str, version: int
+) -> tuple[bytes, memoryview, int | None]:
+    """(new JSON header, the untouched rest of the body, new header length for the binary extension).
+
+    Triton writes `"model_name":"<name>","model_version":"1"` near the start of its JSON header; only
+    that part is replaced. Anything unexpected falls back to parsing the (small) JSON header alone.
+    """
+    json_end = header_length if header_length is not None else len(body)
+    old = b'"model_name":' + _json_str(triton_name) + b',"model_version":"1"'
+    new = b'"model_name":' + _json_str(model) + b',"model_version":"' + str(version).encode() + b'"'
+    at = body.find(old, 0, min(json_end, 512 + len(old)))
+    if at >= 0:
+        head = body[:at] + new + body[at + len(old) : json_end]
+    else:
+        document = orjson.loads(body[:json_end])
+        document["model_name"], document["model_version"] = model, str(version)
+        head = orjson.dumps(document)
+    new_length = len(head) if header_length is not None else None
+    return head, memoryview(body)[json_end:], new_length  # the tensors are not copied
+
+
+def rewrite_metadata(body: bytes, *, model: str, version: int) -> bytes:
+    """Model metadata or config as the client should see it: its own name and version."""
+    document = orjson.loads(body)
+    document["name"] = model
+    if "versions" in document:
+        document["versions"] = [str(version)]
+    return orjson.dumps(document)
+
+
+def hide_internal_name(message: str, *, triton_name: str, model: str) -> str:
+    """Triton's error text with the internal model name replaced by the client's."""
+    return message.replace(triton_name, model)

@@ -1,0 +1,95 @@
+"""Pooled keep-alive HTTP connections to the Triton fleet (aiohttp), with our errors at the boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from control_plane.dataplane.h1client import ConnectionLost, H1Pool
+from control_plane.dataplane.rewrite import hide_internal_name
+from control_plane.errors import AppError, BadRequest, ServiceUnavailable, UpstreamTimeout
+from control_plane.fleet.instances import TritonEndpoint
+from control_plane.routing.router import ModelLoading, Resolved
+
+
+class TritonUnreachable(ServiceUnavailable):
+    """No Triton answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """Triton's answer, body read whole; header names lower-case."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+
+
+class Upstream:
+    """Keep-alive connection pools to the Tritons, round-robin over the endpoints."""
+
+    def __init__(self, endpoints: list[TritonEndpoint], *, timeout_s: float):
+        self.endpoints = endpoints
+        self.timeout_s = timeout_s
+        self._pools: dict[str, H1Pool] = {}
+        self._next = itertools.count()
+
+    def pick(self) -> TritonEndpoint:
+        """The next Triton endpoint (round-robin)."""
+        if not self.endpoints:
+            raise TritonUnreachable("no Triton instance is configured", retry_after=5)
+        return self.endpoints[next(self._next) % len(self.endpoints)]
+
+    def _pool(self, endpoint: TritonEndpoint) -> H1Pool:
+        pool = self._pools.get(endpoint.http_url)
+        if pool is None:
+            pool = self._pools[endpoint.http_url] = H1Pool(endpoint.http_url)
+        return pool
+
+    async def request(
+        self,
+        method: bytes,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> UpstreamResponse:
+        """Send one request to a Triton; 503 when unreachable, 504 on timeout."""
+        endpoint = self.pick()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                status, raw_headers, data = await self._pool(endpoint).request(
+                    method, path.encode(), headers=headers, body=body
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"Triton did not answer within {self.timeout_s:g}s") from exc
+        except (OSError, ConnectionLost) as exc:
+            raise TritonUnreachable(
+                f"Triton at {endpoint.http_url} is unreachable: {type(exc).__name__}", retry_after=1
+            ) from exc
+        return UpstreamResponse(status, dict(raw_headers), data)
+
+    async def close(self) -> None:
+        """Close the pools."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+def triton_error(upstream: UpstreamResponse, resolved: Resolved) -> AppError:
+    try:
+        message = str(orjson.loads(upstream.body).get("error", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        message = upstream.body[:500].decode(errors="replace")
+    message = hide_internal_name(message, triton_name=resolved.triton_name, model=resolved.model)
+    if upstream.status == 400:
+        return BadRequest(message)
+    if upstream.status == 404:
+        return ModelLoading(
+            f"model '{resolved.model}' is not loaded on Triton right now: {message}", retry_after=2
+        )
+    return ServiceUnavailable(f"Triton answered {upstream.status}: {message}", retry_after=1)

@@ -1,0 +1,148 @@
+"""Stock tritonclient.http against the proxy gives what Triton itself gives, under the client's own names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as triton_http
+
+from tests.support.api import Api
+from tests.support.deploy import Deployed, deploy_onnx
+
+X = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+
+
+@pytest.fixture
+def served(make_served: Callable[..., Api]) -> Api:
+    return make_served()
+
+
+def _client(api: Api) -> triton_http.InferenceServerClient:
+    return triton_http.InferenceServerClient(api.client.base_url.netloc.decode(), network_timeout=60)
+
+
+def _direct(api: Api) -> triton_http.InferenceServerClient:
+    return triton_http.InferenceServerClient(api.settings.triton_urls[0].split("://")[1], network_timeout=60)
+
+
+def _infer(
+    client: triton_http.InferenceServerClient, name: str, *, binary: bool, key: str | None = None, **kw
+):
+    tensor = triton_http.InferInput("x", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X, binary_data=binary)
+    outputs = [triton_http.InferRequestedOutput("y", binary_data=binary)]
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return client.infer(name, [tensor], outputs=outputs, headers=headers, **kw)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_infer_matches_direct_triton(served: Api, tmp_path: Path, binary: bool) -> None:
+    d = deploy_onnx(served, tmp_path)
+    with _client(served) as proxy, _direct(served) as direct:
+        through = _infer(proxy, d.model, binary=binary, key=d.consumer_key, request_id="r-1")
+        expected = _infer(direct, d.triton_name, binary=binary, request_id="r-1")
+        assert np.array_equal(through.as_numpy("y"), expected.as_numpy("y"))
+        response = through.get_response()
+        assert response["model_name"] == d.model
+        assert response["model_version"] == str(d.version)
+        assert response["id"] == "r-1"
+        assert d.triton_name not in str(response)
+
+
+def test_metadata_and_readiness_match_direct_triton(served: Api, tmp_path: Path) -> None:
+    d = deploy_onnx(served, tmp_path)
+    headers = {"Authorization": f"Bearer {d.consumer_key}"}
+    with _client(served) as proxy, _direct(served) as direct:
+        assert proxy.is_server_live()
+        assert proxy.is_server_ready()
+        assert proxy.is_model_ready(d.model, headers=headers)
+        assert proxy.is_model_ready(d.model, model_version=str(d.version), headers=headers)
+        ours = proxy.get_model_metadata(d.model, headers=headers)
+        theirs = direct.get_model_metadata(d.triton_name)
+        assert ours == {**theirs, "name": d.model, "versions": [str(d.version)]}
+        config = proxy.get_model_config(d.model, headers=headers)
+        assert config["name"] == d.model
+        assert config["max_batch_size"] == direct.get_model_config(d.triton_name)["max_batch_size"]
+
+
+def test_version_in_the_path_and_alias_header(served: Api, tmp_path: Path) -> None:
+    d1 = deploy_onnx(served, tmp_path)
+    d2 = deploy_onnx(served, tmp_path, tenant=d1.tenant, out_features=5, seed=1, alias="staging")
+    with _client(served) as proxy:
+        assert _infer(proxy, d1.model, binary=True, key=d1.consumer_key).as_numpy("y").shape == (2, 3)
+        by_version = _infer(proxy, d1.model, binary=True, key=d1.consumer_key, model_version=str(d2.version))
+        assert by_version.as_numpy("y").shape == (2, 5)
+        tensor = triton_http.InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X)
+        staged = proxy.infer(
+            d1.model,
+            [tensor],
+            headers={"Authorization": f"Bearer {d1.consumer_key}", "X-Model-Alias": "staging"},
+        )
+        assert staged.get_response()["model_version"] == str(d2.version)
+
+
+def test_server_timing_and_metrics(served: Api, tmp_path: Path) -> None:
+    d = deploy_onnx(served, tmp_path)
+    body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": X.reshape(-1).tolist()}]}
+    response = served.client.post(
+        f"/v2/models/{d.model}/infer", json=body, headers={"Authorization": f"Bearer {d.consumer_key}"}
+    )
+    assert response.status_code == 200
+    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    assert set(timing) == {"gateway", "triton"}
+    assert float(timing["triton"]) > 0 and float(timing["gateway"]) >= 0
+    metrics = served.client.get("/metrics").text
+    assert (
+        f'cp_inference_requests_total{{model="{d.model}",protocol="http",status="200",tenant="{d.tenant}",'
+        f'version="{d.version}"}} 1.0'
+    ) in metrics
+    assert (
+        f'cp_inference_upstream_seconds_count{{model="{d.model}",protocol="http",tenant="{d.tenant}"}} 1.0'
+        in metrics
+    )
+
+
+def test_simple_predict(served: Api, tmp_path: Path) -> None:
+    d = deploy_onnx(served, tmp_path)
+    response = served.client.post(
+        f"/v1/predict/{d.model}",
+        json={"inputs": {"x": X.tolist()}},
+        headers={"Authorization": f"Bearer {d.consumer_key}"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["version"]) == (d.model, d.version)
+    with _direct(served) as direct:
+        expected = _infer(direct, d.triton_name, binary=True).as_numpy("y")
+    np.testing.assert_allclose(np.asarray(body["outputs"]["y"], dtype=np.float32), expected, rtol=1e-6)
+    bad = served.client.post(
+        f"/v1/predict/{d.model}",
+        json={"inputs": {"z": [1]}},
+        headers={"Authorization": f"Bearer {d.consumer_key}"},
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "BadRequest"
+    assert "unknown ['z']" in bad.json()["detail"]
+
+
+def test_two_tenants_with_the_same_model_name_reach_their_own(served: Api, tmp_path: Path) -> None:
+    a = deploy_onnx(served, tmp_path, seed=0)
+    b = deploy_onnx(served, tmp_path, seed=7)
+    with _client(served) as proxy, _direct(served) as direct:
+        for mine in (a, b):
+            got = _infer(proxy, "mlp", binary=True, key=mine.consumer_key).as_numpy("y")
+            assert np.array_equal(got, _infer(direct, mine.triton_name, binary=True).as_numpy("y"))
+        assert not np.array_equal(
+            _infer(proxy, "mlp", binary=True, key=a.consumer_key).as_numpy("y"),
+            _infer(proxy, "mlp", binary=True, key=b.consumer_key).as_numpy("y"),
+        )
+
+
+def _deployed_other(served: Api, tmp_path: Path) -> tuple[Deployed, Deployed]:
+    mine = deploy_onnx(served, tmp_path)
+    other = deploy_onnx(served, tmp_path, model="secret")
+    return mine, other
