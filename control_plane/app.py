@@ -25,6 +25,8 @@ from control_plane.errors import register_error_handlers
 from control_plane.fleet.instances import TritonEndpoint, endpoints_from_urls, register_instances
 from control_plane.fleet.loader import VersionLoader
 from control_plane.keys.endpoints import router as keys_router
+from control_plane.lifecycle.endpoints import router as lifecycle_router
+from control_plane.lifecycle.janitor import KeepWarmJanitor
 from control_plane.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control_plane.modelrepo import ModelRepository, build_model_repository
 from control_plane.registry.endpoints import router as registry_router
@@ -110,11 +112,22 @@ def build_state(settings: Settings) -> AppState:
     )
     state.watcher.start()
     state.key_usage.start()
+    state.janitor = KeepWarmJanitor(
+        session_factory=session_factory,
+        loader=state.loader,
+        inflight=state.inflight,
+        keep_warm_s=settings.keep_warm_s,
+        interval_s=settings.janitor_interval_s,
+        database_url=settings.database_url,
+    )
+    state.janitor.start()
     return state
 
 
 def close_state(state: AppState) -> None:
     """Stop what build_state started."""
+    if state.janitor is not None:
+        state.janitor.stop()
     if state.watcher is not None:
         state.watcher.stop()
     state.key_usage.stop()
@@ -155,7 +168,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = ControlPlaneApp(title="Triton control plane", version=__version__, lifespan=lifespan)
     register_error_handlers(app)
-    for router in (status_router, tenants_router, keys_router, registry_router, audit_router):
+    for router in (
+        status_router,
+        tenants_router,
+        keys_router,
+        registry_router,
+        lifecycle_router,
+        audit_router,
+    ):
         app.include_router(router)
     app.add_middleware(
         BodyLimitMiddleware,

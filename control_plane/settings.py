@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     tenant_max_concurrency: int = 0  # in-flight requests per tenant; 0 = unlimited
     upstream_timeout_s: float = 60.0
 
+    keep_warm_s: float = 600.0  # how long a replaced version stays loaded (instant rollback)
+    janitor_interval_s: float = 10.0
+
     protected_aliases: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["production"])
 
     admin_token: SecretStr | None = None

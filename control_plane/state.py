@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -14,6 +15,7 @@ from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.dataplane.upstream import Upstream
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import VersionLoader
+from control_plane.lifecycle.janitor import KeepWarmJanitor
 from control_plane.modelrepo import ModelRepository
 from control_plane.routing.router import Router
 from control_plane.routing.watcher import RegistryWatcher
@@ -37,5 +39,7 @@ class AppState:
     key_usage: KeyUsage
     upstream: Upstream
     tritons: list[TritonEndpoint] = field(default_factory=list)
+    inflight: Counter[str] = field(default_factory=Counter)  # requests at Triton, by Triton model name
     embedded_triton: TritonProcess | None = None
     watcher: RegistryWatcher | None = None
+    janitor: KeepWarmJanitor | None = None

@@ -110,12 +110,14 @@ async def _infer(state: AppState, call: Call) -> None:
     state.limits.check_rate(caller.tenant_id)
     with state.limits.slot(caller.tenant_id):
         body = await read_body(call, limit=state.settings.max_request_bytes)
-        headers = call.forward_headers()
-        upstream = await call.timed_upstream(
-            state.upstream.request(
-                b"POST", f"/v2/models/{resolved.triton_name}/infer", body=body, headers=headers
+        path = f"/v2/models/{resolved.triton_name}/infer"
+        state.inflight[resolved.triton_name] += 1
+        try:
+            upstream = await call.timed_upstream(
+                state.upstream.request(b"POST", path, body=body, headers=call.forward_headers())
             )
-        )
+        finally:
+            state.inflight[resolved.triton_name] -= 1
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
     header_length = upstream.headers.get(b"inference-header-content-length")

@@ -123,6 +123,8 @@ class ModelVersion(Base):
     state: Mapped[str] = mapped_column(String(16), default="registered")
     state_message: Mapped[str | None] = mapped_column(Text)
     created_by_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    # When the last alias or traffic route let go of this version; it is unloaded keep-warm seconds later.
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = utcnow_column()
     updated_at: Mapped[datetime] = utcnow_column()
 
@@ -176,6 +178,7 @@ class AliasHistory(Base):
     to_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"))
     action: Mapped[str] = mapped_column(String(16))
     actor_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    actor: Mapped[str | None] = mapped_column(String(100))
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = utcnow_column()
 

@@ -44,10 +44,28 @@ class VersionLoader:
         self.tritons = tritons
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cp-loader")
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._loading: dict[int, Future[str]] = {}
+        self._loading_lock = threading.Lock()
 
     def submit_load(self, version_id: int) -> Future[str]:
-        """Load a version in the background; the future gives its final state."""
-        return self._executor.submit(self.load, version_id)
+        """Load a version in the background (joining a load already under way); the future gives its state."""
+        with self._loading_lock:
+            pending = self._loading.get(version_id)
+            if pending is not None and not pending.done():
+                return pending
+            future = self._executor.submit(self.load, version_id)
+            self._loading[version_id] = future
+        future.add_done_callback(lambda _: self._forget(version_id, future))
+        return future
+
+    def _forget(self, version_id: int, future: Future[str]) -> None:
+        with self._loading_lock:
+            if self._loading.get(version_id) is future:
+                del self._loading[version_id]
+
+    def submit_unload(self, version_id: int) -> Future[None]:
+        """Unload a version from every Triton (its repository entry stays, so a reload is quick)."""
+        return self._executor.submit(self.unload, version_id)
 
     def submit_retire(self, version_id: int) -> Future[None]:
         """Unload a retired version and remove its repository entry in the background."""
@@ -90,19 +108,34 @@ class VersionLoader:
 
     def retire(self, version_id: int) -> None:
         """Unload the version everywhere and delete its repository entry."""
-        with self.session_factory() as session:
-            version = session.get(ModelVersion, version_id)
-            if version is None:
-                return
-            name = version.triton_name
+        name = self._name_of(version_id)
+        if name is None:
+            return
         with self._locks[name]:
-            for triton in self.tritons:
-                try:
-                    triton.client.unload_model(name)
-                except AppError as exc:
-                    log.warning("unloading %s from %s failed: %s", name, triton.name, exc.message)
+            self._unload_everywhere(name)
             self.repository.remove_model(name)
         self._record(version_id, state="retired", message=None, failed=set(), placement_state="unloaded")
+
+    def unload(self, version_id: int) -> None:
+        """Unload a ready version everywhere; state `unloaded` (promote or rollback loads it again)."""
+        name = self._name_of(version_id)
+        if name is None:
+            return
+        with self._locks[name]:
+            self._unload_everywhere(name)
+        self._record(version_id, state="unloaded", message=None, failed=set(), placement_state="unloaded")
+
+    def _name_of(self, version_id: int) -> str | None:
+        with self.session_factory() as session:
+            version = session.get(ModelVersion, version_id)
+            return None if version is None else version.triton_name
+
+    def _unload_everywhere(self, name: str) -> None:
+        for triton in self.tritons:
+            try:
+                triton.client.unload_model(name)
+            except AppError as exc:
+                log.warning("unloading %s from %s failed: %s", name, triton.name, exc.message)
 
     def _write_entry(self, name: str, *, model_format: str, sha256: str, config_text: str) -> None:
         with tempfile.TemporaryDirectory(prefix="cp-load-") as tmp:

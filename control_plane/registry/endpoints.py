@@ -10,8 +10,8 @@ from starlette.datastructures import UploadFile
 from control_plane.auth.context import RequestContext, request_context
 from control_plane.dependencies import get_session, get_state
 from control_plane.errors import InvalidRequest
-from control_plane.registry import aliases, service, versions
-from control_plane.registry.schemas import AliasOut, AliasSet, ModelCreate, ModelOut, VersionOut
+from control_plane.registry import service, versions
+from control_plane.registry.schemas import ModelCreate, ModelOut, VersionOut
 from control_plane.state import AppState
 from control_plane.tenants import service as tenants
 
@@ -144,29 +144,4 @@ def delete_version(
     found = service.get_model(session, tenant=owner, name=model)
     return versions.describe(
         versions.retire(session, ctx=ctx, state=state, tenant=owner, model=found, number=number)
-    )
-
-
-@router.put("/{model}/aliases/{alias}", response_model=AliasOut)
-def set_alias(
-    tenant: str,
-    model: str,
-    alias: str,
-    body: AliasSet,
-    ctx: RequestContext = Depends(request_context),
-    state: AppState = Depends(get_state),
-    session: Session = Depends(get_session, scope="function"),
-) -> AliasOut:
-    """Point an alias at a ready version (protected aliases: admins only)."""
-    owner = tenants.visible(session, ctx=ctx, name=tenant)
-    found = service.get_model(session, tenant=owner, name=model)
-    return aliases.set_alias(
-        session,
-        ctx=ctx,
-        settings=state.settings,
-        tenant=owner,
-        model=found,
-        alias_name=alias,
-        number=body.version,
-        reason=body.reason,
     )

@@ -65,20 +65,3 @@ class ModelOut(ModelSpec):
     created_at: datetime
     versions: list[VersionSummary] = []
     aliases: dict[str, int] = {}
-
-
-class AliasSet(BaseModel):
-    """Body of PUT .../aliases/{a}."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: int = Field(ge=1)
-    reason: str | None = Field(None, max_length=500)
-
-
-class AliasOut(BaseModel):
-    """An alias and the version it names."""
-
-    alias: str
-    version: int
-    previous_version: int | None = None

@@ -133,7 +133,7 @@ def test_alias_points_at_a_ready_version(api: Api, tmp_path: Path) -> None:
         f"/v1/tenants/{tenant}/models/m/aliases/staging", json={"version": 1}, headers=api.headers(publisher)
     )
     assert staged.status_code == 200, staged.text
-    assert staged.json() == {"alias": "staging", "version": 1, "previous_version": None}
+    assert staged.json() == {"alias": "staging", "version": 1, "previous_version": None, "action": "promote"}
     protected = api.client.put(
         f"/v1/tenants/{tenant}/models/m/aliases/production",
         json={"version": 1},

@@ -1,0 +1,115 @@
+"""Alias endpoints: promote, roll back, history, traffic (canary and shadow)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from sqlalchemy.orm import Session
+
+from control_plane.auth.context import RequestContext, request_context
+from control_plane.db.models import Model, Tenant
+from control_plane.dependencies import get_session, get_state
+from control_plane.lifecycle import service, traffic
+from control_plane.lifecycle.schemas import AliasMove, HistoryEntry, Promote, Rollback, Traffic, TrafficOut
+from control_plane.registry.service import get_model
+from control_plane.state import AppState
+from control_plane.tenants import service as tenants
+
+router = APIRouter(prefix="/v1/tenants/{tenant}/models/{model}/aliases/{alias}", tags=["aliases"])
+
+
+def _owner(session: Session, ctx: RequestContext, tenant: str, model: str) -> tuple[Tenant, Model]:
+    owner = tenants.visible(session, ctx=ctx, name=tenant)
+    return owner, get_model(session, tenant=owner, name=model)
+
+
+@router.put("", response_model=AliasMove)
+def promote(
+    tenant: str,
+    model: str,
+    alias: str,
+    body: Promote,
+    ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> AliasMove:
+    """Load the version if needed, wait until ready, then switch the alias with history and audit."""
+    owner, found = _owner(session, ctx, tenant, model)
+    return service.promote(
+        session,
+        ctx=ctx,
+        state=state,
+        tenant=owner,
+        model=found,
+        alias_name=alias,
+        number=body.version,
+        reason=body.reason,
+    )
+
+
+@router.post("/rollback", response_model=AliasMove)
+def rollback(
+    tenant: str,
+    model: str,
+    alias: str,
+    body: Rollback | None = None,
+    ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> AliasMove:
+    """Back to the alias' previous version (or `to_version`), reloading it first if needed."""
+    body = body or Rollback()
+    owner, found = _owner(session, ctx, tenant, model)
+    return service.rollback(
+        session,
+        ctx=ctx,
+        state=state,
+        tenant=owner,
+        model=found,
+        alias_name=alias,
+        to_version=body.to_version,
+        reason=body.reason,
+    )
+
+
+@router.get("/history", response_model=list[HistoryEntry])
+def history(
+    tenant: str,
+    model: str,
+    alias: str,
+    ctx: RequestContext = Depends(request_context),
+    session: Session = Depends(get_session, scope="function"),
+) -> list[HistoryEntry]:
+    """Every move of the alias: from, to, who, when, why (newest first)."""
+    _, found = _owner(session, ctx, tenant, model)
+    return service.history(session, model=found, alias_name=alias)
+
+
+@router.put("/traffic", response_model=TrafficOut)
+def set_traffic(
+    tenant: str,
+    model: str,
+    alias: str,
+    body: Traffic,
+    ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> TrafficOut:
+    """Canary weights (sum 100, sticky per X-Routing-Key) and a shadow; empty routes clear the split."""
+    owner, found = _owner(session, ctx, tenant, model)
+    return traffic.set_traffic(
+        session, ctx=ctx, state=state, tenant=owner, model=found, alias_name=alias, body=body
+    )
+
+
+@router.get("/traffic", response_model=TrafficOut)
+def get_traffic(
+    tenant: str,
+    model: str,
+    alias: str,
+    ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> TrafficOut:
+    """The alias' split, shadow, and shadow comparison statistics."""
+    owner, found = _owner(session, ctx, tenant, model)
+    return traffic.get_traffic(session, state=state, tenant=owner, model=found, alias_name=alias)

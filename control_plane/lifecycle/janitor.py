@@ -1,0 +1,109 @@
+"""Keep-warm: a replaced version stays loaded for a while (instant rollback), then is unloaded.
+
+One process sweeps at a time (a Postgres advisory lock); each sweep claims a version in a transaction
+that re-checks, under the row lock promotions also take, that nothing references it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.db.models import ModelVersion
+from control_plane.db.session import transaction
+from control_plane.fleet.loader import VersionLoader
+from control_plane.registry import repository
+
+log = logging.getLogger(__name__)
+LEADER_LOCK = 0x63705F6A616E  # "cp_jan"
+
+
+class KeepWarmJanitor:
+    """Unloads versions that no alias or route has referenced for `keep_warm_s`, once idle."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        loader: VersionLoader,
+        inflight: Counter[str],
+        keep_warm_s: float,
+        interval_s: float,
+        database_url: str,
+    ):
+        self.session_factory = session_factory
+        self.loader = loader
+        self.inflight = inflight
+        self.keep_warm = timedelta(seconds=keep_warm_s)
+        self.interval_s = interval_s
+        self.database_url = database_url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cp-keep-warm", daemon=True)
+
+    def start(self) -> None:
+        """Start sweeping."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sweeping."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def sweep(self) -> list[int]:
+        """Unload every version whose keep-warm period is over; returns their ids."""
+        cutoff = datetime.now(UTC) - self.keep_warm
+        with self.session_factory() as session:
+            candidates = list(
+                session.scalars(
+                    select(ModelVersion.id).where(
+                        ModelVersion.state == "ready",
+                        ModelVersion.released_at.is_not(None),
+                        ModelVersion.released_at < cutoff,
+                    )
+                )
+            )
+        unloaded = [version_id for version_id in candidates if self._claim(version_id, cutoff)]
+        for version_id in unloaded:
+            self.loader.unload(version_id)
+        return unloaded
+
+    def _claim(self, version_id: int, cutoff: datetime) -> bool:
+        with transaction(self.session_factory) as session:
+            version = session.get(ModelVersion, version_id, with_for_update={"key_share": True})
+            if (
+                version is None
+                or version.state != "ready"
+                or version.released_at is None
+                or version.released_at >= cutoff
+                or self.inflight.get(version.triton_name, 0) > 0
+                or repository.aliases_referencing(session, version_id=version_id)
+            ):
+                return False
+            version.state, version.state_message = "unloaded", "unloaded after its keep-warm period"
+            return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.database_url.startswith(("postgresql", "postgres")):
+                    self._lead()
+                else:
+                    self._stop.wait(self.interval_s)
+                    self.sweep()
+            except Exception:
+                log.exception("keep-warm sweep failed; retrying")
+                self._stop.wait(self.interval_s)
+
+    def _lead(self) -> None:
+        conninfo = "postgresql://" + self.database_url.split("://", 1)[1]
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            while not self._stop.wait(self.interval_s):
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+                if row and row[0]:  # held by this connection from now on; re-asking is harmless
+                    self.sweep()

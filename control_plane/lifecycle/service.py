@@ -1,0 +1,280 @@
+"""Promote and roll back: load first, then switch the alias in one transaction with history and audit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from control_plane.audit import service as audit
+from control_plane.auth.context import RequestContext
+from control_plane.db import hooks
+from control_plane.db.models import Alias, AliasHistory, AliasRoute, Model, ModelVersion, Tenant
+from control_plane.db.session import transaction
+from control_plane.lifecycle.schemas import AliasMove, HistoryEntry
+from control_plane.registry import repository
+from control_plane.registry.aliases import check_may_move
+from control_plane.registry.exceptions import AliasNotFound, VersionConflict
+from control_plane.registry.versions import get_version
+from control_plane.state import AppState
+
+ATTEMPTS = 3  # a keep-warm unload may slip in between load and lock; then load again
+
+
+def promote(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    state: AppState,
+    tenant: Tenant,
+    model: Model,
+    alias_name: str,
+    number: int,
+    reason: str | None,
+) -> AliasMove:
+    """Load the version if needed, wait until ready, then point the alias at it (clearing a canary split)."""
+    check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
+    lock_model(session, model)
+    version = get_version(session, model=model, number=number)
+    target = f"{tenant.name}/{model.name}@{alias_name}"
+    locked = ensure_ready_locked(
+        session, state=state, ctx=ctx, version=version, target=target, action="alias.promote"
+    )
+    return switch(
+        session,
+        ctx=ctx,
+        state=state,
+        tenant=tenant,
+        model=model,
+        alias_name=alias_name,
+        version=locked,
+        action="promote",
+        reason=reason,
+        create=True,
+    )
+
+
+def rollback(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    state: AppState,
+    tenant: Tenant,
+    model: Model,
+    alias_name: str,
+    to_version: int | None,
+    reason: str | None,
+) -> AliasMove:
+    """Back to the version the alias had before (or `to_version`), reloading it first if it was unloaded."""
+    check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
+    lock_model(session, model)
+    alias = repository.get_alias(session, model_id=model.id, name=alias_name)
+    if alias is None:
+        raise AliasNotFound(model.name, alias_name)
+    if to_version is not None:
+        version = get_version(session, model=model, number=to_version)
+    else:
+        version = _previous(session, alias)
+    target = f"{tenant.name}/{model.name}@{alias_name}"
+    locked = ensure_ready_locked(
+        session, state=state, ctx=ctx, version=version, target=target, action="alias.rollback"
+    )
+    return switch(
+        session,
+        ctx=ctx,
+        state=state,
+        tenant=tenant,
+        model=model,
+        alias_name=alias_name,
+        version=locked,
+        action="rollback",
+        reason=reason,
+        create=False,
+    )
+
+
+def _previous(session: Session, alias: Alias) -> ModelVersion:
+    last = session.scalar(
+        select(AliasHistory)
+        .where(AliasHistory.alias_id == alias.id, AliasHistory.to_version_id == alias.version_id)
+        .where(AliasHistory.from_version_id.is_not(None))
+        .order_by(AliasHistory.id.desc())
+        .limit(1)
+    )
+    if last is None or last.from_version_id is None:
+        raise VersionConflict(f"alias '{alias.name}' has no previous version to roll back to")
+    previous = session.get(ModelVersion, last.from_version_id)
+    if previous is None or previous.state == "retired":
+        raise VersionConflict(
+            f"alias '{alias.name}' previous version is retired; name a version with to_version"
+        )
+    return previous
+
+
+def lock_model(session: Session, model: Model) -> None:
+    """Serialize alias and traffic changes of one model (taken first: model, then versions)."""
+    session.get(Model, model.id, with_for_update={"key_share": True}, populate_existing=True)
+
+
+def ensure_ready_locked(
+    session: Session, *, state: AppState, ctx: RequestContext, version: ModelVersion, target: str, action: str
+) -> ModelVersion:
+    """The version row, ready and locked against keep-warm unloading: loaded first if needed.
+
+    The row lock (FOR NO KEY UPDATE, so foreign-key checks of other moves don't block on it) is taken in
+    a savepoint: if the version was unloaded in between, the savepoint is rolled back to drop the lock
+    while it loads again. A failed load is audited in its own transaction and refused.
+    """
+    for _ in range(ATTEMPTS):
+        if version.state != "ready":
+            outcome = state.loader.submit_load(version.id).result(
+                timeout=state.settings.triton_load_timeout_s
+            )
+            session.refresh(version)
+            if outcome != "ready" or version.state != "ready":
+                _refuse(state, ctx=ctx, version=version, target=target, action=action)
+        savepoint = session.begin_nested()
+        locked = session.get(
+            ModelVersion, version.id, with_for_update={"key_share": True}, populate_existing=True
+        )
+        if locked is not None and locked.state == "ready":
+            savepoint.commit()
+            return locked
+        savepoint.rollback()
+        session.refresh(version)
+    raise VersionConflict(f"version {version.version} was unloaded while being promoted; retry")
+
+
+def _refuse(state: AppState, *, ctx: RequestContext, version: ModelVersion, target: str, action: str) -> None:
+    """Write the failed attempt's audit event in its own transaction, then refuse."""
+    detail = version.state_message or version.state
+    with transaction(state.session_factory) as own:
+        tenant, _, rest = target.partition("/")
+        audit.record(
+            own,
+            actor=ctx.principal,
+            action=action,
+            target=target,
+            tenant=tenant,
+            model=rest.split("@")[0],
+            after={"version": version.version},
+            outcome="failure",
+            request_id=ctx.request_id,
+            before={"error": detail[:1000]},
+        )
+    raise VersionConflict(f"version {version.version} cannot serve: it is {version.state} ({detail})")
+
+
+def switch(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    state: AppState,
+    tenant: Tenant,
+    model: Model,
+    alias_name: str,
+    version: ModelVersion,
+    action: str,
+    reason: str | None,
+    create: bool,
+) -> AliasMove:
+    """Point the alias at `version` (row-locked, so concurrent moves serialize), with history and audit."""
+    now = datetime.now(UTC)
+    alias = repository.get_alias(session, model_id=model.id, name=alias_name, lock=True)
+    previous: ModelVersion | None = None
+    dropped: set[int] = set()
+    if alias is None:
+        if not create:
+            raise AliasNotFound(model.name, alias_name)
+        alias = Alias(model_id=model.id, name=alias_name, version_id=version.id)
+        session.add(alias)
+        session.flush()
+    else:
+        previous = session.get(ModelVersion, alias.version_id)
+        dropped = set(
+            session.scalars(
+                select(AliasRoute.version_id).where(
+                    AliasRoute.alias_id == alias.id, AliasRoute.kind == "weighted"
+                )
+            )
+        )
+        session.execute(
+            delete(AliasRoute).where(AliasRoute.alias_id == alias.id, AliasRoute.kind == "weighted")
+        )
+        alias.version_id, alias.updated_at = version.id, now
+    version.released_at = None
+    session.add(
+        AliasHistory(
+            alias_id=alias.id,
+            from_version_id=previous.id if previous else None,
+            to_version_id=version.id,
+            action=action,
+            actor_key_id=ctx.principal.key_id,
+            actor=ctx.principal.label,
+            reason=reason,
+        )
+    )
+    session.flush()
+    release_after_commit(session, state=state, version_ids=dropped | ({previous.id} if previous else set()))
+    before = {"version": previous.version if previous else None}
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action=f"alias.{action}",
+        target=f"{tenant.name}/{model.name}@{alias_name}",
+        tenant=tenant.name,
+        model=model.name,
+        before=before,
+        after={"version": version.version},
+        request_id=ctx.request_id,
+    )
+    return AliasMove(
+        alias=alias_name,
+        version=version.version,
+        previous_version=previous.version if previous else None,
+        action=action,
+    )
+
+
+def release_after_commit(session: Session, *, state: AppState, version_ids: set[int]) -> None:
+    """Once this change commits, start the keep-warm clock of versions nothing references any more.
+
+    Done in a transaction of its own, so a move never holds locks on versions it lets go of.
+    """
+    if not version_ids:
+        return
+    now = datetime.now(UTC)
+
+    def release() -> None:
+        with transaction(state.session_factory) as own:
+            for version_id in version_ids:
+                version = own.get(ModelVersion, version_id)
+                if version is not None and not repository.aliases_referencing(own, version_id=version_id):
+                    version.released_at = now
+
+    hooks.after_commit(session, release)
+
+
+def history(session: Session, *, model: Model, alias_name: str) -> list[HistoryEntry]:
+    """Every move of the alias, newest first."""
+    alias = repository.get_alias(session, model_id=model.id, name=alias_name)
+    if alias is None:
+        raise AliasNotFound(model.name, alias_name)
+    numbers = {
+        v.id: v.version for v in repository.list_versions(session, model_id=model.id, include_retired=True)
+    }
+    rows = session.scalars(
+        select(AliasHistory).where(AliasHistory.alias_id == alias.id).order_by(AliasHistory.id.desc())
+    )
+    return [
+        HistoryEntry(
+            action=row.action,
+            from_version=numbers.get(row.from_version_id) if row.from_version_id else None,
+            to_version=numbers[row.to_version_id],
+            actor=row.actor,
+            reason=row.reason,
+            at=row.created_at,
+        )
+        for row in rows
+    ]

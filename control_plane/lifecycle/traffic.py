@@ -1,0 +1,109 @@
+"""Canary splits and shadow mirroring on an alias."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from control_plane.audit import service as audit
+from control_plane.auth.context import RequestContext
+from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion, Tenant
+from control_plane.lifecycle.schemas import Route, Shadow, ShadowStatsOut, Traffic, TrafficOut
+from control_plane.lifecycle.service import ensure_ready_locked, lock_model, release_after_commit
+from control_plane.registry import repository
+from control_plane.registry.aliases import check_may_move
+from control_plane.registry.exceptions import AliasNotFound
+from control_plane.registry.versions import get_version
+from control_plane.state import AppState
+
+
+def _alias(session: Session, *, model: Model, alias_name: str, lock: bool = False) -> Alias:
+    alias = repository.get_alias(session, model_id=model.id, name=alias_name, lock=lock)
+    if alias is None:
+        raise AliasNotFound(model.name, alias_name)
+    return alias
+
+
+def set_traffic(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    state: AppState,
+    tenant: Tenant,
+    model: Model,
+    alias_name: str,
+    body: Traffic,
+) -> TrafficOut:
+    """Replace the alias' canary routes and shadow; every version named is loaded and ready first."""
+    check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
+    lock_model(session, model)
+    _alias(session, model=model, alias_name=alias_name)
+    target = f"{tenant.name}/{model.name}@{alias_name}"
+    wanted = [(r.version, "weighted", r.weight) for r in body.routes]
+    if body.shadow is not None:
+        wanted.append((body.shadow.version, "shadow", body.shadow.percent))
+    rows = []
+    for number, kind, weight in sorted(wanted):
+        version = get_version(session, model=model, number=number)
+        locked = ensure_ready_locked(
+            session, state=state, ctx=ctx, version=version, target=target, action="alias.traffic"
+        )
+        rows.append((locked.id, kind, weight))
+    alias = _alias(session, model=model, alias_name=alias_name, lock=True)
+    before = describe(session, state=state, tenant=tenant, model=model, alias=alias)
+    old_ids = set(session.scalars(select(AliasRoute.version_id).where(AliasRoute.alias_id == alias.id)))
+    session.execute(delete(AliasRoute).where(AliasRoute.alias_id == alias.id))
+    for version_id, kind, weight in rows:
+        session.add(AliasRoute(alias_id=alias.id, version_id=version_id, kind=kind, weight=weight))
+        referenced = session.get(ModelVersion, version_id)
+        if referenced is not None:
+            referenced.released_at = None
+    session.flush()
+    release_after_commit(session, state=state, version_ids=old_ids - {r[0] for r in rows})
+    after = describe(session, state=state, tenant=tenant, model=model, alias=alias)
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="alias.traffic",
+        target=target,
+        tenant=tenant.name,
+        model=model.name,
+        before=before.model_dump(exclude={"shadow_stats"}),
+        after=after.model_dump(exclude={"shadow_stats"}),
+        request_id=ctx.request_id,
+    )
+    return after
+
+
+def get_traffic(
+    session: Session, *, state: AppState, tenant: Tenant, model: Model, alias_name: str
+) -> TrafficOut:
+    """The alias' current split, shadow and this process' shadow comparison statistics."""
+    return describe(
+        session,
+        state=state,
+        tenant=tenant,
+        model=model,
+        alias=_alias(session, model=model, alias_name=alias_name),
+    )
+
+
+def describe(session: Session, *, state: AppState, tenant: Tenant, model: Model, alias: Alias) -> TrafficOut:
+    """An alias' traffic as the API shows it."""
+    numbers = {
+        v.id: v.version for v in repository.list_versions(session, model_id=model.id, include_retired=True)
+    }
+    routes = list(
+        session.scalars(select(AliasRoute).where(AliasRoute.alias_id == alias.id).order_by(AliasRoute.id))
+    )
+    weighted = [Route(version=numbers[r.version_id], weight=r.weight) for r in routes if r.kind == "weighted"]
+    shadow_row = next((r for r in routes if r.kind == "shadow"), None)
+    shadow = Shadow(version=numbers[shadow_row.version_id], percent=shadow_row.weight) if shadow_row else None
+    stats = state.shadow.stats(tenant=tenant.name, model=model.name, alias=alias.name) if shadow else None
+    return TrafficOut(
+        alias=alias.name,
+        version=numbers[alias.version_id],
+        routes=weighted,
+        shadow=shadow,
+        shadow_stats=ShadowStatsOut.model_validate(stats, from_attributes=True) if stats else None,
+    )

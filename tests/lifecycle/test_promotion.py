@@ -1,0 +1,216 @@
+"""Promote, roll back, keep-warm, history and audit against the real registry and Triton."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.api import Api
+from tests.support.deploy import Deployed, deploy_onnx
+from tests.support.triton_models import MODEL
+
+BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.25]}]}
+
+
+def _alias_url(d: Deployed, alias: str = "production") -> str:
+    return f"/v1/tenants/{d.tenant}/models/{d.model}/aliases/{alias}"
+
+
+def _two_versions(api: Api, tmp_path: Path) -> tuple[Deployed, Deployed]:
+    v1 = deploy_onnx(api, tmp_path)
+    v2 = deploy_onnx(api, tmp_path, tenant=v1.tenant, out_features=5, seed=1, alias="staging")
+    return v1, v2
+
+
+def _version_state(api: Api, d: Deployed, number: int) -> str:
+    return str(api.version(d.tenant, d.model, number)["state"])
+
+
+def test_promote_reports_the_replaced_version_and_history_lists_every_move(api: Api, tmp_path: Path) -> None:
+    v1, v2 = _two_versions(api, tmp_path)
+    moved = api.client.put(
+        _alias_url(v1), json={"version": v2.version, "reason": "better"}, headers=api.headers()
+    )
+    assert moved.status_code == 200
+    assert moved.json() == {"alias": "production", "version": 2, "previous_version": 1, "action": "promote"}
+    history = api.client.get(_alias_url(v1) + "/history", headers=api.headers(v1.publisher_key)).json()
+    assert [(h["action"], h["from_version"], h["to_version"], h["actor"], h["reason"]) for h in history] == [
+        ("promote", 1, 2, "admin-token", "better"),
+        ("promote", None, 1, "admin-token", None),
+    ]
+
+
+def test_rollback_to_a_kept_warm_version_is_fast(api: Api, tmp_path: Path) -> None:
+    v1, v2 = _two_versions(api, tmp_path)
+    assert (
+        api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
+    )
+    assert _version_state(api, v1, 1) == "ready"  # kept warm
+
+    started = time.perf_counter()
+    rolled = api.client.post(_alias_url(v1) + "/rollback", headers=api.headers())
+    elapsed_ms = (time.perf_counter() - started) * 1000
+
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json() == {"alias": "production", "version": 1, "previous_version": 2, "action": "rollback"}
+    print(f"\nrollback to the kept-warm version took {elapsed_ms:.1f} ms")
+    assert elapsed_ms < 1000
+    assert api.state.router.resolve(tenant_id=_tenant_id(api, v1), model=v1.model).version == 1
+
+
+def _tenant_id(api: Api, d: Deployed) -> int:
+    return api.state.router.table.tenant_ids[d.tenant]
+
+
+def test_rollback_to_an_unloaded_version_reloads_it_first(
+    make_served: Callable[..., Api], tmp_path: Path
+) -> None:
+    api = make_served()
+    v1, v2 = _two_versions(api, tmp_path)
+    assert (
+        api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
+    )
+    version_id = api.state.router.table  # noqa: F841  (table is reloaded below)
+    _unload(api, v1, 1)
+    assert _version_state(api, v1, 1) == "unloaded"
+    assert not api.state.tritons[0].health.is_model_ready(v1.triton_name)
+
+    failures: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        import httpx
+
+        with httpx.Client(base_url=api.client.base_url, timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(
+                    f"/v2/models/{v1.model}/infer",
+                    json=BODY,
+                    headers={"Authorization": f"Bearer {v1.consumer_key}"},
+                )
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        rolled = api.client.post(
+            _alias_url(v1) + "/rollback", json={"reason": "v2 regressed"}, headers=api.headers()
+        )
+    finally:
+        time.sleep(0.3)
+        stop.set()
+        worker.join()
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["version"] == 1
+    assert _version_state(api, v1, 1) == "ready"
+    assert api.state.tritons[0].health.is_model_ready(v1.triton_name)
+    assert failures == []
+
+
+def _unload(api: Api, d: Deployed, number: int) -> None:
+    from sqlalchemy import select
+
+    from control_plane.db.models import ModelVersion
+
+    with api.state.session_factory() as session:
+        version_id = session.scalar(select(ModelVersion.id).where(ModelVersion.triton_name == d.triton_name))
+    assert version_id is not None
+    api.state.loader.unload(version_id)
+
+
+def test_a_version_that_failed_to_load_cannot_be_promoted(api: Api, tmp_path: Path) -> None:
+    v1 = deploy_onnx(api, tmp_path, model="py")  # alias production -> an ONNX model named "py"
+    spec = {
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
+        "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
+        "max_batch_size": 0,
+    }
+    assert api.create_model(v1.tenant, name="bad", format="python", **spec).status_code == 201
+    assert api.create_model(v1.tenant, name="bad2", format="onnx").status_code == 201  # unrelated
+    source = tmp_path / "model.py"
+    source.write_text(MODEL.format(init="raise RuntimeError('cuda missing')", scale=1.0, offset=0.0))
+    assert api.upload(v1.tenant, "bad", source).status_code == 201
+    assert api.wait_settled(v1.tenant, "bad", 1)["state"] == "failed"
+
+    refused = api.client.put(
+        f"/v1/tenants/{v1.tenant}/models/bad/aliases/production", json={"version": 1}, headers=api.headers()
+    )
+
+    assert refused.status_code == 409
+    assert "cuda missing" in refused.json()["detail"]
+    model = api.client.get(f"/v1/tenants/{v1.tenant}/models/bad", headers=api.headers()).json()
+    assert model["aliases"] == {}
+    events = api.client.get(
+        "/v1/audit", params={"tenant": v1.tenant, "action": "alias.promote"}, headers=api.headers()
+    ).json()
+    failed = [e for e in events if e["outcome"] == "failure"]
+    assert len(failed) == 1
+    assert failed[0]["target"] == f"{v1.tenant}/bad@production"
+    assert "cuda missing" in failed[0]["before"]["error"]
+
+
+def test_replaced_version_is_unloaded_after_keep_warm_and_others_stay(
+    make_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    api = make_api(keep_warm_s=1.0, janitor_interval_s=0.2)
+    v1, v2 = _two_versions(api, tmp_path)
+    v3 = deploy_onnx(api, tmp_path, tenant=v1.tenant, seed=3, alias="candidate")
+    assert api.client.delete(_alias_url(v3, "candidate"), headers=api.headers()).status_code in (404, 405)
+    assert (
+        api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
+    )
+
+    deadline = time.monotonic() + 15
+    while _version_state(api, v1, 1) != "unloaded":
+        assert time.monotonic() < deadline, "v1 was not unloaded after its keep-warm period"
+        time.sleep(0.2)
+    assert not api.state.tritons[0].health.is_model_ready(v1.triton_name)
+    assert _version_state(api, v1, 2) == "ready"  # production
+    assert _version_state(api, v1, 3) == "ready"  # still named by 'candidate'
+
+    again = api.client.post(_alias_url(v1) + "/rollback", headers=api.headers())
+    assert again.status_code == 200
+    assert _version_state(api, v1, 1) == "ready"
+
+
+def test_concurrent_promotions_are_serialized_and_none_is_lost(api: Api, tmp_path: Path) -> None:
+    v1, v2 = _two_versions(api, tmp_path)
+    results: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def promote(number: int) -> None:
+        barrier.wait()
+        response = api.client.put(_alias_url(v1), json={"version": number}, headers=api.headers())
+        results.append(response.status_code)
+
+    threads = [threading.Thread(target=promote, args=(n,)) for n in (1, 2, 1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [200, 200, 200, 200]
+    history = api.client.get(_alias_url(v1) + "/history", headers=api.headers()).json()
+    assert len(history) == 5  # the first promotion plus four
+    for newer, older in zip(history, history[1:], strict=False):
+        assert newer["from_version"] == older["to_version"]  # each move starts where the previous ended
+    final = api.client.get(f"/v1/tenants/{v1.tenant}/models/{v1.model}", headers=api.headers()).json()
+    assert final["aliases"]["production"] == history[0]["to_version"]
+
+
+def test_publishers_move_staging_but_not_production(api: Api, tmp_path: Path) -> None:
+    v1, v2 = _two_versions(api, tmp_path)
+    key = v1.publisher_key
+    assert (
+        api.client.put(_alias_url(v1, "staging"), json={"version": 1}, headers=api.headers(key)).status_code
+        == 200
+    )
+    denied = api.client.put(_alias_url(v1), json={"version": 2}, headers=api.headers(key))
+    assert denied.status_code == 403
+    assert api.client.post(_alias_url(v1) + "/rollback", headers=api.headers(key)).status_code == 403
+    assert (
+        api.client.put(_alias_url(v1) + "/traffic", json={"routes": []}, headers=api.headers(key)).status_code
+        == 403
+    )
