@@ -27,6 +27,7 @@ from control_plane.fleet.loader import VersionLoader
 from control_plane.keys.endpoints import router as keys_router
 from control_plane.lifecycle.endpoints import router as lifecycle_router
 from control_plane.lifecycle.janitor import KeepWarmJanitor
+from control_plane.lifecycle.shadow import ShadowMirror
 from control_plane.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control_plane.modelrepo import ModelRepository, build_model_repository
 from control_plane.registry.endpoints import router as registry_router
@@ -69,6 +70,8 @@ def build_state(settings: Settings) -> AppState:
         load_timeout_s=settings.triton_load_timeout_s,
     )
     router = Router(session_factory)
+    metrics = DataPlaneMetrics()
+    upstream = Upstream(tritons, timeout_s=settings.upstream_timeout_s)
     install_change_hooks(session_factory, on_change=router.reload)
     state = AppState(
         settings=settings,
@@ -85,9 +88,10 @@ def build_state(settings: Settings) -> AppState:
             burst=settings.tenant_burst,
             max_concurrency=settings.tenant_max_concurrency,
         ),
-        metrics=DataPlaneMetrics(),
+        metrics=metrics,
         key_usage=KeyUsage(session_factory),
-        upstream=Upstream(tritons, timeout_s=settings.upstream_timeout_s),
+        upstream=upstream,
+        shadow=ShadowMirror(upstream=upstream, registry=metrics.registry),
         tritons=tritons,
     )
     if settings.triton_embedded:
@@ -163,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if grpc is not None:
                 await grpc.stop(grace_s=5.0)
+            await state.shadow.close()
             await state.upstream.close()
             await run_in_threadpool(close_state, state)
 

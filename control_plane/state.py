@@ -16,6 +16,7 @@ from control_plane.dataplane.upstream import Upstream
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import VersionLoader
 from control_plane.lifecycle.janitor import KeepWarmJanitor
+from control_plane.lifecycle.shadow import ShadowMirror
 from control_plane.modelrepo import ModelRepository
 from control_plane.routing.router import Router
 from control_plane.routing.watcher import RegistryWatcher
@@ -38,6 +39,7 @@ class AppState:
     metrics: DataPlaneMetrics
     key_usage: KeyUsage
     upstream: Upstream
+    shadow: ShadowMirror
     tritons: list[TritonEndpoint] = field(default_factory=list)
     inflight: Counter[str] = field(default_factory=Counter)  # requests at Triton, by Triton model name
     embedded_triton: TritonProcess | None = None

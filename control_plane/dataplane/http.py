@@ -120,10 +120,11 @@ async def _infer(state: AppState, call: Call) -> None:
             state.inflight[resolved.triton_name] -= 1
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
-    header_length = upstream.headers.get(b"inference-header-content-length")
+    raw_length = upstream.headers.get(b"inference-header-content-length")
+    header_length = int(raw_length) if raw_length is not None else None
     head, tail, new_length = rewrite_infer_response(
         upstream.body,
-        header_length=int(header_length) if header_length is not None else None,
+        header_length=header_length,
         triton_name=resolved.triton_name,
         model=resolved.model,
         version=resolved.version,
@@ -131,6 +132,14 @@ async def _infer(state: AppState, call: Call) -> None:
     extra = [(b"inference-header-content-length", str(new_length).encode())] if new_length is not None else []
     content_type = upstream.headers.get(b"content-type", JSON)
     await call.respond(200, content_type, head, tail, extra)
+    if resolved.shadow is not None:  # after the live response is out: never on its latency
+        state.shadow.mirror(
+            resolved=resolved,
+            body=body,
+            headers=call.forward_headers(),
+            live_body=upstream.body,
+            live_header_length=header_length,
+        )
 
 
 async def _metadata(state: AppState, call: Call) -> None:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -172,7 +173,7 @@ def test_503_for_a_version_that_is_not_ready(served: Api, tmp_path: Path) -> Non
     source.write_text(
         "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('no')\n"
     )
-    spec = {
+    spec: dict[str, Any] = {
         "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
         "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
         "max_batch_size": 0,

@@ -1,4 +1,4 @@
-"""Two control-plane processes on one Postgres: a change made through one is served by the other within 1 s."""
+"""Two control-plane processes on one Postgres: a change through one is served by the other within 1 s."""
 
 from __future__ import annotations
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.support.api import Api
 from tests.support.deploy import Deployed, deploy_onnx
@@ -72,7 +74,6 @@ def test_rollback_to_an_unloaded_version_reloads_it_first(
     assert (
         api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
     )
-    version_id = api.state.router.table  # noqa: F841  (table is reloaded below)
     _unload(api, v1, 1)
     assert _version_state(api, v1, 1) == "unloaded"
     assert not api.state.tritons[0].health.is_model_ready(v1.triton_name)
@@ -123,7 +124,7 @@ def _unload(api: Api, d: Deployed, number: int) -> None:
 
 def test_a_version_that_failed_to_load_cannot_be_promoted(api: Api, tmp_path: Path) -> None:
     v1 = deploy_onnx(api, tmp_path, model="py")  # alias production -> an ONNX model named "py"
-    spec = {
+    spec: dict[str, Any] = {
         "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
         "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
         "max_batch_size": 0,
@@ -177,7 +178,7 @@ def test_replaced_version_is_unloaded_after_keep_warm_and_others_stay(
 
 
 def test_concurrent_promotions_are_serialized_and_none_is_lost(api: Api, tmp_path: Path) -> None:
-    v1, v2 = _two_versions(api, tmp_path)
+    v1, _v2 = _two_versions(api, tmp_path)
     results: list[int] = []
     barrier = threading.Barrier(4)
 
@@ -194,14 +195,14 @@ def test_concurrent_promotions_are_serialized_and_none_is_lost(api: Api, tmp_pat
     assert results == [200, 200, 200, 200]
     history = api.client.get(_alias_url(v1) + "/history", headers=api.headers()).json()
     assert len(history) == 5  # the first promotion plus four
-    for newer, older in zip(history, history[1:], strict=False):
+    for newer, older in itertools.pairwise(history):
         assert newer["from_version"] == older["to_version"]  # each move starts where the previous ended
     final = api.client.get(f"/v1/tenants/{v1.tenant}/models/{v1.model}", headers=api.headers()).json()
     assert final["aliases"]["production"] == history[0]["to_version"]
 
 
 def test_publishers_move_staging_but_not_production(api: Api, tmp_path: Path) -> None:
-    v1, v2 = _two_versions(api, tmp_path)
+    v1, _v2 = _two_versions(api, tmp_path)
     key = v1.publisher_key
     assert (
         api.client.put(_alias_url(v1, "staging"), json={"version": 1}, headers=api.headers(key)).status_code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support import model_files
 from tests.support.api import Api
@@ -85,7 +86,7 @@ class TritonPythonModel:
 def deploy_slow_python(api: Api, tmp_path: Path, *, seconds: float, tenant: str | None = None) -> Deployed:
     """An admin-registered Python model (INPUT0 -> OUTPUT0, FP32 [-1]) that sleeps in execute."""
     tenant = tenant or api.tenant()
-    spec = {
+    spec: dict[str, Any] = {
         "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
         "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
         "max_batch_size": 0,
