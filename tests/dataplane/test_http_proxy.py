@@ -146,3 +146,20 @@ def _deployed_other(served: Api, tmp_path: Path) -> tuple[Deployed, Deployed]:
     mine = deploy_onnx(served, tmp_path)
     other = deploy_onnx(served, tmp_path, model="secret")
     return mine, other
+
+
+def test_keys_last_used_is_recorded_without_a_write_per_request(served: Api, tmp_path: Path) -> None:
+    d = deploy_onnx(served, tmp_path)
+    headers = {"Authorization": f"Bearer {d.consumer_key}"}
+    body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": X.reshape(-1).tolist()}]}
+    prefix = d.consumer_key.split("_")[1]
+
+    def last_used() -> str | None:
+        keys = served.client.get(f"/v1/tenants/{d.tenant}/keys", headers=served.headers()).json()
+        return next(k["last_used_at"] for k in keys if k["prefix"] == prefix)
+
+    for _ in range(5):
+        assert served.client.post(f"/v2/models/{d.model}/infer", json=body, headers=headers).status_code == 200
+    assert last_used() is None  # nothing written on the request path
+    served.state.key_usage.flush()  # what the background thread does every 30 s
+    assert last_used() is not None
