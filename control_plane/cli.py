@@ -42,15 +42,17 @@ def serve(
 ) -> None:
     """Serve the API (and the embedded Triton when CP_TRITON_EMBEDDED is set) until SIGINT/SIGTERM."""
     from control_plane.app import create_app
+    from control_plane.dataplane.fastpath import fast_path_protocol
 
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host or settings.http_host,
         port=port or settings.http_port,
         loop="uvloop",
-        http="httptools",
+        http=fast_path_protocol(app),  # httptools, with the inference hot path outside ASGI
         access_log=False,
         timeout_graceful_shutdown=10,
     )

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from minio import Minio
 
 from control_plane.app import create_app
+from control_plane.dataplane.fastpath import fast_path_protocol
 from control_plane.settings import Settings
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.fixtures_triton import RunningTriton
@@ -76,7 +77,12 @@ def make_served(make_settings: MakeSettings) -> Iterator[Callable[..., Api]]:
         settings = make_settings(**overrides)
         app = create_app(settings)
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=free_port(), loop="uvloop", http="httptools", log_level="warning"
+            app,
+            host="127.0.0.1",
+            port=free_port(),
+            loop="uvloop",
+            http=fast_path_protocol(app),
+            log_level="warning",
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

@@ -69,10 +69,10 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.headers, self.chunks = [], []
         self.waiter = asyncio.get_running_loop().create_future()
-        if body:
+        if body and len(body) > 64 * 1024:
             self.transport.writelines((request, body))
-        else:
-            self.transport.write(request)
+        else:  # one write, one syscall
+            self.transport.write(request + body if body else request)
         await self.waiter
         data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         return self.parser.get_status_code(), self.headers, data

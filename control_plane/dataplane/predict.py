@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from control_plane.dataplane.exchange import JSON, Reply
+from control_plane.dataplane.infer import check_limits
 from control_plane.dataplane.requests import Call, read_body
 from control_plane.dataplane.upstream import triton_error
 from control_plane.errors import BadRequest
@@ -50,20 +52,15 @@ def from_v2_response(body: bytes) -> dict[str, Any]:
 
 async def handle(state: AppState, call: Call) -> None:
     """Convert, forward to Triton, convert back."""
-    resolved, caller = call.resolved, call.caller
+    resolved, caller = call.ex.resolved, call.ex.caller
     assert resolved is not None and caller is not None
-    state.limits.check_rate(caller.tenant_id)
+    check_limits(state, call.ex)
     with state.limits.slot(caller.tenant_id):
         body = await read_body(call, limit=state.settings.max_request_bytes)
         request = to_v2_request(body, inputs=resolved.inputs)
-        upstream = await call.timed_upstream(
-            state.upstream.request(
-                b"POST",
-                f"/v2/models/{resolved.triton_name}/infer",
-                body=request,
-                headers=[(b"content-type", b"application/json")],
-            )
-        )
+        path = f"/v2/models/{resolved.triton_name}/infer"
+        headers = [(b"content-type", b"application/json")]
+        upstream = await call.ex.timed(state.upstream.request(b"POST", path, body=request, headers=headers))
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
     document = {
@@ -71,4 +68,4 @@ async def handle(state: AppState, call: Call) -> None:
         "version": resolved.version,
         "outputs": from_v2_response(upstream.body),
     }
-    await call.respond(200, b"application/json", orjson.dumps(document))
+    await call.respond(Reply(200, JSON, orjson.dumps(document)))

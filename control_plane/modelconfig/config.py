@@ -68,12 +68,6 @@ def _without_batch_dim(spec: TensorSpec) -> TensorSpec:
     return spec.model_copy(update={"shape": spec.shape[1:]})
 
 
-def default_preferred_batch_sizes(max_batch_size: int) -> list[int]:
-    """Powers of two from 2 up to max_batch_size, and max_batch_size itself."""
-    sizes = [size for size in (2**exp for exp in range(1, 16)) if size < max_batch_size]
-    return [*sizes, max_batch_size]
-
-
 def build_config(
     *,
     name: str,
@@ -156,8 +150,9 @@ def _set_dynamic_batching(config: mc.ModelConfig, *, spec: DynamicBatchingSpec |
         raise InvalidModelSpec(
             f"dynamic_batching.preferred_batch_size {too_large[0]} exceeds max_batch_size {max_batch_size}"
         )
-    preferred = sorted(set(spec.preferred_batch_size)) or default_preferred_batch_sizes(max_batch_size)
-    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    # No preferred sizes unless asked: Triton then forms the largest batch available instead of
+    # dispatching as soon as a small "preferred" size is reached (Triton's own advice for most models).
+    config.dynamic_batching.preferred_batch_size.extend(sorted(set(spec.preferred_batch_size)))
     config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_microseconds
     config.dynamic_batching.preserve_ordering = spec.preserve_ordering
 

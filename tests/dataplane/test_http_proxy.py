@@ -159,7 +159,9 @@ def test_keys_last_used_is_recorded_without_a_write_per_request(served: Api, tmp
         return next(k["last_used_at"] for k in keys if k["prefix"] == prefix)
 
     for _ in range(5):
-        assert served.client.post(f"/v2/models/{d.model}/infer", json=body, headers=headers).status_code == 200
+        assert (
+            served.client.post(f"/v2/models/{d.model}/infer", json=body, headers=headers).status_code == 200
+        )
     assert last_used() is None  # nothing written on the request path
     served.state.key_usage.flush()  # what the background thread does every 30 s
     assert last_used() is not None

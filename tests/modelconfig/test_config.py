@@ -13,7 +13,6 @@ from control_plane.modelconfig.config import (
     DEFAULT_MAX_BATCH_SIZE,
     batching_plan,
     build_config,
-    default_preferred_batch_sizes,
     parse_config,
     render_config,
 )
@@ -70,11 +69,10 @@ def test_fixed_first_dims_and_scalars_forbid_batching(signature: Signature, bloc
     assert "max_batch_size 4 needs a dynamic first dimension" in info.value.message
 
 
-@pytest.mark.parametrize(
-    ("max_batch_size", "sizes"), [(1, [1]), (2, [2]), (6, [2, 4, 6]), (8, [2, 4, 8]), (20, [2, 4, 8, 16, 20])]
-)
-def test_default_preferred_batch_sizes(max_batch_size: int, sizes: list[int]) -> None:
-    assert default_preferred_batch_sizes(max_batch_size) == sizes
+def test_no_preferred_batch_sizes_unless_asked() -> None:
+    config = _config(mbs=8)
+    assert list(config.dynamic_batching.preferred_batch_size) == []
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
 
 
 def _config(**overrides: Any) -> mc.ModelConfig:

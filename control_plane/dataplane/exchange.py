@@ -1,0 +1,92 @@
+"""One inference exchange, independent of the server plumbing (ASGI or the fast-path protocol)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from control_plane.dataplane.auth import Caller
+from control_plane.dataplane.upstream import UpstreamResponse
+from control_plane.errors import AppError, NotFound
+from control_plane.routing.router import Resolved
+
+JSON = b"application/json"
+FORWARDED = (b"content-type", b"inference-header-content-length", b"content-encoding")
+
+
+@dataclass(slots=True)
+class Reply:
+    """A response to send: JSON header part, tensor tail, extra headers, and work for after it is sent."""
+
+    status: int
+    content_type: bytes
+    head: bytes
+    tail: bytes | memoryview = b""
+    extra: list[tuple[bytes, bytes]] = field(default_factory=list)
+    after: Callable[[], None] | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the data plane knows about a request as it moves through."""
+
+    headers: dict[bytes, bytes]
+    started: float = field(default_factory=time.perf_counter)
+    caller: Caller | None = None
+    resolved: Resolved | None = None
+    status: int = 200
+    upstream_s: float | None = None
+
+    def header(self, name: bytes) -> str | None:
+        """A request header by lower-case name."""
+        value = self.headers.get(name)
+        return value.decode("latin-1") if value is not None else None
+
+    def forward_headers(self) -> list[tuple[bytes, bytes]]:
+        """The request headers Triton needs to read an infer body."""
+        return [(name, value) for name in FORWARDED if (value := self.headers.get(name)) is not None]
+
+    async def timed(self, request: object) -> UpstreamResponse:
+        """Await the upstream call, noting how long it took."""
+        began = time.perf_counter()
+        try:
+            return await request  # type: ignore[misc, no-any-return]
+        finally:
+            self.upstream_s = time.perf_counter() - began
+
+    def response_headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
+        """Content type and length, Server-Timing (gateway vs Triton), and the reply's own headers."""
+        self.status = reply.status
+        total_ms = (time.perf_counter() - self.started) * 1000
+        triton_ms = (self.upstream_s or 0.0) * 1000
+        timing = f"gateway;dur={total_ms - triton_ms:.3f}, triton;dur={triton_ms:.3f}".encode()
+        return [
+            (b"content-type", reply.content_type),
+            (b"content-length", str(len(reply.head) + len(reply.tail)).encode()),
+            (b"server-timing", timing),
+            *reply.extra,
+        ]
+
+
+def error_reply(exc: AppError, *, v2: bool) -> Reply:
+    """The error as JSON: KServe v2's `{"error": message}` (+ kind) on /v2, ours on /v1."""
+    document = {"error": exc.message, "kind": exc.kind} if v2 else {"error": exc.kind, "detail": exc.message}
+    extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after is not None else []
+    return Reply(exc.status_code, JSON, orjson.dumps(document), extra=extra)
+
+
+def parse_models_path(path: str) -> tuple[str, int | None, str]:
+    """`/v2/models/{m}[/versions/{n}][/{action}]` -> (m, n, action); 404 for anything else."""
+    parts = path.removeprefix("/v2/models/").rstrip("/").split("/")
+    model, rest = parts[0], parts[1:]
+    version = None
+    if len(rest) >= 2 and rest[0] == "versions":
+        if not rest[1].isdigit():
+            raise NotFound(f"version '{rest[1]}' of model '{model}' not found")
+        version, rest = int(rest[1]), rest[2:]
+    if not model or len(rest) > 1:
+        raise NotFound(f"no route for {path}")
+    return model, version, rest[0] if rest else ""
