@@ -1,0 +1,221 @@
+"""The wire-level rewrite of ModelInfer messages, checked against real protobuf messages."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+
+from control_plane.dataplane import protowire
+from control_plane.dataplane.protowire import WireError, encode_varint, read_head, read_varint, replace_head
+
+DTYPES = ["FP32", "INT64", "BYTES", "UINT8", "FP16"]
+
+
+def _text(rng: random.Random, low: int = 0, high: int = 40) -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789-_äß€"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+
+def _set_parameter(rng: random.Random, parameter: pb.InferParameter) -> None:
+    kind = rng.choice(["bool", "int", "string", "double", "uint"])
+    if kind == "bool":
+        parameter.bool_param = rng.random() < 0.5
+    elif kind == "int":
+        parameter.int64_param = rng.randint(-(2**63), 2**63 - 1)
+    elif kind == "string":
+        parameter.string_param = _text(rng)
+    elif kind == "double":
+        parameter.double_param = rng.uniform(-1e9, 1e9)
+    else:
+        parameter.uint64_param = rng.randint(0, 2**64 - 1)
+
+
+def random_request(rng: random.Random) -> pb.ModelInferRequest:
+    """A request with random fields and raw tensor payloads of random sizes (up to multi-byte lengths)."""
+    request = pb.ModelInferRequest(model_name=_text(rng), model_version=rng.choice(["", "1", "12", "999"]))
+    if rng.random() < 0.5:
+        request.id = _text(rng, 1)
+    for _ in range(rng.randint(0, 3)):
+        _set_parameter(rng, request.parameters[_text(rng, 1, 10)])
+    for index in range(rng.randint(0, 4)):
+        tensor = request.inputs.add(name=f"in{index}", datatype=rng.choice(DTYPES))
+        tensor.shape.extend(rng.randint(-1, 64) for _ in range(rng.randint(0, 4)))
+        if rng.random() < 0.3:
+            tensor.contents.fp32_contents.extend(rng.random() for _ in range(rng.randint(0, 20)))
+        else:
+            request.raw_input_contents.append(rng.randbytes(rng.choice([0, 1, 127, 128, 5000, 70000])))
+    for index in range(rng.randint(0, 2)):
+        request.outputs.add(name=f"out{index}")
+    return request
+
+
+def random_response(rng: random.Random) -> pb.ModelInferResponse:
+    """A response with random outputs and raw payloads."""
+    response = pb.ModelInferResponse(
+        model_name=_text(rng), model_version=rng.choice(["", "1", "7"]), id=_text(rng)
+    )
+    for index in range(rng.randint(0, 3)):
+        tensor = response.outputs.add(name=f"out{index}", datatype=rng.choice(DTYPES))
+        tensor.shape.extend(rng.randint(1, 16) for _ in range(rng.randint(1, 3)))
+        response.raw_output_contents.append(rng.randbytes(rng.choice([0, 3, 200, 20000])))
+    return response
+
+
+def rewrite(raw: bytes, name: str, version: str) -> bytes:
+    """What the proxy does: read the head, put new fields 1 and 2 in front of the untouched rest."""
+    head = read_head(raw)
+    assert head is not None
+    new = protowire.string_field(1, name.encode()) + protowire.string_field(2, version.encode())
+    return replace_head(raw, new, head.body)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_request_round_trip(seed: int) -> None:
+    rng = random.Random(seed)
+    request = random_request(rng)
+    raw = request.SerializeToString()
+
+    head = read_head(raw)
+
+    assert head is not None
+    assert head.field1 == request.model_name.encode()
+    assert head.field2 == request.model_version.encode()
+    new_name, new_version = _text(rng, 0, 200), rng.choice(["", "1", "42"])
+    rewritten = pb.ModelInferRequest.FromString(rewrite(raw, new_name, new_version))
+    expected = pb.ModelInferRequest()
+    expected.CopyFrom(request)
+    expected.model_name, expected.model_version = new_name, new_version
+    assert rewritten == expected
+    assert rewritten.raw_input_contents == request.raw_input_contents
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_response_round_trip(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    response = random_response(rng)
+
+    rewritten = pb.ModelInferResponse.FromString(rewrite(response.SerializeToString(), "mlp", "3"))
+
+    expected = pb.ModelInferResponse()
+    expected.CopyFrom(response)
+    expected.model_name, expected.model_version = "mlp", "3"
+    assert rewritten == expected
+
+
+def test_rewrite_is_byte_identical_to_protobuf_serialization() -> None:
+    request = pb.ModelInferRequest(model_name="acme--mlp--12--v3", model_version="", id="r1")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
+    request.raw_input_contents.append(bytes(range(32)))
+
+    rewritten = rewrite(request.SerializeToString(), "mlp", "3")
+
+    request.model_name, request.model_version = "mlp", "3"
+    assert rewritten == request.SerializeToString()
+
+
+def test_missing_fields_are_inserted_and_empty_ones_dropped() -> None:
+    request = pb.ModelInferRequest(id="only-an-id")
+    raw = request.SerializeToString()
+    head = read_head(raw)
+    assert head == protowire.Head(field1=b"", field2=b"", body=0)
+
+    assert pb.ModelInferRequest.FromString(rewrite(raw, "internal", "")).model_name == "internal"
+    named = pb.ModelInferRequest(model_name="x", model_version="5", id="i").SerializeToString()
+    cleared = pb.ModelInferRequest.FromString(rewrite(named, "y", ""))
+    assert (cleared.model_name, cleared.model_version, cleared.id) == ("y", "", "i")
+
+
+def test_leading_fields_in_any_order_and_repeated_follow_last_wins() -> None:
+    raw = (
+        protowire.string_field(2, b"9")
+        + protowire.string_field(1, b"first")
+        + protowire.string_field(1, b"second")
+        + pb.ModelInferRequest(id="i").SerializeToString()
+    )
+    parsed = pb.ModelInferRequest.FromString(raw)
+
+    head = read_head(raw)
+
+    assert head is not None
+    assert (head.field1, head.field2) == (parsed.model_name.encode(), parsed.model_version.encode())
+    assert pb.ModelInferRequest.FromString(rewrite(raw, "z", "")).model_name == "z"
+
+
+@pytest.mark.parametrize("number", [1, 2])
+def test_a_name_field_after_other_fields_defers_to_the_parser(number: int) -> None:
+    # A parser lets the last occurrence win: a smuggled trailing model_name must not survive a rewrite.
+    request = pb.ModelInferRequest(model_name="mine", id="i")
+    request.raw_input_contents.append(b"\x0a\x05other")  # looks like field 1, but inside a payload
+    raw = request.SerializeToString() + protowire.string_field(number, b"theirs")
+    assert (
+        getattr(pb.ModelInferRequest.FromString(raw), ["model_name", "model_version"][number - 1]) == "theirs"
+    )
+
+    assert read_head(raw) is None
+
+
+def test_field_1_with_another_wire_type_defers_to_the_parser() -> None:
+    raw = pb.ModelInferRequest(id="i").SerializeToString() + b"\x08\x01"
+    assert read_head(raw) is None
+
+
+def test_unknown_fields_of_every_wire_type_are_skipped() -> None:
+    unknown = (
+        encode_varint(99 << 3 | 0)
+        + encode_varint(2**40)
+        + encode_varint(100 << 3 | 1)
+        + b"\x00" * 8
+        + encode_varint(101 << 3 | 5)
+        + b"\x00" * 4
+        + encode_varint(5000 << 3 | 2)
+        + encode_varint(3)
+        + b"abc"
+    )
+    raw = pb.ModelInferRequest(model_name="m", id="i").SerializeToString() + unknown
+
+    head = read_head(raw)
+
+    assert head is not None and head.field1 == b"m"
+    assert pb.ModelInferRequest.FromString(rewrite(raw, "n", "")).id == "i"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x0a\x05abc",  # length past the end
+        b"\x0a",  # no length
+        b"\x0a\x80",  # truncated length varint
+        pb.ModelInferRequest(id="abc").SerializeToString()[:-1],  # body field cut short
+        b"\x1a\x01a\x80",  # truncated tag
+        b"\x00\x01",  # field number 0
+        b"\x1b",  # start group (wire type 3)
+        b"\x1f",  # wire type 7
+        b"\x18" + b"\xff" * 11,  # varint longer than 10 bytes
+        b"\x19\x00\x00",  # fixed64 cut short
+    ],
+)
+def test_malformed_bytes_raise_wire_error(raw: bytes) -> None:
+    with pytest.raises(WireError):
+        read_head(raw)
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**31, 2**63 - 1, 2**64 - 1])
+def test_varints_match_protobuf(value: int) -> None:
+    encoded = encode_varint(value)
+    assert pb.InferParameter(uint64_param=value).SerializeToString() in (b"", b"\x28" + encoded)
+    assert read_varint(b"\xff" + encoded + b"\x01", 1) == (value, 1 + len(encoded))
+
+
+def test_string_field_matches_protobuf() -> None:
+    for name in ["", "a", "x" * 127, "y" * 128, "z" * 20000]:
+        assert (
+            protowire.string_field(1, name.encode())
+            == pb.ModelInferRequest(model_name=name).SerializeToString()
+        )
+
+
+def test_replace_head_without_changes_returns_the_same_bytes() -> None:
+    raw = pb.ModelInferRequest(id="i").SerializeToString()
+    assert replace_head(raw, b"", 0) is raw
