@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import tritonclient.grpc as triton_grpc
 
 from tests.support import model_files
 from tests.support.procs import free_port
@@ -60,10 +61,11 @@ def _register_onnx_model(client: httpx.Client, tmp_path: Path) -> str:
 
 
 def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
     env.update(
         CP_HTTP_PORT=str(port),
+        CP_GRPC_PORT=str(grpc_port),
         CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
         CP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
         CP_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
@@ -94,6 +96,8 @@ def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) ->
             [triton] = status["tritons"]
             assert (triton["state"], triton["embedded"]) == ("ready", True)
             assert _register_onnx_model(client, tmp_path) == "ready"
+        with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+            assert grpc_client.is_server_live()
 
         children = _descendants(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)

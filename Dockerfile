@@ -1,0 +1,9 @@
+# The control plane image (native Triton backends live in the NGC Triton image, not here).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY control_plane ./control_plane
+COPY migrations ./migrations
+RUN pip install --no-cache-dir -e . "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+EXPOSE 8080 8081
+CMD ["sh", "-c", "control-plane db upgrade && control-plane serve --host 0.0.0.0"]
