@@ -36,6 +36,7 @@ class FastPathProtocol(HttpToolsProtocol):
     """HttpToolsProtocol plus the inference fast path; `bound_app` is set by `fast_path_protocol`."""
 
     bound_app: FastAPI
+    bound_state: AppState | None = None  # the app's state once its lifespan has started
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,8 +83,10 @@ class FastPathProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     def _state(self) -> AppState:
-        state: AppState = self.bound_app.state.cp
-        return state
+        cls = type(self)
+        if cls.bound_state is None:  # Starlette's State lookup is slow enough to show on the hot path
+            cls.bound_state = self.bound_app.state.cp
+        return cls.bound_state
 
     async def _serve(self, request: _FastRequest) -> None:
         state = self._state()
