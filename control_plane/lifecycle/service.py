@@ -37,21 +37,16 @@ def promote(
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
     lock_model(session, model)
     version = get_version(session, model=model, number=number)
-    target = f"{tenant.name}/{model.name}@{alias_name}"
-    locked = ensure_ready_locked(
-        session, state=state, ctx=ctx, version=version, target=target, action="alias.promote"
-    )
-    return switch(
+    return _move(
         session,
         ctx=ctx,
         state=state,
         tenant=tenant,
         model=model,
         alias_name=alias_name,
-        version=locked,
+        version=version,
         action="promote",
         reason=reason,
-        create=True,
     )
 
 
@@ -76,9 +71,35 @@ def rollback(
         version = get_version(session, model=model, number=to_version)
     else:
         version = _previous(session, alias)
+    return _move(
+        session,
+        ctx=ctx,
+        state=state,
+        tenant=tenant,
+        model=model,
+        alias_name=alias_name,
+        version=version,
+        action="rollback",
+        reason=reason,
+    )
+
+
+def _move(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    state: AppState,
+    tenant: Tenant,
+    model: Model,
+    alias_name: str,
+    version: ModelVersion,
+    action: str,
+    reason: str | None,
+) -> AliasMove:
+    """Make the version ready (loading it if needed) and switch the alias to it."""
     target = f"{tenant.name}/{model.name}@{alias_name}"
     locked = ensure_ready_locked(
-        session, state=state, ctx=ctx, version=version, target=target, action="alias.rollback"
+        session, state=state, ctx=ctx, version=version, target=target, action=f"alias.{action}"
     )
     return switch(
         session,
@@ -88,9 +109,9 @@ def rollback(
         model=model,
         alias_name=alias_name,
         version=locked,
-        action="rollback",
+        action=action,
         reason=reason,
-        create=False,
+        create=action == "promote",
     )
 
 
