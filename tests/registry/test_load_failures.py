@@ -70,3 +70,23 @@ def test_deleting_a_version_unloads_it_and_keeps_the_audit_trail(api: Api, tmp_p
         "model.create",
         "tenant.create",
     ]
+
+
+def test_deleting_a_model_retires_its_versions_and_frees_the_name(api: Api, tmp_path: Path) -> None:
+    tenant = api.tenant()
+    assert api.create_model(tenant, name="m", format="onnx").status_code == 201
+    assert api.upload(tenant, "m", model_files.onnx_mlp(tmp_path / "m.onnx")).status_code == 201
+    detail = api.wait_settled(tenant, "m", 1)
+    assert detail["state"] == "ready"
+
+    assert api.client.delete(f"/v1/tenants/{tenant}/models/m", headers=api.headers()).status_code == 204
+
+    api.state.loader.shutdown()  # wait for the background unload
+    assert not api.state.tritons[0].health.is_model_ready(detail["triton_name"])
+    assert api.client.get(f"/v1/tenants/{tenant}/models/m", headers=api.headers()).status_code == 404
+    assert api.create_model(tenant, name="m", format="onnx").status_code == 201  # the name is free again
+    audit = api.client.get("/v1/audit", params={"tenant": tenant, "model": "m"}, headers=api.headers())
+    events = audit.json()
+    deleted = [e for e in events if e["action"] == "model.delete"]
+    assert len(deleted) == 1
+    assert deleted[0]["before"]["versions"] == [1]
