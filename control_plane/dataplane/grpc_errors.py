@@ -1,0 +1,86 @@
+"""gRPC statuses for the data plane: our domain errors and Triton's, never UNKNOWN with a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc import aio
+
+from control_plane.dataplane import protowire
+from control_plane.errors import AppError
+from control_plane.routing.router import Resolved
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+
+Code = grpc.StatusCode
+_CODES = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    409: Code.FAILED_PRECONDITION,
+    413: Code.RESOURCE_EXHAUSTED,
+    422: Code.INVALID_ARGUMENT,
+    429: Code.RESOURCE_EXHAUSTED,
+    503: Code.UNAVAILABLE,
+    504: Code.DEADLINE_EXCEEDED,
+}
+
+
+class RpcFailure(Exception):
+    """A gRPC status to end the call with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, exc: Exception) -> RpcFailure:
+        """The status for any exception: domain errors keep their meaning, the unforeseen are INTERNAL."""
+        if isinstance(exc, RpcFailure):
+            return exc
+        if isinstance(exc, AppError):
+            code = _CODES.get(exc.status_code, Code.INTERNAL)
+            return cls(code, exc.message, retry_after=exc.retry_after)
+        if isinstance(exc, DecodeError | UnicodeDecodeError | protowire.WireError):
+            return cls(Code.INVALID_ARGUMENT, "malformed request message")
+        return cls(Code.INTERNAL, "internal error")
+
+
+def upstream_failure(exc: aio.AioRpcError, resolved: Resolved | None, timeout: float) -> RpcFailure:
+    """Triton's status with internal names replaced; transport failures as a plain UNAVAILABLE."""
+    code, details = exc.code(), exc.details() or ""
+    if code == Code.DEADLINE_EXCEEDED:
+        return RpcFailure(code, f"the inference server did not answer within {timeout:g}s")
+    from_triton = resolved is not None and resolved.triton_name in details
+    if resolved is not None:
+        details = details.replace(resolved.triton_name, resolved.model)
+        if code == Code.NOT_FOUND:  # we route to ready versions only: it is being (un)loaded right now
+            message = f"model '{resolved.model}' is not loaded on the inference server right now: {details}"
+            return RpcFailure(Code.UNAVAILABLE, message, retry_after=2)
+    if code == Code.UNAVAILABLE and not from_triton:  # refused, reset, ...: no internal addresses
+        return RpcFailure(code, "the inference server is unavailable", retry_after=1)
+    return RpcFailure(code, details)
+
+
+def guarded(method: Handler) -> Handler:
+    """End the call with a clear status for every error; never UNKNOWN with a stack trace."""
+
+    async def handle(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await method(request, context)
+        except Exception as exc:
+            failure = RpcFailure.of(exc)
+            if failure.code == Code.INTERNAL and not isinstance(exc, RpcFailure | AppError):
+                log.exception("gRPC call failed unexpectedly")
+        trailing = (("retry-after", str(failure.retry_after)),) if failure.retry_after is not None else ()
+        await context.abort(failure.code, failure.message, trailing_metadata=trailing)
+
+    return handle
