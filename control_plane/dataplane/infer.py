@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from control_plane.dataplane.auth import authenticate
 from control_plane.dataplane.exchange import JSON, Exchange, Reply
 from control_plane.dataplane.rewrite import rewrite_infer_response
-from control_plane.dataplane.upstream import triton_error
+from control_plane.dataplane.upstream import UpstreamResponse, triton_error
 from control_plane.state import AppState
 
 
@@ -34,21 +36,31 @@ def check_limits(state: AppState, ex: Exchange) -> None:
     state.limits.check_rate(ex.caller.tenant_id)
 
 
-async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
-    """Forward the body to Triton as is and rewrite only the model name and version in its answer."""
+async def forward(
+    state: AppState, ex: Exchange, *, body: bytes, headers: Sequence[tuple[bytes, bytes]]
+) -> UpstreamResponse:
+    """POST an infer body to the resolved version, holding a tenant slot and counted as in flight."""
     resolved, caller = ex.resolved, ex.caller
     assert resolved is not None and caller is not None
     name = resolved.triton_name
     with state.limits.slot(caller.tenant_id):
-        state.inflight[name] += 1
+        state.inflight[name] += 1  # the keep-warm janitor never unloads a version with requests in flight
+        state.metrics.http_in_flight.inc()
         try:
-            upstream = await ex.timed(
-                state.upstream.request(
-                    b"POST", f"/v2/models/{name}/infer", body=body, headers=ex.forward_headers()
-                )
+            return await ex.timed(
+                state.upstream.request(b"POST", f"/v2/models/{name}/infer", body=body, headers=headers)
             )
         finally:
             state.inflight[name] -= 1
+            state.metrics.http_in_flight.dec()
+
+
+async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
+    """Forward the body to Triton as is and rewrite only the model name and version in its answer."""
+    resolved = ex.resolved
+    assert resolved is not None
+    name = resolved.triton_name
+    upstream = await forward(state, ex, body=body, headers=ex.forward_headers())
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
     raw_length = upstream.headers.get(b"inference-header-content-length")

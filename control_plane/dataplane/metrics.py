@@ -39,6 +39,7 @@ class DataPlaneMetrics:
         self.in_flight = Gauge(
             "cp_inference_in_flight", "Requests being served", ["protocol"], registry=self.registry
         )
+        self.http_in_flight = self.in_flight.labels("http")  # looked up once, not per request
 
     def observe(
         self,

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 
 from control_plane.dataplane.exchange import JSON, Reply
-from control_plane.dataplane.infer import check_limits
+from control_plane.dataplane.infer import check_limits, forward
 from control_plane.dataplane.requests import Call, read_body
 from control_plane.dataplane.upstream import triton_error
 from control_plane.errors import BadRequest
@@ -52,15 +52,12 @@ def from_v2_response(body: bytes) -> dict[str, Any]:
 
 async def handle(state: AppState, call: Call) -> None:
     """Convert, forward to Triton, convert back."""
-    resolved, caller = call.ex.resolved, call.ex.caller
-    assert resolved is not None and caller is not None
+    resolved = call.ex.resolved
+    assert resolved is not None
     check_limits(state, call.ex)
-    with state.limits.slot(caller.tenant_id):
-        body = await read_body(call, limit=state.settings.max_request_bytes)
-        request = to_v2_request(body, inputs=resolved.inputs)
-        path = f"/v2/models/{resolved.triton_name}/infer"
-        headers = [(b"content-type", b"application/json")]
-        upstream = await call.ex.timed(state.upstream.request(b"POST", path, body=request, headers=headers))
+    body = await read_body(call, limit=state.settings.max_request_bytes)
+    request = to_v2_request(body, inputs=resolved.inputs)
+    upstream = await forward(state, call.ex, body=request, headers=[(b"content-type", b"application/json")])
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
     document = {

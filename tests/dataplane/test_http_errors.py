@@ -123,29 +123,40 @@ def test_429_rate_limit_with_retry_after(make_served: Callable[..., Api], tmp_pa
     assert served.client.post(url, json=BODY, headers=_bearer(other.consumer_key)).status_code == 200
 
 
-def test_429_concurrency_limit(make_served: Callable[..., Api], tmp_path: Path) -> None:
+@pytest.mark.parametrize("first_path", ["v2", "predict"])
+def test_429_concurrency_limit(make_served: Callable[..., Api], tmp_path: Path, first_path: str) -> None:
     served = make_served(tenant_max_concurrency=1)
     d = deploy_slow_python(served, tmp_path, seconds=1.0)
     url, headers = f"/v2/models/{d.model}/infer", _bearer(d.consumer_key)
+    first_url, first_body = (
+        (url, SLOW_BODY)
+        if first_path == "v2"
+        else (f"/v1/predict/{d.model}", {"inputs": {"INPUT0": [1.0, 2.0]}})
+    )
     tenant_id = served.state.router.table.tenant_ids[d.tenant]
+    registry = served.state.metrics.registry
     results: list[int] = []
 
     def call() -> None:
         with httpx.Client(base_url=served.client.base_url, timeout=30) as client:
-            results.append(client.post(url, json=SLOW_BODY, headers=headers).status_code)
+            results.append(client.post(first_url, json=first_body, headers=headers).status_code)
 
     first = threading.Thread(target=call)
     first.start()
     deadline = time.monotonic() + 10
     while served.state.limits._in_flight.get(tenant_id, 0) < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
+    in_flight = registry.get_sample_value("cp_inference_in_flight", {"protocol": "http"})
+    held = served.state.inflight[d.triton_name]  # what keeps the keep-warm janitor off this version
     second = served.client.post(url, json=SLOW_BODY, headers=headers)
     first.join()
+    assert (in_flight, held) == (1.0, 1)
+    assert registry.get_sample_value("cp_inference_in_flight", {"protocol": "http"}) == 0.0
+    assert served.state.inflight[d.triton_name] == 0
     _assert_v2_error(second, 429, "RateLimited", "in flight")
     assert results == [200]
-    assert (
-        served.client.post(url, json=SLOW_BODY, headers=headers).status_code == 200
-    )  # the slot was released
+    released = served.client.post(url, json=SLOW_BODY, headers=headers)
+    assert released.status_code == 200  # the slot was released
 
 
 def test_503_when_triton_is_unreachable(served: Api, tmp_path: Path) -> None:
