@@ -25,8 +25,6 @@ VERSION_STATES = ("registered", "loading", "ready", "failed", "unloaded", "retir
 ROUTE_KINDS = ("weighted", "shadow")
 INSTANCE_STATES = ("unknown", "ready", "unavailable")
 PLACEMENT_STATES = ("loading", "ready", "failed", "unloading", "unloaded")
-# Names become Triton model names, object keys and path components.
-NAME_PATTERN_SQL = "^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -5,17 +5,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import ApiKey, Tenant
+from control_plane.db.models import ApiKey
 
 
-def by_prefix(session: Session, prefix: str) -> tuple[ApiKey, str | None] | None:
-    """The key with `prefix` and its tenant's name (None for unbound admin keys)."""
-    row = session.execute(
-        select(ApiKey, Tenant.name)
-        .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
-        .where(ApiKey.prefix == prefix)
-    ).first()
-    return None if row is None else (row[0], row[1])
+def by_prefix(session: Session, prefix: str) -> ApiKey | None:
+    """The key with `prefix`."""
+    return session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
 
 
 def for_tenant(session: Session, tenant_id: int) -> list[ApiKey]:

@@ -22,10 +22,9 @@ def verify(session: Session, token: str) -> Principal | None:
     prefix = secrets.prefix_of(token)
     if prefix is None:
         return None
-    found = repository.by_prefix(session, prefix)
-    if found is None:
+    key = repository.by_prefix(session, prefix)
+    if key is None:
         return None
-    key, _tenant_name = found
     if key.revoked_at is not None or not secrets.matches(token, key.key_hash):
         return None
     return Principal(role=Role(key.role), tenant_id=key.tenant_id, key_id=key.id, label=f"key:{key.prefix}")

@@ -42,11 +42,6 @@ def get_version(session: Session, *, model_id: int, number: int) -> ModelVersion
     )
 
 
-def get_version_by_id(session: Session, version_id: int) -> ModelVersion | None:
-    """A version row by primary key."""
-    return session.get(ModelVersion, version_id)
-
-
 def list_versions(session: Session, *, model_id: int, include_retired: bool = False) -> list[ModelVersion]:
     """A model's versions, oldest first."""
     stmt = select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.version)

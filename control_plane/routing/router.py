@@ -41,13 +41,11 @@ class Router:
         self.session_factory = session_factory
         self.table: RoutingTable = EMPTY_TABLE
         self._reload_lock = threading.Lock()
-        self.generation = 0
 
     def reload(self) -> None:
         """Rebuild the table from the registry."""
         with self._reload_lock, self.session_factory() as session:
             self.table = build_table(session)
-            self.generation += 1
 
     def resolve(
         self,

@@ -11,12 +11,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from control_plane.tritonserver.process import free_port
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "start", "stop", "wait_for_port"]
 
 
 def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
