@@ -6,8 +6,8 @@ import hmac
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,9 +20,8 @@ from control_plane.routing.table import RoutingTable
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is inferring, for which tenant."""
+class Caller(NamedTuple):
+    """Who is inferring, for which tenant (a tuple: made once per request, cheaply)."""
 
     tenant_id: int
     tenant: str

@@ -1,13 +1,16 @@
 """uvicorn's httptools protocol with `POST /v2/models/.../infer` served straight from the parser.
 
-Most of the proxy's CPU per request went to the ASGI machinery (scope, task, receive/send messages)
-and to writing headers and body separately. Here an infer request is parsed by httptools, handed to
-the shared hot path (`infer.py`), and answered with one write. Everything else (management API,
-metadata, pipelined requests, Expect: 100-continue, HTTP/1.0) takes uvicorn's normal ASGI path.
+Most of the proxy's CPU per request went to the ASGI machinery (scope, task, receive/send messages),
+to coroutines, futures and timers, and to writing headers and body separately. Here an infer request
+is parsed by httptools, handed to the shared hot path (`infer.py`) from the parser's callback, and
+answered with one write from the upstream connection's callback: no task, future or timer per
+request. Everything else (management API, metadata, pipelined requests, Expect: 100-continue,
+HTTP/1.0) takes uvicorn's normal ASGI path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -16,7 +19,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from control_plane.dataplane.exchange import Exchange, Reply, error_reply, parse_models_path
-from control_plane.dataplane.infer import begin, check_limits, infer, observe
+from control_plane.dataplane.infer import begin, check_limits, observe, start_infer
 from control_plane.errors import AppError, PayloadTooLarge
 from control_plane.state import AppState
 
@@ -40,25 +43,39 @@ class FastPathProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._fast: _FastRequest | None = None
-        self._fast_busy = False
+        self._fast: _FastRequest | None = None  # a fast request being received
+        self._serving: _FastRequest | None = None  # a fast request waiting for its answer
         self._closing = False
+        self._last_active = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def on_message_begin(self) -> None:
+        """Reset the per-request fields; the ASGI scope is only built if uvicorn serves the request."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._last_active = self.loop.time()
 
     def on_headers_complete(self) -> None:
         """Take infer requests on an idle connection; leave everything else to uvicorn."""
-        idle = not self._fast_busy and (self.cycle is None or self.cycle.response_complete)
-        if idle and self._is_infer():
+        busy = self._serving is not None
+        if not busy and (self.cycle is None or self.cycle.response_complete) and self._is_infer():
             self._fast = _FastRequest(self.url, self.headers, keep_alive=self.parser.should_keep_alive())
             return
-        if self._fast_busy:  # a pipelined request behind a fast one: let uvicorn queue it
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # uvicorn's: builds the scope (and resets what the parser collected)
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
+        if busy:  # a pipelined request behind a fast one: let uvicorn queue it
             self.cycle = _BUSY  # type: ignore[assignment]
         super().on_headers_complete()
 
     def _is_infer(self) -> bool:
+        url = self.url
         return (
-            self.parser.get_method() == b"POST"
-            and self.url.startswith(b"/v2/models/")
-            and self.url.endswith(b"/infer")
+            url.startswith(b"/v2/models/")
+            and url.endswith(b"/infer")
+            and self.parser.get_method() == b"POST"
             and self.parser.get_http_version() == "1.1"
             and not self.expect_100_continue
             and not self.parser.should_upgrade()
@@ -72,15 +89,28 @@ class FastPathProtocol(HttpToolsProtocol):
         self._fast.add(body, limit=self._state().settings.max_request_bytes)
 
     def on_message_complete(self) -> None:
-        """Start serving a fast request; uvicorn's otherwise."""
+        """Start serving a fast request (no task: the answer comes back by callback); uvicorn's otherwise."""
         request, self._fast = self._fast, None
         if request is None:
             super().on_message_complete()
             return
-        self._fast_busy = True
-        task = self.loop.create_task(self._serve(request))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+        self._serving = request
+        state = self._state()
+        ex = request.ex = Exchange(dict(request.headers))
+        try:
+            model, version, _ = parse_models_path(request.url.split(b"?", 1)[0].decode("latin-1"))
+            begin(state, ex, model=model, version=version)
+            check_limits(state, ex)
+            if request.too_large:
+                raise PayloadTooLarge(
+                    f"request body is over the limit of {state.settings.max_request_bytes} bytes"
+                )
+            start_infer(state, ex, request.body(), self._answer)
+        except AppError as exc:
+            self._answer(exc)
+        except Exception:
+            log.exception("fast path failed")
+            self._answer(AppError("internal error"))
 
     def _state(self) -> AppState:
         cls = type(self)
@@ -88,38 +118,24 @@ class FastPathProtocol(HttpToolsProtocol):
             cls.bound_state = self.bound_app.state.cp
         return cls.bound_state
 
-    async def _serve(self, request: _FastRequest) -> None:
-        state = self._state()
-        ex = Exchange(dict(request.headers))
-        reply: Reply | None = None
+    def _answer(self, outcome: Reply | AppError) -> None:
+        """Write the reply (or the error), record the request, then run the reply's after-work."""
+        request, self._serving = self._serving, None
+        if request is None or request.ex is None:
+            return
+        ex = request.ex
+        reply = error_reply(outcome, v2=True) if isinstance(outcome, AppError) else outcome
         try:
-            reply = await self._answer(state, ex, request)
-        except AppError as exc:
-            reply = error_reply(exc, v2=True)
-        except Exception:
-            log.exception("fast path failed")
-            reply = error_reply(AppError("internal error"), v2=True)
-        finally:
             self._write(ex, reply, keep_alive=request.keep_alive)
-            observe(state, ex, total_s=time.perf_counter() - ex.started)
-        if reply is not None and reply.after is not None:
+        finally:
+            observe(self._state(), ex, total_s=time.perf_counter() - ex.started)
+        if reply.after is not None:
             reply.after()
 
-    async def _answer(self, state: AppState, ex: Exchange, request: _FastRequest) -> Reply:
-        model, version, _ = parse_models_path(request.url.split(b"?", 1)[0].decode("latin-1"))
-        begin(state, ex, model=model, version=version)
-        check_limits(state, ex)
-        if request.too_large:
-            raise PayloadTooLarge(
-                f"request body is over the limit of {state.settings.max_request_bytes} bytes"
-            )
-        return await infer(state, ex, request.body())
-
-    def _write(self, ex: Exchange, reply: Reply | None, *, keep_alive: bool) -> None:
-        self._fast_busy = False
+    def _write(self, ex: Exchange, reply: Reply, *, keep_alive: bool) -> None:
         if self.cycle is _BUSY:  # type: ignore[comparison-overlap]
             self.cycle = None  # type: ignore[assignment]
-        if reply is None or self.transport.is_closing():
+        if self.transport.is_closing():
             return
         lines: list[bytes | memoryview] = [STATUS_LINE[reply.status]]
         for name, value in ex.response_headers(reply):
@@ -130,13 +146,47 @@ class FastPathProtocol(HttpToolsProtocol):
         lines += (b"\r\n", reply.head, reply.tail)
         self.transport.write(b"".join(lines))  # one write: status line, headers and body together
         if keep_alive:
-            self.on_response_complete()  # uvicorn's bookkeeping: reading, pipelined requests, keep-alive
+            self._response_complete()
         else:
             self.transport.close()
 
+    def _response_complete(self) -> None:
+        """uvicorn's on_response_complete, with one lazy keep-alive timer per connection, not per request."""
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._last_active = self.loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close the connection once it has been idle for the keep-alive timeout (re-check until then)."""
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        in_request = self._fast is not None or self._serving is not None
+        if self.cycle is not None and not self.cycle.response_complete:
+            in_request = True
+        idle_for = self.loop.time() - self._last_active
+        if not in_request and idle_for >= self.timeout_keep_alive:
+            self.timeout_keep_alive_handler()
+            return
+        wait = self.timeout_keep_alive if in_request else self.timeout_keep_alive - idle_for
+        self._idle_timer = self.loop.call_later(wait, self._idle_check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Also drop the keep-alive timer."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        super().connection_lost(exc)
+
     def shutdown(self) -> None:
         """Graceful shutdown: finish a fast request in flight before closing."""
-        if self._fast_busy:
+        if self._serving is not None:
             self._closing = True  # _write answers, then closes
             return
         super().shutdown()
@@ -145,10 +195,11 @@ class FastPathProtocol(HttpToolsProtocol):
 class _FastRequest:
     """A parsed infer request: URL, headers and body chunks."""
 
-    __slots__ = ("_chunks", "_size", "headers", "keep_alive", "too_large", "url")
+    __slots__ = ("_chunks", "_size", "ex", "headers", "keep_alive", "too_large", "url")
 
     def __init__(self, url: bytes, headers: list[tuple[bytes, bytes]], *, keep_alive: bool):
         self.url, self.headers, self.keep_alive = url, headers, keep_alive
+        self.ex: Exchange | None = None
         self._chunks: list[bytes] = []
         self._size = 0
         self.too_large = False

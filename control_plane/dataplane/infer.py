@@ -1,14 +1,24 @@
-"""The inference hot path: authenticate, resolve, limit, forward untouched, rewrite the model name."""
+"""The inference hot path: authenticate, resolve, limit, forward untouched, rewrite the model name.
+
+Callback-style (`start_*`), so the fast-path protocol serves a request without a task or a future;
+the awaitable forms are for the ASGI and /v1/predict paths.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from control_plane.dataplane.auth import authenticate
 from control_plane.dataplane.exchange import JSON, Exchange, Reply
 from control_plane.dataplane.rewrite import rewrite_infer_response
-from control_plane.dataplane.upstream import UpstreamResponse, triton_error
+from control_plane.dataplane.upstream import UpstreamCallback, UpstreamResponse, triton_error
+from control_plane.errors import AppError
 from control_plane.state import AppState
+
+T = TypeVar("T")
 
 
 def begin(state: AppState, ex: Exchange, *, model: str, version: int | None) -> None:
@@ -36,31 +46,92 @@ def check_limits(state: AppState, ex: Exchange) -> None:
     state.limits.check_rate(ex.caller.tenant_id)
 
 
+def start_forward(
+    state: AppState,
+    ex: Exchange,
+    *,
+    body: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    done: UpstreamCallback,
+) -> None:
+    """POST an infer body to the resolved version, holding a tenant slot and counted as in flight.
+
+    Raises (429, 503) before anything is sent; after that, `done` gets Triton's answer or the error.
+    """
+    resolved, caller = ex.resolved, ex.caller
+    assert resolved is not None and caller is not None
+    name, tenant_id = resolved.triton_name, caller.tenant_id
+    limits, inflight, gauge = state.limits, state.inflight, state.metrics.http_in_flight
+    limits.acquire(tenant_id)
+    inflight[name] += 1  # the keep-warm janitor never unloads a version with requests in flight
+    gauge.inc()
+    began = time.perf_counter()
+
+    def settle(upstream: UpstreamResponse | AppError) -> None:
+        ex.upstream_s = time.perf_counter() - began
+        inflight[name] -= 1
+        gauge.dec()
+        limits.release(tenant_id)
+        done(upstream)
+
+    try:
+        state.upstream.start(b"POST", resolved.infer_path, body=body, headers=headers, callback=settle)
+    except BaseException:
+        inflight[name] -= 1
+        gauge.dec()
+        limits.release(tenant_id)
+        raise
+
+
 async def forward(
     state: AppState, ex: Exchange, *, body: bytes, headers: Sequence[tuple[bytes, bytes]]
 ) -> UpstreamResponse:
-    """POST an infer body to the resolved version, holding a tenant slot and counted as in flight."""
-    resolved, caller = ex.resolved, ex.caller
-    assert resolved is not None and caller is not None
-    name = resolved.triton_name
-    with state.limits.slot(caller.tenant_id):
-        state.inflight[name] += 1  # the keep-warm janitor never unloads a version with requests in flight
-        state.metrics.http_in_flight.inc()
+    """`start_forward`, awaited; raises the error instead of passing it on."""
+
+    def go(done: UpstreamCallback) -> None:
+        start_forward(state, ex, body=body, headers=headers, done=done)
+
+    outcome: UpstreamResponse | AppError = await _wait(go)
+    if isinstance(outcome, AppError):
+        raise outcome
+    return outcome
+
+
+def start_infer(state: AppState, ex: Exchange, body: bytes, done: Callable[[Reply | AppError], None]) -> None:
+    """Forward the body to Triton as is; `done` gets the reply with only the model name and version
+    rewritten, or the error. Raises (429, 503) before anything is sent."""
+    resolved = ex.resolved
+    assert resolved is not None
+
+    def settle(upstream: UpstreamResponse | AppError) -> None:
+        if isinstance(upstream, AppError):
+            done(upstream)
+            return
         try:
-            return await ex.timed(
-                state.upstream.request(b"POST", f"/v2/models/{name}/infer", body=body, headers=headers)
-            )
-        finally:
-            state.inflight[name] -= 1
-            state.metrics.http_in_flight.dec()
+            reply = _reply(state, ex, body, upstream)
+        except AppError as exc:
+            done(exc)
+            return
+        done(reply)
+
+    start_forward(state, ex, body=body, headers=ex.forward_headers(), done=settle)
 
 
 async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
-    """Forward the body to Triton as is and rewrite only the model name and version in its answer."""
+    """`start_infer`, awaited; raises the error instead of passing it on."""
+
+    def go(done: Callable[[Reply | AppError], None]) -> None:
+        start_infer(state, ex, body, done)
+
+    outcome: Reply | AppError = await _wait(go)
+    if isinstance(outcome, AppError):
+        raise outcome
+    return outcome
+
+
+def _reply(state: AppState, ex: Exchange, body: bytes, upstream: UpstreamResponse) -> Reply:
     resolved = ex.resolved
     assert resolved is not None
-    name = resolved.triton_name
-    upstream = await forward(state, ex, body=body, headers=ex.forward_headers())
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
     raw_length = upstream.headers.get(b"inference-header-content-length")
@@ -68,7 +139,7 @@ async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
     head, tail, new_length = rewrite_infer_response(
         upstream.body,
         header_length=header_length,
-        triton_name=name,
+        triton_name=resolved.triton_name,
         model=resolved.model,
         version=resolved.version,
     )
@@ -87,6 +158,18 @@ async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
 
         reply.after = mirror
     return reply
+
+
+async def _wait(start: Callable[[Callable[[T], None]], None]) -> T:
+    """Run a callback-style `start(done)` and wait for what it passes to `done`."""
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+    def settle(outcome: T) -> None:
+        if not future.done():
+            future.set_result(outcome)
+
+    start(settle)
+    return await future
 
 
 def observe(state: AppState, ex: Exchange, *, total_s: float, protocol: str = "http") -> None:

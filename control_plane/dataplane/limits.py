@@ -50,11 +50,9 @@ class TenantLimits:
             raise RateLimited(f"tenant request rate over {self.rate_per_s:g}/s", retry_after=max(wait, 1))
         bucket.tokens -= 1
 
-    @contextmanager
-    def slot(self, tenant_id: int) -> Iterator[None]:
-        """Hold one of the tenant's concurrent-request slots, or raise RateLimited."""
+    def acquire(self, tenant_id: int) -> None:
+        """Take one of the tenant's concurrent-request slots (see `release`), or raise RateLimited."""
         if self.max_concurrency <= 0:
-            yield
             return
         current = self._in_flight.get(tenant_id, 0)
         if current >= self.max_concurrency:
@@ -62,7 +60,17 @@ class TenantLimits:
                 f"tenant has {current} requests in flight (limit {self.max_concurrency})", retry_after=1
             )
         self._in_flight[tenant_id] = current + 1
+
+    def release(self, tenant_id: int) -> None:
+        """Give back a slot taken by `acquire`."""
+        if self.max_concurrency > 0:
+            self._in_flight[tenant_id] -= 1
+
+    @contextmanager
+    def slot(self, tenant_id: int) -> Iterator[None]:
+        """Hold one of the tenant's concurrent-request slots for a block, or raise RateLimited."""
+        self.acquire(tenant_id)
         try:
             yield
         finally:
-            self._in_flight[tenant_id] -= 1
+            self.release(tenant_id)

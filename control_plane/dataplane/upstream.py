@@ -1,15 +1,13 @@
-"""Pooled keep-alive HTTP connections to the Triton fleet (aiohttp), with our errors at the boundary."""
+"""Pooled keep-alive HTTP connections to the Triton fleet, with our errors at the boundary."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import orjson
 
-from control_plane.dataplane.h1client import ConnectionLost, H1Pool
+from control_plane.dataplane.h1client import ConnectionLost, H1Pool, Response
 from control_plane.dataplane.rewrite import hide_internal_name
 from control_plane.errors import AppError, BadRequest, ServiceUnavailable, UpstreamTimeout
 from control_plane.fleet.instances import TritonEndpoint
@@ -20,13 +18,16 @@ class TritonUnreachable(ServiceUnavailable):
     """No Triton answered."""
 
 
-@dataclass(frozen=True, slots=True)
 class UpstreamResponse:
     """Triton's answer, body read whole; header names lower-case."""
 
-    status: int
-    headers: dict[bytes, bytes]
-    body: bytes
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+
+UpstreamCallback = Callable[[UpstreamResponse | AppError], None]
 
 
 class Upstream:
@@ -50,6 +51,28 @@ class Upstream:
             pool = self._pools[endpoint.http_url] = H1Pool(endpoint.http_url)
         return pool
 
+    def start(
+        self,
+        method: bytes,
+        path: bytes,
+        *,
+        body: bytes | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        callback: UpstreamCallback,
+    ) -> None:
+        """Send one request to a Triton; `callback` gets the response, or 503/504 as an AppError."""
+        endpoint = self.pick()
+
+        def settle(response: Response | None, exc: BaseException | None) -> None:
+            if response is not None:
+                callback(UpstreamResponse(response[0], dict(response[1]), response[2]))
+            else:
+                callback(self._error(endpoint, exc))
+
+        self._pool(endpoint).start(
+            method, path, headers=headers, body=body, timeout_s=self.timeout_s, callback=settle
+        )
+
     async def request(
         self,
         method: bytes,
@@ -58,20 +81,22 @@ class Upstream:
         body: bytes | None = None,
         headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> UpstreamResponse:
-        """Send one request to a Triton; 503 when unreachable, 504 on timeout."""
+        """Send one request to a Triton and wait; raises 503 when unreachable, 504 on timeout."""
         endpoint = self.pick()
         try:
-            async with asyncio.timeout(self.timeout_s):
-                status, raw_headers, data = await self._pool(endpoint).request(
-                    method, path.encode(), headers=headers, body=body
-                )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"Triton did not answer within {self.timeout_s:g}s") from exc
+            status, raw_headers, data = await self._pool(endpoint).request(
+                method, path.encode(), headers=headers, body=body, timeout_s=self.timeout_s
+            )
         except (OSError, ConnectionLost) as exc:
-            raise TritonUnreachable(
-                f"Triton at {endpoint.http_url} is unreachable: {type(exc).__name__}", retry_after=1
-            ) from exc
+            raise self._error(endpoint, exc) from exc
         return UpstreamResponse(status, dict(raw_headers), data)
+
+    def _error(self, endpoint: TritonEndpoint, exc: BaseException | None) -> AppError:
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(f"Triton did not answer within {self.timeout_s:g}s")
+        return TritonUnreachable(
+            f"Triton at {endpoint.http_url} is unreachable: {type(exc).__name__}", retry_after=1
+        )
 
     async def close(self) -> None:
         """Close the pools."""

@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,14 +33,35 @@ class Resolved:
     shadow: tuple[str, int, int] | None = None  # (triton name, version, percent)
     inputs: tuple[tuple[str, str], ...] = ()
 
+    infer_path: bytes = field(init=False)  # Triton's infer URL path for this version
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "infer_path", f"/v2/models/{self.triton_name}/infer".encode())
+
+
+CacheKey = tuple[int, str, str | None, int | None]
+
 
 class Router:
-    """Holds the current RoutingTable; reload() swaps in a fresh one atomically."""
+    """Holds the current RoutingTable; reload() swaps in a fresh one atomically.
+
+    Resolutions that do not depend on the request (no canary draw) are kept per table snapshot, so
+    the hot path usually does one dict lookup.
+    """
 
     def __init__(self, session_factory: sessionmaker[Session]):
         self.session_factory = session_factory
-        self.table: RoutingTable = EMPTY_TABLE
+        self._snapshot: tuple[RoutingTable, dict[CacheKey, Resolved]] = (EMPTY_TABLE, {})
         self._reload_lock = threading.Lock()
+
+    @property
+    def table(self) -> RoutingTable:
+        """The current snapshot."""
+        return self._snapshot[0]
+
+    @table.setter
+    def table(self, table: RoutingTable) -> None:
+        self._snapshot = (table, {})
 
     def reload(self) -> None:
         """Rebuild the table from the registry."""
@@ -57,16 +78,23 @@ class Router:
         routing_key: str | None = None,
     ) -> Resolved:
         """The ready version that serves this request; 404 for unknown names, 503 while loading."""
-        target = self.table.models.get((tenant_id, model))
+        table, cache = self._snapshot
+        key = (tenant_id, model, alias, version)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        target = table.models.get((tenant_id, model))
         if target is None:
             raise NotFound(f"model '{model}' not found")
         shadow = None
+        cacheable = True
         if version is None:
             alias = alias or DEFAULT_ALIAS
             alias_target = target.aliases.get(alias)
             if alias_target is None:
                 raise NotFound(f"model '{model}' has no alias '{alias}'")
             version = pick_version(alias_target, routing_key)
+            cacheable = not alias_target.weighted
             if alias_target.shadow is not None:
                 shadow_version = target.versions.get(alias_target.shadow[0])
                 if shadow_version is not None and shadow_version.state == "ready":
@@ -78,7 +106,7 @@ class Router:
             raise ModelLoading(
                 f"version {version} of model '{model}' is {found.state}, not ready", retry_after=2
             )
-        return Resolved(
+        resolved = Resolved(
             tenant=target.tenant,
             model=model,
             version=version,
@@ -87,6 +115,9 @@ class Router:
             shadow=shadow,
             inputs=found.inputs,
         )
+        if cacheable:
+            cache[key] = resolved
+        return resolved
 
 
 def pick_version(alias: AliasTarget, routing_key: str | None) -> int:
