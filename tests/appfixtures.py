@@ -73,7 +73,7 @@ def make_served(make_settings: MakeSettings) -> Iterator[Callable[..., Api]]:
     """Apps served by a real uvicorn (uvloop + httptools) on a free port, for stock HTTP clients."""
     servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
-    def start(**overrides: Any) -> Api:
+    def start(*, timeout_keep_alive: int = 5, **overrides: Any) -> Api:
         settings = make_settings(**overrides)
         app = create_app(settings)
         config = uvicorn.Config(
@@ -83,6 +83,7 @@ def make_served(make_settings: MakeSettings) -> Iterator[Callable[..., Api]]:
             loop="uvloop",
             http=fast_path_protocol(app),
             log_level="warning",
+            timeout_keep_alive=timeout_keep_alive,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

@@ -143,8 +143,12 @@ class FastPathProtocol(HttpToolsProtocol):
         keep_alive = keep_alive and not self._closing
         if not keep_alive:
             lines.append(b"connection: close\r\n")
-        lines += (b"\r\n", reply.head, reply.tail)
-        self.transport.write(b"".join(lines))  # one write: status line, headers and body together
+        lines.append(b"\r\n")
+        if len(reply.tail) > 64 * 1024:  # big tensors: a vectored write, not a copy
+            self.transport.writelines((b"".join(lines), reply.head, reply.tail))
+        else:  # one write: status line, headers and body together
+            lines += (reply.head, reply.tail)
+            self.transport.write(b"".join(lines))
         if keep_alive:
             self._response_complete()
         else:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import orjson
 
 
-def _json_str(value: str) -> bytes:
-    return orjson.dumps(value)
+@lru_cache(maxsize=4096)
+def _name_fields(triton_name: str, model: str, version: int) -> tuple[bytes, bytes]:
+    """Triton's `"model_name":...,"model_version":"1"` and what replaces it (built once per version)."""
+    old = b'"model_name":' + orjson.dumps(triton_name) + b',"model_version":"1"'
+    new = b'"model_name":' + orjson.dumps(model) + b',"model_version":"' + str(version).encode() + b'"'
+    return old, new
 
 
 def rewrite_infer_response(
@@ -18,8 +24,7 @@ def rewrite_infer_response(
     that part is replaced. Anything unexpected falls back to parsing the (small) JSON header alone.
     """
     json_end = header_length if header_length is not None else len(body)
-    old = b'"model_name":' + _json_str(triton_name) + b',"model_version":"1"'
-    new = b'"model_name":' + _json_str(model) + b',"model_version":"' + str(version).encode() + b'"'
+    old, new = _name_fields(triton_name, model, version)
     at = body.find(old, 0, min(json_end, 512 + len(old)))
     if at >= 0:
         head = body[:at] + new + body[at + len(old) : json_end]

@@ -1,9 +1,11 @@
-"""The fast-path protocol at the HTTP/1.1 level: keep-alive, pipelining order, Connection: close, 413."""
+"""The fast-path protocol at the HTTP/1.1 level: keep-alive (and its idle timeout), pipelining order,
+Connection: close, 413."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,3 +119,45 @@ def test_body_over_the_limit_is_413_and_the_connection_survives(
     assert [status for status, _, _ in done] == [413, 400]
     assert json.loads(done[0][2])["kind"] == "PayloadTooLarge"
     assert not closed
+
+
+def _wait_closed(sock: socket.socket, *, within: float) -> float:
+    """Seconds until the server closed `sock` (fails if it did not within `within`)."""
+    began = time.monotonic()
+    sock.settimeout(within)
+    try:
+        assert sock.recv(1) == b"", "unexpected data on an idle connection"
+    except TimeoutError:
+        pytest.fail(f"the server kept an idle connection open for more than {within}s")
+    return time.monotonic() - began
+
+
+def test_idle_keep_alive_connections_close_after_the_timeout_and_busy_ones_stay(
+    make_served: Callable[..., Api], tmp_path: Path
+) -> None:
+    api = make_served(timeout_keep_alive=1)
+    d = deploy_onnx(api, tmp_path)
+    infer = _request(f"/v2/models/{d.model}/infer", d)
+    host, port = api.client.base_url.host, api.client.base_url.port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        responses = _Responses()
+        began = time.monotonic()
+        while time.monotonic() - began < 2.5:  # busier than the timeout: the connection must stay open
+            sock.sendall(infer)
+            expected = len(responses.done) + 1
+            while len(responses.done) < expected:
+                data = sock.recv(65536)
+                assert data, "the server closed a connection in use"
+                responses.parser.feed_data(data)
+            time.sleep(0.3)
+        assert {status for status, _, _ in responses.done} == {200}
+        assert len(responses.done) >= 6
+        idle_for = _wait_closed(sock, within=5)
+    assert 0.5 < idle_for < 2.5
+    with socket.create_connection((host, port), timeout=30) as sock:  # the same after an ASGI request
+        sock.sendall(_request(f"/v2/models/{d.model}", d, body=b"", method="GET") + infer)
+        responses = _Responses()
+        while len(responses.done) < 2:
+            responses.parser.feed_data(sock.recv(65536))
+        assert [status for status, _, _ in responses.done] == [200, 200]
+        assert 0.5 < _wait_closed(sock, within=5) < 2.5

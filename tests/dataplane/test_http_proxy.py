@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton_http
 
 from tests.support.api import Api
-from tests.support.deploy import Deployed, deploy_onnx
+from tests.support.deploy import Deployed, deploy_onnx, deploy_slow_python
 
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 
@@ -165,3 +165,17 @@ def test_keys_last_used_is_recorded_without_a_write_per_request(served: Api, tmp
     assert last_used() is None  # nothing written on the request path
     served.state.key_usage.flush()  # what the background thread does every 30 s
     assert last_used() is not None
+
+
+def test_large_binary_tensors_round_trip_through_the_proxy(served: Api, tmp_path: Path) -> None:
+    """1 MiB each way: big bodies are forwarded and answered with vectored writes, byte for byte."""
+    d = deploy_slow_python(served, tmp_path, seconds=0)
+    data = np.random.default_rng(7).standard_normal(256 * 1024).astype(np.float32)
+    tensor = triton_http.InferInput("INPUT0", [data.size], "FP32")
+    tensor.set_data_from_numpy(data, binary_data=True)
+    outputs = [triton_http.InferRequestedOutput("OUTPUT0", binary_data=True)]
+    headers = {"Authorization": f"Bearer {d.consumer_key}"}
+    with _client(served) as proxy:
+        result = proxy.infer(d.model, [tensor], outputs=outputs, headers=headers)
+    assert np.array_equal(result.as_numpy("OUTPUT0"), data)
+    assert result.get_response()["model_name"] == d.model
