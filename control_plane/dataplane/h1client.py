@@ -50,8 +50,10 @@ class _Call:
 
     def abandon(self) -> None:
         """The caller stopped waiting (cancelled): drop the connection, whose state is now unknown."""
+        if self.done:  # answered already: its connection may be serving another call by now
+            return
         self.done = True
-        if self.connection is not None:
+        if self.connection is not None and self.connection.call is self:
             self.connection.close()
 
 
@@ -139,6 +141,7 @@ class H1Pool:
         self._busy: set[_Connection] = set()
         self._connecting: set[asyncio.Task[None]] = set()
         self._sweep: asyncio.TimerHandle | None = None  # deadline checks, while requests are in flight
+        self._closed = False
 
     def start(
         self,
@@ -201,6 +204,7 @@ class H1Pool:
 
     def close(self) -> None:
         """Close every connection; requests in flight fail with ConnectionLost."""
+        self._closed = True
         for task in list(self._connecting):
             task.cancel()
         while self._idle:
@@ -219,6 +223,9 @@ class H1Pool:
         connection.send(call)
 
     def _connect(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:
+            call.finish(None, ConnectionLost("the pool was closed"))
+            return
         task = loop.create_task(self._open(call))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
@@ -241,7 +248,7 @@ class H1Pool:
 
     def _done(self, connection: _Connection, *, keep_alive: bool) -> None:
         self._busy.discard(connection)
-        if connection.closed or not keep_alive or len(self._idle) >= self.max_idle:
+        if self._closed or connection.closed or not keep_alive or len(self._idle) >= self.max_idle:
             connection.close()
         else:
             self._idle.append(connection)
@@ -250,7 +257,8 @@ class H1Pool:
         self._busy.discard(connection)
         if call.done:
             return
-        if call.reused and not call.retried and not connection.answered and isinstance(exc, ConnectionLost):
+        stale = call.reused and not connection.answered and isinstance(exc, ConnectionLost)
+        if stale and not call.retried and not self._closed:
             call.retried = True  # a stale idle socket: retry once on a new one
             call.connection = None
             self._connect(call, asyncio.get_running_loop())
