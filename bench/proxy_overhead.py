@@ -1,6 +1,6 @@
 """What the proxy adds: KServe v2 infer straight at Triton vs through the control plane.
 
-    python -m bench.proxy_overhead [--duration 10] [--concurrency 1,16,64] [--rounds 2]
+    python -m bench.proxy_overhead [--duration 10] [--concurrency 1,16,64] [--rounds 3]
 
 Brings up its own control plane (SQLite registry, local artifacts, embedded Triton) in a temp dir,
 deploys a small ONNX MLP behind `production`, then for each concurrency alternates direct and
@@ -148,7 +148,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1, 16, 64],
         help="comma-separated connection counts",
     )
-    parser.add_argument("--rounds", type=int, default=2, help="direct/proxy pairs per concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="direct/proxy pairs per concurrency")
     return parser.parse_args(argv)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import typer
@@ -47,6 +48,10 @@ def serve(
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
+    # Everything imported so far lives as long as the process: keep it out of the cyclic GC's full
+    # collections, which otherwise pause the event loop for ~0.1 s every few seconds under load.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=host or settings.http_host,
