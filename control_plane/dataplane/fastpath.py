@@ -137,18 +137,13 @@ class FastPathProtocol(HttpToolsProtocol):
             self.cycle = None  # type: ignore[assignment]
         if self.transport.is_closing():
             return
-        lines: list[bytes | memoryview] = [STATUS_LINE[reply.status]]
-        for name, value in ex.response_headers(reply):
-            lines += (name, b": ", value, b"\r\n")
         keep_alive = keep_alive and not self._closing
-        if not keep_alive:
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
+        head = STATUS_LINE[reply.status] + ex.response_header_block(reply)
+        head += b"\r\n" if keep_alive else b"connection: close\r\n\r\n"
         if len(reply.tail) > 64 * 1024:  # big tensors: a vectored write, not a copy
-            self.transport.writelines((b"".join(lines), reply.head, reply.tail))
+            self.transport.writelines((head, reply.head, reply.tail))
         else:  # one write: status line, headers and body together
-            lines += (reply.head, reply.tail)
-            self.transport.write(b"".join(lines))
+            self.transport.write(b"".join((head, reply.head, reply.tail)))
         if keep_alive:
             self._response_complete()
         else:

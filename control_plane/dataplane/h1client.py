@@ -142,6 +142,7 @@ class H1Pool:
         self._connecting: set[asyncio.Task[None]] = set()
         self._sweep: asyncio.TimerHandle | None = None  # deadline checks, while requests are in flight
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(
         self,
@@ -158,12 +159,13 @@ class H1Pool:
         exc is a TimeoutError past `timeout_s`, else an OSError or ConnectionLost. A reused idle
         connection that turns out closed is retried once on a fresh one.
         """
-        lines = [method, b" ", path, b" HTTP/1.1\r\nHost: ", self.host_header, b"\r\n"]
+        request = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, path, self.host_header)
         for name, value in headers:
-            lines += (name, b": ", value, b"\r\n")
-        lines += (b"Content-Length: ", str(len(body) if body else 0).encode(), b"\r\n\r\n")
-        loop = asyncio.get_running_loop()
-        call = _Call(b"".join(lines), body, callback, loop.time() + timeout_s)
+            request += b"%s: %s\r\n" % (name, value)
+        request += b"Content-Length: %d\r\n\r\n" % (len(body) if body else 0)
+        # The loop of the pool's connections: get_running_loop() costs a getpid() syscall.
+        loop = self._loop or asyncio.get_running_loop()
+        call = _Call(request, body, callback, loop.time() + timeout_s)
         idle = self._idle
         while idle:
             connection = idle.pop()
@@ -171,7 +173,8 @@ class H1Pool:
                 call.reused = True
                 self._send(connection, call)
                 return call
-        self._connect(call, loop)
+        self._loop = asyncio.get_running_loop()  # new connections belong to the loop running now
+        self._connect(call, self._loop)
         return call
 
     async def request(
@@ -219,7 +222,8 @@ class H1Pool:
     def _send(self, connection: _Connection, call: _Call) -> None:
         self._busy.add(connection)
         if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(SWEEP_EVERY_S, self._check_deadlines)
+            loop = self._loop = self._loop or asyncio.get_running_loop()
+            self._sweep = loop.call_later(SWEEP_EVERY_S, self._check_deadlines)
         connection.send(call)
 
     def _connect(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
@@ -244,6 +248,7 @@ class H1Pool:
         if call.done:  # abandoned while connecting
             connection.close()
             return
+        self._loop = loop
         self._send(connection, call)
 
     def _done(self, connection: _Connection, *, keep_alive: bool) -> None:
