@@ -242,5 +242,8 @@ def test_runner_sources_are_package_data() -> None:
     assert "class TritonPythonModel" in torch_source and "import torch" in torch_source
     compile(onnx_source, "model.py", "exec")
     compile(torch_source, "model.py", "exec")
+    for source in (onnx_source, torch_source):  # one file for Triton: the shared part is inlined
+        assert "class BatchingRunner" in source
+        assert "from control_plane" not in source and "import control_plane" not in source
     with pytest.raises(ValueError, match="no runner for model format 'python'"):
         runner_source("python")  # type: ignore[arg-type]

@@ -1,0 +1,112 @@
+# mypy: ignore-errors
+"""What the Python-backend runners share: config parsing, batching requests into one run, responses.
+
+Not shipped alone: `runner_source()` puts this file in front of a runner (`onnx_runner.py`,
+`torchscript_runner.py`), in place of the runner's import of it, so that each version's `model.py`
+stays one self-contained file, as Triton's Python backend loads it.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+NUMPY_DTYPES = {
+    "TYPE_BOOL": np.bool_,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+
+
+class BatchingRunner:
+    """The part of TritonPythonModel that does not depend on the framework.
+
+    A runner sets DEFAULT_ARTIFACT and implements `_load(path, params, args)`, `_run(feed)` (input
+    arrays by name -> output arrays by name) and `finalize`; it may override `_error_message`.
+    """
+
+    DEFAULT_ARTIFACT = ""
+
+    def initialize(self, args):
+        """Load the artifact named by the config's parameters from this version's directory."""
+        config = json.loads(args["model_config"])
+        params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        artifact = params.get("artifact_filename") or self.DEFAULT_ARTIFACT
+        path = os.path.join(args["model_repository"], str(args["model_version"]), artifact)
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.outputs = [(tensor["name"], NUMPY_DTYPES[tensor["data_type"]]) for tensor in config["output"]]
+        self._load(path, params, args)
+
+    def execute(self, requests):
+        """One response per request; a failing request gets an error response, the others still run."""
+        if self.max_batch_size > 0 and len(requests) > 1:
+            responses = self._execute_batched(requests)
+            if responses is not None:
+                return responses
+        return [self._execute_one(request) for request in requests]
+
+    def _execute_one(self, request):
+        try:
+            return _response(self._run(self._read(request)), self.outputs)
+        except Exception as exc:
+            return _error_response(self._error_message(exc))
+
+    def _execute_batched(self, requests):
+        """Concatenate along dim 0, run once, split back; None (run each alone) if that cannot work."""
+        try:
+            feeds = [self._read(request) for request in requests]
+            sizes = [int(feed[self.input_names[0]].shape[0]) for feed in feeds]
+            batch = {name: np.concatenate([feed[name] for feed in feeds]) for name in self.input_names}
+            results = self._run(batch)
+            if any(value.shape[:1] != (sum(sizes),) for value in results.values()):
+                return None
+            bounds = np.cumsum(sizes)[:-1]
+            parts = {name: np.split(value, bounds) for name, value in results.items()}
+        except Exception:
+            # E.g. requests with different non-batch dims: each runs alone and gets its own answer.
+            return None
+        return [
+            _response({name: parts[name][index] for name in parts}, self.outputs)
+            for index in range(len(requests))
+        ]
+
+    def _read(self, request):
+        feed = {}
+        for name in self.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise ValueError(f"input '{name}' is missing")
+            feed[name] = tensor.as_numpy()
+        return feed
+
+    def _error_message(self, exc):
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _cast(value, dtype):
+    value = np.asarray(value)
+    if dtype is np.object_:
+        items = [item if isinstance(item, bytes) else str(item).encode("utf-8") for item in value.flat]
+        return np.array(items, dtype=object).reshape(value.shape)
+    return value.astype(dtype, copy=False)
+
+
+def _response(results, outputs):
+    tensors = [pb_utils.Tensor(name, _cast(results[name], dtype)) for name, dtype in outputs]
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _error_response(message):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
