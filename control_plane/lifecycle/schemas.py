@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from control_plane.lifecycle.shadow import ShadowStats
+
 
 class Promote(BaseModel):
     """Body of PUT .../aliases/{a}."""
@@ -82,19 +84,6 @@ class Traffic(BaseModel):
         return self
 
 
-class ShadowStatsOut(BaseModel):
-    """Comparison of shadow outputs with live ones (this process' view)."""
-
-    shadow_version: int
-    requests: int
-    matches: int
-    mismatches: int
-    errors: int
-    skipped: int
-    max_abs_diff: float | None
-    match_rate: float | None
-
-
 class TrafficOut(BaseModel):
     """An alias' traffic: primary version, canary routes, shadow and its statistics."""
 
@@ -102,4 +91,4 @@ class TrafficOut(BaseModel):
     version: int
     routes: list[Route]
     shadow: Shadow | None
-    shadow_stats: ShadowStatsOut | None = None
+    shadow_stats: ShadowStats | None = None

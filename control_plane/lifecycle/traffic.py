@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
 from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion, Tenant
-from control_plane.lifecycle.schemas import Route, Shadow, ShadowStatsOut, Traffic, TrafficOut
+from control_plane.lifecycle.schemas import Route, Shadow, Traffic, TrafficOut
 from control_plane.lifecycle.service import ensure_ready_locked, lock_model, release_after_commit
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
@@ -105,5 +105,5 @@ def describe(session: Session, *, state: AppState, tenant: Tenant, model: Model,
         version=numbers[alias.version_id],
         routes=weighted,
         shadow=shadow,
-        shadow_stats=ShadowStatsOut.model_validate(stats, from_attributes=True) if stats else None,
+        shadow_stats=stats,
     )

@@ -11,10 +11,10 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton_http
-from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
 from control_plane.dataplane.decode import decode_infer_response
 from tests.fixtures_triton import RunningTriton
+from tests.support.v2 import build_response
 
 CONFIG = """\
 name: "{name}"
@@ -78,28 +78,6 @@ def assert_same_arrays(actual: dict[str, np.ndarray], expected: dict[str, np.nda
         assert got.dtype == want.dtype, name
         assert got.shape == want.shape, name
         np.testing.assert_array_equal(got, want, err_msg=name)
-
-
-def build_response(outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
-    """A Triton-style infer response: each (name, array, binary?) as JSON data or binary bytes."""
-    entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name, array, binary in outputs:
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": np_to_triton_dtype(array.dtype),
-            "shape": list(array.shape),
-        }
-        if binary:
-            raw = serialize_byte_tensor(array).item() if array.dtype == object else array.tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            flat = array.reshape(-1).tolist()
-            entry["data"] = [v.decode() for v in flat] if array.dtype == object else flat
-        entries.append(entry)
-    header = orjson.dumps({"model_name": "m", "model_version": "1", "outputs": entries})
-    return header + b"".join(blobs), (len(header) if blobs else None)
 
 
 @pytest.fixture(scope="module")

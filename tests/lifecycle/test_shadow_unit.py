@@ -15,12 +15,12 @@ import orjson
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
 from control_plane.dataplane.upstream import Upstream
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.lifecycle.shadow import ShadowMirror, compare_outputs
 from control_plane.routing.router import Resolved
+from tests.support.v2 import build_response
 
 LIVE, SHADOW = "acme__m__v1", "acme__m__v2"
 RESOLVED = Resolved(
@@ -60,21 +60,9 @@ class Reply:
 
 def infer_reply(outputs: dict[str, np.ndarray], *, binary: bool = False, **kwargs: Any) -> Reply:
     """A Triton infer response with these outputs, as JSON or with the binary-tensor extension."""
-    entries, blobs = [], []
-    for name, array in outputs.items():
-        entry: dict[str, Any] = {"name": name, "datatype": np_to_triton_dtype(array.dtype)}
-        entry["shape"] = list(array.shape)
-        if binary:
-            raw = serialize_byte_tensor(array).item() if array.dtype == object else array.tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            flat = array.reshape(-1).tolist()
-            entry["data"] = [v.decode() for v in flat] if array.dtype == object else flat
-        entries.append(entry)
-    header = orjson.dumps({"model_name": "x", "model_version": "1", "outputs": entries})
-    headers = {"Inference-Header-Content-Length": str(len(header))} if binary else {}
-    return Reply(header + b"".join(blobs), headers=headers, **kwargs)
+    body, header_length = build_response([(name, array, binary) for name, array in outputs.items()])
+    headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else {}
+    return Reply(body, headers=headers, **kwargs)
 
 
 class FakeTriton:

@@ -1,0 +1,31 @@
+"""KServe v2 bodies built in tests, as Triton writes them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
+
+
+def build_response(outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
+    """A Triton-style infer response: each (name, array, binary?) as JSON data or binary bytes."""
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array, binary in outputs:
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": np_to_triton_dtype(array.dtype),
+            "shape": list(array.shape),
+        }
+        if binary:
+            raw = serialize_byte_tensor(array).item() if array.dtype == object else array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            flat = array.reshape(-1).tolist()
+            entry["data"] = [v.decode() for v in flat] if array.dtype == object else flat
+        entries.append(entry)
+    header = orjson.dumps({"model_name": "m", "model_version": "1", "outputs": entries})
+    return header + b"".join(blobs), (len(header) if blobs else None)
