@@ -91,10 +91,8 @@ async def forward(
     def go(done: UpstreamCallback) -> None:
         start_forward(state, ex, body=body, headers=headers, done=done)
 
-    outcome: UpstreamResponse | AppError = await _wait(go)
-    if isinstance(outcome, AppError):
-        raise outcome
-    return outcome
+    response: UpstreamResponse = await _wait(go)
+    return response
 
 
 def start_infer(state: AppState, ex: Exchange, body: bytes, done: Callable[[Reply | AppError], None]) -> None:
@@ -123,10 +121,8 @@ async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
     def go(done: Callable[[Reply | AppError], None]) -> None:
         start_infer(state, ex, body, done)
 
-    outcome: Reply | AppError = await _wait(go)
-    if isinstance(outcome, AppError):
-        raise outcome
-    return outcome
+    reply: Reply = await _wait(go)
+    return reply
 
 
 def _reply(state: AppState, ex: Exchange, body: bytes, upstream: UpstreamResponse) -> Reply:
@@ -160,12 +156,16 @@ def _reply(state: AppState, ex: Exchange, body: bytes, upstream: UpstreamRespons
     return reply
 
 
-async def _wait(start: Callable[[Callable[[T], None]], None]) -> T:
-    """Run a callback-style `start(done)` and wait for what it passes to `done`."""
+async def _wait(start: Callable[[Callable[[T | AppError], None]], None]) -> T:
+    """Run a callback-style `start(done)`, wait for what it passes to `done`, raise it if an error."""
     future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
-    def settle(outcome: T) -> None:
-        if not future.done():
+    def settle(outcome: T | AppError) -> None:
+        if future.done():
+            return
+        if isinstance(outcome, AppError):
+            future.set_exception(outcome)
+        else:
             future.set_result(outcome)
 
     start(settle)
