@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
@@ -11,6 +9,7 @@ from control_plane.audit import service
 from control_plane.audit.schemas import AuditEventOut
 from control_plane.auth.dependencies import require_admin
 from control_plane.dependencies import get_session
+from control_plane.timestamps import UtcDateTime
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(require_admin)])
 
@@ -20,8 +19,8 @@ def list_events(
     tenant: str | None = None,
     model: str | None = None,
     action: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: UtcDateTime | None = None,
+    until: UtcDateTime | None = None,
     limit: int = Query(100, ge=1, le=1000),
     session: Session = Depends(get_session, scope="function"),
 ) -> list[AuditEventOut]:

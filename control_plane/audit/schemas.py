@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from control_plane.timestamps import UtcDateTime
 
 
 class AuditEventOut(BaseModel):
@@ -14,7 +15,7 @@ class AuditEventOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    created_at: datetime
+    created_at: UtcDateTime
     actor: str
     actor_key_id: int | None
     action: str

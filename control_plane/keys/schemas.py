@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from control_plane.timestamps import UtcDateTime
 
 
 class KeyCreate(BaseModel):
@@ -26,9 +27,9 @@ class KeyOut(BaseModel):
     prefix: str
     role: str
     description: str | None
-    created_at: datetime
-    revoked_at: datetime | None
-    last_used_at: datetime | None
+    created_at: UtcDateTime
+    revoked_at: UtcDateTime | None
+    last_used_at: UtcDateTime | None
 
 
 class KeyCreated(KeyOut):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from control_plane.lifecycle.shadow import ShadowStats
+from control_plane.timestamps import UtcDateTime
 
 
 class Promote(BaseModel):
@@ -44,7 +43,7 @@ class HistoryEntry(BaseModel):
     to_version: int
     actor: str | None
     reason: str | None
-    at: datetime
+    at: UtcDateTime
 
 
 class Route(BaseModel):

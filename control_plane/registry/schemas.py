@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.modelconfig.specs import DynamicBatchingSpec, InstanceGroupSpec, TensorSpec
 from control_plane.names import Name
+from control_plane.timestamps import UtcDateTime
 
 ModelFormat = Literal["onnx", "torchscript", "python"]
 
@@ -45,8 +45,8 @@ class VersionOut(BaseModel):
     triton_name: str
     signature: dict[str, Any]
     config: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class VersionSummary(BaseModel):
@@ -54,7 +54,7 @@ class VersionSummary(BaseModel):
 
     version: int
     state: str
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class ModelOut(ModelSpec):
@@ -62,6 +62,6 @@ class ModelOut(ModelSpec):
 
     name: str
     format: ModelFormat
-    created_at: datetime
+    created_at: UtcDateTime
     versions: list[VersionSummary] = []
     aliases: dict[str, int] = {}

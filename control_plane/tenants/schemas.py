@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict
 
 from control_plane.names import Name
+from control_plane.timestamps import UtcDateTime
 
 
 class TenantCreate(BaseModel):
@@ -23,4 +22,4 @@ class TenantOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     name: str
-    created_at: datetime
+    created_at: UtcDateTime
