@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from control_plane import __version__
 from control_plane.artifacts import build_artifact_store
+from control_plane.audit.denials import install as install_denial_audit
 from control_plane.audit.endpoints import router as audit_router
 from control_plane.dataplane.auth import KeyUsage
 from control_plane.dataplane.grpc_proxy import GrpcProxy
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = ControlPlaneApp(title="Triton control plane", version=__version__, lifespan=lifespan)
     register_error_handlers(app)
+    install_denial_audit(app)
     for router in (
         status_router,
         tenants_router,
