@@ -23,6 +23,7 @@ from control_plane.tritonserver.distribution import (
     prepare_backend_dir,
 )
 from control_plane.tritonserver.exceptions import TritonStartError
+from control_plane.tritonserver.guard import ProcessGuard
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _log_tail(path: Path, *, lines: int = 20) -> str:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `host:port` now (SO_REUSEADDR, as Triton binds)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def log_tail(path: Path, *, lines: int = 20) -> str:
     """Last lines of Triton's log, without the rows of its startup tables."""
     try:
         text = path.read_text(errors="replace")
@@ -47,7 +59,10 @@ def _log_tail(path: Path, *, lines: int = 20) -> str:
 
 
 class TritonProcess:
-    """One tritonserver child: started in its own session, stopped with its whole process group."""
+    """One tritonserver child: started in its own session, stopped with its whole process group.
+
+    A guard process (see `guard.py`) kills the group if this process dies without stopping it.
+    """
 
     def __init__(
         self,
@@ -82,6 +97,8 @@ class TritonProcess:
         self.shm_prefix = f"triton_python_backend_shm_region_cp{uuid.uuid4().hex[:12]}_"
         self._dist = distribution
         self._proc: subprocess.Popen[bytes] | None = None
+        self._guard: ProcessGuard | None = None
+        self.exit_code: int | None = None  # of the last tritonserver that exited
 
     @property
     def pid(self) -> int | None:
@@ -105,6 +122,23 @@ class TritonProcess:
     def is_running(self) -> bool:
         """Whether the tritonserver process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    def has_exited(self) -> bool:
+        """Whether a started tritonserver exited without being stopped (it crashed or was killed)."""
+        return self._proc is not None and self._proc.poll() is not None
+
+    def ports_are_free(self) -> bool:
+        """Whether nothing listens on this process's ports (so a restart can take them again)."""
+        ports = (self.http_port, self.grpc_port, self.metrics_port)
+        return all(port_is_free(port, self._client_host) for port in ports)
+
+    def choose_new_ports(self) -> None:
+        """Pick fresh free ports for the next start (when the old ones were taken meanwhile)."""
+        if self.is_running():
+            raise RuntimeError("cannot change the ports of a running tritonserver")
+        self.http_port = free_port(self.address)
+        self.grpc_port = free_port(self.address)
+        self.metrics_port = free_port(self.address)
 
     def command(self, backend_dir: Path) -> list[str]:
         """The tritonserver command line."""
@@ -145,13 +179,31 @@ class TritonProcess:
         """Launch tritonserver and wait until it answers ready; on failure raise with its log tail."""
         if self.is_running():
             return
+        self.stop()  # reap a tritonserver that exited by itself: its stubs, shared memory and guard
         self.workdir.mkdir(parents=True, exist_ok=True)
         backend_dir = self.backend_dir or prepare_backend_dir(self._distribution(), self.workdir / "backends")
         argv = self.command(backend_dir)
         log.info("starting tritonserver: %s", " ".join(argv))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._rotate_log()
+        # The guard exists before tritonserver does, so at no point can our death orphan it.
+        guard = ProcessGuard(shm_dir=SHM_DIR, shm_prefix=self.shm_prefix)
+        try:
+            self._proc = self._spawn(argv)
+        except BaseException:
+            guard.release()
+            raise
+        guard.guard(self._proc.pid)
+        self._guard, self.exit_code = guard, None
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         with self.log_path.open("wb") as out:
-            self._proc = subprocess.Popen(
+            return subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -160,12 +212,12 @@ class TritonProcess:
                 env=self.environment(),
                 start_new_session=True,
             )
-        atexit.register(self.stop)
-        try:
-            self._wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+
+    def _rotate_log(self) -> None:
+        """Keep the previous run's log (a crash's last words) as `<log>.1`."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.log_path.exists():
+            os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
 
     def _wait_ready(self, timeout_s: float) -> None:
         assert self._proc is not None
@@ -175,14 +227,14 @@ class TritonProcess:
             code = self._proc.poll()
             if code is not None:
                 raise TritonStartError(
-                    f"tritonserver exited with {code} during startup; log tail:\n{_log_tail(self.log_path)}"
+                    f"tritonserver exited with {code} during startup; log tail:\n{log_tail(self.log_path)}"
                 )
             if _answers_ok(url):
                 log.info("tritonserver ready at %s (pid %s)", self.http_url, self._proc.pid)
                 return
             time.sleep(0.1)
         raise TritonStartError(
-            f"tritonserver not ready after {timeout_s}s; log tail:\n{_log_tail(self.log_path)}"
+            f"tritonserver not ready after {timeout_s}s; log tail:\n{log_tail(self.log_path)}"
         )
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
@@ -199,9 +251,12 @@ class TritonProcess:
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver %s ignored SIGTERM for %ss; killing its group", proc.pid, timeout_s)
         _signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
+        self.exit_code = proc.wait()
         self._proc = None
         self._remove_leftover_shm()
+        if self._guard is not None:
+            self._guard.release()
+            self._guard = None
 
     def _remove_leftover_shm(self) -> None:
         for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
