@@ -20,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from control_plane.dataplane.exchange import Exchange, Reply, error_reply, parse_models_path
 from control_plane.dataplane.infer import begin, check_limits, observe, start_infer
+from control_plane.dataplane.uvicorn_compat import check_uvicorn
 from control_plane.errors import AppError, PayloadTooLarge
 from control_plane.state import AppState
 
@@ -218,4 +219,5 @@ class _FastRequest:
 
 def fast_path_protocol(app: FastAPI) -> type[FastPathProtocol]:
     """The protocol class to give uvicorn (`http=`) for this app."""
+    check_uvicorn()
     return type("BoundFastPathProtocol", (FastPathProtocol,), {"bound_app": app})

@@ -1,0 +1,98 @@
+"""Start-up check of the uvicorn internals that the HTTP fast path (`fastpath.py`) builds on.
+
+The fast path subclasses uvicorn's private `HttpToolsProtocol`. Those internals are not API: they
+appeared in uvicorn 0.45 (`_start_asgi_task`) and may change in any release, so pyproject.toml pins a
+tested range and this check fails at start-up, with the names that are missing, rather than on the
+first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+SUPPORTED = ">=0.45,<0.55"  # keep in step with pyproject.toml
+MODULE = "uvicorn.protocols.http.httptools_impl"
+METHODS = (
+    "_start_asgi_task",
+    "on_message_begin",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+    "on_response_complete",
+    "timeout_keep_alive_handler",
+    "connection_lost",
+    "shutdown",
+)
+STATE = (
+    "cycle",
+    "pipeline",
+    "flow",
+    "server_state",
+    "timeout_keep_alive",
+    "loop",
+    "parser",
+    "transport",
+    "scope",
+    "headers",
+    "expect_100_continue",
+)
+PARSER = ("get_method", "get_http_version", "should_keep_alive", "should_upgrade")
+
+
+class UvicornIncompatible(RuntimeError):
+    """The installed uvicorn lacks internals the fast path uses."""
+
+
+async def _no_app(scope: object, receive: object, send: object) -> None:
+    """The probe protocol's app; never called."""
+
+
+def _missing_internals() -> list[str]:
+    """Names the fast path needs that this uvicorn lacks (empty when all are there)."""
+    try:
+        import uvicorn
+        from uvicorn.protocols.http import httptools_impl
+        from uvicorn.server import ServerState
+    except ImportError as exc:
+        return [f"{MODULE} ({exc})"]
+    missing = [
+        f"{MODULE}.{name}"
+        for name in ("HttpToolsProtocol", "STATUS_LINE")
+        if not hasattr(httptools_impl, name)
+    ]
+    if missing:
+        return missing
+    status_line = httptools_impl.STATUS_LINE
+    if not isinstance(status_line, dict) or not isinstance(status_line.get(200), bytes):
+        missing.append("STATUS_LINE[200] as bytes")
+    protocol_class = httptools_impl.HttpToolsProtocol
+    missing += [
+        f"HttpToolsProtocol.{name}()" for name in METHODS if not callable(getattr(protocol_class, name, None))
+    ]
+    state = ServerState()
+    if not hasattr(state, "total_requests"):
+        missing.append("ServerState.total_requests")
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(_no_app, http=protocol_class, lifespan="off", log_config=None)
+        probe = protocol_class(config, state, {}, _loop=loop)
+    except Exception as exc:  # a constructor that changed shape is as fatal as a missing name
+        return [*missing, f"HttpToolsProtocol(config, server_state, app_state, _loop) ({exc!r})"]
+    finally:
+        loop.close()
+    missing += [f"HttpToolsProtocol().{name}" for name in STATE if not hasattr(probe, name)]
+    missing += [f"parser.{name}()" for name in PARSER if not callable(getattr(probe.parser, name, None))]
+    return missing
+
+
+def check_uvicorn() -> str:
+    """The installed uvicorn's version, or UvicornIncompatible naming every internal it lacks."""
+    import uvicorn
+
+    missing = _missing_internals()
+    if missing:
+        raise UvicornIncompatible(
+            f"uvicorn {uvicorn.__version__} lacks internals the HTTP fast path uses: {', '.join(missing)}. "
+            f"Install a tested release (uvicorn{SUPPORTED}), e.g. `pip install -c constraints.txt -e .`."
+        )
+    return uvicorn.__version__
