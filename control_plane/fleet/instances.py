@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import TritonInstance
+from control_plane.fleet import repository
 from control_plane.tritonserver import TritonClient
 
 
@@ -24,15 +23,23 @@ class TritonEndpoint:
 
     @classmethod
     def connect(
-        cls, *, name: str, http_url: str, grpc_url: str, timeout_s: float, load_timeout_s: float
+        cls,
+        *,
+        name: str,
+        http_url: str,
+        grpc_url: str,
+        timeout_s: float,
+        load_timeout_s: float,
+        health_timeout_s: float | None = None,
     ) -> TritonEndpoint:
-        """Clients for one Triton: health calls give up after `timeout_s`, loads after `load_timeout_s`."""
+        """Clients for one Triton: loads give up after `load_timeout_s` (connecting after `timeout_s`),
+        health and index calls after `health_timeout_s` (default `timeout_s`)."""
         return cls(
             name=name,
             http_url=http_url,
             grpc_url=grpc_url,
             client=TritonClient.from_url(http_url, timeout_s=load_timeout_s, connect_timeout_s=timeout_s),
-            health=TritonClient.from_url(http_url, timeout_s=timeout_s),
+            health=TritonClient.from_url(http_url, timeout_s=health_timeout_s or timeout_s),
         )
 
     def close(self) -> None:
@@ -49,9 +56,14 @@ def grpc_url_for(http_url: str) -> str:
 
 
 def endpoints_from_urls(
-    http_urls: list[str], grpc_urls: list[str], *, timeout_s: float, load_timeout_s: float
+    http_urls: list[str],
+    grpc_urls: list[str],
+    *,
+    timeout_s: float,
+    load_timeout_s: float,
+    health_timeout_s: float | None = None,
 ) -> list[TritonEndpoint]:
-    """Endpoints for configured URLs; gRPC URLs default to the HTTP port + 1."""
+    """Endpoints for configured URLs, named by host:port; gRPC URLs default to the HTTP port + 1."""
     return [
         TritonEndpoint.connect(
             name=urlsplit(http_url).netloc,
@@ -59,19 +71,15 @@ def endpoints_from_urls(
             grpc_url=grpc_urls[index] if index < len(grpc_urls) else grpc_url_for(http_url),
             timeout_s=timeout_s,
             load_timeout_s=load_timeout_s,
+            health_timeout_s=health_timeout_s,
         )
         for index, http_url in enumerate(http_urls)
     ]
 
 
 def register_instances(session: Session, endpoints: list[TritonEndpoint]) -> None:
-    """Record the configured instances in the registry (insert or refresh by HTTP URL)."""
+    """Record this process's instances in the registry, found by stable name, with their current URLs."""
     for endpoint in endpoints:
-        row = session.scalar(select(TritonInstance).where(TritonInstance.http_url == endpoint.http_url))
-        if row is None:
-            session.add(
-                TritonInstance(name=endpoint.name, http_url=endpoint.http_url, grpc_url=endpoint.grpc_url)
-            )
-        else:
-            row.grpc_url = endpoint.grpc_url
-    session.flush()
+        repository.upsert_instance(
+            session, name=endpoint.name, http_url=endpoint.http_url, grpc_url=endpoint.grpc_url
+        )

@@ -10,13 +10,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.artifacts import ArtifactStore
-from control_plane.db.models import Model, ModelVersion, Placement, TritonInstance
+from control_plane.db.models import Model, ModelVersion
 from control_plane.db.session import transaction
 from control_plane.errors import AppError
+from control_plane.fleet import repository as fleet_repository
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.modelconfig.config import artifact_filename, parse_config
 from control_plane.modelrepo import ModelRepository, RepositoryFile
@@ -102,9 +102,24 @@ class VersionLoader:
         message = "; ".join(f"{k}: {v}" for k, v in errors.items()) or (
             None if self.tritons else "no Triton configured"
         )
-        self._record(version_id, state=state, message=message, failed=set(errors))
+        self._record(version_id, state=state, message=message, failed=errors)
         log.info("version %s (%s) is %s%s", version_id, name, state, f": {message}" if message else "")
         return state
+
+    def lock_for(self, name: str) -> threading.Lock:
+        """The lock every load, unload or retire of Triton model `name` holds in this process."""
+        return self._locks[name]
+
+    def write_entry(self, version_id: int, *, only_if_missing: bool = False) -> None:
+        """Write the version's repository entry from its artifact (kept if there and `only_if_missing`)."""
+        with self.session_factory() as session:
+            version = session.get_one(ModelVersion, version_id)
+            model = session.get_one(Model, version.model_id)
+            name, model_format = version.triton_name, model.format
+            sha256, config_text = version.sha256, version.config_text or ""
+        if only_if_missing and self.repository.has_model(name):
+            return
+        self._write_entry(name, model_format=model_format, sha256=sha256, config_text=config_text)
 
     def retire(self, version_id: int) -> None:
         """Unload the version everywhere and delete its repository entry."""
@@ -114,7 +129,7 @@ class VersionLoader:
         with self._locks[name]:
             self._unload_everywhere(name)
             self.repository.remove_model(name)
-        self._record(version_id, state="retired", message=None, failed=set(), placement_state="unloaded")
+        self._record(version_id, state="retired", message=None, failed={}, placement_state="unloaded")
 
     def unload(self, version_id: int) -> None:
         """Unload a ready version everywhere; state `unloaded` (promote or rollback loads it again)."""
@@ -123,7 +138,7 @@ class VersionLoader:
             return
         with self._locks[name]:
             self._unload_everywhere(name)
-        self._record(version_id, state="unloaded", message=None, failed=set(), placement_state="unloaded")
+        self._record(version_id, state="unloaded", message=None, failed={}, placement_state="unloaded")
 
     def _name_of(self, version_id: int) -> str | None:
         with self.session_factory() as session:
@@ -167,7 +182,7 @@ class VersionLoader:
         *,
         state: str,
         message: str | None,
-        failed: set[str],
+        failed: dict[str, str],
         placement_state: str | None = None,
     ) -> None:
         now = datetime.now(UTC)
@@ -177,26 +192,16 @@ class VersionLoader:
                 return
             if version.state != "retired" or state == "retired":
                 version.state, version.state_message, version.updated_at = state, message, now
-            instances = {i.http_url: i for i in session.scalars(select(TritonInstance))}
+            ids = fleet_repository.instance_ids(session, [triton.name for triton in self.tritons])
             for triton in self.tritons:
-                instance = instances.get(triton.http_url)
-                if instance is None:
+                if triton.name not in ids:
                     continue
                 where = placement_state or ("failed" if triton.name in failed else "ready")
-                _upsert_placement(
-                    session, instance_id=instance.id, version_id=version_id, state=where, now=now
+                fleet_repository.upsert_placement(
+                    session,
+                    instance_id=ids[triton.name],
+                    version_id=version_id,
+                    state=where,
+                    message=failed.get(triton.name),
+                    now=now,
                 )
-
-
-def _upsert_placement(
-    session: Session, *, instance_id: int, version_id: int, state: str, now: datetime
-) -> None:
-    placement = session.scalar(
-        select(Placement).where(Placement.instance_id == instance_id, Placement.version_id == version_id)
-    )
-    if placement is None:
-        placement = Placement(instance_id=instance_id, version_id=version_id, state=state)
-        session.add(placement)
-    placement.state, placement.updated_at = state, now
-    if state == "ready":
-        placement.loaded_at = now

@@ -1,0 +1,64 @@
+"""What the reconcile loop last observed, kept in memory for /v1/status and the data plane."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+Key = tuple[str, int]  # (instance name, version id)
+
+
+@dataclass(frozen=True)
+class InstanceObservation:
+    """One instance as the last pass saw it."""
+
+    name: str
+    ready: bool
+    checked_at: datetime
+    models: Mapping[str, str]  # Triton model name -> state in its repository index (READY, LOADING, ...)
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class PlacementFailure:
+    """A version that failed to load on an instance, and when the loop tries again."""
+
+    instance: str
+    triton_name: str
+    message: str
+    retry_in_s: float
+
+
+@dataclass
+class Observed:
+    """The loop's latest view; plain attribute reads are safe from any thread."""
+
+    instances: dict[str, InstanceObservation] = field(default_factory=dict)
+    failures: dict[Key, PlacementFailure] = field(default_factory=dict)
+    leader: bool = False
+    last_pass_at: datetime | None = None
+    _placements: dict[Key, tuple[str, str | None]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def passed(self, at: datetime) -> None:
+        """Note that a pass finished."""
+        self.last_pass_at = at
+
+    def placement_changed(self, key: Key, state: str, message: str | None) -> bool:
+        """Remember a placement's state; whether it differs from what was remembered."""
+        with self._lock:
+            changed = self._placements.get(key) != (state, message)
+            self._placements[key] = (state, message)
+            return changed
+
+    def instance_ready(self, name: str) -> bool:
+        """Whether the last pass found instance `name` ready (False if never probed)."""
+        seen = self.instances.get(name)
+        return seen is not None and seen.ready
+
+    def model_ready(self, instance: str, triton_name: str) -> bool:
+        """Whether the last pass saw `triton_name` loaded and ready on `instance`."""
+        seen = self.instances.get(instance)
+        return seen is not None and seen.ready and seen.models.get(triton_name) == "READY"
