@@ -16,7 +16,9 @@ from control_plane.artifacts import build_artifact_store
 from control_plane.audit.denials import install as install_denial_audit
 from control_plane.audit.endpoints import router as audit_router
 from control_plane.dataplane.auth import KeyUsage
+from control_plane.dataplane.checks import RequestChecks
 from control_plane.dataplane.grpc_proxy import GrpcProxy
+from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.http import HttpDataPlane
 from control_plane.dataplane.limits import TenantLimits
 from control_plane.dataplane.metrics import DataPlaneMetrics
@@ -94,6 +96,15 @@ def build_state(settings: Settings) -> AppState:
         key_usage=KeyUsage(session_factory),
         upstream=upstream,
         shadow=ShadowMirror(upstream=upstream, registry=metrics.registry),
+        checks=RequestChecks(
+            HeavyWork(
+                workers=settings.check_workers,
+                per_tenant=settings.check_per_tenant,
+                queue_limit=settings.check_queue,
+            ),
+            limit=settings.max_request_bytes,
+            inline_bytes=settings.inline_check_bytes,
+        ),
         tritons=tritons,
     )
     if settings.triton_embedded:
@@ -170,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc is not None:
                 await grpc.stop(grace_s=5.0)
             await state.shadow.close()
+            state.checks.close()
             await state.upstream.close()
             await run_in_threadpool(close_state, state)
 

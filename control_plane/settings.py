@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024**3
     max_request_bytes: int = 64 * 1024**2
 
+    # Data-plane protection (see README "Limits"): who may read /metrics, connection-level limits,
+    # and the worker processes that check big or compressed inference bodies off the event loop.
+    metrics_token: SecretStr | None = None
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
+    body_timeout_s: float = 30.0  # longest pause while a request body is arriving
+    max_header_bytes: int = 64 * 1024
+    max_header_count: int = 100
+    inline_check_bytes: int = 256 * 1024  # bigger (or compressed) bodies are checked in a worker
+    check_workers: int = 2
+    check_per_tenant: int = 2  # large bodies of one tenant being checked at once
+    check_queue: int = 16
+
     @field_validator("triton_urls", "triton_grpc_urls", "triton_gpus", "protected_aliases", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.artifacts import ArtifactStore
 from control_plane.dataplane.auth import KeyUsage
+from control_plane.dataplane.checks import RequestChecks
 from control_plane.dataplane.limits import TenantLimits
 from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.dataplane.upstream import Upstream
@@ -40,6 +41,7 @@ class AppState:
     key_usage: KeyUsage
     upstream: Upstream
     shadow: ShadowMirror
+    checks: RequestChecks
     tritons: list[TritonEndpoint] = field(default_factory=list)
     inflight: Counter[str] = field(default_factory=Counter)  # requests at Triton, by Triton model name
     embedded_triton: TritonProcess | None = None

@@ -14,7 +14,6 @@ from control_plane.errors import AppError, NotFound
 from control_plane.routing.router import Resolved
 
 JSON = b"application/json"
-FORWARDED = (b"content-type", b"inference-header-content-length", b"content-encoding")
 
 
 @dataclass(slots=True)
@@ -44,10 +43,6 @@ class Exchange:
         """A request header by lower-case name."""
         value = self.headers.get(name)
         return value.decode("latin-1") if value is not None else None
-
-    def forward_headers(self) -> list[tuple[bytes, bytes]]:
-        """The request headers Triton needs to read an infer body."""
-        return [(name, value) for name in FORWARDED if (value := self.headers.get(name)) is not None]
 
     async def timed(self, request: object) -> UpstreamResponse:
         """Await the upstream call, noting how long it took."""

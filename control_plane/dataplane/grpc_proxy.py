@@ -22,7 +22,11 @@ from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub
 
 from control_plane.dataplane import protowire
 from control_plane.dataplane.auth import Caller, authenticate
+from control_plane.dataplane.checks import as_app_error
+from control_plane.dataplane.contract import Rejected
+from control_plane.dataplane.grpc_check import check_infer_request
 from control_plane.dataplane.grpc_errors import Code, RpcFailure, guarded, upstream_failure
+from control_plane.dataplane.rewrite import HIDDEN_EXTENSIONS
 from control_plane.errors import AppError
 from control_plane.routing.router import ModelLoading, Resolved
 from control_plane.state import AppState
@@ -30,18 +34,6 @@ from control_plane.state import AppState
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
-# Triton features a client cannot use through the proxy (shared memory, repository control, ...).
-_HIDDEN_EXTENSIONS = frozenset(
-    {
-        "system_shared_memory",
-        "cuda_shared_memory",
-        "model_repository",
-        "model_repository(unload_dependents)",
-        "statistics",
-        "trace",
-        "logging",
-    }
-)
 _UPSTREAM_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -175,7 +167,7 @@ class GrpcProxy:
     async def _server_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
         self._who(context)
         answer = await self._call(self._upstream().stub.ServerMetadata, request, context, None)
-        kept = [e for e in answer.extensions if e not in _HIDDEN_EXTENSIONS]
+        kept = [e for e in answer.extensions if e not in HIDDEN_EXTENSIONS]
         return pb.ServerMetadataResponse(name=answer.name, version=answer.version, extensions=kept)
 
     async def _model_ready(self, request: Any, context: aio.ServicerContext) -> Any:
@@ -239,6 +231,10 @@ class GrpcProxy:
             name, version = head.field1.decode(), head.field2.decode()
         resolved = self._resolve(who, name, version)
         outcome.model, outcome.version = resolved.model, str(resolved.version)
+        try:
+            check_infer_request(request, resolved.contract)
+        except Rejected as exc:
+            raise as_app_error(exc) from None
         if head is None:
             parsed.model_name, parsed.model_version = resolved.triton_name, ""
             request = parsed.SerializeToString()

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,7 +17,7 @@ from control_plane.dataplane import predict
 from control_plane.dataplane.exchange import JSON, Exchange, Reply, error_reply, parse_models_path
 from control_plane.dataplane.infer import begin, check_limits, infer, observe
 from control_plane.dataplane.requests import Call, read_body, send_response
-from control_plane.dataplane.rewrite import rewrite_metadata
+from control_plane.dataplane.rewrite import rewrite_metadata, server_metadata
 from control_plane.dataplane.upstream import triton_error
 from control_plane.errors import AppError, NotFound, ServiceUnavailable
 from control_plane.routing.router import ModelLoading
@@ -102,7 +101,9 @@ async def _forward_metadata(state: AppState, call: Call, suffix: str) -> None:
     )
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
-    body = rewrite_metadata(upstream.body, model=resolved.model, version=resolved.version)
+    body = rewrite_metadata(
+        upstream.body, triton_name=resolved.triton_name, model=resolved.model, version=resolved.version
+    )
     await call.respond(Reply(200, JSON, body))
 
 
@@ -118,9 +119,8 @@ async def _ready(state: AppState, call: Call) -> None:
 async def _server_metadata(state: AppState, call: Call) -> None:
     upstream = await state.upstream.request(b"GET", "/v2")
     if upstream.status != 200:
-        raise ServiceUnavailable("Triton did not answer its metadata call")
-    document = orjson.loads(upstream.body)
-    await send_response(call.send, 200, orjson.dumps({**document, "name": "triton-control-plane"}), JSON)
+        raise ServiceUnavailable("the inference server did not answer its metadata call")
+    await send_response(call.send, 200, server_metadata(upstream.body), JSON)
 
 
 _ACTIONS: dict[tuple[str, str], Handler] = {

@@ -7,18 +7,21 @@ the awaitable forms are for the ASGI and /v1/predict paths.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from control_plane.dataplane.auth import authenticate
+from control_plane.dataplane.checks import Prepared
 from control_plane.dataplane.exchange import JSON, Exchange, Reply
 from control_plane.dataplane.rewrite import rewrite_infer_response
-from control_plane.dataplane.upstream import UpstreamCallback, UpstreamResponse, triton_error
+from control_plane.dataplane.upstream import BadGateway, UpstreamCallback, UpstreamResponse, triton_error
 from control_plane.errors import AppError
 from control_plane.state import AppState
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def begin(state: AppState, ex: Exchange, *, model: str, version: int | None) -> None:
@@ -96,23 +99,36 @@ async def forward(
 
 
 def start_infer(state: AppState, ex: Exchange, body: bytes, done: Callable[[Reply | AppError], None]) -> None:
-    """Forward the body to Triton as is; `done` gets the reply with only the model name and version
-    rewritten, or the error. Raises (429, 503) before anything is sent."""
-    resolved = ex.resolved
-    assert resolved is not None
+    """Check the body against the version, forward it; `done` gets the reply with only the model name
+    and version rewritten, or the error. Raises (429, 503) before anything is checked or sent."""
 
-    def settle(upstream: UpstreamResponse | AppError) -> None:
-        if isinstance(upstream, AppError):
-            done(upstream)
+    def checked(prepared: Prepared | AppError) -> None:
+        if isinstance(prepared, AppError):
+            done(prepared)
             return
+        data, header_length = prepared
+        headers = forward_headers(ex, header_length)
+
+        def settle(upstream: UpstreamResponse | AppError) -> None:
+            if isinstance(upstream, AppError):
+                done(upstream)
+            else:
+                done(_reply_or_error(state, ex, data, headers, upstream))
+
         try:
-            reply = _reply(state, ex, body, upstream)
+            start_forward(state, ex, body=data, headers=headers, done=settle)
         except AppError as exc:
             done(exc)
-            return
-        done(reply)
 
-    start_forward(state, ex, body=body, headers=ex.forward_headers(), done=settle)
+    state.checks.start_http(ex, body, checked)
+
+
+def forward_headers(ex: Exchange, header_length: int | None) -> list[tuple[bytes, bytes]]:
+    """What Triton needs to read a checked body (it is never compressed any more)."""
+    content_type = ex.headers.get(b"content-type", JSON)
+    if header_length is None:
+        return [(b"content-type", content_type)]
+    return [(b"content-type", content_type), (b"inference-header-content-length", b"%d" % header_length)]
 
 
 async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
@@ -125,7 +141,22 @@ async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
     return reply
 
 
-def _reply(state: AppState, ex: Exchange, body: bytes, upstream: UpstreamResponse) -> Reply:
+def _reply_or_error(
+    state: AppState, ex: Exchange, body: bytes, headers: list[tuple[bytes, bytes]], upstream: UpstreamResponse
+) -> Reply | AppError:
+    """Triton's answer as the client's reply; whatever goes wrong becomes an error, never a hang."""
+    try:
+        return _reply(state, ex, body, headers, upstream)
+    except AppError as exc:
+        return exc
+    except Exception as exc:  # an answer we cannot read: 502, and the request completes
+        log.warning("unreadable answer from Triton: %s", exc)
+        return BadGateway("the inference server's answer could not be read")
+
+
+def _reply(
+    state: AppState, ex: Exchange, body: bytes, headers: list[tuple[bytes, bytes]], upstream: UpstreamResponse
+) -> Reply:
     resolved = ex.resolved
     assert resolved is not None
     if upstream.status != 200:
@@ -147,7 +178,7 @@ def _reply(state: AppState, ex: Exchange, body: bytes, upstream: UpstreamRespons
             state.shadow.mirror(
                 resolved=resolved,
                 body=body,
-                headers=ex.forward_headers(),
+                headers=headers,
                 live_body=upstream.body,
                 live_header_length=header_length,
             )

@@ -6,6 +6,19 @@ from functools import lru_cache
 
 import orjson
 
+# Triton features a client cannot use through the proxy (shared memory, repository control, ...).
+HIDDEN_EXTENSIONS = frozenset(
+    {
+        "system_shared_memory",
+        "cuda_shared_memory",
+        "model_repository",
+        "model_repository(unload_dependents)",
+        "statistics",
+        "trace",
+        "logging",
+    }
+)
+
 
 @lru_cache(maxsize=4096)
 def _name_fields(triton_name: str, model: str, version: int) -> tuple[bytes, bytes]:
@@ -36,12 +49,22 @@ def rewrite_infer_response(
     return head, memoryview(body)[json_end:], new_length  # the tensors are not copied
 
 
-def rewrite_metadata(body: bytes, *, model: str, version: int) -> bytes:
-    """Model metadata or config as the client should see it: its own name and version."""
-    document = orjson.loads(body)
+def rewrite_metadata(body: bytes, *, triton_name: str, model: str, version: int) -> bytes:
+    """Model metadata or config as the client should see it: its own name everywhere, its version."""
+    # Names are lowercase letters, digits, '-' and '_': no JSON escaping to get in the way.
+    document = orjson.loads(body.replace(triton_name.encode(), model.encode()))
     document["name"] = model
     if "versions" in document:
         document["versions"] = [str(version)]
+    return orjson.dumps(document)
+
+
+def server_metadata(body: bytes) -> bytes:
+    """Triton's server metadata under our name, without the extensions the proxy does not offer."""
+    document = orjson.loads(body)
+    extensions = document.get("extensions", [])
+    document["extensions"] = [e for e in extensions if e not in HIDDEN_EXTENSIONS]
+    document["name"] = "triton-control-plane"
     return orjson.dumps(document)
 
 

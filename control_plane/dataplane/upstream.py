@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -13,9 +14,22 @@ from control_plane.errors import AppError, BadRequest, ServiceUnavailable, Upstr
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.routing.router import ModelLoading, Resolved
 
+log = logging.getLogger(__name__)
+
 
 class TritonUnreachable(ServiceUnavailable):
     """No Triton answered."""
+
+
+class BadGateway(AppError):
+    """Triton answered something we cannot read, or failed in a way that is not the client's doing."""
+
+    status_code = 502
+    kind = "BadGateway"
+
+
+# Triton answers 500 to requests its JSON parser refuses; those are the client's mistakes.
+_CLIENT_MISTAKES = ("unable to parse", "failed to parse", "unexpected inference", "inference input")
 
 
 class UpstreamResponse:
@@ -93,10 +107,9 @@ class Upstream:
 
     def _error(self, endpoint: TritonEndpoint, exc: BaseException | None) -> AppError:
         if isinstance(exc, TimeoutError):
-            return UpstreamTimeout(f"Triton did not answer within {self.timeout_s:g}s")
-        return TritonUnreachable(
-            f"Triton at {endpoint.http_url} is unreachable: {type(exc).__name__}", retry_after=1
-        )
+            return UpstreamTimeout(f"the inference server did not answer within {self.timeout_s:g}s")
+        log.warning("Triton %s at %s is unreachable: %r", endpoint.name, endpoint.http_url, exc)
+        return TritonUnreachable("the inference server is unavailable right now", retry_after=1)
 
     async def close(self) -> None:
         """Close the pools."""
@@ -106,15 +119,27 @@ class Upstream:
 
 
 def triton_error(upstream: UpstreamResponse, resolved: Resolved) -> AppError:
+    """Triton's error answer in the client's terms: their mistakes 400, not loaded 503, the rest 502."""
     try:
         message = str(orjson.loads(upstream.body).get("error", ""))
     except (orjson.JSONDecodeError, AttributeError):
         message = upstream.body[:500].decode(errors="replace")
     message = hide_internal_name(message, triton_name=resolved.triton_name, model=resolved.model)
-    if upstream.status == 400:
-        return BadRequest(message)
-    if upstream.status == 404:
+    status = upstream.status
+    if status == 404:
         return ModelLoading(
-            f"model '{resolved.model}' is not loaded on Triton right now: {message}", retry_after=2
+            f"model '{resolved.model}' is not loaded on the inference server right now", retry_after=2
         )
-    return ServiceUnavailable(f"Triton answered {upstream.status}: {message}", retry_after=1)
+    if status in (429, 503):
+        return ServiceUnavailable(f"the inference server is busy: {message}", retry_after=1)
+    client_mistake = status == 500 and _strip_request_id(message).lower().startswith(_CLIENT_MISTAKES)
+    if 400 <= status < 500 or client_mistake:
+        return BadRequest(message)
+    return BadGateway(f"the inference server failed ({status}): {message}")
+
+
+def _strip_request_id(message: str) -> str:
+    """Triton's message without its `[request id: ...] ` prefix."""
+    if message.startswith("[request id:"):
+        return message.split("] ", 1)[-1]
+    return message

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.dataplane.contract import Contract
 from control_plane.errors import NotFound, ServiceUnavailable
+from control_plane.routing.contracts import UNCHECKABLE
 from control_plane.routing.table import EMPTY_TABLE, AliasTarget, RoutingTable, build_table
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ class Resolved:
     triton_name: str
     alias: str | None
     shadow: tuple[str, int, int] | None = None  # (triton name, version, percent)
-    inputs: tuple[tuple[str, str], ...] = ()
+    contract: Contract = UNCHECKABLE
 
     infer_path: bytes = field(init=False)  # Triton's infer URL path for this version
 
@@ -113,7 +115,7 @@ class Router:
             triton_name=found.triton_name,
             alias=alias,
             shadow=shadow,
-            inputs=found.inputs,
+            contract=found.contract,
         )
         if cacheable:
             cache[key] = resolved

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control_plane.dataplane.contract import Contract
 from control_plane.db.models import Alias, AliasRoute, ApiKey, Model, ModelVersion, Tenant
+from control_plane.routing.contracts import UNCHECKABLE, contract_from_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +19,7 @@ class VersionTarget:
     version: int
     triton_name: str
     state: str
-    inputs: tuple[tuple[str, str], ...] = ()  # (name, KServe datatype), for /v1/predict
+    contract: Contract = UNCHECKABLE  # what its requests must look like
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +78,12 @@ def build_table(session: Session) -> RoutingTable:
     by_id: dict[int, VersionTarget] = {}
     for v in session.scalars(select(ModelVersion).where(ModelVersion.state != "retired")):
         if v.model_id in models:
-            inputs = tuple((t["name"], t["datatype"]) for t in v.signature.get("inputs", []))
-            target = VersionTarget(version=v.version, triton_name=v.triton_name, state=v.state, inputs=inputs)
+            target = VersionTarget(
+                version=v.version,
+                triton_name=v.triton_name,
+                state=v.state,
+                contract=contract_from_config(v.config_text),
+            )
             versions[v.model_id][v.version] = target
             by_id[v.id] = target
     routes: dict[int, list[AliasRoute]] = {}

@@ -13,7 +13,7 @@ import pytest
 
 from control_plane.fleet.instances import TritonEndpoint
 from tests.support.api import Api
-from tests.support.deploy import deploy_onnx, deploy_slow_python
+from tests.support.deploy import deploy_onnx, deploy_python, deploy_slow_python
 from tests.support.procs import free_port
 
 X = [[0.5, -1.0, 2.0, 0.25]]
@@ -87,20 +87,58 @@ def test_404_for_unknown_model_alias_and_version(served: Api, tmp_path: Path) ->
     _assert_v2_error(served.client.get(f"/v2/models/{d.model}/bogus/path", headers=headers), 404, "NotFound")
 
 
-def test_400_carries_tritons_message_without_internal_names(served: Api, tmp_path: Path) -> None:
+def test_400_for_a_wrong_shape_names_the_input_before_triton_sees_it(served: Api, tmp_path: Path) -> None:
     d = deploy_onnx(served, tmp_path)
     wrong = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
     response = served.client.post(f"/v2/models/{d.model}/infer", json=wrong, headers=_bearer(d.consumer_key))
-    _assert_v2_error(response, 400, "BadRequest", "unexpected shape")
+    _assert_v2_error(response, 400, "BadRequest", "input 'x' has shape [1, 3]; the model expects [-1, 4]")
     assert d.triton_name not in response.text
-    assert d.model in response.json()["error"]
     missing = {
         "inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]
     }
     response = served.client.post(
         f"/v2/models/{d.model}/infer", json=missing, headers=_bearer(d.consumer_key)
     )
-    _assert_v2_error(response, 400, "BadRequest")
+    _assert_v2_error(response, 400, "BadRequest", "unknown input 'nope'; the model's inputs are 'x'")
+
+
+TWO_INPUTS = """\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("s", pb_utils.get_input_tensor_by_name(r, "a").as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+
+
+def test_tritons_own_400_is_passed_on_without_internal_names(served: Api, tmp_path: Path) -> None:
+    spec = {
+        "inputs": [
+            {"name": "a", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "b", "datatype": "FP32", "shape": [-1, 2]},
+        ],
+        "outputs": [{"name": "s", "datatype": "FP32", "shape": [-1, 2]}],
+        "max_batch_size": 4,
+    }
+    d = deploy_python(served, tmp_path, name="pair", source=TWO_INPUTS, spec=spec)
+    mismatched = {  # each input fits the model; their batch sizes differ, which only Triton checks
+        "inputs": [
+            {"name": "a", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]},
+            {"name": "b", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]},
+        ]
+    }
+    response = served.client.post(
+        f"/v2/models/{d.model}/infer", json=mismatched, headers=_bearer(d.consumer_key)
+    )
+    _assert_v2_error(response, 400, "BadRequest", "batch")
+    assert d.triton_name not in response.text
+    assert d.model in response.json()["error"]
 
 
 def test_413_for_a_body_over_the_limit(make_served: Callable[..., Api], tmp_path: Path) -> None:
@@ -174,7 +212,8 @@ def test_503_when_triton_is_unreachable(served: Api, tmp_path: Path) -> None:
         )
     finally:
         served.state.upstream.endpoints = live
-    _assert_v2_error(response, 503, "ServiceUnavailable", "unreachable")
+    _assert_v2_error(response, 503, "ServiceUnavailable", "the inference server is unavailable right now")
+    assert dead.split("//")[1] not in response.text  # no internal address
     assert response.headers["retry-after"] == "5" or int(response.headers["retry-after"]) >= 1
 
 

@@ -126,7 +126,7 @@ def test_simple_predict(served: Api, tmp_path: Path) -> None:
     )
     assert bad.status_code == 400
     assert bad.json()["error"] == "BadRequest"
-    assert "unknown ['z']" in bad.json()["detail"]
+    assert bad.json()["detail"] == "unknown input 'z'; the model's inputs are 'x'"
 
 
 def test_two_tenants_with_the_same_model_name_reach_their_own(served: Api, tmp_path: Path) -> None:

@@ -85,29 +85,37 @@ class TritonPythonModel:
 
 def deploy_slow_python(api: Api, tmp_path: Path, *, seconds: float, tenant: str | None = None) -> Deployed:
     """An admin-registered Python model (INPUT0 -> OUTPUT0, FP32 [-1]) that sleeps in execute."""
-    tenant = tenant or api.tenant()
     spec: dict[str, Any] = {
         "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
         "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
         "max_batch_size": 0,
         "instance_group": {"count": 2},
     }
-    assert api.create_model(tenant, name="slow", format="python", **spec).status_code == 201
-    source = tmp_path / "model.py"
-    source.write_text(SLOW_MODEL.format(seconds=seconds))
-    assert api.upload(tenant, "slow", source).status_code == 201
-    detail = api.wait_settled(tenant, "slow", 1)
+    source = SLOW_MODEL.format(seconds=seconds)
+    return deploy_python(api, tmp_path, name="slow", source=source, spec=spec, tenant=tenant)
+
+
+def deploy_python(
+    api: Api, tmp_path: Path, *, name: str, source: str, spec: dict[str, Any], tenant: str | None = None
+) -> Deployed:
+    """An admin-registered Python-backend model with the given spec and model.py, as `production`."""
+    tenant = tenant or api.tenant()
+    assert api.create_model(tenant, name=name, format="python", **spec).status_code == 201
+    path = tmp_path / f"{unique_name(name)}.py"
+    path.write_text(source)
+    assert api.upload(tenant, name, path).status_code == 201
+    detail = api.wait_settled(tenant, name, 1)
     assert detail["state"] == "ready", detail
     put = api.client.put(
-        f"/v1/tenants/{tenant}/models/slow/aliases/production", json={"version": 1}, headers=api.headers()
+        f"/v1/tenants/{tenant}/models/{name}/aliases/production", json={"version": 1}, headers=api.headers()
     )
     assert put.status_code == 200
     return Deployed(
         tenant=tenant,
-        model="slow",
+        model=name,
         version=1,
         triton_name=detail["triton_name"],
         consumer_key=api.key(tenant, "consumer"),
         publisher_key=api.key(tenant, "publisher"),
-        artifact=source,
+        artifact=path,
     )

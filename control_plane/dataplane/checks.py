@@ -1,0 +1,112 @@
+"""Check every inference request against its version before Triton sees it: inline, or in a worker.
+
+`prepare_http` and `prepare_predict` are plain functions of bytes, so the same code runs on the event
+loop for small bodies and in a worker process (`heavy`) for big or compressed ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from control_plane.dataplane import predict_codec
+from control_plane.dataplane.contract import Contract, Rejected
+from control_plane.dataplane.exchange import Exchange
+from control_plane.dataplane.heavy import HeavyWork
+from control_plane.dataplane.upstream import BadGateway
+from control_plane.dataplane.v2request import decompress, header_length_of, prepare
+from control_plane.errors import AppError, BadRequest, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+Prepared = tuple[bytes, int | None]  # the body to forward, and its Inference-Header-Content-Length
+
+
+class UnsupportedEncoding(AppError):
+    status_code = 415
+    kind = "UnsupportedMediaType"
+
+
+def prepare_http(
+    body: bytes, encoding: str | None, header_length: str | None, contract: Contract, limit: int
+) -> Prepared:
+    """A KServe v2 infer body, decompressed, checked and with its JSON header re-serialized."""
+    if encoding is not None:
+        body = decompress(body, encoding, limit=limit)
+    return prepare(body, header_length=header_length_of(header_length, len(body)), contract=contract)
+
+
+def as_app_error(exc: BaseException) -> AppError:
+    """A rejection (or a worker's failure) as the error the client gets."""
+    if isinstance(exc, AppError):
+        return exc
+    if isinstance(exc, Rejected):
+        kind = {413: PayloadTooLarge, 415: UnsupportedEncoding, 502: BadGateway}.get(exc.status, BadRequest)
+        return kind(exc.message)
+    if isinstance(exc, MemoryError):
+        return PayloadTooLarge("the request is too large to check")
+    log.error("checking a request failed", exc_info=exc)
+    return AppError("internal error")
+
+
+class RequestChecks:
+    """Runs the checks inline for small bodies and in worker processes for the rest."""
+
+    def __init__(self, heavy: HeavyWork, *, limit: int, inline_bytes: int):
+        self.heavy = heavy
+        self.limit = limit
+        self.inline_bytes = inline_bytes
+
+    def start_http(self, ex: Exchange, body: bytes, then: Callable[[Prepared | AppError], None]) -> None:
+        """Check a v2 infer body; `then` gets the body to forward, or the error (maybe synchronously)."""
+        assert ex.resolved is not None and ex.caller is not None
+        args = (
+            body,
+            ex.header(b"content-encoding"),
+            ex.header(b"inference-header-content-length"),
+            ex.resolved.contract,
+            self.limit,
+        )
+        if args[1] is None and len(body) <= self.inline_bytes:
+            try:
+                prepared = prepare_http(*args)
+            except Rejected as exc:
+                then(as_app_error(exc))
+                return
+            then(prepared)
+            return
+
+        def done(outcome: Any) -> None:
+            then(as_app_error(outcome) if isinstance(outcome, BaseException) else outcome)
+
+        self.heavy.submit(ex.caller.tenant_id, prepare_http, *args, done=done)
+
+    async def predict_request(self, ex: Exchange, body: bytes) -> tuple[bytes, int]:
+        """A /v1/predict body as a KServe v2 binary-tensor request."""
+        assert ex.resolved is not None and ex.caller is not None
+        prepared: tuple[bytes, int] = await self._run(
+            ex, body, predict_codec.to_v2_request, body, ex.resolved.contract
+        )
+        return prepared
+
+    async def predict_response(self, ex: Exchange, body: bytes, header_length: int | None) -> bytes:
+        """Triton's answer as /v1/predict's JSON outputs."""
+        assert ex.resolved is not None
+        resolved = ex.resolved
+        document: bytes = await self._run(
+            ex, body, predict_codec.to_predict_response, body, header_length, resolved.model, resolved.version
+        )
+        return document
+
+    async def _run(self, ex: Exchange, body: bytes, fn: Callable[..., Any], *args: Any) -> Any:
+        assert ex.caller is not None
+        try:
+            if len(body) <= self.inline_bytes:
+                return fn(*args)
+            return await self.heavy.run(ex.caller.tenant_id, fn, *args)
+        except (Rejected, MemoryError) as exc:
+            raise as_app_error(exc) from None
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self.heavy.close()

@@ -1,0 +1,142 @@
+"""What one version accepts: input names, datatypes and dims, output names, the batch limit.
+
+Every inference request is checked against its version's contract before Triton sees it, whatever the
+protocol. This module is imported by the validation worker processes too, so it needs only the
+standard library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Bytes per element; BYTES elements are length-prefixed, so they have no fixed size.
+ITEM_SIZES: dict[str, int] = {
+    "BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2,
+    "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8, "BYTES": 0,
+}  # fmt: skip
+SHARED_MEMORY_KEYS = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
+
+
+class Rejected(Exception):
+    """A request the data plane refuses: an HTTP status and a message in the client's terms."""
+
+    def __init__(self, message: str, *, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __reduce__(self) -> tuple[type[Rejected], tuple[str], dict[str, int]]:
+        """Keep the status across a worker process boundary."""
+        return Rejected, (self.message,), {"status": self.status}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRule:
+    """One input as the model declares it; `dims` is the full request shape (-1 = any size)."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """A version's inputs and outputs; `max_batch_size` > 0 means dims[0] of every input is the batch."""
+
+    inputs: dict[str, TensorRule]
+    outputs: frozenset[str]
+    max_batch_size: int
+    max_elements: int = 1 << 28
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Names of the inputs every request must carry."""
+        return tuple(name for name, rule in self.inputs.items() if not rule.optional)
+
+    def check_input(self, name: str, datatype: str, shape: list[int]) -> int:
+        """The element count of one input after checking it against the model; Rejected otherwise."""
+        rule = self.inputs.get(name)
+        if rule is None:
+            raise Rejected(f"unknown input '{name}'; the model's inputs are {_names(self.inputs)}")
+        if datatype != rule.datatype:
+            raise Rejected(f"input '{name}' has datatype {datatype}; the model expects {rule.datatype}")
+        dims = rule.dims
+        if len(shape) != len(dims):
+            raise Rejected(
+                f"input '{name}' has shape {shape} (rank {len(shape)}); "
+                f"the model expects rank {len(dims)}: {list(dims)}"
+            )
+        for given, expected in zip(shape, dims, strict=True):
+            if expected >= 0 and given != expected:
+                raise Rejected(f"input '{name}' has shape {shape}; the model expects {list(dims)}")
+        if self.max_batch_size > 0 and shape[0] > self.max_batch_size:
+            raise Rejected(
+                f"input '{name}' has batch size {shape[0]}, over the model's max_batch_size "
+                f"{self.max_batch_size}"
+            )
+        elements = math.prod(shape)
+        if elements > self.max_elements:
+            raise Rejected(
+                f"input '{name}' has {elements} elements, over the limit of {self.max_elements}", status=413
+            )
+        return elements
+
+    def check_names(self, inputs: Iterable[str], outputs: Iterable[str]) -> None:
+        """Every required input present, each at most once, and only known outputs requested."""
+        seen: set[str] = set()
+        for name in inputs:
+            if name in seen:
+                raise Rejected(f"input '{name}' appears more than once")
+            seen.add(name)
+        missing = [name for name in self.required if name not in seen]
+        if missing:
+            raise Rejected(f"missing input {_names(missing)}; the model's inputs are {_names(self.inputs)}")
+        requested: set[str] = set()
+        for name in outputs:
+            if name not in self.outputs:
+                raise Rejected(f"unknown output '{name}'; the model's outputs are {_names(self.outputs)}")
+            if name in requested:
+                raise Rejected(f"output '{name}' is requested more than once")
+            requested.add(name)
+
+
+def check_shape(name: str, shape: object) -> list[int]:
+    """A request shape: a list of non-negative integers (at most 64 of them)."""
+    if not isinstance(shape, list) or len(shape) > 64:
+        raise Rejected(f"input '{name}' needs 'shape': a list of non-negative integers")
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise Rejected(f"input '{name}' has an invalid dimension {dim!r} in shape {shape}")
+    return shape
+
+
+def check_parameters(where: str, parameters: object) -> dict[str, object]:
+    """A `parameters` object; shared memory cannot be used through the proxy."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise Rejected(f"{where}: 'parameters' must be an object")
+    if not SHARED_MEMORY_KEYS.isdisjoint(parameters):
+        raise Rejected(f"{where}: shared memory is not available through this endpoint; send the data")
+    return parameters
+
+
+def bytes_elements(raw: memoryview, name: str) -> int:
+    """The number of elements in a BYTES tensor's binary form (4-byte little-endian length prefixes)."""
+    count = offset = 0
+    end = len(raw)
+    while offset < end:
+        if offset + 4 > end:
+            raise Rejected(f"BYTES input '{name}' ends inside an element's length prefix")
+        offset += 4 + int.from_bytes(raw[offset : offset + 4], "little")
+        if offset > end:
+            raise Rejected(f"BYTES input '{name}' has an element longer than its data")
+        count += 1
+    return count
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)

@@ -1,0 +1,144 @@
+"""`/v1/predict` bodies to and from KServe v2, with the typed checks a JSON caller cannot do itself.
+
+`{"inputs": {"x": [[1, 2, 3, 4]]}}` becomes a binary-tensor request of the model's datatypes, refusing
+what would silently change a value: 1.5 or 2**40 into INT32, true into FP32, 1e39 into FP32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from control_plane.dataplane.contract import Contract, Rejected
+from control_plane.dataplane.decode import decode_infer_response
+from control_plane.dataplane.v2request import json_values
+
+Array = npt.NDArray[Any]
+_NUMPY = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BF16": "float32",
+}  # fmt: skip
+
+
+def to_v2_request(body: bytes, contract: Contract) -> tuple[bytes, int]:
+    """A KServe v2 binary-tensor request (body, header length) for `{"inputs": {name: nested list}}`."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(f"the body is not valid JSON (or nests too deeply): {exc}") from None
+    given = document.get("inputs") if isinstance(document, dict) else None
+    if not isinstance(given, dict) or not given:
+        raise Rejected('expected {"inputs": {"<input name>": [...]}}')
+    headers, blobs = [], []
+    for name, value in given.items():
+        rule = contract.inputs.get(name)
+        if rule is None:
+            contract.check_input(name, "", [])  # raises: unknown input, naming the model's inputs
+            continue
+        array = typed_array(name, value, rule.datatype)
+        contract.check_input(name, rule.datatype, list(array.shape))
+        blob = _to_bytes(array, rule.datatype)
+        headers.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": rule.datatype,
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+        blobs.append(blob)
+    contract.check_names(given, ())
+    outputs = [{"name": name, "parameters": {"binary_data": True}} for name in sorted(contract.outputs)]
+    head = orjson.dumps({"inputs": headers, "outputs": outputs})
+    return b"".join((head, *blobs)), len(head)
+
+
+def typed_array(name: str, value: Any, datatype: str) -> Array:
+    """`value` as an array of `datatype`; Rejected if that would lose or change a value."""
+    json_values(value if isinstance(value, list) else [value], name, datatype, depth=32)
+    try:
+        array = np.asarray(value, dtype=object if datatype == "BYTES" else None)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise Rejected(f"input '{name}' is not a rectangular array: {_first_line(exc)}") from None
+    if datatype == "BYTES":
+        return _strings(name, array)
+    kind = array.dtype.kind
+    if array.size == 0:
+        return array.astype(_NUMPY[datatype])
+    if datatype == "BOOL":
+        if kind != "b":
+            raise Rejected(f"input '{name}' needs true/false values for BOOL")
+        return array
+    if kind not in "iuf" or (kind == "f" and datatype[0] in "IU"):
+        wanted = "integers" if datatype[0] in "IU" else "numbers"
+        raise Rejected(f"input '{name}' needs {wanted} for {datatype}; got {_describe(array)}")
+    return _cast(name, array, datatype)
+
+
+def _cast(name: str, array: Array, datatype: str) -> Array:
+    target = np.dtype(_NUMPY[datatype])
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if int(array.min()) < info.min or int(array.max()) > info.max:
+            raise Rejected(f"input '{name}' has values outside the range of {datatype}")
+        return array.astype(target)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(np.float16 if datatype == "FP16" else target)
+    if not np.array_equal(np.isfinite(cast), np.isfinite(array.astype(np.float64))):
+        raise Rejected(f"input '{name}' has values outside the range of {datatype}")
+    return cast
+
+
+def _strings(name: str, array: Array) -> Array:
+    flat = array.reshape(-1)
+    if not all(isinstance(item, str) for item in flat):
+        raise Rejected(f"input '{name}' needs strings for BYTES")
+    return array
+
+
+def _to_bytes(array: Array, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        encoded = [item.encode() for item in array.reshape(-1)]
+        return b"".join(len(item).to_bytes(4, "little") + item for item in encoded)
+    if datatype == "BF16":  # round to nearest even, keep the upper half of each float32
+        bits = np.ascontiguousarray(array, dtype="<f4").view("<u4").astype(np.uint64)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return rounded.astype("<u2").tobytes()
+    little = array.dtype.newbyteorder("<")
+    return np.ascontiguousarray(array, dtype=little).tobytes()
+
+
+def to_predict_response(body: bytes, header_length: int | None, model: str, version: int) -> bytes:
+    """Triton's infer response as `{"model", "version", "outputs": {name: nested list}}`."""
+    try:
+        outputs = decode_infer_response(body, header_length=header_length)
+    except ValueError as exc:
+        raise Rejected(f"the inference server's answer could not be read: {exc}", status=502) from None
+    document = {
+        "model": model,
+        "version": version,
+        "outputs": {name: _listed(array) for name, array in outputs.items()},
+    }
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _listed(array: Array) -> Any:
+    if array.dtype == object:  # BYTES: text (invalid UTF-8 replaced)
+        texts = [item.decode("utf-8", errors="replace") for item in array.reshape(-1)]
+        return np.array(texts, dtype=object).reshape(array.shape).tolist()
+    return array.tolist()
+
+
+_KINDS = {"b": "true/false", "f": "fractional numbers", "U": "strings", "O": "mixed values or huge integers"}
+
+
+def _describe(array: Array) -> str:
+    return _KINDS.get(array.dtype.kind, str(array.dtype))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200]

@@ -1,0 +1,178 @@
+"""Check a KServe v2 HTTP infer request (JSON or binary-tensor extension) and re-serialize its header.
+
+Triton's JSON parser keeps the first of duplicated keys and ours the last, so what is forwarded is
+the header as we parsed and checked it, never the client's bytes. Tensor data is counted, not
+decoded: JSON values by type in C (`map(type, ...)`), binary data by its declared size. Standard
+library and orjson only: large bodies are checked in worker processes (see `heavy`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+
+from control_plane.dataplane.contract import (
+    ITEM_SIZES,
+    Contract,
+    Rejected,
+    bytes_elements,
+    check_parameters,
+    check_shape,
+)
+
+_NUMBERS = frozenset({int, float})
+_LEAVES: dict[str, frozenset[type]] = {
+    "BOOL": frozenset({bool}),
+    "BYTES": frozenset({str}),
+    **{dt: frozenset({int}) for dt in ("UINT8", "UINT16", "UINT32", "UINT64")},
+    **{dt: frozenset({int}) for dt in ("INT8", "INT16", "INT32", "INT64")},
+    **{dt: _NUMBERS for dt in ("FP16", "BF16", "FP32", "FP64")},
+}
+_INT_RANGES = {
+    f"{kind}{bits}": (0, (1 << bits) - 1) if kind == "UINT" else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    for kind in ("UINT", "INT")
+    for bits in (8, 16, 32, 64)
+}
+ENCODINGS = frozenset({"gzip", "deflate", "x-gzip"})
+
+
+def header_length_of(value: str | None, body_size: int) -> int | None:
+    """`Inference-Header-Content-Length` as a number within the body; None when absent."""
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= body_size:
+        raise Rejected(f"Inference-Header-Content-Length {value!r} is not a length within the body")
+    return int(value)
+
+
+def decompress(body: bytes, encoding: str, *, limit: int) -> bytes:
+    """The body without its Content-Encoding (gzip or deflate), refused past `limit` decompressed bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ENCODINGS:
+        raise Rejected(f"Content-Encoding '{encoding}' is not supported; use gzip or deflate", status=415)
+    wbits = 47 if encoding != "deflate" else 15  # 47: gzip or zlib header, detected
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+        if len(data) > limit or inflater.unconsumed_tail:
+            raise Rejected(f"request body is over the limit of {limit} bytes once decompressed", status=413)
+        if not inflater.eof:
+            raise Rejected(f"the {encoding} body is truncated")
+    except zlib.error as exc:
+        raise Rejected(f"the body is not valid {encoding} data: {exc}") from exc
+    return data
+
+
+def prepare(body: bytes, *, header_length: int | None, contract: Contract) -> tuple[bytes, int | None]:
+    """The body to forward and its new header length (None for plain JSON); Rejected if invalid."""
+    view = memoryview(body)
+    end = len(body) if header_length is None else header_length
+    try:
+        document = orjson.loads(view[:end])
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(f"the request is not valid JSON (or nests too deeply): {exc}") from None
+    if not isinstance(document, dict):
+        raise Rejected('the request must be a JSON object with "inputs"')
+    tail = view[end:]
+    used = _check_inputs(document.get("inputs"), tail, contract)
+    if used != len(tail):
+        raise Rejected(f"the binary data is {len(tail)} bytes but the inputs declare {used}")
+    outputs = _check_outputs(document.get("outputs"))
+    check_parameters("the request", document.get("parameters"))
+    contract.check_names((i["name"] for i in document["inputs"]), outputs)
+    head = orjson.dumps(document)
+    if header_length is None:
+        return head, None
+    return head + tail, len(head)
+
+
+def _check_inputs(inputs: Any, tail: memoryview, contract: Contract) -> int:
+    if not isinstance(inputs, list) or not inputs:
+        raise Rejected('the request needs "inputs": a non-empty list of tensors')
+    offset = 0
+    for index, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise Rejected(f"input #{index} needs a 'name'")
+        name, datatype = tensor["name"], tensor.get("datatype")
+        if not isinstance(datatype, str) or datatype not in ITEM_SIZES:
+            raise Rejected(f"input '{name}' has an unknown datatype {datatype!r}")
+        shape = check_shape(name, tensor.get("shape"))
+        elements = contract.check_input(name, datatype, shape)
+        parameters = check_parameters(f"input '{name}'", tensor.get("parameters"))
+        size = parameters.get("binary_data_size")
+        if size is None:
+            found = json_values(tensor.get("data"), name, datatype, depth=max(len(shape), 1))
+        else:
+            found = _binary_elements(size, tail, offset, name, datatype, "data" in tensor)
+            offset += size  # type: ignore[operator]
+        if found != elements:
+            raise Rejected(f"input '{name}' has shape {shape}, which needs {elements} values; it has {found}")
+    return offset
+
+
+def _binary_elements(
+    size: object, tail: memoryview, offset: int, name: str, datatype: str, data: bool
+) -> int:
+    if type(size) is not int or size < 0:
+        raise Rejected(f"input '{name}' has an invalid binary_data_size {size!r}")
+    if data:
+        raise Rejected(f"input '{name}' has both 'data' and binary_data_size")
+    if offset + size > len(tail):
+        raise Rejected(f"input '{name}' declares {size} binary bytes but the body ends before them")
+    item = ITEM_SIZES[datatype]
+    if item == 0:
+        return bytes_elements(tail[offset : offset + size], name)
+    if size % item:
+        raise Rejected(f"input '{name}' has {size} binary bytes, not a whole number of {datatype} values")
+    return size // item
+
+
+def json_values(data: Any, name: str, datatype: str, *, depth: int) -> int:
+    """How many values a (nested, at most `depth` deep) JSON list holds, all of the datatype's kind."""
+    if not isinstance(data, list):
+        raise Rejected(f"input '{name}' needs 'data' (a list of values) or binary data")
+    count = _count(data, _LEAVES[datatype], depth, name, datatype)
+    limits = _INT_RANGES.get(datatype)
+    if limits is not None and data and type(data[0]) is int:  # flat integers: a range check in C
+        low, high = min(data), max(data)
+        if low < limits[0] or high > limits[1]:
+            raise Rejected(f"input '{name}' has values outside the range of {datatype}")
+    return count
+
+
+def _count(data: list[Any], leaves: frozenset[type], depth: int, name: str, datatype: str) -> int:
+    """Values in a (nested) list, at most `depth` levels deep, all of the datatype's JSON kind."""
+    kinds = set(map(type, data))
+    if kinds <= leaves:
+        return len(data)
+    if kinds == {list} and depth > 1:
+        return sum(_count(item, leaves, depth - 1, name, datatype) for item in data)
+    if list in kinds:
+        raise Rejected(f"input '{name}' has 'data' nested deeper than its shape, or ragged")
+    wrong = sorted(kind.__name__ for kind in kinds - leaves - {list})
+    found = ", ".join(wrong)
+    raise Rejected(f"input '{name}' has {found} values in 'data'; {datatype} needs {_kind(leaves)}")
+
+
+def _check_outputs(outputs: Any) -> list[str]:
+    if outputs is None:
+        return []
+    if not isinstance(outputs, list):
+        raise Rejected("'outputs' must be a list")
+    names = []
+    for index, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise Rejected(f"output #{index} needs a 'name'")
+        check_parameters(f"output '{output['name']}'", output.get("parameters"))
+        names.append(output["name"])
+    return names
+
+
+def _kind(leaves: frozenset[type]) -> str:
+    if leaves == _NUMBERS:
+        return "numbers"
+    return {bool: "true/false", str: "strings", int: "integers"}[next(iter(leaves))]
