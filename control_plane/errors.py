@@ -95,6 +95,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # Starlette's form parser (malformed multipart): an invalid request body
+        return JSONResponse({"error": "InvalidRequest", "detail": str(exc.detail)}, status_code=422)
     kinds = {404: "NotFound", 405: "MethodNotAllowed", 401: "Unauthorized", 403: "Forbidden"}
     return JSONResponse(
         {"error": kinds.get(exc.status_code, "HTTPError"), "detail": str(exc.detail)},

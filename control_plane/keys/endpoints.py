@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 from sqlalchemy.orm import Session
 
 from control_plane.auth.context import RequestContext, admin_context
@@ -44,7 +46,7 @@ def list_keys(
 @router.delete("/{key_id}", response_model=KeyOut)
 def revoke_key(
     tenant: str,
-    key_id: int,
+    key_id: Annotated[int, Path(ge=1, le=2**63 - 1)],  # a BIGINT column
     ctx: RequestContext = Depends(admin_context),
     session: Session = Depends(get_session, scope="function"),
 ) -> KeyOut:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from control_plane.lifecycle.shadow import ShadowStats
+from control_plane.registry.schemas import VersionNumber
 from control_plane.timestamps import UtcDateTime
 
 
@@ -13,7 +14,7 @@ class Promote(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: VersionNumber
     reason: str | None = Field(None, max_length=500)
 
 
@@ -22,7 +23,7 @@ class Rollback(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to_version: int | None = Field(None, ge=1)
+    to_version: VersionNumber | None = None
     reason: str | None = Field(None, max_length=500)
 
 
@@ -51,7 +52,7 @@ class Route(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: VersionNumber
     weight: int = Field(ge=0, le=100)
 
 
@@ -60,7 +61,7 @@ class Shadow(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: VersionNumber
     percent: int = Field(ge=1, le=100)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -11,7 +13,7 @@ from control_plane.auth.context import RequestContext, request_context
 from control_plane.dependencies import get_session, get_state
 from control_plane.errors import InvalidRequest
 from control_plane.registry import service, versions
-from control_plane.registry.schemas import ModelCreate, ModelOut, VersionOut
+from control_plane.registry.schemas import MAX_VERSION, ModelCreate, ModelOut, VersionOut
 from control_plane.state import AppState
 from control_plane.tenants import service as tenants
 
@@ -120,7 +122,7 @@ def list_versions(
 def get_version(
     tenant: str,
     model: str,
-    number: int,
+    number: Annotated[int, Path(ge=1, le=MAX_VERSION)],
     ctx: RequestContext = Depends(request_context),
     session: Session = Depends(get_session, scope="function"),
 ) -> VersionOut:
@@ -134,7 +136,7 @@ def get_version(
 def delete_version(
     tenant: str,
     model: str,
-    number: int,
+    number: Annotated[int, Path(ge=1, le=MAX_VERSION)],
     ctx: RequestContext = Depends(request_context),
     state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),

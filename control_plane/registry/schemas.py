@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from control_plane.modelconfig.specs import DynamicBatchingSpec, InstanceGroupSpec, TensorSpec
+from control_plane.modelconfig.specs import DynamicBatchingSpec, InstanceGroupSpec, Signature, TensorSpec
 from control_plane.names import Name
 from control_plane.timestamps import UtcDateTime
 
 ModelFormat = Literal["onnx", "torchscript", "python"]
+# Version numbers are INTEGER columns: anything larger is answered 422, not a database error.
+MAX_VERSION = 2**31 - 1
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 
 class ModelSpec(BaseModel):
@@ -24,6 +27,17 @@ class ModelSpec(BaseModel):
     inputs: list[TensorSpec] | None = None
     outputs: list[TensorSpec] | None = None
     warmup: bool = False
+
+    @model_validator(mode="after")
+    def _signature(self) -> ModelSpec:
+        """Declared inputs and outputs must form a signature (non-empty, unique names): 422, not 500."""
+        if self.inputs is not None and self.outputs is not None:
+            try:
+                Signature(inputs=self.inputs, outputs=self.outputs)
+            except ValidationError as exc:
+                problems = (e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise ValueError("; ".join(problems)) from None
+        return self
 
 
 class ModelCreate(ModelSpec):
