@@ -10,6 +10,7 @@ from openapi_spec_validator import validate
 
 from control_plane.app import create_app
 from control_plane.settings import Settings
+from control_plane.timestamps import EXAMPLE
 from tests.support.api import Api
 
 INFERENCE = {
@@ -49,6 +50,28 @@ def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]
 def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
     validate(document)
     assert "HTTPValidationError" not in str(document)
+
+
+def _date_times(schema: Any, where: str) -> list[tuple[str, Any]]:
+    """Every (location, schema) of a `format: date-time` string inside a JSON schema."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(schema, dict):
+        if schema.get("format") == "date-time":
+            found.append((where, schema))
+        for key, value in schema.items():
+            found += _date_times(value, f"{where}.{key}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            found += _date_times(value, f"{where}[{i}]")
+    return found
+
+
+def test_every_response_timestamp_is_the_utc_type(document: dict[str, Any]) -> None:
+    """A response field typed plain `datetime` would come out naive on SQLite: use timestamps.UtcDateTime."""
+    fields = _date_times(document["components"]["schemas"], "components")
+    assert len(fields) >= 10
+    plain = [where for where, schema in fields if schema.get("examples") != [EXAMPLE]]
+    assert plain == [], f"declare these as control_plane.timestamps.UtcDateTime: {plain}"
 
 
 def test_management_errors_are_documented_with_the_error_body(document: dict[str, Any]) -> None:
