@@ -13,9 +13,9 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import ApiKey
-from control_plane.errors import NotFound, Unauthorized
+from control_plane.errors import Forbidden, NotFound, Unauthorized
 from control_plane.keys.secrets import hash_key, prefix_of
-from control_plane.routing.table import RoutingTable
+from control_plane.routing.table import KeyEntry, RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,30 @@ def authenticate(
     token = parse_bearer(authorization)
     if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
         return _admin_caller(table, tenant_header, key_id=None)
+    entry = _key_entry(table, token)
+    if entry.tenant_id is None:
+        return _admin_caller(table, tenant_header, key_id=entry.key_id)
+    return Caller(tenant_id=entry.tenant_id, tenant=table.tenants[entry.tenant_id], key_id=entry.key_id)
+
+
+def authorize_metrics(
+    table: RoutingTable, *, authorization: str | None, admin_token: str | None, metrics_token: str | None
+) -> None:
+    """/metrics names every tenant's models: only the metrics token or an admin key may read it."""
+    token = parse_bearer(authorization)
+    for secret in (metrics_token, admin_token):
+        if secret is not None and hmac.compare_digest(token.encode(), secret.encode()):
+            return
+    if _key_entry(table, token).role != "admin":
+        raise Forbidden("/metrics needs an admin key or the metrics token")
+
+
+def _key_entry(table: RoutingTable, token: str) -> KeyEntry:
     prefix = prefix_of(token)
     entry = table.keys.get(prefix) if prefix else None
     if entry is None or not hmac.compare_digest(hash_key(token), entry.key_hash):
         raise Unauthorized("invalid or revoked API key")
-    if entry.tenant_id is None:
-        return _admin_caller(table, tenant_header, key_id=entry.key_id)
-    return Caller(tenant_id=entry.tenant_id, tenant=table.tenants[entry.tenant_id], key_id=entry.key_id)
+    return entry
 
 
 def _admin_caller(table: RoutingTable, tenant_header: str | None, *, key_id: int | None) -> Caller:

@@ -5,12 +5,11 @@ to coroutines, futures and timers, and to writing headers and body separately. H
 is parsed by httptools, handed to the shared hot path (`infer.py`) from the parser's callback, and
 answered with one write from the upstream connection's callback: no task, future or timer per
 request. Everything else (management API, metadata, pipelined requests, Expect: 100-continue,
-HTTP/1.0) takes uvicorn's normal ASGI path.
+HTTP/1.0) takes uvicorn's normal ASGI path. Connection-level limits are `GuardedProtocol`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -18,11 +17,11 @@ from typing import Any
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from control_plane.dataplane.connection import GuardedProtocol
 from control_plane.dataplane.exchange import Exchange, Reply, error_reply, parse_models_path
 from control_plane.dataplane.infer import begin, check_limits, observe, start_infer
 from control_plane.dataplane.uvicorn_compat import check_uvicorn
-from control_plane.errors import AppError, PayloadTooLarge
-from control_plane.state import AppState
+from control_plane.errors import AppError
 
 log = logging.getLogger(__name__)
 
@@ -36,35 +35,32 @@ class _Busy:
 _BUSY = _Busy()
 
 
-class FastPathProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol plus the inference fast path; `bound_app` is set by `fast_path_protocol`."""
-
-    bound_app: FastAPI
-    bound_state: AppState | None = None  # the app's state once its lifespan has started
+class FastPathProtocol(GuardedProtocol):
+    """The guarded httptools protocol plus the inference fast path; `bound_app` is set by
+    `fast_path_protocol`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fast: _FastRequest | None = None  # a fast request being received
         self._serving: _FastRequest | None = None  # a fast request waiting for its answer
         self._closing = False
-        self._last_active = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
 
     def on_message_begin(self) -> None:
         """Reset the per-request fields; the ASGI scope is only built if uvicorn serves the request."""
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
-        self._last_active = self.loop.time()
+        self.begin_request()
 
     def on_headers_complete(self) -> None:
         """Take infer requests on an idle connection; leave everything else to uvicorn."""
+        self.check_declared_length()
         busy = self._serving is not None
         if not busy and (self.cycle is None or self.cycle.response_complete) and self._is_infer():
             self._fast = _FastRequest(self.url, self.headers, keep_alive=self.parser.should_keep_alive())
             return
         url, headers, expect = self.url, self.headers, self.expect_100_continue
-        super().on_message_begin()  # uvicorn's: builds the scope (and resets what the parser collected)
+        HttpToolsProtocol.on_message_begin(self)  # uvicorn's: builds the scope (and resets the parsed)
         self.url, self.headers, self.expect_100_continue = url, headers, expect
         self.scope["headers"] = headers
         if busy:  # a pipelined request behind a fast one: let uvicorn queue it
@@ -83,14 +79,16 @@ class FastPathProtocol(HttpToolsProtocol):
         )
 
     def on_body(self, body: bytes) -> None:
-        """Collect a fast request's body; uvicorn's otherwise."""
+        """Collect a fast request's body; uvicorn's otherwise (both counted against the limit)."""
+        self.count_body(body)
         if self._fast is None:
             super().on_body(body)
-            return
-        self._fast.add(body, limit=self._state().settings.max_request_bytes)
+        else:
+            self._fast.add(body)
 
     def on_message_complete(self) -> None:
         """Start serving a fast request (no task: the answer comes back by callback); uvicorn's otherwise."""
+        self.end_request()
         request, self._fast = self._fast, None
         if request is None:
             super().on_message_complete()
@@ -102,22 +100,12 @@ class FastPathProtocol(HttpToolsProtocol):
             model, version, _ = parse_models_path(request.url.split(b"?", 1)[0].decode("latin-1"))
             begin(state, ex, model=model, version=version)
             check_limits(state, ex)
-            if request.too_large:
-                raise PayloadTooLarge(
-                    f"request body is over the limit of {state.settings.max_request_bytes} bytes"
-                )
             start_infer(state, ex, request.body(), self._answer)
         except AppError as exc:
             self._answer(exc)
         except Exception:
             log.exception("fast path failed")
             self._answer(AppError("internal error"))
-
-    def _state(self) -> AppState:
-        cls = type(self)
-        if cls.bound_state is None:  # Starlette's State lookup is slow enough to show on the hot path
-            cls.bound_state = self.bound_app.state.cp
-        return cls.bound_state
 
     def _answer(self, outcome: Reply | AppError) -> None:
         """Write the reply (or the error), record the request, then run the reply's after-work."""
@@ -151,38 +139,18 @@ class FastPathProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _response_complete(self) -> None:
-        """uvicorn's on_response_complete, with one lazy keep-alive timer per connection, not per request."""
+        """uvicorn's on_response_complete, with the connection's one lazy timer, not one per request."""
         self.server_state.total_requests += 1
-        self.flow.resume_reading()
+        self.request_answered()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        else:
-            self._last_active = self.loop.time()
-            if self._idle_timer is None:
-                self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
 
-    def _idle_check(self) -> None:
-        """Close the connection once it has been idle for the keep-alive timeout (re-check until then)."""
-        self._idle_timer = None
-        if self.transport.is_closing():
-            return
-        in_request = self._fast is not None or self._serving is not None
-        if self.cycle is not None and not self.cycle.response_complete:
-            in_request = True
-        idle_for = self.loop.time() - self._last_active
-        if not in_request and idle_for >= self.timeout_keep_alive:
-            self.timeout_keep_alive_handler()
-            return
-        wait = self.timeout_keep_alive if in_request else self.timeout_keep_alive - idle_for
-        self._idle_timer = self.loop.call_later(wait, self._idle_check)
+    def _answering(self) -> bool:
+        return self._serving is not None or super()._answering()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Also drop the keep-alive timer."""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        super().connection_lost(exc)
+    def _busy(self) -> bool:
+        return self._serving is not None or super()._busy()
 
     def shutdown(self) -> None:
         """Graceful shutdown: finish a fast request in flight before closing."""
@@ -195,22 +163,16 @@ class FastPathProtocol(HttpToolsProtocol):
 class _FastRequest:
     """A parsed infer request: URL, headers and body chunks."""
 
-    __slots__ = ("_chunks", "_size", "ex", "headers", "keep_alive", "too_large", "url")
+    __slots__ = ("_chunks", "ex", "headers", "keep_alive", "url")
 
     def __init__(self, url: bytes, headers: list[tuple[bytes, bytes]], *, keep_alive: bool):
         self.url, self.headers, self.keep_alive = url, headers, keep_alive
         self.ex: Exchange | None = None
         self._chunks: list[bytes] = []
-        self._size = 0
-        self.too_large = False
 
-    def add(self, chunk: bytes, *, limit: int) -> None:
-        """Keep a body chunk unless the body went over `limit` (then answer 413 once it has arrived)."""
-        self._size += len(chunk)
-        if self._size > limit:
-            self.too_large, self._chunks = True, []
-        elif not self.too_large:
-            self._chunks.append(chunk)
+    def add(self, chunk: bytes) -> None:
+        """Keep a body chunk (the protocol has counted it against the limit)."""
+        self._chunks.append(chunk)
 
     def body(self) -> bytes:
         """The whole body."""

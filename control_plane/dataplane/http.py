@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.dataplane import predict
+from control_plane.dataplane.auth import authorize_metrics
 from control_plane.dataplane.exchange import JSON, Exchange, Reply, error_reply, parse_models_path
 from control_plane.dataplane.infer import begin, check_limits, infer, observe
 from control_plane.dataplane.requests import Call, read_body, send_response
@@ -58,6 +59,7 @@ class HttpDataPlane:
     async def _dispatch(self, state: AppState, call: Call, path: str) -> None:
         method = call.scope["method"]
         if path == "/metrics" and method == "GET":
+            _authorize_metrics(state, call)
             metrics = generate_latest(state.metrics.registry)
             await send_response(call.send, 200, metrics, CONTENT_TYPE_LATEST.encode())
             return
@@ -74,6 +76,16 @@ class HttpDataPlane:
             raise NotFound(f"no route for {method} {path}")
         begin(state, call.ex, model=model, version=version)
         await handler(state, call)
+
+
+def _authorize_metrics(state: AppState, call: Call) -> None:
+    settings = state.settings
+    authorize_metrics(
+        state.router.table,
+        authorization=call.ex.header(b"authorization"),
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
+    )
 
 
 async def _infer(state: AppState, call: Call) -> None:

@@ -7,9 +7,16 @@ from dataclasses import dataclass
 from starlette.types import Receive, Scope, Send
 
 from control_plane.dataplane.exchange import Exchange, Reply
-from control_plane.errors import PayloadTooLarge
+from control_plane.errors import AppError, PayloadTooLarge
 
 COPY_LIMIT = 64 * 1024
+
+
+class ClientDisconnected(AppError):
+    """Nobody is left to answer (recorded as 499, as nginx does)."""
+
+    status_code = 499
+    kind = "ClientDisconnected"
 
 
 @dataclass(slots=True)
@@ -44,6 +51,8 @@ async def read_body(call: Call, *, limit: int) -> bytes:
     size = 0
     while True:
         message = await call.receive()
+        if message["type"] == "http.disconnect":  # a truncated body is never forwarded
+            raise ClientDisconnected("the client went away before sending the whole body")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

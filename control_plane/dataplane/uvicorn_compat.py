@@ -22,6 +22,14 @@ METHODS = (
     "timeout_keep_alive_handler",
     "connection_lost",
     "shutdown",
+    # the connection guard (connection.py)
+    "connection_made",
+    "data_received",
+    "on_url",
+    "on_header",
+    "send_400_response",
+    "resume_writing",
+    "_unset_keepalive_if_required",
 )
 STATE = (
     "cycle",
@@ -69,6 +77,16 @@ def _missing_internals() -> list[str]:
     missing += [
         f"HttpToolsProtocol.{name}()" for name in METHODS if not callable(getattr(protocol_class, name, None))
     ]
+    try:
+        from uvicorn.protocols.http.flow_control import FlowControl
+    except ImportError:
+        missing.append("uvicorn.protocols.http.flow_control.FlowControl")
+    else:
+        missing += [
+            f"FlowControl.{name}"
+            for name in ("pause_reading", "resume_reading", "pause_writing", "resume_writing")
+            if not callable(getattr(FlowControl, name, None))
+        ]
     state = ServerState()
     if not hasattr(state, "total_requests"):
         missing.append("ServerState.total_requests")

@@ -1,5 +1,5 @@
 """The fast-path protocol at the HTTP/1.1 level: keep-alive (and its idle timeout), pipelining order,
-Connection: close, 413."""
+Connection: close. Limits are in test_connection_limits."""
 
 from __future__ import annotations
 
@@ -106,19 +106,6 @@ def test_connection_close_is_honoured(deployed: tuple[Api, Deployed]) -> None:
     assert [status for status, _, _ in done] == [200]
     assert done[0][1][b"connection"] == b"close"
     assert closed
-
-
-def test_body_over_the_limit_is_413_and_the_connection_survives(
-    make_served: Callable[..., Api], tmp_path: Path
-) -> None:
-    api = make_served(max_request_bytes=64)
-    d = deploy_onnx(api, tmp_path)
-    url = f"/v2/models/{d.model}/infer"
-    small = json.dumps({"inputs": []}).encode()
-    done, closed = _exchange(api, _request(url, d) + _request(url, d, body=small), expect=2)
-    assert [status for status, _, _ in done] == [413, 400]
-    assert json.loads(done[0][2])["kind"] == "PayloadTooLarge"
-    assert not closed
 
 
 def _wait_closed(sock: socket.socket, *, within: float) -> float:

@@ -95,7 +95,7 @@ def test_server_timing_and_metrics(served: Api, tmp_path: Path) -> None:
     timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
     assert set(timing) == {"gateway", "triton"}
     assert float(timing["triton"]) > 0 and float(timing["gateway"]) >= 0
-    metrics = served.client.get("/metrics").text
+    metrics = served.client.get("/metrics", headers=served.headers()).text
     assert (
         f'cp_inference_requests_total{{model="{d.model}",protocol="http",status="200",tenant="{d.tenant}",'
         f'version="{d.version}"}} 1.0'

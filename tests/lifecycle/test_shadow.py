@@ -73,7 +73,7 @@ def test_shadow_compares_without_touching_live_answers(
     assert (stats["shadow_version"], stats["requests"], stats["matches"]) == (identical.version, 20, 20)
     assert stats["match_rate"] == 1.0
     assert stats["max_abs_diff"] <= 1e-5
-    metrics = api.client.get("/metrics").text
+    metrics = api.client.get("/metrics", headers=api.headers()).text
     assert (
         f'cp_shadow_requests_total{{alias="production",model="{live.model}",outcome="mismatch",'
         f'shadow_version="{different.version}",tenant="{live.tenant}"}} 30.0'
