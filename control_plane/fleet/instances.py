@@ -31,14 +31,24 @@ class TritonEndpoint:
         timeout_s: float,
         load_timeout_s: float,
         health_timeout_s: float | None = None,
+        load_over_grpc: bool = False,
     ) -> TritonEndpoint:
         """Clients for one Triton: loads give up after `load_timeout_s` (connecting after `timeout_s`),
-        health and index calls after `health_timeout_s` (default `timeout_s`)."""
+        health and index calls after `health_timeout_s` (default `timeout_s`).
+
+        `load_over_grpc` when `grpc_url` is known to be right: a load over HTTP holds up Triton's
+        other HTTP connections (inference included) served by the same worker thread until it ends.
+        """
         return cls(
             name=name,
             http_url=http_url,
             grpc_url=grpc_url,
-            client=TritonClient.from_url(http_url, timeout_s=load_timeout_s, connect_timeout_s=timeout_s),
+            client=TritonClient.from_url(
+                http_url,
+                timeout_s=load_timeout_s,
+                connect_timeout_s=timeout_s,
+                grpc_url=grpc_url if load_over_grpc else None,
+            ),
             health=TritonClient.from_url(http_url, timeout_s=health_timeout_s or timeout_s),
         )
 
@@ -63,7 +73,10 @@ def endpoints_from_urls(
     load_timeout_s: float,
     health_timeout_s: float | None = None,
 ) -> list[TritonEndpoint]:
-    """Endpoints for configured URLs, named by host:port; gRPC URLs default to the HTTP port + 1."""
+    """Endpoints for configured URLs, named by host:port; gRPC URLs default to the HTTP port + 1.
+
+    Loads go over gRPC where the gRPC URL is configured rather than guessed.
+    """
     return [
         TritonEndpoint.connect(
             name=urlsplit(http_url).netloc,
@@ -72,6 +85,7 @@ def endpoints_from_urls(
             timeout_s=timeout_s,
             load_timeout_s=load_timeout_s,
             health_timeout_s=health_timeout_s,
+            load_over_grpc=index < len(grpc_urls),
         )
         for index, http_url in enumerate(http_urls)
     ]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
@@ -27,8 +28,12 @@ SdkClient = Any  # tritonclient.http.InferenceServerClient (untyped)
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
+# gRPC statuses that mean Triton could not be reached or did not answer in time.
+_GRPC_UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
+
+
 def _is_not_found(exc: InferenceServerException) -> bool:
-    return exc.status() == "404" or "unknown model" in (exc.message() or "")
+    return exc.status() in ("404", "StatusCode.NOT_FOUND") or "unknown model" in (exc.message() or "")
 
 
 class TritonClient:
@@ -41,19 +46,35 @@ class TritonClient:
     """
 
     def __init__(
-        self, client: SdkClient, *, url: str = "", client_factory: Callable[[], SdkClient] | None = None
+        self,
+        client: SdkClient,
+        *,
+        url: str = "",
+        client_factory: Callable[[], SdkClient] | None = None,
+        grpc_client: SdkClient | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.url = url
         self._client = client
         self._factory = client_factory
+        self._grpc = grpc_client  # thread-safe (one channel)
+        self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._local = threading.local()
         self._local.client = client
         self._all: list[SdkClient] = [client]
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float, connect_timeout_s: float | None = None) -> TritonClient:
-        """Build SDK clients for `url` (with or without http://) with explicit timeouts."""
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_s: float,
+        connect_timeout_s: float | None = None,
+        grpc_url: str | None = None,
+    ) -> TritonClient:
+        """Build SDK clients for `url` (with or without http://) with explicit timeouts; loads and
+        unloads over gRPC at `grpc_url` (host:port) when given."""
         factory = functools.partial(
             triton_http.InferenceServerClient,
             url.split("://", 1)[-1].rstrip("/"),
@@ -61,7 +82,8 @@ class TritonClient:
             network_timeout=timeout_s,
             ssl=url.startswith("https://"),
         )
-        return cls(factory(), url=url, client_factory=factory)
+        grpc_client = triton_grpc.InferenceServerClient(grpc_url) if grpc_url else None
+        return cls(factory(), url=url, client_factory=factory, grpc_client=grpc_client, timeout_s=timeout_s)
 
     @contextlib.contextmanager
     def _sdk(self) -> Iterator[SdkClient]:
@@ -109,16 +131,43 @@ class TritonClient:
     def load_model(self, name: str, *, config: str | None = None) -> None:
         """Load (or reload) a model from the repository; `config` is an optional JSON override."""
         try:
-            self._run(f"load {name}", lambda c: c.load_model(name, config=config))
+            if self._grpc is not None:
+                self._run_grpc(
+                    f"load {name}",
+                    lambda c: c.load_model(name, config=config, client_timeout=self._timeout_s),
+                )
+            else:
+                self._run(f"load {name}", lambda c: c.load_model(name, config=config))
         except InferenceServerException as exc:
             raise TritonModelLoadError(f"Triton could not load {name!r}: {exc.message()}") from exc
 
     def unload_model(self, name: str, *, unload_dependents: bool = False) -> None:
         """Unload a model (Triton treats unloading an unknown model as success)."""
         try:
-            self._run(f"unload {name}", lambda c: c.unload_model(name, unload_dependents=unload_dependents))
+            if self._grpc is not None:
+                self._run_grpc(
+                    f"unload {name}",
+                    lambda c: c.unload_model(
+                        name, unload_dependents=unload_dependents, client_timeout=self._timeout_s
+                    ),
+                )
+            else:
+                self._run(
+                    f"unload {name}", lambda c: c.unload_model(name, unload_dependents=unload_dependents)
+                )
         except InferenceServerException as exc:
             raise self._model_error(name, exc) from exc
+
+    def _run_grpc(self, what: str, call: Callable[[SdkClient], T]) -> T:
+        """Run one gRPC SDK call; unreachable or timed out becomes TritonUnavailable."""
+        try:
+            return call(self._grpc)
+        except InferenceServerException as exc:
+            if exc.status() in _GRPC_UNAVAILABLE:
+                raise TritonUnavailable(
+                    f"Triton at {self.url or 'server'} unavailable ({what}): {exc.message()}"
+                ) from exc
+            raise
 
     def repository_index(self) -> list[dict[str, Any]]:
         """Models in the repository with their state (`name`, `version`, `state`, `reason`)."""
@@ -144,7 +193,8 @@ class TritonClient:
         """Close the SDK clients' connections."""
         with self._lock:
             clients, self._all = self._all, []
-        for client in clients:
+            grpc_client, self._grpc = self._grpc, None
+        for client in [*clients, grpc_client] if grpc_client is not None else clients:
             with contextlib.suppress(Exception):
                 client.close()
 
