@@ -25,14 +25,16 @@ from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.dataplane.upstream import Upstream
 from control_plane.db.session import make_engine, make_session_factory, transaction
 from control_plane.errors import register_error_handlers
-from control_plane.fleet.instances import TritonEndpoint, endpoints_from_urls, register_instances
+from control_plane.fleet.embedded import EMBEDDED, AfterRestart, embedded_endpoint, supervise_embedded
+from control_plane.fleet.instances import endpoints_from_urls, register_instances
 from control_plane.fleet.loader import VersionLoader
+from control_plane.fleet.reconciler import Reconciler
 from control_plane.keys.endpoints import router as keys_router
 from control_plane.lifecycle.endpoints import router as lifecycle_router
 from control_plane.lifecycle.janitor import KeepWarmJanitor
 from control_plane.lifecycle.shadow import ShadowMirror
 from control_plane.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from control_plane.modelrepo import ModelRepository, build_model_repository
+from control_plane.modelrepo import build_model_repository
 from control_plane.openapi import install_openapi
 from control_plane.registry.endpoints import router as registry_router
 from control_plane.routing.changes import install as install_change_hooks
@@ -42,23 +44,9 @@ from control_plane.settings import Settings, get_settings
 from control_plane.state import AppState
 from control_plane.status.endpoints import router as status_router
 from control_plane.tenants.endpoints import router as tenants_router
-from control_plane.tritonserver import TritonProcess
 
 log = logging.getLogger(__name__)
 UPLOAD_PATH = re.compile(r"^/v1/tenants/[^/]+/models/[^/]+/versions/?$")
-
-
-def _start_embedded_triton(settings: Settings, repository: ModelRepository) -> TritonProcess:
-    """Start the bundled Triton against the configured repository (S3 credentials passed on)."""
-    env = {
-        "AWS_ACCESS_KEY_ID": settings.s3_access_key.get_secret_value(),
-        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key.get_secret_value(),
-        "AWS_DEFAULT_REGION": settings.s3_region,
-    }
-    process = TritonProcess(repository=repository.location, workdir=settings.triton_workdir, env=env)
-    process.start(timeout_s=settings.triton_load_timeout_s)
-    log.info("embedded Triton ready at %s (gRPC %s)", process.http_url, process.grpc_url)
-    return process
 
 
 def build_state(settings: Settings) -> AppState:
@@ -72,6 +60,7 @@ def build_state(settings: Settings) -> AppState:
         settings.triton_grpc_urls,
         timeout_s=settings.triton_timeout_s,
         load_timeout_s=settings.triton_load_timeout_s,
+        health_timeout_s=settings.triton_health_timeout_s,
     )
     router = Router(session_factory)
     metrics = DataPlaneMetrics()
@@ -108,19 +97,19 @@ def build_state(settings: Settings) -> AppState:
         tritons=tritons,
     )
     if settings.triton_embedded:
-        embedded = state.embedded_triton = _start_embedded_triton(settings, repository)
-        tritons.append(
-            TritonEndpoint.connect(
-                name="embedded",
-                http_url=embedded.http_url,
-                grpc_url=embedded.grpc_url,
-                timeout_s=settings.triton_timeout_s,
-                load_timeout_s=settings.triton_load_timeout_s,
-            )
+        state.supervisor = supervise_embedded(settings, repository)
+        state.supervisor.start()  # raises, with Triton's log tail, if it does not come up
+        state.embedded_triton = state.supervisor.process
+        log.info(
+            "embedded Triton ready at %s (gRPC %s)",
+            state.embedded_triton.http_url,
+            state.embedded_triton.grpc_url,
         )
+        tritons.append(embedded_endpoint(settings, state.embedded_triton))
     with transaction(session_factory) as session:
         register_instances(session, tritons)
     router.reload()
+    _start_reconciler(state)
     state.watcher = RegistryWatcher(
         router=router,
         database_url=settings.database_url,
@@ -141,8 +130,34 @@ def build_state(settings: Settings) -> AppState:
     return state
 
 
+def _start_reconciler(state: AppState) -> None:
+    """Reconcile every instance once (loading what the registry serves) before serving, then keep at it."""
+    settings = state.settings
+    state.reconciler = Reconciler(
+        session_factory=state.session_factory,
+        loader=state.loader,
+        tritons=state.tritons,
+        database_url=settings.database_url,
+        interval_s=settings.reconcile_interval_s,
+        local={EMBEDDED} if state.supervisor is not None else (),
+        backoff_max_s=settings.reconcile_backoff_max_s,
+    )
+    if state.supervisor is not None:
+        state.supervisor.on_restart.append(
+            AfterRestart(
+                settings=settings,
+                tritons=state.tritons,
+                session_factory=state.session_factory,
+                reconciler=state.reconciler,
+            )
+        )
+    state.reconciler.start(wait_s=settings.triton_load_timeout_s)
+
+
 def close_state(state: AppState) -> None:
     """Stop what build_state started."""
+    if state.reconciler is not None:
+        state.reconciler.stop()
     if state.janitor is not None:
         state.janitor.stop()
     if state.watcher is not None:
@@ -151,8 +166,8 @@ def close_state(state: AppState) -> None:
     state.loader.shutdown()
     for triton in state.tritons:
         triton.close()
-    if state.embedded_triton is not None:
-        state.embedded_triton.stop()
+    if state.supervisor is not None:
+        state.supervisor.stop()
     state.engine.dispose()
 
 

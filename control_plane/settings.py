@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     triton_runtime: Runtime = Runtime.PYTHON
     triton_device: Device = Device.CPU
     triton_gpus: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    triton_health_timeout_s: float = 2.0  # health and repository-index probes (ready, status, reconcile)
+    # Embedded Triton: restarted at once, then after 0.5 s, 1 s, ... (max 30 s); given up after this
+    # many restarts in a row without a minute of uptime in between.
+    triton_max_restarts: int = 5
+    triton_restart_backoff_s: float = 0.5
+
+    reconcile_interval_s: float = 5.0  # period of the reconcile loop (also run at start, after restarts)
+    reconcile_backoff_max_s: float = 60.0  # a failing load is retried after 1 s, doubling up to this
 
     routing_refresh_s: float = 30.0
     routing_poll_s: float = 1.0

@@ -16,6 +16,7 @@ from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.dataplane.upstream import Upstream
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import VersionLoader
+from control_plane.fleet.reconciler import Reconciler
 from control_plane.lifecycle.janitor import KeepWarmJanitor
 from control_plane.lifecycle.shadow import ShadowMirror
 from control_plane.modelrepo import ModelRepository
@@ -23,6 +24,7 @@ from control_plane.routing.router import Router
 from control_plane.routing.watcher import RegistryWatcher
 from control_plane.settings import Settings
 from control_plane.tritonserver import TritonProcess
+from control_plane.tritonserver.supervisor import TritonSupervisor
 
 
 @dataclass
@@ -44,6 +46,8 @@ class AppState:
     checks: RequestChecks
     tritons: list[TritonEndpoint] = field(default_factory=list)
     inflight: Counter[str] = field(default_factory=Counter)  # requests at Triton, by Triton model name
-    embedded_triton: TritonProcess | None = None
+    embedded_triton: TritonProcess | None = None  # the bundled Triton (restarted by `supervisor`)
+    supervisor: TritonSupervisor | None = None
+    reconciler: Reconciler | None = None  # its `observed` has each instance's health and loaded models
     watcher: RegistryWatcher | None = None
     janitor: KeepWarmJanitor | None = None

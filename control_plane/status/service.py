@@ -7,8 +7,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from control_plane import __version__
 from control_plane.errors import AppError
+from control_plane.fleet.embedded import EMBEDDED
 from control_plane.state import AppState
-from control_plane.status.schemas import ComponentStatus, Status, TritonStatus
+from control_plane.status.schemas import (
+    ComponentStatus,
+    LoadFailure,
+    ReconcilerStatus,
+    Status,
+    SupervisorStatus,
+    TritonStatus,
+)
 
 
 def database_status(state: AppState) -> ComponentStatus:
@@ -32,17 +40,46 @@ def artifact_status(state: AppState) -> ComponentStatus:
 
 def triton_statuses(state: AppState) -> list[TritonStatus]:
     """Each configured Triton instance with its readiness."""
-    embedded_url = state.embedded_triton.http_url if state.embedded_triton else None
     return [
         TritonStatus(
             name=t.name,
             http_url=t.http_url,
             grpc_url=t.grpc_url,
             state="ready" if t.health.is_ready() else "unavailable",
-            embedded=t.http_url == embedded_url,
+            embedded=t.name == EMBEDDED and state.supervisor is not None,
         )
         for t in state.tritons
     ]
+
+
+def supervisor_status(state: AppState) -> SupervisorStatus | None:
+    """The embedded Triton's supervision, if there is one."""
+    if state.supervisor is None:
+        return None
+    seen = state.supervisor.status()
+    return SupervisorStatus(
+        state=seen.state.value,
+        pid=seen.pid,
+        restarts=seen.restarts,
+        failures_in_a_row=seen.failures_in_a_row,
+        last_exit_code=seen.last_exit_code,
+        last_exit_at=seen.last_exit_at,
+        message=seen.message,
+    )
+
+
+def reconciler_status(state: AppState) -> ReconcilerStatus | None:
+    """The reconcile loop's leadership, last pass and failing loads."""
+    if state.reconciler is None:
+        return None
+    observed = state.reconciler.observed
+    failing = [
+        LoadFailure(
+            instance=f.instance, triton_model=f.triton_name, message=f.message, retry_in_s=f.retry_in_s
+        )
+        for f in list(observed.failures.values())
+    ]
+    return ReconcilerStatus(leader=observed.leader, last_pass_at=observed.last_pass_at, failing=failing)
 
 
 def is_ready(state: AppState) -> bool:
@@ -57,4 +94,6 @@ def full_status(state: AppState) -> Status:
         database=database_status(state),
         artifact_store=artifact_status(state),
         tritons=triton_statuses(state),
+        embedded_triton=supervisor_status(state),
+        reconciler=reconciler_status(state),
     )
