@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -105,6 +107,89 @@ def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) ->
         time.sleep(0.5)
         left = [p for p in live_processes() if p.pid in children]
         assert left == [], f"left behind: {left}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _serve(env: dict[str, str], seen: list[str]) -> subprocess.Popen[str]:
+    """scripts/serve started and ready (its 'Control plane ready' line seen)."""
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "serve")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_line(proc, r"Control plane ready", timeout=240, seen=seen)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    # Keep reading its output, so that a full pipe never blocks the server's logging.
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True).start()
+    return proc
+
+
+def _predict(port: int, key: str) -> httpx.Response:
+    return httpx.post(
+        f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+        json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def _instances(database: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(database) as conn:
+        return list(conn.execute("SELECT name, http_url FROM triton_instances ORDER BY id"))
+
+
+def test_serve_again_on_the_same_folders_serves_the_same_aliases(tmp_path: Path) -> None:
+    port, admin = free_port(), "serve-restart-admin-key"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
+    env.update(
+        CP_HTTP_PORT=str(port),
+        CP_GRPC_PORT=str(free_port()),
+        CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
+        CP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
+        CP_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
+        CP_TRITON_WORKDIR=str(tmp_path / "triton"),
+        CP_ADMIN_TOKEN=admin,
+    )
+    seen: list[str] = []
+    proc = _serve(env, seen)
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {admin}"}
+        ) as c:
+            assert _register_onnx_model(c, tmp_path) == "ready"
+            promoted = c.put("/v1/tenants/acme/models/mlp/aliases/production", json={"version": 1})
+            assert promoted.status_code == 200, promoted.text
+            key = c.post("/v1/tenants/acme/keys", json={"role": "consumer"}).json()["key"]
+        first = _predict(port, key)
+        assert first.status_code == 200, first.text
+        first_url = _instances(tmp_path / "registry.db")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+        proc = _serve(env, seen)  # same folders, nothing done by hand in between
+        again = _predict(port, key)
+        assert again.status_code == 200, again.text
+        assert again.json()["outputs"] == first.json()["outputs"]
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {admin}"}
+        ) as c:
+            [triton] = c.get("/v1/status").json()["tritons"]
+        assert (triton["name"], triton["state"], triton["embedded"]) == ("embedded", "ready", True)
+        assert _instances(tmp_path / "registry.db") == [("embedded", triton["http_url"])]
+        print(f"\ninstance row {first_url} -> {_instances(tmp_path / 'registry.db')}")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
