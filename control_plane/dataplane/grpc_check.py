@@ -80,7 +80,7 @@ def _check_input(tensor: Any, contract: Contract, raw: memoryview | None) -> Non
             raise Rejected(f"input '{name}' of datatype {datatype} belongs in contents.{expected}")
         found = len(getattr(tensor.contents, expected))
     if found != elements:
-        raise Rejected(f"input '{name}' has shape {shape}, which needs {elements} values, but has {found}")
+        raise Rejected(f"input '{name}' has shape {shape}, which needs {elements} values; it has {found}")
 
 
 def _raw_elements(raw: memoryview, name: str, datatype: str) -> int:

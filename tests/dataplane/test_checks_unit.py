@@ -1,0 +1,375 @@
+"""The request checks on their own: what they accept, what they refuse and how, and that arbitrary
+input only ever ends in a Rejected (property-based, with hypothesis)."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import pickle
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2 as pb
+
+from control_plane.dataplane import predict_codec
+from control_plane.dataplane.checks import as_app_error, prepare_http
+from control_plane.dataplane.contract import Contract, Rejected, TensorRule
+from control_plane.dataplane.decode import decode_infer_response
+from control_plane.dataplane.grpc_check import check_infer_request
+from control_plane.dataplane.protowire import WireError
+from control_plane.dataplane.v2request import decompress, header_length_of, prepare
+from control_plane.routing.contracts import contract_from_config
+
+MLP = Contract(inputs={"x": TensorRule("x", "FP32", (-1, 4))}, outputs=frozenset({"y"}), max_batch_size=8)
+MIXED = Contract(
+    inputs={
+        "ids": TensorRule("ids", "INT32", (-1, 3)),
+        "mask": TensorRule("mask", "BOOL", (-1, 3), optional=True),
+        "text": TensorRule("text", "BYTES", (-1,)),
+    },
+    outputs=frozenset({"out", "probs"}),
+    max_batch_size=4,
+)
+
+
+def _json(*inputs: dict[str, Any], **extra: Any) -> bytes:
+    return orjson.dumps({"inputs": list(inputs), **extra})
+
+
+def _x(shape: list[int], data: Any, **extra: Any) -> dict[str, Any]:
+    return {"name": "x", "shape": shape, "datatype": "FP32", "data": data, **extra}
+
+
+def test_a_valid_json_request_is_forwarded_as_parsed() -> None:
+    body = _json(_x([2, 4], [[1, 2, 3, 4], [5, 6, 7, 8.5]]), outputs=[{"name": "y"}], id="r1")
+    forwarded, length = prepare(body, header_length=None, contract=MLP)
+    assert length is None
+    assert orjson.loads(forwarded) == orjson.loads(body)
+
+
+def test_duplicated_keys_cannot_smuggle_another_request_past_the_check() -> None:
+    good = orjson.dumps([_x([1, 4], [1, 2, 3, 4])]).decode()
+    crasher = orjson.dumps([_x([10**12, 4], [1, 2, 3, 4])]).decode()
+    with pytest.raises(Rejected, match="max_batch_size"):  # we read the last, like orjson
+        prepare(f'{{"inputs":{good},"inputs":{crasher}}}'.encode(), header_length=None, contract=MLP)
+    body = f'{{"inputs":{crasher},"inputs":{good}}}'.encode()  # Triton would read the first
+    forwarded, _ = prepare(body, header_length=None, contract=MLP)
+    assert forwarded.count(b'"inputs"') == 1
+    assert orjson.loads(forwarded)["inputs"][0]["shape"] == [1, 4]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (_json(), "non-empty list"),
+        (orjson.dumps({"inputs": None}), "non-empty list"),
+        (_json(_x([10**12, 4], [1, 2, 3, 4])), "over the model's max_batch_size 8"),
+        (_json(_x([1, 4], [1, 2, 3])), "needs 4 values; it has 3"),
+        (_json(_x([1, 5], [1, 2, 3, 4, 5])), "the model expects [-1, 4]"),
+        (_json(_x([4], [1, 2, 3, 4])), "rank 1"),
+        (_json(_x([1, -4], [1, 2, 3, 4])), "invalid dimension -4"),
+        (_json(_x([1, 4.0], [1, 2, 3, 4])), "invalid dimension 4.0"),
+        (_json(_x([1, True], [1])), "invalid dimension True"),
+        (_json(_x([1, 4], ["a", 2, 3, 4])), "str values"),
+        (_json(_x([1, 4], [True, 2, 3, 4])), "bool values"),
+        (_json(_x([1, 4], [[[1, 2, 3, 4]]])), "nested deeper"),
+        (_json(_x([1, 4], [None, 1, 2, 3])), "NoneType values"),
+        (_json(_x([1, 4], {"a": 1})), "needs 'data'"),
+        (_json({**_x([1, 4], [1, 2, 3, 4]), "datatype": "FP8"}), "unknown datatype"),
+        (_json({**_x([1, 4], [1, 2, 3, 4]), "datatype": "INT32"}), "expects FP32"),
+        (_json({**_x([1, 4], [1, 2, 3, 4]), "name": "q"}), "unknown input 'q'"),
+        (_json(_x([1, 4], [1, 2, 3, 4]), _x([1, 4], [1, 2, 3, 4])), "more than once"),
+        (_json(_x([1, 4], None, parameters={"shared_memory_region": "r"})), "shared memory"),
+        (_json(_x([1, 4], [1, 2, 3, 4]), outputs=[{"name": "z"}]), "unknown output 'z'"),
+        (_json(_x([1, 4], [1, 2, 3, 4]), outputs=[{"name": "y", "parameters": {"shared_memory_region": 1}}]),
+         "shared memory"),
+        (_json(_x([1, 4], [1, 2, 3, 4]), parameters={"shared_memory_offset": 0}), "shared memory"),
+        (_json(_x([1, 4], [1, 2, 3, 4]), outputs="y"), "'outputs' must be a list"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+    ],
+)  # fmt: skip
+def test_json_mistakes_are_refused_in_the_clients_terms(body: bytes, message: str) -> None:
+    with pytest.raises(Rejected) as refused:
+        prepare(body, header_length=None, contract=MLP)
+    assert message in refused.value.message
+    assert refused.value.status == 400
+
+
+def _binary(header: dict[str, Any], tail: bytes) -> tuple[bytes, int]:
+    head = orjson.dumps(header)
+    return head + tail, len(head)
+
+
+def _bx(size: Any) -> dict[str, Any]:
+    return {"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": size}}
+
+
+def test_binary_requests_are_checked_and_their_header_rewritten() -> None:
+    tail = np.arange(4, dtype="<f4").tobytes()
+    body, length = _binary({"inputs": [_bx(16)]}, tail)
+    forwarded, new_length = prepare(body, header_length=length, contract=MLP)
+    assert new_length is not None and forwarded[new_length:] == tail
+    assert orjson.loads(forwarded[:new_length]) == {"inputs": [_bx(16)]}
+
+
+@pytest.mark.parametrize(
+    ("size", "tail", "message"),
+    [
+        (-1, b"\0" * 16, "invalid binary_data_size -1"),
+        ("16", b"\0" * 16, "invalid binary_data_size '16'"),
+        (16, b"\0" * 8, "the body ends before them"),
+        (16, b"\0" * 20, "the binary data is 20 bytes but the inputs declare 16"),
+        (8, b"\0" * 8, "needs 4 values; it has 2"),
+        (15, b"\0" * 15, "not a whole number of FP32 values"),
+    ],
+)
+def test_binary_mistakes_are_refused(size: Any, tail: bytes, message: str) -> None:
+    body, length = _binary({"inputs": [_bx(size)]}, tail)
+    with pytest.raises(Rejected, match=message.replace("(", r"\(")):
+        prepare(body, header_length=length, contract=MLP)
+
+
+def test_bytes_tensors_are_counted_by_their_length_prefixes() -> None:
+    items = [b"hello", b"", b"\xff" * 3]
+    tail = b"".join(struct.pack("<I", len(item)) + item for item in items)
+    ids = {"name": "ids", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}
+    text = {"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(tail)}}
+    body, length = _binary({"inputs": [ids, text]}, tail)
+    with pytest.raises(Rejected, match="needs 1 values; it has 3"):
+        prepare(body, header_length=length, contract=MIXED)
+    text["shape"] = [3]
+    cut = {**text, "parameters": {"binary_data_size": len(tail) - 1}}
+    body, length = _binary({"inputs": [ids, cut]}, tail[:-1])
+    with pytest.raises(Rejected, match="longer than its data"):
+        prepare(body, header_length=length, contract=MIXED)
+    body, length = _binary({"inputs": [ids, text]}, tail)
+    prepare(body, header_length=length, contract=MIXED)
+    with pytest.raises(Rejected, match="batch size 3, over the model's max_batch_size 2"):
+        prepare(body, header_length=length, contract=Contract(MIXED.inputs, MIXED.outputs, 2))
+
+
+def test_optional_inputs_may_be_left_out_and_required_ones_may_not() -> None:
+    ids = {"name": "ids", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}
+    text = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}
+    prepare(_json(ids, text), header_length=None, contract=MIXED)
+    with pytest.raises(Rejected, match="missing input 'text'"):
+        prepare(_json(ids), header_length=None, contract=MIXED)
+    with pytest.raises(Rejected, match="outside the range of INT32"):
+        prepare(_json({**ids, "data": [1, 2, 2**40]}, text), header_length=None, contract=MIXED)
+
+
+def test_header_lengths_must_be_a_length_within_the_body() -> None:
+    assert header_length_of(None, 10) is None
+    assert header_length_of("10", 10) == 10
+    for bad in ("0", "11", "-1", "1e3", " 5", "\uff15"):  # the last: a full-width digit five
+        with pytest.raises(Rejected, match="Inference-Header-Content-Length"):
+            header_length_of(bad, 10)
+
+
+def test_decompression_is_limited_on_what_comes_out() -> None:
+    body = _json(_x([1, 4], [1, 2, 3, 4]))
+    assert decompress(gzip.compress(body), "gzip", limit=1000) == body
+    assert decompress(zlib.compress(body), "deflate", limit=1000) == body
+    assert decompress(body, "identity", limit=1000) == body
+    with pytest.raises(Rejected) as bomb:
+        decompress(gzip.compress(b"0" * 10_000_000), "gzip", limit=1 << 20)
+    assert bomb.value.status == 413
+    with pytest.raises(Rejected) as unknown:
+        decompress(body, "br", limit=1000)
+    assert unknown.value.status == 415
+    with pytest.raises(Rejected, match="not valid gzip"):
+        decompress(b"not gzip at all", "gzip", limit=1000)
+    with pytest.raises(Rejected, match="truncated"):
+        decompress(gzip.compress(body)[:-12], "gzip", limit=1000)
+    forwarded, _ = prepare_http(gzip.compress(body), "gzip", None, MLP, 1000)
+    assert orjson.loads(forwarded) == orjson.loads(body)
+
+
+def test_rejections_keep_their_status_across_a_process_boundary() -> None:
+    copy = pickle.loads(pickle.dumps(Rejected("too big", status=413)))
+    assert (copy.message, copy.status) == ("too big", 413)
+    assert as_app_error(copy).status_code == 413
+    assert as_app_error(Rejected("bad encoding", status=415)).kind == "UnsupportedMediaType"
+    assert as_app_error(MemoryError()).status_code == 413
+
+
+def test_the_contract_comes_from_the_version_config() -> None:
+    config = """
+    name: "t--m--v1" backend: "python" max_batch_size: 8
+    input [ { name: "input.1" data_type: TYPE_FP32 dims: [ 3, -1 ] optional: true } ]
+    output [ { name: "onnx::Gemm_0" data_type: TYPE_INT64 dims: [ 1 ] } ]
+    """
+    contract = contract_from_config(config)
+    assert contract.inputs["input.1"] == TensorRule("input.1", "FP32", (-1, 3, -1), optional=True)
+    assert contract.outputs == {"onnx::Gemm_0"} and contract.max_batch_size == 8
+    unreadable = contract_from_config("this is not a config")
+    with pytest.raises(Rejected):
+        unreadable.check_input("x", "FP32", [1])
+
+
+# --- gRPC --------------------------------------------------------------------------------------
+
+
+def _grpc(*inputs: Any, raw: list[bytes] | None = None, **extra: Any) -> bytes:
+    request = pb.ModelInferRequest(model_name="mlp", inputs=list(inputs), **extra)
+    request.raw_input_contents.extend(raw or [])
+    return bytes(request.SerializeToString())
+
+
+def _gx(shape: list[int], datatype: str = "FP32", **fields: Any) -> Any:
+    return pb.ModelInferRequest.InferInputTensor(name="x", datatype=datatype, shape=shape, **fields)
+
+
+def test_grpc_requests_are_checked_on_the_wire() -> None:
+    check_infer_request(_grpc(_gx([1, 4]), raw=[b"\0" * 16]), MLP)
+    check_infer_request(_grpc(_gx([2, 4], contents=pb.InferTensorContents(fp32_contents=[0.0] * 8))), MLP)
+    cases = [
+        (_grpc(_gx([10**12, 4]), raw=[b"\0" * 16]), "max_batch_size"),
+        (_grpc(_gx([1, 4]), raw=[b"\0" * 12]), "needs 4 values; it has 3"),
+        (_grpc(_gx([1, 4]), raw=[b"\0" * 16, b"\0" * 4]), "1 inputs but 2 raw_input_contents"),
+        (_grpc(_gx([1, 4], "INT32"), raw=[b"\0" * 16]), "expects FP32"),
+        (_grpc(_gx([1, 4], contents=pb.InferTensorContents(int_contents=[1, 2, 3, 4]))), "fp32_contents"),
+        (_grpc(_gx([1, 4], parameters={"shared_memory_region": pb.InferParameter(string_param="r")})),
+         "shared memory"),
+        (_grpc(_gx([1, 4]), raw=[b"\0" * 16],
+               outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="nope")]), "unknown output"),
+        (_grpc(), "no inputs"),
+    ]  # fmt: skip
+    for request, message in cases:
+        with pytest.raises(Rejected, match=message):
+            check_infer_request(request, MLP)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_on_grpc_end_in_a_clear_refusal(data: bytes) -> None:
+    try:
+        check_infer_request(data, MLP)
+    except (Rejected, WireError):
+        pass
+    except Exception as exc:  # protobuf's own DecodeError is mapped to INVALID_ARGUMENT too
+        assert type(exc).__name__ == "DecodeError", repr(exc)
+
+
+# --- property-based: whatever JSON arrives, the answer is a Rejected or a body to forward --------
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+)
+_json_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+)
+_tensor = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["x", "y", "", "x\u0000"]) | st.text(max_size=4) | _scalars,
+        "shape": st.lists(st.integers(-2, 6), max_size=4) | _json_values,
+        "datatype": st.sampled_from(["FP32", "INT32", "BYTES", "BOOL"]) | _json_values,
+        "data": _json_values,
+        "parameters": st.dictionaries(
+            st.sampled_from(["binary_data_size", "shared_memory_region", "x"]), _scalars
+        )
+        | _json_values,
+    },
+)
+_documents = st.fixed_dictionaries(
+    {}, optional={"inputs": st.lists(_tensor, max_size=3) | _json_values, "outputs": _json_values}
+)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(_documents, st.binary(max_size=64))
+def test_any_json_request_is_either_forwarded_checked_or_refused(
+    document: dict[str, Any], tail: bytes
+) -> None:
+    head = orjson.dumps(document)
+    for body, length in ((head, None), (head + tail, len(head))):
+        try:
+            forwarded, new_length = prepare(body, header_length=length, contract=MLP)
+        except Rejected as refused:
+            assert refused.status in (400, 413) and refused.message
+            continue
+        header = orjson.loads(forwarded if new_length is None else forwarded[:new_length])
+        for tensor in header["inputs"]:  # what passes fits the model exactly
+            assert tensor["name"] == "x" and tensor["datatype"] == "FP32"
+            assert len(tensor["shape"]) == 2 and tensor["shape"][1] == 4 and tensor["shape"][0] <= 8
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["x", "y", "ids"]), _json_values, max_size=3) | _json_values)
+def test_any_predict_body_is_converted_exactly_or_refused(inputs: Any) -> None:
+    try:
+        body, length = predict_codec.to_v2_request(orjson.dumps({"inputs": inputs}), MLP)
+    except Rejected as refused:
+        assert refused.status in (400, 413) and refused.message
+        return
+    forwarded, _ = prepare(body, header_length=length, contract=MLP)  # what we send passes our own check
+    assert forwarded == body
+    expected = np.asarray(inputs["x"], dtype=np.float64).astype(np.float32)
+    header = orjson.loads(body[:length])
+    sent = np.frombuffer(body[length:], dtype="<f4").reshape(header["inputs"][0]["shape"])
+    np.testing.assert_array_equal(sent, expected)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value", "message"),
+    [
+        ("INT32", [[1.5, 2, 3]], "float values"),
+        ("INT32", [[2**40, 1, 2]], "outside the range of INT32"),
+        ("INT32", [[True, 1, 2]], "bool values"),
+        ("UINT8", [[-1, 1, 2]], "outside the range of UINT8"),
+        ("FP32", [[1e39, 1, 2]], "outside the range of FP32"),
+        ("FP16", [[70000, 1, 2]], "outside the range of FP16"),
+        ("BOOL", [[1, 0, 1]], "int values"),
+        ("BYTES", [[1, 2, 3]], "int values"),
+        ("FP32", [[1, 2], [3]], "not a rectangular array"),
+    ],
+)
+def test_predict_refuses_values_that_would_change(datatype: str, value: Any, message: str) -> None:
+    contract = Contract({"v": TensorRule("v", datatype, (-1, 3))}, frozenset({"o"}), 4)
+    with pytest.raises(Rejected, match=message):
+        predict_codec.to_v2_request(orjson.dumps({"inputs": {"v": value}}), contract)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [
+        ("INT64", [[2**62, -(2**62), 0]]),
+        ("UINT64", [[2**64 - 1, 0, 1]]),
+        ("FP16", [[0.5, -2, 65504]]),
+        ("BF16", [[1.0, -3.5, 0.0078125]]),
+        ("BOOL", [[True, False, True]]),
+        ("BYTES", [["a", "", "héllo"]]),
+        ("FP64", [[1e300, -1e-300, 0.1]]),
+    ],
+)
+def test_predict_round_trips_every_datatype(datatype: str, value: Any) -> None:
+    contract = Contract({"v": TensorRule("v", datatype, (-1, 3))}, frozenset({"v"}), 4)
+    body, length = predict_codec.to_v2_request(orjson.dumps({"inputs": {"v": value}}), contract)
+    header = orjson.loads(body[:length])
+    tensor = header["inputs"][0]
+    # What Triton would echo back is what we sent: decode it as a response and compare.
+    echo = orjson.dumps({"outputs": [{**tensor, "parameters": tensor["parameters"]}]})
+    answer = orjson.loads(predict_codec.to_predict_response(echo + body[length:], len(echo), "m", 1))
+    assert answer["outputs"]["v"] == value
+    decoded = decode_infer_response(echo + body[length:], header_length=len(echo))["v"]
+    assert decoded.shape == (1, 3) and math.prod(decoded.shape) == 3
+
+
+def test_an_unreadable_answer_is_a_502() -> None:
+    with pytest.raises(Rejected) as refused:
+        predict_codec.to_predict_response(b'{"outputs": 5}', None, "m", 1)
+    assert refused.value.status == 502
