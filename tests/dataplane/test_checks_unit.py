@@ -42,7 +42,7 @@ def _json(*inputs: dict[str, Any], **extra: Any) -> bytes:
     return orjson.dumps({"inputs": list(inputs), **extra})
 
 
-def _x(shape: list[int], data: Any, **extra: Any) -> dict[str, Any]:
+def _x(shape: list[Any], data: Any, **extra: Any) -> dict[str, Any]:
     return {"name": "x", "shape": shape, "datatype": "FP32", "data": data, **extra}
 
 
