@@ -485,7 +485,9 @@ GRPC_CASES = [
     gs("unknown-output", stock("mlp", [("x", [1, 4], "FP32", F32)], outputs=lambda: [triton_grpc.InferRequestedOutput("nope_out")]), names=("nope_out",)),
     g("protobuf-garbage", b"\xff\xff\xff\xff\x0f garbage \x00\x01"),
     g("protobuf-truncated", VALID_G[: len(VALID_G) - 7]),
-    g("protobuf-wrong-wire-type", b"\x08\x05" + VALID_G),
+    # (A known field with another wire type is not malformed: protobuf keeps it as an unknown field.)
+    g("protobuf-invalid-wire-type", b"\x0f\x00" + VALID_G),
+    g("protobuf-unmatched-end-group", b"\x0c" + VALID_G),
     g("protobuf-length-beyond-end", b"\x0a\xff\xff\x03mlp"),
     gs("unknown-model", stock("no-such-model", [("x", [1, 4], "FP32", F32)]), "NOT_FOUND", names=("no-such-model",)),
     g("over-size-limit", lambda: infer_request("mlp", [gx(shape=[OVER // 16, 4])], raw=[b"\x00" * (OVER // 16 * 16)]), "RESOURCE_EXHAUSTED"),
