@@ -75,14 +75,15 @@ class Reconciler:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the loop, abandon queued loads, wait for running ones, give up leadership."""
+        """Stop the loop and drop queued loads, give up leadership; running loads are not waited for
+        (stopping the embedded Triton next ends them; a remote one's end within its load timeout)."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
         self._probes.shutdown(wait=True, cancel_futures=True)
         for workers in list(self._workers.values()):
-            workers.shutdown(wait=True, cancel_futures=True)
+            workers.shutdown(wait=False, cancel_futures=True)
         self._lease.release()
 
     def trigger(self) -> None:

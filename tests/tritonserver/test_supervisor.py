@@ -113,6 +113,7 @@ def test_it_moves_to_new_ports_when_the_old_ones_were_taken(make_supervisor: Mak
     assert pid is not None
 
     squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton: TIME_WAIT is no obstacle
     try:
         os.kill(pid, signal.SIGKILL)
         assert _eventually(lambda: _bind(squatter, old_port), timeout_s=5), "the port frees up on its death"
