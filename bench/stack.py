@@ -164,7 +164,7 @@ def _teardown(proc: subprocess.Popen[bytes], triton_pids: list[int]) -> None:
     print(f"teardown: control plane {proc.pid} and Triton group {triton_pids} gone", file=sys.stderr)
 
 
-def deploy(stack: Stack, *, model: str = "mlp", timeout: float = 180.0) -> Deployment:
+def deploy(stack: Stack, *, model: str = "mlp", tenant: str = "bench", timeout: float = 180.0) -> Deployment:
     """Tenant, consumer key, ONNX MLP (x: FP32 [-1, 4] -> y: FP32 [-1, 3]) ready behind `production`."""
     api = stack.admin
 
@@ -175,7 +175,6 @@ def deploy(stack: Stack, *, model: str = "mlp", timeout: float = 180.0) -> Deplo
             )
         return response
 
-    tenant = "bench"
     ok(api.post("/v1/tenants", json={"name": tenant}), 201)
     key = ok(api.post(f"/v1/tenants/{tenant}/keys", json={"role": "consumer"}), 201).json()["key"]
     models = f"/v1/tenants/{tenant}/models"

@@ -191,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             if grpc is not None:
                 await grpc.start(settings.http_host, settings.grpc_port)
+            state.checks.start()
             yield
         finally:
             if grpc is not None:

@@ -52,6 +52,13 @@ def authenticate(
     return Caller(tenant_id=entry.tenant_id, tenant=table.tenants[entry.tenant_id], key_id=entry.key_id)
 
 
+def require_key(table: RoutingTable, *, authorization: str | None, admin_token: str | None) -> None:
+    """Any valid key (of any role, or the bootstrap admin key); 401 otherwise."""
+    token = parse_bearer(authorization)
+    if admin_token is None or not hmac.compare_digest(token.encode(), admin_token.encode()):
+        _key_entry(table, token)
+
+
 def authorize_metrics(
     table: RoutingTable, *, authorization: str | None, admin_token: str | None, metrics_token: str | None
 ) -> None:

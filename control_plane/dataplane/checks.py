@@ -1,7 +1,8 @@
 """Check every inference request against its version before Triton sees it: inline, or in a worker.
 
-`prepare_http` and `prepare_predict` are plain functions of bytes, so the same code runs on the event
-loop for small bodies and in a worker process (`heavy`) for big or compressed ones.
+The checks (`v2request.prepare_http`, `predict_codec`) are plain functions of bytes in modules that
+import little, so the same code runs on the event loop for small bodies and in a worker process
+(`heavy`) for big or compressed ones.
 """
 
 from __future__ import annotations
@@ -11,29 +12,19 @@ from collections.abc import Callable
 from typing import Any
 
 from control_plane.dataplane import predict_codec
-from control_plane.dataplane.contract import Contract, Rejected
+from control_plane.dataplane.contract import Rejected
 from control_plane.dataplane.exchange import Exchange
 from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.upstream import BadGateway
-from control_plane.dataplane.v2request import decompress, header_length_of, prepare
+from control_plane.dataplane.v2request import Prepared, prepare_http
 from control_plane.errors import AppError, BadRequest, PayloadTooLarge
 
 log = logging.getLogger(__name__)
-Prepared = tuple[bytes, int | None]  # the body to forward, and its Inference-Header-Content-Length
 
 
 class UnsupportedEncoding(AppError):
     status_code = 415
     kind = "UnsupportedMediaType"
-
-
-def prepare_http(
-    body: bytes, encoding: str | None, header_length: str | None, contract: Contract, limit: int
-) -> Prepared:
-    """A KServe v2 infer body, decompressed, checked and with its JSON header re-serialized."""
-    if encoding is not None:
-        body = decompress(body, encoding, limit=limit)
-    return prepare(body, header_length=header_length_of(header_length, len(body)), contract=contract)
 
 
 def as_app_error(exc: BaseException) -> AppError:
@@ -56,6 +47,14 @@ class RequestChecks:
         self.heavy = heavy
         self.limit = limit
         self.inline_bytes = inline_bytes
+
+    def admit(self, ex: Exchange) -> None:
+        """Before the body is read: refuse (429/503) one that would need a worker none can take."""
+        assert ex.caller is not None
+        length = ex.header(b"content-length")
+        small = length is not None and length.isdigit() and int(length) <= self.inline_bytes
+        if ex.header(b"content-encoding") is not None or not small:
+            self.heavy.admit(ex.caller.tenant_id)
 
     def start_http(self, ex: Exchange, body: bytes, then: Callable[[Prepared | AppError], None]) -> None:
         """Check a v2 infer body; `then` gets the body to forward, or the error (maybe synchronously)."""
@@ -82,30 +81,38 @@ class RequestChecks:
         self.heavy.submit(ex.caller.tenant_id, prepare_http, *args, done=done)
 
     async def predict_request(self, ex: Exchange, body: bytes) -> tuple[bytes, int]:
-        """A /v1/predict body as a KServe v2 binary-tensor request."""
-        assert ex.resolved is not None and ex.caller is not None
+        """A /v1/predict body (maybe compressed) as a KServe v2 binary-tensor request."""
+        assert ex.resolved is not None
+        encoding = ex.header(b"content-encoding")
+        contract = ex.resolved.contract
         prepared: tuple[bytes, int] = await self._run(
-            ex, body, predict_codec.to_v2_request, body, ex.resolved.contract
+            ex, body, encoding, predict_codec.to_v2_request, body, contract, encoding, self.limit
         )
         return prepared
 
     async def predict_response(self, ex: Exchange, body: bytes, header_length: int | None) -> bytes:
         """Triton's answer as /v1/predict's JSON outputs."""
         assert ex.resolved is not None
-        resolved = ex.resolved
+        model, version = ex.resolved.model, ex.resolved.version
         document: bytes = await self._run(
-            ex, body, predict_codec.to_predict_response, body, header_length, resolved.model, resolved.version
+            ex, body, None, predict_codec.to_predict_response, body, header_length, model, version
         )
         return document
 
-    async def _run(self, ex: Exchange, body: bytes, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _run(
+        self, ex: Exchange, body: bytes, encoding: str | None, fn: Callable[..., Any], *args: Any
+    ) -> Any:
         assert ex.caller is not None
         try:
-            if len(body) <= self.inline_bytes:
+            if encoding is None and len(body) <= self.inline_bytes:
                 return fn(*args)
             return await self.heavy.run(ex.caller.tenant_id, fn, *args)
         except (Rejected, MemoryError) as exc:
             raise as_app_error(exc) from None
+
+    def start(self) -> None:
+        """Start the worker processes."""
+        self.heavy.start()
 
     def close(self) -> None:
         """Stop the worker processes."""

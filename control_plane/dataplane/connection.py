@@ -16,15 +16,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from control_plane.dataplane.exchange import error_reply
+from control_plane.errors import AppError, PayloadTooLarge
 from control_plane.state import AppState
 
 UPLOAD_PATH = re.compile(rb"^/v1/tenants/[^/]+/models/[^/]+/versions/?(\?|$)")
-_KINDS = {408: "RequestTimeout", 413: "PayloadTooLarge", 431: "RequestHeaderFieldsTooLarge"}
 
 
 class _ObservedFlow(FlowControl):
@@ -41,13 +41,22 @@ class _ObservedFlow(FlowControl):
         super().resume_reading()
 
 
+class RequestTimeout(AppError):
+    status_code = 408
+    kind = "RequestTimeout"
+
+
+class HeadersTooLarge(AppError):
+    status_code = 431
+    kind = "RequestHeaderFieldsTooLarge"
+
+
 class Refusal(Exception):
     """Raised from a parser callback to stop reading; the connection answers it and closes."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    def __init__(self, error: AppError):
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +134,7 @@ class GuardedProtocol(HttpToolsProtocol):
         """Count the URL against the header size limit."""
         self._header_bytes += len(url)
         if self._header_bytes > self._limits().max_header_bytes:
-            raise self._stop(431, "the request line and headers are too large")
+            raise self._stop(HeadersTooLarge("the request line and headers are too large"))
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -135,9 +144,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_count += 1
         if self._header_bytes > limits.max_header_bytes or self._header_count > limits.max_header_count:
             raise self._stop(
-                431,
-                f"request headers are over the limit of {limits.max_header_count} headers or "
-                f"{limits.max_header_bytes} bytes",
+                HeadersTooLarge(
+                    f"request headers are over the limit of {limits.max_header_count} headers or "
+                    f"{limits.max_header_bytes} bytes"
+                )
             )
         super().on_header(name, value)
 
@@ -150,8 +160,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_limit = limits.upload_limit if upload else limits.body_limit
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit() and int(value) > self._body_limit:
+                limit = self._body_limit
                 raise self._stop(
-                    413, f"request body of {value.decode()} bytes is over the limit of {self._body_limit}"
+                    PayloadTooLarge(f"request body of {value.decode()} bytes is over the limit of {limit}")
                 )
 
     def count_body(self, chunk: bytes) -> None:
@@ -159,7 +170,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_bytes += len(chunk)
         self._last_active = self.loop.time()
         if self._body_bytes > self._body_limit:
-            raise self._stop(413, f"request body is over the limit of {self._body_limit} bytes")
+            raise self._stop(PayloadTooLarge(f"request body is over the limit of {self._body_limit} bytes"))
 
     def end_request(self) -> None:
         """The whole request is in."""
@@ -172,15 +183,18 @@ class GuardedProtocol(HttpToolsProtocol):
         self.hold_reading_while_unread()
 
     def on_response_complete(self) -> None:
-        """uvicorn's, noting the time for the keep-alive timeout."""
+        """uvicorn's, noting the time for the keep-alive timeout; answered early, the rest of a body
+        is not worth reading: close."""
         self._last_active = self.loop.time()
+        if self._receiving:
+            self.transport.close()
         super().on_response_complete()
 
     # --- refusing ---------------------------------------------------------------------------------
 
-    def _stop(self, status: int, message: str) -> Refusal:
+    def _stop(self, error: AppError) -> Refusal:
         """The Refusal to raise from a parser callback (uvicorn then calls send_400_response)."""
-        self._refusal = Refusal(status, message)
+        self._refusal = Refusal(error)
         return self._refusal
 
     def send_400_response(self, msg: str) -> None:
@@ -189,7 +203,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if refusal is None:
             super().send_400_response(msg)
         else:
-            self.refuse(refusal.status, refusal.message)
+            self.refuse(refusal.error)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; a Refusal raised by a callback is answered instead of uvicorn's 400."""
@@ -198,19 +212,20 @@ class GuardedProtocol(HttpToolsProtocol):
         try:
             super().data_received(data)
         except Refusal as refusal:  # raised outside the parser (not expected, but answered the same)
-            self.refuse(refusal.status, refusal.message)
+            self.refuse(refusal.error)
 
-    def refuse(self, status: int, message: str) -> None:
-        """Answer `status` with a JSON error and close; only close if an answer is already under way."""
+    def refuse(self, error: AppError) -> None:
+        """Answer the error as JSON and close; only close if an answer is already under way."""
         if self.transport.is_closing():
             return
         if not self._answering():
-            v2 = self.url.startswith(b"/v2")
-            kind = _KINDS.get(status, "BadRequest")
-            document = {"error": message, "kind": kind} if v2 else {"error": kind, "detail": message}
-            body = orjson.dumps(document)
-            head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            self.transport.write(STATUS_LINE[status] + head % len(body) + body)
+            reply = error_reply(error, v2=self.url.startswith(b"/v2"))
+            head = b"content-type: application/json\r\ncontent-length: %d\r\n" % len(reply.head)
+            for name, value in reply.extra:
+                head += b"%s: %s\r\n" % (name, value)
+            self.transport.write(
+                STATUS_LINE[error.status_code] + head + b"connection: close\r\n\r\n" + reply.head
+            )
         self.transport.close()
 
     def _answering(self) -> bool:
@@ -255,7 +270,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.timeout_keep_alive_handler()
                 return
         if wait <= 0:
-            self.refuse(408, message)
+            self.refuse(RequestTimeout(message))
             return
         self._arm(wait)
 

@@ -16,6 +16,12 @@ ITEM_SIZES: dict[str, int] = {
     "BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2,
     "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8, "BYTES": 0,
 }  # fmt: skip
+# numpy's name for each datatype; BF16 values are held as float32 (numpy has no bfloat16).
+NUMPY_NAMES: dict[str, str] = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BF16": "float32", "BYTES": "object",
+}  # fmt: skip
 SHARED_MEMORY_KEYS = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
 
 
@@ -55,6 +61,10 @@ class Contract:
     def required(self) -> tuple[str, ...]:
         """Names of the inputs every request must carry."""
         return tuple(name for name, rule in self.inputs.items() if not rule.optional)
+
+    def expected(self) -> str:
+        """The model's inputs for a message: `'x' (FP32 [-1, 4])`, ..."""
+        return ", ".join(f"'{r.name}' ({r.datatype} {list(r.dims)})" for r in self.inputs.values())
 
     def check_input(self, name: str, datatype: str, shape: list[int]) -> int:
         """The element count of one input after checking it against the model; Rejected otherwise."""

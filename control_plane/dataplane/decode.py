@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any, cast, get_args
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from control_plane.modelconfig.specs import Datatype, numpy_dtype
+from control_plane.dataplane.contract import NUMPY_NAMES
 
 Array = npt.NDArray[Any]
-_DATATYPES = frozenset(get_args(Datatype))
+Datatype = str  # a KServe datatype name (a key of NUMPY_NAMES); this module stays light for workers
 _LENGTH = struct.Struct("<I")
 
 
@@ -63,11 +63,11 @@ def _describe(output: Any, index: int) -> tuple[str, Datatype, tuple[int, ...]]:
     name, datatype, shape = output.get("name"), output.get("datatype"), output.get("shape")
     if not isinstance(name, str):
         raise ValueError(f"output #{index} has no name")
-    if datatype not in _DATATYPES:
+    if datatype not in NUMPY_NAMES:
         raise ValueError(f"output '{name}' has unknown datatype {datatype!r}")
     if not isinstance(shape, list) or not all(_is_dim(dim) for dim in shape):
         raise ValueError(f"output '{name}' has invalid shape {shape!r}")
-    return name, cast(Datatype, datatype), tuple(shape)
+    return name, datatype, tuple(shape)
 
 
 def _is_dim(dim: Any) -> bool:
@@ -142,8 +142,7 @@ def _length_prefixed(raw: memoryview, name: str) -> Array:
 
 
 def _element_dtype(datatype: Datatype) -> np.dtype[Any]:
-    dtype = numpy_dtype(datatype)
-    return np.dtype(np.float32) if dtype is None else dtype  # BF16 values are held as float32
+    return np.dtype(NUMPY_NAMES[datatype])  # BF16 values are held as float32
 
 
 def _flatten(data: list[Any]) -> list[Any]:

@@ -57,7 +57,7 @@ class FastPathProtocol(GuardedProtocol):
         self.check_declared_length()
         busy = self._serving is not None
         if not busy and (self.cycle is None or self.cycle.response_complete) and self._is_infer():
-            self._fast = _FastRequest(self.url, self.headers, keep_alive=self.parser.should_keep_alive())
+            self._fast = self._admit(_FastRequest(self.url, self.headers, self.parser.should_keep_alive()))
             return
         url, headers, expect = self.url, self.headers, self.expect_100_continue
         HttpToolsProtocol.on_message_begin(self)  # uvicorn's: builds the scope (and resets the parsed)
@@ -66,6 +66,20 @@ class FastPathProtocol(GuardedProtocol):
         if busy:  # a pipelined request behind a fast one: let uvicorn queue it
             self.cycle = _BUSY  # type: ignore[assignment]
         super().on_headers_complete()
+
+    def _admit(self, request: _FastRequest) -> _FastRequest:
+        """Authenticate, resolve and limit from the headers alone, so a refused body is never read."""
+        state = self._state()
+        ex = request.ex = Exchange(dict(request.headers))
+        try:
+            model, version, _ = parse_models_path(request.url.split(b"?", 1)[0].decode("latin-1"))
+            begin(state, ex, model=model, version=version)
+            check_limits(state, ex)
+        except AppError as exc:
+            ex.status = exc.status_code
+            observe(state, ex, total_s=time.perf_counter() - ex.started)
+            raise self._stop(exc) from None
+        return request
 
     def _is_infer(self) -> bool:
         url = self.url
@@ -94,12 +108,9 @@ class FastPathProtocol(GuardedProtocol):
             super().on_message_complete()
             return
         self._serving = request
-        state = self._state()
-        ex = request.ex = Exchange(dict(request.headers))
+        state, ex = self._state(), request.ex
+        assert ex is not None
         try:
-            model, version, _ = parse_models_path(request.url.split(b"?", 1)[0].decode("latin-1"))
-            begin(state, ex, model=model, version=version)
-            check_limits(state, ex)
             start_infer(state, ex, request.body(), self._answer)
         except AppError as exc:
             self._answer(exc)
@@ -165,7 +176,7 @@ class _FastRequest:
 
     __slots__ = ("_chunks", "ex", "headers", "keep_alive", "url")
 
-    def __init__(self, url: bytes, headers: list[tuple[bytes, bytes]], *, keep_alive: bool):
+    def __init__(self, url: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool):
         self.url, self.headers, self.keep_alive = url, headers, keep_alive
         self.ex: Exchange | None = None
         self._chunks: list[bytes] = []

@@ -50,7 +50,7 @@ def check_infer_request(request: bytes, contract: Contract) -> None:
         elif number == _PARAMETERS and _ParameterEntry.FromString(view[start:end]).key in SHARED_MEMORY_KEYS:
             raise Rejected("shared memory is not available through this endpoint; send the data")
     if not inputs:
-        raise Rejected("the request has no inputs")
+        raise Rejected(f"the request has no inputs; the model takes {contract.expected()}")
     if raw and len(raw) != len(inputs):
         raise Rejected(f"the request has {len(inputs)} inputs but {len(raw)} raw_input_contents")
     for index, tensor in enumerate(inputs):

@@ -41,14 +41,22 @@ class HeavyWork:
         self._by_tenant: Counter[int] = Counter()
         self._pending = 0
 
-    def submit(self, tenant_id: int, fn: Callable[..., Any], *args: Any, done: Outcome) -> None:
-        """Run `fn(*args)` in a worker; 429 past the tenant's share, 503 when the queue is full."""
+    def start(self) -> None:
+        """Start the pool and one worker now, so the first big request does not wait for them."""
+        self._executor().submit(os.getpid)
+
+    def admit(self, tenant_id: int) -> None:
+        """429 past the tenant's share, 503 when the queue is full; asked before a big body is read too."""
         if self._by_tenant[tenant_id] >= self.per_tenant:
             raise RateLimited(
                 f"the tenant already has {self.per_tenant} large requests being prepared", retry_after=1
             )
         if self._pending >= self.queue_limit:
             raise ServiceUnavailable("too many large requests are being prepared; retry shortly")
+
+    def submit(self, tenant_id: int, fn: Callable[..., Any], *args: Any, done: Outcome) -> None:
+        """Run `fn(*args)` in a worker, if `admit` lets it."""
+        self.admit(tenant_id)
         loop = asyncio.get_running_loop()
         future = self._executor().submit(fn, *args)
         self._pending += 1

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.dataplane import predict
-from control_plane.dataplane.auth import authorize_metrics
+from control_plane.dataplane.auth import authorize_metrics, require_key
 from control_plane.dataplane.exchange import JSON, Exchange, Reply, error_reply, parse_models_path
 from control_plane.dataplane.infer import begin, check_limits, infer, observe
 from control_plane.dataplane.requests import Call, read_body, send_response
@@ -129,6 +129,12 @@ async def _ready(state: AppState, call: Call) -> None:
 
 
 async def _server_metadata(state: AppState, call: Call) -> None:
+    admin = state.settings.admin_token
+    require_key(
+        state.router.table,
+        authorization=call.ex.header(b"authorization"),
+        admin_token=admin.get_secret_value() if admin else None,
+    )
     upstream = await state.upstream.request(b"GET", "/v2")
     if upstream.status != 200:
         raise ServiceUnavailable("the inference server did not answer its metadata call")

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from control_plane.dataplane.auth import authenticate
-from control_plane.dataplane.checks import Prepared
 from control_plane.dataplane.exchange import JSON, Exchange, Reply
 from control_plane.dataplane.rewrite import rewrite_infer_response
 from control_plane.dataplane.upstream import BadGateway, UpstreamCallback, UpstreamResponse, triton_error
+from control_plane.dataplane.v2request import Prepared
 from control_plane.errors import AppError
 from control_plane.state import AppState
 
@@ -44,9 +44,10 @@ def begin(state: AppState, ex: Exchange, *, model: str, version: int | None) -> 
 
 
 def check_limits(state: AppState, ex: Exchange) -> None:
-    """Rate limit before the body is read."""
+    """Rate limit, and room to check a big body, before the body is read."""
     assert ex.caller is not None
     state.limits.check_rate(ex.caller.tenant_id)
+    state.checks.admit(ex)
 
 
 def start_forward(

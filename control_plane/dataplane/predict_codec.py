@@ -12,9 +12,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from control_plane.dataplane.contract import Contract, Rejected
+from control_plane.dataplane.contract import NUMPY_NAMES, Contract, Rejected
 from control_plane.dataplane.decode import decode_infer_response
-from control_plane.dataplane.v2request import json_values
+from control_plane.dataplane.v2request import decompress, json_values
 
 Array = npt.NDArray[Any]
 # What JSON values are read as first, wide enough to check ranges: by the datatype's first letters.
@@ -26,22 +26,23 @@ _WIDE: dict[str, type] = {
     "IN": np.int64,
     "UI": np.uint64,
 }
-_NUMPY = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
-    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BF16": "float32",
-}  # fmt: skip
 
 
-def to_v2_request(body: bytes, contract: Contract) -> tuple[bytes, int]:
+def to_v2_request(
+    body: bytes, contract: Contract, encoding: str | None = None, limit: int = 1 << 26
+) -> tuple[bytes, int]:
     """A KServe v2 binary-tensor request (body, header length) for `{"inputs": {name: nested list}}`."""
+    if encoding is not None:
+        body = decompress(body, encoding, limit=limit)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Rejected(f"the body is not valid JSON (or nests too deeply): {exc}") from None
     given = document.get("inputs") if isinstance(document, dict) else None
     if not isinstance(given, dict) or not given:
-        raise Rejected('expected {"inputs": {"<input name>": [...]}}')
+        raise Rejected(
+            f'expected {{"inputs": {{"<input name>": [...]}}}}; the model takes {contract.expected()}'
+        )
     headers, blobs = [], []
     for name, value in given.items():
         rule = contract.inputs.get(name)
@@ -78,12 +79,12 @@ def typed_array(name: str, value: Any, datatype: str) -> Array:
     if datatype == "BYTES":
         return _strings(name, array)
     if datatype == "BOOL" or array.size == 0:
-        return array.astype(_NUMPY[datatype])
+        return array.astype(NUMPY_NAMES[datatype])
     return _cast(name, array, datatype)
 
 
 def _cast(name: str, array: Array, datatype: str) -> Array:
-    target = np.dtype(_NUMPY[datatype])
+    target = np.dtype(NUMPY_NAMES[datatype])
     if target.kind in "iu":
         info = np.iinfo(target)
         if int(array.min()) < info.min or int(array.max()) > info.max:

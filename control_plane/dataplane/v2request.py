@@ -36,6 +36,16 @@ _INT_RANGES = {
     for bits in (8, 16, 32, 64)
 }
 ENCODINGS = frozenset({"gzip", "deflate", "x-gzip"})
+Prepared = tuple[bytes, int | None]  # the body to forward, and its Inference-Header-Content-Length
+
+
+def prepare_http(
+    body: bytes, encoding: str | None, header_length: str | None, contract: Contract, limit: int
+) -> Prepared:
+    """A KServe v2 infer body, decompressed, checked and with its JSON header re-serialized."""
+    if encoding is not None:
+        body = decompress(body, encoding, limit=limit)
+    return prepare(body, header_length=header_length_of(header_length, len(body)), contract=contract)
 
 
 def header_length_of(value: str | None, body_size: int) -> int | None:
@@ -55,16 +65,23 @@ def decompress(body: bytes, encoding: str, *, limit: int) -> bytes:
     if encoding not in ENCODINGS:
         raise Rejected(f"Content-Encoding '{encoding}' is not supported; use gzip or deflate", status=415)
     wbits = 47 if encoding != "deflate" else 15  # 47: gzip or zlib header, detected
-    inflater = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    size, rest = 0, body
+    too_big = f"request body is over the limit of {limit} bytes once decompressed"
     try:
-        data = inflater.decompress(body, limit + 1)
-        if len(data) > limit or inflater.unconsumed_tail:
-            raise Rejected(f"request body is over the limit of {limit} bytes once decompressed", status=413)
-        if not inflater.eof:
-            raise Rejected(f"the {encoding} body is truncated")
+        while rest:  # gzip may hold several members, one after another
+            inflater = zlib.decompressobj(wbits)
+            part = inflater.decompress(rest, limit + 1 - size)
+            size += len(part)
+            if size > limit or inflater.unconsumed_tail:
+                raise Rejected(too_big, status=413)
+            if not inflater.eof:
+                raise Rejected(f"the {encoding} body is truncated")
+            parts.append(part)
+            rest = inflater.unused_data
     except zlib.error as exc:
         raise Rejected(f"the body is not valid {encoding} data: {exc}") from exc
-    return data
+    return b"".join(parts)
 
 
 def prepare(body: bytes, *, header_length: int | None, contract: Contract) -> tuple[bytes, int | None]:
@@ -92,7 +109,9 @@ def prepare(body: bytes, *, header_length: int | None, contract: Contract) -> tu
 
 def _check_inputs(inputs: Any, tail: memoryview, contract: Contract) -> int:
     if not isinstance(inputs, list) or not inputs:
-        raise Rejected('the request needs "inputs": a non-empty list of tensors')
+        raise Rejected(
+            f'the request needs "inputs": a list of tensors; the model takes {contract.expected()}'
+        )
     offset = 0
     for index, tensor in enumerate(inputs):
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):

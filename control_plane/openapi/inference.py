@@ -21,7 +21,7 @@ from control_plane.openapi.errors import (
 from control_plane.openapi.models import MODELS
 
 V2_ERROR_REF = {"$ref": "#/components/schemas/V2Error"}
-INFER_ERRORS = (400, 401, 404, 413, 429, 502, 503, 504)
+INFER_ERRORS = (400, 401, 404, 408, 413, 415, 429, 431, 502, 503, 504)
 METADATA_ERRORS = (401, 404, 502, 503, 504)
 AUTH: list[dict[str, list[str]]] = [{BEARER: []}]
 
@@ -138,7 +138,12 @@ def _other_paths() -> dict[str, Any]:
             )
         },
         "/v2": {
-            "get": _operation("Server metadata", _ok("metadata", _json("ServerMetadata")), _v2_errors((503,)))
+            "get": _operation(
+                "Server metadata (any valid key)",
+                _ok("metadata", _json("ServerMetadata")),
+                _v2_errors((401, 503)),
+                security=AUTH,
+            )
         },
         "/v2/health/live": {"get": _operation("Liveness", _ok("the process serves requests"), {})},
         "/v2/health/ready": {
