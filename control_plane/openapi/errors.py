@@ -28,10 +28,10 @@ EXAMPLES: dict[int, tuple[str, str, str]] = {
     413: ("request body over the size limit", "PayloadTooLarge", "request body over the limit of 64 bytes"),
     422: ("malformed request", "InvalidRequest", "body.name: String should match pattern"),
     429: ("tenant rate or concurrency limit", "RateLimited", "rate limit of 100 requests/s exceeded"),
-    408: ("headers or body did not arrive in time", "RequestTimeout", "the request body stalled for over 30s"),
+    408: ("headers or body did not arrive in time", "RequestTimeout", "the request body stalled"),
     415: ("unsupported Content-Encoding", "UnsupportedMediaType", "Content-Encoding 'br' is not supported"),
     431: ("headers too large", "RequestHeaderFieldsTooLarge", "request headers are over the limit"),
-    502: ("the model failed, or its answer was unreadable", "BadGateway", "the inference server failed (500)"),
+    502: ("the model failed, or its answer was unreadable", "BadGateway", "the model failed: ..."),
     503: ("Triton or storage unavailable, or the model is loading", "ServiceUnavailable", "model loading"),
     504: ("Triton did not answer in time", "UpstreamTimeout", "Triton did not answer within 60 s"),
 }
