@@ -12,6 +12,9 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import select
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -25,9 +28,35 @@ log = logging.getLogger(__name__)
 Outcome = Callable[[Any], None]  # gets the result, or the exception the work raised
 
 
-def _lower_priority() -> None:
-    """Workers yield the CPU to the event loop and to Triton."""
+def _init_worker(owner: int) -> None:
+    """Workers yield the CPU to the event loop and to Triton, and never outlive the control plane.
+
+    Their parent is multiprocessing's fork server, not the control plane, and they hold the pipes that
+    would tell the fork server (and the resource tracker) that it died: so each watches it.
+    """
     os.nice(10)
+    threading.Thread(target=_exit_with, args=(owner,), name="cp-owner-watch", daemon=True).start()
+
+
+def _exit_with(owner: int) -> None:
+    try:
+        fd = os.pidfd_open(owner)
+    except (AttributeError, OSError):  # before Linux 5.3: poll
+        while _alive(owner):
+            time.sleep(0.5)
+    else:
+        select.select([fd], [], [])
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class HeavyWork:
@@ -102,7 +131,8 @@ class HeavyWork:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_lower_priority,
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
             )
         return self._pool
 

@@ -31,6 +31,11 @@ def _descendants(root_pid: int) -> list[Proc]:
     return found
 
 
+def _still_alive(processes: list[Proc]) -> list[Proc]:
+    alive = {p.pid for p in live_processes()}
+    return [p for p in processes if p.pid in alive]
+
+
 def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -87,7 +92,8 @@ def test_sigkill_of_the_control_plane_leaves_no_triton_or_stub_after_5_s(tmp_pat
             _wait_ready(client, proc, log)
             _deploy(client, tmp_path)
             triton_http = client.get("/v1/status").json()["tritons"][0]["http_url"]
-        [triton] = [p for p in _descendants(proc.pid) if p.argv and p.argv[0].endswith("/tritonserver")]
+        descendants = _descendants(proc.pid)  # Triton, its stubs and guard, the request-check workers
+        [triton] = [p for p in descendants if p.argv and p.argv[0].endswith("/tritonserver")]
         assert stubs_of(triton.pid), "the loaded version runs a Python-backend stub"
         host, triton_port = triton_http.split("://", 1)[1].split(":")
 
@@ -102,6 +108,9 @@ def test_sigkill_of_the_control_plane_leaves_no_triton_or_stub_after_5_s(tmp_pat
         assert group_members(triton.pid) == [], "tritonserver or a stub outlived the control plane"
         assert not stubs_of(triton.pid)
         assert triton.pid not in {p.pid for p in live_processes()}
+        while time.monotonic() - killed_at < 5 and _still_alive(descendants):
+            time.sleep(0.05)
+        assert not _still_alive(descendants), "a process of the control plane outlived it by 5 s"
         with socket.socket() as sock:
             assert sock.connect_ex((host, int(triton_port))) != 0, "nobody serves the models any more"
     finally:
