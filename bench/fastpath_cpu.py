@@ -24,8 +24,11 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.server import ServerState
 
+from control_plane.dataplane.checks import RequestChecks
+from control_plane.dataplane.contract import Contract, TensorRule
 from control_plane.dataplane.fastpath import fast_path_protocol
 from control_plane.dataplane.h1client import _Connection
+from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.limits import TenantLimits
 from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.dataplane.upstream import Upstream
@@ -33,6 +36,7 @@ from control_plane.fleet.instances import TritonEndpoint
 from control_plane.keys.secrets import generate
 from control_plane.routing.router import Router
 from control_plane.routing.table import AliasTarget, KeyEntry, ModelTarget, RoutingTable, VersionTarget
+from control_plane.settings import Settings
 from control_plane.state import AppState
 
 TRITON_NAME = "acme--mlp--1--abcdef"
@@ -94,7 +98,10 @@ class _TritonTransport(_ClientTransport):
 
 def _state(key: str, key_prefix: str, key_hash: str) -> AppState:
     router = Router(cast(Any, None))
-    version = VersionTarget(version=1, triton_name=TRITON_NAME, state="ready")
+    contract = Contract(
+        inputs={"x": TensorRule("x", "FP32", (-1, 4))}, outputs=frozenset({"y"}), max_batch_size=8
+    )
+    version = VersionTarget(version=1, triton_name=TRITON_NAME, state="ready", contract=contract)
     model = ModelTarget(
         tenant="acme", name="mlp", model_id=1, versions={1: version}, aliases={"production": AliasTarget(1)}
     )
@@ -107,8 +114,9 @@ def _state(key: str, key_prefix: str, key_hash: str) -> AppState:
     endpoint = TritonEndpoint.connect(
         name="t0", http_url="http://127.0.0.1:9", grpc_url="127.0.0.1:10", timeout_s=1, load_timeout_s=1
     )
+    settings = Settings(admin_token=None)
     state = SimpleNamespace(
-        settings=SimpleNamespace(max_request_bytes=64 * 1024 * 1024, admin_token=None),
+        settings=settings,
         router=router,
         key_usage=SimpleNamespace(touch=lambda key_id: None),
         limits=TenantLimits(rate_per_s=1e9, burst=1_000_000, max_concurrency=1000),
@@ -116,6 +124,11 @@ def _state(key: str, key_prefix: str, key_hash: str) -> AppState:
         metrics=DataPlaneMetrics(),
         upstream=Upstream([endpoint], timeout_s=30),
         shadow=None,
+        checks=RequestChecks(
+            HeavyWork(workers=1, per_tenant=1, queue_limit=1),
+            limit=settings.max_request_bytes,
+            inline_bytes=settings.inline_check_bytes,
+        ),
     )
     return cast(AppState, state)
 

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from minio import Minio
 
 from control_plane.app import create_app
-from control_plane.dataplane.fastpath import fast_path_protocol
 from control_plane.settings import Settings
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.fixtures_triton import RunningTriton
-from tests.support.api import Api
-from tests.support.procs import free_port
-
-ADMIN_TOKEN = "test-admin-token-" + uuid.uuid4().hex
+from tests.support.api import ADMIN_TOKEN, Api
+from tests.support.served import serve
 
 MakeSettings = Callable[..., Settings]
 
@@ -71,36 +65,14 @@ def make_api(make_settings: MakeSettings) -> Iterator[Callable[..., Api]]:
 @pytest.fixture
 def make_served(make_settings: MakeSettings) -> Iterator[Callable[..., Api]]:
     """Apps served by a real uvicorn (uvloop + httptools) on a free port, for stock HTTP clients."""
-    servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
+    with ExitStack() as stack:
 
-    def start(*, timeout_keep_alive: int = 5, **overrides: Any) -> Api:
-        settings = make_settings(**overrides)
-        app = create_app(settings)
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=free_port(),
-            loop="uvloop",
-            http=fast_path_protocol(app),
-            log_level="warning",
-            timeout_keep_alive=timeout_keep_alive,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{config.port}", timeout=60)
-        servers.append((server, thread, client))
-        return Api(client, admin_token=ADMIN_TOKEN, settings=settings, app=app)
+        def start(*, timeout_keep_alive: int = 5, **overrides: Any) -> Api:
+            return stack.enter_context(
+                serve(make_settings(**overrides), timeout_keep_alive=timeout_keep_alive)
+            )
 
-    yield start
-    for server, thread, client in servers:
-        client.close()
-        server.should_exit = True
-        thread.join(timeout=30)
+        yield start
 
 
 @pytest.fixture

@@ -62,18 +62,22 @@ def _register_onnx_model(client: httpx.Client, tmp_path: Path) -> str:
     return str(state)
 
 
-def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) -> None:
-    port, grpc_port = free_port(), free_port()
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without CP_ settings, plus folders in `tmp_path` and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
     env.update(
-        CP_HTTP_PORT=str(port),
-        CP_GRPC_PORT=str(grpc_port),
         CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
         CP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
         CP_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
         CP_TRITON_WORKDIR=str(tmp_path / "triton"),
+        **extra,
     )
-    proc = subprocess.Popen(
+    return env
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen[str]:
+    """scripts/serve in its own session, its output on a pipe."""
+    return subprocess.Popen(
         ["bash", str(ROOT / "scripts" / "serve")],
         env=env,
         stdout=subprocess.PIPE,
@@ -81,6 +85,12 @@ def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) ->
         text=True,
         start_new_session=True,
     )
+
+
+def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) -> None:
+    port, grpc_port = free_port(), free_port()
+    env = _env(tmp_path, CP_HTTP_PORT=str(port), CP_GRPC_PORT=str(grpc_port))
+    proc = _start(env)
     seen: list[str] = []
     try:
         _wait_for_line(proc, r"Control plane ready", timeout=240, seen=seen)
@@ -115,14 +125,7 @@ def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) ->
 
 def _serve(env: dict[str, str], seen: list[str]) -> subprocess.Popen[str]:
     """scripts/serve started and ready (its 'Control plane ready' line seen)."""
-    proc = subprocess.Popen(
-        ["bash", str(ROOT / "scripts" / "serve")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start(env)
     try:
         _wait_for_line(proc, r"Control plane ready", timeout=240, seen=seen)
     except BaseException:
@@ -151,16 +154,7 @@ def _instances(database: Path) -> list[tuple[str, str]]:
 
 def test_serve_again_on_the_same_folders_serves_the_same_aliases(tmp_path: Path) -> None:
     port, admin = free_port(), "serve-restart-admin-key"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
-    env.update(
-        CP_HTTP_PORT=str(port),
-        CP_GRPC_PORT=str(free_port()),
-        CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
-        CP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
-        CP_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
-        CP_TRITON_WORKDIR=str(tmp_path / "triton"),
-        CP_ADMIN_TOKEN=admin,
-    )
+    env = _env(tmp_path, CP_HTTP_PORT=str(port), CP_GRPC_PORT=str(free_port()), CP_ADMIN_TOKEN=admin)
     seen: list[str] = []
     proc = _serve(env, seen)
     try:

@@ -51,9 +51,10 @@ class RequestChecks:
     def admit(self, ex: Exchange) -> None:
         """Before the body is read: refuse (429/503) one that would need a worker none can take."""
         assert ex.caller is not None
-        length = ex.header(b"content-length")
+        headers = ex.headers
+        length = headers.get(b"content-length")
         small = length is not None and length.isdigit() and int(length) <= self.inline_bytes
-        if ex.header(b"content-encoding") is not None or not small:
+        if not small or b"content-encoding" in headers:
             self.heavy.admit(ex.caller.tenant_id)
 
     def start_http(self, ex: Exchange, body: bytes, then: Callable[[Prepared | AppError], None]) -> None:

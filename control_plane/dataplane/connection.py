@@ -90,6 +90,7 @@ class GuardedProtocol(HttpToolsProtocol):
     bound_app: FastAPI
     bound_state: AppState | None = None  # the app's state once its lifespan has started
     bound_limits: ConnectionLimits | None = None
+    _lim: ConnectionLimits  # this connection's, set when it is made
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -99,6 +100,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_bytes = self._header_count = self._body_bytes = 0
         self._body_limit = 0
         self._refusal: Refusal | None = None
+        self._declared: bytes | None = None  # the request's Content-Length
         self._timer: asyncio.TimerHandle | None = None
         self._reading_held = False  # reading paused until the client takes its answers
 
@@ -118,8 +120,9 @@ class GuardedProtocol(HttpToolsProtocol):
         """A connection that sends nothing is closed after the header timeout."""
         super().connection_made(transport)
         self.flow = _ObservedFlow(transport, self)
+        self._lim = self._limits()
         self._last_active = self.loop.time()
-        self._arm(self._limits().header_timeout_s)
+        self._arm(self._lim.header_timeout_s)
 
     # --- parser callbacks: count what arrives -----------------------------------------------------
 
@@ -128,18 +131,19 @@ class GuardedProtocol(HttpToolsProtocol):
         self._receiving, self._headers_done = True, False
         self._request_started = self._last_active = self.loop.time()
         self._header_bytes = self._header_count = self._body_bytes = 0
-        self._arm(self._limits().header_timeout_s)
+        self._declared = None
+        self._arm(self._lim.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         """Count the URL against the header size limit."""
         self._header_bytes += len(url)
-        if self._header_bytes > self._limits().max_header_bytes:
+        if self._header_bytes > self._lim.max_header_bytes:
             raise self._stop(HeadersTooLarge("the request line and headers are too large"))
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Count headers (bytes and number) before keeping them."""
-        limits = self._limits()
+        """Count headers (bytes and number), then keep them as uvicorn does (names lower-cased)."""
+        limits = self._lim
         self._header_bytes += len(name) + len(value)
         self._header_count += 1
         if self._header_bytes > limits.max_header_bytes or self._header_count > limits.max_header_count:
@@ -149,21 +153,30 @@ class GuardedProtocol(HttpToolsProtocol):
                     f"{limits.max_header_bytes} bytes"
                 )
             )
-        super().on_header(name, value)
+        name = name.lower()
+        if name == b"content-length":
+            self._declared = value
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def check_declared_length(self) -> None:
         """At the end of the headers: a Content-Length over the path's limit is refused unread."""
         self._headers_done = True
         self._last_active = self.loop.time()
-        limits = self._limits()
+        limits = self._lim
         upload = UPLOAD_PATH.match(self.url) is not None
-        self._body_limit = limits.upload_limit if upload else limits.body_limit
-        for name, value in self.headers:
-            if name == b"content-length" and value.isdigit() and int(value) > self._body_limit:
-                limit = self._body_limit
-                raise self._stop(
-                    PayloadTooLarge(f"request body of {value.decode()} bytes is over the limit of {limit}")
-                )
+        limit = self._body_limit = limits.upload_limit if upload else limits.body_limit
+        declared = self._declared
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise self._stop(
+                PayloadTooLarge(f"request body of {declared.decode()} bytes is over the limit of {limit}")
+            )
+
+    def declared_length(self) -> int | None:
+        """The request's Content-Length, if it has a valid one."""
+        declared = self._declared
+        return int(declared) if declared is not None and declared.isdigit() else None
 
     def count_body(self, chunk: bytes) -> None:
         """A body chunk: progress for the body timeout, refused as soon as it passes the limit."""
@@ -251,7 +264,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        limits, now = self._limits(), self.loop.time()
+        limits, now = self._lim, self.loop.time()
         wait: float
         if self.flow.read_paused:  # we stopped reading, not the client: its clocks restart on resume
             wait, message = self.timeout_keep_alive, ""

@@ -8,8 +8,8 @@ standard library.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 # Bytes per element; BYTES elements are length-prefixed, so they have no fixed size.
 ITEM_SIZES: dict[str, int] = {
@@ -56,11 +56,11 @@ class Contract:
     outputs: frozenset[str]
     max_batch_size: int
     max_elements: int = 1 << 28
+    required: frozenset[str] = field(init=False)  # the inputs every request must carry
 
-    @property
-    def required(self) -> tuple[str, ...]:
-        """Names of the inputs every request must carry."""
-        return tuple(name for name, rule in self.inputs.items() if not rule.optional)
+    def __post_init__(self) -> None:
+        required = frozenset(name for name, rule in self.inputs.items() if not rule.optional)
+        object.__setattr__(self, "required", required)
 
     def expected(self) -> str:
         """The model's inputs for a message: `'x' (FP32 [-1, 4])`, ..."""
@@ -79,8 +79,8 @@ class Contract:
                 f"input '{name}' has shape {shape} (rank {len(shape)}); "
                 f"the model expects rank {len(dims)}: {list(dims)}"
             )
-        for given, expected in zip(shape, dims, strict=True):
-            if expected >= 0 and given != expected:
+        for given, expected in zip(shape, dims, strict=False):  # same length, checked above
+            if given != expected and expected >= 0:
                 raise Rejected(f"input '{name}' has shape {shape}; the model expects {list(dims)}")
         if self.max_batch_size > 0 and shape[0] > self.max_batch_size:
             raise Rejected(
@@ -94,16 +94,19 @@ class Contract:
             )
         return elements
 
-    def check_names(self, inputs: Iterable[str], outputs: Iterable[str]) -> None:
+    def check_names(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
         """Every required input present, each at most once, and only known outputs requested."""
-        seen: set[str] = set()
-        for name in inputs:
-            if name in seen:
-                raise Rejected(f"input '{name}' appears more than once")
-            seen.add(name)
-        missing = [name for name in self.required if name not in seen]
-        if missing:
+        seen = set(inputs)
+        if len(seen) != len(inputs):
+            twice = next(name for name in inputs if inputs.count(name) > 1)
+            raise Rejected(f"input '{twice}' appears more than once")
+        if not self.required <= seen:
+            missing = [name for name in self.inputs if name in self.required and name not in seen]
             raise Rejected(f"missing input {_names(missing)}; the model's inputs are {_names(self.inputs)}")
+        if outputs:
+            self._check_outputs(outputs)
+
+    def _check_outputs(self, outputs: Sequence[str]) -> None:
         requested: set[str] = set()
         for name in outputs:
             if name not in self.outputs:
@@ -123,10 +126,14 @@ def check_shape(name: str, shape: object) -> list[int]:
     return shape
 
 
-def check_parameters(where: str, parameters: object) -> dict[str, object]:
-    """A `parameters` object; shared memory cannot be used through the proxy."""
+_NO_PARAMETERS: dict[str, object] = {}
+
+
+def check_parameters(parameters: object, kind: str = "", name: str = "") -> dict[str, object]:
+    """A `parameters` object (of the request, or of input/output `name`); no shared memory."""
     if parameters is None:
-        return {}
+        return _NO_PARAMETERS
+    where = f"{kind} '{name}'" if kind else "the request"
     if not isinstance(parameters, dict):
         raise Rejected(f"{where}: 'parameters' must be an object")
     if not SHARED_MEMORY_KEYS.isdisjoint(parameters):

@@ -24,6 +24,7 @@ from control_plane.dataplane.uvicorn_compat import check_uvicorn
 from control_plane.errors import AppError
 
 log = logging.getLogger(__name__)
+DRAIN_LIMIT = 64 * 1024  # a refused body up to this size is read past to keep the connection
 
 
 class _Busy:
@@ -68,7 +69,9 @@ class FastPathProtocol(GuardedProtocol):
         super().on_headers_complete()
 
     def _admit(self, request: _FastRequest) -> _FastRequest:
-        """Authenticate, resolve and limit from the headers alone, so a refused body is never read."""
+        """Authenticate, resolve and limit from the headers alone. A refused small body is read and
+        dropped, then answered, keeping the connection; a refused big one is never read: answered now
+        and the connection closed."""
         state = self._state()
         ex = request.ex = Exchange(dict(request.headers))
         try:
@@ -76,6 +79,10 @@ class FastPathProtocol(GuardedProtocol):
             begin(state, ex, model=model, version=version)
             check_limits(state, ex)
         except AppError as exc:
+            declared = self.declared_length()
+            if declared is not None and declared <= DRAIN_LIMIT:
+                request.refused = exc
+                return request
             ex.status = exc.status_code
             observe(state, ex, total_s=time.perf_counter() - ex.started)
             raise self._stop(exc) from None
@@ -95,10 +102,11 @@ class FastPathProtocol(GuardedProtocol):
     def on_body(self, body: bytes) -> None:
         """Collect a fast request's body; uvicorn's otherwise (both counted against the limit)."""
         self.count_body(body)
-        if self._fast is None:
+        fast = self._fast
+        if fast is None:
             super().on_body(body)
-        else:
-            self._fast.add(body)
+        elif fast.refused is None:
+            fast.add(body)
 
     def on_message_complete(self) -> None:
         """Start serving a fast request (no task: the answer comes back by callback); uvicorn's otherwise."""
@@ -110,6 +118,9 @@ class FastPathProtocol(GuardedProtocol):
         self._serving = request
         state, ex = self._state(), request.ex
         assert ex is not None
+        if request.refused is not None:
+            self._answer(request.refused)
+            return
         try:
             start_infer(state, ex, request.body(), self._answer)
         except AppError as exc:
@@ -174,11 +185,12 @@ class FastPathProtocol(GuardedProtocol):
 class _FastRequest:
     """A parsed infer request: URL, headers and body chunks."""
 
-    __slots__ = ("_chunks", "ex", "headers", "keep_alive", "url")
+    __slots__ = ("_chunks", "ex", "headers", "keep_alive", "refused", "url")
 
     def __init__(self, url: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool):
         self.url, self.headers, self.keep_alive = url, headers, keep_alive
         self.ex: Exchange | None = None
+        self.refused: AppError | None = None  # answered once its (small) body has been read past
         self._chunks: list[bytes] = []
 
     def add(self, chunk: bytes) -> None:

@@ -55,7 +55,7 @@ def check_infer_request(request: bytes, contract: Contract) -> None:
         raise Rejected(f"the request has {len(inputs)} inputs but {len(raw)} raw_input_contents")
     for index, tensor in enumerate(inputs):
         _check_input(tensor, contract, view[raw[index][0] : raw[index][1]] if raw else None)
-    contract.check_names((tensor.name for tensor in inputs), outputs)
+    contract.check_names([tensor.name for tensor in inputs], outputs)
 
 
 def _check_input(tensor: Any, contract: Contract, raw: memoryview | None) -> None:

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from control_plane.dataplane.callbacks import wait_for
 from control_plane.dataplane.limits import RateLimited
 from control_plane.errors import ServiceUnavailable
 
@@ -98,18 +99,7 @@ class HeavyWork:
 
     async def run(self, tenant_id: int, fn: Callable[..., Any], *args: Any) -> Any:
         """`submit`, awaited: the result, or the work's exception raised."""
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(outcome: Any) -> None:
-            if waiter.done():
-                return
-            if isinstance(outcome, BaseException):
-                waiter.set_exception(outcome)
-            else:
-                waiter.set_result(outcome)
-
-        self.submit(tenant_id, fn, *args, done=done)
-        return await waiter
+        return await wait_for(lambda done: self.submit(tenant_id, fn, *args, done=done))
 
     def _settle(self, tenant_id: int, future: Future[Any], done: Outcome) -> None:
         self._pending -= 1

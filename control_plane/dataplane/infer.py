@@ -6,13 +6,12 @@ the awaitable forms are for the ASGI and /v1/predict paths.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 from control_plane.dataplane.auth import authenticate
+from control_plane.dataplane.callbacks import wait_for
 from control_plane.dataplane.exchange import JSON, Exchange, Reply
 from control_plane.dataplane.rewrite import rewrite_infer_response
 from control_plane.dataplane.upstream import BadGateway, UpstreamCallback, UpstreamResponse, triton_error
@@ -20,7 +19,6 @@ from control_plane.dataplane.v2request import Prepared
 from control_plane.errors import AppError
 from control_plane.state import AppState
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +93,7 @@ async def forward(
     def go(done: UpstreamCallback) -> None:
         start_forward(state, ex, body=body, headers=headers, done=done)
 
-    response: UpstreamResponse = await _wait(go)
+    response: UpstreamResponse = await wait_for(go)
     return response
 
 
@@ -138,7 +136,7 @@ async def infer(state: AppState, ex: Exchange, body: bytes) -> Reply:
     def go(done: Callable[[Reply | AppError], None]) -> None:
         start_infer(state, ex, body, done)
 
-    reply: Reply = await _wait(go)
+    reply: Reply = await wait_for(go)
     return reply
 
 
@@ -186,22 +184,6 @@ def _reply(
 
         reply.after = mirror
     return reply
-
-
-async def _wait(start: Callable[[Callable[[T | AppError], None]], None]) -> T:
-    """Run a callback-style `start(done)`, wait for what it passes to `done`, raise it if an error."""
-    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-    def settle(outcome: T | AppError) -> None:
-        if future.done():
-            return
-        if isinstance(outcome, AppError):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-
-    start(settle)
-    return await future
 
 
 def observe(state: AppState, ex: Exchange, *, total_s: float, protocol: str = "http") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from control_plane.dataplane.exchange import JSON, Reply
 from control_plane.dataplane.infer import check_limits, forward
 from control_plane.dataplane.requests import Call, read_body
-from control_plane.dataplane.upstream import triton_error
+from control_plane.dataplane.upstream import BadGateway, triton_error
 from control_plane.state import AppState
 
 
@@ -21,6 +21,8 @@ async def handle(state: AppState, call: Call) -> None:
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
     raw_length = upstream.headers.get(b"inference-header-content-length")
-    length = int(raw_length) if raw_length is not None and raw_length.isdigit() else None
+    if raw_length is not None and not raw_length.isdigit():
+        raise BadGateway("the inference server's answer could not be read")
+    length = int(raw_length) if raw_length is not None else None
     document = await state.checks.predict_response(call.ex, upstream.body, length)
     await call.respond(Reply(200, JSON, document))

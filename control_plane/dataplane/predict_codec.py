@@ -61,7 +61,7 @@ def to_v2_request(
             }
         )
         blobs.append(blob)
-    contract.check_names(given, ())
+    contract.check_names(list(given), ())
     outputs = [{"name": name, "parameters": {"binary_data": True}} for name in sorted(contract.outputs)]
     head = orjson.dumps({"inputs": headers, "outputs": outputs})
     return b"".join((head, *blobs)), len(head)
@@ -121,6 +121,8 @@ def to_predict_response(body: bytes, header_length: int | None, model: str, vers
         outputs = decode_infer_response(body, header_length=header_length)
     except ValueError as exc:
         raise Rejected(f"the inference server's answer could not be read: {exc}", status=502) from None
+    if not outputs:
+        raise Rejected("the inference server's answer could not be read: it has no outputs", status=502)
     document = {
         "model": model,
         "version": version,

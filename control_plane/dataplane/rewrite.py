@@ -36,6 +36,8 @@ def rewrite_infer_response(
     Triton writes `"model_name":"<name>","model_version":"1"` near the start of its JSON header; only
     that part is replaced. Anything unexpected falls back to parsing the (small) JSON header alone.
     """
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise ValueError(f"header length {header_length} is outside a body of {len(body)} bytes")
     json_end = header_length if header_length is not None else len(body)
     old, new = _name_fields(triton_name, model, version)
     at = body.find(old, 0, min(json_end, 512 + len(old)))

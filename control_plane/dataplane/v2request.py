@@ -89,7 +89,7 @@ def prepare(body: bytes, *, header_length: int | None, contract: Contract) -> tu
     view = memoryview(body)
     end = len(body) if header_length is None else header_length
     try:
-        document = orjson.loads(view[:end])
+        document = orjson.loads(body if header_length is None else view[:end])
     except orjson.JSONDecodeError as exc:
         raise Rejected(f"the request is not valid JSON (or nests too deeply): {exc}") from None
     if not isinstance(document, dict):
@@ -99,8 +99,8 @@ def prepare(body: bytes, *, header_length: int | None, contract: Contract) -> tu
     if used != len(tail):
         raise Rejected(f"the binary data is {len(tail)} bytes but the inputs declare {used}")
     outputs = _check_outputs(document.get("outputs"))
-    check_parameters("the request", document.get("parameters"))
-    contract.check_names((i["name"] for i in document["inputs"]), outputs)
+    check_parameters(document.get("parameters"))
+    contract.check_names([i["name"] for i in document["inputs"]], outputs)
     head = orjson.dumps(document)
     if header_length is None:
         return head, None
@@ -121,7 +121,7 @@ def _check_inputs(inputs: Any, tail: memoryview, contract: Contract) -> int:
             raise Rejected(f"input '{name}' has an unknown datatype {datatype!r}")
         shape = check_shape(name, tensor.get("shape"))
         elements = contract.check_input(name, datatype, shape)
-        parameters = check_parameters(f"input '{name}'", tensor.get("parameters"))
+        parameters = check_parameters(tensor.get("parameters"), "input", name)
         size = parameters.get("binary_data_size")
         if size is None:
             found = json_values(tensor.get("data"), name, datatype, depth=max(len(shape), 1))
@@ -186,7 +186,7 @@ def _check_outputs(outputs: Any) -> list[str]:
     for index, output in enumerate(outputs):
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise Rejected(f"output #{index} needs a 'name'")
-        check_parameters(f"output '{output['name']}'", output.get("parameters"))
+        check_parameters(output.get("parameters"), "output", output["name"])
         names.append(output["name"])
     return names
 

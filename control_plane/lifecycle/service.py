@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
@@ -19,6 +20,7 @@ from control_plane.registry.exceptions import AliasNotFound, VersionConflict
 from control_plane.registry.versions import get_version
 from control_plane.state import AppState
 
+log = logging.getLogger(__name__)
 ATTEMPTS = 3  # a keep-warm unload may slip in between load and lock; then load again
 
 
@@ -148,7 +150,7 @@ def ensure_ready_locked(
     while it loads again. A failed load is audited in its own transaction and refused.
     """
     for _ in range(ATTEMPTS):
-        if version.state != "ready":
+        if version.state != "ready" or not _served(state, version.triton_name):
             outcome = state.loader.submit_load(version.id).result(
                 timeout=state.settings.triton_load_timeout_s
             )
@@ -165,6 +167,18 @@ def ensure_ready_locked(
         savepoint.rollback()
         session.refresh(version)
     raise VersionConflict(f"version {version.version} was unloaded while being promoted; retry")
+
+
+def _served(state: AppState, triton_name: str) -> bool:
+    """Whether some Triton really has the version loaded (the registry's `ready` is what it should have:
+    after a Triton restart the reconcile loop may not have loaded it back yet)."""
+    for triton in state.tritons:
+        try:
+            if triton.health.is_model_ready(triton_name):
+                return True
+        except Exception as exc:  # unreachable, or an answer we cannot use: not served there
+            log.info("Triton %s cannot say whether %s is ready: %s", triton.name, triton_name, exc)
+    return False
 
 
 def _refuse(state: AppState, *, ctx: RequestContext, version: ModelVersion, target: str, action: str) -> None:

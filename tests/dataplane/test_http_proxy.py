@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,8 +65,13 @@ def test_metadata_and_readiness_match_direct_triton(served: Api, tmp_path: Path)
         theirs = direct.get_model_metadata(d.triton_name)
         assert ours == {**theirs, "name": d.model, "versions": [str(d.version)]}
         config = proxy.get_model_config(d.model, headers=headers)
-        assert config["name"] == d.model
-        assert config["max_batch_size"] == direct.get_model_config(d.triton_name)["max_batch_size"]
+        direct_config = direct.get_model_config(d.triton_name)
+        assert d.triton_name in json.dumps(direct_config["instance_group"])  # groups are named after it
+        assert d.triton_name not in json.dumps(config)  # nowhere in what the tenant sees
+        assert config == json.loads(json.dumps(direct_config).replace(d.triton_name, d.model))
+        server = proxy.get_server_metadata(headers=headers)
+        assert server["name"] == "triton-control-plane"
+        assert not {"model_repository", "system_shared_memory", "statistics"} & set(server["extensions"])
 
 
 def test_version_in_the_path_and_alias_header(served: Api, tmp_path: Path) -> None:

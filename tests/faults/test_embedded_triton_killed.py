@@ -14,8 +14,7 @@ import httpx
 
 from control_plane.db import migrate
 from control_plane.tritonserver.supervisor import SupervisorState
-from tests.appfixtures import ADMIN_TOKEN
-from tests.support.api import Api
+from tests.support.api import ADMIN_TOKEN, Api
 from tests.support.deploy import Deployed, deploy_onnx
 from tests.tritonserver.procfs import group_members, stubs_of
 

@@ -215,3 +215,17 @@ def test_publishers_move_staging_but_not_production(api: Api, tmp_path: Path) ->
         api.client.put(_alias_url(v1) + "/traffic", json={"routes": []}, headers=api.headers(key)).status_code
         == 403
     )
+
+
+def test_promoting_a_version_triton_lost_loads_it_again_before_switching(
+    make_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    api = make_api(reconcile_interval_s=3600)  # the loop would repair it too; here the promote must
+    v1, v2 = _two_versions(api, tmp_path)
+    api.state.tritons[0].client.unload_model(v2.triton_name)  # e.g. Triton restarted empty
+    assert _version_state(api, v2, v2.version) == "ready"  # what the registry wants, not what Triton has
+    moved = api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers())
+    assert moved.status_code == 200, moved.text
+    answer = api.client.post(f"/v2/models/{v1.model}/infer", json=BODY, headers=api.headers(v1.consumer_key))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == str(v2.version)

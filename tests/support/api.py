@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from fastapi import FastAPI
 from control_plane.settings import Settings
 from control_plane.state import AppState
 from tests.support.builders import unique_name
+
+ADMIN_TOKEN = "test-admin-token-" + uuid.uuid4().hex
 
 
 class Api:

@@ -44,6 +44,28 @@ def deploy_onnx(
     artifact = model_files.onnx_mlp(
         tmp_path / f"{unique_name(model)}.onnx", out_features=out_features, seed=seed
     )
+    return upload_and_alias(
+        api,
+        tenant=tenant,
+        model=model,
+        artifact=artifact,
+        consumer=consumer,
+        publisher=publisher,
+        alias=alias,
+    )
+
+
+def upload_and_alias(
+    api: Api,
+    *,
+    tenant: str,
+    model: str,
+    artifact: Path,
+    consumer: str,
+    publisher: str | None = None,
+    alias: str = "production",
+) -> Deployed:
+    """Upload `artifact` as a new version of a registered model, wait until ready, point `alias` at it."""
     uploaded = api.upload(tenant, model, artifact, key=publisher)
     assert uploaded.status_code == 201, uploaded.text
     detail = api.wait_settled(tenant, model, uploaded.json()["version"])
@@ -60,7 +82,7 @@ def deploy_onnx(
         version=detail["version"],
         triton_name=detail["triton_name"],
         consumer_key=consumer,
-        publisher_key=publisher,
+        publisher_key=publisher or api.key(tenant, "publisher"),
         artifact=artifact,
     )
 
@@ -103,19 +125,6 @@ def deploy_python(
     assert api.create_model(tenant, name=name, format="python", **spec).status_code == 201
     path = tmp_path / f"{unique_name(name)}.py"
     path.write_text(source)
-    assert api.upload(tenant, name, path).status_code == 201
-    detail = api.wait_settled(tenant, name, 1)
-    assert detail["state"] == "ready", detail
-    put = api.client.put(
-        f"/v1/tenants/{tenant}/models/{name}/aliases/production", json={"version": 1}, headers=api.headers()
-    )
-    assert put.status_code == 200
-    return Deployed(
-        tenant=tenant,
-        model=name,
-        version=1,
-        triton_name=detail["triton_name"],
-        consumer_key=api.key(tenant, "consumer"),
-        publisher_key=api.key(tenant, "publisher"),
-        artifact=path,
+    return upload_and_alias(
+        api, tenant=tenant, model=name, artifact=path, consumer=api.key(tenant, "consumer")
     )

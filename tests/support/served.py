@@ -16,9 +16,8 @@ import uvicorn
 from control_plane.app import create_app
 from control_plane.dataplane.fastpath import fast_path_protocol
 from control_plane.settings import Settings
-from tests.appfixtures import ADMIN_TOKEN
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from tests.support.api import Api
+from tests.support.api import ADMIN_TOKEN, Api
 from tests.support.procs import free_port
 
 

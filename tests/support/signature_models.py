@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from tests.support import model_files
 from tests.support.api import Api
-from tests.support.deploy import Deployed
+from tests.support.deploy import Deployed, upload_and_alias
 from tests.support.model_files import ONNX_IR_VERSION, ONNX_OPSET
 
 # name -> (ONNX element type, KServe datatype, per-item shape); the batch dimension "N" comes first.
@@ -49,22 +49,6 @@ def deploy_artifact(
     """Register `model` (ONNX, with `spec`), upload `artifact`, wait ready, point `production` at it."""
     created = api.create_model(tenant, key=publisher, name=model, format="onnx", **spec)
     assert created.status_code == 201, created.text
-    uploaded = api.upload(tenant, model, artifact, key=publisher)
-    assert uploaded.status_code == 201, uploaded.text
-    detail = api.wait_settled(tenant, model, uploaded.json()["version"])
-    assert detail["state"] == "ready", detail
-    moved = api.client.put(
-        f"/v1/tenants/{tenant}/models/{model}/aliases/production",
-        json={"version": detail["version"]},
-        headers=api.headers(),
-    )
-    assert moved.status_code == 200, moved.text
-    return Deployed(
-        tenant=tenant,
-        model=model,
-        version=detail["version"],
-        triton_name=detail["triton_name"],
-        consumer_key=consumer,
-        publisher_key=publisher,
-        artifact=artifact,
+    return upload_and_alias(
+        api, tenant=tenant, model=model, artifact=artifact, consumer=consumer, publisher=publisher
     )
