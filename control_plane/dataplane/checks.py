@@ -16,7 +16,7 @@ from control_plane.dataplane.contract import Rejected
 from control_plane.dataplane.exchange import Exchange
 from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.upstream import BadGateway
-from control_plane.dataplane.v2request import Prepared, prepare_http
+from control_plane.dataplane.v2request import Prepared, header_length_of, prepare, prepare_http
 from control_plane.errors import AppError, BadRequest, PayloadTooLarge
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,12 @@ class RequestChecks:
     def start_http(self, ex: Exchange, body: bytes, then: Callable[[Prepared | AppError], None]) -> None:
         """Check a v2 infer body; `then` gets the body to forward, or the error (maybe synchronously)."""
         assert ex.resolved is not None and ex.caller is not None
-        args = (
-            body,
-            ex.header(b"content-encoding"),
-            ex.header(b"inference-header-content-length"),
-            ex.resolved.contract,
-            self.limit,
-        )
-        if args[1] is None and len(body) <= self.inline_bytes:
+        headers, contract = ex.headers, ex.resolved.contract
+        length = headers.get(b"inference-header-content-length")
+        encoding = headers.get(b"content-encoding")
+        if encoding is None and len(body) <= self.inline_bytes:
             try:
-                prepared = prepare_http(*args)
+                prepared = prepare(body, header_length=header_length_of(length, len(body)), contract=contract)
             except Rejected as exc:
                 then(as_app_error(exc))
                 return
@@ -79,6 +75,7 @@ class RequestChecks:
         def done(outcome: Any) -> None:
             then(as_app_error(outcome) if isinstance(outcome, BaseException) else outcome)
 
+        args = (body, encoding and encoding.decode("latin-1"), length, contract, self.limit)
         self.heavy.submit(ex.caller.tenant_id, prepare_http, *args, done=done)
 
     async def predict_request(self, ex: Exchange, body: bytes) -> tuple[bytes, int]:

@@ -165,7 +165,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._headers_done = True
         self._last_active = self.loop.time()
         limits = self._lim
-        upload = UPLOAD_PATH.match(self.url) is not None
+        url = self.url
+        upload = url.startswith(b"/v1/tenants/") and UPLOAD_PATH.match(url) is not None
         limit = self._body_limit = limits.upload_limit if upload else limits.body_limit
         declared = self._declared
         if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -118,7 +118,7 @@ class Contract:
 
 def check_shape(name: str, shape: object) -> list[int]:
     """A request shape: a list of non-negative integers (at most 64 of them)."""
-    if not isinstance(shape, list) or len(shape) > 64:
+    if type(shape) is not list or len(shape) > 64:
         raise Rejected(f"input '{name}' needs 'shape': a list of non-negative integers")
     for dim in shape:
         if type(dim) is not int or dim < 0:

@@ -40,7 +40,7 @@ Prepared = tuple[bytes, int | None]  # the body to forward, and its Inference-He
 
 
 def prepare_http(
-    body: bytes, encoding: str | None, header_length: str | None, contract: Contract, limit: int
+    body: bytes, encoding: str | None, header_length: bytes | str | None, contract: Contract, limit: int
 ) -> Prepared:
     """A KServe v2 infer body, decompressed, checked and with its JSON header re-serialized."""
     if encoding is not None:
@@ -48,12 +48,13 @@ def prepare_http(
     return prepare(body, header_length=header_length_of(header_length, len(body)), contract=contract)
 
 
-def header_length_of(value: str | None, body_size: int) -> int | None:
+def header_length_of(value: bytes | str | None, body_size: int) -> int | None:
     """`Inference-Header-Content-Length` as a number within the body; None when absent."""
     if value is None:
         return None
     if not value.isascii() or not value.isdigit() or not 0 < int(value) <= body_size:
-        raise Rejected(f"Inference-Header-Content-Length {value!r} is not a length within the body")
+        shown = value.decode("latin-1") if isinstance(value, bytes) else value
+        raise Rejected(f"Inference-Header-Content-Length {shown!r} is not a length within the body")
     return int(value)
 
 
@@ -114,17 +115,22 @@ def _check_inputs(inputs: Any, tail: memoryview, contract: Contract) -> int:
         )
     offset = 0
     for index, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+        name = tensor.get("name") if type(tensor) is dict else None
+        if type(name) is not str:
             raise Rejected(f"input #{index} needs a 'name'")
-        name, datatype = tensor["name"], tensor.get("datatype")
-        if not isinstance(datatype, str) or datatype not in ITEM_SIZES:
+        datatype = tensor.get("datatype")
+        if type(datatype) is not str or datatype not in ITEM_SIZES:
             raise Rejected(f"input '{name}' has an unknown datatype {datatype!r}")
         shape = check_shape(name, tensor.get("shape"))
         elements = contract.check_input(name, datatype, shape)
-        parameters = check_parameters(tensor.get("parameters"), "input", name)
-        size = parameters.get("binary_data_size")
+        parameters = tensor.get("parameters")
+        size = (
+            None
+            if parameters is None
+            else check_parameters(parameters, "input", name).get("binary_data_size")
+        )
         if size is None:
-            found = json_values(tensor.get("data"), name, datatype, depth=max(len(shape), 1))
+            found = json_values(tensor.get("data"), name, datatype, depth=len(shape) or 1)
         else:
             found = _binary_elements(size, tail, offset, name, datatype, "data" in tensor)
             offset += size  # type: ignore[operator]
@@ -152,9 +158,11 @@ def _binary_elements(
 
 def json_values(data: Any, name: str, datatype: str, *, depth: int) -> int:
     """How many values a (nested, at most `depth` deep) JSON list holds, all of the datatype's kind."""
-    if not isinstance(data, list):
+    if type(data) is not list:
         raise Rejected(f"input '{name}' needs 'data' (a list of values) or binary data")
-    count = _count(data, _LEAVES[datatype], depth, name, datatype)
+    leaves = _LEAVES[datatype]
+    kinds = set(map(type, data))
+    count = len(data) if kinds <= leaves else _count(data, leaves, depth, name, datatype)
     limits = _INT_RANGES.get(datatype)
     if limits is not None and data and type(data[0]) is int:  # flat integers: a range check in C
         low, high = min(data), max(data)
