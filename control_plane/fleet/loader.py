@@ -19,7 +19,9 @@ from control_plane.errors import AppError
 from control_plane.fleet import repository as fleet_repository
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.modelconfig.config import artifact_filename, parse_config
+from control_plane.modelconfig.formats import sniff
 from control_plane.modelrepo import ModelRepository, RepositoryFile
+from control_plane.registry.archives import layout, onnx_model_file, unpack
 from control_plane.registry.staging import python_model_members
 from control_plane.runners import RUNNER_FILENAME, runner_source
 
@@ -160,11 +162,16 @@ class VersionLoader:
                 files = [
                     RepositoryFile(f"1/{rel}", content=data) for rel, data in python_model_members(artifact)
                 ]
+            elif model_format == "onnx" and sniff(artifact) == "onnx_archive":
+                # ONNX with external data: the .onnx as model.onnx, its data files beside it.
+                unpack(artifact, Path(tmp) / "unpacked", max_bytes=1 << 62)  # checked at upload
+                model_file = onnx_model_file(Path(tmp) / "unpacked")
+                files = [RepositoryFile(f"1/{rel}", source=path) for rel, path in layout(model_file)]
             else:
                 files = [RepositoryFile(f"1/{artifact.name}", source=artifact)]
-                if parse_config(config_text).backend == "python":
-                    runner = runner_source("onnx" if model_format == "onnx" else "torchscript").encode()
-                    files.append(RepositoryFile(f"1/{RUNNER_FILENAME}", content=runner))
+            if model_format != "python" and parse_config(config_text).backend == "python":
+                runner = runner_source("onnx" if model_format == "onnx" else "torchscript").encode()
+                files.append(RepositoryFile(f"1/{RUNNER_FILENAME}", content=runner))
             self.repository.write_model(name, config_text=config_text, files=files)
 
     def _load_everywhere(self, name: str) -> dict[str, str]:

@@ -48,10 +48,27 @@ def batching_plan(signature: Signature, *, requested_max_batch_size: int | None)
             f"max_batch_size {requested_max_batch_size} needs a dynamic first dimension (-1) on every "
             f"input and output, but {blocker}; use max_batch_size 0"
         )
+    if requested_max_batch_size is None and any(
+        len(s.shape) < 2 for s in (*signature.inputs, *signature.outputs)
+    ):
+        # A [N] tensor batches only as [N, 1] (Triton has no per-item scalars): clients would have to send
+        # and would get other shapes than the framework's, so that is only done when asked for.
+        return 0, signature
     return requested_max_batch_size or DEFAULT_MAX_BATCH_SIZE, Signature(
         inputs=[_without_batch_dim(spec) for spec in signature.inputs],
         outputs=[_without_batch_dim(spec) for spec in signature.outputs],
     )
+
+
+def check_libtorch_names(signature: Signature) -> None:
+    """Triton's libtorch backend finds outputs by `<name>__<index>`: refuse other output names there."""
+    for index, spec in enumerate(signature.outputs):
+        base, _, position = spec.name.rpartition("__")
+        if not base or position != str(index):
+            raise InvalidModelSpec(
+                f"output '{spec.name}': Triton's libtorch backend (native runtime) finds TorchScript outputs "
+                f"by the name <name>__<index>; name output {index} e.g. 'output__{index}'"
+            )
 
 
 def _batching_blocker(signature: Signature) -> str | None:
@@ -88,9 +105,13 @@ def build_config(
     _set_backend(config, model_format=model_format, runtime=runtime)
     if config.backend == "python" and model_format != "python":
         _check_runner_dtypes(signature)
+    if config.platform == "pytorch_libtorch":
+        check_libtorch_names(signature)
     for spec in signature.inputs:
         dims, scalar = _config_dims(spec)
-        tensor = config.input.add(name=spec.name, data_type=triton_dtype(spec.datatype), dims=dims)
+        tensor = config.input.add(
+            name=spec.name, data_type=triton_dtype(spec.datatype), dims=dims, optional=spec.optional
+        )
         if scalar:
             tensor.reshape.SetInParent()  # an empty reshape feeds the model a scalar (per batch item)
     for spec in signature.outputs:

@@ -19,7 +19,9 @@ Datatype = Literal[
     "FP16", "FP32", "FP64", "BYTES", "BF16",
 ]  # fmt: skip
 DATATYPES: tuple[Datatype, ...] = get_args(Datatype)
-TENSOR_NAME_PATTERN = r"^[A-Za-z_/][A-Za-z0-9_.:/-]{0,127}$"
+# Triton takes any UTF-8 string as a tensor name ("0", "input.1", "onnx::Gemm_0", "x:0", "a/b", long ones) and
+# hands it to backends as a C string, so only an empty name or one holding NUL cannot be represented.
+MAX_TENSOR_NAME = 1024  # this service's limit (exporters' longest names are a few hundred characters)
 MAX_RANK = 16
 
 
@@ -30,9 +32,18 @@ class _Spec(BaseModel):
 class TensorSpec(_Spec):
     """One input or output: name, KServe datatype and full shape (-1 = dynamic)."""
 
-    name: Annotated[str, Field(pattern=TENSOR_NAME_PATTERN)]
+    name: str
     datatype: Datatype
     shape: Annotated[list[int], Field(max_length=MAX_RANK)]
+    optional: bool = False  # inputs only: a request may leave it out (ONNX inputs with a default value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        problem = tensor_name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 
     @field_validator("shape")
     @classmethod
@@ -41,6 +52,17 @@ class TensorSpec(_Spec):
             if dim != -1 and dim < 1:
                 raise ValueError(f"dimension {dim} is invalid: use -1 (dynamic) or a size >= 1")
         return shape
+
+
+def tensor_name_problem(name: str) -> str | None:
+    """Why Triton (or this service) cannot serve a tensor of this name; None when it can."""
+    if not name:
+        return "a tensor name cannot be empty"
+    if "\0" in name:
+        return "a tensor name cannot contain NUL (Triton passes names to backends as C strings)"
+    if len(name) > MAX_TENSOR_NAME:
+        return f"a tensor name is at most {MAX_TENSOR_NAME} characters, this one has {len(name)}"
+    return None
 
 
 class Signature(_Spec):

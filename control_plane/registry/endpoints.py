@@ -13,7 +13,7 @@ from control_plane.auth.context import RequestContext, request_context
 from control_plane.dependencies import get_session, get_state
 from control_plane.errors import InvalidRequest
 from control_plane.registry import service, versions
-from control_plane.registry.schemas import MAX_VERSION, ModelCreate, ModelOut, VersionOut
+from control_plane.registry.schemas import MAX_VERSION, ModelCreate, ModelOut, ModelPatch, VersionOut
 from control_plane.state import AppState
 from control_plane.tenants import service as tenants
 
@@ -26,7 +26,20 @@ UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the model: .onnx, a zip/tar of an .onnx with its external "
+                            "data files, a TorchScript file, or a Python model",
+                        },
+                        "example": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "TorchScript only: example inputs (.npz or JSON) from which "
+                            "the signature is derived when the model declares none",
+                        },
+                    },
                 }
             }
         },
@@ -45,17 +58,19 @@ def create_model(
     """Register a model (Python-backend models: admins only)."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
     model = service.create(session, ctx=ctx, tenant=owner, body=body, settings=state.settings)
-    return service.describe(session, model=model)
+    return service.describe(session, model=model, settings=state.settings)
 
 
 @router.get("", response_model=list[ModelOut])
 def list_models(
     tenant: str,
     ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> list[ModelOut]:
     """The tenant's models."""
-    return service.list_for(session, tenant=tenants.visible(session, ctx=ctx, name=tenant))
+    owner = tenants.visible(session, ctx=ctx, name=tenant)
+    return service.list_for(session, tenant=owner, settings=state.settings)
 
 
 @router.get("/{model}", response_model=ModelOut)
@@ -63,11 +78,34 @@ def get_model(
     tenant: str,
     model: str,
     ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> ModelOut:
-    """One model with its versions and aliases."""
+    """One model with its effective batching and instance settings, versions and aliases."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
-    return service.describe(session, model=service.get_model(session, tenant=owner, name=model))
+    found = service.get_model(session, tenant=owner, name=model)
+    return service.describe(session, model=found, settings=state.settings)
+
+
+@router.patch("/{model}", response_model=ModelOut)
+def update_model(
+    tenant: str,
+    model: str,
+    body: ModelPatch,
+    ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> ModelOut:
+    """Change max_batch_size, dynamic_batching, instance_group or warmup for new versions.
+
+    Checked through Triton's model config against the latest version's signature before anything
+    changes (422 and nothing changed otherwise); audited as `model.update`. Existing versions keep their
+    config: an admin re-deploys one with the new settings via `POST .../versions/{n}/redeploy`.
+    """
+    owner = tenants.visible(session, ctx=ctx, name=tenant)
+    found = service.get_model(session, tenant=owner, name=model, lock=True)
+    updated = service.update(session, ctx=ctx, tenant=owner, model=found, patch=body, settings=state.settings)
+    return service.describe(session, model=updated, settings=state.settings)
 
 
 @router.delete("/{model}", status_code=204)
@@ -96,12 +134,21 @@ async def upload_version(
     """Upload an artifact as the model's next version (multipart field `file`); it loads in the background."""
     owner = await run_in_threadpool(tenants.visible, session, ctx=ctx, name=tenant)
     found = await run_in_threadpool(service.get_model, session, tenant=owner, name=model)
-    async with request.form(max_files=1, max_fields=8) as form:
-        upload = form.get("file")
+    async with request.form(max_files=2, max_fields=8) as form:
+        upload, example = form.get("file"), form.get("example")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("multipart field 'file' with the artifact is required")
+        if example is not None and not isinstance(example, UploadFile):
+            raise InvalidRequest("multipart field 'example' must be a file (.npz or JSON of example inputs)")
         version = await run_in_threadpool(
-            versions.upload, session, ctx=ctx, state=state, tenant=owner, model=found, stream=upload.file
+            versions.upload,
+            session,
+            ctx=ctx,
+            state=state,
+            tenant=owner,
+            model=found,
+            stream=upload.file,
+            example=example.file if example is not None else None,
         )
     return versions.describe(version)
 
@@ -146,4 +193,24 @@ def delete_version(
     found = service.get_model(session, tenant=owner, name=model)
     return versions.describe(
         versions.retire(session, ctx=ctx, state=state, tenant=owner, model=found, number=number)
+    )
+
+
+@router.post("/{model}/versions/{number}/redeploy", status_code=201, response_model=VersionOut)
+def redeploy_version(
+    tenant: str,
+    model: str,
+    number: Annotated[int, Path(ge=1, le=MAX_VERSION)],
+    ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> VersionOut:
+    """Admins: register version `number`'s artifact again as a new version with the model's current settings.
+
+    The old version, its aliases and history stay as they are; audited as `version.redeploy`.
+    """
+    owner = tenants.visible(session, ctx=ctx, name=tenant)
+    found = service.get_model(session, tenant=owner, name=model)
+    return versions.describe(
+        versions.redeploy(session, ctx=ctx, state=state, tenant=owner, model=found, number=number)
     )

@@ -47,6 +47,52 @@ class ModelCreate(ModelSpec):
     format: ModelFormat
 
 
+class ModelPatch(BaseModel):
+    """Body of PATCH /v1/tenants/{t}/models/{m}: batching and instances for new versions.
+
+    A field left out keeps its value; null sets it back to automatic (max_batch_size chosen from each
+    version's signature) or to the defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(None, ge=0, le=65536)
+    dynamic_batching: DynamicBatchingSpec | None = None
+    instance_group: InstanceGroupSpec | None = None
+    warmup: bool | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ModelPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of max_batch_size, dynamic_batching, instance_group, warmup")
+        return self
+
+
+class DynamicBatchingOut(BaseModel):
+    """Triton's dynamic batcher as configured (enabled only when max_batch_size > 0)."""
+
+    enabled: bool
+    max_queue_delay_microseconds: int
+    preferred_batch_size: list[int]
+    preserve_ordering: bool
+
+
+class InstanceGroupOut(BaseModel):
+    """Model instances: how many, on which kind of device, on which GPUs."""
+
+    count: int
+    kind: Literal["cpu", "gpu"]
+    gpus: list[int]
+
+
+class Serving(BaseModel):
+    """The effective batching and instance settings."""
+
+    max_batch_size: int
+    dynamic_batching: DynamicBatchingOut
+    instance_group: InstanceGroupOut
+
+
 class VersionOut(BaseModel):
     """A version: where its artifact is, its signature, its generated config and state."""
 
@@ -59,6 +105,7 @@ class VersionOut(BaseModel):
     triton_name: str
     signature: dict[str, Any]
     config: str | None
+    serving: Serving
     created_at: UtcDateTime
     updated_at: UtcDateTime
 
@@ -71,11 +118,20 @@ class VersionSummary(BaseModel):
     created_at: UtcDateTime
 
 
-class ModelOut(ModelSpec):
-    """A model with its versions and aliases."""
+class ModelOut(BaseModel):
+    """A model with its settings, versions and aliases.
+
+    `serving` is what the next version gets (from the latest version's signature, or the declared one);
+    `max_batch_size_auto` says it is chosen from each version's signature, not set.
+    """
 
     name: str
     format: ModelFormat
+    serving: Serving
+    max_batch_size_auto: bool
+    inputs: list[TensorSpec] | None = None
+    outputs: list[TensorSpec] | None = None
+    warmup: bool = False
     created_at: UtcDateTime
     versions: list[VersionSummary] = []
     aliases: dict[str, int] = {}

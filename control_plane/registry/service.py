@@ -10,14 +10,16 @@ from sqlalchemy.orm import Session
 from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
 from control_plane.db import hooks
-from control_plane.db.models import Model, Tenant
+from control_plane.db.models import Model, ModelVersion, Tenant
 from control_plane.errors import Forbidden
 from control_plane.modelconfig.exceptions import InvalidModelSpec
+from control_plane.modelconfig.specs import Signature
 from control_plane.names import is_valid_name
 from control_plane.registry import repository
-from control_plane.registry.configgen import declared_signature, generate_config
+from control_plane.registry.configgen import declared_signature
 from control_plane.registry.exceptions import ModelExists, ModelNotFound
-from control_plane.registry.schemas import ModelCreate, ModelOut, ModelSpec, VersionSummary
+from control_plane.registry.schemas import ModelCreate, ModelOut, ModelPatch, ModelSpec, VersionSummary
+from control_plane.registry.serving import check_spec, model_serving
 from control_plane.settings import Settings
 from control_plane.state import AppState
 
@@ -49,14 +51,13 @@ def create(
         raise ModelExists(tenant.name, body.name)
     spec = ModelSpec.model_validate(body.model_dump(exclude={"name", "format"}))
     declared = declared_signature(spec)
-    if body.format != "onnx" and declared is None:
-        raise InvalidModelSpec(f"{body.format} models need declared 'inputs' and 'outputs'")
+    if body.format == "python" and declared is None:
+        raise InvalidModelSpec(
+            "python models need declared 'inputs' and 'outputs' (name, datatype, shape of each tensor)"
+        )
     if (spec.inputs is None) != (spec.outputs is None):
         raise InvalidModelSpec("declare both 'inputs' and 'outputs', or neither")
-    if declared is not None:
-        generate_config(
-            name="validation", model_format=body.format, spec=spec, signature=declared, settings=settings
-        )
+    check_spec(model_format=body.format, spec=spec, signature=declared, settings=settings)
     model = Model(
         tenant_id=tenant.id,
         name=body.name,
@@ -79,13 +80,23 @@ def create(
     return model
 
 
-def describe(session: Session, *, model: Model) -> ModelOut:
-    """A model with its versions and aliases."""
+def describe(session: Session, *, model: Model, settings: Settings) -> ModelOut:
+    """A model with its effective settings, versions and aliases."""
     versions = repository.list_versions(session, model_id=model.id)
+    spec = spec_of(model)
     return ModelOut(
-        **spec_of(model).model_dump(),
         name=model.name,
         format=model.format,  # type: ignore[arg-type]
+        serving=model_serving(
+            model_format=model.format,
+            spec=spec,
+            signature=_latest_signature(spec, versions),
+            settings=settings,
+        ),
+        max_batch_size_auto=spec.max_batch_size is None,
+        inputs=spec.inputs,
+        outputs=spec.outputs,
+        warmup=spec.warmup,
         created_at=model.created_at,
         versions=[
             VersionSummary(version=v.version, state=v.state, created_at=v.created_at) for v in versions
@@ -94,9 +105,55 @@ def describe(session: Session, *, model: Model) -> ModelOut:
     )
 
 
-def list_for(session: Session, *, tenant: Tenant) -> list[ModelOut]:
+def _latest_signature(spec: ModelSpec, versions: list[ModelVersion]) -> Signature | None:
+    if versions:
+        return Signature.model_validate(versions[-1].signature)
+    return declared_signature(spec)
+
+
+def update(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    tenant: Tenant,
+    model: Model,
+    patch: ModelPatch,
+    settings: Settings,
+) -> Model:
+    """Change batching/instances for new versions; checked against the latest signature first (else 422)."""
+    get_model(session, tenant=tenant, name=model.name, lock=True)
+    before = spec_of(model)
+    changes = patch.model_dump(include=patch.model_fields_set)
+    if "warmup" in changes and changes["warmup"] is None:
+        changes["warmup"] = False
+    after = ModelSpec.model_validate({**before.model_dump(), **changes})
+    versions = repository.list_versions(session, model_id=model.id)
+    check_spec(
+        model_format=model.format, spec=after, signature=_latest_signature(after, versions), settings=settings
+    )
+    model.spec = after.model_dump(mode="json", exclude_none=True)
+    model.max_batch_size = after.max_batch_size
+    session.flush()
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="model.update",
+        target=f"{tenant.name}/{model.name}",
+        tenant=tenant.name,
+        model=model.name,
+        before={key: before.model_dump(mode="json").get(key) for key in changes},
+        after={key: after.model_dump(mode="json").get(key) for key in changes},
+        request_id=ctx.request_id,
+    )
+    return model
+
+
+def list_for(session: Session, *, tenant: Tenant, settings: Settings) -> list[ModelOut]:
     """All live models of a tenant."""
-    return [describe(session, model=m) for m in repository.list_models(session, tenant_id=tenant.id)]
+    return [
+        describe(session, model=m, settings=settings)
+        for m in repository.list_models(session, tenant_id=tenant.id)
+    ]
 
 
 def mark_deleted(

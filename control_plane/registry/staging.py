@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from control_plane.artifacts import ArtifactTooLarge
+from control_plane.modelconfig.examples import HOW, read_example
 from control_plane.modelconfig.exceptions import InvalidArtifact, InvalidModelSpec
-from control_plane.modelconfig.signature import check_declared, read_onnx_signature, validate_torchscript
+from control_plane.modelconfig.formats import check_kind
+from control_plane.modelconfig.signature import check_declared, read_onnx_signature
 from control_plane.modelconfig.specs import Signature
+from control_plane.modelconfig.torchscript import signature_from_example, validate_torchscript
+from control_plane.registry.archives import check_member, onnx_model_file, unpack
 
 CHUNK = 1024 * 1024
 PYTHON_ENTRY = "model.py"
@@ -43,16 +47,41 @@ def stage_upload(stream: BinaryIO, *, destination: Path, max_bytes: int) -> Stag
     return StagedUpload(path=destination, sha256=digest.hexdigest(), size_bytes=size)
 
 
-def inspect_artifact(staged: StagedUpload, *, model_format: str, declared: Signature | None) -> Signature:
-    """Validate the artifact for its format and return the effective signature."""
+def inspect_artifact(
+    staged: StagedUpload,
+    *,
+    model_format: str,
+    declared: Signature | None,
+    example: Path | None = None,
+    workdir: Path,
+    max_bytes: int,
+) -> Signature:
+    """Validate the artifact for its format (named if it is another format) and return its signature."""
+    kind = check_kind(staged.path, model_format=model_format)
+    if example is not None and model_format != "torchscript":
+        raise InvalidModelSpec(
+            f"an example file is only used to derive TorchScript signatures; {model_format} models "
+            + ("state their own signature" if model_format == "onnx" else "need declared inputs and outputs")
+        )
     if model_format == "onnx":
-        return check_declared(declared=declared, actual=read_onnx_signature(staged.path))
+        model_file = staged.path
+        if kind == "onnx_archive":
+            unpack(staged.path, workdir / "unpacked", max_bytes=max_bytes)
+            model_file = onnx_model_file(workdir / "unpacked")
+        return check_declared(declared=declared, actual=read_onnx_signature(model_file))
+    if model_format == "torchscript":
+        if declared is not None:
+            validate_torchscript(staged.path, signature=declared)
+            return declared
+        if example is None:
+            raise InvalidModelSpec(
+                f"a TorchScript file does not state its inputs and outputs: {HOW}; or declare 'inputs' and "
+                "'outputs' on the model"
+            )
+        return signature_from_example(staged.path, example=read_example(example))
     if declared is None:
         raise InvalidModelSpec(f"{model_format} models need declared inputs and outputs")
-    if model_format == "torchscript":
-        validate_torchscript(staged.path, signature=declared)
-    else:
-        check_python_model(staged.path)
+    check_python_model(staged.path)
     return declared
 
 
@@ -62,7 +91,7 @@ def check_python_model(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             for name in names:
-                _check_member(name)
+                check_member(name)
             if PYTHON_ENTRY not in names:
                 raise InvalidArtifact("the zip archive has no model.py at its top level")
             source = archive.read(PYTHON_ENTRY)
@@ -76,14 +105,7 @@ def python_model_members(path: Path) -> list[tuple[str, bytes]]:
     if not zipfile.is_zipfile(path):
         return [(PYTHON_ENTRY, path.read_bytes())]
     with zipfile.ZipFile(path) as archive:
-        return [(_check_member(i.filename), archive.read(i)) for i in archive.infolist() if not i.is_dir()]
-
-
-def _check_member(name: str) -> str:
-    parts = name.rstrip("/").split("/")
-    if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
-        raise InvalidArtifact(f"unsafe path in the zip archive: {name!r}")
-    return name
+        return [(check_member(i.filename), archive.read(i)) for i in archive.infolist() if not i.is_dir()]
 
 
 def _check_python_source(source: bytes) -> None:

@@ -5,29 +5,39 @@ from __future__ import annotations
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from control_plane.artifacts import StoredArtifact
 from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
 from control_plane.db import hooks
 from control_plane.db.models import Model, ModelVersion, Tenant
 from control_plane.errors import Forbidden
 from control_plane.modelconfig.config import artifact_filename
+from control_plane.modelconfig.specs import Signature
 from control_plane.names import triton_model_name
 from control_plane.registry import repository
 from control_plane.registry.configgen import declared_signature, generate_config
 from control_plane.registry.exceptions import VersionConflict, VersionNotFound
 from control_plane.registry.schemas import VersionOut
 from control_plane.registry.service import get_model, spec_of
+from control_plane.registry.serving import serving_of_config
 from control_plane.registry.staging import inspect_artifact, stage_upload
 from control_plane.state import AppState
 
 
 def upload(
-    session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant, model: Model, stream: BinaryIO
+    session: Session,
+    *,
+    ctx: RequestContext,
+    state: AppState,
+    tenant: Tenant,
+    model: Model,
+    stream: BinaryIO,
+    example: BinaryIO | None = None,
 ) -> ModelVersion:
     """Validate and store an artifact, register it as the next version, and load it after commit."""
     if model.format == "python" and not ctx.principal.is_admin:
@@ -39,7 +49,18 @@ def upload(
             destination=Path(tmp) / artifact_filename(model.format),
             max_bytes=settings.max_upload_bytes,
         )
-        signature = inspect_artifact(staged, model_format=model.format, declared=declared_signature(spec))
+        example_path = None
+        if example is not None:
+            example_path = Path(tmp) / "example"
+            stage_upload(example, destination=example_path, max_bytes=settings.max_request_bytes)
+        signature = inspect_artifact(
+            staged,
+            model_format=model.format,
+            declared=declared_signature(spec),
+            example=example_path,
+            workdir=Path(tmp),
+            max_bytes=settings.max_upload_bytes,
+        )
         generate_config(
             name="validation", model_format=model.format, spec=spec, signature=signature, settings=settings
         )
@@ -48,7 +69,53 @@ def upload(
             stored = state.artifacts.put(artifact, max_bytes=settings.max_upload_bytes)
     if not existed:
         hooks.on_rollback(session, lambda: _drop_if_orphan(state, stored.sha256))
+    return register(
+        session,
+        ctx=ctx,
+        state=state,
+        tenant=tenant,
+        model=model,
+        artifact=stored,
+        signature=signature,
+        action="version.create",
+        audit_extra={},
+    )
 
+
+def redeploy(
+    session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant, model: Model, number: int
+) -> ModelVersion:
+    """Admins: a new version of an existing version's artifact and signature, with today's settings."""
+    if not ctx.principal.is_admin:
+        raise Forbidden("only admins may re-deploy a version with new settings")
+    source = get_version(session, model=model, number=number)
+    return register(
+        session,
+        ctx=ctx,
+        state=state,
+        tenant=tenant,
+        model=model,
+        artifact=StoredArtifact(uri=source.artifact_uri, sha256=source.sha256, size_bytes=source.size_bytes),
+        signature=Signature.model_validate(source.signature),
+        action="version.redeploy",
+        audit_extra={"redeployed_from": number},
+    )
+
+
+def register(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    state: AppState,
+    tenant: Tenant,
+    model: Model,
+    artifact: StoredArtifact,
+    signature: Signature,
+    action: str,
+    audit_extra: dict[str, Any],
+) -> ModelVersion:
+    """The next version for a stored artifact, configured from the model's spec; it loads after commit."""
+    spec, settings = spec_of(model), state.settings
     get_model(session, tenant=tenant, name=model.name, lock=True)  # serializes version numbering
     number = repository.next_version_number(session, model_id=model.id)
     name = triton_model_name(tenant=tenant.name, model=model.name, model_id=model.id, version=number)
@@ -56,10 +123,10 @@ def upload(
         model_id=model.id,
         version=number,
         triton_name=name,
-        artifact_uri=stored.uri,
-        sha256=stored.sha256,
-        size_bytes=stored.size_bytes,
-        signature=signature.model_dump(mode="json"),
+        artifact_uri=artifact.uri,
+        sha256=artifact.sha256,
+        size_bytes=artifact.size_bytes,
+        signature=signature.model_dump(mode="json", exclude_defaults=True),
         config_text=generate_config(
             name=name, model_format=model.format, spec=spec, signature=signature, settings=settings
         ),
@@ -76,12 +143,17 @@ def upload(
     audit.record(
         session,
         actor=ctx.principal,
-        action="version.create",
+        action=action,
         target=f"{tenant.name}/{model.name}/v{number}",
         tenant=tenant.name,
         model=model.name,
         request_id=ctx.request_id,
-        after={"version": number, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+        after={
+            "version": number,
+            "sha256": artifact.sha256,
+            "size_bytes": artifact.size_bytes,
+            **audit_extra,
+        },
     )
     version_id = version.id
     hooks.after_commit(session, lambda: state.loader.submit_load(version_id))
@@ -120,6 +192,7 @@ def describe(version: ModelVersion) -> VersionOut:
         triton_name=version.triton_name,
         signature=version.signature,
         config=version.config_text,
+        serving=serving_of_config(version.config_text),
         created_at=version.created_at,
         updated_at=version.updated_at,
     )

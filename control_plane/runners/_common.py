@@ -46,6 +46,7 @@ class BatchingRunner:
         path = os.path.join(args["model_repository"], str(args["model_version"]), artifact)
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.optional = {tensor["name"] for tensor in config["input"] if tensor.get("optional")}
         self.outputs = [(tensor["name"], NUMPY_DTYPES[tensor["data_type"]]) for tensor in config["output"]]
         self._load(path, params, args)
 
@@ -67,8 +68,11 @@ class BatchingRunner:
         """Concatenate along dim 0, run once, split back; None (run each alone) if that cannot work."""
         try:
             feeds = [self._read(request) for request in requests]
-            sizes = [int(feed[self.input_names[0]].shape[0]) for feed in feeds]
-            batch = {name: np.concatenate([feed[name] for feed in feeds]) for name in self.input_names}
+            present = [name for name in self.input_names if name in feeds[0]]
+            if any(feed.keys() != feeds[0].keys() for feed in feeds):
+                return None  # some left an optional input out, others did not
+            sizes = [int(feed[present[0]].shape[0]) for feed in feeds]
+            batch = {name: np.concatenate([feed[name] for feed in feeds]) for name in present}
             results = self._run(batch)
             if any(value.shape[:1] != (sum(sizes),) for value in results.values()):
                 return None
@@ -87,6 +91,8 @@ class BatchingRunner:
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
+                if name in self.optional:
+                    continue  # the model's default value applies
                 raise ValueError(f"input '{name}' is missing")
             feed[name] = tensor.as_numpy()
         return feed

@@ -29,7 +29,8 @@ class TritonPythonModel(BatchingRunner):
         self.module = None
 
     def _run(self, feed):
-        tensors = [_to_tensor(feed[name]).to(self.device) for name in self.input_names]
+        # Optional inputs left out are trailing arguments with defaults: pass the ones given, in order.
+        tensors = [_to_tensor(feed[name]).to(self.device) for name in self.input_names if name in feed]
         with torch.inference_mode():
             result = self.module(*tensors)
         if isinstance(result, torch.Tensor):

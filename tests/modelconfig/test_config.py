@@ -122,7 +122,7 @@ def test_golden_cpu_python_onnx() -> None:
 
 
 def test_golden_gpu_native_torchscript() -> None:
-    signature = _sig([("x", "FP32", [3, 4])], [("scores", "FP32", [3, 2]), ("label", "INT64", [3])])
+    signature = _sig([("x", "FP32", [3, 4])], [("scores__0", "FP32", [3, 2]), ("label__1", "INT64", [3])])
     config = _config(
         model_format="torchscript",
         signature=signature,
@@ -169,9 +169,16 @@ def test_preferred_sizes_must_fit() -> None:
         _config(mbs=8, dynamic_batching=DynamicBatchingSpec(preferred_batch_size=[4, 16]))
 
 
+def test_rank_one_tensors_batch_only_when_asked() -> None:
+    # [N] would batch as [N, 1] (a per-item scalar): other shapes than the framework's, so not by default.
+    signature = _sig([("x", "INT64", [-1])], [("y", "FP32", [-1, 2])])
+    assert batching_plan(signature, requested_max_batch_size=None) == (0, signature)
+    assert _config(signature=signature).input[0].dims == [-1]
+
+
 def test_scalars_get_dims_one_and_an_empty_reshape() -> None:
     signature = _sig([("x", "INT64", [-1])], [("y", "FP32", [-1, 2])])
-    config = _config(signature=signature, warmup=True)
+    config = _config(signature=signature, warmup=True, mbs=8)
     assert config.max_batch_size == 8
     assert list(config.input[0].dims) == [1] and config.input[0].HasField("reshape")
     assert list(config.input[0].reshape.shape) == []
@@ -195,6 +202,16 @@ def test_bf16_is_refused_by_the_runners_only() -> None:
         InvalidModelSpec, match="input 'x': dtype BF16 is not supported by the Python-backend"
     ):
         _config(signature=signature, runtime=Runtime.PYTHON)
+
+
+def test_native_torchscript_outputs_follow_libtorchs_naming() -> None:
+    signature = _sig([("x", "FP32", [-1, 4])], [("scores", "FP32", [-1, 3])])
+    with pytest.raises(InvalidModelSpec, match=r"output 'scores': Triton's libtorch backend .* 'output__0'"):
+        _config(model_format="torchscript", signature=signature)
+    assert (
+        _config(model_format="torchscript", signature=signature, runtime=Runtime.PYTHON).output[0].name
+        == "scores"
+    )
 
 
 def test_parse_errors_are_invalid_model_spec() -> None:

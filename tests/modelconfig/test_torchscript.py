@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from control_plane.modelconfig.exceptions import InvalidArtifact, InvalidModelSpec
-from control_plane.modelconfig.signature import validate_torchscript
 from control_plane.modelconfig.specs import Signature
+from control_plane.modelconfig.torchscript import validate_torchscript
 from tests.support import model_files
 
 

@@ -77,6 +77,8 @@ BODIES: dict[str, Any] = {
     "create_key": {"json": {"role": "publisher"}},
     "create_model": {"json": {"name": f"new-{RUN}", "format": "onnx"}},
     "promote": {"json": {"version": 2}},
+    "update_model": {"json": {"instance_group": {"count": 1}}},
+    "redeploy_version": {},
     "rollback": {"json": {}},
     "set_traffic": {"json": {"routes": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]}},
     "infer": {"json": {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X4}]}},
