@@ -99,11 +99,17 @@ class GrpcProxy:
 
     async def start(self, host: str, port: int) -> None:
         """Bind `host:port` and start serving."""
+        settings = self.state.settings
         server = aio.server(
             options=[
-                ("grpc.max_receive_message_length", self.state.settings.max_request_bytes),
+                ("grpc.max_receive_message_length", settings.max_request_bytes),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent second listener
+                # The same connection-level limits as the HTTP side: a client that connects and says
+                # nothing, or sends huge metadata, is dropped.
+                ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+                ("grpc.max_metadata_size", settings.max_header_bytes),
+                ("grpc.max_connection_idle_ms", 5 * 60 * 1000),
             ]
         )
         handlers = self._handlers()

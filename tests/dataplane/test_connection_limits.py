@@ -12,11 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from tritonclient.grpc import service_pb2 as pb
 
+from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
 from tests.support.deploy import Deployed, deploy_onnx
+from tests.support.procs import free_port
 from tests.support.rawhttp import exchange, request_head
 
 BODY = json.dumps(
@@ -244,3 +248,30 @@ def _triton_inferences(api: Api, d: Deployed) -> int:
     return int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) + int(
         stats["model_stats"][0]["inference_stats"]["fail"]["count"]
     )
+
+
+def test_grpc_has_the_same_connection_limits(
+    make_served: Callable[..., Api], triton: RunningTriton, tmp_path: Path
+) -> None:
+    grpc_port = free_port()
+    api = make_served(
+        **{**LIMITS, "header_timeout_s": 1.0},
+        grpc_port=grpc_port,
+        triton_grpc_urls=[triton.process.grpc_url],
+    )
+    d = deploy_onnx(api, tmp_path)
+    with socket.create_connection(("127.0.0.1", grpc_port), timeout=10) as silent:
+        _, took = _answer_within(silent, 8)  # says nothing: dropped after the handshake timeout
+    assert took < 5
+    metadata = [("authorization", f"Bearer {d.consumer_key}"), ("x-big", "a" * 20_000)]
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelReady",
+            request_serializer=pb.ModelReadyRequest.SerializeToString,
+            response_deserializer=pb.ModelReadyResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            ready(pb.ModelReadyRequest(name=d.model), metadata=metadata, timeout=5)
+        assert refused.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)
+        answer = ready(pb.ModelReadyRequest(name=d.model), metadata=metadata[:1], timeout=5)
+    assert answer.ready
