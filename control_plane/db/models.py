@@ -24,7 +24,9 @@ FORMATS = ("onnx", "torchscript", "python")
 VERSION_STATES = ("registered", "loading", "ready", "failed", "unloaded", "retired")
 ROUTE_KINDS = ("weighted", "shadow")
 INSTANCE_STATES = ("unknown", "ready", "unavailable")
+INSTANCE_ORIGINS = ("settings", "api", "embedded")
 PLACEMENT_STATES = ("loading", "ready", "failed", "unloading", "unloaded")
+PLACEMENT_DESIRED = ("ready", "absent")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -204,11 +206,14 @@ class AuditEvent(Base):
 
 
 class TritonInstance(Base):
+    """A Triton server of the fleet: a stable name, its current URLs, health as last observed."""
+
     __tablename__ = "triton_instances"
     __table_args__ = (
         UniqueConstraint("name"),
         UniqueConstraint("http_url"),
         CheckConstraint(_in("state", INSTANCE_STATES), name="state"),
+        CheckConstraint(_in("origin", INSTANCE_ORIGINS), name="origin"),
         CheckConstraint(
             "memory_budget_bytes IS NULL OR memory_budget_bytes > 0", name="memory_budget_positive"
         ),
@@ -219,25 +224,44 @@ class TritonInstance(Base):
     http_url: Mapped[str] = mapped_column(String(300))
     grpc_url: Mapped[str] = mapped_column(String(300))
     state: Mapped[str] = mapped_column(String(16), default="unknown")
+    # Where the instance comes from: CP_TRITON_URLS, the admin API, or the bundled Triton of a process.
+    origin: Mapped[str] = mapped_column(String(16), default="settings", server_default="settings")
     memory_budget_bytes: Mapped[int | None] = mapped_column(BigId)
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Set by DELETE /v1/instances/{name}: its placements move elsewhere, then the row is removed.
+    draining_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = utcnow_column()
 
 
 class Placement(Base):
-    """One version loaded (or being loaded) on one Triton instance."""
+    """One version on one Triton instance: where the reconciler wants it, and what it last saw there."""
 
     __tablename__ = "placements"
     __table_args__ = (
         UniqueConstraint("instance_id", "version_id"),
         CheckConstraint(_in("state", PLACEMENT_STATES), name="state"),
+        CheckConstraint(_in("desired", PLACEMENT_DESIRED), name="desired"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("triton_instances.id", ondelete="CASCADE"))
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
-    state: Mapped[str] = mapped_column(String(16))
+    desired: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    state: Mapped[str] = mapped_column(String(16))  # observed
     message: Mapped[str | None] = mapped_column(Text)
     loaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = utcnow_column()
+
+
+class ModelReplicas(Base):
+    """How many instances serve each servable version of a model (no row: the default setting)."""
+
+    __tablename__ = "model_replicas"
+    __table_args__ = (CheckConstraint("replicas BETWEEN 1 AND 64", name="replicas_range"),)
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    replicas: Mapped[int] = mapped_column()
     updated_at: Mapped[datetime] = utcnow_column()
