@@ -27,6 +27,7 @@ from control_plane.dataplane.contract import Rejected
 from control_plane.dataplane.grpc_check import check_infer_request
 from control_plane.dataplane.grpc_errors import Code, RpcFailure, guarded, upstream_failure
 from control_plane.dataplane.rewrite import HIDDEN_EXTENSIONS
+from control_plane.dataplane.upstream import Backend
 from control_plane.errors import AppError
 from control_plane.routing.router import ModelLoading, Resolved
 from control_plane.state import AppState
@@ -92,7 +93,6 @@ class GrpcProxy:
         # Successful authentications by (authorization, x-tenant), valid for one routing table.
         self._callers: dict[tuple[str | None, str | None], Caller] = {}
         self._callers_table: object = None
-        self._turn = 0
         self._in_flight = state.metrics.in_flight.labels("grpc")
         self._server: aio.Server | None = None
         self.port = 0
@@ -172,7 +172,7 @@ class GrpcProxy:
 
     async def _server_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
         self._who(context)
-        answer = await self._call(self._upstream().stub.ServerMetadata, request, context, None)
+        answer = await self._call(self._upstream(None).stub.ServerMetadata, request, context, None)
         kept = [e for e in answer.extensions if e not in HIDDEN_EXTENSIONS]
         return pb.ServerMetadataResponse(name=answer.name, version=answer.version, extensions=kept)
 
@@ -185,19 +185,22 @@ class GrpcProxy:
                 return pb.ModelReadyResponse(ready=False)
             raise
         upstream_request = pb.ModelReadyRequest(name=resolved.triton_name)
-        return await self._call(self._upstream().stub.ModelReady, upstream_request, context, resolved)
+        stub = self._upstream(resolved.triton_name).stub
+        return await self._call(stub.ModelReady, upstream_request, context, resolved)
 
     async def _model_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
         resolved = self._resolve(self._who(context), request.name, request.version)
         upstream_request = pb.ModelMetadataRequest(name=resolved.triton_name)
-        answer = await self._call(self._upstream().stub.ModelMetadata, upstream_request, context, resolved)
+        stub = self._upstream(resolved.triton_name).stub
+        answer = await self._call(stub.ModelMetadata, upstream_request, context, resolved)
         answer.versions[:] = [str(resolved.version)]
         return _hide_internal_name(answer, resolved)
 
     async def _model_config(self, request: Any, context: aio.ServicerContext) -> Any:
         resolved = self._resolve(self._who(context), request.name, request.version)
         upstream_request = pb.ModelConfigRequest(name=resolved.triton_name)
-        answer = await self._call(self._upstream().stub.ModelConfig, upstream_request, context, resolved)
+        stub = self._upstream(resolved.triton_name).stub
+        answer = await self._call(stub.ModelConfig, upstream_request, context, resolved)
         return _hide_internal_name(answer, resolved)
 
     # --- inference -----------------------------------------------------------------------------
@@ -253,7 +256,7 @@ class GrpcProxy:
             state.inflight[resolved.triton_name] += 1  # the keep-warm janitor won't unload it meanwhile
             sent = time.perf_counter()
             try:
-                response: bytes = await self._call(self._upstream().infer, request, context, resolved)
+                response = await self._infer_call(request, context, resolved)
             finally:
                 outcome.upstream_s = time.perf_counter() - sent
                 state.inflight[resolved.triton_name] -= 1
@@ -307,13 +310,45 @@ class GrpcProxy:
             routing_key=who.routing_key,
         )
 
-    def _upstream(self) -> _Upstream:
-        """The next Triton, round-robin."""
-        tritons = self.state.tritons
-        if not tritons:
-            raise RpcFailure(Code.UNAVAILABLE, "no inference server is configured", retry_after=1)
-        self._turn += 1
-        return self._upstream_for(tritons[self._turn % len(tritons)].grpc_url)
+    def _upstream(self, triton_name: str | None) -> _Upstream:
+        """The channel to the instance for a call about `triton_name` (the data plane's choice)."""
+        return self._upstream_for(self.state.upstream.choose(triton_name).grpc_url)
+
+    async def _infer_call(self, request: bytes, context: aio.ServicerContext, resolved: Resolved) -> bytes:
+        """ModelInfer on an instance with the version ready; once more on another if the first could
+        not be reached (UNAVAILABLE from the transport, not from Triton)."""
+        upstream, name = self.state.upstream, resolved.triton_name
+        backend = upstream.choose(name)
+        try:
+            return await self._infer_on(backend, request, context)
+        except aio.AioRpcError as exc:
+            other = upstream.after_failure(backend, name, "grpc") if _unreached(exc, resolved) else None
+            if other is None:
+                raise upstream_failure(exc, resolved, self._timeout(context)) from None
+        try:
+            return await self._infer_on(other, request, context)
+        except aio.AioRpcError as exc:
+            if _unreached(exc, resolved):
+                upstream.failed(other)
+            raise upstream_failure(exc, resolved, self._timeout(context)) from None
+
+    async def _infer_on(self, backend: Backend, request: bytes, context: aio.ServicerContext) -> bytes:
+        backend.outstanding += 1
+        try:
+            response: bytes = await self._upstream_for(backend.grpc_url).infer(
+                request, timeout=self._timeout(context)
+            )
+            return response
+        finally:
+            backend.outstanding -= 1
+
+    def _timeout(self, context: aio.ServicerContext) -> float:
+        """Our upstream timeout, or the client's deadline if sooner."""
+        timeout = self.state.settings.upstream_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < timeout:
+            timeout = max(remaining, 0.001)
+        return timeout
 
     def _upstream_for(self, target: str) -> _Upstream:
         upstream = self._upstreams.get(target)
@@ -325,14 +360,16 @@ class GrpcProxy:
         self, method: Any, request: Any, context: aio.ServicerContext, resolved: Resolved | None
     ) -> Any:
         """Call Triton within our timeout (or the client's deadline if sooner); map its errors."""
-        timeout = self.state.settings.upstream_timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None and remaining < timeout:
-            timeout = max(remaining, 0.001)
+        timeout = self._timeout(context)
         try:
             return await method(request, timeout=timeout)
         except aio.AioRpcError as exc:
             raise upstream_failure(exc, resolved, timeout) from None
+
+
+def _unreached(exc: aio.AioRpcError, resolved: Resolved) -> bool:
+    """Whether a call failed to reach Triton (refused, reset) rather than Triton answering an error."""
+    return exc.code() == Code.UNAVAILABLE and resolved.triton_name not in (exc.details() or "")
 
 
 def _hide_internal_name(message: Any, resolved: Resolved) -> Any:

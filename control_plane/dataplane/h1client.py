@@ -25,7 +25,15 @@ SWEEP_EVERY_S = 0.05  # how often deadlines are checked: timeouts fire up to thi
 
 
 class ConnectionLost(ConnectionError):
-    """The connection closed before a whole response arrived."""
+    """The connection closed before a whole response arrived; `answered` if some of it had."""
+
+    def __init__(self, message: str, *, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class PoolClosed(ConnectionLost):
+    """The pool was closed (shutting down): nothing to retry."""
 
 
 class _Call:
@@ -79,11 +87,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._lost(ConnectionLost(f"bad response from upstream: {exc}"))
+            self._lost(ConnectionLost(f"bad response from upstream: {exc}", answered=True))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._lost(ConnectionLost("upstream closed the connection"))
+        self._lost(ConnectionLost("upstream closed the connection", answered=self.answered))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -228,7 +236,7 @@ class H1Pool:
 
     def _connect(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
         if self._closed:
-            call.finish(None, ConnectionLost("the pool was closed"))
+            call.finish(None, PoolClosed("the pool was closed"))
             return
         task = loop.create_task(self._open(call))
         self._connecting.add(task)
@@ -240,7 +248,7 @@ class H1Pool:
             async with asyncio.timeout_at(call.deadline):
                 _, connection = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
         except asyncio.CancelledError:
-            call.finish(None, ConnectionLost("the pool was closed"))
+            call.finish(None, PoolClosed("the pool was closed"))
             raise
         except (OSError, TimeoutError) as exc:
             call.finish(None, exc)

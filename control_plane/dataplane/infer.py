@@ -77,7 +77,9 @@ def start_forward(
         done(upstream)
 
     try:
-        state.upstream.start(b"POST", resolved.infer_path, body=body, headers=headers, callback=settle)
+        state.upstream.start(
+            b"POST", resolved.infer_path, body=body, headers=headers, callback=settle, triton_name=name
+        )
     except BaseException:
         inflight[name] -= 1
         gauge.dec()

@@ -1,4 +1,9 @@
-"""Registry changes invalidate the routing table: locally after commit, elsewhere by Postgres NOTIFY."""
+"""Registry changes invalidate the routing table: locally after commit, elsewhere by Postgres NOTIFY.
+
+Two kinds of change: anything the routing table is built from (it is reloaded), and changes to the
+fleet's desired state (versions, aliases, routes, replicas, instances: the reconcile loop runs). The
+NOTIFY payload says which (`desired` for the second kind), so other replicas react the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +14,68 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import Alias, AliasRoute, ApiKey, Model, ModelVersion, Tenant
+from control_plane.db.models import (
+    Alias,
+    AliasRoute,
+    ApiKey,
+    Model,
+    ModelReplicas,
+    ModelVersion,
+    Placement,
+    Tenant,
+    TritonInstance,
+)
 
 CHANNEL = "cp_registry"
+DESIRED = "desired"  # NOTIFY payload of a change to the fleet's desired state
 _FLAG = "cp_registry_changed"
-ROUTING_TABLES = (Tenant, ApiKey, Model, ModelVersion, Alias, AliasRoute)
+_DESIRED_FLAG = "cp_desired_changed"
+ROUTING_TABLES = (Tenant, ApiKey, Model, ModelVersion, Alias, AliasRoute, Placement, TritonInstance)
+DESIRED_TABLES = (Model, ModelVersion, Alias, AliasRoute, ModelReplicas, TritonInstance)
 
 
-def install(session_factory: sessionmaker[Session], *, on_change: Callable[[], None]) -> None:
-    """Watch every session of the factory; a commit touching routing data NOTIFYs and calls on_change."""
+def mark_routing_changed(session: Session, *, desired: bool = False) -> None:
+    """Flag a change made with Core statements (which the ORM events do not see)."""
+    session.info[_FLAG] = True
+    if desired:
+        session.info[_DESIRED_FLAG] = True
+
+
+def install(
+    session_factory: sessionmaker[Session],
+    *,
+    on_change: Callable[[], None],
+    on_desired: Callable[[], None] | None = None,
+) -> None:
+    """Watch every session of the factory: a commit touching routing data NOTIFYs and calls on_change;
+    one touching the desired state also calls on_desired."""
 
     def mark(session: Session, *_: Any) -> None:
-        if any(isinstance(o, ROUTING_TABLES) for o in chain(session.new, session.dirty, session.deleted)):
+        touched = list(chain(session.new, session.dirty, session.deleted))
+        if any(isinstance(o, ROUTING_TABLES) for o in touched):
             session.info[_FLAG] = True
+        if any(isinstance(o, DESIRED_TABLES) for o in touched):
+            session.info[_FLAG] = session.info[_DESIRED_FLAG] = True
 
     def notify(session: Session) -> None:
         session.flush()  # so the flag sees changes still pending at commit time
         if session.info.get(_FLAG) and session.get_bind().dialect.name == "postgresql":
             # Delivered to every listener (other replicas) when this transaction commits.
-            session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+            payload = DESIRED if session.info.get(_DESIRED_FLAG) else ""
+            session.execute(
+                text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
+            )
 
     def committed(session: Session) -> None:
+        desired = session.info.pop(_DESIRED_FLAG, False)
         if session.info.pop(_FLAG, False):
             on_change()
+        if desired and on_desired is not None:
+            on_desired()
 
     def rolled_back(session: Session) -> None:
         session.info.pop(_FLAG, None)
+        session.info.pop(_DESIRED_FLAG, None)
 
     event.listen(session_factory, "before_flush", mark)
     event.listen(session_factory, "before_commit", notify)

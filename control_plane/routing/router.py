@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,6 +56,7 @@ class Router:
         self.session_factory = session_factory
         self._snapshot: tuple[RoutingTable, dict[CacheKey, Resolved]] = (EMPTY_TABLE, {})
         self._reload_lock = threading.Lock()
+        self.listeners: list[Callable[[RoutingTable], None]] = []  # told of every reloaded table
 
     @property
     def table(self) -> RoutingTable:
@@ -66,9 +68,13 @@ class Router:
         self._snapshot = (table, {})
 
     def reload(self) -> None:
-        """Rebuild the table from the registry."""
-        with self._reload_lock, self.session_factory() as session:
-            self.table = build_table(session)
+        """Rebuild the table from the registry (and tell the listeners)."""
+        with self._reload_lock:
+            with self.session_factory() as session:
+                table = build_table(session)
+            self.table = table
+            for listener in self.listeners:
+                listener(table)
 
     def resolve(
         self,

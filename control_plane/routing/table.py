@@ -8,7 +8,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.dataplane.contract import Contract
-from control_plane.db.models import Alias, AliasRoute, ApiKey, Model, ModelVersion, Tenant
+from control_plane.db.models import (
+    Alias,
+    AliasRoute,
+    ApiKey,
+    Model,
+    ModelVersion,
+    Placement,
+    Tenant,
+    TritonInstance,
+)
 from control_plane.routing.contracts import UNCHECKABLE, contract_from_config
 
 
@@ -55,12 +64,14 @@ class KeyEntry:
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
-    """(tenant id, model name) -> ModelTarget, tenant names by id, and unrevoked keys by prefix."""
+    """(tenant id, model name) -> ModelTarget, tenant names by id, unrevoked keys by prefix, and the
+    instances each Triton model is ready on (none known: any instance)."""
 
     models: dict[tuple[int, str], ModelTarget]
     tenants: dict[int, str]
     tenant_ids: dict[str, int]
     keys: dict[str, KeyEntry]
+    placements: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 EMPTY_TABLE = RoutingTable(models={}, tenants={}, tenant_ids={}, keys={})
@@ -111,8 +122,31 @@ def build_table(session: Session) -> RoutingTable:
         if k.tenant_id is None or k.tenant_id in tenants
     }
     return RoutingTable(
-        models=table, tenants=tenants, tenant_ids={n: i for i, n in tenants.items()}, keys=keys
+        models=table,
+        tenants=tenants,
+        tenant_ids={n: i for i, n in tenants.items()},
+        keys=keys,
+        placements=ready_placements(session),
     )
+
+
+def ready_placements(session: Session) -> dict[str, tuple[str, ...]]:
+    """Triton model name -> the instances it was last seen ready on, skipping unavailable instances;
+    draining ones only when no other has it."""
+    rows = session.execute(
+        select(ModelVersion.triton_name, TritonInstance.name, TritonInstance.draining_since)
+        .join(Placement, Placement.version_id == ModelVersion.id)
+        .join(TritonInstance, TritonInstance.id == Placement.instance_id)
+        .where(Placement.state == "ready", TritonInstance.state != "unavailable")
+        .order_by(TritonInstance.name)
+    ).tuples()
+    serving: dict[str, list[str]] = {}
+    draining: dict[str, list[str]] = {}
+    for triton_name, instance, draining_since in rows:
+        (serving if draining_since is None else draining).setdefault(triton_name, []).append(instance)
+    for triton_name, instances in draining.items():
+        serving.setdefault(triton_name, instances)
+    return {name: tuple(instances) for name, instances in serving.items()}
 
 
 def _alias_target(by_id: dict[int, VersionTarget], alias: Alias, routes: list[AliasRoute]) -> AliasTarget:

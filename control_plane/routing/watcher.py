@@ -5,20 +5,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 
-from control_plane.routing.changes import CHANNEL
+from control_plane.routing.changes import CHANNEL, DESIRED
 from control_plane.routing.router import Router
 
 log = logging.getLogger(__name__)
 
 
 class RegistryWatcher:
-    """A daemon thread that reloads the router on NOTIFY, or by polling where there is no NOTIFY (SQLite)."""
+    """A daemon thread that reloads the router on NOTIFY, or by polling where there is no NOTIFY (SQLite);
+    a change to the fleet's desired state (NOTIFY payload `desired`) also calls `on_desired`."""
 
-    def __init__(self, *, router: Router, database_url: str, refresh_s: float, poll_s: float):
+    def __init__(
+        self,
+        *,
+        router: Router,
+        database_url: str,
+        refresh_s: float,
+        poll_s: float,
+        on_desired: Callable[[], None] | None = None,
+    ):
         self.router = router
+        self.on_desired = on_desired
         self.database_url = database_url
         self.refresh_s = refresh_s
         self.poll_s = poll_s
@@ -58,10 +69,11 @@ class RegistryWatcher:
             self.router.reload()  # after LISTEN, so no change between the two is missed
             last_reload = time.monotonic()
             while not self._stop.is_set():
-                notified = any(True for _ in conn.notifies(timeout=0.5, stop_after=1))
-                if notified:
-                    for _ in conn.notifies(timeout=0.005):  # coalesce a burst into one reload
-                        pass
-                if notified or time.monotonic() - last_reload > self.refresh_s:
+                payloads = [n.payload for n in conn.notifies(timeout=0.5, stop_after=1)]
+                if payloads:  # coalesce a burst into one reload
+                    payloads += [n.payload for n in conn.notifies(timeout=0.005)]
+                if payloads or time.monotonic() - last_reload > self.refresh_s:
                     self.router.reload()
                     last_reload = time.monotonic()
+                if DESIRED in payloads and self.on_desired is not None:
+                    self.on_desired()
