@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -26,9 +27,12 @@ from control_plane.dataplane.upstream import Upstream
 from control_plane.db.session import make_engine, make_session_factory, transaction
 from control_plane.errors import register_error_handlers
 from control_plane.fleet.embedded import EMBEDDED, AfterRestart, embedded_endpoint, supervise_embedded
-from control_plane.fleet.instances import endpoints_from_urls, register_instances
+from control_plane.fleet.endpoints import router as fleet_router
+from control_plane.fleet.instances import endpoint_for_row, endpoints_from_urls, register_instances
 from control_plane.fleet.loader import VersionLoader
+from control_plane.fleet.metrics import register as register_fleet_metrics
 from control_plane.fleet.reconciler import Reconciler
+from control_plane.fleet.wiring import wire_data_plane
 from control_plane.keys.endpoints import router as keys_router
 from control_plane.lifecycle.endpoints import router as lifecycle_router
 from control_plane.lifecycle.janitor import KeepWarmJanitor
@@ -61,11 +65,12 @@ def build_state(settings: Settings) -> AppState:
         timeout_s=settings.triton_timeout_s,
         load_timeout_s=settings.triton_load_timeout_s,
         health_timeout_s=settings.triton_health_timeout_s,
+        names=settings.triton_names,
     )
     router = Router(session_factory)
     metrics = DataPlaneMetrics()
     upstream = Upstream(tritons, timeout_s=settings.upstream_timeout_s)
-    install_change_hooks(session_factory, on_change=router.reload)
+    router.listeners.append(lambda table: upstream.route(table.placements))
     state = AppState(
         settings=settings,
         engine=engine,
@@ -107,7 +112,9 @@ def build_state(settings: Settings) -> AppState:
         )
         tritons.append(embedded_endpoint(settings, state.embedded_triton))
     with transaction(session_factory) as session:
-        register_instances(session, tritons)
+        register_instances(session, [t for t in tritons if t.name != EMBEDDED])
+        register_instances(session, [t for t in tritons if t.name == EMBEDDED], origin="embedded")
+    install_change_hooks(session_factory, on_change=router.reload, on_desired=state.reconcile_soon)
     router.reload()
     _start_reconciler(state)
     state.watcher = RegistryWatcher(
@@ -115,6 +122,7 @@ def build_state(settings: Settings) -> AppState:
         database_url=settings.database_url,
         refresh_s=settings.routing_refresh_s,
         poll_s=settings.routing_poll_s,
+        on_desired=state.reconcile_soon,
     )
     state.watcher.start()
     state.key_usage.start()
@@ -133,7 +141,7 @@ def build_state(settings: Settings) -> AppState:
 def _start_reconciler(state: AppState) -> None:
     """Reconcile every instance once (loading what the registry serves) before serving, then keep at it."""
     settings = state.settings
-    state.reconciler = Reconciler(
+    state.reconciler = reconciler = Reconciler(
         session_factory=state.session_factory,
         loader=state.loader,
         tritons=state.tritons,
@@ -141,7 +149,19 @@ def _start_reconciler(state: AppState) -> None:
         interval_s=settings.reconcile_interval_s,
         local={EMBEDDED} if state.supervisor is not None else (),
         backoff_max_s=settings.reconcile_backoff_max_s,
+        default_replicas=settings.default_replicas,
+        move_after_s=settings.placement_move_after_s,
+        unload_grace_s=settings.unload_grace_s,
+        lock_timeout_s=settings.leader_lock_timeout_s,
+        connect=functools.partial(
+            endpoint_for_row,
+            timeout_s=settings.triton_timeout_s,
+            load_timeout_s=settings.triton_load_timeout_s,
+            health_timeout_s=settings.triton_health_timeout_s,
+        ),
     )
+    wire_data_plane(reconciler, state.upstream)
+    register_fleet_metrics(state.metrics.registry, reconciler.observed.stats, state.upstream.retry_counts)
     if state.supervisor is not None:
         state.supervisor.on_restart.append(
             AfterRestart(
@@ -211,6 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry_router,
         lifecycle_router,
         audit_router,
+        fleet_router,
     ):
         app.include_router(router)
     install_openapi(app)

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     model_repository: str = "model_repository"
 
     triton_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    triton_names: Annotated[list[str], NoDecode] = Field(default_factory=list)  # stable names, same order
     triton_grpc_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     triton_embedded: bool = False
     triton_workdir: Path = Path("var/triton")
@@ -74,6 +75,13 @@ class Settings(BaseSettings):
 
     reconcile_interval_s: float = 5.0  # period of the reconcile loop (also run at start, after restarts)
     reconcile_backoff_max_s: float = 60.0  # a failing load is retried after 1 s, doubling up to this
+    # Fleet: instances per model by default; how long an unavailable instance keeps its placements
+    # before they move elsewhere; how long a moved version stays loaded after routes stopped using it;
+    # how soon a lost leader's lock passes to another replica (besides a dead process, at once).
+    default_replicas: int = Field(1, ge=1, le=64)
+    placement_move_after_s: float = 30.0
+    unload_grace_s: float = 1.0
+    leader_lock_timeout_s: float = 10.0
 
     routing_refresh_s: float = 30.0
     routing_poll_s: float = 1.0
@@ -107,7 +115,9 @@ class Settings(BaseSettings):
     check_per_tenant: int = 2  # large bodies of one tenant being checked at once
     check_queue: int = 16
 
-    @field_validator("triton_urls", "triton_grpc_urls", "triton_gpus", "protected_aliases", mode="before")
+    @field_validator(
+        "triton_urls", "triton_names", "triton_grpc_urls", "triton_gpus", "protected_aliases", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -51,3 +51,8 @@ class AppState:
     reconciler: Reconciler | None = None  # its `observed` has each instance's health and loaded models
     watcher: RegistryWatcher | None = None
     janitor: KeepWarmJanitor | None = None
+
+    def reconcile_soon(self) -> None:
+        """The fleet's desired state changed: run a reconcile pass now (once the loop exists)."""
+        if self.reconciler is not None:
+            self.reconciler.trigger()

@@ -70,7 +70,8 @@ class AfterRestart:
                 fresh = embedded_endpoint(self.settings, process)
                 self.tritons[index] = fresh
                 with transaction(self.session_factory) as session:
-                    register_instances(session, [fresh])
+                    register_instances(session, [fresh], origin="embedded")
+                self.reconciler.members.publish()  # the data plane follows it now, not at the next pass
                 endpoint.close()
                 log.warning("embedded Triton moved to %s (gRPC %s)", fresh.http_url, fresh.grpc_url)
         self.reconciler.trigger()

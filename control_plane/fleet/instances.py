@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
+from control_plane.db.models import TritonInstance
 from control_plane.fleet import repository
 from control_plane.tritonserver import TritonClient
 
@@ -72,14 +73,17 @@ def endpoints_from_urls(
     timeout_s: float,
     load_timeout_s: float,
     health_timeout_s: float | None = None,
+    names: list[str] | None = None,
 ) -> list[TritonEndpoint]:
-    """Endpoints for configured URLs, named by host:port; gRPC URLs default to the HTTP port + 1.
+    """Endpoints for configured URLs, named by `names` (same order) or else host:port; gRPC URLs
+    default to the HTTP port + 1.
 
     Loads go over gRPC where the gRPC URL is configured rather than guessed.
     """
+    names = names or []
     return [
         TritonEndpoint.connect(
-            name=urlsplit(http_url).netloc,
+            name=names[index] if index < len(names) else urlsplit(http_url).netloc,
             http_url=http_url,
             grpc_url=grpc_urls[index] if index < len(grpc_urls) else grpc_url_for(http_url),
             timeout_s=timeout_s,
@@ -91,9 +95,26 @@ def endpoints_from_urls(
     ]
 
 
-def register_instances(session: Session, endpoints: list[TritonEndpoint]) -> None:
+def register_instances(
+    session: Session, endpoints: list[TritonEndpoint], *, origin: str = "settings"
+) -> None:
     """Record this process's instances in the registry, found by stable name, with their current URLs."""
     for endpoint in endpoints:
         repository.upsert_instance(
-            session, name=endpoint.name, http_url=endpoint.http_url, grpc_url=endpoint.grpc_url
+            session, name=endpoint.name, http_url=endpoint.http_url, grpc_url=endpoint.grpc_url, origin=origin
         )
+
+
+def endpoint_for_row(
+    row: TritonInstance, *, timeout_s: float, load_timeout_s: float, health_timeout_s: float
+) -> TritonEndpoint:
+    """The endpoint of an instance known only from its row (added through the API): loads over gRPC."""
+    return TritonEndpoint.connect(
+        name=row.name,
+        http_url=row.http_url,
+        grpc_url=row.grpc_url,
+        timeout_s=timeout_s,
+        load_timeout_s=load_timeout_s,
+        health_timeout_s=health_timeout_s,
+        load_over_grpc=True,
+    )

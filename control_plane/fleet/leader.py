@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 import psycopg
+from psycopg import sql
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +24,21 @@ class LeaderLease:
     hands leadership over without anyone releasing anything.
     """
 
-    def __init__(self, database_url: str, key: int, *, connect_timeout_s: int = 5) -> None:
+    def __init__(self, database_url: str, key: int, *, timeout_s: float = 10.0) -> None:
         self.key = key
         self._postgres = is_postgres(database_url)
         self._conninfo = "postgresql://" + database_url.split("://", 1)[1]
-        self._connect_timeout_s = connect_timeout_s
+        # A leader that dies closes its connection at once (the kernel does); one that hangs or is cut
+        # off is found out by TCP keepalives and the user timeout within about `timeout_s`, and the
+        # server then drops its lock. The leader itself gives up as soon as a query on it fails.
+        self._options: dict[str, Any] = {
+            "connect_timeout": max(1, int(timeout_s / 2)),
+            "keepalives": 1,
+            "keepalives_idle": max(1, int(timeout_s / 3)),
+            "keepalives_interval": max(1, int(timeout_s / 6)),
+            "keepalives_count": 2,
+            "tcp_user_timeout": int(timeout_s * 1000),
+        }
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
 
     def acquire(self) -> bool:
@@ -35,9 +47,8 @@ class LeaderLease:
             return True
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(
-                    self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
-                )
+                self._conn = psycopg.connect(self._conninfo, autocommit=True, **self._options)
+                self._server_keepalives(self._conn)
             # Asking again while holding it is harmless (session locks stack; all go with the connection).
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         except psycopg.Error as exc:
@@ -45,6 +56,17 @@ class LeaderLease:
             self.release()
             return False
         return bool(row and row[0])
+
+    def _server_keepalives(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """The same keepalives on the server's side, which is what frees the lock of a lost leader."""
+        o = self._options
+        for setting, value in (
+            ("tcp_keepalives_idle", o["keepalives_idle"]),
+            ("tcp_keepalives_interval", o["keepalives_interval"]),
+            ("tcp_keepalives_count", o["keepalives_count"]),
+            ("tcp_user_timeout", o["tcp_user_timeout"]),
+        ):
+            conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(value)))
 
     def release(self) -> None:
         """Give up leadership (closing the connection releases the lock)."""

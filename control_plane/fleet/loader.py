@@ -6,6 +6,7 @@ import logging
 import tempfile
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from control_plane.db.session import transaction
 from control_plane.errors import AppError
 from control_plane.fleet import repository as fleet_repository
 from control_plane.fleet.instances import TritonEndpoint
+from control_plane.fleet.observed import Observed
 from control_plane.modelconfig.config import artifact_filename, parse_config
 from control_plane.modelconfig.formats import sniff
 from control_plane.modelrepo import ModelRepository, RepositoryFile
@@ -48,6 +50,10 @@ class VersionLoader:
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._loading: dict[int, Future[str]] = {}
         self._loading_lock = threading.Lock()
+        # Set by the reconcile loop: where a version goes (else every Triton), and its memory of what
+        # it recorded (kept in step with what the loader records).
+        self.placer: Callable[[int], list[TritonEndpoint]] | None = None
+        self.observed: Observed | None = None
 
     def submit_load(self, version_id: int) -> Future[str]:
         """Load a version in the background (joining a load already under way); the future gives its state."""
@@ -78,7 +84,8 @@ class VersionLoader:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def load(self, version_id: int) -> str:
-        """Write the version's repository entry, load it on every Triton, record ready or failed."""
+        """Write the version's repository entry, load it where it is placed (every Triton without a
+        placer), record ready (loaded on at least one) or failed."""
         with transaction(self.session_factory) as session:
             version = session.get(ModelVersion, version_id)
             if version is None or version.state == "retired":
@@ -92,19 +99,20 @@ class VersionLoader:
                 version.sha256,
                 version.config_text,
             )
+        targets = self.placer(version_id) if self.placer is not None else list(self.tritons)
         with self._locks[name]:
             try:
                 self._write_entry(
                     name, model_format=model_format, sha256=sha256, config_text=config_text or ""
                 )
-                errors = self._load_everywhere(name)
+                errors = self._load_on(name, targets)
             except (AppError, OSError) as exc:
                 errors = {"repository": getattr(exc, "message", str(exc))}
-        state = "failed" if errors or not self.tritons else "ready"
+        state = "ready" if targets and len(errors) < len(targets) else "failed"
         message = "; ".join(f"{k}: {v}" for k, v in errors.items()) or (
-            None if self.tritons else "no Triton configured"
+            None if targets else "no Triton instance is ready to load it"
         )
-        self._record(version_id, state=state, message=message, failed=errors)
+        self._record(version_id, state=state, message=message, failed=errors, on=targets)
         log.info("version %s (%s) is %s%s", version_id, name, state, f": {message}" if message else "")
         return state
 
@@ -174,9 +182,9 @@ class VersionLoader:
                 files.append(RepositoryFile(f"1/{RUNNER_FILENAME}", content=runner))
             self.repository.write_model(name, config_text=config_text, files=files)
 
-    def _load_everywhere(self, name: str) -> dict[str, str]:
+    def _load_on(self, name: str, targets: list[TritonEndpoint]) -> dict[str, str]:
         errors: dict[str, str] = {}
-        for triton in self.tritons:
+        for triton in targets:
             try:
                 triton.client.load_model(name)
             except AppError as exc:
@@ -191,19 +199,25 @@ class VersionLoader:
         message: str | None,
         failed: dict[str, str],
         placement_state: str | None = None,
+        on: list[TritonEndpoint] | None = None,
     ) -> None:
+        """The version's state, and its placements on `on` (default every Triton): ready or failed
+        there, or `placement_state` (then no longer desired anywhere)."""
         now = datetime.now(UTC)
+        targets = list(self.tritons) if on is None else on
         with transaction(self.session_factory) as session:
             version = session.get(ModelVersion, version_id)
             if version is None:
                 return
             if version.state != "retired" or state == "retired":
                 version.state, version.state_message, version.updated_at = state, message, now
-            ids = fleet_repository.instance_ids(session, [triton.name for triton in self.tritons])
-            for triton in self.tritons:
+            ids = fleet_repository.instance_ids(session, [triton.name for triton in targets])
+            for triton in targets:
                 if triton.name not in ids:
                     continue
                 where = placement_state or ("failed" if triton.name in failed else "ready")
+                if self.observed is not None:
+                    self.observed.placement_changed((triton.name, version_id), where, failed.get(triton.name))
                 fleet_repository.upsert_placement(
                     session,
                     instance_id=ids[triton.name],
@@ -211,4 +225,5 @@ class VersionLoader:
                     state=where,
                     message=failed.get(triton.name),
                     now=now,
+                    desired="absent" if placement_state is not None else None,
                 )

@@ -1,4 +1,4 @@
-"""What the reconcile loop last observed, kept in memory for /v1/status and the data plane."""
+"""What the reconcile loop last observed, kept in memory for /v1/status, the instances API and metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from control_plane.fleet.metrics import FleetStats
 
 Key = tuple[str, int]  # (instance name, version id)
 
@@ -19,6 +21,7 @@ class InstanceObservation:
     checked_at: datetime
     models: Mapping[str, str]  # Triton model name -> state in its repository index (READY, LOADING, ...)
     message: str | None = None
+    probed_at: float = 0.0  # time.monotonic() when the probe started
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,18 @@ class Observed:
 
     instances: dict[str, InstanceObservation] = field(default_factory=dict)
     failures: dict[Key, PlacementFailure] = field(default_factory=dict)
+    drift: dict[str, int] = field(default_factory=dict)  # instance -> placements not as desired
     leader: bool = False
     last_pass_at: datetime | None = None
+    last_pass_s: float | None = None
+    stats: FleetStats = field(default_factory=FleetStats)
     _placements: dict[Key, tuple[str, str | None]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def passed(self, at: datetime) -> None:
-        """Note that a pass finished."""
-        self.last_pass_at = at
+    def passed(self, at: datetime, seconds: float) -> None:
+        """Note that a pass finished, and how long it took."""
+        self.last_pass_at, self.last_pass_s = at, seconds
+        self.stats.passed(seconds)
 
     def placement_changed(self, key: Key, state: str, message: str | None) -> bool:
         """Remember a placement's state; whether it differs from what was remembered."""
@@ -52,6 +59,23 @@ class Observed:
             changed = self._placements.get(key) != (state, message)
             self._placements[key] = (state, message)
             return changed
+
+    def placement_state(self, key: Key) -> str | None:
+        """The state last recorded for a placement by this process."""
+        with self._lock:
+            remembered = self._placements.get(key)
+            return None if remembered is None else remembered[0]
+
+    def forget(self, instance: str) -> None:
+        """Drop what is known about an instance that left the fleet."""
+        self.instances.pop(instance, None)
+        self.drift.pop(instance, None)
+        self.stats.forget(instance)
+        with self._lock:
+            for key in [k for k in self._placements if k[0] == instance]:
+                del self._placements[key]
+        for key in [k for k in self.failures if k[0] == instance]:
+            self.failures.pop(key, None)
 
     def instance_ready(self, name: str) -> bool:
         """Whether the last pass found instance `name` ready (False if never probed)."""

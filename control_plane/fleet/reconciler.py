@@ -1,44 +1,52 @@
-"""The reconcile loop: every Triton instance serves what the registry says should be served.
+"""The reconcile loop: every Triton instance serves what the registry's desired placements say.
 
-The registry is the desired state (a version in state `ready` should be loaded everywhere: aliases,
-canary and shadow routes, keep-warm and fresh uploads all leave their versions `ready`); Triton's
-repository index is the observed state. Each pass probes every instance (short timeouts), loads
-what is missing (repository entry first; single-flight per version and instance; failures back
-off), unloads what is ours and no longer wanted, and records instance health and placements.
+Each pass probes every instance of this process's view (health and repository index, short
+timeouts, in parallel), then, for the instances this process acts on (all of them when it holds
+the leader lock, else only its own embedded Triton), runs the placement policy (`desired.py`:
+`replicas` instances per model, spread, sticky; moved off instances that are draining or gone for
+`move_after_s`), loads what a desired placement lacks (repository entry first; single-flight per
+version and instance; failures back off), unloads what is ours and not desired there (a version
+still served only once it is ready elsewhere; never a model that is not ours), records observed
+state, drift and errors, and removes drained instances.
 
-Passes run at start-up, when triggered (after a supervised restart), and every `interval_s`. With
-several replicas only the holder of a Postgres advisory lock reconciles the shared fleet; instances
-private to this process (the embedded Triton) are always reconciled by it.
+Passes run at start-up, on every change notification and data-plane failure (`trigger`), and every
+`interval_s`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.db.models import TritonInstance
 from control_plane.db.session import transaction
 from control_plane.errors import AppError
 from control_plane.fleet import repository
+from control_plane.fleet.actions import Actions
 from control_plane.fleet.backoff import Backoff
+from control_plane.fleet.desired import Desired, apply_policy, place_version
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.leader import LeaderLease
 from control_plane.fleet.loader import VersionLoader
-from control_plane.fleet.observed import InstanceObservation, Observed, PlacementFailure
+from control_plane.fleet.members import Connect, Members
+from control_plane.fleet.observed import InstanceObservation, Observed
+from control_plane.fleet.placement import Slot
+from control_plane.routing.changes import mark_routing_changed
 
 log = logging.getLogger(__name__)
 RECONCILE_LOCK = 0x63705F726563  # "cp_rec"
-SERVING = ("ready",)  # version states that should be loaded
-RELEASED = ("unloaded", "retired")  # version states that should not be: unloaded if still loaded
-Key = tuple[str, int]  # (instance name, version id)
+RELEASED = ("unloaded", "retired")  # version states that should not be loaded anywhere
+PassListener = Callable[[dict[str, InstanceObservation]], None]
 
 
 class Reconciler:
-    """One loop that makes each Triton match the registry (see the module docstring)."""
+    """One loop that makes each Triton match the desired placements (see the module docstring)."""
 
     def __init__(
         self,
@@ -52,22 +60,38 @@ class Reconciler:
         backoff_s: float = 1.0,
         backoff_max_s: float = 60.0,
         loads_per_instance: int = 2,
+        default_replicas: int = 1,
+        move_after_s: float = 30.0,
+        unload_grace_s: float = 1.0,
+        own: Collection[str] | None = None,
+        connect: Connect | None = None,
+        lock_timeout_s: float = 10.0,
     ) -> None:
         self.session_factory = session_factory
-        self.loader = loader
-        self.tritons = tritons  # shared with the data plane; an entry may be replaced (new ports)
+        self.tritons = tritons  # shared with the data plane; kept matching the registry by `members`
+        self.members = Members(tritons, own=own, connect=connect, fixed=local)
         self.interval_s = interval_s
         self.local = frozenset(local)
+        self.default_replicas = default_replicas
+        self.move_after_s = move_after_s
         self.observed = Observed()
-        self._lease = LeaderLease(database_url, RECONCILE_LOCK)
-        self._backoff = Backoff(initial_s=backoff_s, max_s=backoff_max_s)
-        self._loads_per_instance = loads_per_instance
+        self.after_pass: list[PassListener] = []
+        self._lease = LeaderLease(database_url, RECONCILE_LOCK, timeout_s=lock_timeout_s)
+        self.actions = Actions(
+            session_factory=session_factory,
+            loader=loader,
+            observed=self.observed,
+            backoff=Backoff(initial_s=backoff_s, max_s=backoff_max_s),
+            loads_per_instance=loads_per_instance,
+            unload_grace_s=unload_grace_s,
+        )
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cp-reconcile")
-        self._workers: dict[str, ThreadPoolExecutor] = {}
-        self._inflight: dict[Key, Future[None]] = {}
-        self._lock = threading.Lock()
+        self._down_since: dict[str, float] = {}
+        self._pass_lock = threading.Lock()
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="cp-reconciler", daemon=True)
+        loader.placer = self.place
+        loader.observed = self.observed
 
     def start(self, *, wait_s: float) -> None:
         """Reconcile once now (waiting up to `wait_s` for its loads), then every `interval_s`."""
@@ -82,38 +106,68 @@ class Reconciler:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
         self._probes.shutdown(wait=True, cancel_futures=True)
-        for workers in list(self._workers.values()):
-            workers.shutdown(wait=False, cancel_futures=True)
+        self.actions.stop()
         self._lease.release()
 
     def trigger(self) -> None:
-        """Run a pass now (e.g. after a Triton restarted) instead of at the next period."""
+        """Run a pass now (a change notification, a Triton restart or failure) instead of at the period."""
         self._wake.set()
-
-    def run_pass(self, *, wait_s: float = 0.0) -> dict[str, InstanceObservation]:
-        """One pass over the instances this process reconciles now (all when leader, else its own)."""
-        self.observed.leader = self._lease.acquire()
-        endpoints = [t for t in list(self.tritons) if self.observed.leader or t.name in self.local]
-        return self.reconcile(endpoints, wait_s=wait_s)
-
-    def reconcile(
-        self, endpoints: Sequence[TritonEndpoint], *, wait_s: float = 0.0
-    ) -> dict[str, InstanceObservation]:
-        """Probe the instances in parallel and start what they lack; wait up to `wait_s` for the loads."""
-        with self.session_factory() as session:
-            wanted = repository.versions_in_states(session, SERVING)
-        probes = {e.name: self._probes.submit(self._reconcile_instance, e, wanted) for e in endpoints}
-        seen = {name: probe.result() for name, probe in probes.items()}
-        if wait_s > 0:
-            self.wait_idle(wait_s)
-        self.observed.passed(datetime.now(UTC))
-        return seen
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no load or unload started by this loop is running; False on timeout."""
-        with self._lock:
-            pending = list(self._inflight.values())
-        return not wait(pending, timeout=timeout_s).not_done
+        return self.actions.wait_idle(timeout_s)
+
+    def run_pass(self, *, wait_s: float = 0.0) -> dict[str, InstanceObservation]:
+        """One pass over this process's view, acting on all of it when leader, else on its own."""
+        leader = self._lease.acquire()
+        self.observed.leader = self.observed.stats.leader = leader
+        with self.session_factory() as session:
+            self.members.sync(repository.instance_rows(session))
+        endpoints = list(self.tritons)
+        acting = [e.name for e in endpoints if leader or e.name in self.local]
+        return self.reconcile(endpoints, acting=acting, wait_s=wait_s)
+
+    def reconcile(
+        self,
+        endpoints: Sequence[TritonEndpoint],
+        *,
+        acting: Collection[str] | None = None,
+        wait_s: float = 0.0,
+    ) -> dict[str, InstanceObservation]:
+        """Probe `endpoints` in parallel, converge those in `acting` (default: all); wait up to
+        `wait_s` for the loads and unloads started."""
+        with self._pass_lock:
+            started = time.monotonic()
+            probes = {e.name: self._probes.submit(_observe, e) for e in endpoints}
+            seen = {name: probe.result() for name, probe in probes.items()}
+            for observation in seen.values():
+                self._remember(observation)
+            names = {e.name for e in endpoints} if acting is None else set(acting)
+            mine = [e for e in endpoints if e.name in names]
+            if mine:
+                self._act(mine, seen)
+        if wait_s > 0:
+            self.wait_idle(wait_s)
+        self.observed.passed(datetime.now(UTC), time.monotonic() - started)
+        for listener in self.after_pass:
+            listener(seen)
+        return seen
+
+    def place(self, version_id: int) -> list[TritonEndpoint]:
+        """Choose and record the instances a version should be loaded on now (for the loader)."""
+        endpoints = list(self.tritons)
+        with transaction(self.session_factory) as session:
+            rows = {r.name: r for r in repository.instance_rows(session)}
+            known = [e.name for e in endpoints if e.name in rows]
+            chosen = place_version(
+                session,
+                version_id=version_id,
+                instances={name: rows[name].id for name in known},
+                slots=[self._slot(rows[name], self.observed.instances.get(name)) for name in known],
+                default_replicas=self.default_replicas,
+                now=datetime.now(UTC),
+            )
+        return [e for e in endpoints if e.name in chosen]
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -126,123 +180,99 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile pass failed; next one in %ss", self.interval_s)
 
-    def _reconcile_instance(self, endpoint: TritonEndpoint, wanted: dict[str, int]) -> InstanceObservation:
-        now = datetime.now(UTC)
-        message: str | None = None
-        try:
-            ready = endpoint.health.is_ready()
-            index = _index(endpoint) if ready else {}
-        except AppError as exc:
-            ready, index, message = False, {}, exc.message
-        if not ready:
-            message = message or "not ready"
-        observation = InstanceObservation(
-            endpoint.name, ready=ready, checked_at=now, models=index, message=message
-        )
-        self.observed.instances[endpoint.name] = observation
-        with transaction(self.session_factory) as session:
-            repository.mark_instance(session, name=endpoint.name, ready=ready, now=now)
-        if not ready:
-            return observation
-        for name, version_id in wanted.items():
-            if index.get(name) == "READY":
-                self._note(endpoint.name, version_id, "ready")
-            elif index.get(name) != "LOADING":
-                self._schedule(endpoint, name, version_id, load=True)
-        self._unload_released(
-            endpoint, [n for n, state in index.items() if state == "READY" and n not in wanted]
-        )
-        return observation
+    def _remember(self, observation: InstanceObservation) -> None:
+        self.observed.instances[observation.name] = observation
+        if observation.ready:
+            self._down_since.pop(observation.name, None)
+        else:
+            self._down_since.setdefault(observation.name, observation.probed_at)
 
-    def _unload_released(self, endpoint: TritonEndpoint, loaded: list[str]) -> None:
-        """Unload what Triton has loaded that is ours (a version of this registry) and released."""
-        if not loaded:
-            return
-        with self.session_factory() as session:
-            released = repository.versions_in_states(session, RELEASED, names=loaded)
-        for name, version_id in released.items():
-            self._schedule(endpoint, name, version_id, load=False)
+    def _slot(self, row: TritonInstance, seen: InstanceObservation | None) -> Slot:
+        ready = seen is not None and seen.ready
+        draining = row.draining_since is not None
+        down_since = self._down_since.get(row.name)
+        recent = down_since is not None and time.monotonic() - down_since < self.move_after_s
+        return Slot(row.name, eligible=ready and not draining, keeps=not draining and (ready or recent))
 
-    def _schedule(self, endpoint: TritonEndpoint, name: str, version_id: int, *, load: bool) -> None:
-        key = (endpoint.name, version_id)
-        with self._lock:
-            if key in self._inflight or (load and not self._backoff.due(key)) or self._stop.is_set():
-                return
-            workers = self._workers.get(endpoint.name)
-            if workers is None:
-                workers = self._workers[endpoint.name] = ThreadPoolExecutor(
-                    max_workers=self._loads_per_instance, thread_name_prefix=f"cp-reconcile-{endpoint.name}"
-                )
-            task = workers.submit(self._load if load else self._unload, endpoint, name, version_id)
-            self._inflight[key] = task
-        task.add_done_callback(lambda _: self._forget(key, task))
-
-    def _forget(self, key: Key, task: Future[None]) -> None:
-        with self._lock:
-            if self._inflight.get(key) is task:
-                del self._inflight[key]
-
-    def _load(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
-        key = (endpoint.name, version_id)
-        with self.loader.lock_for(name):
-            if self._state(version_id) not in SERVING:
-                return
-            self._note(endpoint.name, version_id, "loading")
-            try:
-                # A first attempt trusts an entry already in the repository; a retry rewrites it.
-                self.loader.write_entry(version_id, only_if_missing=self._backoff.failures(key) == 0)
-                endpoint.client.load_model(name)
-            except Exception as exc:  # any failure backs off; the loop must not die
-                self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))
-                return
-        self._backoff.succeeded(key)
-        self._note(endpoint.name, version_id, "ready")
-        log.info("reconciler loaded %s on %s", name, endpoint.name)
-
-    def _unload(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
-        with self.loader.lock_for(name):
-            if self._state(version_id) not in RELEASED:
-                return
-            try:
-                endpoint.client.unload_model(name)
-            except AppError as exc:
-                log.warning("reconciler could not unload %s from %s: %s", name, endpoint.name, exc.message)
-                return
-        self._note(endpoint.name, version_id, "unloaded")
-        log.info("reconciler unloaded %s from %s (released in the registry)", name, endpoint.name)
-
-    def _failed(self, instance: str, name: str, version_id: int, message: str) -> None:
-        delay = self._backoff.failed((instance, version_id))
-        self.observed.failures[(instance, version_id)] = PlacementFailure(
-            instance=instance, triton_name=name, message=message[:2000], retry_in_s=delay
-        )
-        self._note(instance, version_id, "failed", message[:2000])
-        log.warning("loading %s on %s failed (next try in %.0fs): %s", name, instance, delay, message)
-
-    def _state(self, version_id: int) -> str | None:
-        with self.session_factory() as session:
-            return repository.version_state(session, version_id)
-
-    def _note(self, instance: str, version_id: int, state: str, message: str | None = None) -> None:
-        """Record a placement's observed state (only when it changed since this process last wrote it)."""
-        if state != "failed":
-            self.observed.failures.pop((instance, version_id), None)
-        if not self.observed.placement_changed((instance, version_id), state, message):
-            return
+    def _act(self, mine: list[TritonEndpoint], seen: dict[str, InstanceObservation]) -> None:
+        """Desired placements for these instances, then loads, unloads, health rows and drains."""
         now = datetime.now(UTC)
         with transaction(self.session_factory) as session:
-            ids = repository.instance_ids(session, [instance])
-            if instance in ids:
-                repository.upsert_placement(
-                    session,
-                    instance_id=ids[instance],
-                    version_id=version_id,
-                    state=state,
-                    message=message,
-                    now=now,
-                )
+            rows = {r.name: r for r in repository.instance_rows(session) if r.name in seen}
+            mine = [e for e in mine if e.name in rows]
+            desired = apply_policy(
+                session,
+                instances={e.name: rows[e.name].id for e in mine},
+                slots=[self._slot(rows[e.name], seen[e.name]) for e in mine],
+                default_replicas=self.default_replicas,
+                now=now,
+            )
+            loaded = {n for e in mine for n, state in seen[e.name].models.items() if state in _PRESENT}
+            ours = repository.versions_named(session, loaded)
+            draining = {name for name, row in rows.items() if row.draining_since is not None}
+        for endpoint in mine:
+            observation = seen[endpoint.name]
+            drift = None
+            if observation.ready:
+                drift = self.actions.converge(endpoint, observation, desired, ours, seen)
+                self.observed.drift[endpoint.name] = drift
+            self.observed.stats.observed(endpoint.name, ready=observation.ready, drift=drift)
+        self._record_health(mine, seen, now)
+        self._finish_drains(draining, seen, ours)
+
+    def _record_health(
+        self, mine: list[TritonEndpoint], seen: dict[str, InstanceObservation], now: datetime
+    ) -> None:
+        health = [
+            repository.Health(
+                e.name, seen[e.name].ready, None if seen[e.name].ready else seen[e.name].message
+            )
+            for e in mine
+        ]
+        with transaction(self.session_factory) as session:
+            if repository.mark_instances(session, health, now=now):
+                mark_routing_changed(session)  # routes skip unavailable instances
+
+    def _finish_drains(
+        self, draining: set[str], seen: dict[str, InstanceObservation], ours: dict[str, tuple[int, str]]
+    ) -> None:
+        """Remove a draining instance once nothing of ours is loaded there (or it is gone)."""
+        for name in draining:
+            observation = seen[name]
+            left = [n for n, state in observation.models.items() if state in _PRESENT and n in ours]
+            if (observation.ready and left) or self.actions.busy(name):
+                continue
+            with transaction(self.session_factory) as session:
+                repository.delete_instance(session, name)
+                mark_routing_changed(session, desired=True)
+            self.members.drop(name)
+            self.observed.forget(name)
+            log.warning("instance %s drained and removed from the fleet", name)
+
+
+_PRESENT = ("READY", "LOADING")
+
+
+def _observe(endpoint: TritonEndpoint) -> InstanceObservation:
+    """Health and repository index of one instance (short timeouts)."""
+    probed_at = time.monotonic()
+    now = datetime.now(UTC)
+    message: str | None = None
+    try:
+        ready = endpoint.health.is_ready()
+        index = _index(endpoint) if ready else {}
+    except AppError as exc:
+        ready, index, message = False, {}, exc.message
+    if not ready:
+        message = message or "not ready"
+    return InstanceObservation(
+        endpoint.name, ready=ready, checked_at=now, models=index, message=message, probed_at=probed_at
+    )
 
 
 def _index(endpoint: TritonEndpoint) -> dict[str, str]:
     """Triton model name -> state, from the instance's repository index."""
     return {str(m["name"]): str(m.get("state") or "") for m in endpoint.health.repository_index()}
+
+
+__all__ = ["RELEASED", "Desired", "Reconciler"]

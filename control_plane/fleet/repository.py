@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import ModelVersion, Placement, TritonInstance
+from control_plane.db.models import Model, ModelReplicas, ModelVersion, Placement, TritonInstance
 
 log = logging.getLogger(__name__)
 
 
-def upsert_instance(session: Session, *, name: str, http_url: str, grpc_url: str) -> TritonInstance:
+def upsert_instance(
+    session: Session, *, name: str, http_url: str, grpc_url: str, origin: str = "settings"
+) -> TritonInstance:
     """The instance row with this stable name, created or given the current URLs.
 
     A row of another name that still claims `http_url` is stale (its server is gone and the address
@@ -29,12 +32,23 @@ def upsert_instance(session: Session, *, name: str, http_url: str, grpc_url: str
         session.flush()
     row = session.scalar(select(TritonInstance).where(TritonInstance.name == name))
     if row is None:
-        row = TritonInstance(name=name, http_url=http_url, grpc_url=grpc_url)
+        row = TritonInstance(name=name, http_url=http_url, grpc_url=grpc_url, origin=origin)
         session.add(row)
-    else:
-        row.http_url, row.grpc_url = http_url, grpc_url
+    elif (row.http_url, row.grpc_url, row.origin) != (http_url, grpc_url, origin):
+        row.http_url, row.grpc_url, row.origin = http_url, grpc_url, origin
     session.flush()
     return row
+
+
+def instance_rows(session: Session) -> list[TritonInstance]:
+    """Every instance row, by name."""
+    return list(session.scalars(select(TritonInstance).order_by(TritonInstance.name)))
+
+
+def get_instance(session: Session, name: str, *, lock: bool = False) -> TritonInstance | None:
+    """The instance row named `name`."""
+    query = select(TritonInstance).where(TritonInstance.name == name)
+    return session.scalar(query.with_for_update() if lock else query)
 
 
 def instance_ids(session: Session, names: Collection[str]) -> dict[str, int]:
@@ -45,12 +59,40 @@ def instance_ids(session: Session, names: Collection[str]) -> dict[str, int]:
     return dict(rows.tuples().all())
 
 
-def mark_instance(session: Session, *, name: str, ready: bool, now: datetime) -> None:
-    """Record an instance's observed health (and when it was last seen answering)."""
-    values: dict[str, object] = {"state": "ready" if ready else "unavailable"}
-    if ready:
-        values["last_seen_at"] = now
-    session.execute(update(TritonInstance).where(TritonInstance.name == name).values(**values))
+def delete_instance(session: Session, name: str) -> None:
+    """Remove an instance row and its placements."""
+    session.execute(delete(TritonInstance).where(TritonInstance.name == name))
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What one pass found about one instance."""
+
+    name: str
+    ready: bool
+    error: str | None
+
+
+def mark_instances(session: Session, seen: Sequence[Health], *, now: datetime) -> bool:
+    """Record observed health, last pass and last error; whether any instance's state changed."""
+    states = dict(
+        session.execute(
+            select(TritonInstance.name, TritonInstance.state).where(
+                TritonInstance.name.in_([h.name for h in seen])
+            )
+        )
+        .tuples()
+        .all()
+    )
+    changed = False
+    for health in seen:
+        state = "ready" if health.ready else "unavailable"
+        changed |= health.name in states and states[health.name] != state
+        values: dict[str, object] = {"state": state, "last_reconciled_at": now, "last_error": health.error}
+        if health.ready:
+            values["last_seen_at"] = now
+        session.execute(update(TritonInstance).where(TritonInstance.name == health.name).values(**values))
+    return changed
 
 
 def upsert_placement(
@@ -61,17 +103,96 @@ def upsert_placement(
     state: str,
     message: str | None = None,
     now: datetime,
+    desired: str | None = None,
 ) -> None:
-    """Record the observed state of one version on one instance."""
+    """Record the observed state of one version on one instance (and its desired state, if given)."""
     placement = session.scalar(
         select(Placement).where(Placement.instance_id == instance_id, Placement.version_id == version_id)
     )
     if placement is None:
-        placement = Placement(instance_id=instance_id, version_id=version_id, state=state)
+        placement = Placement(
+            instance_id=instance_id, version_id=version_id, state=state, desired=desired or "ready"
+        )
         session.add(placement)
     placement.state, placement.message, placement.updated_at = state, message, now
+    if desired is not None:
+        placement.desired = desired
     if state == "ready":
         placement.loaded_at = now
+
+
+def placements_on(session: Session, instance_ids: Collection[int]) -> list[Placement]:
+    """Every placement row on these instances."""
+    return list(session.scalars(select(Placement).where(Placement.instance_id.in_(list(instance_ids)))))
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementFacts:
+    """A placement row with what the policy needs of its version."""
+
+    row: Placement
+    triton_name: str
+    size_bytes: int
+    version_state: str
+
+
+def placement_facts(session: Session, instance_ids: Collection[int]) -> list[PlacementFacts]:
+    """The placement rows on these instances, each with its version's name, size and state."""
+    query = (
+        select(Placement, ModelVersion.triton_name, ModelVersion.size_bytes, ModelVersion.state)
+        .join(ModelVersion, ModelVersion.id == Placement.version_id)
+        .where(Placement.instance_id.in_(list(instance_ids)))
+    )
+    return [PlacementFacts(*row) for row in session.execute(query).tuples()]
+
+
+def placements_of(session: Session, version_id: int) -> list[Placement]:
+    """Every placement row of one version."""
+    return list(session.scalars(select(Placement).where(Placement.version_id == version_id)))
+
+
+@dataclass(frozen=True, slots=True)
+class ServableRow:
+    """A version in state `ready` with its model's replicas (None: the default)."""
+
+    version_id: int
+    triton_name: str
+    size_bytes: int
+    replicas: int | None
+
+
+def servable(session: Session, *, version_ids: Collection[int] | None = None) -> list[ServableRow]:
+    """Versions that should be served (state `ready` in a live model), with their replicas."""
+    query = (
+        select(ModelVersion.id, ModelVersion.triton_name, ModelVersion.size_bytes, ModelReplicas.replicas)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .outerjoin(ModelReplicas, ModelReplicas.model_id == Model.id)
+        .where(ModelVersion.state == "ready", Model.deleted_at.is_(None))
+    )
+    if version_ids is not None:
+        query = query.where(ModelVersion.id.in_(list(version_ids)))
+    return [ServableRow(*row) for row in session.execute(query).tuples()]
+
+
+def replicas_of(session: Session, version_id: int) -> tuple[int | None, int]:
+    """The replicas setting of a version's model (None: the default) and the version's size."""
+    row = session.execute(
+        select(ModelReplicas.replicas, ModelVersion.size_bytes)
+        .select_from(ModelVersion)
+        .outerjoin(ModelReplicas, ModelReplicas.model_id == ModelVersion.model_id)
+        .where(ModelVersion.id == version_id)
+    ).one_or_none()
+    return (None, 0) if row is None else (row[0], row[1])
+
+
+def versions_named(session: Session, names: Collection[str]) -> dict[str, tuple[int, str]]:
+    """Triton model name -> (version id, registry state), for the names that are versions of ours."""
+    if not names:
+        return {}
+    query = select(ModelVersion.triton_name, ModelVersion.id, ModelVersion.state).where(
+        ModelVersion.triton_name.in_(list(names))
+    )
+    return {name: (version_id, state) for name, version_id, state in session.execute(query).tuples()}
 
 
 def versions_in_states(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from control_plane.fleet.schemas import InstanceOut
 from control_plane.timestamps import UtcDateTime
 
 
@@ -50,6 +51,7 @@ class ReconcilerStatus(BaseModel):
 
     leader: bool
     last_pass_at: UtcDateTime | None
+    last_pass_s: float | None = None
     failing: list[LoadFailure]
 
 
@@ -62,3 +64,4 @@ class Status(BaseModel):
     tritons: list[TritonStatus]
     embedded_triton: SupervisorStatus | None = None
     reconciler: ReconcilerStatus | None = None
+    instances: list[InstanceOut] = []  # the fleet, as GET /v1/instances shows it

@@ -7,7 +7,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from control_plane import __version__
 from control_plane.errors import AppError
+from control_plane.fleet import service as fleet
 from control_plane.fleet.embedded import EMBEDDED
+from control_plane.fleet.schemas import InstanceOut
 from control_plane.state import AppState
 from control_plane.status.schemas import (
     ComponentStatus,
@@ -79,7 +81,21 @@ def reconciler_status(state: AppState) -> ReconcilerStatus | None:
         )
         for f in list(observed.failures.values())
     ]
-    return ReconcilerStatus(leader=observed.leader, last_pass_at=observed.last_pass_at, failing=failing)
+    return ReconcilerStatus(
+        leader=observed.leader,
+        last_pass_at=observed.last_pass_at,
+        last_pass_s=observed.last_pass_s,
+        failing=failing,
+    )
+
+
+def fleet_instances(state: AppState) -> list[InstanceOut]:
+    """Every instance with its placements (empty if the registry does not answer)."""
+    try:
+        with state.session_factory() as session:
+            return fleet.list_instances(session, state=state)
+    except SQLAlchemyError:
+        return []
 
 
 def is_ready(state: AppState) -> bool:
@@ -96,4 +112,5 @@ def full_status(state: AppState) -> Status:
         tritons=triton_statuses(state),
         embedded_triton=supervisor_status(state),
         reconciler=reconciler_status(state),
+        instances=fleet_instances(state),
     )

@@ -1,0 +1,244 @@
+"""What the reconcile loop does to one instance: loads, unloads and the observed state it records.
+
+Loads and unloads run on a small worker pool per instance (one slow Triton never holds up another),
+single-flight per (instance, version), holding the loader's per-model lock; a failed load backs
+off. A version that is still served elsewhere is unloaded make-before-break: only once it is ready
+on another instance that should hold it, marked `unloading` first (routes stop sending it there)
+and unloaded `unload_grace_s` later, so requests already on their way still find it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.db.models import Placement, TritonInstance
+from control_plane.db.session import transaction
+from control_plane.errors import AppError
+from control_plane.fleet import repository
+from control_plane.fleet.backoff import Backoff
+from control_plane.fleet.desired import Desired
+from control_plane.fleet.instances import TritonEndpoint
+from control_plane.fleet.loader import VersionLoader
+from control_plane.fleet.observed import InstanceObservation, Observed, PlacementFailure
+
+log = logging.getLogger(__name__)
+RELEASED = ("unloaded", "retired")  # version states that should not be loaded anywhere
+Key = tuple[str, int]  # (instance name, version id)
+Note = tuple[int, str, str | None]  # (version id, observed state, message)
+
+
+class Actions:
+    """Loads and unloads on the fleet for the reconcile loop, and the placement states they leave."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        loader: VersionLoader,
+        observed: Observed,
+        backoff: Backoff,
+        loads_per_instance: int,
+        unload_grace_s: float,
+    ) -> None:
+        self.session_factory = session_factory
+        self.loader = loader
+        self.observed = observed
+        self.backoff = backoff
+        self.unload_grace_s = unload_grace_s
+        self._loads_per_instance = loads_per_instance
+        self._workers: dict[str, ThreadPoolExecutor] = {}
+        self._inflight: dict[Key, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def converge(
+        self,
+        endpoint: TritonEndpoint,
+        seen: InstanceObservation,
+        desired: Desired,
+        ours: dict[str, tuple[int, str]],
+        fleet: dict[str, InstanceObservation],
+    ) -> int:
+        """Start what makes `endpoint` match its desired placements; the drift found (placements
+        missing, or loaded and not desired)."""
+        want = desired.on.get(endpoint.name, {})
+        notes: list[Note] = []
+        missing: list[tuple[str, int]] = []
+        for name, version_id in want.items():
+            state = seen.models.get(name)
+            if state in ("READY", "LOADING"):
+                notes.append((version_id, "ready" if state == "READY" else "loading", None))
+                continue
+            if self.observed.placement_state((endpoint.name, version_id)) in ("ready", None):
+                notes.append((version_id, "loading", None))  # not there (any more): routes skip it
+            missing.append((name, version_id))
+        self.note_many(endpoint.name, notes)
+        for name, version_id in missing:
+            self._schedule(endpoint, name, version_id, self._load)
+        extra = 0
+        for name, state in seen.models.items():
+            found = ours.get(name)
+            if state != "READY" or name in want or found is None:
+                continue  # not loaded, desired here, or not ours: never touched
+            version_id, version_state = found
+            if version_state in RELEASED:
+                extra += 1
+                self._schedule(endpoint, name, version_id, self._unload_released)
+            elif version_state == "ready":
+                extra += 1
+                if _ready_elsewhere(endpoint.name, name, desired.holders.get(version_id, ()), fleet):
+                    self._schedule(endpoint, name, version_id, self._unload_moved)
+        return len(missing) + extra
+
+    def busy(self, instance: str) -> bool:
+        """Whether a load or unload on `instance` is queued or running."""
+        with self._lock:
+            return any(key[0] == instance for key in self._inflight)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no load or unload is running; False on timeout."""
+        with self._lock:
+            pending = list(self._inflight.values())
+        return not wait(pending, timeout=timeout_s).not_done
+
+    def stop(self) -> None:
+        """Drop queued work (running loads end with the Triton or their timeout)."""
+        with self._lock:
+            self._stopped = True
+            workers = list(self._workers.values())
+        for pool in workers:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _schedule(self, endpoint: TritonEndpoint, name: str, version_id: int, action: _Action) -> None:
+        key = (endpoint.name, version_id)
+        loading = action == self._load
+        with self._lock:
+            if key in self._inflight or self._stopped or (loading and not self.backoff.due(key)):
+                return
+            pool = self._workers.get(endpoint.name)
+            if pool is None:
+                pool = self._workers[endpoint.name] = ThreadPoolExecutor(
+                    max_workers=self._loads_per_instance, thread_name_prefix=f"cp-reconcile-{endpoint.name}"
+                )
+            task = pool.submit(action, endpoint, name, version_id)
+            self._inflight[key] = task
+        task.add_done_callback(lambda _: self._forget(key, task))
+
+    def _forget(self, key: Key, task: Future[None]) -> None:
+        with self._lock:
+            if self._inflight.get(key) is task:
+                del self._inflight[key]
+
+    def _load(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+        key = (endpoint.name, version_id)
+        with self.loader.lock_for(name):
+            if self._version_state(version_id) != "ready":
+                return
+            self.note_many(endpoint.name, [(version_id, "loading", None)])
+            try:
+                # A first attempt trusts an entry already in the repository; a retry rewrites it.
+                self.loader.write_entry(version_id, only_if_missing=self.backoff.failures(key) == 0)
+                endpoint.client.load_model(name)
+            except Exception as exc:  # any failure backs off; the loop must not die
+                self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))
+                return
+        self.backoff.succeeded(key)
+        self.observed.stats.loaded(endpoint.name, ok=True)
+        self.note_many(endpoint.name, [(version_id, "ready", None)])
+        log.info("reconciler loaded %s on %s", name, endpoint.name)
+
+    def _unload_released(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+        with self.loader.lock_for(name):
+            if self._version_state(version_id) not in RELEASED:
+                return
+            self._unload(endpoint, name, version_id, why="released in the registry")
+
+    def _unload_moved(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+        """Make-before-break: stop routing here, wait for requests on their way, then unload."""
+        with self.loader.lock_for(name):
+            if self._wanted_here(endpoint.name, version_id):
+                return
+            self.note_many(endpoint.name, [(version_id, "unloading", None)])
+        time.sleep(self.unload_grace_s)
+        with self.loader.lock_for(name):
+            if self._wanted_here(endpoint.name, version_id):
+                return
+            self._unload(endpoint, name, version_id, why="placed elsewhere")
+
+    def _unload(self, endpoint: TritonEndpoint, name: str, version_id: int, *, why: str) -> None:
+        try:
+            endpoint.client.unload_model(name)
+        except AppError as exc:
+            log.warning("reconciler could not unload %s from %s: %s", name, endpoint.name, exc.message)
+            return
+        self.observed.stats.unloaded(endpoint.name)
+        self.note_many(endpoint.name, [(version_id, "unloaded", None)])
+        log.info("reconciler unloaded %s from %s (%s)", name, endpoint.name, why)
+
+    def _failed(self, instance: str, name: str, version_id: int, message: str) -> None:
+        delay = self.backoff.failed((instance, version_id))
+        self.observed.failures[(instance, version_id)] = PlacementFailure(
+            instance=instance, triton_name=name, message=message[:2000], retry_in_s=delay
+        )
+        self.observed.stats.loaded(instance, ok=False)
+        self.note_many(instance, [(version_id, "failed", message[:2000])])
+        log.warning("loading %s on %s failed (next try in %.0fs): %s", name, instance, delay, message)
+
+    def _version_state(self, version_id: int) -> str | None:
+        with self.session_factory() as session:
+            return repository.version_state(session, version_id)
+
+    def _wanted_here(self, instance: str, version_id: int) -> bool:
+        """Whether the version should stay on `instance` (desired there, or no longer ours to move)."""
+        with self.session_factory() as session:
+            desired = session.scalar(
+                select(Placement.desired)
+                .join(TritonInstance, TritonInstance.id == Placement.instance_id)
+                .where(TritonInstance.name == instance, Placement.version_id == version_id)
+            )
+            return desired == "ready" or repository.version_state(session, version_id) != "ready"
+
+    def note_many(self, instance: str, notes: list[Note]) -> None:
+        """Record placements' observed states (those that changed since this process last wrote them)."""
+        for version_id, state, _ in notes:
+            if state != "failed":
+                self.observed.failures.pop((instance, version_id), None)
+        changed = [n for n in notes if self.observed.placement_changed((instance, n[0]), n[1], n[2])]
+        if not changed:
+            return
+        now = datetime.now(UTC)
+        with transaction(self.session_factory) as session:
+            ids = repository.instance_ids(session, [instance])
+            if instance not in ids:
+                return
+            for version_id, state, message in changed:
+                repository.upsert_placement(
+                    session,
+                    instance_id=ids[instance],
+                    version_id=version_id,
+                    state=state,
+                    message=message,
+                    now=now,
+                )
+
+
+def _ready_elsewhere(
+    instance: str, name: str, holders: frozenset[str] | tuple[()], fleet: dict[str, InstanceObservation]
+) -> bool:
+    """Whether `name` is ready on another instance that should hold it."""
+    for holder in holders:
+        seen = fleet.get(holder)
+        if holder != instance and seen is not None and seen.ready and seen.models.get(name) == "READY":
+            return True
+    return False
+
+
+_Action = Callable[[TritonEndpoint, str, int], None]  # a bound method of Actions

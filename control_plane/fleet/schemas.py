@@ -1,0 +1,121 @@
+"""Fleet API types: instances with their placements, and a model's replicas and placements."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from control_plane.timestamps import UtcDateTime
+
+INSTANCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
+InstanceName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=INSTANCE_NAME)]
+MAX_REPLICAS = 64
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise ValueError("must be http://host:port (Triton's HTTP endpoint, no path)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must be http://host:port (Triton's HTTP endpoint, no path)")
+    return f"http://{parts.netloc}"
+
+
+def _grpc_address(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in value or " " in value:
+        raise ValueError("must be host:port (Triton's gRPC endpoint)")
+    return value
+
+
+HttpUrl = Annotated[str, StringConstraints(max_length=300), AfterValidator(_http_url)]
+GrpcAddress = Annotated[str, StringConstraints(max_length=300), AfterValidator(_grpc_address)]
+
+
+class InstanceCreate(BaseModel):
+    """Body of POST /v1/instances: a Triton server to add to the fleet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: InstanceName = Field(description="stable name; the instance keeps it when its address changes")
+    http_url: HttpUrl = Field(examples=["http://10.0.0.7:8000"])
+    grpc_url: GrpcAddress | None = Field(None, description="default: the HTTP port + 1; loads use it")
+
+
+class InstanceUpdate(BaseModel):
+    """Body of PUT /v1/instances/{name}: the instance's current address (it came back elsewhere)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    http_url: HttpUrl
+    grpc_url: GrpcAddress | None = None
+
+
+class PlacementOut(BaseModel):
+    """One version on one instance: desired (`ready` or `absent`) and last observed state."""
+
+    tenant: str
+    model: str
+    version: int
+    triton_model: str
+    desired: Literal["ready", "absent"]
+    observed: str
+    message: str | None
+    loaded_at: UtcDateTime | None
+    updated_at: UtcDateTime
+
+
+class InstanceOut(BaseModel):
+    """A Triton instance of the fleet as the registry and the last reconcile pass know it."""
+
+    name: str
+    http_url: str
+    grpc_url: str
+    origin: Literal["settings", "api", "embedded"]
+    state: str = Field(description="ready, unavailable or unknown (never probed)")
+    draining: bool
+    draining_since: UtcDateTime | None
+    last_seen_at: UtcDateTime | None
+    last_reconciled_at: UtcDateTime | None
+    last_error: str | None
+    drift: int | None = Field(description="placements not as desired at this process's last pass")
+    placements: list[PlacementOut]
+
+
+class ReplicasUpdate(BaseModel):
+    """Body of PUT /v1/tenants/{t}/models/{m}/placement."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(ge=1, le=MAX_REPLICAS, description="instances that serve each servable version")
+
+
+class VersionInstance(BaseModel):
+    """Where one version is placed."""
+
+    instance: str
+    desired: Literal["ready", "absent"]
+    observed: str
+    message: str | None
+
+
+class VersionPlacement(BaseModel):
+    """A version of the model and its placements."""
+
+    version: int
+    state: str
+    instances: list[VersionInstance]
+
+
+class ModelPlacement(BaseModel):
+    """A model's replicas setting (and whether it is the default) and where its versions are placed."""
+
+    replicas: int
+    default: bool = Field(description="true when the model has no setting of its own (CP_DEFAULT_REPLICAS)")
+    versions: list[VersionPlacement]
