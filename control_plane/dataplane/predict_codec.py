@@ -50,6 +50,8 @@ def to_v2_request(
             contract.check_input(name, "", [])  # raises: unknown input, naming the model's inputs
             continue
         array = typed_array(name, value, rule.datatype)
+        if array.ndim == 0 and rule.dims == (1,):
+            array = array.reshape(1)  # a model's 0-d input is [1] in Triton's config
         contract.check_input(name, rule.datatype, list(array.shape))
         blob = _to_bytes(array, rule.datatype)
         headers.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from google.protobuf import text_format
@@ -112,19 +113,36 @@ def build_config(
         tensor = config.input.add(
             name=spec.name, data_type=triton_dtype(spec.datatype), dims=dims, optional=spec.optional
         )
-        if scalar:
-            tensor.reshape.SetInParent()  # an empty reshape feeds the model a scalar (per batch item)
+        _scalar(config, tensor, scalar=scalar, kind="inputs")
     for spec in signature.outputs:
         dims, scalar = _config_dims(spec)
         tensor = config.output.add(name=spec.name, data_type=triton_dtype(spec.datatype), dims=dims)
-        if scalar:
-            tensor.reshape.SetInParent()
+        _scalar(config, tensor, scalar=scalar, kind="outputs")
     _set_dynamic_batching(config, spec=dynamic_batching)
     config.instance_group.append(_instance_group(instance_group, device=device, gpus=gpus))
     if warmup:
         config.model_warmup.append(_warmup(signature))
     config.version_policy.latest.num_versions = 1
     return config
+
+
+def _scalar(
+    config: mc.ModelConfig, tensor: mc.ModelInput | mc.ModelOutput, *, scalar: bool, kind: str
+) -> None:
+    """A 0-d tensor: Triton's dims cannot be empty, so it is [1] to clients.
+
+    Per batch item (max_batch_size > 0) an empty reshape hands the model a scalar. Without batching Triton
+    refuses an empty reshape: the native onnxruntime backend maps [1] to a 0-d tensor itself, and our
+    runners read the names from the `scalar_inputs` / `scalar_outputs` parameters (JSON lists).
+    """
+    if not scalar:
+        return
+    if config.max_batch_size > 0:
+        tensor.reshape.SetInParent()
+        return
+    key = f"scalar_{kind}"
+    names = json.loads(config.parameters[key].string_value or "[]")
+    config.parameters[key].string_value = json.dumps([*names, tensor.name])
 
 
 def _set_backend(config: mc.ModelConfig, *, model_format: ModelFormat, runtime: Runtime) -> None:

@@ -47,6 +47,9 @@ class BatchingRunner:
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.optional = {tensor["name"] for tensor in config["input"] if tensor.get("optional")}
+        # 0-d tensors of a model without batching: [1] to Triton, () to the model (see config.py).
+        self.scalar_inputs = set(json.loads(params.get("scalar_inputs") or "[]"))
+        self.scalar_outputs = set(json.loads(params.get("scalar_outputs") or "[]"))
         self.outputs = [(tensor["name"], NUMPY_DTYPES[tensor["data_type"]]) for tensor in config["output"]]
         self._load(path, params, args)
 
@@ -60,7 +63,7 @@ class BatchingRunner:
 
     def _execute_one(self, request):
         try:
-            return _response(self._run(self._read(request)), self.outputs)
+            return _response(self._shaped(self._run(self._read(request))), self.outputs)
         except Exception as exc:
             return _error_response(self._error_message(exc))
 
@@ -86,6 +89,11 @@ class BatchingRunner:
             for index in range(len(requests))
         ]
 
+    def _shaped(self, results):
+        if not self.scalar_outputs:
+            return results
+        return {k: np.reshape(v, (1,)) if k in self.scalar_outputs else v for k, v in results.items()}
+
     def _read(self, request):
         feed = {}
         for name in self.input_names:
@@ -94,7 +102,8 @@ class BatchingRunner:
                 if name in self.optional:
                     continue  # the model's default value applies
                 raise ValueError(f"input '{name}' is missing")
-            feed[name] = tensor.as_numpy()
+            value = tensor.as_numpy()
+            feed[name] = value.reshape(()) if name in self.scalar_inputs else value
         return feed
 
     def _error_message(self, exc):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,16 @@ def test_scalars_get_dims_one_and_an_empty_reshape() -> None:
     assert list(config.input[0].reshape.shape) == []
     assert not config.output[0].HasField("reshape")
     assert list(config.model_warmup[0].inputs["x"].dims) == [1]
+
+
+def test_scalars_without_batching_are_dims_one_and_named_for_the_runner() -> None:
+    # Triton refuses an empty reshape when the model does not batch: [1], and the runner reshapes.
+    signature = _sig([("s", "FP32", []), ("x", "FP32", [2])], [("t", "FP32", [])])
+    config = _config(signature=signature, runtime=Runtime.PYTHON)
+    assert config.max_batch_size == 0
+    assert list(config.input[0].dims) == [1] and not config.input[0].HasField("reshape")
+    assert json.loads(config.parameters["scalar_inputs"].string_value) == ["s"]
+    assert json.loads(config.parameters["scalar_outputs"].string_value) == ["t"]
 
 
 def test_warmup_sets_dynamic_dims_to_one() -> None:
