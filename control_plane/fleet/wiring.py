@@ -20,6 +20,7 @@ def wire_data_plane(reconciler: Reconciler, upstream: Upstream) -> None:
             if observation.ready:
                 upstream.seen_ready([observation.name], observation.probed_at)
 
+    members_changed(list(reconciler.tritons))  # the embedded Triton joined the list after the upstream
     reconciler.members.listeners.append(members_changed)
     reconciler.after_pass.append(passed)
     upstream.on_down = lambda _name: reconciler.trigger()
