@@ -8,6 +8,7 @@ stays one self-contained file, as Triton's Python backend loads it.
 
 import json
 import os
+import re
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -27,6 +28,20 @@ NUMPY_DTYPES = {
     "TYPE_FP64": np.float64,
     "TYPE_STRING": np.object_,
 }
+
+
+DATATYPES = {
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "float16": "FP16", "float32": "FP32", "float64": "FP64",
+}  # fmt: skip
+# What frameworks say when an input does not fit the model (a size it cannot take): the client's mistake.
+INPUT_ERROR = re.compile(
+    r"invalid (dimensions|rank|shape)|dimension mismatch|shapes cannot be multiplied|size mismatch|"
+    r"must match the size|expected .*(size|shape|dimension)|incompatible dimensions|not broadcastable|"
+    r"cannot reshape|invalid argument|unexpected input data type",
+    re.IGNORECASE,
+)
 
 
 class BatchingRunner:
@@ -62,10 +77,24 @@ class BatchingRunner:
         return [self._execute_one(request) for request in requests]
 
     def _execute_one(self, request):
+        feed = None
         try:
-            return _response(self._shaped(self._run(self._read(request))), self.outputs)
+            feed = self._read(request)
+            return _response(self._shaped(self._run(feed)), self.outputs)
         except Exception as exc:
-            return _error_response(self._error_message(exc))
+            return self._failure(exc, feed)
+
+    def _failure(self, exc, feed):
+        """An error response in the client's terms: what was sent, what went wrong; 400 if it is the input."""
+        message = self._error_message(exc)
+        if feed is None:
+            return _error_response(message)
+        sent = ", ".join(f"'{name}' {_datatype(value)} {list(value.shape)}" for name, value in feed.items())
+        if INPUT_ERROR.search(message):
+            return _error_response(
+                f"the model cannot run on the inputs sent ({sent}): {message}", invalid=True
+            )
+        return _error_response(f"the model failed: {message} (inputs sent: {sent})")
 
     def _execute_batched(self, requests):
         """Concatenate along dim 0, run once, split back; None (run each alone) if that cannot work."""
@@ -123,5 +152,11 @@ def _response(results, outputs):
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
-def _error_response(message):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+def _error_response(message, invalid=False):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid else None
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def _datatype(value):
+    return DATATYPES.get(value.dtype.name, "BYTES" if value.dtype == np.object_ else value.dtype.name)

@@ -7,6 +7,8 @@ Shipped as `model.py` next to a generated config.pbtxt whose parameters name the
 plane.
 """
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 
@@ -33,6 +35,18 @@ class TritonPythonModel(BatchingRunner):
         feed = {name: _to_str(value) if name in self.string_inputs else value for name, value in feed.items()}
         names = [name for name, _ in self.outputs]
         return dict(zip(names, self.session.run(names, feed), strict=True))
+
+    def _error_message(self, exc):
+        """onnxruntime's message without its status prefix, node boilerplate and C++ source locations."""
+        message = " ".join(str(exc).split())
+        message = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", message)
+        message = re.sub(
+            r"Non-zero status code returned while running (\w+) node\. Name:'[^']*' Status Message: ",
+            r"\1: ",
+            message,
+        )
+        message = re.sub(r" ?Please fix either the inputs/outputs or the model\.?", "", message)
+        return re.sub(r"\S+\.(?:h|cc|cpp):\d+ (?:[\w:]+\(?\)? )?", "", message)
 
 
 def _providers(args):

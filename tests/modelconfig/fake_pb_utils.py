@@ -27,11 +27,18 @@ class Tensor:
 
 
 class TritonError:
-    def __init__(self, message: str) -> None:
+    INTERNAL = 13
+    INVALID_ARG = 3
+
+    def __init__(self, message: str, code: int = INTERNAL) -> None:
         self._message = message
+        self._code = code
 
     def message(self) -> str:
         return self._message
+
+    def code(self) -> int:
+        return self._code
 
 
 class InferenceRequest:

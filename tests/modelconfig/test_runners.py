@@ -163,7 +163,10 @@ def test_a_bad_request_fails_alone(tmp_path: Path, load_runner: Loader) -> None:
     assert _output(responses[2], "y").shape == (1, 3)
     assert responses[1].has_error()
     message = responses[1].error().message()
-    assert "x" in message and "Got: 5 Expected: 4" in message
+    assert message == (
+        "the model cannot run on the inputs sent ('x' FP32 [1, 5]): Got invalid dimensions for input: x "
+        "for the following indices index: 1 Got: 5 Expected: 4"
+    )
     assert responses[1].output_tensors() == []
 
 
@@ -228,9 +231,12 @@ def test_torchscript_error_names_the_cause(tmp_path: Path, load_runner: Loader) 
     )
     (good,) = _inputs(3)
     responses = model.execute(_requests(np.ones((2, 5), dtype=np.float32), good))
-    assert responses[0].error().message() == (
+    error = responses[0].error()
+    assert error.message() == (
+        "the model cannot run on the inputs sent ('x' FP32 [2, 5]): "
         "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x5 and 4x8)"
     )
+    assert error.code() == fake_pb_utils.TritonError.INVALID_ARG  # Triton answers 400
     expected = model_files.mlp_module()(torch.from_numpy(good)).detach().numpy()
     np.testing.assert_allclose(_output(responses[1], "y"), expected, rtol=1e-5, atol=1e-6)
 

@@ -14,9 +14,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.support import model_files
 from tests.support.api import Api
+from tests.support.deploy import upload_and_alias
 from tests.support.zoo_torch import Classifier
 
 MLP_SIGNATURE: dict[str, Any] = {
@@ -266,3 +268,37 @@ def test_declared_torchscript_outputs_keep_working(api: Api, tenant: str, tmp_pa
     response = api.upload(tenant2, "ts", model_files.torchscript_mlp(tmp_path / "m.pt"))
     assert response.status_code == 201, response.text
     assert api.version(tenant2, "ts", 1)["signature"] == MLP_SIGNATURE
+
+
+def test_an_input_the_model_cannot_take_is_400_in_the_users_terms(api: Api, tmp_path: Path) -> None:
+    # x is [N, K] in the graph, but the weights need K = 4: the contract cannot know, onnxruntime fails.
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "K"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[weight],
+    )
+    path = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    tenant = api.tenant()
+    assert api.create_model(tenant, name="m", format="onnx").status_code == 201
+    deployed = upload_and_alias(
+        api, tenant=tenant, model="m", artifact=path, consumer=api.key(tenant, "consumer")
+    )
+    body = {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [1.0] * 5}]}
+
+    response = api.client.post("/v2/models/m/infer", json=body, headers=api.headers(deployed.consumer_key))
+
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert (
+        "the model cannot run on the inputs sent ('x' FP32 [1, 5]): MatMul: MatMul dimension mismatch"
+        in message
+    )
+    assert (
+        deployed.triton_name not in response.text
+        and "ONNXRuntimeError" not in message
+        and ".h:" not in message
+    )
