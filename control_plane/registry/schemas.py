@@ -54,7 +54,18 @@ class ModelPatch(BaseModel):
     version's signature) or to the defaults.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "max_batch_size": 16,
+                    "dynamic_batching": {"max_queue_delay_microseconds": 500},
+                    "instance_group": {"count": 2, "kind": "cpu"},
+                }
+            ]
+        },
+    )
 
     max_batch_size: int | None = Field(None, ge=0, le=65536)
     dynamic_batching: DynamicBatchingSpec | None = None
