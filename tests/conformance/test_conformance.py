@@ -22,7 +22,15 @@ import tritonclient.http as triton_http
 from control_plane.tritonserver import TritonDistribution, TritonProcess
 from tests.support import zoo_onnx, zoo_torch
 from tests.support.api import Api
-from tests.support.conformance import PROTOCOLS, Clients, call, difference, refused_in_json
+from tests.support.conformance import (
+    METADATA,
+    PROTOCOLS,
+    Clients,
+    call,
+    difference,
+    metadata_difference,
+    refused_in_json,
+)
 from tests.support.served import serve, stack_settings
 from tests.support.zoo import Exclusion, Zoo, ZooModel
 
@@ -120,7 +128,7 @@ def _serve_all(api: Api, models: list[ZooModel], result: Report, *, grpc_port: i
                 ready = list(pool.map(lambda m: _register(api, tenant, m), batch))
                 for model, problem in zip(batch, ready, strict=True):
                     result.served[model.name] = (
-                        {p: problem for p in PROTOCOLS} if problem else _check(clients, model)
+                        {p: problem for p in (*PROTOCOLS, *METADATA)} if problem else _check(clients, model)
                     )
                 for model in batch:
                     api.client.delete(f"/v1/tenants/{tenant}/models/{model.name}", headers=api.headers())
@@ -156,9 +164,12 @@ def _register(api: Api, tenant: str, model: ZooModel) -> str | None:
 
 def _check(clients: Clients, model: ZooModel) -> dict[str, str | None]:
     results: dict[str, str | None] = {}
-    for protocol in PROTOCOLS:
+    for protocol in (*PROTOCOLS, *METADATA):
         try:
-            results[protocol] = difference(model, protocol, call(clients, protocol, model))
+            if protocol in METADATA:
+                results[protocol] = metadata_difference(clients, protocol, model)
+            else:
+                results[protocol] = difference(model, protocol, call(clients, protocol, model))
         except Exception as exc:  # a refusal or a broken answer: reported per model and protocol
             results[protocol] = f"{type(exc).__name__}: {str(exc)[:300]}"
     return results
@@ -171,7 +182,7 @@ def test_every_model_answers_like_its_framework_over_every_protocol(
     with capsys.disabled():
         print(
             f"\nconformance: {len(served)} of {len(report.served)} models served with matching outputs over "
-            f"{', '.join(PROTOCOLS)} in {report.wall_s:.1f} s"
+            f"{', '.join(PROTOCOLS)} (metadata names checked over HTTP and gRPC) in {report.wall_s:.1f} s"
         )
         for family, count in sorted(Counter(report.families[name] for name in served).items()):
             print(f"  {count:3d}  {family}")
@@ -200,7 +211,8 @@ def test_every_exporter_is_represented(report: Report) -> None:
         "TorchScript scripted (declared signature)",
     ):
         assert needed in families, needed
-    assert any(f.startswith("torch.onnx.export (dynamo, the default") for f in families)
+    assert "torch.onnx.export (dynamo, the default)" in families
+    assert "torch.onnx.export (dynamo, the default; weights in .onnx.data, zipped)" in families
     assert any(f.startswith("TorchScript traced") for f in families)
     assert any(f.startswith("TorchScript scripted (signature from") for f in families)
 

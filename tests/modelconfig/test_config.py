@@ -197,6 +197,30 @@ def test_scalars_without_batching_are_dims_one_and_named_for_the_runner() -> Non
     assert json.loads(config.parameters["scalar_outputs"].string_value) == ["t"]
 
 
+@pytest.mark.parametrize("mbs", [None, 0, 4])
+def test_native_and_runner_configs_agree_on_names_datatypes_and_shapes(mbs: int | None) -> None:
+    signature = Signature.model_validate(
+        {
+            "inputs": [
+                {"name": "onnx::Gemm_0", "datatype": "FP16", "shape": [-1, 3]},
+                {"name": "x:0", "datatype": "BYTES", "shape": [-1, 2]},
+                {"name": "/m/bias", "datatype": "UINT64", "shape": [-1, 1], "optional": True},
+            ],
+            "outputs": [{"name": "0", "datatype": "BOOL", "shape": [-1, 3]}],
+        }
+    )
+
+    def tensors(runtime: Runtime) -> list[tuple[str, int, list[int], bool, bool]]:
+        config = _config(signature=signature, runtime=runtime, mbs=mbs)
+        return [
+            (t.name, t.data_type, list(t.dims), t.HasField("reshape"), getattr(t, "optional", False))
+            for t in (*config.input, *config.output)
+        ]
+
+    assert tensors(Runtime.NATIVE) == tensors(Runtime.PYTHON)
+    assert tensors(Runtime.NATIVE)[2][4] is True  # the optional input stays optional
+
+
 def test_warmup_sets_dynamic_dims_to_one() -> None:
     signature = _sig([("ids", "INT32", [-1, -1]), ("mask", "BOOL", [-1, -1])], [("y", "FP32", [-1, 2])])
     warmup = _config(signature=signature, warmup=True).model_warmup[0]

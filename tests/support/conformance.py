@@ -15,6 +15,7 @@ from tritonclient.utils import np_to_triton_dtype
 from tests.support.zoo import Arrays, ZooModel
 
 PROTOCOLS = ("http-json", "http-binary", "grpc", "predict")
+METADATA = ("metadata-http", "metadata-grpc")
 
 
 @dataclass
@@ -119,6 +120,22 @@ def _array(value: Any, like: np.ndarray) -> np.ndarray:
         array = np.array(value, dtype=object)
         return np.vectorize(lambda item: item.encode(), otypes=[object])(array) if array.size else array
     return np.array(value, dtype=like.dtype)
+
+
+def metadata_difference(clients: Clients, protocol: str, model: ZooModel) -> str | None:
+    """Whether the model's metadata names its tensors exactly as the exporter did (None when it does)."""
+    if protocol == "metadata-http":
+        document = clients.http.get_model_metadata(model.name, headers=clients.headers)
+        inputs, outputs = document["inputs"], document["outputs"]
+        names = [t["name"] for t in inputs], [t["name"] for t in outputs]
+    else:
+        answer = clients.grpc.get_model_metadata(
+            model.name, headers={"authorization": f"Bearer {clients.key}"}
+        )
+        names = [t.name for t in answer.inputs], [t.name for t in answer.outputs]
+    if not set(names[0]) >= set(model.inputs) or set(names[1]) != set(model.expected):
+        return f"metadata names {names}; the exporter named {list(model.inputs)}, {list(model.expected)}"
+    return None
 
 
 def difference(model: ZooModel, protocol: str, got: Arrays) -> str | None:

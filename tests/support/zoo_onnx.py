@@ -105,9 +105,8 @@ def _bf16(zoo: Zoo) -> None:
         [vi("y", TensorProto.BFLOAT16, ["N", 3])],
     )
     raise RuntimeError(
-        f"BF16 ({path.name}): onnxruntime's Python API cannot feed or return bfloat16 (numpy has no such "
-        "type), so neither the Python-backend runner nor a local reference run can; the native onnxruntime "
-        "backend (NGC image) takes it"
+        f"BF16 ({path.name}): onnxruntime's Python API has no bfloat16 (numpy lacks it), so neither the "
+        "Python-backend runner nor a local reference run can run it; the native backend (NGC image) can"
     )
 
 

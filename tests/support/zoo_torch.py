@@ -220,27 +220,36 @@ def add_dynamo_exports(zoo: Zoo) -> None:
         _dynamo_exports(zoo)
 
 
+DYNAMO_CASES = (
+    "mlp",
+    "conv",
+    "classifier",
+    "embedding",
+    "two-inputs",
+    "compare",
+    "layernorm",
+    "int32",
+    "fp64",
+)
+
+
 def _dynamo_exports(zoo: Zoo) -> None:
-    for case in (
-        "mlp",
-        "conv",
-        "classifier",
-        "embedding",
-        "two-inputs",
-        "compare",
-        "layernorm",
-        "int32",
-        "fp64",
-    ):
-        name = f"dynamo-{case}"
+    for case, one_file in (*((case, False) for case in DYNAMO_CASES), ("mlp", True)):
+        name = f"dynamo-{case}" + ("-one-file" if one_file else "")
         factory, make_inputs = CASES[case]
 
-        def build(name: str = name, factory=factory, make_inputs=make_inputs) -> None:
+        def build(name: str = name, factory=factory, make_inputs=make_inputs, one_file=one_file) -> None:
             inputs = make_inputs()
             batch = torch.export.Dim("batch", min=1, max=64)
             shapes = tuple({0: batch} for _ in inputs)
+            options: dict[str, object] = {"external_data": False} if one_file else {}
             path = _export(
-                _module(factory), inputs, zoo.path(name, ".onnx"), dynamic_shapes=shapes, verbose=False
+                _module(factory),
+                inputs,
+                zoo.path(name, ".onnx"),
+                dynamic_shapes=shapes,
+                verbose=False,
+                **options,
             )
             data = path.with_name(path.name + ".data")
             if data.exists():  # the dynamo exporter writes weights beside the model: upload both, zipped
