@@ -309,6 +309,7 @@ def test_unreachable_triton_is_unavailable(grpc_api: Api, tmp_path: Path) -> Non
     dead = f"127.0.0.1:{free_port()}"
     live = state.tritons
     state.tritons = [dataclasses.replace(t, grpc_url=dead) for t in live]
+    state.upstream.endpoints = state.tritons  # where the data plane sends requests
     try:
         with proxy_client(grpc_api) as proxy:
             down = expect_error("UNAVAILABLE", lambda: infer(proxy, d.model, headers=auth(d.consumer_key)))
@@ -316,6 +317,7 @@ def test_unreachable_triton_is_unavailable(grpc_api: Api, tmp_path: Path) -> Non
             assert not proxy.is_server_ready()
     finally:
         state.tritons = live
+        state.upstream.endpoints = live
     with proxy_client(grpc_api) as proxy:
         assert infer(proxy, d.model, headers=auth(d.consumer_key)).as_numpy("y").shape == (len(X), 3)
     failed = state.metrics.registry.get_sample_value(
