@@ -104,7 +104,7 @@ def build_config(
         raise InvalidModelSpec(f"max_batch_size must be >= 0, got {max_batch_size}")
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
     _set_backend(config, model_format=model_format, runtime=runtime)
-    if config.backend == "python" and model_format != "python":
+    if config.backend == "python" and model_format == "onnx":
         _check_runner_dtypes(signature)
     if config.platform == "pytorch_libtorch":
         check_libtorch_names(signature)
@@ -166,7 +166,8 @@ def _check_runner_dtypes(signature: Signature) -> None:
         for spec in tensors:
             if spec.datatype == "BF16":
                 raise InvalidModelSpec(
-                    f"{kind} '{spec.name}': dtype BF16 is not supported by the Python-backend runners"
+                    f"{kind} '{spec.name}': dtype BF16 is not supported by the Python-backend ONNX runner "
+                    "(onnxruntime's Python API has no bfloat16); use the native runtime or export FP16/FP32"
                 )
 
 

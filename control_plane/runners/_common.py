@@ -27,6 +27,7 @@ NUMPY_DTYPES = {
     "TYPE_FP32": np.float32,
     "TYPE_FP64": np.float64,
     "TYPE_STRING": np.object_,
+    "TYPE_BF16": "BF16",  # numpy has none: a runner that takes BF16 hands it over through DLPack
 }
 
 
@@ -62,6 +63,9 @@ class BatchingRunner:
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.optional = {tensor["name"] for tensor in config["input"] if tensor.get("optional")}
+        self.bf16_inputs = {
+            tensor["name"] for tensor in config["input"] if tensor["data_type"] == "TYPE_BF16"
+        }
         # 0-d tensors of a model without batching: [1] to Triton, () to the model (see config.py).
         self.scalar_inputs = set(json.loads(params.get("scalar_inputs") or "[]"))
         self.scalar_outputs = set(json.loads(params.get("scalar_outputs") or "[]"))
@@ -131,12 +135,15 @@ class BatchingRunner:
                 if name in self.optional:
                     continue  # the model's default value applies
                 raise ValueError(f"input '{name}' is missing")
-            value = tensor.as_numpy()
+            value = self._bf16_input(tensor) if name in self.bf16_inputs else tensor.as_numpy()
             feed[name] = value.reshape(()) if name in self.scalar_inputs else value
         return feed
 
     def _error_message(self, exc):
         return f"{type(exc).__name__}: {exc}"
+
+    def _bf16_input(self, tensor):
+        raise ValueError("BF16 inputs are not supported by this runner")
 
 
 def _cast(value, dtype):
@@ -148,8 +155,14 @@ def _cast(value, dtype):
 
 
 def _response(results, outputs):
-    tensors = [pb_utils.Tensor(name, _cast(results[name], dtype)) for name, dtype in outputs]
+    tensors = [_tensor(name, results[name], dtype) for name, dtype in outputs]
     return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _tensor(name, value, dtype):
+    if dtype == "BF16":  # a framework tensor (numpy has no bfloat16): through DLPack
+        return pb_utils.Tensor.from_dlpack(name, value.contiguous().__dlpack__())
+    return pb_utils.Tensor(name, _cast(value, dtype))
 
 
 def _error_response(message, invalid=False):
@@ -159,4 +172,5 @@ def _error_response(message, invalid=False):
 
 
 def _datatype(value):
-    return DATATYPES.get(value.dtype.name, "BYTES" if value.dtype == np.object_ else value.dtype.name)
+    name = getattr(value.dtype, "name", str(value.dtype).removeprefix("torch."))  # numpy or torch
+    return {"object": "BYTES", "bfloat16": "BF16"}.get(name) or DATATYPES.get(name, name)

@@ -9,6 +9,7 @@ plane.
 
 import numpy as np
 import torch
+from torch.utils import dlpack
 
 from control_plane.runners._common import BatchingRunner
 
@@ -39,9 +40,11 @@ class TritonPythonModel(BatchingRunner):
             raise ValueError(
                 f"the model returned {_describe(result)}, expected {len(self.outputs)} tensor(s)"
             )
-        return {
-            name: value.detach().cpu().numpy() for (name, _), value in zip(self.outputs, result, strict=True)
-        }
+        return {name: _to_host(value) for (name, _), value in zip(self.outputs, result, strict=True)}
+
+    def _bf16_input(self, tensor):
+        """numpy has no bfloat16: Triton's tensor is taken over through DLPack."""
+        return dlpack.from_dlpack(tensor.to_dlpack())
 
     def _error_message(self, exc):
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -57,7 +60,14 @@ def _device(args):
     return torch.device("cpu")
 
 
+def _to_host(value):
+    value = value.detach().cpu()
+    return value if value.dtype == torch.bfloat16 else value.numpy()  # BF16 leaves through DLPack
+
+
 def _to_tensor(array):
+    if isinstance(array, torch.Tensor):  # BF16, taken over through DLPack
+        return array
     # torch.from_numpy shares memory and wants a writable, contiguous array.
     if not (array.flags.writeable and array.flags.c_contiguous):
         array = np.array(array, order="C")

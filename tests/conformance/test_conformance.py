@@ -190,7 +190,7 @@ def test_every_model_answers_like_its_framework_over_every_protocol(
             print(f"  excluded {exclusion.name}: {exclusion.reason}")
         if report.fp16_json:
             print(
-                f"  http-json for FP16 inputs ({', '.join(report.fp16_json)}): Triton takes no FP16 in JSON; "
+                f"  http-json, FP16/BF16 inputs ({', '.join(report.fp16_json)}): not in JSON for Triton; "
                 "checked that it is refused with 400 naming the input (binary, gRPC, /v1/predict served)"
             )
     failures = report.failures()

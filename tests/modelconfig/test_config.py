@@ -230,13 +230,15 @@ def test_warmup_sets_dynamic_dims_to_one() -> None:
     assert warmup.inputs["mask"].data_type == mc.TYPE_BOOL
 
 
-def test_bf16_is_refused_by_the_runners_only() -> None:
+def test_bf16_is_refused_by_the_onnx_runner_only() -> None:
     signature = _sig([("x", "BF16", [-1, 4])], [("y", "FP32", [-1, 3])])
     assert _config(signature=signature, runtime=Runtime.NATIVE).input[0].data_type == mc.TYPE_BF16
     with pytest.raises(
-        InvalidModelSpec, match="input 'x': dtype BF16 is not supported by the Python-backend"
+        InvalidModelSpec, match="input 'x': dtype BF16 is not supported by the Python-backend ONNX runner"
     ):
         _config(signature=signature, runtime=Runtime.PYTHON)
+    as_torchscript = _config(signature=signature, runtime=Runtime.PYTHON, model_format="torchscript")
+    assert as_torchscript.input[0].data_type == mc.TYPE_BF16  # torch takes it through DLPack
 
 
 def test_native_torchscript_outputs_follow_libtorchs_naming() -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import ml_dtypes
 import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
@@ -48,13 +49,17 @@ FP16_JSON = "receiving FP16 data via JSON is not supported"
 
 
 def refused_in_json(model: ZooModel) -> bool:
-    """Triton takes no FP16 in JSON: such a request must be refused in the user's terms, not served."""
-    return any(value.dtype == np.float16 for value in model.inputs.values())
+    """Triton takes no FP16/BF16 in JSON: such a request must be refused in the user's terms, not served."""
+    return any(_json_less(value) for value in model.inputs.values())
+
+
+def _json_less(value: np.ndarray) -> bool:
+    return value.dtype in (np.float16, ml_dtypes.bfloat16)
 
 
 def _http(clients: Clients, model: ZooModel, *, binary: bool) -> Arrays:
     if not binary and refused_in_json(model):
-        return _expect_fp16_refusal(clients, model)
+        return _expect_json_refusal(clients, model)
     inputs = []
     for name, value in model.inputs.items():
         tensor = triton_http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
@@ -65,23 +70,24 @@ def _http(clients: Clients, model: ZooModel, *, binary: bool) -> Arrays:
     return {name: result.as_numpy(name) for name in model.expected}
 
 
-def _expect_fp16_refusal(clients: Clients, model: ZooModel) -> Arrays:
-    name = next(n for n, v in model.inputs.items() if v.dtype == np.float16)
+def _expect_json_refusal(clients: Clients, model: ZooModel) -> Arrays:
+    name = next(n for n, v in model.inputs.items() if _json_less(v))
     body = {
         "inputs": [
             {
                 "name": n,
                 "shape": list(v.shape),
                 "datatype": np_to_triton_dtype(v.dtype),
-                "data": v.reshape(-1).tolist(),
+                "data": (v.astype(np.float64) if _json_less(v) else v).reshape(-1).tolist(),
             }
             for n, v in model.inputs.items()
         ]
     }
     response = clients.api.post(f"/v2/models/{model.name}/infer", json=body, headers=clients.headers)
-    if response.status_code != 400 or FP16_JSON not in response.text or name not in response.text:
+    fp16 = model.inputs[name].dtype == np.float16
+    if response.status_code != 400 or (fp16 and FP16_JSON not in response.text) or name not in response.text:
         raise AssertionError(
-            f"FP16 in JSON: expected a 400 naming input '{name}', "
+            f"FP16/BF16 in JSON: expected a 400 naming input '{name}', "
             f"got {response.status_code}: {response.text[:200]}"
         )
     return dict(model.expected)  # refused as it must be: nothing else to compare

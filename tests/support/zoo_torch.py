@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import torch
 from torch import nn
 
 from tests.support.model_files import ONNX_OPSET
-from tests.support.zoo import Zoo, save_example
+from tests.support.zoo import Zoo, ZooModel, save_example
 
 RNG = np.random.default_rng(11)
 _MISSING = object()
@@ -353,6 +354,7 @@ def _torchscript_special(zoo: Zoo) -> None:
         inputs,
         example=save_example(zoo.path("ts-fixed-example", ".npz"), inputs),
     )
+    _bf16(zoo)
     mlp = torch.jit.script(_module(Mlp))
     path = zoo.path("ts-declared-mlp", ".pt")
     mlp.save(str(path))
@@ -368,3 +370,30 @@ def _torchscript_special(zoo: Zoo) -> None:
         spec=spec,
     )
     model.expected = {"logits": model.expected["output__0"]}
+
+
+class Bf16(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1
+
+
+def _bf16(zoo: Zoo) -> None:
+    """BF16 in and out (no numpy type: tritonclient uses ml_dtypes, the runner DLPack); declared signature."""
+    path = zoo.path("ts-scripted-bf16", ".pt")
+    torch.jit.script(Bf16().eval()).save(str(path))
+    values = np.array([[1.5, -2.0, 0.25], [3.0, 0.0, -0.5]], dtype=np.float32)
+    spec = {
+        "inputs": [{"name": "x", "datatype": "BF16", "shape": [-1, 3]}],
+        "outputs": [{"name": "y", "datatype": "BF16", "shape": [-1, 3]}],
+    }
+    expected = Bf16()(torch.from_numpy(values).to(torch.bfloat16)).float().numpy()
+    model = ZooModel(
+        name="ts-scripted-bf16",
+        family="TorchScript scripted (BF16, declared signature)",
+        format="torchscript",
+        artifact=path,
+        inputs={"x": values.astype(ml_dtypes.bfloat16)},
+        expected={"y": expected.astype(ml_dtypes.bfloat16)},
+        spec=spec,
+    )
+    zoo.models.append(model)
