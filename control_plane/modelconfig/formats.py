@@ -70,10 +70,10 @@ def _zip_kind(path: Path) -> Kind:
         return "torchscript"
     if any(p[-1] == "data.pkl" for p in parts):
         return "torch_pickle"
+    if "model.py" in names:  # a Python-backend model, which may bundle other files (an .onnx too)
+        return "python"
     if any(name.endswith(".onnx") for name in names):
         return "onnx_archive"
-    if "model.py" in names:
-        return "python"
     return "zip"
 
 
