@@ -20,7 +20,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from control_plane.tritonserver import TritonDistribution, TritonProcess
-from tests.support import zoo_onnx, zoo_torch
+from tests.support import zoo_archives, zoo_onnx, zoo_torch, zoo_torchscript
 from tests.support.api import Api
 from tests.support.conformance import (
     METADATA,
@@ -62,10 +62,10 @@ def build_zoo(root: Path) -> Zoo:
     """Every model of the suite, built by its exporter, with the framework's outputs."""
     zoo = Zoo(root)
     zoo_onnx.add_helper_models(zoo)
-    zoo_onnx.add_external_data_models(zoo)
+    zoo_archives.add_external_data_models(zoo)
     zoo_torch.add_legacy_exports(zoo)
     zoo_torch.add_dynamo_exports(zoo)
-    zoo_torch.add_torchscript(zoo)
+    zoo_torchscript.add_torchscript(zoo)
     return zoo
 
 

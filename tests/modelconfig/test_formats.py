@@ -19,7 +19,7 @@ from control_plane.modelconfig.formats import check_kind, sniff
 from control_plane.modelconfig.torchscript import signature_from_example
 from control_plane.registry.archives import layout, onnx_model_file, unpack
 from tests.support import model_files
-from tests.support.zoo_torch import Compare, TwoInputs
+from tests.support.zoo_modules import Compare, TwoInputs
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.support import model_files
 from tests.support.api import Api
 from tests.support.deploy import upload_and_alias
-from tests.support.zoo_torch import Classifier
+from tests.support.zoo_modules import Classifier
 
 MLP_SIGNATURE: dict[str, Any] = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
