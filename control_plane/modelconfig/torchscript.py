@@ -67,7 +67,8 @@ def signature_from_example(path: Path, *, example: dict[str, Array]) -> Signatur
     torch = _import_torch()
     module = load_module(torch, path)
     names = _argument_names(module, example)
-    arrays = list(example.values())
+    # By name: in forward's order, whatever the example's; else in the example's order.
+    arrays = [example[name] for name in names] if set(names) <= set(example) else list(example.values())
     outputs = _run(torch, module, arrays, what="the example")
     batched = _has_batch_dim(torch, module, arrays, outputs)
     inputs = [

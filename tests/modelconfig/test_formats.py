@@ -111,9 +111,12 @@ def _scripted(tmp_path: Path, module: torch.nn.Module) -> Path:
 
 def test_a_derived_signature_has_forwards_names_and_a_batch_dim(tmp_path: Path) -> None:
     path = _scripted(tmp_path, TwoInputs())
-    example = {"b": np.ones((2, 3), np.float32), "a": np.ones((2, 3), np.float32)}  # by name, any order
+    example = {"b": np.ones((2, 3), np.int32), "a": np.ones((2, 3), np.float32)}  # by name, any order
     signature = signature_from_example(path, example=example)
-    assert [(t.name, t.shape) for t in signature.inputs] == [("a", [-1, 3]), ("b", [-1, 3])]
+    assert [(t.name, t.datatype, t.shape) for t in signature.inputs] == [
+        ("a", "FP32", [-1, 3]),
+        ("b", "INT32", [-1, 3]),
+    ]
     assert [(t.name, t.datatype, t.shape) for t in signature.outputs] == [("output__0", "FP32", [-1, 3])]
     compare = signature_from_example(
         _scripted(tmp_path, Compare()), example={"x": np.ones((2, 5), np.float32)}
