@@ -151,6 +151,9 @@ class TritonProcess:
             "--model-control-mode=explicit",
             # A model that failed to load would otherwise make /v2/health/ready fail for good.
             "--strict-readiness=false",
+            # Our configs are complete; auto-complete only costs the Python backend a second stub process
+            # per load (an ONNX model loads in 0.25 s instead of 1.5 s).
+            "--disable-auto-complete-config",
             "--exit-on-error=true",
             "--log-verbose=0",
             f"--exit-timeout-secs={self.exit_timeout_s}",
