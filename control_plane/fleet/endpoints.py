@@ -44,33 +44,33 @@ def create_instance(
     return service.describe(row, state=state, session=session)
 
 
-@router.get("/v1/instances/{name}", response_model=InstanceOut)
+@router.get("/v1/instances/{instance}", response_model=InstanceOut)
 def get_instance(
-    name: str,
+    instance: str,
     _: RequestContext = Depends(admin_context),
     state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> InstanceOut:
     """One instance with its placements."""
-    return service.get_instance(session, state=state, name=name)
+    return service.get_instance(session, state=state, name=instance)
 
 
-@router.put("/v1/instances/{name}", response_model=InstanceOut)
+@router.put("/v1/instances/{instance}", response_model=InstanceOut)
 def update_instance(
-    name: str,
+    instance: str,
     body: InstanceUpdate,
     ctx: RequestContext = Depends(admin_context),
     state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> InstanceOut:
     """The instance's new address (it restarted elsewhere): its placements are loaded there (audited)."""
-    row = service.update_instance(session, ctx=ctx, name=name, body=body)
+    row = service.update_instance(session, ctx=ctx, name=instance, body=body)
     return service.describe(row, state=state, session=session)
 
 
-@router.delete("/v1/instances/{name}", status_code=202, response_model=InstanceOut)
+@router.delete("/v1/instances/{instance}", status_code=202, response_model=InstanceOut)
 def drain_instance(
-    name: str,
+    instance: str,
     ctx: RequestContext = Depends(admin_context),
     state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
@@ -79,7 +79,7 @@ def drain_instance(
     unloaded from it and it leaves the fleet (GET answers 404 once it has). 409 for the embedded
     Triton or the last instance. An instance from CP_TRITON_URLS comes back at the next start-up
     unless the setting changes too."""
-    row = service.drain_instance(session, ctx=ctx, name=name)
+    row = service.drain_instance(session, ctx=ctx, name=instance)
     return service.describe(row, state=state, session=session)
 
 

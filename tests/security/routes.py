@@ -21,7 +21,7 @@ PUBLIC_PATHS = frozenset(
 # gRPC liveness/readiness answer without a key, like Triton's (stock clients probe them before anything).
 PUBLIC_GRPC = frozenset({"ServerLive", "ServerReady"})
 # Path and query parameters that name a resource; each is tried with tenant A's value and a missing one.
-RESOURCE_PARAMS = ("tenant", "model", "number", "alias", "key_id", "version")
+RESOURCE_PARAMS = ("tenant", "model", "number", "alias", "key_id", "version", "instance")
 # Headers that name a resource on the data plane (X-Tenant is for admins; a tenant key must not use it).
 RESOURCE_HEADERS = {"tenant": "X-Tenant", "alias": "X-Model-Alias"}
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

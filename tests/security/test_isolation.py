@@ -81,6 +81,9 @@ BODIES: dict[str, Any] = {
     "redeploy_version": {},
     "rollback": {"json": {}},
     "set_traffic": {"json": {"routes": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]}},
+    "create_instance": {"json": {"name": f"iso-{RUN}", "http_url": "http://127.0.0.1:9"}},
+    "update_instance": {"json": {"http_url": "http://127.0.0.1:9"}},
+    "set_placement": {"json": {"replicas": 2}},
     "infer": {"json": {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X4}]}},
 }
 PREDICT_BODY = {"json": {"inputs": {"x": [X4]}}}
@@ -168,6 +171,7 @@ def _build_world(api: Api, root: Path, triton_url: str, channel: grpc.Channel) -
             "alias": "production",
             "key_id": by_prefix[v1.consumer_key.split("_")[1]],
             "version": 1,
+            "instance": triton_url.split("://", 1)[1],
         },
         missing={
             "tenant": f"iso-ghost-{RUN}",
@@ -176,6 +180,7 @@ def _build_world(api: Api, root: Path, triton_url: str, channel: grpc.Channel) -
             "alias": f"ghost-{RUN}",
             "key_id": 987654321,
             "version": 987654,
+            "instance": f"ghost-{RUN}",
         },
         keys={
             "b_publisher": api.key(TENANT_B, "publisher"),
