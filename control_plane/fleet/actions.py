@@ -80,6 +80,9 @@ class Actions:
             if self.observed.placement_state((endpoint.name, version_id)) in ("ready", None):
                 notes.append((version_id, "loading", None))  # not there (any more): routes skip it
             missing.append((name, version_id))
+        for name, version_id in desired.recorded.get(endpoint.name, {}).items():
+            if name not in want and seen.models.get(name) != "READY":
+                notes.append((version_id, "unloaded", None))  # gone (a restart), and not wanted here
         self.note_many(endpoint.name, notes)
         for name, version_id in missing:
             self._schedule(endpoint, name, version_id, self._load)

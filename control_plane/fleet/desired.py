@@ -27,6 +27,7 @@ class Desired:
 
     on: dict[str, dict[str, int]]  # instance -> {Triton model name: version id}, servable versions only
     holders: dict[int, frozenset[str]]  # servable version id -> the instances it should be on
+    recorded: dict[str, dict[str, int]]  # instance -> {Triton model name: version id} last recorded ready
 
 
 def apply_policy(
@@ -70,7 +71,11 @@ def apply_policy(
     for version_id, chosen in holders.items():
         for instance in chosen:
             on[instance][servable[version_id].triton_name] = version_id
-    return Desired(on=on, holders=holders)
+    recorded: dict[str, dict[str, int]] = {name: {} for name in instances}
+    for (instance, version_id), fact in rows.items():
+        if fact.row.state == "ready":
+            recorded[instance][fact.triton_name] = version_id
+    return Desired(on=on, holders=holders, recorded=recorded)
 
 
 def place_version(
