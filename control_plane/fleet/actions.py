@@ -30,7 +30,9 @@ from control_plane.fleet.loader import VersionLoader
 from control_plane.fleet.observed import InstanceObservation, Observed, PlacementFailure
 
 log = logging.getLogger(__name__)
-RELEASED = ("unloaded", "retired")  # version states that should not be loaded anywhere
+# Version states that should not be loaded anywhere (a failed version is not served either; a version
+# being loaded, `registered` or `loading`, is the loader's business).
+RELEASED = ("unloaded", "retired", "failed")
 Key = tuple[str, int]  # (instance name, version id)
 Note = tuple[int, str, str | None]  # (version id, observed state, message)
 

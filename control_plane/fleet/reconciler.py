@@ -41,7 +41,6 @@ from control_plane.routing.changes import mark_routing_changed
 
 log = logging.getLogger(__name__)
 RECONCILE_LOCK = 0x63705F726563  # "cp_rec"
-RELEASED = ("unloaded", "retired")  # version states that should not be loaded anywhere
 PassListener = Callable[[dict[str, InstanceObservation]], None]
 
 
@@ -275,4 +274,4 @@ def _index(endpoint: TritonEndpoint) -> dict[str, str]:
     return {str(m["name"]): str(m.get("state") or "") for m in endpoint.health.repository_index()}
 
 
-__all__ = ["RELEASED", "Desired", "Reconciler"]
+__all__ = ["Desired", "Reconciler"]
