@@ -22,12 +22,12 @@ from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub
 
 from control_plane.dataplane import protowire
 from control_plane.dataplane.auth import Caller, authenticate
+from control_plane.dataplane.balance import Backend
 from control_plane.dataplane.checks import as_app_error
 from control_plane.dataplane.contract import Rejected
 from control_plane.dataplane.grpc_check import check_infer_request
 from control_plane.dataplane.grpc_errors import Code, RpcFailure, guarded, upstream_failure
 from control_plane.dataplane.rewrite import HIDDEN_EXTENSIONS
-from control_plane.dataplane.upstream import Backend
 from control_plane.errors import AppError
 from control_plane.routing.router import ModelLoading, Resolved
 from control_plane.state import AppState
