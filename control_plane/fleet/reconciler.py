@@ -153,16 +153,23 @@ class Reconciler:
         return seen
 
     def place(self, version_id: int) -> list[TritonEndpoint]:
-        """Choose and record the instances a version should be loaded on now (for the loader)."""
+        """Choose and record the instances a version should be loaded on now (for the loader).
+
+        Instances the last pass saw ready come first; if none did (a probe that timed out while Triton
+        was busy, or no pass yet), those not known to be gone are tried rather than refusing the load.
+        """
         endpoints = list(self.tritons)
         with transaction(self.session_factory) as session:
             rows = {r.name: r for r in repository.instance_rows(session)}
             known = [e.name for e in endpoints if e.name in rows]
+            slots = [self._slot(rows[name], self.observed.instances.get(name)) for name in known]
+            if not any(slot.eligible for slot in slots):
+                slots = [Slot(s.name, eligible=s.keeps, keeps=s.keeps) for s in slots]
             chosen = place_version(
                 session,
                 version_id=version_id,
                 instances={name: rows[name].id for name in known},
-                slots=[self._slot(rows[name], self.observed.instances.get(name)) for name in known],
+                slots=slots,
                 default_replicas=self.default_replicas,
                 now=datetime.now(UTC),
             )
@@ -191,7 +198,8 @@ class Reconciler:
         draining = row.draining_since is not None
         down_since = self._down_since.get(row.name)
         recent = down_since is not None and time.monotonic() - down_since < self.move_after_s
-        return Slot(row.name, eligible=ready and not draining, keeps=not draining and (ready or recent))
+        keeps = not draining and (ready or recent or seen is None)  # never probed yet: not gone either
+        return Slot(row.name, eligible=ready and not draining, keeps=keeps)
 
     def _act(self, mine: list[TritonEndpoint], seen: dict[str, InstanceObservation]) -> None:
         """Desired placements for these instances, then loads, unloads, health rows and drains."""

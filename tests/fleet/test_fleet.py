@@ -206,6 +206,10 @@ def test_a_killed_instance_costs_no_request_with_two_replicas_and_gets_its_place
         pid = fa.pid
         assert pid is not None
         os.killpg(pid, signal.SIGKILL)
+        upstream = stack.api.state.upstream
+        # The load finds fa gone (a request cut or refused there is retried on fb) before anything is
+        # asked of the model only fa had.
+        wait_until(lambda: sum(upstream.retries.values()) > retries_before, timeout=10, every=0.01)
         moved_s = wait_until(lambda: stack.infer_ok(once), timeout=MOVE_AFTER_S + 20, every=0.2)
         sent_while_down = outcomes.total()
         assert fa.has_exited()

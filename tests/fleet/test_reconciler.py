@@ -192,3 +192,18 @@ def test_one_leader_reconciles_the_shared_fleet_others_only_their_own(
         second.run_pass(wait_s=60)
         time.sleep(0.05)
     assert second.observed.leader and set(second.observed.drift) == {"shared", "own"}
+
+
+def test_an_upload_is_placed_before_any_pass_has_seen_the_instance(
+    fleet: Fleet, start_triton: StartTriton, make_reconciler: MakeReconciler
+) -> None:
+    running = start_triton(repository=fleet.repository.root)
+    endpoint = fleet.endpoint(running, name="t1")
+    version = fleet.version(state="registered")
+    reconciler = make_reconciler([endpoint])  # no pass yet: nothing observed
+
+    assert reconciler.actions.loader.load(version.id) == "ready"
+
+    assert endpoint.health.is_model_ready(version.triton_name)
+    placement = _placements(fleet, "t1")[version.id]
+    assert (placement.desired, placement.state) == ("ready", "ready")
