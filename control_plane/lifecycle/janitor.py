@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 LEADER_LOCK = 0x63705F6A616E  # "cp_jan"
 
 
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives naive datetimes back; they are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class KeepWarmJanitor:
     """Unloads versions that no alias or route has referenced for `keep_warm_s`, once idle."""
 
@@ -65,6 +70,7 @@ class KeepWarmJanitor:
                         ModelVersion.state == "ready",
                         ModelVersion.released_at.is_not(None),
                         ModelVersion.released_at < cutoff,
+                        ModelVersion.updated_at < cutoff,
                     )
                 )
             )
@@ -81,6 +87,8 @@ class KeepWarmJanitor:
                 or version.state != "ready"
                 or version.released_at is None
                 or version.released_at >= cutoff
+                # Loaded again since (a rollback or promote on its way to referencing it): warm anew.
+                or _aware(version.updated_at) >= cutoff
                 or self.inflight.get(version.triton_name, 0) > 0
                 or repository.aliases_referencing(session, version_id=version_id)
             ):

@@ -6,9 +6,14 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
+from control_plane.db.models import ModelVersion
+from control_plane.db.session import transaction
 from tests.support.api import Api
 from tests.support.deploy import Deployed, deploy_onnx
 from tests.support.triton_models import MODEL
@@ -229,3 +234,25 @@ def test_promoting_a_version_triton_lost_loads_it_again_before_switching(
     answer = api.client.post(f"/v2/models/{v1.model}/infer", json=BODY, headers=api.headers(v1.consumer_key))
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == str(v2.version)
+
+
+def test_keep_warm_never_reclaims_a_version_loaded_again_since_its_release(
+    make_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    api = make_api(keep_warm_s=1.0, janitor_interval_s=3600)  # sweeps only when the test asks
+    v1, v2 = _two_versions(api, tmp_path)
+    assert (
+        api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
+    )
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    with transaction(api.state.session_factory) as session:  # released long ago, but (re)loaded just now:
+        version = session.scalar(select(ModelVersion).where(ModelVersion.triton_name == v1.triton_name))
+        assert version is not None
+        version.released_at, version.updated_at = long_ago, datetime.now(UTC)
+        version_id = version.id
+    janitor = api.state.janitor
+    assert janitor is not None
+    assert janitor.sweep() == []  # a rollback on its way to it must not lose it to the janitor
+    with transaction(api.state.session_factory) as session:
+        session.get_one(ModelVersion, version_id).updated_at = long_ago
+    assert janitor.sweep() == [version_id]
