@@ -27,6 +27,7 @@ class Aggregate:
     first_error: str = ""
     inferences: int = 0  # Triton's inference_count delta over the runs (warmups included)
     executions: int = 0  # Triton's execution_count delta: batches actually run
+    run_percentiles: list[dict[str, float]] = field(default_factory=list)  # a generator's own (wrk)
 
     @property
     def avg_batch(self) -> float:
@@ -40,6 +41,7 @@ class Aggregate:
         self.elapsed_s += float(result["elapsed_s"])
         self.first_error = self.first_error or str(result.get("first_error") or "")
         self.latencies.append(latencies)
+        self.run_percentiles.append({k: float(v) for k, v in result.items() if k.endswith("_ms")})
         for role, seconds in cpu_by_role.items():
             self.cpu_s[role] = self.cpu_s.get(role, 0.0) + seconds
 
@@ -51,7 +53,11 @@ class Aggregate:
     def percentile_ms(self, q: float) -> float:
         """Percentile of the pooled latencies in ms."""
         pooled = np.concatenate(self.latencies) if self.latencies else np.empty(0, dtype=np.int64)
-        return float(np.percentile(pooled, q)) / 1e6 if pooled.size else float("nan")
+        if pooled.size:
+            return float(np.percentile(pooled, q)) / 1e6
+        # no raw latencies (wrk reports its own percentiles): the median of the runs' values
+        values = [run[f"p{q:g}_ms"] for run in self.run_percentiles if f"p{q:g}_ms" in run]
+        return float(np.median(values)) if values else float("nan")
 
     def cpu_us_per_request(self, role: str) -> float:
         """CPU used by `role` per completed request, in microseconds."""
@@ -125,23 +131,23 @@ def ratio(results: Results, concurrency: int) -> float:
     return results[concurrency]["proxy"].rps / direct if direct else float("nan")
 
 
-def print_targets(results: Results) -> bool:
+def print_targets(
+    results: Results, *, min_ratio: float = TARGET_RATIO, max_added_p50_ms: float = TARGET_ADDED_P50_MS
+) -> bool:
     """Say whether each target is met (a target whose concurrency was not run is skipped)."""
     met = True
     if 64 in results:
         value = ratio(results, 64)
-        ok = value >= TARGET_RATIO
+        ok = value >= min_ratio
         met &= ok
-        print(f"target: proxied/direct req/s >= {TARGET_RATIO} at concurrency 64: {value:.3f} -> {_word(ok)}")
+        print(f"target: proxied/direct req/s >= {min_ratio} at concurrency 64: {value:.3f} -> {_word(ok)}")
     else:
         print("target: throughput ratio at concurrency 64: not run")
     if 1 in results:
         added = results[1]["proxy"].percentile_ms(50) - results[1]["direct"].percentile_ms(50)
-        ok = added <= TARGET_ADDED_P50_MS
+        ok = added <= max_added_p50_ms
         met &= ok
-        print(
-            f"target: added p50 <= {TARGET_ADDED_P50_MS} ms at concurrency 1: {added:.3f} ms -> {_word(ok)}"
-        )
+        print(f"target: added p50 <= {max_added_p50_ms} ms at concurrency 1: {added:.3f} ms -> {_word(ok)}")
     else:
         print("target: added p50 at concurrency 1: not run")
     return met

@@ -36,6 +36,8 @@ class Stack:
     triton_url: str
     triton_pid: int
     admin: httpx.Client
+    grpc_port: int = 0  # the control plane's gRPC port (0: not served)
+    triton_grpc_url: str = ""  # host:port of Triton's gRPC endpoint
 
     @property
     def triton_port(self) -> int:
@@ -101,11 +103,12 @@ def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path, 
 
 
 @contextmanager
-def control_plane(*, ready_timeout: float = 180.0) -> Iterator[Stack]:
+def control_plane(*, ready_timeout: float = 180.0, grpc: bool = False) -> Iterator[Stack]:
     """Migrate a fresh SQLite registry, serve the control plane with embedded Triton, tear all down."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     token = secrets.token_urlsafe(24)
     port = procs.free_port()
+    grpc_port = procs.free_port() if grpc else 0
     env = {
         **os.environ,
         "CP_DATABASE_URL": f"sqlite:///{tmp}/registry.db",
@@ -115,7 +118,7 @@ def control_plane(*, ready_timeout: float = 180.0) -> Iterator[Stack]:
         "CP_TRITON_WORKDIR": str(tmp / "triton"),
         "CP_TRITON_EMBEDDED": "true",
         "CP_HTTP_PORT": str(port),
-        "CP_GRPC_PORT": "0",
+        "CP_GRPC_PORT": str(grpc_port),
         "CP_ADMIN_TOKEN": token,
     }
     proc: subprocess.Popen[bytes] | None = None
@@ -136,10 +139,11 @@ def control_plane(*, ready_timeout: float = 180.0) -> Iterator[Stack]:
             if status.status_code != 200 or not status.json()["tritons"]:
                 raise SetupError(f"GET /v1/status: {status.status_code} {status.text}")
             triton_url = status.json()["tritons"][0]["http_url"]
+            triton_grpc_url = status.json()["tritons"][0]["grpc_url"]
             triton_pids = _children(proc.pid, "tritonserver")
             if len(triton_pids) != 1:
                 raise SetupError(f"expected one Triton child of {proc.pid}, found {triton_pids}")
-            yield Stack(tmp, proc, port, triton_url, triton_pids[0], admin)
+            yield Stack(tmp, proc, port, triton_url, triton_pids[0], admin, grpc_port, triton_grpc_url)
     finally:
         try:
             if proc is not None:
