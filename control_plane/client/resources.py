@@ -1,0 +1,155 @@
+"""Tenants, keys, models, audit events and Triton instances."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from control_plane.client.connection import Connection, path
+from control_plane.client.types import AuditEvent, CreatedKey, Instance, Key, Model, Tenant
+
+
+class Tenants:
+    """`/v1/tenants`."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    def create(self, name: str) -> Tenant:
+        """Create a tenant (admins)."""
+        return Tenant.model_validate(self._conn.json("POST", "/v1/tenants", json={"name": name}))
+
+    def list(self) -> list[Tenant]:
+        """The tenants the key may see (its own one for tenant keys)."""
+        return [Tenant.model_validate(t) for t in self._conn.json("GET", "/v1/tenants")]
+
+    def get(self, name: str) -> Tenant:
+        """One tenant."""
+        return Tenant.model_validate(self._conn.json("GET", path("v1", "tenants", name)))
+
+
+class Keys:
+    """`/v1/tenants/{t}/keys` (admins)."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    def create(self, tenant: str, *, role: str, description: str | None = None) -> CreatedKey:
+        """A new `publisher` or `consumer` key bound to the tenant; its secret is in `.key` only now."""
+        body = {"role": role, "description": description}
+        return CreatedKey.model_validate(
+            self._conn.json("POST", path("v1", "tenants", tenant, "keys"), json=body)
+        )
+
+    def list(self, tenant: str) -> list[Key]:
+        """The tenant's keys, without secrets."""
+        return [Key.model_validate(k) for k in self._conn.json("GET", path("v1", "tenants", tenant, "keys"))]
+
+    def revoke(self, tenant: str, key_id: int) -> Key:
+        """Revoke a key: requests with it get 401 from then on."""
+        return Key.model_validate(self._conn.json("DELETE", path("v1", "tenants", tenant, "keys", key_id)))
+
+
+class Models:
+    """`/v1/tenants/{t}/models`."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    def create(self, tenant: str, *, name: str, format: str, **spec: Any) -> Model:
+        """Register a model: `format` is onnx, torchscript or python; `spec` as the API takes it
+        (max_batch_size, dynamic_batching, instance_group, inputs, outputs, warmup)."""
+        body = {"name": name, "format": format, **{k: v for k, v in spec.items() if v is not None}}
+        return Model.model_validate(
+            self._conn.json("POST", path("v1", "tenants", tenant, "models"), json=body)
+        )
+
+    def list(self, tenant: str) -> list[Model]:
+        """The tenant's models."""
+        return [
+            Model.model_validate(m) for m in self._conn.json("GET", path("v1", "tenants", tenant, "models"))
+        ]
+
+    def get(self, tenant: str, name: str) -> Model:
+        """One model with its serving settings, versions and aliases."""
+        return Model.model_validate(self._conn.json("GET", path("v1", "tenants", tenant, "models", name)))
+
+    def update(self, tenant: str, name: str, **patch: Any) -> Model:
+        """Change max_batch_size, dynamic_batching, instance_group or warmup for new versions
+        (None puts a field back to automatic)."""
+        url = path("v1", "tenants", tenant, "models", name)
+        return Model.model_validate(self._conn.json("PATCH", url, json=patch))
+
+    def delete(self, tenant: str, name: str) -> None:
+        """Delete a model; its versions are unloaded and retired."""
+        self._conn.request("DELETE", path("v1", "tenants", tenant, "models", name))
+
+
+class Audit:
+    """`/v1/audit` (admins)."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    def list(
+        self,
+        *,
+        tenant: str | None = None,
+        model: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """Audit events, newest first, filtered."""
+        params = {
+            "tenant": tenant,
+            "model": model,
+            "action": action,
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+            "limit": limit,
+        }
+        return [AuditEvent.model_validate(e) for e in self._conn.json("GET", "/v1/audit", params=params)]
+
+
+class Instances:
+    """`/v1/instances` (admins): the Triton fleet."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    def list(self) -> list[Instance]:
+        """Every instance with its placements."""
+        return [Instance.model_validate(i) for i in self._conn.json("GET", "/v1/instances")]
+
+    def get(self, name: str) -> Instance:
+        """One instance."""
+        return Instance.model_validate(self._conn.json("GET", path("v1", "instances", name)))
+
+    def create(self, *, name: str, http_url: str, grpc_url: str | None = None) -> Instance:
+        """Add a Triton server to the fleet."""
+        body = {"name": name, "http_url": http_url, "grpc_url": grpc_url}
+        return Instance.model_validate(self._conn.json("POST", "/v1/instances", json=body))
+
+    def update(self, name: str, *, http_url: str, grpc_url: str | None = None) -> Instance:
+        """The instance's new address."""
+        body = {"http_url": http_url, "grpc_url": grpc_url}
+        return Instance.model_validate(self._conn.json("PUT", path("v1", "instances", name), json=body))
+
+    def drain(self, name: str) -> Instance:
+        """Drain, then remove an instance."""
+        return Instance.model_validate(self._conn.json("DELETE", path("v1", "instances", name)))
+
+    def placement(self, tenant: str, model: str) -> dict[str, Any]:
+        """A model's replicas and where its versions are placed."""
+        result: dict[str, Any] = self._conn.json(
+            "GET", path("v1", "tenants", tenant, "models", model, "placement")
+        )
+        return result
+
+    def set_replicas(self, tenant: str, model: str, replicas: int) -> dict[str, Any]:
+        """Keep each servable version of the model on `replicas` instances."""
+        url = path("v1", "tenants", tenant, "models", model, "placement")
+        result: dict[str, Any] = self._conn.json("PUT", url, json={"replicas": replicas})
+        return result
