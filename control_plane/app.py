@@ -16,6 +16,7 @@ from control_plane import __version__
 from control_plane.artifacts import build_artifact_store
 from control_plane.audit.denials import install as install_denial_audit
 from control_plane.audit.endpoints import router as audit_router
+from control_plane.console import install as install_console
 from control_plane.dataplane.auth import KeyUsage
 from control_plane.dataplane.checks import RequestChecks
 from control_plane.dataplane.grpc_proxy import GrpcProxy
@@ -221,7 +222,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.upstream.close()
             await run_in_threadpool(close_state, state)
 
-    app = ControlPlaneApp(title="Triton control plane", version=__version__, lifespan=lifespan)
+    # /docs and /redoc come from the console package, with bundled assets instead of FastAPI's CDN.
+    app = ControlPlaneApp(
+        title="Triton control plane", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     register_error_handlers(app)
     install_denial_audit(app)
     for router in (
@@ -235,6 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     install_openapi(app)
+    install_console(app, settings)
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_request_bytes,

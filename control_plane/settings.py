@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     protected_aliases: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["production"])
 
     admin_token: SecretStr | None = None
+    # Encrypts the web console's session cookie; replicas must share it. Unset: derived from admin_token
+    # (random per process when that is unset too, so sessions then end with the process).
+    console_secret: SecretStr | None = None
+    console_session_s: int = Field(8 * 3600, ge=60)
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 8081

@@ -9,6 +9,7 @@ from fastapi import Request
 from control_plane.auth.principal import Principal, Role
 from control_plane.errors import Forbidden, Unauthorized
 from control_plane.keys import service as keys
+from control_plane.state import AppState
 
 ADMIN_TOKEN_PRINCIPAL = Principal(role=Role.ADMIN, tenant_id=None, key_id=None, label="admin-token")
 
@@ -22,17 +23,20 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-def authenticate(request: Request) -> Principal:
-    """The caller behind the request's key (bootstrap admin token or a stored key), or 401."""
-    token = bearer_token(request)
-    state = request.app.state.cp
+def principal_for_key(state: AppState, token: str) -> Principal | None:
+    """The caller a key stands for (bootstrap admin token or a stored key), None if invalid or revoked."""
     admin_token = state.settings.admin_token
     if admin_token is not None and hmac.compare_digest(
         token.encode(), admin_token.get_secret_value().encode()
     ):
         return ADMIN_TOKEN_PRINCIPAL
     with state.session_factory() as session:
-        principal = keys.verify(session, token)
+        return keys.verify(session, token)
+
+
+def authenticate(request: Request) -> Principal:
+    """The caller behind the request's key (bootstrap admin token or a stored key), or 401."""
+    principal = principal_for_key(request.app.state.cp, bearer_token(request))
     if principal is None:
         raise Unauthorized("invalid or revoked API key")
     return principal
