@@ -8,6 +8,7 @@ import logging
 import typer
 import uvicorn
 
+from control_plane.client.cli import register as register_client_commands
 from control_plane.db import migrate
 from control_plane.settings import get_settings
 from control_plane.tritonserver.cli import app as triton_app
@@ -16,6 +17,7 @@ app = typer.Typer(help="Control plane for NVIDIA Triton Inference Server.", no_a
 db_app = typer.Typer(help="Registry database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(triton_app, name="triton", help="Run the bundled Triton Inference Server.")
+register_client_commands(app)  # login, tenants, keys, models, versions, aliases, ... on the SDK
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,167 @@
+"""The CLI against the real stack: the README tour, `-o json`, a failed load, a refused key, login."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner, Result
+
+from control_plane.cli import app
+from tests.support import model_files
+from tests.support.api import Api
+from tests.support.builders import unique_name
+from tests.support.triton_models import MODEL
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def run(base_url: str, tmp_path: Path) -> Run:
+    """Invoke `control-plane ARGS` with a key (admin unless given) and a private config dir."""
+
+    def invoke(*args: str, key: str | None = None, env: dict[str, str] | None = None) -> Result:
+        base = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "CP_URL": base_url, "CP_TENANT": ""}
+        if key is not None:
+            base["CP_KEY"] = key
+        return CliRunner().invoke(app, list(args), env={**base, **(env or {})})
+
+    return invoke
+
+
+def ok(result: Result) -> str:
+    """stdout of a successful run."""
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    return result.stdout
+
+
+def as_json(result: Result) -> Any:
+    """stdout of a successful `-o json` run, parsed."""
+    return json.loads(ok(result))
+
+
+def expected_y(x: np.ndarray, seed: int) -> np.ndarray:
+    """What the exported MLP computes."""
+    with torch.no_grad():
+        return model_files.mlp_module(seed=seed)(torch.from_numpy(x)).numpy()
+
+
+def test_the_tour(stack: Api, run: Run, tmp_path: Path) -> None:
+    admin = stack.admin_token
+    tenant = unique_name("cli")
+    assert f"tenant {tenant} created" in ok(run("tenants", "create", tenant, key=admin))
+    publisher = ok(run("keys", "create", "--role", "publisher", "-t", tenant, "-q", key=admin)).strip()
+    consumer = as_json(run("keys", "create", "--role", "consumer", "-t", tenant, "-o", "json", key=admin))[
+        "key"
+    ]
+    first = model_files.onnx_mlp(tmp_path / "v1.onnx", seed=0)
+    second = model_files.onnx_mlp(tmp_path / "v2.onnx", seed=1)
+
+    # A publisher's key sees one tenant: no --tenant needed.
+    assert "model mlp (onnx) created" in ok(run("models", "create", "mlp", "--format", "onnx", key=publisher))
+    uploaded = run("versions", "upload", "mlp", str(first), "--wait", key=publisher)
+    assert "ready" in ok(uploaded) and "uploading v1.onnx" in uploaded.stderr
+    v2 = as_json(run("versions", "upload", "mlp", str(second), "-w", "-o", "json", key=publisher))
+    assert (v2["version"], v2["state"], v2["size_bytes"]) == (2, "ready", second.stat().st_size)
+    promoted = ok(run("aliases", "promote", "mlp", "1", "-t", tenant, key=admin))
+    assert "mlp@production: - -> 1 (promote)" in promoted
+
+    x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    answer = as_json(run("predict", "mlp", "--input", f"x=@{tmp_path / 'x.npy'}", "-o", "json", key=consumer))
+    assert answer["version"] == 1
+    np.testing.assert_allclose(answer["outputs"]["y"], expected_y(x, seed=0), rtol=1e-5, atol=1e-6)
+    inline = ok(run("predict", "mlp", "-i", "x=[[1, 2, 3, 4]]", "-t", tenant, key=admin))  # X-Tenant
+    assert "mlp v1" in inline and "y" in inline
+
+    canary = ok(run("traffic", "set", "mlp", "--route", "1=90", "--route", "2=10", "-t", tenant, key=admin))
+    assert "v1=90%, v2=10%" in canary
+    split = as_json(run("traffic", "get", "mlp", "-t", tenant, "-o", "json", key=admin))
+    assert {(r["version"], r["weight"]) for r in split["routes"]} == {(1, 90), (2, 10)}
+    assert "v1=100%" in ok(run("traffic", "clear", "mlp", "-t", tenant, key=admin))
+    assert "1 -> 2" in ok(run("aliases", "promote", "mlp", "2", "-t", tenant, key=admin))
+    assert "mlp@production: 2 -> 1 (rollback)" in ok(
+        run("aliases", "rollback", "mlp", "-t", tenant, key=admin)
+    )
+
+    history = as_json(run("aliases", "history", "mlp", "-t", tenant, "-o", "json", key=admin))
+    assert [h["to_version"] for h in history] == [1, 2, 1]
+    assert (
+        as_json(run("predict", "mlp", "-i", "x=[[1, 2, 3, 4]]", "-o", "json", key=consumer))["version"] == 1
+    )
+    events = as_json(run("audit", "list", "-t", tenant, "-o", "json", key=admin))
+    actions = [e["action"] for e in events]
+    assert actions[:2] == ["alias.rollback", "alias.promote"]
+    assert {"tenant.create", "key.create", "model.create", "version.create"} <= set(actions)
+    assert "alias.rollback" in ok(run("audit", "list", "-t", tenant, key=admin))
+    listed = ok(run("models", "list", key=publisher))
+    assert "mlp" in listed and "production=1" in listed
+    versions = ok(run("versions", "list", "mlp", key=publisher))
+    assert versions.count("ready") == 2
+    assert 'backend: "python"' in ok(run("versions", "get", "mlp", "1", "--config", key=publisher))
+
+
+def test_admin_views_and_json(stack: Api, run: Run) -> None:
+    status = as_json(run("status", "-o", "json", key=stack.admin_token))
+    instances = as_json(run("instances", "list", "-o", "json", key=stack.admin_token))
+
+    assert status["database"]["ok"] is True
+    assert instances and instances[0]["state"] == "ready"
+    assert "database" in ok(run("status", key=stack.admin_token))
+    assert instances[0]["name"] in ok(run("instances", "list", key=stack.admin_token))
+
+
+def test_a_failed_load_exits_non_zero_with_tritons_message(stack: Api, run: Run, tmp_path: Path) -> None:
+    admin = stack.admin_token
+    tenant = unique_name("cli")
+    ok(run("tenants", "create", tenant, key=admin))
+    spec = ["--in", "INPUT0:FP32:-1", "--out", "OUTPUT0:FP32:-1", "--max-batch-size", "0"]
+    ok(run("models", "create", "broken", "-f", "python", *spec, "-t", tenant, key=admin))
+    bad = tmp_path / "model.py"
+    bad.write_text(
+        MODEL.format(init="raise RuntimeError('weights are missing: w.bin')", scale=1.0, offset=0.0)
+    )
+
+    result = run("versions", "upload", "broken", str(bad), "--wait", "-t", tenant, key=admin)
+
+    assert result.exit_code == 4, result.output
+    assert "version 1 of model 'broken' is failed" in result.stderr
+    assert "weights are missing: w.bin" in result.stderr
+    waited = run("versions", "wait", "broken", "1", "-t", tenant, key=admin)
+    assert waited.exit_code == 4 and "weights are missing" in waited.stderr
+
+
+def test_a_bad_key_or_no_configuration_exits_with_a_clear_message(run: Run) -> None:
+    refused = run("models", "list", "-t", "acme", key="not-a-key")
+    unconfigured = run("models", "list", env={"CP_URL": ""})
+    unreachable = run("tenants", "list", key="k", env={"CP_URL": "http://127.0.0.1:9"})
+
+    assert refused.exit_code == 3
+    assert "refused the key (invalid or revoked API key)" in refused.stderr
+    assert "control-plane login" in refused.stderr and "Traceback" not in refused.output
+    assert unconfigured.exit_code == 2 and "no control plane configured" in unconfigured.stderr
+    assert unreachable.exit_code == 6 and "cannot reach the control plane" in unreachable.stderr
+
+
+def test_login_keeps_url_and_key_private_and_env_overrides(
+    stack: Api, run: Run, base_url: str, tmp_path: Path
+) -> None:
+    saved = tmp_path / "config" / "control-plane" / "config.json"
+    refused = run("login", "--url", base_url, "--key", "wrong", env={"CP_URL": ""})
+    assert refused.exit_code == 3 and not saved.exists()
+
+    logged_in = ok(run("login", "--url", base_url, "--key", stack.admin_token, env={"CP_URL": ""}))
+
+    assert "logged in to" in logged_in and stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert json.loads(saved.read_text())["key"] == stack.admin_token
+    assert ok(run("tenants", "list", "-o", "json", env={"CP_URL": ""})) is not None
+    overridden = run("tenants", "list", env={"CP_URL": "", "CP_KEY": "not-a-key"})
+    assert overridden.exit_code == 3
+    assert "logged out" in ok(run("logout"))
+    assert not saved.exists()
