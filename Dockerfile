@@ -5,5 +5,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY control_plane ./control_plane
 COPY migrations ./migrations
 RUN pip install --no-cache-dir -e . "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+# HTTP and the gRPC proxy both bind CP_HTTP_HOST (serve --host would move only the HTTP side).
+ENV CP_HTTP_HOST=0.0.0.0
 EXPOSE 8080 8081
-CMD ["sh", "-c", "control-plane db upgrade && control-plane serve --host 0.0.0.0"]
+CMD ["sh", "-c", "control-plane db upgrade && control-plane serve"]
