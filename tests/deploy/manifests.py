@@ -92,9 +92,13 @@ def load_dashboards() -> dict[str, dict[str, Any]]:
 
 def metric_names(expr: str) -> set[str]:
     """Parse a (Grafana) PromQL expression and return the metric names it selects; raises if invalid."""
-    for variable, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+
+    def substitute(match: re.Match[str]) -> str:
+        variable = "$" + (match.group(1) or match.group(2))
+        assert variable in GRAFANA_VARIABLES, f"unknown Grafana variable {variable} in {expr!r}"
+        return GRAFANA_VARIABLES[variable]
+
+    expr = re.sub(r"\$\{(\w+)\}|\$(\w+)", substitute, expr)
     names: set[str] = set()
 
     def visit(node: promql_parser.Expr) -> None:
