@@ -187,6 +187,7 @@ def deploy(stack: Stack, *, model: str = "mlp", tenant: str = "bench", timeout: 
     with artifact.open("rb") as f:
         files = {"file": (artifact.name, f, "application/octet-stream")}
         number = ok(api.post(f"{models}/{model}/versions", files=files), 201).json()["version"]
+    ok(api.put(f"{models}/{model}/aliases/production", json={"version": number}), 200)  # loads it
     deadline = time.monotonic() + timeout
     while True:
         detail = ok(api.get(f"{models}/{model}/versions/{number}"), 200).json()
@@ -195,5 +196,4 @@ def deploy(stack: Stack, *, model: str = "mlp", tenant: str = "bench", timeout: 
         if detail["state"] == "failed" or time.monotonic() > deadline:
             raise SetupError(f"version {number} did not become ready: {detail}")
         time.sleep(0.2)
-    ok(api.put(f"{models}/{model}/aliases/production", json={"version": number}), 200)
     return Deployment(model=model, triton_name=detail["triton_name"], consumer_key=key)

@@ -36,8 +36,9 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     caller: Caller | None = None
     resolved: Resolved | None = None
-    status: int = 200
+    status: int | str = 200  # HTTP status, or the gRPC status code's name
     upstream_s: float | None = None
+    protocol: str = "http"  # "http" or "grpc": the metrics' label
 
     def header(self, name: bytes) -> str | None:
         """A request header by lower-case name."""

@@ -41,6 +41,12 @@ class RpcFailure(Exception):
         self.message = message
         self.retry_after = retry_after
 
+    @property
+    def number(self) -> int:
+        """The status code's number, as it goes in `grpc-status`."""
+        value: int = self.code.value[0]
+        return value
+
     @classmethod
     def of(cls, exc: Exception) -> RpcFailure:
         """The status for any exception: domain errors keep their meaning, the unforeseen are INTERNAL."""
@@ -54,9 +60,18 @@ class RpcFailure(Exception):
         return cls(Code.INTERNAL, "internal error")
 
 
+BY_NUMBER = {code.value[0]: code for code in Code}
+
+
 def upstream_failure(exc: aio.AioRpcError, resolved: Resolved | None, timeout: float) -> RpcFailure:
     """Triton's status with internal names replaced; transport failures as a plain UNAVAILABLE."""
-    code, details = exc.code(), exc.details() or ""
+    return triton_failure(exc.code(), exc.details() or "", resolved, timeout)
+
+
+def triton_failure(
+    code: grpc.StatusCode, details: str, resolved: Resolved | None, timeout: float
+) -> RpcFailure:
+    """A status Triton (or the transport to it) ended a call with, in the client's terms."""
     if code == Code.DEADLINE_EXCEEDED:
         return RpcFailure(code, f"the inference server did not answer within {timeout:g}s")
     from_triton = resolved is not None and resolved.triton_name in details

@@ -1,8 +1,14 @@
-"""KServe v2 GRPCInferenceService on its own port: authenticate, resolve, pass the bytes on to Triton.
+"""KServe v2 GRPCInferenceService on its own port: a gRPC pass-through to Triton on the event loop.
 
-ModelInfer never decodes tensors: the request stays raw bytes and only its leading `model_name` /
-`model_version` fields are rewritten on the wire (see `protowire`), in both directions.
-Liveness and readiness answer without a key, like Triton's; every other call needs one.
+Calls arrive on our own HTTP/2 server (`grpc_server`). ModelInfer is served from the connection's
+callbacks through the shared inference core (`infer.py`: key, tenant, alias/canary resolution, rate
+and concurrency limits, in-flight accounting, metrics), checked against the version (`grpc_check`),
+and forwarded as raw bytes over a persistent HTTP/2 connection to Triton (`h2client`): tensors are
+never decoded, only the leading `model_name` / `model_version` fields are rewritten on the wire (see
+`protowire`), in both directions. The other calls (health, metadata, config) are rare and use
+Triton's typed stub over a grpc.aio channel. Liveness and readiness answer without a key, like
+Triton's; every other call needs one. Methods we do not serve (streaming, repository, statistics,
+shared memory, ...) are UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -10,31 +16,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
-import grpc
 from google.protobuf import text_format
 from grpc import aio
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub
 
 from control_plane.dataplane import protowire
-from control_plane.dataplane.auth import Caller, authenticate
-from control_plane.dataplane.balance import Backend
+from control_plane.dataplane.auth import authenticate
+from control_plane.dataplane.balance import Backend, TritonUnreachable, retryable
 from control_plane.dataplane.checks import as_app_error
 from control_plane.dataplane.contract import Rejected
+from control_plane.dataplane.exchange import Exchange
 from control_plane.dataplane.grpc_check import check_infer_request
-from control_plane.dataplane.grpc_errors import Code, RpcFailure, guarded, upstream_failure
+from control_plane.dataplane.grpc_errors import BY_NUMBER, Code, RpcFailure, triton_failure, upstream_failure
+from control_plane.dataplane.grpc_server import GrpcServerConnection, ServerCall, ServerLimits
+from control_plane.dataplane.h2client import GrpcAnswer, H2Pool
+from control_plane.dataplane.infer import begin, check_rate, observe, start_forward
 from control_plane.dataplane.rewrite import HIDDEN_EXTENSIONS
-from control_plane.errors import AppError
+from control_plane.errors import AppError, UpstreamTimeout
 from control_plane.routing.router import ModelLoading, Resolved
 from control_plane.state import AppState
 
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
+INFER_PATH = f"/{SERVICE}/ModelInfer".encode()
 _UPSTREAM_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -44,35 +54,19 @@ _UPSTREAM_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 _HEALTH_TIMEOUT_S = 2.0
-_MAX_CACHED_CALLERS = 10_000
+Outcome = GrpcAnswer | Exception  # what the upstream call settles with
+TypedMethod = Callable[[Any, ServerCall], Awaitable[Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class _Who:
-    """The authenticated caller and the routing hints from the call's metadata."""
-
-    caller: Caller
-    alias: str | None
-    routing_key: str | None
+class CallCancelled(Exception):
+    """The client reset the call (or went away) while Triton was answering it."""
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """What one ModelInfer call records in the metrics."""
-
-    tenant: str = ""
-    model: str = ""
-    version: str = ""
-    upstream_s: float | None = None
-
-
-class _Upstream:
-    """One pooled channel to a Triton: raw bytes for ModelInfer, the typed stub for the rest."""
+class _Channel:
+    """A grpc.aio channel to a Triton, for the typed (non-infer) calls."""
 
     def __init__(self, target: str):
         self.channel = aio.insecure_channel(target, options=_UPSTREAM_OPTIONS)
-        # No serializers: bytes in, bytes out.
-        self.infer = self.channel.unary_unary(f"/{SERVICE}/ModelInfer")
         self.stub = GRPCInferenceServiceStub(self.channel)
 
 
@@ -89,287 +83,330 @@ class GrpcProxy:
         self.state = state
         token = state.settings.admin_token
         self._admin_token = token.get_secret_value() if token is not None else None
-        self._upstreams: dict[str, _Upstream] = {}
-        # Successful authentications by (authorization, x-tenant), valid for one routing table.
-        self._callers: dict[tuple[str | None, str | None], Caller] = {}
-        self._callers_table: object = None
-        self._in_flight = state.metrics.in_flight.labels("grpc")
-        self._server: aio.Server | None = None
+        self._pools: dict[str, H2Pool] = {}
+        self._channels: dict[str, _Channel] = {}
+        self._connections: set[GrpcServerConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._typed = self._typed_methods()
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
         """Bind `host:port` and start serving."""
-        settings = self.state.settings
-        server = aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.max_request_bytes),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent second listener
-                # The same connection-level limits as the HTTP side: a client that connects and says
-                # nothing, or sends huge metadata, is dropped.
-                ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
-                ("grpc.max_metadata_size", settings.max_header_bytes),
-                ("grpc.max_connection_idle_ms", 5 * 60 * 1000),
-            ]
+        s = self.state.settings
+        limits = ServerLimits(
+            header_timeout_s=s.header_timeout_s,
+            body_timeout_s=s.body_timeout_s,
+            max_header_bytes=s.max_header_bytes,
+            max_header_count=s.max_header_count,
+            max_message_bytes=s.max_request_bytes,
         )
-        handlers = self._handlers()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        server.add_registered_method_handlers(SERVICE, handlers)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = server.add_insecure_port(address)
-        if not self.port:
-            raise RuntimeError(f"gRPC data plane cannot listen on {address}")
-        await server.start()
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                lambda: GrpcServerConnection(self, limits, self._connections), host, port, reuse_address=True
+            )
+        except OSError as exc:
+            raise RuntimeError(f"gRPC data plane cannot listen on {host}:{port}: {exc}") from exc
         self._server = server
-        for triton in self.state.tritons:
-            self._upstream_for(triton.grpc_url).channel.get_state(try_to_connect=True)
+        self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self, grace_s: float) -> None:
-        """Finish in-flight calls (up to `grace_s`), then close the upstream channels."""
+        """Stop taking calls, finish those in flight (up to `grace_s`), then close the upstreams."""
         if self._server is not None:
-            await self._server.stop(grace_s)
+            self._server.close()
             self._server = None
-        upstreams, self._upstreams = self._upstreams, {}
-        for upstream in upstreams.values():
-            await upstream.channel.close()
+        for connection in list(self._connections):
+            connection.shutdown()
+        deadline = time.monotonic() + grace_s
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close()
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.channel.close()
 
-    def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        typed = {
-            "ServerLive": (self._server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": (self._server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ServerMetadata": (self._server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-            "ModelReady": (self._model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-            "ModelMetadata": (self._model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-            "ModelConfig": (self._model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
-        }
-        handlers = {
-            name: grpc.unary_unary_rpc_method_handler(
-                guarded(method),
-                request_deserializer=request.FromString,
-                response_serializer=response.SerializeToString,
+    # --- dispatch ----------------------------------------------------------------------------------
+
+    def on_call(self, connection: GrpcServerConnection, call: ServerCall, message: bytes) -> None:
+        """A call's request message is in: ModelInfer on the fast path, the rest as tasks."""
+        if call.path == INFER_PATH:
+            self._infer(connection, call, message)
+            return
+        typed = self._typed.get(call.path)
+        if typed is None:
+            connection.fail(
+                call, RpcFailure(Code.UNIMPLEMENTED, f"method {call.path.decode(errors='replace')}")
             )
-            for name, (method, request, response) in typed.items()
+            return
+        task = asyncio.get_running_loop().create_task(self._typed_call(connection, call, message, *typed))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+        def cancel() -> None:
+            task.cancel()
+
+        call.on_cancel = cancel
+
+    # --- inference -----------------------------------------------------------------------------------
+
+    def _infer(self, connection: GrpcServerConnection, call: ServerCall, message: bytes) -> None:
+        state = self.state
+        ex = Exchange(call.headers, started=call.started, protocol="grpc")
+        timeout = self._timeout(call)
+
+        def done(outcome: Outcome) -> None:
+            if isinstance(outcome, GrpcAnswer) and outcome.number == 0:
+                try:
+                    response = _rewrite_response(outcome.payload, ex.resolved)  # type: ignore[arg-type]
+                except Exception as exc:  # an answer we cannot read
+                    log.warning("unreadable ModelInfer answer from Triton: %s", exc)
+                    self._finish(
+                        connection,
+                        call,
+                        ex,
+                        RpcFailure(Code.INTERNAL, "the inference server's answer could not be read"),
+                    )
+                    return
+                ex.status = "OK"
+                connection.reply(call, response)
+                observe(state, ex, total_s=time.perf_counter() - ex.started)
+                return
+            if isinstance(outcome, GrpcAnswer):
+                outcome = triton_failure(
+                    BY_NUMBER.get(outcome.number, Code.UNKNOWN), outcome.message, ex.resolved, timeout
+                )
+            self._finish(connection, call, ex, outcome)
+
+        try:
+            request = self._admit(ex, message)
+            start_forward(state, ex, send=self._sender(call, ex.resolved, request, timeout), done=done)  # type: ignore[arg-type]
+        except Exception as exc:
+            self._finish(connection, call, ex, exc)
+
+    def _admit(self, ex: Exchange, message: bytes) -> bytes:
+        """Authenticate, resolve, check the request and the rate: the request to send to Triton."""
+        head = protowire.read_head(message)
+        parsed: Any = None  # only when the fields are not where a stock client puts them
+        if head is None:
+            parsed = pb.ModelInferRequest.FromString(message)
+            name, version = parsed.model_name, parsed.model_version
+        else:
+            name, version = head.field1.decode(), head.field2.decode()
+        begin(self.state, ex, model=name, version=_version_number(version))
+        resolved = ex.resolved
+        assert resolved is not None
+        try:
+            check_infer_request(message, resolved.contract)
+        except Rejected as exc:
+            raise as_app_error(exc) from None
+        check_rate(self.state, ex)
+        if head is None:
+            parsed.model_name, parsed.model_version = resolved.triton_name, ""
+            data: bytes = parsed.SerializeToString()
+            return data
+        return protowire.replace_head(message, _head(resolved.triton_name, ""), head.body)
+
+    def _finish(
+        self, connection: GrpcServerConnection, call: ServerCall, ex: Exchange, error: Exception
+    ) -> None:
+        failure = RpcFailure.of(error)
+        if failure.code == Code.INTERNAL and not isinstance(error, RpcFailure | AppError):
+            log.error("gRPC call failed unexpectedly", exc_info=error)
+        ex.status = "CANCELLED" if isinstance(error, CallCancelled) else failure.code.name
+        connection.fail(call, failure)
+        observe(self.state, ex, total_s=time.perf_counter() - ex.started)
+
+    def _sender(
+        self, call: ServerCall, resolved: Resolved, request: bytes, timeout: float
+    ) -> Callable[[Callable[[Outcome], None]], None]:
+        """The gRPC `send` for the core: an instance with the version ready, once more on another if the
+        first could not be reached (refused, reset, not processed) before any answer."""
+        balancer, name = self.state.upstream, resolved.triton_name
+
+        def send(settle: Callable[[Outcome], None]) -> None:
+            to(balancer.choose(name), False, settle)
+
+        def to(backend: Backend, retried: bool, settle: Callable[[Outcome], None]) -> None:
+            pool = self._pool(backend.grpc_url)
+            backend.outstanding += 1
+
+            def answered(answer: GrpcAnswer | None, exc: BaseException | None) -> None:
+                backend.outstanding -= 1
+                call.on_cancel = None
+                if answer is not None:
+                    settle(answer)
+                elif isinstance(exc, CallCancelled):
+                    settle(exc)
+                elif isinstance(exc, TimeoutError):
+                    settle(UpstreamTimeout(f"the inference server did not answer within {timeout:g}s"))
+                else:
+                    other = None
+                    if retryable(exc):
+                        other = balancer.after_failure(backend, name, "grpc", retry=not retried)
+                    if other is not None:
+                        to(other, True, settle)
+                        return
+                    log.warning(
+                        "Triton %s at %s is unreachable over gRPC: %r", backend.name, backend.grpc_url, exc
+                    )
+                    settle(TritonUnreachable("the inference server is unavailable", retry_after=1))
+
+            upstream_call = pool.start(INFER_PATH, request, timeout_s=timeout, callback=answered)
+            call.on_cancel = lambda: pool.cancel(upstream_call, CallCancelled())
+
+        return send
+
+    def _pool(self, target: str) -> H2Pool:
+        pool = self._pools.get(target)
+        if pool is None:
+            pool = self._pools[target] = H2Pool(
+                target, connect_timeout_s=self.state.settings.triton_timeout_s
+            )
+        return pool
+
+    def _timeout(self, call: ServerCall) -> float:
+        """Our upstream timeout, or what is left of the client's deadline if sooner."""
+        timeout = self.state.settings.upstream_timeout_s
+        deadline = call.timeout_s()
+        if deadline is not None:
+            remaining = deadline - (time.perf_counter() - call.started)
+            if remaining < timeout:
+                timeout = max(remaining, 0.001)
+        return timeout
+
+    # --- health, metadata, config ------------------------------------------------------------------
+
+    def _typed_methods(self) -> dict[bytes, tuple[TypedMethod, Any]]:
+        methods: dict[str, tuple[TypedMethod, Any]] = {
+            "ServerLive": (self._server_live, pb.ServerLiveRequest),
+            "ServerReady": (self._server_ready, pb.ServerReadyRequest),
+            "ServerMetadata": (self._server_metadata, pb.ServerMetadataRequest),
+            "ModelReady": (self._model_ready, pb.ModelReadyRequest),
+            "ModelMetadata": (self._model_metadata, pb.ModelMetadataRequest),
+            "ModelConfig": (self._model_config, pb.ModelConfigRequest),
         }
-        handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(guarded(self._model_infer))
-        return handlers
+        return {f"/{SERVICE}/{name}".encode(): method for name, method in methods.items()}
 
-    # --- health and metadata -------------------------------------------------------------------
+    async def _typed_call(
+        self,
+        connection: GrpcServerConnection,
+        call: ServerCall,
+        message: bytes,
+        method: TypedMethod,
+        kind: Any,
+    ) -> None:
+        try:
+            response = await method(kind.FromString(message), call)
+            data = response.SerializeToString()
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            failure = RpcFailure.of(exc)
+            if failure.code == Code.INTERNAL and not isinstance(exc, RpcFailure | AppError):
+                log.exception("gRPC call failed unexpectedly")
+            connection.fail(call, failure)
+            return
+        connection.reply(call, data)
 
-    async def _server_live(self, _: Any, __: aio.ServicerContext) -> Any:
+    async def _server_live(self, _: Any, __: ServerCall) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def _server_ready(self, _: Any, __: aio.ServicerContext) -> Any:
+    async def _server_ready(self, _: Any, __: ServerCall) -> Any:
         """Ready when at least one Triton is."""
         targets = {t.grpc_url for t in self.state.tritons}
         answers = await asyncio.gather(
             *(
-                self._upstream_for(t).stub.ServerReady(pb.ServerReadyRequest(), timeout=_HEALTH_TIMEOUT_S)
+                self._channel(t).stub.ServerReady(pb.ServerReadyRequest(), timeout=_HEALTH_TIMEOUT_S)
                 for t in targets
             ),
             return_exceptions=True,
         )
         return pb.ServerReadyResponse(ready=any(getattr(a, "ready", False) for a in answers))
 
-    async def _server_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
-        self._who(context)
-        answer = await self._call(self._upstream(None).stub.ServerMetadata, request, context, None)
+    async def _server_metadata(self, request: Any, call: ServerCall) -> Any:
+        self._identify(call)
+        answer = await self._call(self._stub(None).ServerMetadata, request, call, None)
         kept = [e for e in answer.extensions if e not in HIDDEN_EXTENSIONS]
         return pb.ServerMetadataResponse(name=answer.name, version=answer.version, extensions=kept)
 
-    async def _model_ready(self, request: Any, context: aio.ServicerContext) -> Any:
-        who = self._who(context)
+    async def _model_ready(self, request: Any, call: ServerCall) -> Any:
         try:
-            resolved = self._resolve(who, request.name, request.version)
+            resolved = self._resolve(call, request.name, request.version)
         except AppError as exc:  # unknown and loading read as "not ready", as Triton says
             if exc.status_code == 404 or isinstance(exc, ModelLoading):
                 return pb.ModelReadyResponse(ready=False)
             raise
         upstream_request = pb.ModelReadyRequest(name=resolved.triton_name)
-        stub = self._upstream(resolved.triton_name).stub
-        return await self._call(stub.ModelReady, upstream_request, context, resolved)
+        return await self._call(self._stub(resolved.triton_name).ModelReady, upstream_request, call, resolved)
 
-    async def _model_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
-        resolved = self._resolve(self._who(context), request.name, request.version)
+    async def _model_metadata(self, request: Any, call: ServerCall) -> Any:
+        resolved = self._resolve(call, request.name, request.version)
         upstream_request = pb.ModelMetadataRequest(name=resolved.triton_name)
-        stub = self._upstream(resolved.triton_name).stub
-        answer = await self._call(stub.ModelMetadata, upstream_request, context, resolved)
+        stub = self._stub(resolved.triton_name)
+        answer = await self._call(stub.ModelMetadata, upstream_request, call, resolved)
         answer.versions[:] = [str(resolved.version)]
         return _hide_internal_name(answer, resolved)
 
-    async def _model_config(self, request: Any, context: aio.ServicerContext) -> Any:
-        resolved = self._resolve(self._who(context), request.name, request.version)
+    async def _model_config(self, request: Any, call: ServerCall) -> Any:
+        resolved = self._resolve(call, request.name, request.version)
         upstream_request = pb.ModelConfigRequest(name=resolved.triton_name)
-        stub = self._upstream(resolved.triton_name).stub
-        answer = await self._call(stub.ModelConfig, upstream_request, context, resolved)
+        answer = await self._call(
+            self._stub(resolved.triton_name).ModelConfig, upstream_request, call, resolved
+        )
         return _hide_internal_name(answer, resolved)
 
-    # --- inference -----------------------------------------------------------------------------
-
-    async def _model_infer(self, request: bytes, context: aio.ServicerContext) -> bytes:
-        started = time.perf_counter()
-        outcome = _Outcome()
-        status = "OK"
-        try:
-            return await self._infer(request, context, outcome)
-        except asyncio.CancelledError:
-            status = "CANCELLED"
-            raise
-        except Exception as exc:
-            status = RpcFailure.of(exc).code.name
-            raise
-        finally:
-            self.state.metrics.observe(
-                tenant=outcome.tenant,
-                model=outcome.model,
-                version=outcome.version,
-                protocol="grpc",
-                status=status,
-                total_s=time.perf_counter() - started,
-                upstream_s=outcome.upstream_s,
-            )
-
-    async def _infer(self, request: bytes, context: aio.ServicerContext, outcome: _Outcome) -> bytes:
-        who = self._who(context)
-        outcome.tenant = who.caller.tenant
-        head = protowire.read_head(request)
-        parsed: Any = None  # only when the fields are not where a stock client puts them
-        if head is None:
-            parsed = pb.ModelInferRequest.FromString(request)
-            name, version = parsed.model_name, parsed.model_version
-        else:
-            name, version = head.field1.decode(), head.field2.decode()
-        resolved = self._resolve(who, name, version)
-        outcome.model, outcome.version = resolved.model, str(resolved.version)
-        try:
-            check_infer_request(request, resolved.contract)
-        except Rejected as exc:
-            raise as_app_error(exc) from None
-        if head is None:
-            parsed.model_name, parsed.model_version = resolved.triton_name, ""
-            request = parsed.SerializeToString()
-        else:
-            request = protowire.replace_head(request, _head(resolved.triton_name, ""), head.body)
-        state = self.state
-        state.limits.check_rate(who.caller.tenant_id)
-        with state.limits.slot(who.caller.tenant_id):
-            self._in_flight.inc()
-            state.inflight[resolved.triton_name] += 1  # the keep-warm janitor won't unload it meanwhile
-            sent = time.perf_counter()
-            try:
-                response = await self._infer_call(request, context, resolved)
-            finally:
-                outcome.upstream_s = time.perf_counter() - sent
-                state.inflight[resolved.triton_name] -= 1
-                self._in_flight.dec()
-        return _rewrite_response(response, resolved)
-
-    # --- helpers -------------------------------------------------------------------------------
-
-    def _who(self, context: aio.ServicerContext) -> _Who:
+    def _identify(self, call: ServerCall) -> None:
         """Authenticate the call (key from `authorization`, admins' tenant from `x-tenant`)."""
-        authorization = tenant = alias = routing_key = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value
-            elif key == "x-tenant":
-                tenant = value
-            elif key == "x-model-alias":
-                alias = value
-            elif key == "x-routing-key":
-                routing_key = value
-        caller = self._caller(authorization, tenant)
-        self.state.key_usage.touch(caller.key_id)
-        return _Who(caller=caller, alias=alias, routing_key=routing_key)
-
-    def _caller(self, authorization: str | None, tenant: str | None) -> Caller:
-        table = self.state.router.table
-        if table is not self._callers_table:  # keys or tenants changed: authenticate afresh
-            self._callers.clear()
-            self._callers_table = table
-        caller = self._callers.get((authorization, tenant))
-        if caller is None:
-            caller = authenticate(
-                table, authorization=authorization, tenant_header=tenant, admin_token=self._admin_token
-            )
-            if len(self._callers) >= _MAX_CACHED_CALLERS:
-                self._callers.clear()
-            self._callers[(authorization, tenant)] = caller
-        return caller
-
-    def _resolve(self, who: _Who, model: str, version: str) -> Resolved:
-        number = None
-        if version:
-            if not (version.isascii() and version.isdigit()):
-                raise RpcFailure(Code.INVALID_ARGUMENT, f"model version '{version}' is not a number")
-            number = int(version)
-        return self.state.router.resolve(
-            tenant_id=who.caller.tenant_id,
-            model=model,
-            alias=who.alias,
-            version=number,
-            routing_key=who.routing_key,
+        ex = Exchange(call.headers)
+        caller = authenticate(
+            self.state.router.table,
+            authorization=ex.header(b"authorization"),
+            tenant_header=ex.header(b"x-tenant"),
+            admin_token=self._admin_token,
         )
+        self.state.key_usage.touch(caller.key_id)
 
-    def _upstream(self, triton_name: str | None) -> _Upstream:
-        """The channel to the instance for a call about `triton_name` (the data plane's choice)."""
-        return self._upstream_for(self.state.upstream.choose(triton_name).grpc_url)
+    def _resolve(self, call: ServerCall, model: str, version: str) -> Resolved:
+        """Authenticate and resolve through the core, as ModelInfer does."""
+        ex = Exchange(call.headers, protocol="grpc")
+        begin(self.state, ex, model=model, version=_version_number(version))
+        assert ex.resolved is not None
+        return ex.resolved
 
-    async def _infer_call(self, request: bytes, context: aio.ServicerContext, resolved: Resolved) -> bytes:
-        """ModelInfer on an instance with the version ready; once more on another if the first could
-        not be reached (UNAVAILABLE from the transport, not from Triton)."""
-        upstream, name = self.state.upstream, resolved.triton_name
-        backend = upstream.choose(name)
-        try:
-            return await self._infer_on(backend, request, context)
-        except aio.AioRpcError as exc:
-            other = upstream.after_failure(backend, name, "grpc") if _unreached(exc, resolved) else None
-            if other is None:
-                raise upstream_failure(exc, resolved, self._timeout(context)) from None
-        try:
-            return await self._infer_on(other, request, context)
-        except aio.AioRpcError as exc:
-            if _unreached(exc, resolved):
-                upstream.failed(other)
-            raise upstream_failure(exc, resolved, self._timeout(context)) from None
+    def _stub(self, triton_name: str | None) -> GRPCInferenceServiceStub:
+        """The typed stub of the instance for a call about `triton_name` (the data plane's choice)."""
+        return self._channel(self.state.upstream.choose(triton_name).grpc_url).stub
 
-    async def _infer_on(self, backend: Backend, request: bytes, context: aio.ServicerContext) -> bytes:
-        backend.outstanding += 1
-        try:
-            response: bytes = await self._upstream_for(backend.grpc_url).infer(
-                request, timeout=self._timeout(context)
-            )
-            return response
-        finally:
-            backend.outstanding -= 1
+    def _channel(self, target: str) -> _Channel:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = _Channel(target)
+        return channel
 
-    def _timeout(self, context: aio.ServicerContext) -> float:
-        """Our upstream timeout, or the client's deadline if sooner."""
-        timeout = self.state.settings.upstream_timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None and remaining < timeout:
-            timeout = max(remaining, 0.001)
-        return timeout
-
-    def _upstream_for(self, target: str) -> _Upstream:
-        upstream = self._upstreams.get(target)
-        if upstream is None:
-            upstream = self._upstreams[target] = _Upstream(target)
-        return upstream
-
-    async def _call(
-        self, method: Any, request: Any, context: aio.ServicerContext, resolved: Resolved | None
-    ) -> Any:
+    async def _call(self, method: Any, request: Any, call: ServerCall, resolved: Resolved | None) -> Any:
         """Call Triton within our timeout (or the client's deadline if sooner); map its errors."""
-        timeout = self._timeout(context)
+        timeout = self._timeout(call)
         try:
             return await method(request, timeout=timeout)
         except aio.AioRpcError as exc:
             raise upstream_failure(exc, resolved, timeout) from None
 
 
-def _unreached(exc: aio.AioRpcError, resolved: Resolved) -> bool:
-    """Whether a call failed to reach Triton (refused, reset) rather than Triton answering an error."""
-    return exc.code() == Code.UNAVAILABLE and resolved.triton_name not in (exc.details() or "")
+def _version_number(version: str) -> int | None:
+    """A call's `model_version` as a number (empty: the alias decides)."""
+    if not version:
+        return None
+    if not (version.isascii() and version.isdigit()):
+        raise RpcFailure(Code.INVALID_ARGUMENT, f"model version '{version}' is not a number")
+    return int(version)
 
 
 def _hide_internal_name(message: Any, resolved: Resolved) -> Any:

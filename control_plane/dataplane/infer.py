@@ -1,7 +1,10 @@
-"""The inference hot path: authenticate, resolve, limit, forward untouched, rewrite the model name.
+"""The inference core, one for every protocol: authenticate, resolve, limit, forward, account, observe.
 
-Callback-style (`start_*`), so the fast-path protocol serves a request without a task or a future;
-the awaitable forms are for the ASGI and /v1/predict paths.
+HTTP (fast path, ASGI, /v1/predict) and gRPC (`grpc_proxy`) call the same functions: `begin` (key,
+tenant, alias/canary resolution), `check_rate` / `check_limits`, `start_forward` (tenant slot,
+in-flight accounting, the upstream call through the protocol's `send`) and `observe` (metrics); a
+protocol module only translates. Callback-style (`start_*`), so the fast paths serve a request without
+a task or a future; the awaitable forms are for the ASGI and /v1/predict paths.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from control_plane.dataplane.auth import authenticate
 from control_plane.dataplane.callbacks import wait_for
@@ -20,6 +24,8 @@ from control_plane.errors import AppError
 from control_plane.state import AppState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Send = Callable[[Callable[[T], None]], None]  # a protocol's way to send a request: send(settle)
 
 
 def begin(state: AppState, ex: Exchange, *, model: str, version: int | None) -> None:
@@ -41,45 +47,46 @@ def begin(state: AppState, ex: Exchange, *, model: str, version: int | None) -> 
     )
 
 
-def check_limits(state: AppState, ex: Exchange) -> None:
-    """Rate limit, and room to check a big body, before the body is read."""
+def check_rate(state: AppState, ex: Exchange) -> None:
+    """The tenant's rate limit (429 with Retry-After past it)."""
     assert ex.caller is not None
     state.limits.check_rate(ex.caller.tenant_id)
+
+
+def check_limits(state: AppState, ex: Exchange) -> None:
+    """Rate limit, and room to check a big body, before the body is read."""
+    check_rate(state, ex)
     state.checks.admit(ex)
 
 
-def start_forward(
-    state: AppState,
-    ex: Exchange,
-    *,
-    body: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
-    done: UpstreamCallback,
-) -> None:
-    """POST an infer body to the resolved version, holding a tenant slot and counted as in flight.
+def start_forward(state: AppState, ex: Exchange, *, send: Send[T], done: Callable[[T], None]) -> None:
+    """Forward a checked request to the resolved version, for every protocol: hold a tenant slot and
+    count the request in flight (per version and per protocol) until its answer is in.
 
-    Raises (429, 503) before anything is sent; after that, `done` gets Triton's answer or the error.
+    `send(settle)` is the protocol's: it sends the request to an instance of the version and calls
+    `settle` once with the answer or the error. Raises (429, 503) before anything is sent; after
+    that, `done` gets what `send` settled with.
     """
     resolved, caller = ex.resolved, ex.caller
     assert resolved is not None and caller is not None
     name, tenant_id = resolved.triton_name, caller.tenant_id
-    limits, inflight, gauge = state.limits, state.inflight, state.metrics.http_in_flight
+    limits, inflight = state.limits, state.inflight
+    metrics = state.metrics
+    gauge = metrics.http_in_flight if ex.protocol == "http" else metrics.in_flight.labels(ex.protocol)
     limits.acquire(tenant_id)
     inflight[name] += 1  # the keep-warm janitor never unloads a version with requests in flight
     gauge.inc()
     began = time.perf_counter()
 
-    def settle(upstream: UpstreamResponse | AppError) -> None:
+    def settle(outcome: T) -> None:
         ex.upstream_s = time.perf_counter() - began
         inflight[name] -= 1
         gauge.dec()
         limits.release(tenant_id)
-        done(upstream)
+        done(outcome)
 
     try:
-        state.upstream.start(
-            b"POST", resolved.infer_path, body=body, headers=headers, callback=settle, triton_name=name
-        )
+        send(settle)
     except BaseException:
         inflight[name] -= 1
         gauge.dec()
@@ -87,13 +94,33 @@ def start_forward(
         raise
 
 
+def http_send(
+    state: AppState, ex: Exchange, body: bytes, headers: Sequence[tuple[bytes, bytes]]
+) -> Send[UpstreamResponse | AppError]:
+    """The HTTP `send` for `start_forward`: POST the body to the version's infer path on Triton."""
+    resolved = ex.resolved
+    assert resolved is not None
+
+    def send(settle: UpstreamCallback) -> None:
+        state.upstream.start(
+            b"POST",
+            resolved.infer_path,
+            body=body,
+            headers=headers,
+            callback=settle,
+            triton_name=resolved.triton_name,
+        )
+
+    return send
+
+
 async def forward(
     state: AppState, ex: Exchange, *, body: bytes, headers: Sequence[tuple[bytes, bytes]]
 ) -> UpstreamResponse:
-    """`start_forward`, awaited; raises the error instead of passing it on."""
+    """`start_forward` over HTTP, awaited; raises the error instead of passing it on."""
 
     def go(done: UpstreamCallback) -> None:
-        start_forward(state, ex, body=body, headers=headers, done=done)
+        start_forward(state, ex, send=http_send(state, ex, body, headers), done=done)
 
     response: UpstreamResponse = await wait_for(go)
     return response
@@ -117,7 +144,7 @@ def start_infer(state: AppState, ex: Exchange, body: bytes, done: Callable[[Repl
                 done(_reply_or_error(state, ex, data, headers, upstream))
 
         try:
-            start_forward(state, ex, body=data, headers=headers, done=settle)
+            start_forward(state, ex, send=http_send(state, ex, data, headers), done=settle)
         except AppError as exc:
             done(exc)
 
@@ -188,8 +215,8 @@ def _reply(
     return reply
 
 
-def observe(state: AppState, ex: Exchange, *, total_s: float, protocol: str = "http") -> None:
-    """Record one finished request in the metrics."""
+def observe(state: AppState, ex: Exchange, *, total_s: float) -> None:
+    """Record one finished request in the metrics (one not resolved to a version is not recorded)."""
     resolved = ex.resolved
     if resolved is None:
         return
@@ -197,7 +224,7 @@ def observe(state: AppState, ex: Exchange, *, total_s: float, protocol: str = "h
         tenant=resolved.tenant,
         model=resolved.model,
         version=str(resolved.version),
-        protocol=protocol,
+        protocol=ex.protocol,
         status=ex.status,
         total_s=total_s,
         upstream_s=ex.upstream_s,
