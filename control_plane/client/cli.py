@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 
 from control_plane.client.cli_admin import audit_app, instances_app, login, logout, status
-from control_plane.client.cli_registry import keys_app, models_app, tenants_app, versions_app
+from control_plane.client.cli_registry import keys_app, models_app, tenants_app
 from control_plane.client.cli_serving import aliases_app, predict, traffic_app
+from control_plane.client.cli_versions import versions_app
 
 
 def register(app: typer.Typer) -> None:

@@ -108,7 +108,7 @@ class UpstreamTimeout(ApiError):
 
 
 class LoadFailed(ControlPlaneError):
-    """A version ended `failed`: Triton (or the loader) could not load it; `state_message` says why."""
+    """A version ended `failed` (Triton could not load it; `state_message` says why) or was retired."""
 
     def __init__(self, *, model: str, version: int, state: str, state_message: str | None):
         reason = state_message or "no reason recorded"

@@ -85,6 +85,8 @@ class Version(_Out):
     signature: dict[str, Any] = {}
     config: str | None = None
     serving: dict[str, Any] = {}
+    resident_on: list[str] | None = None  # instances it is loaded on (servers with residency)
+    memory_bytes: int | None = None  # measured or estimated memory, when known
     created_at: datetime
     updated_at: datetime
 

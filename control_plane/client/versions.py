@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from control_plane.client.connection import Connection, path
-from control_plane.client.errors import LoadFailed, WaitTimeout
+from control_plane.client.errors import ConnectionFailed, LoadFailed, WaitTimeout
 from control_plane.client.types import Version
 from control_plane.client.upload import FilePart, MultipartBody, Progress
 
-# States a version does not leave by itself: ready, or one that will never become ready.
-SETTLED_BAD = ("failed", "retired", "unloaded")
+SETTLED_BAD = ("failed", "retired")  # states a version never leaves for `ready` by itself
+NOT_LOADING = ("registered", "unloaded")  # nothing loads it unless asked (or a request needs it)
+LOAD_GRACE_S = 0.5  # a server that loads on upload moves it to `loading` within this
 
 
 class Versions:
@@ -68,6 +69,11 @@ class Versions:
         """Admins: the version's artifact again as a new version with the model's current settings."""
         return Version.model_validate(self._conn.json("POST", self._url(tenant, model, number, "redeploy")))
 
+    def load(self, tenant: str, model: str, number: int, *, timeout: float | None = None) -> Version:
+        """Load the version now; answers once Triton has it `ready` (or it `failed`, with the reason)."""
+        url = self._url(tenant, model, number, "load")
+        return Version.model_validate(self._conn.json("POST", url, timeout=timeout))
+
     def wait_ready(
         self,
         tenant: str,
@@ -78,12 +84,18 @@ class Versions:
         poll_s: float = 0.2,
         on_state: Callable[[Version], None] | None = None,
     ) -> Version:
-        """Poll until the version is `ready`; raise LoadFailed (with Triton's message) when it failed,
-        WaitTimeout past `timeout` seconds. `on_state` sees every polled answer."""
-        deadline = time.monotonic() + timeout
+        """Wait until the version is `ready`, asking for its load when nothing else loads it (versions
+        load on demand); raise LoadFailed (with Triton's message) when it failed, WaitTimeout past
+        `timeout` seconds. `on_state` sees every answer."""
+        started = time.monotonic()
+        deadline = started + timeout
         delay = poll_s
         while True:
             version = self.get(tenant, model, number)
+            if version.state in NOT_LOADING and time.monotonic() - started >= min(LOAD_GRACE_S, timeout):
+                if on_state is not None:
+                    on_state(version)
+                version = self._load_within(tenant, model, number, deadline=deadline, timeout=timeout)
             if on_state is not None:
                 on_state(version)
             if version.state == "ready":
@@ -97,3 +109,13 @@ class Versions:
                 raise WaitTimeout(model=model, version=number, state=version.state, timeout_s=timeout)
             time.sleep(min(delay, left))
             delay = min(delay * 1.5, 2.0)
+
+    def _load_within(
+        self, tenant: str, model: str, number: int, *, deadline: float, timeout: float
+    ) -> Version:
+        try:
+            return self.load(tenant, model, number, timeout=max(deadline - time.monotonic(), 1.0))
+        except ConnectionFailed as exc:
+            if time.monotonic() < deadline:
+                raise
+            raise WaitTimeout(model=model, version=number, state="loading", timeout_s=timeout) from exc
