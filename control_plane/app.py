@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -42,6 +43,9 @@ from control_plane.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control_plane.modelrepo import build_model_repository
 from control_plane.openapi import install_openapi
 from control_plane.registry.endpoints import router as registry_router
+from control_plane.residency.budget import Budgets
+from control_plane.residency.manager import Residency
+from control_plane.residency.metrics import register as register_residency_metrics
 from control_plane.routing.changes import install as install_change_hooks
 from control_plane.routing.router import Router
 from control_plane.routing.watcher import RegistryWatcher
@@ -72,6 +76,15 @@ def build_state(settings: Settings) -> AppState:
     metrics = DataPlaneMetrics()
     upstream = Upstream(tritons, timeout_s=settings.upstream_timeout_s)
     router.listeners.append(lambda table: upstream.route(table.placements))
+    inflight: Counter[str] = Counter()
+    residency = Residency(
+        session_factory=session_factory,
+        inflight=inflight,
+        wait_s=settings.cold_start_wait_s,
+        eviction_grace_s=settings.eviction_grace_s,
+    )
+    router.listeners.append(residency.on_table)  # after the upstream's: routes first, then waiters
+    register_residency_metrics(metrics.registry, residency.stats)
     state = AppState(
         settings=settings,
         engine=engine,
@@ -101,7 +114,10 @@ def build_state(settings: Settings) -> AppState:
             inline_bytes=settings.inline_check_bytes,
         ),
         tritons=tritons,
+        inflight=inflight,
+        residency=residency,
     )
+    state.loader.residency_load = residency.load_now
     if settings.triton_embedded:
         state.supervisor = supervise_embedded(settings, repository)
         state.supervisor.start()  # raises, with Triton's log tail, if it does not come up
@@ -162,6 +178,16 @@ def _start_reconciler(state: AppState) -> None:
         ),
     )
     wire_data_plane(reconciler, state.upstream)
+    residency = state.residency
+    residency.reconciler = reconciler
+    reconciler.actions.residency = residency
+    reconciler.budgets = Budgets(
+        default_budget=settings.instance_memory_budget_bytes,
+        tenant_share=settings.tenant_memory_share,
+        stats=residency.stats,
+        busy=residency.busy,
+        local_uses=residency.local_uses,
+    )
     register_fleet_metrics(state.metrics.registry, reconciler.observed.stats, state.upstream.retry_counts)
     if state.supervisor is not None:
         state.supervisor.on_restart.append(
@@ -173,12 +199,14 @@ def _start_reconciler(state: AppState) -> None:
             )
         )
     state.reconciler.start(wait_s=settings.triton_load_timeout_s)
+    residency.start()
 
 
 def close_state(state: AppState) -> None:
     """Stop what build_state started."""
     if state.reconciler is not None:
         state.reconciler.stop()
+    state.residency.stop()
     if state.janitor is not None:
         state.janitor.stop()
     if state.watcher is not None:

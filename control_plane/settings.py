@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     tenant_max_concurrency: int = 0  # in-flight requests per tenant; 0 = unlimited
     upstream_timeout_s: float = 60.0
 
+    # Residency (issue 12): memory budget per Triton instance (0: none; the instances API sets one
+    # per instance), a tenant's share of it before its versions are evicted first, how long a request
+    # for a version that is not loaded waits for its load, how long routes drain before an eviction,
+    # and whether an upload loads the new version right away (else on its first request or promote).
+    instance_memory_budget_bytes: int = Field(0, ge=0)
+    tenant_memory_share: float = Field(0.5, gt=0, le=1)
+    cold_start_wait_s: float = Field(30.0, gt=0)
+    eviction_grace_s: float = Field(0.2, ge=0)
+    load_on_upload: bool = False
     keep_warm_s: float = 600.0  # how long a replaced version stays loaded (instant rollback)
     janitor_interval_s: float = 10.0
 

@@ -20,6 +20,7 @@ from control_plane.fleet.reconciler import Reconciler
 from control_plane.lifecycle.janitor import KeepWarmJanitor
 from control_plane.lifecycle.shadow import ShadowMirror
 from control_plane.modelrepo import ModelRepository
+from control_plane.residency.manager import Residency
 from control_plane.routing.router import Router
 from control_plane.routing.watcher import RegistryWatcher
 from control_plane.settings import Settings
@@ -46,6 +47,8 @@ class AppState:
     checks: RequestChecks
     tritons: list[TritonEndpoint] = field(default_factory=list)
     inflight: Counter[str] = field(default_factory=Counter)  # requests at Triton, by Triton model name
+    # On-demand loads and the resident set (issue 12); build_state gives it the registry and `inflight`.
+    residency: Residency = field(default_factory=lambda: Residency(session_factory=None, inflight=Counter()))
     embedded_triton: TritonProcess | None = None  # the bundled Triton (restarted by `supervisor`)
     supervisor: TritonSupervisor | None = None
     reconciler: Reconciler | None = None  # its `observed` has each instance's health and loaded models

@@ -54,6 +54,9 @@ def _register_onnx_model(client: httpx.Client, tmp_path: Path) -> str:
     assert client.post("/v1/tenants/acme/models", json={"name": "mlp", "format": "onnx"}).status_code == 201
     with model_files.onnx_mlp(tmp_path / "mlp.onnx").open("rb") as f:
         assert client.post("/v1/tenants/acme/models/mlp/versions", files={"file": f}).status_code == 201
+    # An upload no longer loads (residency): load it now, as an operator warming a version would.
+    loaded = client.post("/v1/tenants/acme/models/mlp/versions/1/load", timeout=120)
+    assert loaded.status_code == 200, loaded.text
     deadline = time.monotonic() + 120
     state = "registered"
     while state not in ("ready", "failed") and time.monotonic() < deadline:

@@ -70,13 +70,19 @@ def start_forward(state: AppState, ex: Exchange, *, send: Send[T], done: Callabl
     resolved, caller = ex.resolved, ex.caller
     assert resolved is not None and caller is not None
     name, tenant_id = resolved.triton_name, caller.tenant_id
+    residency = state.residency
+    if name not in residency.resident:  # residency (issue 12): load on demand, then forward
+        residency.when_resident(resolved, lambda error: _forward_when_loaded(state, ex, send, done, error))
+        return
     limits, inflight = state.limits, state.inflight
     metrics = state.metrics
     gauge = metrics.http_in_flight if ex.protocol == "http" else metrics.in_flight.labels(ex.protocol)
     limits.acquire(tenant_id)
-    inflight[name] += 1  # the keep-warm janitor never unloads a version with requests in flight
+    inflight[name] += 1  # neither keep-warm nor eviction unloads a version with requests in flight
     gauge.inc()
     began = time.perf_counter()
+    residency.used[name] = began  # residency (issue 12): recency for eviction
+    residency.stats.hits += 1
 
     def settle(outcome: T) -> None:
         ex.upstream_s = time.perf_counter() - began
@@ -92,6 +98,19 @@ def start_forward(state: AppState, ex: Exchange, *, send: Send[T], done: Callabl
         gauge.dec()
         limits.release(tenant_id)
         raise
+
+
+def _forward_when_loaded(
+    state: AppState, ex: Exchange, send: Send[T], done: Callable[[T], None], error: AppError | None
+) -> None:
+    """Residency (issue 12): the version is resident now, or `error` (503) says why not."""
+    if error is not None:
+        done(error)  # type: ignore[arg-type]  # every protocol's outcome type takes an AppError
+        return
+    try:
+        start_forward(state, ex, send=send, done=done)
+    except AppError as exc:
+        done(exc)  # type: ignore[arg-type]
 
 
 def http_send(
@@ -201,8 +220,13 @@ def _reply(
     extra = [(b"inference-header-content-length", str(new_length).encode())] if new_length is not None else []
     reply = Reply(200, upstream.headers.get(b"content-type", JSON), head, tail, extra)
     if resolved.shadow is not None:
+        shadow_name = resolved.shadow[0]
 
         def mirror() -> None:  # after the live response is out: never on its latency
+            if shadow_name not in state.residency.resident:  # issue 12: load it, skip this mirror
+                state.residency.prefetch(shadow_name)
+                state.residency.stats.shadow_skipped += 1
+                return
             state.shadow.mirror(
                 resolved=resolved,
                 body=body,

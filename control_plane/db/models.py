@@ -93,6 +93,8 @@ class Model(Base):
     format: Mapped[str] = mapped_column(String(16))
     max_batch_size: Mapped[int | None] = mapped_column()
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Aliases whose versions stay resident (never evicted for memory); None or [] pins nothing.
+    pinned_aliases: Mapped[list[Any] | None] = mapped_column()
     created_at: Mapped[datetime] = utcnow_column()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -125,6 +127,12 @@ class ModelVersion(Base):
     created_by_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     # When the last alias or traffic route let go of this version; it is unloaded keep-warm seconds later.
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Residency: memory it takes on an instance (measured: `triton` statistics or `stub` processes;
+    # else `estimate`), how long Triton took to load it, memory an unload did not give back.
+    memory_bytes: Mapped[int | None] = mapped_column(BigId)
+    memory_source: Mapped[str | None] = mapped_column(String(16))
+    load_seconds: Mapped[float | None] = mapped_column()
+    memory_unreturned_bytes: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = utcnow_column()
     updated_at: Mapped[datetime] = utcnow_column()
 

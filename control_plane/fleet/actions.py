@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import Placement, TritonInstance
@@ -35,6 +35,29 @@ log = logging.getLogger(__name__)
 RELEASED = ("unloaded", "retired", "failed")
 Key = tuple[str, int]  # (instance name, version id)
 Note = tuple[int, str, str | None]  # (version id, observed state, message)
+
+
+class ResidencyHooks:
+    """What residency (issue 12) adds to loads and unloads; the default does nothing."""
+
+    eviction_grace_s = 0.0
+
+    def loaded(self, endpoint: TritonEndpoint, name: str, version_id: int, seconds: float) -> None:
+        """A load finished: measure the version's memory."""
+
+    def load_failed(self, version_id: int, message: str) -> None:
+        """A load failed."""
+
+    def busy(self, name: str) -> bool:
+        """Whether requests to `name` are in flight (never evict it then)."""
+        return False
+
+    def before_unload(self, endpoint: TritonEndpoint) -> int | None:
+        """The instance's memory before an eviction (None: cannot be measured)."""
+        return None
+
+    def evicted(self, endpoint: TritonEndpoint, name: str, version_id: int, before: int | None) -> None:
+        """An eviction finished: check the memory came back, run the loop again."""
 
 
 class Actions:
@@ -58,6 +81,8 @@ class Actions:
         self._loads_per_instance = loads_per_instance
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._inflight: dict[Key, Future[None]] = {}
+        self._loads: set[Key] = set()  # keys of _inflight that are loads
+        self.residency: ResidencyHooks = ResidencyHooks()
         self._lock = threading.Lock()
         self._stopped = False
 
@@ -103,6 +128,15 @@ class Actions:
                     self._schedule(endpoint, name, version_id, self._unload_moved)
         return len(missing) + extra
 
+    def evict(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+        """Unload a version the residency budget no longer holds (unless requests are in flight)."""
+        self._schedule(endpoint, name, version_id, self._evict)
+
+    def loading_on(self, instance: str) -> set[int]:
+        """Versions with a load queued or running on `instance`."""
+        with self._lock:
+            return {key[1] for key in self._loads if key[0] == instance}
+
     def busy(self, instance: str) -> bool:
         """Whether a load or unload on `instance` is queued or running."""
         with self._lock:
@@ -135,12 +169,15 @@ class Actions:
                 )
             task = pool.submit(action, endpoint, name, version_id)
             self._inflight[key] = task
+            if loading:
+                self._loads.add(key)
         task.add_done_callback(lambda _: self._forget(key, task))
 
     def _forget(self, key: Key, task: Future[None]) -> None:
         with self._lock:
             if self._inflight.get(key) is task:
                 del self._inflight[key]
+                self._loads.discard(key)
 
     def _load(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
         key = (endpoint.name, version_id)
@@ -151,12 +188,18 @@ class Actions:
             try:
                 # A first attempt trusts an entry already in the repository; a retry rewrites it.
                 self.loader.write_entry(version_id, only_if_missing=self.backoff.failures(key) == 0)
+                started = time.monotonic()
                 endpoint.client.load_model(name)
+                seconds = time.monotonic() - started
             except Exception as exc:  # any failure backs off; the loop must not die
                 self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))
                 return
         self.backoff.succeeded(key)
         self.observed.stats.loaded(endpoint.name, ok=True)
+        try:
+            self.residency.loaded(endpoint, name, version_id, seconds)
+        except Exception:  # a measurement never fails the load
+            log.exception("measuring %s on %s failed", name, endpoint.name)
         self.note_many(endpoint.name, [(version_id, "ready", None)])
         log.info("reconciler loaded %s on %s", name, endpoint.name)
 
@@ -178,15 +221,50 @@ class Actions:
                 return
             self._unload(endpoint, name, version_id, why="placed elsewhere")
 
-    def _unload(self, endpoint: TritonEndpoint, name: str, version_id: int, *, why: str) -> None:
+    def _evict(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+        """Stop routing here, give requests on their way a moment, then unload unless one is in flight."""
+        hooks = self.residency
+        with self.loader.lock_for(name):
+            if self._wanted_here(endpoint.name, version_id):
+                return  # asked for again since the pass decided, or no longer ours to evict
+            self.note_many(endpoint.name, [(version_id, "unloading", None)])
+        if hooks.eviction_grace_s > 0:
+            time.sleep(hooks.eviction_grace_s)
+        with self.loader.lock_for(name):
+            if hooks.busy(name) or self._wanted_here(endpoint.name, version_id):
+                self._keep(endpoint.name, version_id)
+                return
+            before = hooks.before_unload(endpoint)
+            if not self._unload(endpoint, name, version_id, why="evicted for the memory budget"):
+                self._keep(endpoint.name, version_id)
+                return
+        hooks.evicted(endpoint, name, version_id, before)
+
+    def _keep(self, instance: str, version_id: int) -> None:
+        """An eviction that did not happen: the placement is desired and ready again."""
+        with transaction(self.session_factory) as session:
+            session.execute(
+                update(Placement)
+                .where(
+                    Placement.version_id == version_id,
+                    Placement.instance_id.in_(
+                        select(TritonInstance.id).where(TritonInstance.name == instance).scalar_subquery()
+                    ),
+                )
+                .values(desired="ready")
+            )
+        self.note_many(instance, [(version_id, "ready", None)])
+
+    def _unload(self, endpoint: TritonEndpoint, name: str, version_id: int, *, why: str) -> bool:
         try:
             endpoint.client.unload_model(name)
         except AppError as exc:
             log.warning("reconciler could not unload %s from %s: %s", name, endpoint.name, exc.message)
-            return
+            return False
         self.observed.stats.unloaded(endpoint.name)
         self.note_many(endpoint.name, [(version_id, "unloaded", None)])
         log.info("reconciler unloaded %s from %s (%s)", name, endpoint.name, why)
+        return True
 
     def _failed(self, instance: str, name: str, version_id: int, message: str) -> None:
         delay = self.backoff.failed((instance, version_id))
@@ -195,6 +273,10 @@ class Actions:
         )
         self.observed.stats.loaded(instance, ok=False)
         self.note_many(instance, [(version_id, "failed", message[:2000])])
+        try:
+            self.residency.load_failed(version_id, message[:2000])
+        except Exception:
+            log.exception("recording the failed load of %s failed", name)
         log.warning("loading %s on %s failed (next try in %.0fs): %s", name, instance, delay, message)
 
     def _version_state(self, version_id: int) -> str | None:

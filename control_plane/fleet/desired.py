@@ -1,5 +1,10 @@
 """Desired placements in the registry: the placement policy applied to what is servable, as rows.
 
+A servable version (state `ready`) is placed when something wants it resident: a placement of it is
+desired `ready` somewhere (a request or a promote asked for it, and no eviction undid that), it is
+pinned, or it has never been placed at all. A version evicted everywhere stays unplaced until it is
+asked for again (residency, issue 12).
+
 Placement rows carry the desired state (`ready`: the version should be loaded there, `absent`: it
 should not) beside the observed one. Rows of a version whose load is under way (`registered`,
 `loading`) belong to the loader and are left alone; rows of released or failed versions become
@@ -12,11 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Placement
 from control_plane.fleet import repository
 from control_plane.fleet.placement import Servable, Slot, plan
+from control_plane.residency.repository import pinned_versions, placed
 
 LEFT_ALONE = ("registered", "loading")  # a load is under way: the loader placed it
 
@@ -41,7 +49,13 @@ def apply_policy(
     """Run the policy over these instances (name -> row id) and write what changed."""
     names = {row_id: name for name, row_id in instances.items()}
     facts = repository.placement_facts(session, instances.values())
-    servable = {row.version_id: row for row in repository.servable(session)}
+    anywhere, asked = placed(session)
+    asked |= pinned_versions(session)
+    servable = {
+        row.version_id: row
+        for row in repository.servable(session)
+        if row.version_id in asked or row.version_id not in anywhere
+    }
     rows: dict[tuple[str, int], repository.PlacementFacts] = {}
     current: dict[int, set[str]] = {}
     base: list[tuple[str, int]] = []
@@ -117,14 +131,22 @@ def _want(
     now: datetime,
 ) -> None:
     if fact is None:
-        session.add(
-            Placement(
-                instance_id=instance_id,
-                version_id=version_id,
-                desired="ready",
-                state="unloaded",
-                updated_at=now,
+        try:  # another replica (or an on-demand request) may be placing it at this moment
+            with session.begin_nested():
+                session.add(
+                    Placement(
+                        instance_id=instance_id,
+                        version_id=version_id,
+                        desired="ready",
+                        state="unloaded",
+                        updated_at=now,
+                    )
+                )
+        except IntegrityError:
+            session.execute(
+                update(Placement)
+                .where(Placement.instance_id == instance_id, Placement.version_id == version_id)
+                .values(desired="ready", updated_at=now)
             )
-        )
     elif fact.row.desired != "ready":
         fact.row.desired, fact.row.updated_at = "ready", now

@@ -106,9 +106,13 @@ def set_placement(
     state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> ModelPlacement:
-    """Set the model's replicas: each servable version is kept on that many instances (at most the
-    fleet's size), added ones loaded before any is taken away (audited)."""
+    """Set the model's replicas (each servable version is kept on that many instances, at most the
+    fleet's size, added ones loaded before any is taken away) and/or its pinned aliases (their
+    versions stay resident, never evicted for memory). Audited."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
     found = models.get_model(session, tenant=owner, name=model, lock=True)
-    service.set_replicas(session, ctx=ctx, tenant=owner, model=found, replicas=body.replicas)
+    if body.replicas is not None:
+        service.set_replicas(session, ctx=ctx, tenant=owner, model=found, replicas=body.replicas)
+    if body.pinned_aliases is not None:
+        service.set_pins(session, ctx=ctx, tenant=owner, model=found, aliases=body.pinned_aliases)
     return service.model_placement(session, state=state, model=found)

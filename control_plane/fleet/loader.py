@@ -54,6 +54,9 @@ class VersionLoader:
         # it recorded (kept in step with what the loader records).
         self.placer: Callable[[int], list[TritonEndpoint]] | None = None
         self.observed: Observed | None = None
+        # Set by the app: loads go through residency (placement, budget, the one leader), which
+        # answers with the version's state once it is resident, failed, or the wait is over.
+        self.residency_load: Callable[[int], str] | None = None
 
     def submit_load(self, version_id: int) -> Future[str]:
         """Load a version in the background (joining a load already under way); the future gives its state."""
@@ -86,6 +89,8 @@ class VersionLoader:
     def load(self, version_id: int) -> str:
         """Write the version's repository entry, load it where it is placed (every Triton without a
         placer), record ready (loaded on at least one) or failed."""
+        if self.residency_load is not None:
+            return self.residency_load(version_id)
         with transaction(self.session_factory) as session:
             version = session.get(ModelVersion, version_id)
             if version is None or version.state == "retired":

@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import TritonInstance
+from control_plane.db.models import ModelVersion, TritonInstance
 from control_plane.db.session import transaction
 from control_plane.errors import AppError
 from control_plane.fleet import repository
@@ -38,6 +39,9 @@ from control_plane.fleet.members import Connect, Members
 from control_plane.fleet.observed import InstanceObservation, Observed
 from control_plane.fleet.placement import Slot
 from control_plane.routing.changes import mark_routing_changed
+
+if TYPE_CHECKING:
+    from control_plane.residency.budget import Budgets
 
 log = logging.getLogger(__name__)
 RECONCILE_LOCK = 0x63705F726563  # "cp_rec"
@@ -75,6 +79,7 @@ class Reconciler:
         self.move_after_s = move_after_s
         self.observed = Observed()
         self.after_pass: list[PassListener] = []
+        self.budgets: Budgets | None = None  # residency (issue 12): memory budgets per instance
         self._lease = LeaderLease(database_url, RECONCILE_LOCK, timeout_s=lock_timeout_s)
         self.actions = Actions(
             session_factory=session_factory,
@@ -158,21 +163,27 @@ class Reconciler:
         Instances the last pass saw ready come first; if none did (a probe that timed out while Triton
         was busy, or no pass yet), those not known to be gone are tried rather than refusing the load.
         """
-        endpoints = list(self.tritons)
         with transaction(self.session_factory) as session:
-            rows = {r.name: r for r in repository.instance_rows(session)}
-            known = [e.name for e in endpoints if e.name in rows]
-            slots = [self._slot(rows[name], self.observed.instances.get(name)) for name in known]
-            if not any(slot.eligible for slot in slots):
-                slots = [Slot(s.name, eligible=s.keeps, keeps=s.keeps) for s in slots]
-            chosen = place_version(
-                session,
-                version_id=version_id,
-                instances={name: rows[name].id for name in known},
-                slots=slots,
-                default_replicas=self.default_replicas,
-                now=datetime.now(UTC),
-            )
+            return self.place_in(session, version_id)
+
+    def place_in(self, session: Session, version_id: int) -> list[TritonEndpoint]:
+        """`place` in the caller's transaction. The version's row is locked first, so placing it from
+        several replicas at once gives one set of placements."""
+        endpoints = list(self.tritons)
+        session.get(ModelVersion, version_id, with_for_update={"key_share": True})
+        rows = {r.name: r for r in repository.instance_rows(session)}
+        known = [e.name for e in endpoints if e.name in rows]
+        slots = [self._slot(rows[name], self.observed.instances.get(name)) for name in known]
+        if not any(slot.eligible for slot in slots):
+            slots = [Slot(s.name, eligible=s.keeps, keeps=s.keeps) for s in slots]
+        chosen = place_version(
+            session,
+            version_id=version_id,
+            instances={name: rows[name].id for name in known},
+            slots=slots,
+            default_replicas=self.default_replicas,
+            now=datetime.now(UTC),
+        )
         return [e for e in endpoints if e.name in chosen]
 
     def _run(self) -> None:
@@ -217,12 +228,25 @@ class Reconciler:
             loaded = {n for e in mine for n, state in seen[e.name].models.items() if state in _PRESENT}
             ours = repository.versions_named(session, loaded)
             draining = {name for name, row in rows.items() if row.draining_since is not None}
+            plans = {}
+            if self.budgets is not None:  # may evict, and holds back loads that must wait for room
+                plans = self.budgets.arrange(
+                    session,
+                    endpoints=mine,
+                    rows=rows,
+                    seen=seen,
+                    desired=desired,
+                    ours=ours,
+                    loading=self.actions.loading_on,
+                )
         for endpoint in mine:
             observation = seen[endpoint.name]
             drift = None
             if observation.ready:
                 drift = self.actions.converge(endpoint, observation, desired, ours, seen)
                 self.observed.drift[endpoint.name] = drift
+                for name, version_id in plans[endpoint.name].evict if endpoint.name in plans else ():
+                    self.actions.evict(endpoint, name, version_id)
             self.observed.stats.observed(endpoint.name, ready=observation.ready, drift=drift)
         self._record_health(mine, seen, now)
         self._finish_drains(draining, seen, ours)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from control_plane.timestamps import UtcDateTime
 
@@ -49,12 +49,24 @@ class InstanceCreate(BaseModel):
 
 
 class InstanceUpdate(BaseModel):
-    """Body of PUT /v1/instances/{name}: the instance's current address (it came back elsewhere)."""
+    """Body of PUT /v1/instances/{name}: the instance's current address (it came back elsewhere),
+    and/or its memory budget (null: back to CP_INSTANCE_MEMORY_BUDGET_BYTES)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"memory_budget_bytes": 8 * 1024**3}]}
+    )
 
-    http_url: HttpUrl
+    http_url: HttpUrl | None = None
     grpc_url: GrpcAddress | None = None
+    memory_budget_bytes: int | None = Field(None, ge=1, le=2**60)
+
+    @model_validator(mode="after")
+    def _something(self) -> InstanceUpdate:
+        if not self.model_fields_set & {"http_url", "memory_budget_bytes"}:
+            raise ValueError("give http_url (a new address) or memory_budget_bytes")
+        if self.grpc_url is not None and self.http_url is None:
+            raise ValueError("grpc_url comes with http_url")
+        return self
 
 
 class PlacementOut(BaseModel):
@@ -85,6 +97,15 @@ class InstanceOut(BaseModel):
     last_reconciled_at: UtcDateTime | None
     last_error: str | None
     drift: int | None = Field(description="placements not as desired at this process's last pass")
+    memory_budget_bytes: int | None = Field(
+        None, description="its memory budget (its own, else CP_INSTANCE_MEMORY_BUDGET_BYTES; null: none)"
+    )
+    resident_bytes: int | None = Field(None, description="memory of the versions loaded there (last pass)")
+    resident_versions: int | None = None
+    pinned_over_budget_bytes: int | None = Field(
+        None, description="pinned versions the budget cannot hold (reported, never exceeded)"
+    )
+    waiting_for_room: list[str] = Field(default_factory=list, description="versions waiting for memory")
     placements: list[PlacementOut]
 
 
@@ -93,7 +114,14 @@ class ReplicasUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    replicas: int = Field(ge=1, le=MAX_REPLICAS, description="instances that serve each servable version")
+    replicas: int | None = Field(
+        None, ge=1, le=MAX_REPLICAS, description="instances that serve each servable version"
+    )
+    pinned_aliases: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
+        None,
+        max_length=16,
+        description="aliases whose versions stay resident, never evicted for memory ([] pins nothing)",
+    )
 
 
 class VersionInstance(BaseModel):
@@ -118,4 +146,5 @@ class ModelPlacement(BaseModel):
 
     replicas: int
     default: bool = Field(description="true when the model has no setting of its own (CP_DEFAULT_REPLICAS)")
+    pinned_aliases: list[str] = Field(default_factory=list, description="aliases kept resident")
     versions: list[VersionPlacement]

@@ -58,14 +58,19 @@ def create_instance(session: Session, *, ctx: RequestContext, body: InstanceCrea
 def update_instance(
     session: Session, *, ctx: RequestContext, name: str, body: InstanceUpdate
 ) -> TritonInstance:
-    """Give an instance its current address (it restarted elsewhere); its placements follow it."""
+    """Give an instance its current address (it restarted elsewhere; its placements follow it) and/or
+    its memory budget (residency: the loop evicts down to it)."""
     row = _found(session, name, lock=True)
-    if row.origin == "embedded":
-        raise InstanceConflict("the embedded Triton's address is managed by the process that runs it")
-    _check_address_free(session, body.http_url, name=name)
-    before = {"http_url": row.http_url, "grpc_url": row.grpc_url}
-    row.http_url, row.grpc_url = body.http_url, body.grpc_url or grpc_url_for(body.http_url)
-    row.state = "unknown"
+    before: dict[str, object] = {"http_url": row.http_url, "grpc_url": row.grpc_url}
+    if "memory_budget_bytes" in body.model_fields_set:
+        before["memory_budget_bytes"] = row.memory_budget_bytes
+        row.memory_budget_bytes = body.memory_budget_bytes
+    if body.http_url is not None:
+        if row.origin == "embedded":
+            raise InstanceConflict("the embedded Triton's address is managed by the process that runs it")
+        _check_address_free(session, body.http_url, name=name)
+        row.http_url, row.grpc_url = body.http_url, body.grpc_url or grpc_url_for(body.http_url)
+        row.state = "unknown"
     session.flush()
     _audit(session, ctx, "instance.update", row, before=before)
     return row
@@ -120,7 +125,32 @@ def model_placement(session: Session, *, state: AppState, model: Model) -> Model
         ]
         versions.append(VersionPlacement(version=number, state=version_state, instances=instances))
     replicas = setting.replicas if setting is not None else state.settings.default_replicas
-    return ModelPlacement(replicas=replicas, default=setting is None, versions=versions)
+    return ModelPlacement(
+        replicas=replicas,
+        default=setting is None,
+        pinned_aliases=list(model.pinned_aliases or []),
+        versions=versions,
+    )
+
+
+def set_pins(
+    session: Session, *, ctx: RequestContext, tenant: Tenant, model: Model, aliases: list[str]
+) -> None:
+    """Pin the versions of these aliases resident (never evicted for memory; audited)."""
+    before = list(model.pinned_aliases or [])
+    model.pinned_aliases = sorted(set(aliases))
+    session.flush()
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="model.pin",
+        target=f"{tenant.name}/{model.name}",
+        tenant=tenant.name,
+        model=model.name,
+        before={"pinned_aliases": before},
+        after={"pinned_aliases": model.pinned_aliases},
+        request_id=ctx.request_id,
+    )
 
 
 def set_replicas(
@@ -163,7 +193,12 @@ def _check_address_free(session: Session, http_url: str, *, name: str) -> None:
 
 
 def _audit(
-    session: Session, ctx: RequestContext, action: str, row: TritonInstance, *, before: dict[str, str] | None
+    session: Session,
+    ctx: RequestContext,
+    action: str,
+    row: TritonInstance,
+    *,
+    before: dict[str, object] | None,
 ) -> None:
     audit.record(
         session,
@@ -175,6 +210,7 @@ def _audit(
             "http_url": row.http_url,
             "grpc_url": row.grpc_url,
             "draining": row.draining_since is not None,
+            "memory_budget_bytes": row.memory_budget_bytes,
         },
         request_id=ctx.request_id,
     )
@@ -208,8 +244,18 @@ def _placements_by_instance(session: Session, instance_ids: list[int]) -> dict[i
 
 
 def _out(row: TritonInstance, placements: list[PlacementOut], state: AppState) -> InstanceOut:
-    drift = state.reconciler.observed.drift.get(row.name) if state.reconciler is not None else None
+    reconciler = state.reconciler
+    drift = reconciler.observed.drift.get(row.name) if reconciler is not None else None
+    budgets = reconciler.budgets if reconciler is not None else None
+    plan = budgets.plans.get(row.name) if budgets is not None else None
+    stats = state.residency.stats
+    budget = row.memory_budget_bytes or state.settings.instance_memory_budget_bytes or None
     return InstanceOut(
+        memory_budget_bytes=budget,
+        resident_bytes=stats.resident_bytes.get(row.name),
+        resident_versions=stats.resident_versions.get(row.name),
+        pinned_over_budget_bytes=stats.pinned_over_bytes.get(row.name),
+        waiting_for_room=plan.waiting if plan is not None else [],
         name=row.name,
         http_url=row.http_url,
         grpc_url=row.grpc_url,

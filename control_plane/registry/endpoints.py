@@ -176,7 +176,8 @@ def get_version(
     """One version: state (with Triton's message), sha256, size, signature, generated config, Triton name."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
     found = service.get_model(session, tenant=owner, name=model)
-    return versions.describe(versions.get_version(session, model=found, number=number))
+    version = versions.get_version(session, model=found, number=number)
+    return versions.describe(version, resident_on=versions.resident_on(session, version.id))
 
 
 @router.delete("/{model}/versions/{number}", response_model=VersionOut)
@@ -194,6 +195,22 @@ def delete_version(
     return versions.describe(
         versions.retire(session, ctx=ctx, state=state, tenant=owner, model=found, number=number)
     )
+
+
+@router.post("/{model}/versions/{number}/load", response_model=VersionOut)
+def load_version(
+    tenant: str,
+    model: str,
+    number: Annotated[int, Path(ge=1, le=MAX_VERSION)],
+    ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> VersionOut:
+    """Load a version now and wait (warm it before traffic): `ready` and resident, or `failed` with
+    Triton's reason. Versions otherwise load on their first request or on promote (residency)."""
+    owner = tenants.visible(session, ctx=ctx, name=tenant)
+    found = service.get_model(session, tenant=owner, name=model)
+    return versions.load(session, state=state, model=found, number=number)
 
 
 @router.post("/{model}/versions/{number}/redeploy", status_code=201, response_model=VersionOut)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion
+from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion, Placement, TritonInstance
 
 
 def get_model(session: Session, *, tenant_id: int, name: str, lock: bool = False) -> Model | None:
@@ -83,3 +83,14 @@ def aliases_referencing(session: Session, *, version_id: int) -> list[str]:
 def sha_in_use(session: Session, sha256: str) -> bool:
     """Whether any version row references the artifact."""
     return session.scalar(select(ModelVersion.id).where(ModelVersion.sha256 == sha256).limit(1)) is not None
+
+
+def resident_on(session: Session, *, version_id: int) -> list[str]:
+    """Names of the instances a version is observed ready on."""
+    query = (
+        select(TritonInstance.name)
+        .join(Placement, Placement.instance_id == TritonInstance.id)
+        .where(Placement.version_id == version_id, Placement.state == "ready")
+        .order_by(TritonInstance.name)
+    )
+    return list(session.scalars(query))

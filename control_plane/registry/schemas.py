@@ -105,11 +105,23 @@ class Serving(BaseModel):
 
 
 class VersionOut(BaseModel):
-    """A version: where its artifact is, its signature, its generated config and state."""
+    """A version: where its artifact is, its signature, its generated config and state.
+
+    `state`: `registered` (stored, loads on its first request, promote or `POST .../load`), `ready`
+    (serves; loaded on demand when it is not resident), `failed` (its load failed: `state_message`),
+    `unloaded` (released after its keep-warm period; loads again on demand), `retired`. Where it is
+    loaded now is `resident_on`; `memory_bytes` is what it takes there (`memory_source`: `triton`
+    statistics, `stub` processes, or none yet), `load_seconds` Triton's last load time.
+    """
 
     version: int
     state: str
     state_message: str | None
+    resident_on: list[str] | None = None
+    memory_bytes: int | None = None
+    memory_source: str | None = None
+    load_seconds: float | None = None
+    memory_unreturned_bytes: int | None = None
     sha256: str
     size_bytes: int
     artifact_uri: str

@@ -156,7 +156,8 @@ def register(
         },
     )
     version_id = version.id
-    hooks.after_commit(session, lambda: state.loader.submit_load(version_id))
+    if settings.load_on_upload:  # else it loads on its first request, promote or POST .../load
+        hooks.after_commit(session, lambda: state.loader.submit_load(version_id))
     return version
 
 
@@ -165,6 +166,21 @@ def _drop_if_orphan(state: AppState, sha256: str) -> None:
     with state.session_factory() as session:
         if not repository.sha_in_use(session, sha256):
             state.artifacts.delete(sha256)
+
+
+def load(session: Session, *, state: AppState, model: Model, number: int) -> VersionOut:
+    """Load a version and wait until it is resident or failed (or the load wait is over)."""
+    version = get_version(session, model=model, number=number)
+    version_id = version.id
+    session.rollback()  # hold no snapshot or lock while the loop loads it
+    state.loader.load(version_id)
+    fresh = session.get_one(ModelVersion, version_id, populate_existing=True)
+    return describe(fresh, resident_on=resident_on(session, version_id))
+
+
+def resident_on(session: Session, version_id: int) -> list[str]:
+    """The instances the version is observed ready on."""
+    return repository.resident_on(session, version_id=version_id)
 
 
 def get_version(session: Session, *, model: Model, number: int) -> ModelVersion:
@@ -180,12 +196,17 @@ def list_for(session: Session, *, model: Model) -> list[VersionOut]:
     return [describe(v) for v in repository.list_versions(session, model_id=model.id)]
 
 
-def describe(version: ModelVersion) -> VersionOut:
+def describe(version: ModelVersion, *, resident_on: list[str] | None = None) -> VersionOut:
     """The API view of a version."""
     return VersionOut(
         version=version.version,
         state=version.state,
         state_message=version.state_message,
+        resident_on=resident_on,
+        memory_bytes=version.memory_bytes,
+        memory_source=version.memory_source,
+        load_seconds=version.load_seconds,
+        memory_unreturned_bytes=version.memory_unreturned_bytes,
         sha256=version.sha256,
         size_bytes=version.size_bytes,
         artifact_uri=version.artifact_uri,

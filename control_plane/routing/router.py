@@ -18,6 +18,8 @@ from control_plane.routing.table import EMPTY_TABLE, AliasTarget, RoutingTable, 
 
 log = logging.getLogger(__name__)
 DEFAULT_ALIAS = "production"
+# Versions a request may go to: ready, or loaded on demand first (residency, issue 12).
+SERVABLE = frozenset({"ready", "registered", "unloaded", "loading"})
 
 
 class ModelLoading(ServiceUnavailable):
@@ -105,12 +107,12 @@ class Router:
             cacheable = not alias_target.weighted
             if alias_target.shadow is not None:
                 shadow_version = target.versions.get(alias_target.shadow[0])
-                if shadow_version is not None and shadow_version.state == "ready":
+                if shadow_version is not None and shadow_version.state in SERVABLE:
                     shadow = (shadow_version.triton_name, shadow_version.version, alias_target.shadow[1])
         found = target.versions.get(version)
         if found is None:
             raise NotFound(f"version {version} of model '{model}' not found")
-        if found.state != "ready":
+        if found.state not in SERVABLE:
             raise ModelLoading(
                 f"version {version} of model '{model}' is {found.state}, not ready", retry_after=2
             )

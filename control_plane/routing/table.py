@@ -72,6 +72,8 @@ class RoutingTable:
     tenant_ids: dict[str, int]
     keys: dict[str, KeyEntry]
     placements: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Triton model names observed ready on some instance, reachable or not (residency, issue 12).
+    resident: frozenset[str] = frozenset()
 
 
 EMPTY_TABLE = RoutingTable(models={}, tenants={}, tenant_ids={}, keys={})
@@ -127,7 +129,19 @@ def build_table(session: Session) -> RoutingTable:
         tenant_ids={n: i for i, n in tenants.items()},
         keys=keys,
         placements=ready_placements(session),
+        resident=resident_names(session),
     )
+
+
+def resident_names(session: Session) -> frozenset[str]:
+    """Triton model names with a placement observed ready (on any instance, reachable or not)."""
+    rows = session.execute(
+        select(ModelVersion.triton_name)
+        .join(Placement, Placement.version_id == ModelVersion.id)
+        .where(Placement.state == "ready")
+        .distinct()
+    )
+    return frozenset(rows.scalars())
 
 
 def ready_placements(session: Session) -> dict[str, tuple[str, ...]]:

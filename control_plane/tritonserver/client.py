@@ -176,6 +176,14 @@ class TritonClient:
         except InferenceServerException as exc:
             raise TritonError(f"Triton repository index failed: {exc.message()}") from exc
 
+    def statistics(self, name: str = "") -> list[dict[str, Any]]:
+        """Triton's model statistics (last_inference, memory_usage, ...); all models without a name."""
+        try:
+            found = self._run(f"statistics {name}", lambda c: c.get_inference_statistics(model_name=name))
+        except InferenceServerException as exc:
+            raise self._model_error(name, exc) from exc
+        return list(dict(found).get("model_stats") or [])
+
     def model_config(self, name: str) -> dict[str, Any]:
         """The configuration Triton uses for a loaded model, as JSON."""
         try:

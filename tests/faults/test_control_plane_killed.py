@@ -55,6 +55,8 @@ def _deploy(client: httpx.Client, tmp_path: Path) -> None:
     assert client.post("/v1/tenants/acme/models", json={"name": "mlp", "format": "onnx"}).status_code == 201
     with model_files.onnx_mlp(tmp_path / "mlp.onnx").open("rb") as f:
         assert client.post("/v1/tenants/acme/models/mlp/versions", files={"file": f}).status_code == 201
+    # An upload no longer loads (residency): load it now.
+    assert client.post("/v1/tenants/acme/models/mlp/versions/1/load", timeout=120).status_code == 200
     deadline = time.monotonic() + 120
     while client.get("/v1/tenants/acme/models/mlp/versions/1").json()["state"] != "ready":
         assert time.monotonic() < deadline, "the version did not load"

@@ -77,9 +77,19 @@ class Api:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    def load(self, tenant: str, model: str, number: int, *, key: str | None = None) -> dict[str, Any]:
+        """POST .../versions/{n}/load: load it now and wait (versions load on demand otherwise)."""
+        response = self.client.post(
+            f"/v1/tenants/{tenant}/models/{model}/versions/{number}/load", headers=self.headers(key)
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
     def wait_settled(self, tenant: str, model: str, number: int, *, timeout: float = 120.0) -> dict[str, Any]:
-        """Poll a version until it is ready or failed."""
+        """Load a version (an upload no longer does) and poll it until it is ready or failed."""
         deadline = time.monotonic() + timeout
+        if self.version(tenant, model, number)["state"] == "registered":
+            self.load(tenant, model, number)
         while True:
             detail = self.version(tenant, model, number)
             if detail["state"] in ("ready", "failed") or time.monotonic() > deadline:

@@ -1,0 +1,1 @@
+"""Model residency: a memory budget per Triton instance, measured sizes, on-demand loads, eviction."""

@@ -1,0 +1,222 @@
+"""The reconcile loop's residency step: keep each instance within its memory budget.
+
+Run by the loop inside its pass, after the placement policy and before loads start. For each instance
+with a budget it accounts what is resident there (loaded or loading per Triton's index, or being loaded
+by the loop), what the desired placements would add, and asks `policy.decide` what to admit, evict and
+defer. Evicted placements become desired `absent` (the loop unloads them); incoming versions load only
+once the evictions they need have finished (the loop runs again when one does), so the sum of sizes on
+an instance never exceeds its budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from control_plane.db.models import Placement, TritonInstance
+from control_plane.errors import AppError
+from control_plane.fleet.desired import Desired
+from control_plane.fleet.instances import TritonEndpoint
+from control_plane.fleet.observed import InstanceObservation
+from control_plane.residency import repository, sizes
+from control_plane.residency.metrics import ResidencyStats
+from control_plane.residency.policy import Entry, decide
+
+log = logging.getLogger(__name__)
+PRESENT = ("READY", "LOADING")
+
+
+@dataclass
+class Plan:
+    """What the loop does on one instance this pass."""
+
+    evict: list[tuple[str, int]] = field(default_factory=list)  # (Triton model name, version id)
+    waiting: list[str] = field(default_factory=list)  # desired, no room yet
+    used: int = 0
+    budget: int = 0
+
+
+class Budgets:
+    """Per-instance memory accounting for the loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        default_budget: int,
+        tenant_share: float | None,
+        stats: ResidencyStats,
+        busy: Callable[[str], bool],
+        local_uses: Callable[[], Mapping[str, float]],
+    ) -> None:
+        self.default_budget = default_budget
+        self.tenant_share = tenant_share
+        self.stats = stats
+        self.busy = busy  # Triton model name -> whether this process has requests in flight to it
+        self.local_uses = local_uses  # Triton model name -> last use here (wall-clock seconds)
+        self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
+        self.plans: dict[str, Plan] = {}
+
+    def budget_of(self, row: TritonInstance) -> int:
+        """An instance's budget in bytes (0: none)."""
+        return row.memory_budget_bytes or self.default_budget
+
+    def arrange(
+        self,
+        session: Session,
+        *,
+        endpoints: Collection[TritonEndpoint],
+        rows: Mapping[str, TritonInstance],
+        seen: Mapping[str, InstanceObservation],
+        desired: Desired,
+        ours: Mapping[str, tuple[int, str]],
+        loading: Callable[[str], Collection[int]],
+    ) -> dict[str, Plan]:
+        """Decide each budgeted instance's evictions and hold back loads that must wait (module docstring)."""
+        estimates = repository.measured(session)
+        pinned = repository.pinned_versions(session)
+        plans: dict[str, Plan] = {}
+        for endpoint in endpoints:
+            row, observation = rows.get(endpoint.name), seen.get(endpoint.name)
+            if row is None or observation is None or not observation.ready:
+                continue
+            budget = self.budget_of(row)
+            if budget <= 0:
+                continue
+            plans[endpoint.name] = self._arrange_one(
+                session,
+                endpoint,
+                row,
+                observation,
+                desired,
+                ours,
+                loading(endpoint.name),
+                pinned,
+                estimates,
+                budget,
+            )
+        self.plans = plans
+        return plans
+
+    def _arrange_one(
+        self,
+        session: Session,
+        endpoint: TritonEndpoint,
+        row: TritonInstance,
+        observation: InstanceObservation,
+        desired: Desired,
+        ours: Mapping[str, tuple[int, str]],
+        loading: Collection[int],
+        pinned: set[int],
+        estimates: list[tuple[int, int]],
+        budget: int,
+    ) -> Plan:
+        want = desired.on.setdefault(endpoint.name, {})
+        present = {n: ours[n][0] for n, s in observation.models.items() if s in PRESENT and n in ours}
+        present.update({n: v for n, v in want.items() if v in loading})
+        incoming = {n: v for n, v in want.items() if n not in present}
+        facts = repository.version_facts(session, {*present.values(), *incoming.values()}, instance_id=row.id)
+        local = self.local_uses()
+        resident: list[Entry] = []
+        for name, version_id in present.items():
+            fact = facts.get(version_id)
+            if fact is None:
+                continue
+            keep = name in want  # not desired here: the loop unloads it anyway, never a victim of ours
+            resident.append(
+                Entry(
+                    version_id,
+                    fact.tenant,
+                    self._size(fact, estimates),
+                    last_used=max(_ts(fact.last_used), _ts(fact.loaded_at), local.get(name, 0.0)),
+                    pinned=version_id in pinned,
+                    busy=not keep or version_id in loading or self.busy(name),
+                )
+            )
+        arrivals = [
+            Entry(
+                v,
+                facts[v].tenant,
+                self._size(facts[v], estimates),
+                last_used=_ts(facts[v].updated_at),
+                pinned=v in pinned,
+            )
+            for v in incoming.values()
+            if v in facts
+        ]
+        used = sum(e.size for e in resident)
+        if used + sum(e.size for e in arrivals) > budget:
+            resident = self._with_triton_recency(endpoint, resident, facts)
+        decision = decide(resident, arrivals, budget=budget, share=self.tenant_share)
+        plan = Plan(budget=budget)
+        names = {v: n for n, v in {**present, **incoming}.items()}
+        for version_id in decision.evict:
+            plan.evict.append((names[version_id], version_id))
+            want.pop(names[version_id], None)
+            holders = desired.holders.get(version_id)
+            if holders is not None:
+                desired.holders[version_id] = holders - {endpoint.name}
+        if decision.evict:
+            session.execute(
+                update(Placement)
+                .where(Placement.instance_id == row.id, Placement.version_id.in_(decision.evict))
+                .values(desired="absent", updated_at=datetime.now(UTC))
+            )
+        held_back = set(decision.wait) | (set(decision.admit) if decision.evict else set())
+        for version_id in held_back:
+            want.pop(names[version_id], None)
+        plan.waiting = [names[v] for v in decision.wait]
+        sizes_now = {e.version_id: e.size for e in [*resident, *arrivals]}
+        plan.used = sum(sizes_now[v] for v in present.values() if v in sizes_now)
+        self.stats.instance(
+            endpoint.name,
+            versions=len(present),
+            used=plan.used,
+            budget=budget,
+            pinned_over=decision.pinned_over,
+        )
+        if decision.pinned_over:
+            log.warning(
+                "instance %s: its budget of %d bytes cannot hold the pinned versions (%d bytes short)",
+                endpoint.name,
+                budget,
+                decision.pinned_over,
+            )
+        return plan
+
+    def _size(self, fact: repository.VersionFacts, estimates: list[tuple[int, int]]) -> int:
+        size = (
+            fact.memory_bytes if fact.memory_bytes is not None else sizes.estimate(fact.size_bytes, estimates)
+        )
+        self.sizes[fact.version_id] = size
+        return size
+
+    def _with_triton_recency(
+        self, endpoint: TritonEndpoint, resident: list[Entry], facts: Mapping[int, repository.VersionFacts]
+    ) -> list[Entry]:
+        """Last uses merged with Triton's own `last_inference` (what other replicas sent counts too)."""
+        try:
+            last = sizes.last_inference_s(endpoint.health.statistics())
+        except (AppError, Exception) as exc:  # statistics are a hint: never fail the pass for them
+            log.info("statistics of %s unavailable: %s", endpoint.name, exc)
+            return resident
+        merged = []
+        for entry in resident:
+            name = facts[entry.version_id].triton_name
+            seen = last.get(name, 0.0)
+            merged.append(entry if seen <= entry.last_used else _replace_used(entry, seen))
+        return merged
+
+
+def _replace_used(entry: Entry, last_used: float) -> Entry:
+    return Entry(entry.version_id, entry.tenant, entry.size, last_used, entry.pinned, entry.busy)
+
+
+def _ts(moment: datetime | None) -> float:
+    if moment is None:
+        return 0.0
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()

@@ -1,0 +1,403 @@
+"""On-demand loads for the data plane, and the loop's residency hooks (measure, check, recency).
+
+The hot path asks `name in residency.resident` (a set from the routing table: versions with a placement
+observed ready) and records the time of use in a dict; nothing else. A request for a version that is not
+resident calls `when_resident(resolved, done)`: the first one for that version asks for a placement in
+the registry (one transaction that locks the version's row, so concurrent requests through several
+replicas give one placement and the one leader of the reconcile loop loads it once), every one waits
+until a routing table shows the version resident, its load failed, or `cold_start_wait_s` passed
+(503 with a Retry-After from the version's measured load time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.db.models import ModelVersion
+from control_plane.db.session import transaction
+from control_plane.errors import AppError, ServiceUnavailable
+from control_plane.fleet.actions import ResidencyHooks
+from control_plane.fleet.instances import TritonEndpoint
+from control_plane.residency import repository, sizes
+from control_plane.residency.metrics import ResidencyStats
+from control_plane.routing.changes import mark_routing_changed
+from control_plane.routing.table import RoutingTable
+
+if TYPE_CHECKING:
+    from control_plane.fleet.reconciler import Reconciler
+    from control_plane.routing.router import Resolved
+
+log = logging.getLogger(__name__)
+Done = Callable[[AppError | None], None]
+LOADABLE = ("registered", "unloaded", "ready")  # states a request may load on demand
+
+
+class ColdStartTimeout(ServiceUnavailable):
+    """The version did not become resident within the wait."""
+
+
+class LoadFailed(ServiceUnavailable):
+    """The version could not be loaded."""
+
+
+@dataclass
+class _Waiter:
+    done: Done
+    started: float
+    loop: asyncio.AbstractEventLoop | None
+    timer: asyncio.TimerHandle | None = None
+
+
+class Residency(ResidencyHooks):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session] | None,
+        inflight: Counter[str],
+        wait_s: float = 30.0,
+        eviction_grace_s: float = 0.2,
+        flush_s: float = 1.0,
+    ) -> None:
+        self.session_factory = session_factory
+        self.inflight = inflight
+        self.wait_s = wait_s
+        self.eviction_grace_s = eviction_grace_s
+        self.flush_s = flush_s
+        self.stats = ResidencyStats()
+        self.resident: frozenset[str] | set[str] = frozenset()  # hot path: read-only there
+        self.used: dict[str, float] = {}  # hot path: Triton model name -> time.perf_counter() of last use
+        self.reconciler: Reconciler | None = None
+        self._offset = time.time() - time.perf_counter()
+        self._lock = threading.Lock()  # cold path only: the waiters
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._load_s: dict[str, float] = {}
+        self._pids: dict[str, tuple[str, int]] = {}
+        self._flushed: dict[str, float] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cp-residency")
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="cp-residency-uses", daemon=True)
+
+    # --- data plane ----------------------------------------------------------------------------
+
+    def when_resident(self, resolved: Resolved, done: Done) -> None:
+        """Call `done(None)` once the version is resident (now, if it is), or `done(error)`: 503 with
+        Retry-After when the wait is over or the load failed. Call from the event loop."""
+        name = resolved.triton_name
+        if name in self.resident:
+            done(None)
+            return
+        self._wait(name, _Waiter(done, time.perf_counter(), asyncio.get_running_loop()))
+
+    async def wait_resident(self, resolved: Resolved) -> None:
+        """`when_resident`, awaited; raises the error."""
+        if resolved.triton_name in self.resident:
+            return
+        future: asyncio.Future[AppError | None] = asyncio.get_running_loop().create_future()
+
+        def done(error: AppError | None) -> None:
+            if not future.done():
+                future.set_result(error)
+
+        self.when_resident(resolved, done)
+        error = await future
+        if error is not None:
+            raise error
+
+    def prefetch(self, name: str) -> None:
+        """Start loading a version nobody waits for (a shadow that is not resident)."""
+        with self._lock:
+            if name in self._waiters:
+                return
+            self._waiters[name] = []
+        self._pool.submit(self._demand, name, False)
+
+    def load_now(self, version_id: int) -> str:
+        """Load a version and wait for it (promote, rollback, the load endpoint): its state after."""
+        assert self.session_factory is not None
+        with self.session_factory() as session:
+            name = session.scalar(select(ModelVersion.triton_name).where(ModelVersion.id == version_id))
+        if name is None:
+            return "retired"
+        event = threading.Event()
+        outcome: list[AppError | None] = []
+
+        def done(error: AppError | None) -> None:
+            outcome.append(error)
+            event.set()
+
+        if name in self.resident:
+            self._demand(name, True)  # desired here again, should it be on its way out
+            return "ready"
+        waiter = _Waiter(done, time.perf_counter(), None)
+        self._wait(name, waiter, explicit=True)
+        if not event.wait(self.reconciler_load_timeout()):
+            self._drop(name, waiter)
+        with self.session_factory() as session:
+            state = session.scalar(select(ModelVersion.state).where(ModelVersion.id == version_id))
+        if outcome and outcome[0] is None:
+            return "ready"
+        return "failed" if state == "failed" else (state or "retired") if state != "ready" else "loading"
+
+    def reconciler_load_timeout(self) -> float:
+        """How long a blocking load waits."""
+        return max(self.wait_s, 300.0)
+
+    def on_table(self, table: RoutingTable) -> None:
+        """A new routing table: the resident set, and the waiters it settles (any thread)."""
+        self.resident = table.resident
+        with self._lock:
+            waiting = [name for name, waiters in self._waiters.items() if waiters or name in table.resident]
+        if not waiting:
+            return
+        states = {v.triton_name: v.state for m in table.models.values() for v in m.versions.values()}
+        for name in waiting:
+            if name in table.resident:
+                self._settle(name, None)
+            elif states.get(name, "retired") not in (*LOADABLE, "loading"):
+                self._settle(
+                    name,
+                    LoadFailed(
+                        f"the model version could not be loaded ({states.get(name)})",
+                        retry_after=self._retry_after(name),
+                    ),
+                )
+
+    def _wait(self, name: str, waiter: _Waiter, *, explicit: bool = False) -> None:
+        with self._lock:
+            waiters = self._waiters.get(name)
+            first = waiters is None
+            self._waiters.setdefault(name, []).append(waiter)
+        if waiter.loop is not None:
+            waiter.timer = waiter.loop.call_later(self.wait_s, self._expire, name, waiter)
+        if first or explicit:
+            self._pool.submit(self._demand, name, explicit)
+
+    def _expire(self, name: str, waiter: _Waiter) -> None:
+        if self._drop(name, waiter):
+            self.stats.cold_start(time.perf_counter() - waiter.started, ok=False)
+            waiter.done(
+                ColdStartTimeout(
+                    "the model version is being loaded; try again shortly",
+                    retry_after=self._retry_after(name),
+                )
+            )
+
+    def _drop(self, name: str, waiter: _Waiter) -> bool:
+        with self._lock:
+            waiters = self._waiters.get(name)
+            if waiters is None or waiter not in waiters:
+                return False
+            waiters.remove(waiter)
+            return True
+
+    def _settle(self, name: str, error: AppError | None) -> None:
+        with self._lock:
+            waiters = self._waiters.pop(name, [])
+        for waiter in waiters:
+            if waiter.loop is None:
+                waiter.done(error)
+            else:
+                waiter.loop.call_soon_threadsafe(self._finish, waiter, error)
+
+    def _finish(self, waiter: _Waiter, error: AppError | None) -> None:
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        self.stats.cold_start(time.perf_counter() - waiter.started, ok=error is None)
+        waiter.done(error)
+
+    def _retry_after(self, name: str) -> int:
+        seconds = self._load_s.get(name)
+        return max(1, math.ceil(1.5 * seconds)) if seconds else 2
+
+    def _demand(self, name: str, explicit: bool) -> None:
+        """Ask the registry for a placement of `name` (see the module docstring)."""
+        assert self.session_factory is not None
+        try:
+            with transaction(self.session_factory) as session:
+                version = session.scalar(
+                    select(ModelVersion)
+                    .where(ModelVersion.triton_name == name)
+                    .with_for_update(key_share=True)
+                )
+                if version is None or version.state == "retired":
+                    raise LoadFailed("the model version no longer exists", retry_after=1)
+                if version.state == "failed" and not explicit:
+                    raise LoadFailed(
+                        f"the model version failed to load: {version.state_message}", retry_after=5
+                    )
+                if version.load_seconds:
+                    self._load_s[name] = version.load_seconds
+                if version.state == "loading":
+                    return  # a promote is loading it: the routing table tells the waiters
+                if version.state != "ready":
+                    version.state, version.state_message = "ready", None
+                    version.updated_at = datetime.now(UTC)
+                if self.reconciler is None:
+                    return
+                if explicit:
+                    for triton in self.reconciler.tritons:
+                        self.reconciler.actions.backoff.succeeded((triton.name, version.id))
+                self.reconciler.place_in(session, version.id)
+                mark_routing_changed(session, desired=True)
+        except AppError as exc:
+            self._settle(name, exc)
+        except Exception:
+            log.exception("asking for a load of %s failed", name)
+            self._settle(name, ServiceUnavailable("the model version cannot be loaded now", retry_after=2))
+
+    # --- the reconcile loop's hooks (leader) ------------------------------------------------------
+
+    def busy(self, name: str) -> bool:
+        """Whether this process has requests to `name` in flight."""
+        return self.inflight.get(name, 0) > 0
+
+    def loaded(self, endpoint: TritonEndpoint, name: str, version_id: int, seconds: float) -> None:
+        """Measure a version just loaded and record its memory and load time."""
+        assert self.session_factory is not None
+        self._load_s[name] = seconds
+        measured = self.measure(endpoint, name)
+        with transaction(self.session_factory) as session:
+            if measured is None:
+                repository.record_load_time(session, version_id=version_id, seconds=seconds)
+            else:
+                repository.record_measurement(
+                    session,
+                    version_id=version_id,
+                    memory_bytes=measured.bytes,
+                    source=measured.source,
+                    load_seconds=seconds,
+                )
+
+    def measure(self, endpoint: TritonEndpoint, name: str) -> sizes.Measured | None:
+        """A loaded version's memory: Triton's statistics, else its stub processes (local Tritons)."""
+        try:
+            reported = sizes.from_statistics(endpoint.health.statistics(name))
+        except Exception as exc:  # statistics are optional: fall back to the processes
+            log.info("no statistics for %s on %s: %s", name, endpoint.name, exc)
+            reported = 0
+        if reported > 0:
+            return sizes.Measured(reported, "triton")
+        pid = self._pid(endpoint)
+        if pid is None:
+            return None
+        found = sizes.stub_bytes(pid, name)
+        return sizes.Measured(found, "stub") if found > 0 else None
+
+    def load_failed(self, version_id: int, message: str) -> None:
+        """A version that never loaded anywhere and fails its first load is `failed` (its requests get
+        the reason); one that loaded before is retried by the loop (backing off)."""
+        assert self.session_factory is not None
+        with transaction(self.session_factory) as session:
+            if repository.ever_loaded(session, version_id):
+                return
+            version = session.get(ModelVersion, version_id, with_for_update={"key_share": True})
+            if version is not None and version.state == "ready":
+                version.state, version.state_message = "failed", message
+                version.updated_at = datetime.now(UTC)
+
+    def before_unload(self, endpoint: TritonEndpoint) -> int | None:
+        """The Triton process tree's memory, when it runs here."""
+        pid = self._pid(endpoint)
+        return None if pid is None else sizes.tree_bytes(pid)
+
+    def evicted(self, endpoint: TritonEndpoint, name: str, version_id: int, before: int | None) -> None:
+        """Count the eviction, check the memory came back, and let the loop use the room."""
+        self.stats.evicted(endpoint.name, "budget")
+        try:
+            self._check_returned(endpoint, name, version_id, before)
+        finally:
+            if self.reconciler is not None:
+                self.reconciler.trigger()
+
+    def _check_returned(
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: int | None
+    ) -> None:
+        pid = self._pid(endpoint)
+        if before is None or pid is None or self.session_factory is None:
+            return
+        deadline = time.monotonic() + 2.0
+        while sizes.stub_bytes(pid, name) > 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the stub exits a moment after the unload returns
+        returned = before - sizes.tree_bytes(pid)
+        with self.session_factory() as session:
+            expected = session.scalar(select(ModelVersion.memory_bytes).where(ModelVersion.id == version_id))
+        if not expected:
+            return
+        unreturned = None if returned >= expected // 2 else expected - max(returned, 0)
+        if unreturned is not None:
+            log.warning(
+                "unloading %s from %s gave back %d of %d bytes", name, endpoint.name, returned, expected
+            )
+            self.stats.unreturned[name] = unreturned
+        else:
+            self.stats.unreturned.pop(name, None)
+        with transaction(self.session_factory) as session:
+            repository.record_unreturned(session, version_id=version_id, unreturned=unreturned)
+
+    def _pid(self, endpoint: TritonEndpoint) -> int | None:
+        known = self._pids.get(endpoint.name)
+        if known is not None and known[0] == endpoint.http_url and sizes.alive(known[1]):
+            return known[1]
+        pid = sizes.local_pid(endpoint.http_url)
+        if pid is not None:
+            self._pids[endpoint.name] = (endpoint.http_url, pid)
+        return pid
+
+    # --- recency --------------------------------------------------------------------------------
+
+    def local_uses(self) -> Mapping[str, float]:
+        """Triton model name -> last use in this process (wall-clock seconds)."""
+        for _ in range(5):
+            try:
+                snapshot = dict(self.used)
+                break
+            except RuntimeError:  # grew while being copied
+                continue
+        else:
+            return {}
+        return {name: at + self._offset for name, at in snapshot.items()}
+
+    def start(self) -> None:
+        """Start recording last uses in the registry (so every replica's leader sees them)."""
+        if self.session_factory is not None:
+            self._flusher.start()
+
+    def stop(self) -> None:
+        """Stop the recorder and the demand workers."""
+        self._stop.set()
+        if self._flusher.is_alive():
+            self._flusher.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("recording last uses failed; retrying")
+
+    def flush(self) -> None:
+        """Write the last uses since the previous flush."""
+        assert self.session_factory is not None
+        uses = self.local_uses()
+        fresh = {n: t for n, t in uses.items() if self._flushed.get(n, 0.0) < t}
+        if not fresh:
+            return
+        with transaction(self.session_factory) as session:
+            repository.touch(session, {n: datetime.fromtimestamp(t, UTC) for n, t in fresh.items()})
+        self._flushed.update(fresh)

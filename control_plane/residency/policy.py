@@ -1,0 +1,111 @@
+"""Which versions an instance keeps within its memory budget: a pure function, tested without Triton.
+
+- Resident versions (loaded or loading there) and incoming ones (desired there, not loaded yet) have a
+  size (measured, else estimated), a tenant, a last use, and flags: pinned, busy (requests in flight).
+- Incoming versions are admitted pinned first, then in the order they were asked for. One that does not
+  fit makes room by evicting idle, unpinned resident versions: first those of tenants holding more than
+  their share of the budget (the tenant furthest over first), then least recently used. A version
+  admitted in the same round is never a victim.
+- If even evicting every evictable version would not make room, nothing is evicted for it: it waits
+  (a pinned one is reported: the budget cannot hold the pinned set).
+- Resident versions over the budget with nothing incoming (a size measured larger than estimated) are
+  evicted the same way until the rest fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A version on (or for) one instance, as the policy sees it."""
+
+    version_id: int
+    tenant: str
+    size: int
+    last_used: float = 0.0  # wall-clock seconds; for incoming versions: when it was asked for
+    pinned: bool = False
+    busy: bool = False  # requests in flight on this instance
+
+
+@dataclass
+class Decision:
+    """What to do on one instance."""
+
+    admit: list[int] = field(default_factory=list)  # incoming versions that may load now
+    evict: list[int] = field(default_factory=list)  # resident versions to unload first
+    wait: list[int] = field(default_factory=list)  # incoming versions with no room now
+    pinned_over: int = 0  # bytes of pinned versions the budget cannot hold
+
+
+def decide(
+    resident: Sequence[Entry], incoming: Sequence[Entry], *, budget: int, share: float | None = None
+) -> Decision:
+    """Admit, evict and defer so that the sum of sizes never exceeds `budget` (module docstring)."""
+    decision = Decision()
+    held = {e.version_id: e for e in resident}
+    tenant_bytes: dict[str, int] = {}
+    for entry in resident:
+        tenant_bytes[entry.tenant] = tenant_bytes.get(entry.tenant, 0) + entry.size
+    used = sum(e.size for e in resident)
+    protected: set[int] = set()
+    limit = None if share is None else share * budget
+    for entry in sorted(incoming, key=lambda e: (not e.pinned, e.last_used, e.version_id)):
+        victims = _victims(held, protected, tenant_bytes, need=used + entry.size - budget, limit=limit)
+        if victims is None:
+            decision.wait.append(entry.version_id)
+            if entry.pinned:
+                decision.pinned_over += entry.size
+            continue
+        for victim in victims:
+            used -= victim.size
+            tenant_bytes[victim.tenant] -= victim.size
+            del held[victim.version_id]
+            decision.evict.append(victim.version_id)
+        held[entry.version_id] = entry
+        protected.add(entry.version_id)
+        used += entry.size
+        tenant_bytes[entry.tenant] = tenant_bytes.get(entry.tenant, 0) + entry.size
+        decision.admit.append(entry.version_id)
+    if used > budget:  # measured bigger than estimated: shrink back under the budget
+        victims = _victims(held, protected, tenant_bytes, need=used - budget, limit=limit, partial=True)
+        for victim in victims or ():
+            del held[victim.version_id]
+            decision.evict.append(victim.version_id)
+    return decision
+
+
+def _victims(
+    held: dict[int, Entry],
+    protected: set[int],
+    tenant_bytes: dict[str, int],
+    *,
+    need: int,
+    limit: float | None,
+    partial: bool = False,
+) -> list[Entry] | None:
+    """Versions to evict to free `need` bytes (None if impossible; with `partial`, as many as can go)."""
+    if need <= 0:
+        return []
+    free = [e for e in held.values() if not e.pinned and not e.busy and e.version_id not in protected]
+    if not partial and sum(e.size for e in free) < need:
+        return None
+    chosen: list[Entry] = []
+    over = dict(tenant_bytes)
+    while need > 0 and free:
+        victim = min(free, key=lambda e: _order(e, over, limit))
+        free.remove(victim)
+        chosen.append(victim)
+        over[victim.tenant] -= victim.size
+        need -= victim.size
+    return chosen
+
+
+def _order(entry: Entry, tenant_bytes: dict[str, int], limit: float | None) -> tuple[int, float, float, int]:
+    """Eviction order: tenants over their share first (furthest over first), then least recently used."""
+    excess = 0.0 if limit is None else tenant_bytes.get(entry.tenant, 0) - limit
+    if excess > 0:
+        return (0, -excess, entry.last_used, entry.version_id)
+    return (1, 0.0, entry.last_used, entry.version_id)

@@ -1,0 +1,151 @@
+"""All SQL of residency: pinned versions, what the budget policy needs of versions, measurements."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from control_plane.db.models import Alias, Model, ModelVersion, Placement, Tenant
+
+
+def pinned_versions(session: Session) -> set[int]:
+    """Ids of the versions an alias named in their model's `pinned_aliases` points to."""
+    pins = {
+        model_id: set(aliases or ())
+        for model_id, aliases in session.execute(
+            select(Model.id, Model.pinned_aliases).where(Model.deleted_at.is_(None))
+        ).tuples()
+        if aliases
+    }
+    if not pins:
+        return set()
+    rows = session.execute(
+        select(Alias.model_id, Alias.name, Alias.version_id).where(Alias.model_id.in_(list(pins)))
+    ).tuples()
+    return {version_id for model_id, name, version_id in rows if name in pins[model_id]}
+
+
+def placed(session: Session) -> tuple[set[int], set[int]]:
+    """(versions with any placement row, versions with a placement desired `ready`)."""
+    rows = session.execute(select(Placement.version_id, Placement.desired)).tuples()
+    anywhere: set[int] = set()
+    wanted: set[int] = set()
+    for version_id, desired in rows:
+        anywhere.add(version_id)
+        if desired == "ready":
+            wanted.add(version_id)
+    return anywhere, wanted
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFacts:
+    """What the budget policy needs of a version."""
+
+    version_id: int
+    triton_name: str
+    tenant: str
+    size_bytes: int
+    memory_bytes: int | None
+    last_used: datetime | None  # latest data-plane use any replica recorded
+    loaded_at: datetime | None
+    updated_at: datetime | None  # of its desired placement: when it was asked for
+
+
+def version_facts(
+    session: Session, version_ids: Collection[int], *, instance_id: int
+) -> dict[int, VersionFacts]:
+    """Facts of these versions, with their placement on one instance (if any)."""
+    if not version_ids:
+        return {}
+    used = (
+        select(Placement.version_id, func.max(Placement.last_used_at).label("used"))
+        .where(Placement.version_id.in_(list(version_ids)))
+        .group_by(Placement.version_id)
+        .subquery()
+    )
+    query = (
+        select(
+            ModelVersion.id,
+            ModelVersion.triton_name,
+            Tenant.name,
+            ModelVersion.size_bytes,
+            ModelVersion.memory_bytes,
+            used.c.used,
+            Placement.loaded_at,
+            Placement.updated_at,
+        )
+        .join(Model, Model.id == ModelVersion.model_id)
+        .join(Tenant, Tenant.id == Model.tenant_id)
+        .outerjoin(used, used.c.version_id == ModelVersion.id)
+        .outerjoin(
+            Placement, (Placement.version_id == ModelVersion.id) & (Placement.instance_id == instance_id)
+        )
+        .where(ModelVersion.id.in_(list(version_ids)))
+    )
+    return {row[0]: VersionFacts(*row) for row in session.execute(query).tuples()}
+
+
+def measured(session: Session) -> list[tuple[int, int]]:
+    """(memory bytes, artifact bytes) of measured versions, for estimates of the others."""
+    query = select(ModelVersion.memory_bytes, ModelVersion.size_bytes).where(
+        ModelVersion.memory_bytes.is_not(None), ModelVersion.memory_source != "estimate"
+    )
+    return [(int(m), int(s)) for m, s in session.execute(query.limit(1000)).tuples() if m is not None]
+
+
+def record_measurement(
+    session: Session, *, version_id: int, memory_bytes: int, source: str, load_seconds: float | None
+) -> None:
+    """A version's measured memory (and load time)."""
+    values: dict[str, object] = {"memory_bytes": memory_bytes, "memory_source": source}
+    if load_seconds is not None:
+        values["load_seconds"] = load_seconds
+    session.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(**values))
+
+
+def record_load_time(session: Session, *, version_id: int, seconds: float) -> None:
+    """A version's load time (its memory could not be measured)."""
+    session.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(load_seconds=seconds))
+
+
+def record_unreturned(session: Session, *, version_id: int, unreturned: int | None) -> None:
+    """Memory an unload of the version did not give back (None: it did)."""
+    session.execute(
+        update(ModelVersion).where(ModelVersion.id == version_id).values(memory_unreturned_bytes=unreturned)
+    )
+
+
+def ever_loaded(session: Session, version_id: int) -> bool:
+    """Whether the version was ever loaded somewhere (a placement with a load time)."""
+    found = session.scalar(
+        select(Placement.id)
+        .where(Placement.version_id == version_id, Placement.loaded_at.is_not(None))
+        .limit(1)
+    )
+    return found is not None
+
+
+def touch(session: Session, used: Mapping[str, datetime]) -> None:
+    """Record data-plane last uses (Triton model name -> when) on the versions' placements."""
+    ids = dict(
+        session.execute(
+            select(ModelVersion.triton_name, ModelVersion.id).where(ModelVersion.triton_name.in_(list(used)))
+        ).tuples()
+    )
+    for name, when in used.items():
+        if name in ids:
+            session.execute(
+                update(Placement)
+                .where(Placement.version_id == ids[name])
+                .where((Placement.last_used_at.is_(None)) | (Placement.last_used_at < when))
+                .values(last_used_at=when)
+            )
+
+
+def load_seconds(session: Session, version_id: int) -> float | None:
+    """A version's last measured load time."""
+    return session.scalar(select(ModelVersion.load_seconds).where(ModelVersion.id == version_id))

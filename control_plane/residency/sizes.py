@@ -1,0 +1,154 @@
+"""How much memory a version takes on an instance, and how much an instance's processes hold.
+
+In order of preference: Triton's own `memory_usage` statistics (backends that report it); the
+resident memory of the version's Python-backend stub processes when Triton runs on this machine
+(found under the Triton process listening on the instance's port, via /proc); otherwise an estimate
+from the artifact, corrected by the first measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+PROC = Path("/proc")
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")  # noqa: S104 - a name, not a bind
+DEFAULT_ESTIMATE = 128 * 1024**2  # a Python-backend stub with numpy and a framework, before any measurement
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A version's memory and where the figure comes from (`triton`, `stub` or `estimate`)."""
+
+    bytes: int
+    source: str
+
+
+def from_statistics(stats: Iterable[Mapping[str, Any]]) -> int:
+    """Bytes Triton reports in `memory_usage` of a model's statistics (0 when the backend reports none)."""
+    total = 0
+    for model in stats:
+        for usage in model.get("memory_usage") or ():
+            total += int(usage.get("byte_size") or 0)
+    return total
+
+
+def last_inference_s(stats: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Triton model name -> its last inference (wall-clock seconds), for models that served one."""
+    found: dict[str, float] = {}
+    for model in stats:
+        millis = int(model.get("last_inference") or 0)
+        if millis > 0:
+            name = str(model.get("name"))
+            found[name] = max(found.get(name, 0.0), millis / 1000.0)
+    return found
+
+
+def estimate(size_bytes: int, measured: Iterable[tuple[int, int]] = ()) -> int:
+    """A version's memory before it is measured: like the measured versions (artifact size beyond
+    theirs added), else a stub's usual footprint plus twice the artifact."""
+    pairs = list(measured)
+    if pairs:
+        pairs.sort(key=lambda pair: pair[0] - pair[1])
+        memory, artifact = pairs[len(pairs) // 2]
+        return max(memory - artifact, 0) + size_bytes
+    return DEFAULT_ESTIMATE + 2 * size_bytes
+
+
+def local_pid(http_url: str) -> int | None:
+    """The PID of the process listening on this URL's port, when it runs on this machine (Linux)."""
+    parts = urlsplit(http_url if "://" in http_url else f"http://{http_url}")
+    if parts.hostname not in LOCAL_HOSTS or parts.port is None or not PROC.exists():
+        return None
+    inodes = _listening_inodes(parts.port)
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("net/tcp", "net/tcp6"):
+        try:
+            lines = (PROC / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this PID still exists."""
+    return (PROC / str(pid)).exists()
+
+
+def stubs(triton_pid: int) -> dict[int, str]:
+    """Stub PID -> the Triton model it runs, for the Python-backend stubs under a Triton process."""
+    found: dict[int, str] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != triton_pid:
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        name = _stub_model(args)
+        if name is not None:
+            found[int(entry.name)] = name
+    return found
+
+
+_INSTANCE = re.compile(rb"^(?P<name>.+)_\d+_\d+$")
+
+
+def _stub_model(args: list[bytes]) -> str | None:
+    """The model of a stub command line (`... <model instance name> <device>`)."""
+    if not args or not args[0].endswith(b"triton_python_backend_stub"):
+        return None
+    for arg in reversed(args):
+        match = _INSTANCE.match(arg)
+        if match is not None:
+            return match.group("name").decode(errors="replace")
+    return None
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of one process (0 once it is gone)."""
+    try:
+        return int((PROC / str(pid) / "statm").read_text().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def stub_bytes(triton_pid: int, name: str) -> int:
+    """Resident bytes of the stub processes that run Triton model `name` (0 if none)."""
+    return sum(rss(pid) for pid, model in stubs(triton_pid).items() if model == name)
+
+
+def tree_bytes(triton_pid: int) -> int:
+    """Resident bytes of a Triton process and all its stubs."""
+    return rss(triton_pid) + sum(rss(pid) for pid in stubs(triton_pid))

@@ -1,0 +1,73 @@
+"""The budget policy as a pure function: LRU, in-flight and pinned protection, tenant share, waiting."""
+
+from __future__ import annotations
+
+from control_plane.residency.policy import Entry, decide
+from control_plane.residency.sizes import _stub_model, estimate, from_statistics, last_inference_s
+
+
+def _e(version_id: int, *, used: float, tenant: str = "a", size: int = 10, **flags: bool) -> Entry:
+    return Entry(version_id, tenant, size, last_used=used, **flags)
+
+
+def test_a_version_that_fits_is_admitted_without_evictions() -> None:
+    decision = decide([_e(1, used=1)], [_e(2, used=5)], budget=20)
+    assert (decision.admit, decision.evict, decision.wait) == ([2], [], [])
+
+
+def test_the_least_recently_used_idle_version_is_evicted() -> None:
+    resident = [_e(1, used=3), _e(2, used=1), _e(3, used=2)]
+    decision = decide(resident, [_e(4, used=9)], budget=30)
+    assert (decision.admit, decision.evict) == ([4], [2])
+
+
+def test_busy_and_pinned_versions_are_never_victims() -> None:
+    resident = [_e(1, used=1, busy=True), _e(2, used=2, pinned=True), _e(3, used=3)]
+    decision = decide(resident, [_e(4, used=9)], budget=30)
+    assert decision.evict == [3]
+
+
+def test_nothing_is_evicted_when_even_everything_evictable_would_not_make_room() -> None:
+    resident = [_e(1, used=1, busy=True), _e(2, used=2, pinned=True), _e(3, used=3, size=5)]
+    decision = decide(resident, [_e(4, used=9, size=20)], budget=30)
+    assert (decision.admit, decision.evict, decision.wait) == ([], [], [4])
+
+
+def test_a_pinned_set_the_budget_cannot_hold_is_reported() -> None:
+    decision = decide([_e(1, used=1, pinned=True)], [_e(2, used=2, pinned=True)], budget=15)
+    assert decision.wait == [2] and decision.pinned_over == 10
+
+
+def test_a_tenant_over_its_share_is_evicted_first_even_if_more_recent() -> None:
+    resident = [_e(1, used=1, tenant="quiet"), _e(2, used=5, tenant="busy"), _e(3, used=6, tenant="busy")]
+    decision = decide(resident, [_e(4, used=9, tenant="busy")], budget=30, share=0.5)
+    assert decision.evict == [2]  # "quiet"'s older model stays: "busy" holds 20 of 30
+    assert decide(resident, [_e(4, used=9, tenant="busy")], budget=30).evict == [1]  # no share: plain LRU
+
+
+def test_versions_admitted_in_one_round_are_not_evicted_for_each_other() -> None:
+    decision = decide([_e(1, used=1)], [_e(2, used=5), _e(3, used=6)], budget=20)
+    assert decision.admit == [2, 3] and decision.evict == [1]
+    decision = decide([], [_e(2, used=5), _e(3, used=6)], budget=10)
+    assert decision.admit == [2] and decision.evict == [] and decision.wait == [3]
+
+
+def test_resident_over_budget_after_a_measurement_shrinks_back() -> None:
+    decision = decide([_e(1, used=1, size=15), _e(2, used=2, size=15)], [], budget=20)
+    assert decision.evict == [1]
+
+
+def test_sizes_from_statistics_stub_command_lines_and_estimates() -> None:
+    stats = [{"name": "m", "last_inference": 1500, "memory_usage": [{"byte_size": 7}, {"byte_size": 3}]}]
+    assert from_statistics(stats) == 10 and last_inference_s(stats) == {"m": 1.5}
+    args = [
+        b"/x/triton_python_backend_stub",
+        b"/r/t--m--v1/1/model.py",
+        b"shm",
+        b"1",
+        b"t--m--v1_0_0",
+        b"DEFAULT",
+    ]
+    assert _stub_model(args) == "t--m--v1"
+    assert _stub_model([b"/usr/bin/python"]) is None
+    assert estimate(100, [(1000, 100), (2000, 100), (3000, 100)]) == 2000
