@@ -25,12 +25,13 @@ router = APIRouter()
 Number = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 
+MOVABLE = ("registered", "loading", "ready", "unloaded")  # an alias may point at these (loaded first)
+
+
 def measured_memory(version: VersionOut) -> int | None:
-    """The version's measured memory in bytes, where the API reports one (a field named `*memory*`)."""
-    for name, value in version.model_dump().items():
-        if "memory" in name and isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    """The version's measured memory in bytes once the API reports one (None: not measured yet)."""
+    value = getattr(version, "memory_bytes", None)
+    return value if isinstance(value, int) else None
 
 
 @router.get("/", include_in_schema=False)
@@ -79,6 +80,7 @@ def model_page(
         "tenant": owner.name,
         "model": detail,
         "versions": [(v, measured_memory(v)) for v in reversed(listed)],
+        "movable": [v.version for v in reversed(listed) if v.state in MOVABLE],
         "traffic": routes,
         "done": request.query_params.get("done"),
     }
@@ -114,7 +116,7 @@ def _alias_context(
         "alias": alias,
         "history": history,
         "traffic": current,
-        "versions": [v.version for v in listed if v.state == "ready"],
+        "versions": [v.version for v in listed if v.state in MOVABLE],
         "done": request.query_params.get("done"),
     }
 

@@ -2,8 +2,9 @@
 
 Each poll reads the data plane's collector (requests by status, the whole-request latency histogram),
 keeps the reading for a minute, and compares it with the oldest one of that minute: requests per second,
-the share of answers that were not 2xx, and p50/p99 interpolated within the histogram's buckets (as
-Prometheus' `histogram_quantile` does). Before a second reading exists, the figures are since start-up.
+the share of answers that were neither 2xx nor gRPC OK, and p50/p99 interpolated within the histogram's
+buckets (as Prometheus' `histogram_quantile` does). Before a second reading exists, they are since
+start-up. The request total is always since start-up.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class ModelFigures:
 
     tenant: str
     model: str
-    requests: int
+    total: int  # since this process started
+    requests: int  # within the window
     window_s: float | None  # None: since start-up (no earlier reading yet)
     rate_per_s: float | None
     error_rate: float | None
@@ -57,13 +59,18 @@ def read_counts(registry: CollectorRegistry) -> dict[ModelKey, _Counts]:
             if sample.name == REQUESTS + "_total":
                 entry = counts.setdefault(key, _Counts())
                 entry.requests += sample.value
-                if not sample.labels.get("status", "").startswith("2"):
+                if not _succeeded(sample.labels.get("status", "")):
                     entry.errors += sample.value
             elif sample.name == LATENCY + "_bucket":
                 buckets = counts.setdefault(key, _Counts()).buckets
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
     return counts
+
+
+def _succeeded(status: str) -> bool:
+    """An HTTP 2xx, or gRPC's OK (gRPC requests are counted by their status code's name)."""
+    return status.startswith("2") or status == "OK"
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -134,6 +141,7 @@ def _figures(
     return ModelFigures(
         tenant=key[0],
         model=key[1],
+        total=int(current.requests),
         requests=int(requests),
         window_s=window,
         rate_per_s=requests / window if window else None,

@@ -1,0 +1,144 @@
+"""The console's session, CSRF and origin checks, seen over plain HTTP against the served app."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from control_plane.client import ControlPlane
+from control_plane.console.cookies import COOKIE
+from tests.console.conftest import World
+from tests.support.api import ADMIN_TOKEN
+
+
+@contextmanager
+def signed_in(world: World, key: str) -> Iterator[httpx.Client]:
+    """A client holding a console session for `key`."""
+    with httpx.Client(base_url=world.url, follow_redirects=False, timeout=30) as client:
+        answer = client.post("/console/login", data={"key": key})
+        assert answer.status_code == 303, answer.text
+        yield client
+
+
+@pytest.fixture
+def admin(world: World) -> Iterator[httpx.Client]:
+    with signed_in(world, ADMIN_TOKEN) as client:
+        yield client
+
+
+def csrf_of(client: httpx.Client, path: str) -> str:
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def production(world: World) -> int:
+    with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
+        return sdk.models.get(world.tenant, "mlp").aliases["production"]
+
+
+def test_the_session_cookie_is_sealed_httponly_strict_and_scoped(world: World) -> None:
+    with httpx.Client(base_url=world.url, follow_redirects=False) as client:
+        answer = client.post("/console/login", data={"key": world.publisher, "next": "/console/live"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/live"
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=")
+    flags = {part.strip().split("=")[0].lower(): part.strip() for part in cookie.split(";")[1:]}
+    assert "httponly" in flags and flags["samesite"].lower() == "samesite=strict"
+    assert flags["path"] == "Path=/console"
+    assert world.publisher not in cookie and world.publisher.split("_")[-1] not in cookie
+    assert world.publisher not in answer.headers["location"]
+
+
+def test_after_sign_in_goes_only_to_console_pages(world: World) -> None:
+    with httpx.Client(base_url=world.url, follow_redirects=False) as client:
+        for wanted in ("https://evil.example/x", "//evil.example/console/x", "/docs", "/console"):
+            answer = client.post("/console/login", data={"key": ADMIN_TOKEN, "next": wanted})
+            assert answer.headers["location"] == "/console/tenants", wanted
+
+
+def test_state_changes_need_the_session_csrf_token(world: World, admin: httpx.Client) -> None:
+    path = f"/console/tenants/{world.tenant}/models/mlp/promote"
+    body = {"alias": "production", "version": "2", "confirmed": "yes"}
+    for token in (None, "", "forged-token"):
+        data = body if token is None else {**body, "csrf": token}
+        answer = admin.post(path, data=data)
+        assert answer.status_code == 403 and "reload the page" in answer.text
+    assert production(world) == 1
+    # ...and another session's token is not this one's
+    with signed_in(world, ADMIN_TOKEN) as other:
+        token = csrf_of(other, f"/console/tenants/{world.tenant}/models/mlp")
+    assert admin.post(path, data={**body, "csrf": token}).status_code == 403
+    assert production(world) == 1
+
+
+def test_posts_from_another_origin_are_refused_even_with_the_token(world: World, admin: httpx.Client) -> None:
+    token = csrf_of(admin, f"/console/tenants/{world.tenant}/models/mlp")
+    path = f"/console/tenants/{world.tenant}/models/mlp/aliases/production/rollback"
+    data = {"csrf": token, "confirmed": "yes"}
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        answer = admin.post(path, data=data, headers=headers)
+        assert answer.status_code == 403 and "refused" in answer.text, headers
+    refused = httpx.post(f"{world.url}/console/login", data={"key": ADMIN_TOKEN}, headers={"Origin": "null"})
+    assert refused.status_code == 403 and COOKIE not in refused.headers.get("set-cookie", "")
+    assert production(world) == 1
+
+
+def test_a_form_confirms_before_it_changes_anything(world: World, admin: httpx.Client) -> None:
+    token = csrf_of(admin, f"/console/tenants/{world.tenant}/models/mlp")
+    answer = admin.post(
+        f"/console/tenants/{world.tenant}/models/mlp/promote",
+        data={"alias": "production", "version": "2", "csrf": token},
+    )
+    assert answer.status_code == 200 and 'name="confirmed" value="yes"' in answer.text
+    assert production(world) == 1
+    bad = admin.post(
+        f"/console/tenants/{world.tenant}/models/mlp/promote",
+        data={"alias": "production", "version": "two", "csrf": token},
+    )
+    assert bad.status_code == 422 and "version must be a whole number" in bad.text
+
+
+def test_a_tampered_or_missing_session_goes_to_sign_in(world: World, admin: httpx.Client) -> None:
+    sealed = admin.cookies[COOKIE]
+    with httpx.Client(base_url=world.url, follow_redirects=False) as client:
+        answer = client.get("/console/tenants")
+        assert (
+            answer.status_code == 303
+            and answer.headers["location"] == "/console/login?next=%2Fconsole%2Ftenants"
+        )
+        client.cookies.set(COOKIE, sealed[:-4] + "AAAA", path="/console")
+        assert client.get("/console/audit").status_code == 303
+        fragment = client.get("/console/live/rows", headers={"HX-Request": "true"})
+        assert fragment.headers["hx-redirect"] == "/console/login"  # htmx follows it as a full page
+
+
+def test_a_revoked_key_ends_its_session(world: World) -> None:
+    with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
+        created = sdk.keys.create(world.tenant, role="publisher")
+        with signed_in(world, created.key) as client:
+            assert client.get(f"/console/tenants/{world.tenant}").status_code == 200
+            sdk.keys.revoke(world.tenant, created.id)
+            answer = client.get(f"/console/tenants/{world.tenant}")
+            assert answer.status_code == 303 and answer.headers["location"].startswith("/console/login")
+
+
+def test_pages_carry_a_strict_content_security_policy(world: World, admin: httpx.Client) -> None:
+    page = admin.get("/console/tenants")
+    policy = page.headers["content-security-policy"]
+    assert (
+        "default-src 'self'" in policy
+        and "script-src 'self';" in policy
+        and "frame-ancestors 'none'" in policy
+    )
+    assert page.headers["cache-control"] == "no-store"
+    for docs in ("/docs", "/redoc"):
+        assert "img-src 'self' data:" in httpx.get(world.url + docs).headers["content-security-policy"]
+    missing = admin.get("/console/no-such-page")
+    assert missing.status_code == 404 and "no such page" in missing.text
