@@ -52,11 +52,13 @@ class ResidencyHooks:
         """Whether requests to `name` are in flight (never evict it then)."""
         return False
 
-    def before_unload(self, endpoint: TritonEndpoint) -> int | None:
-        """The instance's memory before an eviction (None: cannot be measured)."""
+    def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
+        """Memory before an eviction: (Triton's own, the version's) bytes; None: cannot be measured."""
         return None
 
-    def evicted(self, endpoint: TritonEndpoint, name: str, version_id: int, before: int | None) -> None:
+    def evicted(
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: tuple[int, int] | None
+    ) -> None:
         """An eviction finished: check the memory came back, run the loop again."""
 
 
@@ -136,6 +138,11 @@ class Actions:
         """Versions with a load queued or running on `instance`."""
         with self._lock:
             return {key[1] for key in self._loads if key[0] == instance}
+
+    def unloading_on(self, instance: str) -> set[int]:
+        """Versions with an unload or eviction queued or running on `instance` (still holding memory)."""
+        with self._lock:
+            return {key[1] for key in self._inflight if key[0] == instance and key not in self._loads}
 
     def busy(self, instance: str) -> bool:
         """Whether a load or unload on `instance` is queued or running."""
@@ -234,7 +241,7 @@ class Actions:
             if hooks.busy(name) or self._wanted_here(endpoint.name, version_id):
                 self._keep(endpoint.name, version_id)
                 return
-            before = hooks.before_unload(endpoint)
+            before = hooks.before_unload(endpoint, name)
             if not self._unload(endpoint, name, version_id, why="evicted for the memory budget"):
                 self._keep(endpoint.name, version_id)
                 return

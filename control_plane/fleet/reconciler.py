@@ -238,6 +238,7 @@ class Reconciler:
                     desired=desired,
                     ours=ours,
                     loading=self.actions.loading_on,
+                    unloading=self.actions.unloading_on,
                 )
         for endpoint in mine:
             observation = seen[endpoint.name]

@@ -53,6 +53,16 @@ ROUTING_HEADERS = [
         "description": "the tenant an admin key infers for",
     },
 ]
+# Triton's model configuration as JSON (what `config.pbtxt` says), under the client's model name.
+CONFIG_EXAMPLE = {
+    "name": "mlp",
+    "platform": "onnxruntime_onnx",
+    "max_batch_size": 8,
+    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
+    "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [3]}],
+    "dynamic_batching": {"max_queue_delay_microseconds": 100},
+    "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+}
 BINARY_HEADER = {
     "name": "Inference-Header-Content-Length",
     "in": "header",
@@ -84,7 +94,7 @@ def _model_paths(prefix: str, parameters: list[dict[str, Any]]) -> dict[str, Any
     """Metadata, ready, config and infer under one model (or model version) path."""
     common = {"parameters": [*parameters, *ROUTING_HEADERS], "security": AUTH}
     metadata_errors = _v2_errors(METADATA_ERRORS)
-    config = {"application/json": {"schema": {"type": "object"}}}
+    config = {"application/json": {"schema": {"type": "object"}, "example": CONFIG_EXAMPLE}}
     infer_body = {
         "required": True,
         "content": {

@@ -125,6 +125,18 @@ class TensorMetadata(BaseModel):
 class ModelMetadata(BaseModel):
     """KServe v2 model metadata."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": "mlp",
+                "versions": ["3"],
+                "platform": "onnxruntime_onnx",
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+            }
+        }
+    )
+
     name: str
     versions: list[str] | None = None
     platform: str
@@ -134,6 +146,16 @@ class ModelMetadata(BaseModel):
 
 class ServerMetadata(BaseModel):
     """KServe v2 server metadata."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": "triton-control-plane",
+                "version": "2.51.0",
+                "extensions": ["classification", "binary_tensor_data", "statistics"],
+            }
+        }
+    )
 
     name: str
     version: str

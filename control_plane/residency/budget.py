@@ -75,6 +75,7 @@ class Budgets:
         desired: Desired,
         ours: Mapping[str, tuple[int, str]],
         loading: Callable[[str], Collection[int]],
+        unloading: Callable[[str], Collection[int]],
     ) -> dict[str, Plan]:
         """Decide each budgeted instance's evictions and hold back loads that must wait (module docstring)."""
         estimates = repository.measured(session)
@@ -95,6 +96,7 @@ class Budgets:
                 desired,
                 ours,
                 loading(endpoint.name),
+                unloading(endpoint.name),
                 pinned,
                 estimates,
                 budget,
@@ -111,6 +113,7 @@ class Budgets:
         desired: Desired,
         ours: Mapping[str, tuple[int, str]],
         loading: Collection[int],
+        unloading: Collection[int],
         pinned: set[int],
         estimates: list[tuple[int, int]],
         budget: int,
@@ -119,7 +122,11 @@ class Budgets:
         present = {n: ours[n][0] for n, s in observation.models.items() if s in PRESENT and n in ours}
         present.update({n: v for n, v in want.items() if v in loading})
         incoming = {n: v for n, v in want.items() if n not in present}
-        facts = repository.version_facts(session, {*present.values(), *incoming.values()}, instance_id=row.id)
+        ids = {*present.values(), *incoming.values(), *unloading}
+        facts = repository.version_facts(session, ids, instance_id=row.id)
+        for version_id in unloading:  # gone from the index, but its processes may not have exited yet
+            if version_id in facts and facts[version_id].triton_name not in want:
+                present.setdefault(facts[version_id].triton_name, version_id)
         local = self.local_uses()
         resident: list[Entry] = []
         for name, version_id in present.items():
@@ -151,7 +158,11 @@ class Budgets:
         used = sum(e.size for e in resident)
         if used + sum(e.size for e in arrivals) > budget:
             resident = self._with_triton_recency(endpoint, resident, facts)
-        decision = decide(resident, arrivals, budget=budget, share=self.tenant_share)
+        # Versions on their way out (not desired here) still hold memory: decide as if they were gone,
+        # but load nothing until they are (their unload runs the loop again).
+        leaving = {names_v for names_v, name in ((v, n) for n, v in present.items()) if name not in want}
+        staying = [e for e in resident if e.version_id not in leaving]
+        decision = decide(staying, arrivals, budget=budget, share=self.tenant_share)
         plan = Plan(budget=budget)
         names = {v: n for n, v in {**present, **incoming}.items()}
         for version_id in decision.evict:
@@ -166,7 +177,7 @@ class Budgets:
                 .where(Placement.instance_id == row.id, Placement.version_id.in_(decision.evict))
                 .values(desired="absent", updated_at=datetime.now(UTC))
             )
-        held_back = set(decision.wait) | (set(decision.admit) if decision.evict else set())
+        held_back = set(decision.wait) | (set(decision.admit) if decision.evict or leaving else set())
         for version_id in held_back:
             want.pop(names[version_id], None)
         plan.waiting = [names[v] for v in decision.wait]

@@ -310,12 +310,14 @@ class Residency(ResidencyHooks):
                 version.state, version.state_message = "failed", message
                 version.updated_at = datetime.now(UTC)
 
-    def before_unload(self, endpoint: TritonEndpoint) -> int | None:
-        """The Triton process tree's memory, when it runs here."""
+    def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
+        """Triton's own memory and the version's stubs', when Triton runs here."""
         pid = self._pid(endpoint)
-        return None if pid is None else sizes.tree_bytes(pid)
+        return None if pid is None else (sizes.rss(pid), sizes.stub_bytes(pid, name))
 
-    def evicted(self, endpoint: TritonEndpoint, name: str, version_id: int, before: int | None) -> None:
+    def evicted(
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: tuple[int, int] | None
+    ) -> None:
         """Count the eviction, check the memory came back, and let the loop use the room."""
         self.stats.evicted(endpoint.name, "budget")
         try:
@@ -325,15 +327,18 @@ class Residency(ResidencyHooks):
                 self.reconciler.trigger()
 
     def _check_returned(
-        self, endpoint: TritonEndpoint, name: str, version_id: int, before: int | None
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: tuple[int, int] | None
     ) -> None:
+        """The version's stubs exited and Triton itself did not keep what they held (other loads and
+        unloads may run meanwhile, so Triton's own growth counts against what came back)."""
         pid = self._pid(endpoint)
         if before is None or pid is None or self.session_factory is None:
             return
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 5.0
         while sizes.stub_bytes(pid, name) > 0 and time.monotonic() < deadline:
             time.sleep(0.02)  # the stub exits a moment after the unload returns
-        returned = before - sizes.tree_bytes(pid)
+        triton_before, stubs_before = before
+        returned = stubs_before - sizes.stub_bytes(pid, name) - max(0, sizes.rss(pid) - triton_before)
         with self.session_factory() as session:
             expected = session.scalar(select(ModelVersion.memory_bytes).where(ModelVersion.id == version_id))
         if not expected:

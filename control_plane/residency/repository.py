@@ -131,11 +131,8 @@ def ever_loaded(session: Session, version_id: int) -> bool:
 
 def touch(session: Session, used: Mapping[str, datetime]) -> None:
     """Record data-plane last uses (Triton model name -> when) on the versions' placements."""
-    ids = dict(
-        session.execute(
-            select(ModelVersion.triton_name, ModelVersion.id).where(ModelVersion.triton_name.in_(list(used)))
-        ).tuples()
-    )
+    query = select(ModelVersion.triton_name, ModelVersion.id).where(ModelVersion.triton_name.in_(list(used)))
+    ids = dict(session.execute(query).tuples().all())
     for name, when in used.items():
         if name in ids:
             session.execute(

@@ -102,8 +102,16 @@ def test_inference_endpoints_are_documented_with_examples(document: dict[str, An
     documented = {(m, p) for m, p, _ in _operations(document, "/")}
     assert documented >= INFERENCE
     schemas = document["components"]["schemas"]
-    for name in ("PredictRequest", "PredictResponse", "InferRequest", "InferResponse"):
+    for name in ("PredictRequest", "PredictResponse", "InferRequest", "InferResponse", "ModelMetadata"):
         assert "example" in schemas[name], name
+        jsonschema.validate(
+            schemas[name]["example"], _resolve(document, {"$ref": f"#/components/schemas/{name}"})
+        )
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        config = document["paths"][prefix + "/config"]["get"]["responses"]["200"]["content"][
+            "application/json"
+        ]
+        assert config["example"]["input"][0]["name"] == "x", prefix
     infer = document["paths"]["/v2/models/{model}/infer"]["post"]
     assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
     assert "Inference-Header-Content-Length" in {p["name"] for p in infer["parameters"]}

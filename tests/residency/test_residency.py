@@ -1,0 +1,252 @@
+"""Residency against the real bundled Triton: a budget that holds 3 of 5 models, on-demand loads,
+LRU eviction with in-flight and pinned protection, one load for 20 concurrent first requests, and two
+control-plane processes on one Postgres loading a cold model once.
+
+One Triton, one database and one served control plane for the module (tests run in file order and
+build on each other's models); the budget is set through the instances API from the first model's
+measured size.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from control_plane.db import migrate
+from control_plane.residency import sizes
+from control_plane.tritonserver import TritonDistribution
+from tests.fixtures_triton import RunningTriton, _launch
+from tests.support.api import Api
+from tests.support.served import serve, stack_settings
+from tests.support.triton_models import MODEL
+
+MODELS = [f"m{i}" for i in range(5)]
+SPEC: dict[str, Any] = {
+    "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
+    "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
+    "max_batch_size": 0,
+}
+SLOW = MODEL.replace("responses = []", "import time\n        time.sleep(3.0)\n        responses = []").format(
+    init="pass", scale=2.0, offset=0.0
+)
+
+
+@dataclass
+class Stack:
+    api: Api
+    triton: RunningTriton
+    pid: int
+    tenant: str
+    consumer: str
+    settings_for: Callable[..., Any]
+
+    def infer(self, model: str, *, client: httpx.Client | None = None) -> httpx.Response:
+        body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}]}
+        return (client or self.api.client).post(
+            f"/v2/models/{model}/versions/1/infer",
+            json=body,
+            headers={"Authorization": f"Bearer {self.consumer}"},
+            timeout=60,
+        )
+
+    def loaded(self) -> set[str]:
+        """Our models Triton has loaded, by short name."""
+        index = self.triton.client.repository_index()
+        return {_short(m["name"]) for m in index if m.get("state") == "READY"}
+
+    def stub_bytes(self) -> int:
+        return sum(sizes.rss(pid) for pid in sizes.stubs(self.pid))
+
+    def loads(self) -> int:
+        reconciler = self.api.state.reconciler
+        assert reconciler is not None
+        return sum(n for (_, outcome), n in reconciler.observed.stats.loads.items() if outcome == "ok")
+
+
+def _short(triton_name: str) -> str:
+    return triton_name.split("--")[1]
+
+
+@pytest.fixture(scope="module")
+def stack(
+    create_database: Callable[[], str],
+    s3_endpoint: str,
+    triton_distribution: TritonDistribution,
+    triton_backend_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    repository = tmp_path_factory.mktemp("residency-repository")
+    triton = _launch(
+        repository=str(repository),
+        workdir=tmp_path_factory.mktemp("residency-triton"),
+        backend_dir=triton_backend_dir,
+        distribution=triton_distribution,
+    )
+    url = create_database()
+    migrate.upgrade(url)
+    bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
+
+    def settings_for(**overrides: Any) -> Any:
+        return stack_settings(
+            database_url=url,
+            s3_endpoint=s3_endpoint,
+            triton_http_url=triton.http_url,
+            triton_grpc_url=triton.process.grpc_url,
+            repository=repository,
+            s3_bucket=bucket,
+            reconcile_interval_s=1.0,
+            eviction_grace_s=0.05,
+            tenant_memory_share=1.0,
+            **overrides,
+        )
+
+    try:
+        with ExitStack() as stack:
+            api = stack.enter_context(serve(settings_for()))
+            tenant = api.tenant()
+            for name in MODELS:
+                assert api.create_model(tenant, name=name, format="python", **SPEC).status_code == 201
+                source = tmp_path_factory.mktemp(name) / "model.py"
+                source.write_text(SLOW if name == "m2" else MODEL.format(init="pass", scale=2.0, offset=0.0))
+                uploaded = api.upload(tenant, name, source)
+                assert uploaded.status_code == 201 and uploaded.json()["state"] == "registered"
+            pid = sizes.local_pid(triton.http_url)
+            assert pid is not None
+            yield Stack(api, triton, pid, tenant, api.key(tenant, "consumer"), settings_for)
+    finally:
+        triton.client.close()
+        triton.process.stop()
+
+
+def _set_budget(stack: Stack, budget: int) -> None:
+    instances = stack.api.client.get("/v1/instances", headers=stack.api.headers()).json()
+    name = instances[0]["name"]
+    response = stack.api.client.put(
+        f"/v1/instances/{name}", json={"memory_budget_bytes": budget}, headers=stack.api.headers()
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["memory_budget_bytes"] == budget
+
+
+class _Sampler:
+    """The stubs' real memory, sampled every 20 ms while a block runs."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack, self.peak, self._stop = stack, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.stack.stub_bytes())
+
+    def __enter__(self) -> _Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_five_models_in_a_budget_of_three_lru_inflight_and_pinned(stack: Stack) -> None:
+    api, tenant = stack.api, stack.tenant
+    assert stack.infer("m0").status_code == 200  # cold: loaded on demand, no budget yet
+    detail = api.version(tenant, "m0", 1)
+    assert detail["resident_on"] and detail["memory_source"] == "stub" and detail["load_seconds"] > 0
+    size = detail["memory_bytes"]
+    budget = int(size * 3.5)
+    _set_budget(stack, budget)
+    with _Sampler(stack) as sampler:
+        for name in ("m1", "m3"):
+            assert stack.infer(name).status_code == 200
+        assert stack.loaded() == {"m0", "m1", "m3"}
+        assert stack.infer("m1").status_code == 200 and stack.infer("m3").status_code == 200  # m0 is LRU
+        assert stack.infer("m4").status_code == 200
+        assert stack.loaded() == {"m1", "m3", "m4"}, "the least recently used idle model is evicted"
+        # m1 pinned (its production alias), m2 slow with a request in flight: never evicted.
+        promoted = api.client.put(
+            f"/v1/tenants/{tenant}/models/m1/aliases/production", json={"version": 1}, headers=api.headers()
+        )
+        assert promoted.status_code == 200, promoted.text
+        pinned = api.client.put(
+            f"/v1/tenants/{tenant}/models/m1/placement",
+            json={"pinned_aliases": ["production"]},
+            headers=api.headers(),
+        )
+        assert pinned.status_code == 200 and pinned.json()["pinned_aliases"] == ["production"]
+        assert stack.infer("m2").status_code == 200  # loads m2 (evicting m3, the LRU)
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(stack.infer, "m2")  # in flight for 3 s, and now the LRU of the unpinned
+            time.sleep(0.5)
+            assert stack.infer("m4").status_code == 200  # resident: a hit
+            assert stack.infer("m0").status_code == 200  # must evict m4: m1 pinned, m2 in flight
+            assert "m2" in stack.loaded() and "m1" in stack.loaded()
+            assert stack.infer("m3").status_code == 200  # evicts m0 this time
+            assert "m2" in stack.loaded()
+            assert slow.result().status_code == 200
+        assert stack.loaded() >= {"m1", "m2"}
+        assert len(stack.loaded()) == 3
+    assert sampler.peak <= budget, f"stubs held {sampler.peak} bytes, budget {budget}"
+    metrics = api.client.get("/metrics", headers=api.headers()).text
+    assert "cp_residency_evictions_total" in metrics and "cp_residency_cold_start_seconds_bucket" in metrics
+    instance = api.client.get("/v1/instances", headers=api.headers()).json()[0]
+    assert instance["memory_budget_bytes"] == budget and 0 < instance["resident_bytes"] <= budget
+    assert instance["pinned_over_budget_bytes"] == 0
+
+
+def test_twenty_concurrent_first_requests_cause_exactly_one_load(stack: Stack) -> None:
+    cold = sorted(set(MODELS) - stack.loaded() - {"m2"})[0]
+    before = stack.loads()
+    with ThreadPoolExecutor(20) as pool, httpx.Client(base_url=str(stack.api.client.base_url)) as client:
+        answers = list(pool.map(lambda _: stack.infer(cold, client=client).status_code, range(20)))
+    assert answers == [200] * 20
+    assert stack.loads() - before == 1
+    stubs = [model for model in sizes.stubs(stack.pid).values() if _short(model) == cold]
+    assert len(stubs) == 1
+
+
+def test_two_control_planes_on_one_postgres_load_a_cold_model_once(stack: Stack) -> None:
+    cold = sorted(set(MODELS) - stack.loaded() - {"m2"})[0]
+    with serve(stack.settings_for()) as second:
+        before = stack.loads() + _loads(second)
+        with ThreadPoolExecutor(10) as pool:
+            clients = [stack.api.client, second.client]
+            answers = list(
+                pool.map(lambda i: stack.infer(cold, client=clients[i % 2]).status_code, range(10))
+            )
+        assert answers == [200] * 10
+        assert stack.loads() + _loads(second) - before == 1
+        stubs = [model for model in sizes.stubs(stack.pid).values() if _short(model) == cold]
+        assert len(stubs) == 1
+
+
+def _loads(api: Api) -> int:
+    reconciler = api.state.reconciler
+    assert reconciler is not None
+    return sum(n for (_, outcome), n in reconciler.observed.stats.loads.items() if outcome == "ok")
+
+
+def test_a_cold_model_loads_on_demand_over_grpc(stack: Stack) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    cold = sorted(set(MODELS) - stack.loaded(), key=lambda m: m == "m2")[0]
+    port = stack.api.settings.grpc_port
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
+        tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+        result = client.infer(
+            cold, [tensor], model_version="1", headers={"authorization": f"Bearer {stack.consumer}"}
+        )
+    assert result.as_numpy("OUTPUT0").tolist() == [2.0, 4.0]
+    assert cold in stack.loaded()
