@@ -9,7 +9,7 @@ from urllib.parse import quote
 import httpx
 
 from control_plane import __version__
-from control_plane.client.errors import ConnectionFailed, error_for
+from control_plane.client.errors import ConnectionFailed, ControlPlaneError, error_for
 
 
 def path(*segments: str | int) -> str:
@@ -30,6 +30,8 @@ class Connection:
         headers: Mapping[str, str] | None = None,
     ):
         base = {"User-Agent": f"control-plane-sdk/{__version__}", **(headers or {})}
+        if key and (not key.isprintable() or any(c.isspace() for c in key)):
+            raise ControlPlaneError("the API key contains spaces or line breaks: copy only the key itself")
         if key:
             base["Authorization"] = f"Bearer {key}"
         self.url = url.rstrip("/")
@@ -59,6 +61,8 @@ class Connection:
             )
         except httpx.TimeoutException as exc:
             raise ConnectionFailed(f"no answer from {self.url} in time ({type(exc).__name__})") from exc
+        except httpx.LocalProtocolError as exc:
+            raise ControlPlaneError(f"the request could not be sent: {exc}") from exc
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"cannot reach the control plane at {self.url}: {exc}") from exc
         if response.status_code >= 400:

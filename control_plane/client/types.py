@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PlainSerializer
+
+# Written back as the API writes it (ISO 8601 with an explicit +00:00 offset), not pydantic's "Z".
+Timestamp = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(), return_type=str, when_used="json")]
 
 
 class _Out(BaseModel):
@@ -20,7 +23,7 @@ class Tenant(_Out):
     """A tenant."""
 
     name: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class Key(_Out):
@@ -30,9 +33,9 @@ class Key(_Out):
     prefix: str
     role: str
     description: str | None = None
-    created_at: datetime
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
+    created_at: Timestamp
+    revoked_at: Timestamp | None = None
+    last_used_at: Timestamp | None = None
 
 
 class CreatedKey(Key):
@@ -55,7 +58,7 @@ class VersionSummary(_Out):
 
     version: int
     state: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class Model(_Out):
@@ -67,7 +70,7 @@ class Model(_Out):
     max_batch_size_auto: bool = True
     inputs: list[TensorSpec] | None = None
     outputs: list[TensorSpec] | None = None
-    created_at: datetime
+    created_at: Timestamp
     versions: list[VersionSummary] = []
     aliases: dict[str, int] = {}
 
@@ -87,8 +90,8 @@ class Version(_Out):
     serving: dict[str, Any] = {}
     resident_on: list[str] | None = None  # instances it is loaded on (servers with residency)
     memory_bytes: int | None = None  # measured or estimated memory, when known
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class AliasMove(_Out):
@@ -108,7 +111,7 @@ class HistoryEntry(_Out):
     to_version: int
     actor: str | None = None
     reason: str | None = None
-    at: datetime
+    at: Timestamp
 
 
 class Route(_Out):
@@ -139,7 +142,7 @@ class AuditEvent(_Out):
     """One audit event."""
 
     id: int
-    created_at: datetime
+    created_at: Timestamp
     actor: str
     actor_key_id: int | None = None
     action: str
@@ -173,7 +176,7 @@ class Instance(_Out):
     origin: str
     state: str
     draining: bool = False
-    last_seen_at: datetime | None = None
+    last_seen_at: Timestamp | None = None
     last_error: str | None = None
     placements: list[Placement] = []
 
