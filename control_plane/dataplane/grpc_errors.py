@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -15,7 +13,6 @@ from control_plane.errors import AppError
 from control_plane.routing.router import Resolved
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
 
 Code = grpc.StatusCode
 _CODES = {
@@ -83,19 +80,3 @@ def triton_failure(
     if code == Code.UNAVAILABLE and not from_triton:  # refused, reset, ...: no internal addresses
         return RpcFailure(code, "the inference server is unavailable", retry_after=1)
     return RpcFailure(code, details)
-
-
-def guarded(method: Handler) -> Handler:
-    """End the call with a clear status for every error; never UNKNOWN with a stack trace."""
-
-    async def handle(request: Any, context: aio.ServicerContext) -> Any:
-        try:
-            return await method(request, context)
-        except Exception as exc:
-            failure = RpcFailure.of(exc)
-            if failure.code == Code.INTERNAL and not isinstance(exc, RpcFailure | AppError):
-                log.exception("gRPC call failed unexpectedly")
-        trailing = (("retry-after", str(failure.retry_after)),) if failure.retry_after is not None else ()
-        await context.abort(failure.code, failure.message, trailing_metadata=trailing)
-
-    return handle

@@ -136,7 +136,7 @@ class GrpcServerConnection(H2Connection):
         # Blocks up to the hard cap are decoded (HPACK state must stay in step) and refused per call
         # past max_header_bytes; beyond the hard cap the connection ends.
         self._hard_cap = HARD_CAP_FACTOR * limits.max_header_bytes
-        self._decoder = hpack.Decoder(max_header_list_size=self._hard_cap)
+        self._decoder = h2.CachedDecoder(self._hard_cap)
         self._calls: dict[int, ServerCall] = {}
         self._preface = True  # the client's preface is still due
         self._block: bytearray | None = None  # a header block awaiting CONTINUATION
@@ -272,7 +272,7 @@ class GrpcServerConnection(H2Connection):
         self._block = self._block_call = None
         assert block is not None and call is not None
         try:
-            headers = list(self._decoder.decode(bytes(block), raw=True))
+            headers = self._decoder.decode(bytes(block))
         except hpack.OversizedHeaderListError:
             raise ConnectionFailure(h2.ENHANCE_YOUR_CALM, "header list over the limit") from None
         except hpack.HPACKError:
