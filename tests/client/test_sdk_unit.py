@@ -15,6 +15,7 @@ from control_plane.client import (
     BadRequest,
     ConnectionFailed,
     ControlPlane,
+    ControlPlaneError,
     InvalidRequest,
     NotFound,
     RateLimited,
@@ -163,3 +164,23 @@ def test_wait_ready_asks_for_the_load_of_a_version_nothing_loads() -> None:
     assert ready.state == "ready"
     assert calls[-1] == "POST /v1/tenants/acme/models/mlp/versions/2/load"
     assert set(calls[:-1]) == {"GET /v1/tenants/acme/models/mlp/versions/2"}
+
+
+def test_a_key_with_a_line_break_is_refused_before_anything_is_sent() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json=[])
+
+    with pytest.raises(ControlPlaneError, match="spaces or line breaks"):
+        ControlPlane("http://cp.test", "cp_abc\n", transport=httpx.MockTransport(handler))
+
+    assert sent == []
+
+
+def test_json_output_keeps_the_apis_timestamps() -> None:
+    stamp = "2026-12-01T09:26:56.280067+00:00"
+    cp = client(lambda request: httpx.Response(200, json=[{"name": "acme", "created_at": stamp}]))
+
+    assert cp.tenants.list()[0].to_json() == {"name": "acme", "created_at": stamp}
