@@ -44,6 +44,9 @@ STATE = (
     "headers",
     "expect_100_continue",
 )
+# Attributes set in __init__ of classes the fast path reads but never constructs.
+CYCLE = ("response_started", "response_complete")
+FLOW = ("read_paused", "write_paused")
 PARSER = ("get_method", "get_http_version", "should_keep_alive", "should_upgrade")
 
 
@@ -87,6 +90,12 @@ def _missing_internals() -> list[str]:
             for name in ("pause_reading", "resume_reading", "pause_writing", "resume_writing")
             if not callable(getattr(FlowControl, name, None))
         ]
+        missing += [f"FlowControl().{name}" for name in FLOW if name not in _assigned(FlowControl)]
+    cycle_class = getattr(httptools_impl, "RequestResponseCycle", None)
+    if cycle_class is None:
+        missing.append(f"{MODULE}.RequestResponseCycle")
+    else:
+        missing += [f"RequestResponseCycle().{name}" for name in CYCLE if name not in _assigned(cycle_class)]
     state = ServerState()
     if not hasattr(state, "total_requests"):
         missing.append("ServerState.total_requests")
@@ -101,6 +110,13 @@ def _missing_internals() -> list[str]:
     missing += [f"HttpToolsProtocol().{name}" for name in STATE if not hasattr(probe, name)]
     missing += [f"parser.{name}()" for name in PARSER if not callable(getattr(probe.parser, name, None))]
     return missing
+
+
+def _assigned(cls: type) -> tuple[str, ...]:
+    """Attribute names a class's __init__ refers to (where its instance attributes are set)."""
+    init = getattr(cls, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return tuple(code.co_names) if code is not None else ()
 
 
 def check_uvicorn() -> str:

@@ -69,3 +69,12 @@ def test_the_fast_path_runs_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(HttpToolsProtocol, "_start_asgi_task")
     with pytest.raises(UvicornIncompatible, match="_start_asgi_task"):
         fast_path_protocol(app)
+
+
+def test_cycle_and_flow_state_the_fast_path_reads_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bare(self: object, *args: Any, **kwargs: Any) -> None:
+        """A constructor that sets none of the attributes the fast path reads."""
+
+    monkeypatch.setattr(httptools_impl.RequestResponseCycle, "__init__", bare)
+    with pytest.raises(UvicornIncompatible, match=r"RequestResponseCycle\(\)\.response_started"):
+        check_uvicorn()
