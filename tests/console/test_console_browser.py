@@ -209,9 +209,10 @@ def test_admin_sets_a_canary_and_a_shadow(browser: webdriver.Chrome, world: Worl
             client.inference.infer(
                 "mlp", {"x": np.asarray([[0.1, 0.2, 0.3, 0.4]], np.float32)}, alias="staging"
             )
+            driver.refresh()  # rather than wait for htmx's next poll of the table (every 5 s)
             return shadow_compared(driver) >= 1
 
-        # Mirrors run after each live answer, and the comparison table is polled by htmx (every 5 s).
+        # Mirrors run after each live answer, compared when the shadow's answer is in.
         WebDriverWait(
             browser, WAIT_S, poll_frequency=0.25, ignored_exceptions=[StaleElementReferenceException]
         ).until(mirrored)
