@@ -184,6 +184,8 @@ def _start_reconciler(state: AppState) -> None:
     reconciler.budgets = Budgets(
         default_budget=settings.instance_memory_budget_bytes,
         tenant_share=settings.tenant_memory_share,
+        headroom=settings.residency_headroom_bytes,
+        live_sizes=residency.live_sizes,
         stats=residency.stats,
         busy=residency.busy,
         local_uses=residency.local_uses,

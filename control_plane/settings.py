@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     tenant_memory_share: float = Field(0.5, gt=0, le=1)
     cold_start_wait_s: float = Field(30.0, gt=0)
     eviction_grace_s: float = Field(0.2, ge=0)
+    residency_headroom_bytes: int = Field(0, ge=0)  # kept free ahead of the next load (if < budget / 2)
     load_on_upload: bool = False
     keep_warm_s: float = 600.0  # how long a replaced version stays loaded (instant rollback)
     janitor_interval_s: float = 10.0

@@ -49,12 +49,16 @@ class Budgets:
         *,
         default_budget: int,
         tenant_share: float | None,
+        headroom: int = 0,
+        live_sizes: Callable[[TritonEndpoint], Mapping[str, int]] | None = None,
         stats: ResidencyStats,
         busy: Callable[[str], bool],
         local_uses: Callable[[], Mapping[str, float]],
     ) -> None:
         self.default_budget = default_budget
         self.tenant_share = tenant_share
+        self.headroom = headroom  # bytes kept free ahead of the next load (evicting idle versions)
+        self.live_sizes = live_sizes  # Triton model name -> bytes its processes hold now (local Tritons)
         self.stats = stats
         self.busy = busy  # Triton model name -> whether this process has requests in flight to it
         self.local_uses = local_uses  # Triton model name -> last use here (wall-clock seconds)
@@ -128,6 +132,7 @@ class Budgets:
             if version_id in facts and facts[version_id].triton_name not in want:
                 present.setdefault(facts[version_id].triton_name, version_id)
         local = self.local_uses()
+        live = self.live_sizes(endpoint) if self.live_sizes is not None else {}
         resident: list[Entry] = []
         for name, version_id in present.items():
             fact = facts.get(version_id)
@@ -138,7 +143,7 @@ class Budgets:
                 Entry(
                     version_id,
                     fact.tenant,
-                    self._size(fact, estimates),
+                    self._size(fact, estimates, live),
                     last_used=max(_ts(fact.last_used), _ts(fact.loaded_at), local.get(name, 0.0)),
                     pinned=version_id in pinned,
                     busy=not keep or version_id in loading or self.busy(name),
@@ -148,7 +153,7 @@ class Budgets:
             Entry(
                 v,
                 facts[v].tenant,
-                self._size(facts[v], estimates),
+                self._size(facts[v], estimates, live),
                 last_used=_ts(facts[v].updated_at),
                 pinned=v in pinned,
             )
@@ -160,9 +165,10 @@ class Budgets:
             resident = self._with_triton_recency(endpoint, resident, facts)
         # Versions on their way out (not desired here) still hold memory: decide as if they were gone,
         # but load nothing until they are (their unload runs the loop again).
-        leaving = {names_v for names_v, name in ((v, n) for n, v in present.items()) if name not in want}
+        # A version admitted loads now only if it fits in what is held right now.
+        leaving = {v for n, v in present.items() if n not in want}
         staying = [e for e in resident if e.version_id not in leaving]
-        decision = decide(staying, arrivals, budget=budget, share=self.tenant_share)
+        decision = decide(staying, arrivals, budget=budget, share=self.tenant_share, headroom=self.headroom)
         plan = Plan(budget=budget)
         names = {v: n for n, v in {**present, **incoming}.items()}
         for version_id in decision.evict:
@@ -177,7 +183,14 @@ class Budgets:
                 .where(Placement.instance_id == row.id, Placement.version_id.in_(decision.evict))
                 .values(desired="absent", updated_at=datetime.now(UTC))
             )
-        held_back = set(decision.wait) | (set(decision.admit) if decision.evict or leaving else set())
+        held_back = set(decision.wait)
+        now = used
+        for version_id in decision.admit:
+            size = next(e.size for e in arrivals if e.version_id == version_id)
+            if now + size > budget:
+                held_back.add(version_id)  # after the evictions it needs (they run the loop again)
+            else:
+                now += size
         for version_id in held_back:
             want.pop(names[version_id], None)
         plan.waiting = [names[v] for v in decision.wait]
@@ -199,10 +212,14 @@ class Budgets:
             )
         return plan
 
-    def _size(self, fact: repository.VersionFacts, estimates: list[tuple[int, int]]) -> int:
+    def _size(
+        self, fact: repository.VersionFacts, estimates: list[tuple[int, int]], live: Mapping[str, int]
+    ) -> int:
+        """Measured (the larger of the recorded figure and what its processes hold now), else estimated."""
         size = (
             fact.memory_bytes if fact.memory_bytes is not None else sizes.estimate(fact.size_bytes, estimates)
         )
+        size = max(size, live.get(fact.triton_name, 0))
         self.sizes[fact.version_id] = size
         return size
 

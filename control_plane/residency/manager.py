@@ -218,6 +218,8 @@ class Residency(ResidencyHooks):
         if waiter.timer is not None:
             waiter.timer.cancel()
         self.stats.cold_start(time.perf_counter() - waiter.started, ok=error is None)
+        if error is None:
+            self.stats.hits -= 1  # the forward after the wait counts itself as a hit: it was a miss
         waiter.done(error)
 
     def _retry_after(self, name: str) -> int:
@@ -309,6 +311,15 @@ class Residency(ResidencyHooks):
             if version is not None and version.state == "ready":
                 version.state, version.state_message = "failed", message
                 version.updated_at = datetime.now(UTC)
+
+    def live_sizes(self, endpoint: TritonEndpoint) -> dict[str, int]:
+        """Triton model name -> resident bytes of its stubs now, for a Triton on this machine."""
+        pid = self._pid(endpoint)
+        found: dict[str, int] = {}
+        if pid is not None:
+            for stub, name in sizes.stubs(pid).items():
+                found[name] = found.get(name, 0) + sizes.rss(stub)
+        return found
 
     def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
         """Triton's own memory and the version's stubs', when Triton runs here."""

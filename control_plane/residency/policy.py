@@ -9,7 +9,8 @@
 - If even evicting every evictable version would not make room, nothing is evicted for it: it waits
   (a pinned one is reported: the budget cannot hold the pinned set).
 - Resident versions over the budget with nothing incoming (a size measured larger than estimated) are
-  evicted the same way until the rest fits.
+  evicted the same way until the rest fits; with `headroom`, until that much is free, so the next cold
+  version can start loading at once instead of waiting for an eviction (the budget still holds).
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ class Decision:
 
 
 def decide(
-    resident: Sequence[Entry], incoming: Sequence[Entry], *, budget: int, share: float | None = None
+    resident: Sequence[Entry],
+    incoming: Sequence[Entry],
+    *,
+    budget: int,
+    share: float | None = None,
+    headroom: int = 0,
 ) -> Decision:
     """Admit, evict and defer so that the sum of sizes never exceeds `budget` (module docstring)."""
     decision = Decision()
@@ -69,8 +75,9 @@ def decide(
         used += entry.size
         tenant_bytes[entry.tenant] = tenant_bytes.get(entry.tenant, 0) + entry.size
         decision.admit.append(entry.version_id)
-    if used > budget:  # measured bigger than estimated: shrink back under the budget
-        victims = _victims(held, protected, tenant_bytes, need=used - budget, limit=limit, partial=True)
+    target = budget - headroom if budget > 2 * headroom else budget
+    if used > target:  # measured bigger than estimated, or room kept ahead for the next load: shrink
+        victims = _victims(held, protected, tenant_bytes, need=used - target, limit=limit, partial=True)
         for victim in victims or ():
             del held[victim.version_id]
             decision.evict.append(victim.version_id)

@@ -71,3 +71,10 @@ def test_sizes_from_statistics_stub_command_lines_and_estimates() -> None:
     assert _stub_model(args) == "t--m--v1"
     assert _stub_model([b"/usr/bin/python"]) is None
     assert estimate(100, [(1000, 100), (2000, 100), (3000, 100)]) == 2000
+
+
+def test_headroom_evicts_idle_versions_ahead_of_the_next_load() -> None:
+    resident = [_e(1, used=1), _e(2, used=2), _e(3, used=3)]
+    assert decide(resident, [], budget=40, headroom=10).evict == []  # 30 held: 10 free already
+    assert decide(resident, [], budget=35, headroom=10).evict == [1]
+    assert decide(resident, [], budget=30, headroom=20).evict == []  # headroom >= half the budget: ignored

@@ -1,0 +1,269 @@
+"""Residency under a Zipf load: many small models, a budget that holds about 10% of them.
+
+    python -m bench.residency [--models 200] [--tenants 4] [--fraction 0.1] [--clients 16] [--seconds 60]
+
+Starts the control plane with its embedded bundled Triton (SQLite, local artifacts; `bench.stack`),
+registers `--models` tiny Python-backend models spread over `--tenants` tenants (uploads do not load),
+loads one to measure a model's memory (its stub process, as the control plane measures it), sets the
+instance's budget through the instances API to hold `--fraction` of the models, then drives a
+Zipf(`--zipf`) stream of KServe v2 infer requests (explicit version 1) from `--clients` threads for
+`--seconds`. Prints: failed requests; the hit rate the control plane counted (cp_residency_hits /
+misses) next to an ideal LRU of the same capacity simulated offline on the same trace (the requests in
+the order they were sent); cold-start latency (requests the control plane answered after a load,
+told apart by latency: over 10x the p10 latency and over 50 ms) p50/p99 next to Triton's own load time for
+these models (`load_seconds` the control plane measured around each load call); warm p50/p99;
+evictions; and the peak memory of the stub processes sampled every 20 ms next to the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import threading
+import time
+from collections import OrderedDict
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from bench.loadgen import percentile_ms
+from bench.stack import SetupError, control_plane
+from control_plane.residency import sizes
+from tests.support.triton_models import MODEL
+
+SPEC = {
+    "format": "python",
+    "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
+    "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
+    "max_batch_size": 0,
+}
+BODY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}]}
+
+
+def _ok(response: httpx.Response, code: int = 200) -> httpx.Response:
+    if response.status_code != code:
+        raise SetupError(
+            f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
+        )
+    return response
+
+
+def register(
+    admin: httpx.Client, tmp: Path, *, models: int, tenants: int
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(tenant, model) pairs registered with one uploaded version each, and a consumer key per tenant."""
+    keys: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
+    for t in range(tenants):
+        tenant = f"tenant{t}"
+        _ok(admin.post("/v1/tenants", json={"name": tenant}), 201)
+        keys[tenant] = _ok(admin.post(f"/v1/tenants/{tenant}/keys", json={"role": "consumer"}), 201).json()[
+            "key"
+        ]
+    for i in range(models):
+        tenant, name = f"tenant{i % tenants}", f"m{i}"
+        _ok(admin.post(f"/v1/tenants/{tenant}/models", json={"name": name, **SPEC}), 201)
+        source = tmp / f"{name}.py"
+        source.write_text(MODEL.format(init="pass", scale=float(i + 1), offset=0.0))
+        with source.open("rb") as f:
+            _ok(admin.post(f"/v1/tenants/{tenant}/models/{name}/versions", files={"file": f}), 201)
+        pairs.append((tenant, name))
+    return pairs, keys
+
+
+def zipf_weights(n: int, s: float) -> list[float]:
+    """Zipf(s) weights of ranks 1..n."""
+    return [1.0 / (rank**s) for rank in range(1, n + 1)]
+
+
+def ideal_lru_hit_rate(trace: list[int], capacity: int) -> float:
+    """Hit rate of an LRU cache of `capacity` models over `trace`."""
+    cache: OrderedDict[int, None] = OrderedDict()
+    hits = 0
+    for item in trace:
+        if item in cache:
+            hits += 1
+            cache.move_to_end(item)
+        else:
+            cache[item] = None
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+    return hits / len(trace) if trace else float("nan")
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of a metric's samples in a Prometheus text exposition."""
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+class Sampler(threading.Thread):
+    """The stub processes' memory under a Triton, every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, sum(sizes.rss(p) for p in sizes.stubs(self.pid)))
+
+
+def drive(
+    base: str, pairs: list[tuple[str, str]], keys: dict[str, str], *, clients: int, seconds: float, s: float
+) -> list[tuple[float, int, int, int]]:
+    """(start, model index, status, latency ns) of every request, from `clients` threads."""
+    order = list(range(len(pairs)))
+    random.Random(7).shuffle(order)  # which model gets which popularity rank
+    weights = zipf_weights(len(pairs), s)
+    records: list[tuple[float, int, int, int]] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        mine: list[tuple[float, int, int, int]] = []
+        with httpx.Client(base_url=base, timeout=120, trust_env=False) as http:
+            while time.monotonic() < deadline:
+                index = order[rng.choices(range(len(pairs)), weights)[0]]
+                tenant, name = pairs[index]
+                started = time.monotonic()
+                began = time.perf_counter_ns()
+                try:
+                    status = http.post(
+                        f"/v2/models/{name}/versions/1/infer",
+                        json=BODY,
+                        headers={"Authorization": f"Bearer {keys[tenant]}"},
+                    ).status_code
+                except httpx.HTTPError:
+                    status = 0
+                mine.append((started, index, status, time.perf_counter_ns() - began))
+        with lock:
+            records.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(records)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--tenants", type=int, default=4)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--zipf", type=float, default=1.1)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("CP_COLD_START_WAIT_S", "60")
+    # Room for one model (~37 MiB) kept free, so a cold load need not wait for an eviction.
+    os.environ.setdefault("CP_RESIDENCY_HEADROOM_BYTES", str(40 * 2**20))
+    with ExitStack() as stack:
+        cp = stack.enter_context(control_plane(grpc=False))
+        admin = cp.admin
+        t0 = time.monotonic()
+        pairs, keys = register(admin, cp.tmp, models=args.models, tenants=args.tenants)
+        print(f"registered {len(pairs)} models for {args.tenants} tenants in {time.monotonic() - t0:.1f} s")
+        tenant, name = pairs[0]
+        first = _ok(admin.post(f"/v1/tenants/{tenant}/models/{name}/versions/1/load", timeout=120)).json()
+        size = int(first["memory_bytes"] or 0)
+        if not size:
+            raise SetupError(f"the first model's memory was not measured: {first}")
+        capacity = max(1, round(args.models * args.fraction))
+        budget = int(size * (capacity + 0.5))
+        instance = admin.get("/v1/instances").json()[0]["name"]
+        _ok(admin.put(f"/v1/instances/{instance}", json={"memory_budget_bytes": budget}))
+        print(
+            f"one model: {size / 2**20:.1f} MiB (stub RSS); "
+            f"budget {budget / 2**20:.0f} MiB = {capacity} models"
+        )
+        before = admin.get("/metrics").text
+        sampler = Sampler(cp.triton_pid)
+        sampler.start()
+        records = drive(
+            f"http://127.0.0.1:{cp.cp_port}",
+            pairs,
+            keys,
+            clients=args.clients,
+            seconds=args.seconds,
+            s=args.zipf,
+        )
+        sampler.stop.set()
+        sampler.join()
+        after = admin.get("/metrics").text
+        loads = _load_seconds(admin, pairs)
+        report(args, records, before, after, loads, capacity, budget, sampler.peak, size)
+    return 0
+
+
+def _load_seconds(admin: httpx.Client, pairs: list[tuple[str, str]]) -> list[float]:
+    found = []
+    for tenant, name in pairs:
+        detail = admin.get(f"/v1/tenants/{tenant}/models/{name}/versions/1").json()
+        if detail.get("load_seconds"):
+            found.append(float(detail["load_seconds"]))
+    return sorted(found)
+
+
+def report(
+    args: argparse.Namespace,
+    records: list[tuple[float, int, int, int]],
+    before: str,
+    after: str,
+    loads: list[float],
+    capacity: int,
+    budget: int,
+    peak: int,
+    size: int,
+) -> None:
+    """Print the figures (see the module docstring)."""
+    failed = [r for r in records if r[2] != 200]
+    hits = metric(after, "cp_residency_hits_total") - metric(before, "cp_residency_hits_total")
+    misses = metric(after, "cp_residency_misses_total") - metric(before, "cp_residency_misses_total")
+    evictions = metric(after, "cp_residency_evictions_total") - metric(before, "cp_residency_evictions_total")
+    trace = [r[1] for r in records]
+    ok_ns = sorted(r[3] for r in records if r[2] == 200)
+    fastest_ns = ok_ns[len(ok_ns) // 10] if ok_ns else 0  # p10: a warm request whatever the miss rate
+    threshold = max(50_000_000, 10 * fastest_ns)
+    cold = sorted(r[3] for r in records if r[2] == 200 and r[3] > threshold)
+    warm = sorted(r[3] for r in records if r[2] == 200 and r[3] <= threshold)
+    raw = sorted(int(s * 1e9) for s in loads)
+    print(
+        f"requests: {len(records)} in {args.seconds:.0f} s from {args.clients} clients, Zipf({args.zipf}) "
+        f"over {args.models} models ({len(set(trace))} distinct requested)"
+    )
+    print(
+        f"failed requests: {len(failed)}"
+        + (f" (statuses {sorted({r[2] for r in failed})})" if failed else "")
+    )
+    measured = hits / (hits + misses) if hits + misses else float("nan")
+    print(
+        f"hit rate: {measured:.1%} (control plane: {hits:.0f} hits, {misses:.0f} misses); "
+        f"ideal LRU of {capacity} models on the same trace: {ideal_lru_hit_rate(trace, capacity):.1%}"
+    )
+    print(
+        f"cold start: p50 {percentile_ms(cold, 50):.0f} ms, p99 {percentile_ms(cold, 99):.0f} ms "
+        f"({len(cold)} requests over {threshold / 1e6:.0f} ms); Triton's own load time for these models: "
+        f"p50 {percentile_ms(raw, 50):.0f} ms, p99 {percentile_ms(raw, 99):.0f} ms ({len(raw)} models loaded)"
+    )
+    print(
+        f"warm: p50 {percentile_ms(warm, 50):.1f} ms, p99 {percentile_ms(warm, 99):.1f} ms "
+        f"({len(warm)} requests)"
+    )
+    print(f"evictions: {evictions:.0f}")
+    print(
+        f"peak resident (stub RSS, sampled every 20 ms): {peak / 2**20:.0f} MiB "
+        f"of a {budget / 2**20:.0f} MiB "
+        f"budget ({'within' if peak <= budget else 'ABOVE'}; one model {size / 2**20:.1f} MiB)"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
