@@ -115,14 +115,14 @@ def print_cpu_per_request(results: Results, roles: Sequence[str]) -> None:
             print(f"{concurrency:>5} {mode:>7}{values} {modes[mode].avg_batch:>17.2f}")
 
 
-def print_contention(results: Results, *, threshold: float = 25.0) -> None:
-    """Warn when processes outside the benchmark used noticeable CPU during the measured windows."""
+def print_contention(results: Results, *, threshold: float = 25.0, role: str = "other") -> None:
+    """Warn when processes outside the benchmark (`role`) used noticeable CPU in the measured windows."""
     runs = [agg for modes in results.values() for agg in modes.values()]
-    busy = sum(agg.cpu_s.get("other", 0.0) for agg in runs)
+    busy = sum(agg.cpu_s.get(role, 0.0) for agg in runs)
     elapsed = sum(agg.elapsed_s for agg in runs)
     share = 100 * busy / elapsed if elapsed else 0.0
     if share > threshold:
-        print(f"WARNING: other processes used {share:.0f}% of a core on average: figures are contended")
+        print(f"WARNING: {role} used {share:.0f}% of a core on average: figures are contended")
 
 
 def ratio(results: Results, concurrency: int) -> float:

@@ -274,6 +274,13 @@ class _Lane:
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self._headers: dict[bytes, bytes] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the lane runs on (asyncio.get_running_loop() costs a getpid() syscall per call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def request_headers(self, path: bytes) -> bytes:
         """The header block of a call to `path` (cached: literals without indexing never change)."""
@@ -293,7 +300,7 @@ class _Lane:
 
     def start(self, path: bytes, message: bytes, *, timeout_s: float, callback: Callback) -> _Call:
         """Call `path` with one request message; `callback(answer, None)` or `callback(None, exc)` once."""
-        loop = asyncio.get_running_loop()
+        loop = self._event_loop()
         data = b"\x00" + len(message).to_bytes(4, "big") + message
         call = _Call(self.request_headers(path), data, loop.time() + timeout_s, callback)
         self.start_call(call)
@@ -304,14 +311,14 @@ class _Lane:
             call.finish(None, PoolClosed("the pool was closed"))
             return
         if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(SWEEP_EVERY_S, self._check_deadlines)
+            self._sweep = self._event_loop().call_later(SWEEP_EVERY_S, self._check_deadlines)
         connection = self._connection
         if connection is not None and connection.usable:
             connection.start(call)
             return
         if self._connecting is None:
             self._connecting = []
-            self._task = asyncio.get_running_loop().create_task(self._open())
+            self._task = self._event_loop().create_task(self._open())
         self._connecting.append(call)
 
     def cancel(self, call: _Call, exc: BaseException) -> None:
@@ -325,7 +332,7 @@ class _Lane:
         call.finish(None, exc)
 
     async def _open(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._event_loop()
         error: BaseException | None = None
         connection: _Connection | None = None
         try:
@@ -353,7 +360,7 @@ class _Lane:
 
     def _check_deadlines(self) -> None:
         self._sweep = None
-        now = asyncio.get_running_loop().time()
+        now = self._event_loop().time()
         connection = self._connection
         pending = list(connection.calls.values()) + list(connection.waiting) if connection else []
         pending += self._connecting or []
@@ -365,7 +372,7 @@ class _Lane:
                     self._connecting.remove(call)
                 call.finish(None, TimeoutError())
         if pending:
-            self._sweep = asyncio.get_running_loop().call_later(SWEEP_EVERY_S, self._check_deadlines)
+            self._sweep = self._event_loop().call_later(SWEEP_EVERY_S, self._check_deadlines)
 
     def close(self) -> None:
         """Close the connection; calls in flight fail with PoolClosed."""
