@@ -34,6 +34,7 @@ from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.dataplane.upstream import Upstream
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.keys.secrets import generate
+from control_plane.residency.manager import Residency
 from control_plane.routing.router import Router
 from control_plane.routing.table import AliasTarget, KeyEntry, ModelTarget, RoutingTable, VersionTarget
 from control_plane.settings import Settings
@@ -121,6 +122,7 @@ def _state(key: str, key_prefix: str, key_hash: str) -> AppState:
         key_usage=SimpleNamespace(touch=lambda key_id: None),
         limits=TenantLimits(rate_per_s=1e9, burst=1_000_000, max_concurrency=1000),
         inflight=Counter(),
+        residency=_resident(TRITON_NAME),
         metrics=DataPlaneMetrics(),
         upstream=Upstream([endpoint], timeout_s=30),
         shadow=None,
@@ -131,6 +133,13 @@ def _state(key: str, key_prefix: str, key_hash: str) -> AppState:
         ),
     )
     return cast(AppState, state)
+
+
+def _resident(triton_name: str) -> Residency:
+    """Residency with the version loaded (the hot path's case: a set lookup)."""
+    residency = Residency(session_factory=None, inflight=Counter())
+    residency.resident = frozenset({triton_name})
+    return residency
 
 
 async def _run(requests: int, repeat: int) -> list[float]:

@@ -298,7 +298,9 @@ class Residency(ResidencyHooks):
         if pid is None:
             return None
         found = sizes.stub_bytes(pid, name)
-        return sizes.Measured(found, "stub") if found > 0 else None
+        # A stub grows by a few percent after its first inference (numpy's buffers): counted with a
+        # margin here, and the loop takes the larger of this and what the stubs hold at each pass.
+        return sizes.Measured(int(found * sizes.STUB_MARGIN), "stub") if found > 0 else None
 
     def load_failed(self, version_id: int, message: str) -> None:
         """A version that never loaded anywhere and fails its first load is `failed` (its requests get

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 PROC = Path("/proc")
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")  # noqa: S104 - a name, not a bind
+STUB_MARGIN = 1.05  # a stub measured right after its load grows by a few percent once it serves
 DEFAULT_ESTIMATE = 128 * 1024**2  # a Python-backend stub with numpy and a framework, before any measurement
 
 

@@ -24,7 +24,7 @@ def upgrade() -> None:
     with op.batch_alter_table("model_versions") as batch:
         batch.add_column(sa.Column("memory_bytes", BigId, nullable=True))
         batch.add_column(sa.Column("memory_source", sa.String(length=16), nullable=True))
-        batch.add_column(sa.Column("load_seconds", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("load_seconds", sa.Double(), nullable=True))
         batch.add_column(sa.Column("memory_unreturned_bytes", BigId, nullable=True))
     with op.batch_alter_table("models") as batch:
         batch.add_column(sa.Column("pinned_aliases", JSONType, nullable=True))
