@@ -41,12 +41,23 @@ Callback = Callable[[GrpcAnswer | None, BaseException | None], None]
 
 
 class _Call:
-    __slots__ = ("answered", "callback", "chunks", "data", "deadline", "done", "headers", "lane", "stream_id")
+    __slots__ = (
+        "answered",
+        "callback",
+        "chunks",
+        "data",
+        "deadline",
+        "done",
+        "headers",
+        "lane",
+        "stream_id",
+        "unacked",
+    )
 
     def __init__(self, headers: bytes, data: bytes, deadline: float, callback: Callback):
         self.headers, self.data, self.deadline, self.callback = headers, data, deadline, callback
         self.chunks: list[bytes] = []
-        self.stream_id = 0
+        self.stream_id = self.unacked = 0
         self.answered = self.done = False
         self.lane: _Lane | None = None
 
@@ -148,9 +159,10 @@ class _Connection(H2Connection):
             return
         call.answered = True
         call.chunks.append(h2.strip_padding(flags, payload))
-        size = sum(len(c) for c in call.chunks) if len(call.chunks) > 1 else len(payload)
-        if size >= WINDOW // 2 and not flags & h2.END_STREAM:  # a big answer: keep its window open
-            self.send(h2.window_update(stream_id, size))
+        call.unacked += len(payload)
+        if call.unacked >= WINDOW // 2 and not flags & h2.END_STREAM:  # a big answer: keep its window open
+            self.send(h2.window_update(stream_id, call.unacked))
+            call.unacked = 0
         if flags & h2.END_STREAM:  # data without trailers: not a proper gRPC answer
             self._end(call, {})
 
