@@ -165,7 +165,8 @@ class GrpcProxy:
         def done(outcome: Outcome) -> None:
             if isinstance(outcome, GrpcAnswer) and outcome.number == 0:
                 try:
-                    response = _rewrite_response(outcome.payload, ex.resolved)  # type: ignore[arg-type]
+                    assert ex.resolved is not None
+                    response = _rewrite_response(outcome.payload, ex.resolved)
                 except Exception as exc:  # an answer we cannot read
                     log.warning("unreadable ModelInfer answer from Triton: %s", exc)
                     self._finish(
@@ -187,7 +188,8 @@ class GrpcProxy:
 
         try:
             request = self._admit(ex, message)
-            start_forward(state, ex, send=self._sender(call, ex.resolved, request, timeout), done=done)  # type: ignore[arg-type]
+            assert ex.resolved is not None
+            start_forward(state, ex, send=self._sender(call, ex.resolved, request, timeout), done=done)
         except Exception as exc:
             self._finish(connection, call, ex, exc)
 

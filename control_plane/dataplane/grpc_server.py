@@ -298,7 +298,7 @@ class GrpcServerConnection(H2Connection):
             )
             self._refuse(call, StatusError(RESOURCE_EXHAUSTED, message))
         else:
-            call.headers = dict(headers)  # type: ignore[arg-type]
+            call.headers = dict(headers)
             call.path = call.headers.get(b":path", b"")
             if call.headers.get(b":method") != b"POST" or not call.headers.get(
                 b"content-type", b""
