@@ -252,7 +252,8 @@ def test_keep_warm_never_reclaims_a_version_loaded_again_since_its_release(
         version_id = version.id
     janitor = api.state.janitor
     assert janitor is not None
-    assert janitor.sweep() == []  # a rollback on its way to it must not lose it to the janitor
+    # The session database is shared with other tests: look only at this version.
+    assert version_id not in janitor.sweep()  # a rollback on its way to it must not lose it to the janitor
     with transaction(api.state.session_factory) as session:
         session.get_one(ModelVersion, version_id).updated_at = long_ago
-    assert janitor.sweep() == [version_id]
+    assert version_id in janitor.sweep()

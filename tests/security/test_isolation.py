@@ -79,6 +79,7 @@ BODIES: dict[str, Any] = {
     "promote": {"json": {"version": 2}},
     "update_model": {"json": {"instance_group": {"count": 1}}},
     "redeploy_version": {},
+    "load_version": {},
     "rollback": {"json": {}},
     "set_traffic": {"json": {"routes": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]}},
     "create_instance": {"json": {"name": f"iso-{RUN}", "http_url": "http://127.0.0.1:9"}},
