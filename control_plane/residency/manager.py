@@ -143,14 +143,23 @@ class Residency(ResidencyHooks):
         if name in self.resident:
             self._demand(name, True)  # desired here again, should it be on its way out
             return "ready"
-        waiter = _Waiter(done, time.perf_counter(), None)
-        self._wait(name, waiter, explicit=True)
-        if not event.wait(self.reconciler_load_timeout()):
-            self._drop(name, waiter)
-        with self.session_factory() as session:
-            state = session.scalar(select(ModelVersion.state).where(ModelVersion.id == version_id))
-        if outcome and outcome[0] is None:
-            return "ready"
+        deadline = time.monotonic() + self.reconciler_load_timeout()
+        explicit, state = True, None
+        while True:
+            event.clear()
+            waiter = _Waiter(done, time.perf_counter(), None)
+            self._wait(name, waiter, explicit=explicit)
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                self._drop(name, waiter)
+            if outcome and outcome[-1] is None:
+                return "ready"
+            with self.session_factory() as session:
+                state = session.scalar(select(ModelVersion.state).where(ModelVersion.id == version_id))
+            # Settled with an error by a routing table from before this load asked for it (the version
+            # still `failed` there) while the load is on its way: wait for the load's own outcome.
+            if not outcome or state != "ready" or name in self.resident or time.monotonic() >= deadline:
+                break
+            explicit = False
         return "failed" if state == "failed" else (state or "retired") if state != "ready" else "loading"
 
     def reconciler_load_timeout(self) -> float:

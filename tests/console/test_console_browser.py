@@ -49,6 +49,10 @@ def sign_in(driver: webdriver.Chrome, url: str, key: str) -> None:
     field = wait_css(driver, "#key")
     field.send_keys(key)
     driver.find_element(By.ID, "sign-in").click()
+    # The form's answer (the next page, or the refusal) must be in before the test navigates elsewhere.
+    WebDriverWait(driver, 10).until(
+        lambda d: "/console/login" not in d.current_url or d.find_elements(By.CSS_SELECTOR, ".error, #error")
+    )
 
 
 def sign_out(driver: webdriver.Chrome) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from minio import Minio
 
+from control_plane.db import migrate
 from control_plane.modelrepo import build_model_repository
 from tests.appfixtures import bucket_objects
 from tests.fixtures_triton import S3_ENV, StartTriton
@@ -17,13 +18,22 @@ from tests.support.api import infer_direct
 
 
 def test_onnx_version_served_from_an_s3_repository(
-    make_api, make_settings, start_triton: StartTriton, minio_client: Minio, s3_endpoint: str, tmp_path: Path
+    make_api,
+    make_settings,
+    create_database,
+    start_triton: StartTriton,
+    minio_client: Minio,
+    s3_endpoint: str,
+    tmp_path: Path,
 ) -> None:
     bucket = f"repo-{uuid.uuid4().hex[:12]}"
     location = f"s3://{s3_endpoint}/{bucket}/triton"
     build_model_repository(make_settings(model_repository=location))  # bucket + prefix, before Triton starts
     triton = start_triton(repository=location, env=S3_ENV)
-    api = make_api(model_repository=location, triton_urls=[triton.http_url])
+    # Its own registry: the session database's other versions would be placed on this Triton too.
+    database_url = create_database()
+    migrate.upgrade(database_url)
+    api = make_api(database_url=database_url, model_repository=location, triton_urls=[triton.http_url])
     tenant = api.tenant()
     assert api.create_model(tenant, name="m", format="onnx").status_code == 201
     artifact = model_files.onnx_mlp(tmp_path / "m.onnx")
