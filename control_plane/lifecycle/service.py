@@ -13,6 +13,7 @@ from control_plane.auth.context import RequestContext
 from control_plane.db import hooks
 from control_plane.db.models import Alias, AliasHistory, AliasRoute, Model, ModelVersion, Tenant
 from control_plane.db.session import transaction
+from control_plane.fleet import repository as fleet_repository
 from control_plane.lifecycle.schemas import AliasMove, HistoryEntry
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
@@ -185,6 +186,9 @@ def _refuse(state: AppState, *, ctx: RequestContext, version: ModelVersion, targ
     """Write the failed attempt's audit event in its own transaction, then refuse."""
     detail = version.state_message or version.state
     with transaction(state.session_factory) as own:
+        if version.state == "ready":  # the load failed but the registry still calls it servable: say why
+            failures = [p.message for p in fleet_repository.placements_of(own, version.id) if p.message]
+            detail = failures[0] if failures else "its load did not finish"
         tenant, _, rest = target.partition("/")
         audit.record(
             own,
@@ -198,7 +202,8 @@ def _refuse(state: AppState, *, ctx: RequestContext, version: ModelVersion, targ
             request_id=ctx.request_id,
             before={"error": detail[:1000]},
         )
-    raise VersionConflict(f"version {version.version} cannot serve: it is {version.state} ({detail})")
+    status = "failed" if version.state == "ready" else version.state
+    raise VersionConflict(f"version {version.version} cannot serve: it is {status} ({detail})")
 
 
 def switch(
