@@ -23,7 +23,7 @@ import random
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -111,6 +111,9 @@ class Sampler(threading.Thread):
             self.peak = max(self.peak, sum(sizes.rss(p) for p in sizes.stubs(self.pid)))
 
 
+reasons: Counter[str] = Counter()  # what failed requests were told, and how often
+
+
 def drive(
     base: str, pairs: list[tuple[str, str]], keys: dict[str, str], *, clients: int, seconds: float, s: float
 ) -> list[tuple[float, int, int, int]]:
@@ -120,6 +123,7 @@ def drive(
     weights = zipf_weights(len(pairs), s)
     records: list[tuple[float, int, int, int]] = []
     lock = threading.Lock()
+    reasons.clear()
     deadline = time.monotonic() + seconds
 
     def client(seed: int) -> None:
@@ -132,13 +136,17 @@ def drive(
                 started = time.monotonic()
                 began = time.perf_counter_ns()
                 try:
-                    status = http.post(
+                    response = http.post(
                         f"/v2/models/{name}/versions/1/infer",
                         json=BODY,
                         headers={"Authorization": f"Bearer {keys[tenant]}"},
-                    ).status_code
-                except httpx.HTTPError:
+                    )
+                    status = response.status_code
+                    if status != 200:
+                        reasons[f"{status} {name}: {response.text[:200]}"] += 1
+                except httpx.HTTPError as exc:
                     status = 0
+                    reasons[f"{name}: {exc!r}"] += 1
                 mine.append((started, index, status, time.perf_counter_ns() - began))
         with lock:
             records.extend(mine)
@@ -243,6 +251,8 @@ def report(
         f"failed requests: {len(failed)}"
         + (f" (statuses {sorted({r[2] for r in failed})})" if failed else "")
     )
+    for reason, count in reasons.most_common(5):
+        print(f"  {count} x {reason}")
     measured = hits / (hits + misses) if hits + misses else float("nan")
     print(
         f"hit rate: {measured:.1%} (control plane: {hits:.0f} hits, {misses:.0f} misses); "

@@ -104,7 +104,8 @@ def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path, 
 
 @contextmanager
 def control_plane(*, ready_timeout: float = 180.0, grpc: bool = False) -> Iterator[Stack]:
-    """Migrate a fresh SQLite registry, serve the control plane with embedded Triton, tear all down."""
+    """Migrate a fresh SQLite registry, serve the control plane with embedded Triton, tear all down
+    (`BENCH_KEEP_LOG=path` keeps the control plane's log)."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     token = secrets.token_urlsafe(24)
     port = procs.free_port()
@@ -149,6 +150,9 @@ def control_plane(*, ready_timeout: float = 180.0, grpc: bool = False) -> Iterat
             if proc is not None:
                 _teardown(proc, triton_pids)
         finally:
+            kept = os.environ.get("BENCH_KEEP_LOG")  # a path: the control plane's log is copied there
+            if kept and (tmp / "control-plane.log").exists():
+                shutil.copyfile(tmp / "control-plane.log", kept)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -82,6 +82,7 @@ def build_state(settings: Settings) -> AppState:
         inflight=inflight,
         wait_s=settings.cold_start_wait_s,
         eviction_grace_s=settings.eviction_grace_s,
+        end_stubs=settings.residency_end_stubs,
     )
     router.listeners.append(residency.on_table)  # after the upstream's: routes first, then waiters
     register_residency_metrics(metrics.registry, residency.stats)
@@ -166,6 +167,7 @@ def _start_reconciler(state: AppState) -> None:
         interval_s=settings.reconcile_interval_s,
         local={EMBEDDED} if state.supervisor is not None else (),
         backoff_max_s=settings.reconcile_backoff_max_s,
+        loads_per_instance=settings.reconcile_loads_per_instance,
         default_replicas=settings.default_replicas,
         move_after_s=settings.placement_move_after_s,
         unload_grace_s=settings.unload_grace_s,

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
 
     reconcile_interval_s: float = 5.0  # period of the reconcile loop (also run at start, after restarts)
     reconcile_backoff_max_s: float = 60.0  # a failing load is retried after 1 s, doubling up to this
+    # Loads the loop runs at once on one instance (Triton's own --model-load-thread-count is 4).
+    reconcile_loads_per_instance: int = Field(4, ge=1, le=64)
     # Fleet: instances per model by default; how long an unavailable instance keeps its placements
     # before they move elsewhere; how long a moved version stays loaded after routes stopped using it;
     # how soon a lost leader's lock passes to another replica (besides a dead process, at once).
@@ -100,6 +102,9 @@ class Settings(BaseSettings):
     cold_start_wait_s: float = Field(30.0, gt=0)
     eviction_grace_s: float = Field(0.2, ge=0)
     residency_headroom_bytes: int = Field(0, ge=0)  # kept free ahead of the next load (if < budget / 2)
+    # An evicted Python-backend version's stubs (local Tritons) are ended once Triton has unloaded it,
+    # rather than a second later after Triton's fixed health-check sleep: its memory returns at once.
+    residency_end_stubs: bool = True
     load_on_upload: bool = False
     keep_warm_s: float = 600.0  # how long a replaced version stays loaded (instant rollback)
     janitor_interval_s: float = 10.0

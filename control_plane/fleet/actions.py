@@ -1,10 +1,12 @@
 """What the reconcile loop does to one instance: loads, unloads and the observed state it records.
 
-Loads and unloads run on a small worker pool per instance (one slow Triton never holds up another),
-single-flight per (instance, version), holding the loader's per-model lock; a failed load backs
-off. A version that is still served elsewhere is unloaded make-before-break: only once it is ready
-on another instance that should hold it, marked `unloading` first (routes stop sending it there)
-and unloaded `unload_grace_s` later, so requests already on their way still find it.
+Loads run on a small worker pool per instance (one slow Triton never holds up another), unloads and
+evictions on another (an eviction waits for the memory to come back, a second or more for a Python
+backend, and must not hold up the loads it makes room for); all are single-flight per (instance,
+version), holding the loader's per-model lock; a failed load backs off. A version that is still
+served elsewhere is unloaded make-before-break: only once it is ready on another instance that should
+hold it, marked `unloading` first (routes stop sending it there) and unloaded `unload_grace_s` later,
+so requests already on their way still find it.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Actions:
         backoff: Backoff,
         loads_per_instance: int,
         unload_grace_s: float,
+        unloads_per_instance: int = 8,
     ) -> None:
         self.session_factory = session_factory
         self.loader = loader
@@ -81,7 +84,8 @@ class Actions:
         self.backoff = backoff
         self.unload_grace_s = unload_grace_s
         self._loads_per_instance = loads_per_instance
-        self._workers: dict[str, ThreadPoolExecutor] = {}
+        self._unloads_per_instance = unloads_per_instance
+        self._workers: dict[tuple[str, bool], ThreadPoolExecutor] = {}  # (instance, loads?) -> pool
         self._inflight: dict[Key, Future[None]] = {}
         self._loads: set[Key] = set()  # keys of _inflight that are loads
         self.residency: ResidencyHooks = ResidencyHooks()
@@ -169,10 +173,11 @@ class Actions:
         with self._lock:
             if key in self._inflight or self._stopped or (loading and not self.backoff.due(key)):
                 return
-            pool = self._workers.get(endpoint.name)
+            pool = self._workers.get((endpoint.name, loading))
             if pool is None:
-                pool = self._workers[endpoint.name] = ThreadPoolExecutor(
-                    max_workers=self._loads_per_instance, thread_name_prefix=f"cp-reconcile-{endpoint.name}"
+                pool = self._workers[(endpoint.name, loading)] = ThreadPoolExecutor(
+                    max_workers=self._loads_per_instance if loading else self._unloads_per_instance,
+                    thread_name_prefix=f"cp-{'load' if loading else 'unload'}-{endpoint.name}",
                 )
             task = pool.submit(action, endpoint, name, version_id)
             self._inflight[key] = task

@@ -29,6 +29,7 @@ from control_plane.residency.policy import Entry, decide
 
 log = logging.getLogger(__name__)
 PRESENT = ("READY", "LOADING")
+_LINGERING = -1  # the policy's entry for processes of versions already unloaded
 
 
 @dataclass
@@ -160,6 +161,12 @@ class Budgets:
             for v in incoming.values()
             if v in facts
         ]
+        # Processes of versions no longer in Triton's index (a Python-backend stub outlives its unload
+        # by a second or more) still hold memory: counted, never a victim, until they have exited.
+        known = {*present, *incoming}
+        lingering = sum(b for n, b in live.items() if n not in known)
+        if lingering:
+            resident.append(Entry(_LINGERING, "", lingering, busy=True))
         used = sum(e.size for e in resident)
         if used + sum(e.size for e in arrivals) > budget:
             resident = self._with_triton_recency(endpoint, resident, facts)
@@ -195,7 +202,7 @@ class Budgets:
             want.pop(names[version_id], None)
         plan.waiting = [names[v] for v in decision.wait]
         sizes_now = {e.version_id: e.size for e in [*resident, *arrivals]}
-        plan.used = sum(sizes_now[v] for v in present.values() if v in sizes_now)
+        plan.used = sum(sizes_now[v] for v in present.values() if v in sizes_now) + lingering
         self.stats.instance(
             endpoint.name,
             versions=len(present),
@@ -234,8 +241,8 @@ class Budgets:
             return resident
         merged = []
         for entry in resident:
-            name = facts[entry.version_id].triton_name
-            seen = last.get(name, 0.0)
+            fact = facts.get(entry.version_id)
+            seen = 0.0 if fact is None else last.get(fact.triton_name, 0.0)
             merged.append(entry if seen <= entry.last_used else _replace_used(entry, seen))
         return merged
 

@@ -72,12 +72,14 @@ class Residency(ResidencyHooks):
         wait_s: float = 30.0,
         eviction_grace_s: float = 0.2,
         flush_s: float = 1.0,
+        end_stubs: bool = True,
     ) -> None:
         self.session_factory = session_factory
         self.inflight = inflight
         self.wait_s = wait_s
         self.eviction_grace_s = eviction_grace_s
         self.flush_s = flush_s
+        self.end_stubs = end_stubs  # end an evicted version's stubs at once (see sizes.end_stubs)
         self.stats = ResidencyStats()
         self.resident: frozenset[str] | set[str] = frozenset()  # hot path: read-only there
         self.used: dict[str, float] = {}  # hot path: Triton model name -> time.perf_counter() of last use
@@ -274,8 +276,9 @@ class Residency(ResidencyHooks):
     # --- the reconcile loop's hooks (leader) ------------------------------------------------------
 
     def busy(self, name: str) -> bool:
-        """Whether this process has requests to `name` in flight."""
-        return self.inflight.get(name, 0) > 0
+        """Whether this process has requests to `name` in flight, or waiting for it to be resident
+        (a version on its way out that requests wait for is kept: they asked for it again)."""
+        return self.inflight.get(name, 0) > 0 or bool(self._waiters.get(name))
 
     def loaded(self, endpoint: TritonEndpoint, name: str, version_id: int, seconds: float) -> None:
         """Measure a version just loaded and record its memory and load time."""
@@ -333,9 +336,15 @@ class Residency(ResidencyHooks):
         return found
 
     def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
-        """Triton's own memory and the version's stubs', when Triton runs here."""
+        """Triton's own memory and the version's stubs', when Triton runs here; then, with `end_stubs`,
+        end the stubs (the unload follows at once; see `sizes.end_stubs` for why before it)."""
         pid = self._pid(endpoint)
-        return None if pid is None else (sizes.rss(pid), sizes.stub_bytes(pid, name))
+        if pid is None:
+            return None
+        before = (sizes.rss(pid), sizes.stub_bytes(pid, name))
+        if self.end_stubs:
+            sizes.end_stubs(pid, name)
+        return before
 
     def evicted(
         self, endpoint: TritonEndpoint, name: str, version_id: int, before: tuple[int, int] | None
@@ -417,6 +426,17 @@ class Residency(ResidencyHooks):
                 self.flush()
             except Exception:
                 log.exception("recording last uses failed; retrying")
+            self.renew()
+
+    def renew(self) -> None:
+        """Ask again for the versions requests here have waited for since before the last flush: a
+        leader elsewhere (which does not see these requests) may have evicted one after it was asked for.
+        Asking is idempotent: a version already placed stays as it is."""
+        stale = time.perf_counter() - self.flush_s
+        with self._lock:
+            names = [n for n, ws in self._waiters.items() if ws and min(w.started for w in ws) < stale]
+        for name in names:
+            self._pool.submit(self._demand, name, False)
 
     def flush(self) -> None:
         """Write the last uses since the previous flush."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,32 @@ def _stub_model(args: list[bytes]) -> str | None:
         if match is not None:
             return match.group("name").decode(errors="replace")
     return None
+
+
+def end_stubs(triton_pid: int, name: str) -> int:
+    """End the stub processes of Triton model `name` (already unloaded) at once: Triton's Python backend
+    checks a stub's health with a fixed one-second sleep before it finalizes it, so an unloaded version's
+    memory would come back a second or more later. Each stub is opened as a pidfd and checked to still
+    be that model's stub before it is signalled, so a PID reused meanwhile is never hit. How many ended."""
+    ended = 0
+    for pid, model in stubs(triton_pid).items():
+        if model != name:
+            continue
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone already
+        try:
+            stat = (PROC / str(pid) / "stat").read_text()
+            args = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+            if int(stat.rsplit(")", 1)[1].split()[1]) == triton_pid and _stub_model(args) == name:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                ended += 1
+        except (OSError, ValueError, IndexError):
+            pass  # exited meanwhile
+        finally:
+            os.close(fd)
+    return ended
 
 
 def rss(pid: int) -> int:

@@ -204,6 +204,51 @@ def test_five_models_in_a_budget_of_three_lru_inflight_and_pinned(stack: Stack) 
     assert instance["pinned_over_budget_bytes"] == 0
 
 
+def test_evictions_end_the_stubs_and_leave_no_process_or_shared_memory_behind(stack: Stack) -> None:
+    """An eviction ends the version's stubs just before Triton unloads it (their memory returns at
+    once, not after Triton's one-second health check): Triton still finalizes each instance cleanly,
+    reaps its stub and removes its shared memory, and the evicted versions load again."""
+    evicted_before = _evictions(stack)
+    for _ in range(2):
+        for name in ("m0", "m3", "m4", "m0", "m4", "m3"):
+            assert stack.infer(name).status_code == 200
+    assert _evictions(stack) - evicted_before >= 3
+    deadline = time.monotonic() + 10
+    while True:  # Triton reaps an ended stub after its health check (a second)
+        children = _children(stack.pid)
+        regions = list(Path("/dev/shm").glob(f"{stack.triton.process.shm_prefix}*"))
+        stubs = sizes.stubs(stack.pid)
+        if "Z" not in children.values() and len(regions) == len(stubs) == len(stack.loaded()):
+            break
+        assert time.monotonic() < deadline, f"left behind: {children}, {len(regions)} regions, {stubs}"
+        time.sleep(0.1)
+    states = {m["name"]: m.get("state") for m in stack.triton.client.repository_index()}
+    assert all(state in ("READY", "UNAVAILABLE") for state in states.values()), states
+
+
+def _children(pid: int) -> dict[int, str]:
+    """PID -> state letter of the processes whose parent is `pid`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            found[int(entry.name)] = fields[0]
+    return found
+
+
+def _evictions(stack: Stack) -> float:
+    metrics = stack.api.client.get("/metrics", headers=stack.api.headers()).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("cp_residency_evictions_total")
+    )
+
+
 def test_twenty_concurrent_first_requests_cause_exactly_one_load(stack: Stack) -> None:
     cold = sorted(set(MODELS) - stack.loaded() - {"m2"})[0]
     before = stack.loads()
