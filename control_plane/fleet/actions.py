@@ -55,7 +55,8 @@ class ResidencyHooks:
         return False
 
     def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
-        """Memory before an eviction: (Triton's own, the version's) bytes; None: cannot be measured."""
+        """Right before an eviction's unload: (Triton's own, the version's) bytes, None if they cannot be
+        measured; it may also end the version's processes (residency's `end_stubs`)."""
         return None
 
     def evicted(

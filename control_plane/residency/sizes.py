@@ -139,10 +139,14 @@ def _stub_model(args: list[bytes]) -> str | None:
 
 
 def end_stubs(triton_pid: int, name: str) -> int:
-    """End the stub processes of Triton model `name` (already unloaded) at once: Triton's Python backend
-    checks a stub's health with a fixed one-second sleep before it finalizes it, so an unloaded version's
-    memory would come back a second or more later. Each stub is opened as a pidfd and checked to still
-    be that model's stub before it is signalled, so a PID reused meanwhile is never hit. How many ended."""
+    """End the stub processes of Triton model `name`, right before the caller unloads it (no request in
+    flight, routes no longer send to it). Triton's Python backend finalizes an unloaded instance after a
+    fixed one-second health check (`StubLauncher::UpdateHealth`), so its memory would come back a
+    second or more later; a stub already gone fails that check and Triton reaps it and removes its shared
+    memory at once. Ending it after the unload instead can race that check (the stub reported healthy,
+    then died before answering the finalize request) and leave Triton waiting forever. Each stub is
+    opened as a pidfd and checked to still be that model's stub under that Triton before it is
+    signalled, so a PID reused meanwhile is never hit. How many were ended."""
     ended = 0
     for pid, model in stubs(triton_pid).items():
         if model != name:
