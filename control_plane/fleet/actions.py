@@ -54,6 +54,9 @@ class ResidencyHooks:
         """Whether requests to `name` are in flight (never evict it then)."""
         return False
 
+    def leaving(self, instance: str, name: str) -> None:
+        """An eviction of `name` from `instance` starts (its routes are being withdrawn)."""
+
     def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
         """Right before an eviction's unload: (Triton's own, the version's) bytes, None if they cannot be
         measured; it may also end the version's processes (residency's `end_stubs`)."""
@@ -78,6 +81,7 @@ class Actions:
         loads_per_instance: int,
         unload_grace_s: float,
         unloads_per_instance: int = 8,
+        on_load_done: Callable[[], None] | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.loader = loader
@@ -86,6 +90,7 @@ class Actions:
         self.unload_grace_s = unload_grace_s
         self._loads_per_instance = loads_per_instance
         self._unloads_per_instance = unloads_per_instance
+        self._on_load_done = on_load_done
         self._workers: dict[tuple[str, bool], ThreadPoolExecutor] = {}  # (instance, loads?) -> pool
         self._inflight: dict[Key, Future[None]] = {}
         self._loads: set[Key] = set()  # keys of _inflight that are loads
@@ -188,9 +193,13 @@ class Actions:
 
     def _forget(self, key: Key, task: Future[None]) -> None:
         with self._lock:
-            if self._inflight.get(key) is task:
-                del self._inflight[key]
-                self._loads.discard(key)
+            if self._inflight.get(key) is not task:
+                return
+            del self._inflight[key]
+            was_load = key in self._loads
+            self._loads.discard(key)
+        if was_load and self._on_load_done is not None:
+            self._on_load_done()
 
     def _load(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
         key = (endpoint.name, version_id)
@@ -241,6 +250,7 @@ class Actions:
             if self._wanted_here(endpoint.name, version_id):
                 return  # asked for again since the pass decided, or no longer ours to evict
             self.note_many(endpoint.name, [(version_id, "unloading", None)])
+            hooks.leaving(endpoint.name, name)
         if hooks.eviction_grace_s > 0:
             time.sleep(hooks.eviction_grace_s)
         with self.loader.lock_for(name):

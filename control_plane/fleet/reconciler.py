@@ -88,6 +88,7 @@ class Reconciler:
             backoff=Backoff(initial_s=backoff_s, max_s=backoff_max_s),
             loads_per_instance=loads_per_instance,
             unload_grace_s=unload_grace_s,
+            on_load_done=self.trigger,  # a worker is free: loads held back for one may start
         )
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cp-reconcile")
         self._down_since: dict[str, float] = {}

@@ -55,6 +55,7 @@ class Budgets:
         stats: ResidencyStats,
         busy: Callable[[str], bool],
         local_uses: Callable[[], Mapping[str, float]],
+        load_slots: int | None = None,
     ) -> None:
         self.default_budget = default_budget
         self.tenant_share = tenant_share
@@ -63,6 +64,9 @@ class Budgets:
         self.stats = stats
         self.busy = busy  # Triton model name -> whether this process has requests in flight to it
         self.local_uses = local_uses  # Triton model name -> last use here (wall-clock seconds)
+        # Loads that run at once on an instance: no more versions are admitted (nor evicted for) in a
+        # pass than can start loading, so eviction happens just in time and picks the true LRU.
+        self.load_slots = load_slots
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self.plans: dict[str, Plan] = {}
 
@@ -161,6 +165,12 @@ class Budgets:
             for v in incoming.values()
             if v in facts
         ]
+        later: list[int] = []  # no load worker free for them this pass: they neither load nor evict
+        if self.load_slots is not None:
+            arrivals.sort(key=lambda e: (not e.pinned, e.last_used, e.version_id))
+            free = max(0, self.load_slots - len(set(loading) & set(want.values())))
+            later = [e.version_id for e in arrivals[free:]]
+            arrivals = arrivals[:free]
         # Processes of versions no longer in Triton's index (a Python-backend stub outlives its unload
         # by a second or more) still hold memory: counted, never a victim, until they have exited.
         known = {*present, *incoming}
@@ -190,7 +200,7 @@ class Budgets:
                 .where(Placement.instance_id == row.id, Placement.version_id.in_(decision.evict))
                 .values(desired="absent", updated_at=datetime.now(UTC))
             )
-        held_back = set(decision.wait)
+        held_back = set(decision.wait) | set(later)
         now = used
         for version_id in decision.admit:
             size = next(e.size for e in arrivals if e.version_id == version_id)

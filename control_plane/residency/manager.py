@@ -89,6 +89,7 @@ class Residency(ResidencyHooks):
         self._waiters: dict[str, list[_Waiter]] = {}
         self._load_s: dict[str, float] = {}
         self._pids: dict[str, tuple[str, int]] = {}
+        self._placements: dict[str, tuple[str, ...]] = {}  # the latest routing table's
         self._flushed: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cp-residency")
         self._stop = threading.Event()
@@ -170,7 +171,7 @@ class Residency(ResidencyHooks):
 
     def on_table(self, table: RoutingTable) -> None:
         """A new routing table: the resident set, and the waiters it settles (any thread)."""
-        self.resident = table.resident
+        self.resident, self._placements = table.resident, table.placements
         with self._lock:
             waiting = [name for name, waiters in self._waiters.items() if waiters or name in table.resident]
         if not waiting:
@@ -334,6 +335,13 @@ class Residency(ResidencyHooks):
             for stub, name in sizes.stubs(pid).items():
                 found[name] = found.get(name, 0) + sizes.rss(stub)
         return found
+
+    def leaving(self, instance: str, name: str) -> None:
+        """Stop forwarding to `name` from this process at once when `instance` is the only one holding it
+        (the routing table that says so follows the commit, a moment later on a busy machine; other
+        replicas stop with theirs, within the eviction grace)."""
+        if not any(other != instance for other in self._placements.get(name, ())):
+            self.resident = self.resident - {name}
 
     def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
         """Triton's own memory and the version's stubs', when Triton runs here; then, with `end_stubs`,

@@ -1,0 +1,100 @@
+"""The loop's budget step (`residency/budget.py`) with the registry's answers given: how many
+versions a pass admits and evicts for, and what processes that outlived their unload count for.
+
+The registry reads are replaced by the facts below (a unit test of the arithmetic); the real registry,
+Triton and stubs are exercised by `test_residency.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+
+from control_plane.fleet.desired import Desired
+from control_plane.fleet.observed import InstanceObservation
+from control_plane.residency import repository
+from control_plane.residency.budget import Budgets
+from control_plane.residency.metrics import ResidencyStats
+from control_plane.residency.repository import VersionFacts
+
+MIB = 2**20
+SIZE = 100 * MIB
+RESIDENT = {f"r{i}": i for i in (1, 2, 3)}  # used at 1, 2, 3 o'clock: r1 least recently
+INCOMING = {f"a{i}": i for i in (4, 5, 6)}  # asked for in this order
+
+
+def _facts(ids: Any, **_: Any) -> dict[int, VersionFacts]:
+    names = {v: n for n, v in {**RESIDENT, **INCOMING}.items()}
+    return {
+        v: VersionFacts(
+            version_id=v,
+            triton_name=names[v],
+            tenant="t",
+            size_bytes=1,
+            memory_bytes=SIZE,
+            last_used=datetime(2026, 1, 1, v, tzinfo=UTC) if names[v].startswith("r") else None,
+            loaded_at=None,
+            updated_at=datetime(2026, 1, 1, 10 + v, tzinfo=UTC),
+        )
+        for v in ids
+        if v in names
+    }
+
+
+@pytest.fixture(autouse=True)
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repository, "measured", lambda session: [])
+    monkeypatch.setattr(repository, "pinned_versions", lambda session: set())
+    monkeypatch.setattr(repository, "version_facts", lambda session, ids, **kw: _facts(ids))
+
+
+def _arrange(*, load_slots: int | None, live: dict[str, int] | None = None) -> tuple[Any, Desired]:
+    budgets = Budgets(
+        default_budget=3 * SIZE,
+        tenant_share=None,
+        live_sizes=lambda endpoint: live or {},
+        stats=ResidencyStats(),
+        busy=lambda name: False,
+        local_uses=dict,
+        load_slots=load_slots,
+    )
+    desired = Desired(on={"i": {**RESIDENT, **INCOMING}}, holders={}, recorded={})
+    observation = InstanceObservation(
+        name="i", ready=True, checked_at=datetime.now(UTC), models={n: "READY" for n in RESIDENT}
+    )
+    plans = budgets.arrange(
+        MagicMock(),
+        endpoints=[SimpleNamespace(name="i")],  # type: ignore[list-item]
+        rows={"i": SimpleNamespace(id=1, memory_budget_bytes=None)},  # type: ignore[dict-item]
+        seen={"i": observation},
+        desired=desired,
+        ours={n: (v, "ready") for n, v in {**RESIDENT, **INCOMING}.items()},
+        loading=lambda instance: set(),
+        unloading=lambda instance: set(),
+    )
+    return plans["i"], desired
+
+
+def test_a_pass_evicts_only_for_the_loads_that_can_start() -> None:
+    plan, desired = _arrange(load_slots=1)
+    assert plan.evict == [("r1", 1)], "one load worker: one eviction, of the least recently used"
+    assert set(desired.on["i"]) == {"r2", "r3"}, "the incoming versions wait (a4 for its eviction)"
+    assert plan.waiting == [], "waiting for a load worker is not waiting for room"
+
+
+def test_without_a_cap_every_incoming_version_evicts_at_once() -> None:
+    plan, _ = _arrange(load_slots=None)
+    assert sorted(plan.evict) == [("r1", 1), ("r2", 2), ("r3", 3)]
+
+
+def test_processes_that_outlived_their_unload_count_against_the_budget() -> None:
+    plan, desired = _arrange(load_slots=3, live={"gone": SIZE})
+    assert plan.used == 4 * SIZE
+    # Room for 3, one taken by the lingering process (never a victim): all three resident versions go
+    # for two incoming ones, and the third incoming one waits for room.
+    assert len(plan.evict) == 3 and plan.waiting == ["a6"]
+    assert not set(desired.on["i"]) & set(INCOMING), "no load starts before its evictions finished"
