@@ -39,6 +39,7 @@ class Exchange:
     status: int | str = 200  # HTTP status, or the gRPC status code's name
     upstream_s: float | None = None
     protocol: str = "http"  # "http" or "grpc": the metrics' label
+    reloaded: bool = False  # its version was gone from Triton once and the request waited for it again
 
     def header(self, name: bytes) -> str | None:
         """A request header by lower-case name."""

@@ -55,6 +55,14 @@ _UPSTREAM_OPTIONS = [
 ]
 _HEALTH_TIMEOUT_S = 2.0
 Outcome = GrpcAnswer | Exception  # what the upstream call settles with
+_NOT_FOUND = Code.NOT_FOUND.value[0]
+
+
+def _gone(outcome: Outcome) -> bool:
+    """Triton's status for a model it does not have loaded."""
+    return isinstance(outcome, GrpcAnswer) and outcome.number == _NOT_FOUND
+
+
 TypedMethod = Callable[[Any, ServerCall], Awaitable[Any]]
 
 
@@ -189,7 +197,8 @@ class GrpcProxy:
         try:
             request = self._admit(ex, message)
             assert ex.resolved is not None
-            start_forward(state, ex, send=self._sender(call, ex.resolved, request, timeout), done=done)
+            send = self._sender(call, ex.resolved, request, timeout)
+            start_forward(state, ex, send=send, done=done, gone=_gone)
         except Exception as exc:
             self._finish(connection, call, ex, exc)
 

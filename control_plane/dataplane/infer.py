@@ -59,20 +59,31 @@ def check_limits(state: AppState, ex: Exchange) -> None:
     state.checks.admit(ex)
 
 
-def start_forward(state: AppState, ex: Exchange, *, send: Send[T], done: Callable[[T], None]) -> None:
+def start_forward(
+    state: AppState,
+    ex: Exchange,
+    *,
+    send: Send[T],
+    done: Callable[[T], None],
+    gone: Callable[[T], bool] | None = None,
+) -> None:
     """Forward a checked request to the resolved version, for every protocol: hold a tenant slot and
     count the request in flight (per version and per protocol) until its answer is in.
 
     `send(settle)` is the protocol's: it sends the request to an instance of the version and calls
     `settle` once with the answer or the error. Raises (429, 503) before anything is sent; after
-    that, `done` gets what `send` settled with.
+    that, `done` gets what `send` settled with. `gone(answer)` says Triton answered that it does not
+    have the version (evicted or unloaded after the routing table said resident): the request then
+    waits for it like a cold one and is sent again, once.
     """
     resolved, caller = ex.resolved, ex.caller
     assert resolved is not None and caller is not None
     name, tenant_id = resolved.triton_name, caller.tenant_id
     residency = state.residency
     if name not in residency.resident:  # residency (issue 12): load on demand, then forward
-        residency.when_resident(resolved, lambda error: _forward_when_loaded(state, ex, send, done, error))
+        residency.when_resident(
+            resolved, lambda error: _forward_when_loaded(state, ex, send, done, gone, error)
+        )
         return
     limits, inflight = state.limits, state.inflight
     metrics = state.metrics
@@ -89,6 +100,13 @@ def start_forward(state: AppState, ex: Exchange, *, send: Send[T], done: Callabl
         inflight[name] -= 1
         gauge.dec()
         limits.release(tenant_id)
+        if gone is not None and not ex.reloaded and gone(outcome):
+            ex.reloaded = True
+            residency.gone(name)
+            residency.when_resident(
+                resolved, lambda error: _forward_when_loaded(state, ex, send, done, gone, error)
+            )
+            return
         done(outcome)
 
     try:
@@ -101,16 +119,26 @@ def start_forward(state: AppState, ex: Exchange, *, send: Send[T], done: Callabl
 
 
 def _forward_when_loaded(
-    state: AppState, ex: Exchange, send: Send[T], done: Callable[[T], None], error: AppError | None
+    state: AppState,
+    ex: Exchange,
+    send: Send[T],
+    done: Callable[[T], None],
+    gone: Callable[[T], bool] | None,
+    error: AppError | None,
 ) -> None:
     """Residency (issue 12): the version is resident now, or `error` (503) says why not."""
     if error is not None:
         done(error)  # type: ignore[arg-type]  # every protocol's outcome type takes an AppError
         return
     try:
-        start_forward(state, ex, send=send, done=done)
+        start_forward(state, ex, send=send, done=done, gone=gone)
     except AppError as exc:
         done(exc)  # type: ignore[arg-type]
+
+
+def http_gone(outcome: UpstreamResponse | AppError) -> bool:
+    """Triton's HTTP answer for a model it does not have loaded."""
+    return isinstance(outcome, UpstreamResponse) and outcome.status == 404
 
 
 def http_send(
@@ -139,7 +167,7 @@ async def forward(
     """`start_forward` over HTTP, awaited; raises the error instead of passing it on."""
 
     def go(done: UpstreamCallback) -> None:
-        start_forward(state, ex, send=http_send(state, ex, body, headers), done=done)
+        start_forward(state, ex, send=http_send(state, ex, body, headers), done=done, gone=http_gone)
 
     response: UpstreamResponse = await wait_for(go)
     return response
@@ -163,7 +191,7 @@ def start_infer(state: AppState, ex: Exchange, body: bytes, done: Callable[[Repl
                 done(_reply_or_error(state, ex, data, headers, upstream))
 
         try:
-            start_forward(state, ex, send=http_send(state, ex, data, headers), done=settle)
+            start_forward(state, ex, send=http_send(state, ex, data, headers), done=settle, gone=http_gone)
         except AppError as exc:
             done(exc)
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Done = Callable[[AppError | None], None]
 LOADABLE = ("registered", "unloaded", "ready")  # states a request may load on demand
+GONE_S = 5.0  # how long a version Triton said it does not have is kept out of the resident set at most
 
 
 class ColdStartTimeout(ServiceUnavailable):
@@ -90,6 +91,7 @@ class Residency(ResidencyHooks):
         self._load_s: dict[str, float] = {}
         self._pids: dict[str, tuple[str, int]] = {}
         self._placements: dict[str, tuple[str, ...]] = {}  # the latest routing table's
+        self._gone: dict[str, float] = {}  # Triton said it does not have these (perf_counter when)
         self._flushed: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cp-residency")
         self._stop = threading.Event()
@@ -171,14 +173,25 @@ class Residency(ResidencyHooks):
 
     def on_table(self, table: RoutingTable) -> None:
         """A new routing table: the resident set, and the waiters it settles (any thread)."""
-        self.resident, self._placements = table.resident, table.placements
+        resident = table.resident
+        if self._gone:
+            # A version Triton said it does not have stays out until a table has shown it gone (the
+            # loop saw it too) or a few seconds passed: a table built before the loop noticed still
+            # calls it resident.
+            now = time.perf_counter()
+            with self._lock:
+                for name, since in list(self._gone.items()):
+                    if name not in resident or now - since > GONE_S:
+                        del self._gone[name]
+                resident = resident - self._gone.keys()
+        self.resident, self._placements = resident, table.placements
         with self._lock:
-            waiting = [name for name, waiters in self._waiters.items() if waiters or name in table.resident]
+            waiting = [name for name, waiters in self._waiters.items() if waiters or name in resident]
         if not waiting:
             return
         states = {v.triton_name: v.state for m in table.models.values() for v in m.versions.values()}
         for name in waiting:
-            if name in table.resident:
+            if name in resident:
                 self._settle(name, None)
             elif states.get(name, "retired") not in (*LOADABLE, "loading"):
                 self._settle(
@@ -335,6 +348,15 @@ class Residency(ResidencyHooks):
             for stub, name in sizes.stubs(pid).items():
                 found[name] = found.get(name, 0) + sizes.rss(stub)
         return found
+
+    def gone(self, name: str) -> None:
+        """Triton answered that it does not have `name` (evicted or unloaded after the routing table that
+        said resident): not resident here until a routing table shows it gone and back (`on_table`)."""
+        with self._lock:
+            self._gone[name] = time.perf_counter()
+        self.resident = self.resident - {name}
+        if self.reconciler is not None:
+            self.reconciler.trigger()  # the loop finds it missing and loads it again
 
     def leaving(self, instance: str, name: str) -> None:
         """Stop forwarding to `name` from this process at once when `instance` is the only one holding it

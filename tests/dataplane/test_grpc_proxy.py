@@ -333,13 +333,34 @@ def test_unreachable_triton_is_unavailable(grpc_api: Api, tmp_path: Path) -> Non
     assert failed == 1
 
 
-def test_a_version_triton_no_longer_has_is_unavailable_with_retry_after(
+def test_a_version_triton_no_longer_has_is_loaded_again_and_answered(
     grpc_api: Api, triton: RunningTriton, tmp_path: Path
 ) -> None:
     d = deploy_onnx(grpc_api, tmp_path)
     raw = infer_request(d.model).SerializeToString()
     raw_infer(grpc_api, raw, d.consumer_key)
     triton.client.unload_model(d.triton_name)  # behind the registry's back, as a crashed Triton would
+    raw_infer(grpc_api, raw, d.consumer_key)  # waits, like a cold request, for the loop to load it again
+    assert triton.client.is_model_ready(d.triton_name)
+    assert grpc_api.state.inflight[d.triton_name] == 0
+
+
+def test_a_version_that_stays_missing_is_unavailable_with_retry_after(
+    grpc_api: Api, triton: RunningTriton, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = deploy_onnx(grpc_api, tmp_path)
+    raw = infer_request(d.model).SerializeToString()
+    raw_infer(grpc_api, raw, d.consumer_key)
+    triton.client.unload_model(d.triton_name)
+    # The routes call it resident again at once while Triton still has not got it: sent once more,
+    # then the failure, in the client's terms.
+    residency = grpc_api.state.residency
+
+    def resident_again(resolved: Any, done: Callable[[Any], None]) -> None:
+        residency.resident = residency.resident | {resolved.triton_name}
+        done(None)
+
+    monkeypatch.setattr(residency, "when_resident", resident_again)
     with pytest.raises(grpc.RpcError) as caught:
         raw_infer(grpc_api, raw, d.consumer_key)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

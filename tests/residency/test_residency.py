@@ -295,3 +295,30 @@ def test_a_cold_model_loads_on_demand_over_grpc(stack: Stack) -> None:
         )
     assert result.as_numpy("OUTPUT0").tolist() == [2.0, 4.0]
     assert cold in stack.loaded()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_version_gone_from_triton_behind_the_routes_is_waited_for_not_failed(
+    stack: Stack, protocol: str
+) -> None:
+    """Triton unloads a version the routing table still calls resident (an eviction racing a request,
+    or an operator): the request waits for it to be loaded again instead of failing."""
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    model = sorted(stack.loaded() - {"m2"})[0]
+    names = [m["name"] for m in stack.triton.client.repository_index() if m.get("state") == "READY"]
+    stack.triton.client.unload_model(next(n for n in names if _short(n) == model))
+    assert model not in stack.loaded()
+    if protocol == "http":
+        response = stack.infer(model)
+        assert response.status_code == 200, response.text
+    else:
+        with triton_grpc.InferenceServerClient(f"127.0.0.1:{stack.api.settings.grpc_port}") as client:
+            tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
+            tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+            result = client.infer(
+                model, [tensor], model_version="1", headers={"authorization": f"Bearer {stack.consumer}"}
+            )
+        assert result.as_numpy("OUTPUT0").tolist() == [2.0, 4.0]
+    assert model in stack.loaded()
