@@ -92,6 +92,7 @@ class Reconciler:
         )
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cp-reconcile")
         self._down_since: dict[str, float] = {}
+        self._health_recorded: tuple[list[repository.Health], float] = ([], 0.0)  # what, when
         self._pass_lock = threading.Lock()
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="cp-reconciler", daemon=True)
@@ -262,9 +263,14 @@ class Reconciler:
             )
             for e in mine
         ]
+        # Passes come many a second under a burst of cold loads: the same health is written at most
+        # once a second (the status page's "last pass" and "last seen" are that fine).
+        if health == self._health_recorded[0] and time.monotonic() - self._health_recorded[1] < 1.0:
+            return
         with transaction(self.session_factory) as session:
             if repository.mark_instances(session, health, now=now):
                 mark_routing_changed(session)  # routes skip unavailable instances
+        self._health_recorded = (health, time.monotonic())
 
     def _finish_drains(
         self, draining: set[str], seen: dict[str, InstanceObservation], ours: dict[str, tuple[int, str]]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Done = Callable[[AppError | None], None]
 LOADABLE = ("registered", "unloaded", "ready")  # states a request may load on demand
+LIVE_S = 0.25  # how long one look at an instance's stub processes serves the loop
 GONE_S = 5.0  # how long a version Triton said it does not have is kept out of the resident set at most
 
 
@@ -92,6 +93,7 @@ class Residency(ResidencyHooks):
         self._pids: dict[str, tuple[str, int]] = {}
         self._placements: dict[str, tuple[str, ...]] = {}  # the latest routing table's
         self._gone: dict[str, float] = {}  # Triton said it does not have these (perf_counter when)
+        self._live: dict[str, tuple[float, dict[str, int]]] = {}  # instance -> (when, live_sizes)
         self._flushed: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cp-residency")
         self._stop = threading.Event()
@@ -341,12 +343,18 @@ class Residency(ResidencyHooks):
                 version.updated_at = datetime.now(UTC)
 
     def live_sizes(self, endpoint: TritonEndpoint) -> dict[str, int]:
-        """Triton model name -> resident bytes of its stubs now, for a Triton on this machine."""
+        """Triton model name -> resident bytes of its stubs now, for a Triton on this machine. Passes
+        come many a second under a burst of cold loads and each look costs a walk over /proc: one look
+        serves for LIVE_S, or until an eviction finished (a stub gone is room for a waiting load)."""
+        cached = self._live.get(endpoint.name)
+        if cached is not None and time.monotonic() - cached[0] < LIVE_S:
+            return cached[1]
         pid = self._pid(endpoint)
         found: dict[str, int] = {}
         if pid is not None:
             for stub, name in sizes.stubs(pid).items():
                 found[name] = found.get(name, 0) + sizes.rss(stub)
+        self._live[endpoint.name] = (time.monotonic(), found)
         return found
 
     def gone(self, name: str) -> None:
@@ -384,6 +392,7 @@ class Residency(ResidencyHooks):
         try:
             self._check_returned(endpoint, name, version_id, before)
         finally:
+            self._live.pop(endpoint.name, None)
             if self.reconciler is not None:
                 self.reconciler.trigger()
 

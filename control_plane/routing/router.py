@@ -58,6 +58,9 @@ class Router:
         self.session_factory = session_factory
         self._snapshot: tuple[RoutingTable, dict[CacheKey, Resolved]] = (EMPTY_TABLE, {})
         self._reload_lock = threading.Lock()
+        self._ask_lock = threading.Lock()
+        self._asked = 0  # reload() calls so far
+        self._built = 0  # the calls the current table covers (all those made before its build began)
         self.listeners: list[Callable[[RoutingTable], None]] = []  # told of every reloaded table
 
     @property
@@ -70,11 +73,21 @@ class Router:
         self._snapshot = (table, {})
 
     def reload(self) -> None:
-        """Rebuild the table from the registry (and tell the listeners)."""
+        """Rebuild the table from the registry (and tell the listeners). On return the table covers
+        every commit made before the call. Calls that arrive while a rebuild runs share the next one:
+        a burst of commits (loads, evictions, last uses) costs two rebuilds, not one each."""
+        with self._ask_lock:
+            self._asked += 1
+            ticket = self._asked
         with self._reload_lock:
+            if self._built >= ticket:
+                return  # a rebuild that began after this call has finished meanwhile
+            with self._ask_lock:
+                covers = self._asked
             with self.session_factory() as session:
                 table = build_table(session)
             self.table = table
+            self._built = covers
             for listener in self.listeners:
                 listener(table)
 

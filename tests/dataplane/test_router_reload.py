@@ -1,0 +1,67 @@
+"""`Router.reload` under a burst of commits: each caller gets a table that covers its own commit, and
+callers that arrive while a rebuild runs share the next one (a unit test: the table build is replaced
+by one that records which commits it saw)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from control_plane.routing import router as router_module
+from control_plane.routing.router import Router
+from control_plane.routing.table import RoutingTable
+
+commits = 0  # commits made so far (a counter the fake build reads, as a real one reads the registry)
+builds = 0
+lock = threading.Lock()
+
+
+def _build(session: Any) -> RoutingTable:
+    global builds
+    with lock:
+        seen = commits
+        builds += 1
+    time.sleep(0.02)  # a rebuild takes a while: commits keep arriving meanwhile
+    return RoutingTable(models={}, tenants={0: str(seen)}, tenant_ids={}, keys={})
+
+
+def test_a_burst_of_reloads_shares_rebuilds_and_each_sees_its_own_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    global commits, builds
+    commits = builds = 0
+    monkeypatch.setattr(router_module, "build_table", _build)
+    router = Router(lambda: _NullSession())  # type: ignore[arg-type, return-value]
+    told: list[RoutingTable] = []
+    router.listeners.append(told.append)
+    stale: list[tuple[int, int]] = []
+
+    def commit_then_reload() -> None:
+        global commits
+        with lock:
+            commits += 1
+            mine = commits
+        router.reload()
+        covered = int(router.table.tenants[0])
+        if covered < mine:
+            stale.append((mine, covered))
+
+    threads = [threading.Thread(target=commit_then_reload) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stale == [], "a reload returned with a table from before its caller's commit"
+    assert builds < 20, f"{builds} rebuilds for 40 reloads"
+    assert len(told) == builds and int(router.table.tenants[0]) == 40
+
+
+class _NullSession:
+    def __enter__(self) -> _NullSession:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
