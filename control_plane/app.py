@@ -132,7 +132,12 @@ def build_state(settings: Settings) -> AppState:
     with transaction(session_factory) as session:
         register_instances(session, [t for t in tritons if t.name != EMBEDDED])
         register_instances(session, [t for t in tritons if t.name == EMBEDDED], origin="embedded")
-    install_change_hooks(session_factory, on_change=router.reload, on_desired=state.reconcile_soon)
+    install_change_hooks(
+        session_factory,
+        on_change=router.reload,
+        on_desired=state.reconcile_soon,
+        on_placements=router.refresh_placements,
+    )
     router.reload()
     _start_reconciler(state)
     state.watcher = RegistryWatcher(

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import ModelVersion
+from control_plane.db.models import ModelVersion, Placement
 from control_plane.db.session import transaction
 from control_plane.errors import AppError, ServiceUnavailable
 from control_plane.fleet.actions import ResidencyHooks
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
-from control_plane.routing.changes import mark_routing_changed
+from control_plane.routing.changes import mark_desired_changed
 from control_plane.routing.table import RoutingTable
 
 if TYPE_CHECKING:
@@ -281,8 +281,15 @@ class Residency(ResidencyHooks):
                 if explicit:
                     for triton in self.reconciler.tritons:
                         self.reconciler.actions.backoff.succeeded((triton.name, version.id))
+                placed = session.scalar(
+                    select(Placement.id)
+                    .where(Placement.version_id == version.id, Placement.desired == "ready")
+                    .limit(1)
+                )
+                if placed is not None and not explicit:
+                    return  # asked for again while placed (requests waiting their turn): nothing to do
                 self.reconciler.place_in(session, version.id)
-                mark_routing_changed(session, desired=True)
+                mark_desired_changed(session)
         except AppError as exc:
             self._settle(name, exc)
         except Exception:
@@ -476,6 +483,8 @@ class Residency(ResidencyHooks):
             names = [n for n, ws in self._waiters.items() if ws and min(w.started for w in ws) < stale]
         for name in names:
             self._pool.submit(self._demand, name, False)
+        if names and self.reconciler is not None:
+            self.reconciler.trigger()
 
     def flush(self) -> None:
         """Write the last uses since the previous flush."""

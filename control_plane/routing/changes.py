@@ -30,6 +30,7 @@ CHANNEL = "cp_registry"
 DESIRED = "desired"  # NOTIFY payload of a change to the fleet's desired state
 _FLAG = "cp_registry_changed"
 _DESIRED_FLAG = "cp_desired_changed"
+_PLACEMENTS_FLAG = "cp_placements_changed"  # only placements' rows changed (a load, an unload)
 ROUTING_TABLES = (Tenant, ApiKey, Model, ModelVersion, Alias, AliasRoute, Placement, TritonInstance)
 DESIRED_TABLES = (Model, ModelVersion, Alias, AliasRoute, ModelReplicas, TritonInstance)
 
@@ -41,25 +42,38 @@ def mark_routing_changed(session: Session, *, desired: bool = False) -> None:
         session.info[_DESIRED_FLAG] = True
 
 
+def mark_desired_changed(session: Session) -> None:
+    """Flag a change of placements' desired state (made with Core statements or not): the reconcile loop
+    runs, here and on the leader elsewhere, and the routing table's placements are read again."""
+    session.info[_PLACEMENTS_FLAG] = session.info[_DESIRED_FLAG] = True
+
+
 def install(
     session_factory: sessionmaker[Session],
     *,
     on_change: Callable[[], None],
     on_desired: Callable[[], None] | None = None,
+    on_placements: Callable[[], None] | None = None,
 ) -> None:
-    """Watch every session of the factory: a commit touching routing data NOTIFYs and calls on_change;
-    one touching the desired state also calls on_desired."""
+    """Watch every session of the factory: a commit touching routing data NOTIFYs and calls on_change
+    (on_placements instead when only placements' rows changed, the loop's loads and unloads: the
+    table's placements are read again, not the whole registry); one touching the desired state also
+    calls on_desired."""
 
     def mark(session: Session, *_: Any) -> None:
         touched = list(chain(session.new, session.dirty, session.deleted))
-        if any(isinstance(o, ROUTING_TABLES) for o in touched):
+        routing = [o for o in touched if isinstance(o, ROUTING_TABLES)]
+        if any(not isinstance(o, Placement) for o in routing):
             session.info[_FLAG] = True
+        elif routing:
+            session.info[_PLACEMENTS_FLAG] = True
         if any(isinstance(o, DESIRED_TABLES) for o in touched):
             session.info[_FLAG] = session.info[_DESIRED_FLAG] = True
 
     def notify(session: Session) -> None:
         session.flush()  # so the flag sees changes still pending at commit time
-        if session.info.get(_FLAG) and session.get_bind().dialect.name == "postgresql":
+        changed = session.info.get(_FLAG) or session.info.get(_PLACEMENTS_FLAG)
+        if changed and session.get_bind().dialect.name == "postgresql":
             # Delivered to every listener (other replicas) when this transaction commits.
             payload = DESIRED if session.info.get(_DESIRED_FLAG) else ""
             session.execute(
@@ -68,14 +82,17 @@ def install(
 
     def committed(session: Session) -> None:
         desired = session.info.pop(_DESIRED_FLAG, False)
+        placements = session.info.pop(_PLACEMENTS_FLAG, False)
         if session.info.pop(_FLAG, False):
             on_change()
+        elif placements:
+            (on_placements or on_change)()
         if desired and on_desired is not None:
             on_desired()
 
     def rolled_back(session: Session) -> None:
-        session.info.pop(_FLAG, None)
-        session.info.pop(_DESIRED_FLAG, None)
+        for flag in (_FLAG, _DESIRED_FLAG, _PLACEMENTS_FLAG):
+            session.info.pop(flag, None)
 
     event.listen(session_factory, "before_flush", mark)
     event.listen(session_factory, "before_commit", notify)

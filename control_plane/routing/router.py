@@ -7,14 +7,21 @@ import random
 import threading
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.dataplane.contract import Contract
 from control_plane.errors import NotFound, ServiceUnavailable
 from control_plane.routing.contracts import UNCHECKABLE
-from control_plane.routing.table import EMPTY_TABLE, AliasTarget, RoutingTable, build_table
+from control_plane.routing.table import (
+    EMPTY_TABLE,
+    AliasTarget,
+    RoutingTable,
+    build_table,
+    ready_placements,
+    resident_names,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_ALIAS = "production"
@@ -88,6 +95,17 @@ class Router:
                 table = build_table(session)
             self.table = table
             self._built = covers
+            for listener in self.listeners:
+                listener(table)
+
+    def refresh_placements(self) -> None:
+        """Only placements' rows changed (a load or an unload): read the table's placements and resident
+        set again and keep the rest (a full rebuild reads and parses every version)."""
+        with self._reload_lock:
+            with self.session_factory() as session:
+                placements, resident = ready_placements(session), resident_names(session)
+            table = replace(self.table, placements=placements, resident=resident)
+            self.table = table
             for listener in self.listeners:
                 listener(table)
 
