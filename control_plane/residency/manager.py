@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import ModelVersion, Placement
+from control_plane.db.models import ModelVersion
 from control_plane.db.session import transaction
 from control_plane.errors import AppError, ServiceUnavailable
 from control_plane.fleet.actions import ResidencyHooks
@@ -281,13 +281,6 @@ class Residency(ResidencyHooks):
                 if explicit:
                     for triton in self.reconciler.tritons:
                         self.reconciler.actions.backoff.succeeded((triton.name, version.id))
-                placed = session.scalar(
-                    select(Placement.id)
-                    .where(Placement.version_id == version.id, Placement.desired == "ready")
-                    .limit(1)
-                )
-                if placed is not None and not explicit:
-                    return  # asked for again while placed (requests waiting their turn): nothing to do
                 self.reconciler.place_in(session, version.id)
                 mark_desired_changed(session)
         except AppError as exc:

@@ -59,6 +59,19 @@ class Stack:
             timeout=60,
         )
 
+    def infer_grpc(self, model: str) -> list[float]:
+        """OUTPUT0 of [1, 2] through the control plane's gRPC port (stock tritonclient)."""
+        import numpy as np
+        import tritonclient.grpc as triton_grpc
+
+        with triton_grpc.InferenceServerClient(f"127.0.0.1:{self.api.settings.grpc_port}") as client:
+            tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
+            tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+            result = client.infer(
+                model, [tensor], model_version="1", headers={"authorization": f"Bearer {self.consumer}"}
+            )
+        return list(result.as_numpy("OUTPUT0").tolist())
+
     def loaded(self) -> set[str]:
         """Our models Triton has loaded, by short name."""
         index = self.triton.client.repository_index()
@@ -282,18 +295,8 @@ def _loads(api: Api) -> int:
 
 
 def test_a_cold_model_loads_on_demand_over_grpc(stack: Stack) -> None:
-    import numpy as np
-    import tritonclient.grpc as triton_grpc
-
     cold = sorted(set(MODELS) - stack.loaded(), key=lambda m: m == "m2")[0]
-    port = stack.api.settings.grpc_port
-    with triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") as client:
-        tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
-        tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
-        result = client.infer(
-            cold, [tensor], model_version="1", headers={"authorization": f"Bearer {stack.consumer}"}
-        )
-    assert result.as_numpy("OUTPUT0").tolist() == [2.0, 4.0]
+    assert stack.infer_grpc(cold) == [2.0, 4.0]
     assert cold in stack.loaded()
 
 
@@ -303,9 +306,6 @@ def test_a_version_gone_from_triton_behind_the_routes_is_waited_for_not_failed(
 ) -> None:
     """Triton unloads a version the routing table still calls resident (an eviction racing a request,
     or an operator): the request waits for it to be loaded again instead of failing."""
-    import numpy as np
-    import tritonclient.grpc as triton_grpc
-
     model = sorted(stack.loaded() - {"m2"})[0]
     names = [m["name"] for m in stack.triton.client.repository_index() if m.get("state") == "READY"]
     stack.triton.client.unload_model(next(n for n in names if _short(n) == model))
@@ -314,11 +314,5 @@ def test_a_version_gone_from_triton_behind_the_routes_is_waited_for_not_failed(
         response = stack.infer(model)
         assert response.status_code == 200, response.text
     else:
-        with triton_grpc.InferenceServerClient(f"127.0.0.1:{stack.api.settings.grpc_port}") as client:
-            tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
-            tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
-            result = client.infer(
-                model, [tensor], model_version="1", headers={"authorization": f"Bearer {stack.consumer}"}
-            )
-        assert result.as_numpy("OUTPUT0").tolist() == [2.0, 4.0]
+        assert stack.infer_grpc(model) == [2.0, 4.0]
     assert model in stack.loaded()
