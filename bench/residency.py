@@ -141,24 +141,23 @@ class Sampler(threading.Thread):
             self.peak = max(self.peak, sum(sizes.rss(p) for p in sizes.stubs(self.pid)))
 
 
-reasons: Counter[str] = Counter()  # what failed requests were told, and how often
-
-
 def drive(
     base: str, pairs: list[tuple[str, str]], keys: dict[str, str], *, clients: int, seconds: float, s: float
-) -> list[tuple[float, int, int, int]]:
-    """(start, model index, status, latency ns) of every request, from `clients` threads."""
+) -> tuple[list[tuple[float, int, int, int]], Counter[str]]:
+    """(start, model index, status, latency ns) of every request, from `clients` threads; and what the
+    failed ones were told, how often."""
     order = list(range(len(pairs)))
     random.Random(7).shuffle(order)  # which model gets which popularity rank
     weights = zipf_weights(len(pairs), s)
     records: list[tuple[float, int, int, int]] = []
     lock = threading.Lock()
-    reasons.clear()
+    reasons: Counter[str] = Counter()
     deadline = time.monotonic() + seconds
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
         mine: list[tuple[float, int, int, int]] = []
+        told: Counter[str] = Counter()
         with httpx.Client(base_url=base, timeout=120, trust_env=False) as http:
             while time.monotonic() < deadline:
                 index = order[rng.choices(range(len(pairs)), weights)[0]]
@@ -173,20 +172,21 @@ def drive(
                     )
                     status = response.status_code
                     if status != 200:
-                        reasons[f"{status} {name}: {response.text[:200]}"] += 1
+                        told[f"{status} {name}: {response.text[:200]}"] += 1
                 except httpx.HTTPError as exc:
                     status = 0
-                    reasons[f"{name}: {exc!r}"] += 1
+                    told[f"{name}: {exc!r}"] += 1
                 mine.append((started, index, status, time.perf_counter_ns() - began))
         with lock:
             records.extend(mine)
+            reasons.update(told)
 
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sorted(records)
+    return sorted(records), reasons
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         before = admin.get("/metrics").text
         sampler = Sampler(cp.triton_pid)
         sampler.start()
-        records = drive(
+        records, reasons = drive(
             f"http://127.0.0.1:{cp.cp_port}",
             pairs,
             keys,
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.join()
         after = admin.get("/metrics").text
         loads = _load_seconds(admin, pairs)
-        report(args, records, before, after, loads, capacity, budget, sampler.peak, size)
+        report(args, records, reasons, before, after, loads, capacity, budget, sampler.peak, size)
     return 0
 
 
@@ -253,6 +253,7 @@ def _load_seconds(admin: httpx.Client, pairs: list[tuple[str, str]]) -> list[flo
 def report(
     args: argparse.Namespace,
     records: list[tuple[float, int, int, int]],
+    reasons: Counter[str],
     before: str,
     after: str,
     loads: list[float],

@@ -102,8 +102,8 @@ class Settings(BaseSettings):
     cold_start_wait_s: float = Field(30.0, gt=0)
     eviction_grace_s: float = Field(0.2, ge=0)
     residency_headroom_bytes: int = Field(0, ge=0)  # kept free ahead of the next load (if < budget / 2)
-    # An evicted Python-backend version's stubs (local Tritons) are ended once Triton has unloaded it,
-    # rather than a second later after Triton's fixed health-check sleep: its memory returns at once.
+    # An evicted Python-backend version's stubs (local Tritons) are ended right before Triton unloads it,
+    # rather than a second after the unload by Triton's fixed health-check sleep: memory returns at once.
     residency_end_stubs: bool = True
     load_on_upload: bool = False
     keep_warm_s: float = 600.0  # how long a replaced version stays loaded (instant rollback)

@@ -54,9 +54,6 @@ class ResidencyHooks:
         """Whether requests to `name` are in flight (never evict it then)."""
         return False
 
-    def leaving(self, instance: str, name: str) -> None:
-        """An eviction of `name` from `instance` starts (its routes are being withdrawn)."""
-
     def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
         """Right before an eviction's unload: (Triton's own, the version's) bytes, None if they cannot be
         measured; it may also end the version's processes (residency's `end_stubs`)."""
@@ -250,7 +247,6 @@ class Actions:
             if self._wanted_here(endpoint.name, version_id):
                 return  # asked for again since the pass decided, or no longer ours to evict
             self.note_many(endpoint.name, [(version_id, "unloading", None)])
-            hooks.leaving(endpoint.name, name)
         if hooks.eviction_grace_s > 0:
             time.sleep(hooks.eviction_grace_s)
         with self.loader.lock_for(name):

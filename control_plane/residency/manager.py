@@ -91,7 +91,6 @@ class Residency(ResidencyHooks):
         self._waiters: dict[str, list[_Waiter]] = {}
         self._load_s: dict[str, float] = {}
         self._pids: dict[str, tuple[str, int]] = {}
-        self._placements: dict[str, tuple[str, ...]] = {}  # the latest routing table's
         self._gone: dict[str, float] = {}  # Triton said it does not have these (perf_counter when)
         self._live: dict[str, tuple[float, dict[str, int]]] = {}  # instance -> (when, live_sizes)
         self._flushed: dict[str, float] = {}
@@ -186,7 +185,7 @@ class Residency(ResidencyHooks):
                     if name not in resident or now - since > GONE_S:
                         del self._gone[name]
                 resident = resident - self._gone.keys()
-        self.resident, self._placements = resident, table.placements
+        self.resident = resident
         with self._lock:
             waiting = [name for name, waiters in self._waiters.items() if waiters or name in resident]
         if not waiting:
@@ -366,13 +365,6 @@ class Residency(ResidencyHooks):
         if self.reconciler is not None:
             self.reconciler.trigger()  # the loop finds it missing and loads it again
 
-    def leaving(self, instance: str, name: str) -> None:
-        """Stop forwarding to `name` from this process at once when `instance` is the only one holding it
-        (the routing table that says so follows the commit, a moment later on a busy machine; other
-        replicas stop with theirs, within the eviction grace)."""
-        if not any(other != instance for other in self._placements.get(name, ())):
-            self.resident = self.resident - {name}
-
     def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
         """Triton's own memory and the version's stubs', when Triton runs here; then, with `end_stubs`,
         end the stubs (the unload follows at once; see `sizes.end_stubs` for why before it)."""
@@ -476,8 +468,6 @@ class Residency(ResidencyHooks):
             names = [n for n, ws in self._waiters.items() if ws and min(w.started for w in ws) < stale]
         for name in names:
             self._pool.submit(self._demand, name, False)
-        if names and self.reconciler is not None:
-            self.reconciler.trigger()
 
     def flush(self) -> None:
         """Write the last uses since the previous flush."""

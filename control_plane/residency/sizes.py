@@ -109,19 +109,23 @@ def stubs(triton_pid: int) -> dict[int, str]:
     """Stub PID -> the Triton model it runs, for the Python-backend stubs under a Triton process."""
     found: dict[int, str] = {}
     for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != triton_pid:
-                continue
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        name = _stub_model(args)
-        if name is not None:
-            found[int(entry.name)] = name
+        if entry.name.isdigit():
+            name = _stub_under(int(entry.name), triton_pid)
+            if name is not None:
+                found[int(entry.name)] = name
     return found
+
+
+def _stub_under(pid: int, triton_pid: int) -> str | None:
+    """The Triton model process `pid` runs as a stub, if it is one and its parent is `triton_pid`."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+        if int(stat.rsplit(")", 1)[1].split()[1]) != triton_pid:
+            return None
+        args = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    return _stub_model(args)
 
 
 _INSTANCE = re.compile(rb"^(?P<name>.+)_\d+_\d+$")
@@ -156,12 +160,10 @@ def end_stubs(triton_pid: int, name: str) -> int:
         except OSError:
             continue  # gone already
         try:
-            stat = (PROC / str(pid) / "stat").read_text()
-            args = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
-            if int(stat.rsplit(")", 1)[1].split()[1]) == triton_pid and _stub_model(args) == name:
+            if _stub_under(pid, triton_pid) == name:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
                 ended += 1
-        except (OSError, ValueError, IndexError):
+        except OSError:
             pass  # exited meanwhile
         finally:
             os.close(fd)

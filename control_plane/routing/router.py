@@ -93,10 +93,8 @@ class Router:
                 covers = self._asked
             with self.session_factory() as session:
                 table = build_table(session)
-            self.table = table
             self._built = covers
-            for listener in self.listeners:
-                listener(table)
+            self._publish(table)
 
     def refresh_placements(self) -> None:
         """Only placements' rows changed (a load or an unload): read the table's placements and resident
@@ -104,10 +102,13 @@ class Router:
         with self._reload_lock:
             with self.session_factory() as session:
                 placements, resident = ready_placements(session), resident_names(session)
-            table = replace(self.table, placements=placements, resident=resident)
-            self.table = table
-            for listener in self.listeners:
-                listener(table)
+            self._publish(replace(self.table, placements=placements, resident=resident))
+
+    def _publish(self, table: RoutingTable) -> None:
+        """Swap `table` in and tell the listeners (under the reload lock)."""
+        self.table = table
+        for listener in self.listeners:
+            listener(table)
 
     def resolve(
         self,
