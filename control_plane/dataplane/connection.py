@@ -7,6 +7,13 @@ request's first byte, a body may pause at most `body_timeout_s`, headers are cap
 count, a Content-Length over the path's limit is refused before its body is read, a streamed body
 is refused the moment it passes the limit, and reading stops while the client is not reading
 answers. Refusals are JSON errors with `Connection: close`.
+
+A request answered before its body is in (a refusal, or an app that answers without reading, such as a
+404 for an unknown model) must not end in a reset: closing a socket with unread data makes the kernel
+send RST, and the client may then lose the answer itself (httpx: "Connection reset by peer"). The rest
+of a small body is read past and the connection kept; otherwise the close lingers, as nginx's
+`lingering_close` does: our side is shut for writing, what still arrives is dropped, and the socket
+closes when the client closes or after `LINGER_S`.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from control_plane.dataplane.exchange import error_reply
 from control_plane.errors import AppError, PayloadTooLarge
 from control_plane.state import AppState
 
+DRAIN_LIMIT = 64 * 1024  # the rest of a body answered early, up to this size, is read past
+LINGER_S = 2.0  # how long a closing connection keeps dropping what the client still sends
 UPLOAD_PATH = re.compile(rb"^/v1/tenants/[^/]+/models/[^/]+/versions/?(\?|$)")
 
 
@@ -103,6 +112,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._declared: bytes | None = None  # the request's Content-Length
         self._timer: asyncio.TimerHandle | None = None
         self._reading_held = False  # reading paused until the client takes its answers
+        self._lingering = False  # shut for writing, dropping what arrives until the client closes
 
     def _state(self) -> AppState:
         cls = type(self)
@@ -197,12 +207,20 @@ class GuardedProtocol(HttpToolsProtocol):
         self.hold_reading_while_unread()
 
     def on_response_complete(self) -> None:
-        """uvicorn's, noting the time for the keep-alive timeout; answered early, the rest of a body
-        is not worth reading: close."""
+        """uvicorn's, noting the time for the keep-alive timeout. Answered before its body was in, a
+        request's small rest is read past (uvicorn drops it) and the connection kept; a big or
+        unknown rest is not worth reading: the connection closes, lingering."""
         self._last_active = self.loop.time()
-        if self._receiving:
-            self.transport.close()
+        if self._receiving and not self._rest_is_small():
+            self.linger()
+        if self._lingering:  # no keep-alive and no pipelined request: only uvicorn's count
+            self.server_state.total_requests += 1
+            return
         super().on_response_complete()
+
+    def _rest_is_small(self) -> bool:
+        declared = self.declared_length()
+        return declared is not None and declared - self._body_bytes <= DRAIN_LIMIT
 
     # --- refusing ---------------------------------------------------------------------------------
 
@@ -219,9 +237,13 @@ class GuardedProtocol(HttpToolsProtocol):
         else:
             self.refuse(refusal.error)
 
+    def closing(self) -> bool:
+        """Whether this connection is closing (lingering included): nothing more is read or written."""
+        return self._lingering or self.transport.is_closing()
+
     def data_received(self, data: bytes) -> None:
         """Feed the parser; a Refusal raised by a callback is answered instead of uvicorn's 400."""
-        if self.transport.is_closing():
+        if self.closing():
             return
         try:
             super().data_received(data)
@@ -229,18 +251,40 @@ class GuardedProtocol(HttpToolsProtocol):
             self.refuse(refusal.error)
 
     def refuse(self, error: AppError) -> None:
-        """Answer the error as JSON and close; only close if an answer is already under way."""
-        if self.transport.is_closing():
+        """Answer the error as JSON and close, lingering; only close if an answer is already under way."""
+        if self.closing():
             return
-        if not self._answering():
-            reply = error_reply(error, v2=self.url.startswith(b"/v2"))
-            head = b"content-type: application/json\r\ncontent-length: %d\r\n" % len(reply.head)
-            for name, value in reply.extra:
-                head += b"%s: %s\r\n" % (name, value)
-            self.transport.write(
-                STATUS_LINE[error.status_code] + head + b"connection: close\r\n\r\n" + reply.head
-            )
-        self.transport.close()
+        if self._answering():
+            self.transport.close()
+            return
+        reply = error_reply(error, v2=self.url.startswith(b"/v2"))
+        head = b"content-type: application/json\r\ncontent-length: %d\r\n" % len(reply.head)
+        for name, value in reply.extra:
+            head += b"%s: %s\r\n" % (name, value)
+        head += b"connection: close\r\n\r\n"
+        self.transport.write(STATUS_LINE[error.status_code] + head + reply.head)
+        self.linger()
+
+    def linger(self) -> None:
+        """Close after the answers written so far, without resetting the client: shut our side for
+        writing, drop what the client still sends, close when it closes or after LINGER_S. A request
+        still being served is told the client is gone, so it writes nothing more."""
+        transport = self.transport
+        if self.closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        cycle = self.cycle
+        if isinstance(cycle, RequestResponseCycle) and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        transport.write_eof()
+        self.flow.resume_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(LINGER_S, transport.close)
 
     def _answering(self) -> bool:
         """Whether a response on this connection is being produced (then a refusal only closes)."""
@@ -253,6 +297,8 @@ class GuardedProtocol(HttpToolsProtocol):
     # --- the connection's one timer ---------------------------------------------------------------
 
     def _arm(self, delay: float) -> None:
+        if self._lingering:  # the timer is the linger's close
+            return
         timer = self._timer
         if timer is not None:
             if timer.when() <= self.loop.time() + delay:
@@ -263,7 +309,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _check_timeouts(self) -> None:
         """Refuse a request whose headers or body are overdue, close an idle connection, re-arm."""
         self._timer = None
-        if self.transport.is_closing():
+        if self.closing():
             return
         limits, now = self._lim, self.loop.time()
         wait: float

@@ -17,14 +17,13 @@ from typing import Any
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from control_plane.dataplane.connection import GuardedProtocol
+from control_plane.dataplane.connection import DRAIN_LIMIT, GuardedProtocol
 from control_plane.dataplane.exchange import Exchange, Reply, error_reply, parse_models_path
 from control_plane.dataplane.infer import begin, check_limits, observe, start_infer
 from control_plane.dataplane.uvicorn_compat import check_uvicorn
 from control_plane.errors import AppError
 
 log = logging.getLogger(__name__)
-DRAIN_LIMIT = 64 * 1024  # a refused body up to this size is read past to keep the connection
 
 
 class _Busy:
@@ -146,7 +145,7 @@ class FastPathProtocol(GuardedProtocol):
     def _write(self, ex: Exchange, reply: Reply, *, keep_alive: bool) -> None:
         if self.cycle is _BUSY:  # type: ignore[comparison-overlap]
             self.cycle = None  # type: ignore[assignment]
-        if self.transport.is_closing():
+        if self.closing():
             return
         keep_alive = keep_alive and not self._closing
         head = STATUS_LINE[reply.status] + ex.response_header_block(reply)

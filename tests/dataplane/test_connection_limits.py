@@ -21,7 +21,7 @@ from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
 from tests.support.deploy import Deployed, deploy_onnx
 from tests.support.procs import free_port
-from tests.support.rawhttp import exchange, request_head
+from tests.support.rawhttp import exchange, read_answer, request_head
 
 BODY = json.dumps(
     {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.25]}]}
@@ -176,6 +176,75 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(
         raw, took = _answer_within(sock, 5)
         assert _status(raw) == 413, raw
         assert took < 1
+
+
+def test_an_answer_before_a_small_body_keeps_the_connection(
+    deployed: tuple[Api, Deployed], connect: Callable[[], socket.socket]
+) -> None:
+    """/v1/predict (the ASGI path) answers an unknown model from the headers; the body that follows is
+    read past and the next request on the connection is served (the connection was closed before, and
+    a body already on its way turned the close into a reset: httpx's "Connection reset by peer")."""
+    api, d = deployed
+    predict = json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}).encode()
+    sock = connect()
+    length = {"Content-Length": str(len(predict))}
+    sock.sendall(request_head("POST", "/v1/predict/no-such-model", _port(api), {**_auth(d), **length}))
+    first = read_answer(sock)
+    assert first.status == 404, first
+    assert "connection" not in first.headers
+    sock.sendall(predict)
+    sock.sendall(request_head("POST", f"/v1/predict/{d.model}", _port(api), {**_auth(d), **length}) + predict)
+    second = read_answer(sock)
+    assert second.status == 200, second
+    assert json.loads(second.body)["model"] == d.model
+
+
+def test_a_big_body_refused_early_is_dropped_not_reset(
+    deployed: tuple[Api, Deployed], connect: Callable[[], socket.socket]
+) -> None:
+    """A Content-Length over the limit is refused from the headers, but the client is still sending:
+    the server drops what comes (it does not reset the connection), and closes when the client does."""
+    api, d = deployed
+    big = 3_000_000
+    for path in (f"/v2/models/{d.model}/infer", f"/v1/predict/{d.model}"):
+        sock = connect()
+        sock.sendall(request_head("POST", path, _port(api), {**_auth(d), "Content-Length": str(big)}))
+        failures: list[OSError] = []
+        writer = threading.Thread(target=_send_all, args=(sock, b"a" * big, failures))
+        writer.start()
+        answer = read_answer(sock)
+        writer.join(timeout=10)
+        assert answer.status == 413, (path, answer)
+        assert "over the limit of 4096" in answer.body.decode()
+        assert not failures, f"{path}: the body in flight was reset: {failures}"
+        sock.shutdown(socket.SHUT_WR)
+        rest, took = _answer_within(sock, 5)
+        assert rest == b"" and took < 1, path
+
+
+def test_an_answer_before_a_streamed_body_closes_without_a_reset(
+    deployed: tuple[Api, Deployed], connect: Callable[[], socket.socket]
+) -> None:
+    """A chunked body of unknown length answered early (404 from the headers): the connection ends
+    with the answer, and chunks the client still sends are dropped, not answered with a reset."""
+    api, d = deployed
+    sock = connect()
+    chunked = {"Transfer-Encoding": "chunked"}
+    sock.sendall(request_head("POST", "/v1/predict/no-such-model", _port(api), {**_auth(d), **chunked}))
+    answer = read_answer(sock)
+    assert answer.status == 404, answer
+    for _ in range(20):
+        sock.sendall(b"400\r\n" + b"a" * 0x400 + b"\r\n")
+        time.sleep(0.01)
+    rest, _ = _answer_within(sock, 5)  # raises on a reset
+    assert rest == b""
+
+
+def _send_all(sock: socket.socket, data: bytes, failures: list[OSError]) -> None:
+    try:
+        sock.sendall(data)
+    except OSError as exc:
+        failures.append(exc)
 
 
 def test_gzip_bodies_are_served_and_limited_once_decompressed(deployed: tuple[Api, Deployed]) -> None:

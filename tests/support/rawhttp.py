@@ -55,27 +55,34 @@ def request_head(method: str, path: str, port: int, headers: dict[str, str]) -> 
 def exchange(port: int, head: bytes, body: bytes = b"", *, timeout: float = 5.0) -> RawAnswer:
     """Send `head` then `body` on a fresh connection to 127.0.0.1:port and read one response."""
     started = time.perf_counter()
-    parsed = _Parser()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head)
         writer = threading.Thread(target=_send_quietly, args=(sock, body), daemon=True)
         writer.start()
-        deadline = started + timeout
-        try:
-            while not parsed.complete:
-                sock.settimeout(max(deadline - time.perf_counter(), 0.001))
-                data = sock.recv(65536)
-                if not data:
-                    break
-                parsed.parser.feed_data(data)
-        except TimeoutError:
-            return RawAnswer(-1, parsed.headers, parsed.body, time.perf_counter() - started)
-        except (ConnectionError, httptools.HttpParserError):
-            pass
-        elapsed = time.perf_counter() - started
+        answer = read_answer(sock, timeout=timeout, started=started)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         writer.join(timeout=5)
+    return answer
+
+
+def read_answer(sock: socket.socket, *, timeout: float = 5.0, started: float | None = None) -> RawAnswer:
+    """One response read from `sock` (the connection stays usable when the answer keeps it)."""
+    started = time.perf_counter() if started is None else started
+    parsed = _Parser()
+    deadline = started + timeout
+    try:
+        while not parsed.complete:
+            sock.settimeout(max(deadline - time.perf_counter(), 0.001))
+            data = sock.recv(65536)
+            if not data:
+                break
+            parsed.parser.feed_data(data)
+    except TimeoutError:
+        return RawAnswer(-1, parsed.headers, parsed.body, time.perf_counter() - started)
+    except (ConnectionError, httptools.HttpParserError):
+        pass
+    elapsed = time.perf_counter() - started
     status = parsed.parser.get_status_code() if parsed.headers or parsed.complete else 0
     return RawAnswer(status, parsed.headers, parsed.body, elapsed)
 
