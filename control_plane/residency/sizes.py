@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,26 +107,51 @@ def alive(pid: int) -> bool:
 
 
 def stubs(triton_pid: int) -> dict[int, str]:
-    """Stub PID -> the Triton model it runs, for the Python-backend stubs under a Triton process."""
+    """Stub PID -> the Triton model it runs, for the Python-backend stubs under a Triton process.
+
+    Called many times a second under a burst of cold loads (each pass, load, eviction and the check
+    that an evicted stub exited), so a walk only reads the processes it has not seen in the previous
+    walk of the last `SEEN_FOR_S`: a process that is not Triton's child never becomes one, a stub
+    stays that model's stub while its PID lives, and a PID is not reused that fast (the kernel hands
+    them out in increasing order up to `pid_max`). Triton's other children are read every time (a
+    fork not yet exec'd into a stub)."""
+    now = time.monotonic()
+    when, known = _seen.get(triton_pid, (0.0, {}))
+    if now - when > SEEN_FOR_S:
+        known = {}
     found: dict[int, str] = {}
-    for entry in PROC.iterdir():
-        if entry.name.isdigit():
-            name = _stub_under(int(entry.name), triton_pid)
-            if name is not None:
-                found[int(entry.name)] = name
+    settled: dict[int, str | None] = {}
+    for entry in os.listdir(PROC):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if pid in known:
+            name = known[pid]
+        else:
+            child, name = _stub_under(pid, triton_pid)
+            if child and name is None:
+                continue  # Triton's child, not (yet) a stub: read again next time
+        settled[pid] = name
+        if name is not None:
+            found[pid] = name
+    _seen[triton_pid] = (now, settled)
     return found
 
 
-def _stub_under(pid: int, triton_pid: int) -> str | None:
-    """The Triton model process `pid` runs as a stub, if it is one and its parent is `triton_pid`."""
+SEEN_FOR_S = 2.0  # how long one walk's findings serve the next walk
+_seen: dict[int, tuple[float, dict[int, str | None]]] = {}  # Triton PID -> (when, PID -> its model or None)
+
+
+def _stub_under(pid: int, triton_pid: int) -> tuple[bool, str | None]:
+    """Whether process `pid` is a child of `triton_pid`, and the Triton model it runs as a stub if so."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
         if int(stat.rsplit(")", 1)[1].split()[1]) != triton_pid:
-            return None
+            return False, None
         args = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError, IndexError):
-        return None
-    return _stub_model(args)
+        return False, None
+    return True, _stub_model(args)
 
 
 _INSTANCE = re.compile(rb"^(?P<name>.+)_\d+_\d+$")
@@ -160,7 +186,7 @@ def end_stubs(triton_pid: int, name: str) -> int:
         except OSError:
             continue  # gone already
         try:
-            if _stub_under(pid, triton_pid) == name:
+            if _stub_under(pid, triton_pid)[1] == name:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
                 ended += 1
         except OSError:

@@ -1,0 +1,78 @@
+"""Finding a Triton's Python-backend stubs under /proc, with real processes standing in for them
+(this test process plays Triton: the stubs are its children, named as Triton names them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from control_plane.residency import sizes
+
+STUB = "/opt/tritonserver/backends/python/triton_python_backend_stub"
+
+
+def _stub(model: str, *, after_s: float = 0.0) -> subprocess.Popen[bytes]:
+    """A child of this process that runs as `model`'s stub, at once or after `after_s` (a fork that
+    execs into the stub later, as Triton's launcher does)."""
+    sleeper = "import time; time.sleep(60)"
+    if after_s:
+        code = (
+            f"import os, sys, time; time.sleep({after_s}); "
+            f"os.execv(sys.executable, [{STUB!r}, '-c', {sleeper!r}, '/tmp/m/1/model.py', "
+            f"'{model}_0_0', 'CPU'])"
+        )
+        return subprocess.Popen([sys.executable, "-c", code])
+    return subprocess.Popen(
+        [STUB, "-c", sleeper, "/tmp/m/1/model.py", f"{model}_0_0", "CPU"], executable=sys.executable
+    )
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_stubs_are_found_by_model_and_a_late_exec_is_not_missed(
+    children: list[subprocess.Popen[bytes]],
+) -> None:
+    me = os.getpid()
+    ready = _stub("alpha")
+    late = _stub("beta", after_s=0.5)
+    children += [ready, late]
+    _until(lambda: ready.pid in sizes.stubs(me))
+    found = sizes.stubs(me)
+    assert found[ready.pid] == "alpha"
+    assert late.pid not in found  # not exec'd yet: Triton's child, not a stub
+    _until(lambda: sizes.stubs(me).get(late.pid) == "beta")  # read again until it is one
+    assert sizes.stub_bytes(me, "alpha") > 0
+    assert sizes.stub_bytes(me, "gamma") == 0
+    assert sizes.stubs(1) == {}  # another parent's children are not this Triton's stubs
+
+
+def test_an_ended_stub_stops_counting(children: list[subprocess.Popen[bytes]]) -> None:
+    me = os.getpid()
+    victim, other = _stub("alpha"), _stub("beta")
+    children += [victim, other]
+    _until(lambda: {victim.pid, other.pid} <= sizes.stubs(me).keys())
+    assert sizes.end_stubs(me, "alpha") == 1
+    _until(lambda: sizes.stub_bytes(me, "alpha") == 0)  # a zombie holds nothing
+    victim.wait()
+    assert victim.returncode == -9
+    assert victim.pid not in sizes.stubs(me)
+    assert sizes.stubs(me)[other.pid] == "beta" and other.poll() is None
