@@ -17,11 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import Placement
 from control_plane.fleet import repository
 from control_plane.fleet.placement import Servable, Slot, plan
 from control_plane.residency.repository import pinned_versions, placed
@@ -103,7 +100,7 @@ def place_version(
 ) -> frozenset[str]:
     """Choose (and record) the instances one version should be loaded on now, e.g. for an upload."""
     names = {row_id: name for name, row_id in instances.items()}
-    facts = repository.placement_facts(session, instances.values())
+    facts = repository.placement_facts(session, instances.values(), version_id=version_id)
     replicas, size = repository.replicas_of(session, version_id)
     mine = {names[f.row.instance_id]: f for f in facts if f.row.version_id == version_id}
     current = {version_id: {name for name, f in mine.items() if f.row.desired == "ready"}}
@@ -130,23 +127,7 @@ def _want(
     version_id: int,
     now: datetime,
 ) -> None:
-    if fact is None:
-        try:  # another replica (or an on-demand request) may be placing it at this moment
-            with session.begin_nested():
-                session.add(
-                    Placement(
-                        instance_id=instance_id,
-                        version_id=version_id,
-                        desired="ready",
-                        state="unloaded",
-                        updated_at=now,
-                    )
-                )
-        except IntegrityError:
-            session.execute(
-                update(Placement)
-                .where(Placement.instance_id == instance_id, Placement.version_id == version_id)
-                .values(desired="ready", updated_at=now)
-            )
+    if fact is None:  # no row, or one the policy did not read (not desired, not ready)
+        repository.want_placement(session, instance_id=instance_id, version_id=version_id, now=now)
     elif fact.row.desired != "ready":
         fact.row.desired, fact.row.updated_at = "ready", now

@@ -7,7 +7,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Model, ModelReplicas, ModelVersion, Placement, TritonInstance
@@ -136,14 +137,37 @@ class PlacementFacts:
     version_state: str
 
 
-def placement_facts(session: Session, instance_ids: Collection[int]) -> list[PlacementFacts]:
-    """The placement rows on these instances, each with its version's name, size and state."""
+def placement_facts(
+    session: Session, instance_ids: Collection[int], *, version_id: int | None = None
+) -> list[PlacementFacts]:
+    """The placement rows on these instances that the placement policy looks at (desired `ready`, or
+    observed `ready`), and every row of `version_id` if given, each with its version's name, size and
+    state. Rows of versions evicted or unloaded long ago (most rows, with many models) are left out."""
+    relevant = or_(Placement.desired == "ready", Placement.state == "ready")
+    if version_id is not None:
+        relevant = or_(relevant, Placement.version_id == version_id)
     query = (
         select(Placement, ModelVersion.triton_name, ModelVersion.size_bytes, ModelVersion.state)
         .join(ModelVersion, ModelVersion.id == Placement.version_id)
-        .where(Placement.instance_id.in_(list(instance_ids)))
+        .where(Placement.instance_id.in_(list(instance_ids)), relevant)
     )
     return [PlacementFacts(*row) for row in session.execute(query).tuples()]
+
+
+def want_placement(session: Session, *, instance_id: int, version_id: int, now: datetime) -> None:
+    """Desire a version on an instance: a new placement row (observed `unloaded`), or the existing one
+    desired `ready` again; one statement, so concurrent placements of the version (another replica, a
+    request asking for a load) neither fail nor need a savepoint."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(Placement).values(
+        instance_id=instance_id, version_id=version_id, desired="ready", state="unloaded", updated_at=now
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Placement.instance_id, Placement.version_id],
+            set_={"desired": "ready", "updated_at": now},
+        )
+    )
 
 
 def placements_of(session: Session, version_id: int) -> list[Placement]:

@@ -402,7 +402,12 @@ class Residency(ResidencyHooks):
         triton_before, stubs_before = before
         returned = stubs_before - sizes.stub_bytes(pid, name) - max(0, sizes.rss(pid) - triton_before)
         with self.session_factory() as session:
-            expected = session.scalar(select(ModelVersion.memory_bytes).where(ModelVersion.id == version_id))
+            recorded = session.execute(
+                select(ModelVersion.memory_bytes, ModelVersion.memory_unreturned_bytes).where(
+                    ModelVersion.id == version_id
+                )
+            ).one_or_none()
+        expected, unreturned_before = recorded if recorded is not None else (None, None)
         if not expected:
             return
         unreturned = None if returned >= expected // 2 else expected - max(returned, 0)
@@ -413,8 +418,9 @@ class Residency(ResidencyHooks):
             self.stats.unreturned[name] = unreturned
         else:
             self.stats.unreturned.pop(name, None)
-        with transaction(self.session_factory) as session:
-            repository.record_unreturned(session, version_id=version_id, unreturned=unreturned)
+        if unreturned != unreturned_before:  # most evictions give everything back, as the last one did
+            with transaction(self.session_factory) as session:
+                repository.record_unreturned(session, version_id=version_id, unreturned=unreturned)
 
     def _pid(self, endpoint: TritonEndpoint) -> int | None:
         known = self._pids.get(endpoint.name)

@@ -68,6 +68,8 @@ class Router:
         self._ask_lock = threading.Lock()
         self._asked = 0  # reload() calls so far
         self._built = 0  # the calls the current table covers (all those made before its build began)
+        self._asked_placements = 0  # refresh_placements() calls so far
+        self._placements_built = 0  # those the current table's placements cover
         self.listeners: list[Callable[[RoutingTable], None]] = []  # told of every reloaded table
 
     @property
@@ -90,18 +92,28 @@ class Router:
             if self._built >= ticket:
                 return  # a rebuild that began after this call has finished meanwhile
             with self._ask_lock:
-                covers = self._asked
+                covers, covers_placements = self._asked, self._asked_placements
             with self.session_factory() as session:
                 table = build_table(session)
             self._built = covers
+            self._placements_built = max(self._placements_built, covers_placements)
             self._publish(table)
 
     def refresh_placements(self) -> None:
         """Only placements' rows changed (a load or an unload): read the table's placements and resident
-        set again and keep the rest (a full rebuild reads and parses every version)."""
+        set again and keep the rest (a full rebuild reads and parses every version). Coalesced like
+        `reload`: every load, eviction and request for a load commits placements, often several at once."""
+        with self._ask_lock:
+            self._asked_placements += 1
+            ticket = self._asked_placements
         with self._reload_lock:
+            if self._placements_built >= ticket:
+                return  # a refresh or rebuild that began after this call has finished meanwhile
+            with self._ask_lock:
+                covers = self._asked_placements
             with self.session_factory() as session:
                 placements, resident = ready_placements(session), resident_names(session)
+            self._placements_built = covers
             self._publish(replace(self.table, placements=placements, resident=resident))
 
     def _publish(self, table: RoutingTable) -> None:

@@ -59,6 +59,59 @@ def test_a_burst_of_reloads_shares_rebuilds_and_each_sees_its_own_commit(
     assert len(told) == builds and int(router.table.tenants[0]) == 40
 
 
+def _build_with_placements(session: Any) -> RoutingTable:
+    table = _build(session)
+    return RoutingTable(
+        models={}, tenants=table.tenants, tenant_ids={}, keys={}, placements={"seen": (table.tenants[0],)}
+    )
+
+
+def _placements(session: Any) -> dict[str, tuple[str, ...]]:
+    global builds
+    with lock:
+        seen = commits
+        builds += 1
+    time.sleep(0.01)
+    return {"seen": (str(seen),)}
+
+
+def test_placement_refreshes_are_shared_too_and_a_rebuild_covers_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loads, evictions and requests for loads commit placements many times a second: refreshes that
+    arrive while one runs share the next, a full rebuild counts as one, and every caller still gets a
+    table that covers its commit (the full rebuild's callers the whole table)."""
+    global commits, builds
+    commits = builds = 0
+    monkeypatch.setattr(router_module, "build_table", _build_with_placements)
+    monkeypatch.setattr(router_module, "ready_placements", _placements)
+    monkeypatch.setattr(router_module, "resident_names", lambda session: frozenset())
+    router = Router(lambda: _NullSession())  # type: ignore[arg-type, return-value]
+    stale: list[tuple[str, int, int]] = []
+
+    def commit_then(full: bool) -> None:
+        global commits
+        with lock:
+            commits += 1
+            mine = commits
+        if full:
+            router.reload()
+            covered = int(router.table.tenants[0])
+        else:
+            router.refresh_placements()
+            covered = int(router.table.placements["seen"][0])
+        if covered < mine:
+            stale.append(("reload" if full else "refresh", mine, covered))
+
+    threads = [threading.Thread(target=commit_then, args=(i % 5 == 0,)) for i in range(60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stale == [], "a caller got a table from before its commit"
+    assert builds < 30, f"{builds} reads for 60 calls"
+
+
 class _NullSession:
     def __enter__(self) -> _NullSession:
         return self
