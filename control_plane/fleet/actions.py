@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from functools import partial
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,7 +43,10 @@ Note = tuple[int, str, str | None]  # (version id, observed state, message)
 class ResidencyHooks:
     """What residency (issue 12) adds to loads and unloads; the default does nothing."""
 
-    eviction_grace_s = 0.0
+    def eviction_grace_s(self, name: str, last_used: float) -> float:
+        """How long routes stop sending to a version before its eviction's unload (`last_used`: its last
+        use, wall-clock seconds, as the pass that chose it saw it)."""
+        return 0.0
 
     def loaded(self, endpoint: TritonEndpoint, name: str, version_id: int, seconds: float) -> None:
         """A load finished: measure the version's memory."""
@@ -137,9 +141,9 @@ class Actions:
                     self._schedule(endpoint, name, version_id, self._unload_moved)
         return len(missing) + extra
 
-    def evict(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+    def evict(self, endpoint: TritonEndpoint, name: str, version_id: int, *, last_used: float = 0.0) -> None:
         """Unload a version the residency budget no longer holds (unless requests are in flight)."""
-        self._schedule(endpoint, name, version_id, self._evict)
+        self._schedule(endpoint, name, version_id, partial(self._evict, last_used=last_used))
 
     def loading_on(self, instance: str) -> set[int]:
         """Versions with a load queued or running on `instance`."""
@@ -240,15 +244,16 @@ class Actions:
                 return
             self._unload(endpoint, name, version_id, why="placed elsewhere")
 
-    def _evict(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+    def _evict(self, endpoint: TritonEndpoint, name: str, version_id: int, *, last_used: float = 0.0) -> None:
         """Stop routing here, give requests on their way a moment, then unload unless one is in flight."""
         hooks = self.residency
         with self.loader.lock_for(name):
             if self._wanted_here(endpoint.name, version_id):
                 return  # asked for again since the pass decided, or no longer ours to evict
             self.note_many(endpoint.name, [(version_id, "unloading", None)])
-        if hooks.eviction_grace_s > 0:
-            time.sleep(hooks.eviction_grace_s)
+        grace = hooks.eviction_grace_s(name, last_used)
+        if grace > 0:
+            time.sleep(grace)
         with self.loader.lock_for(name):
             if hooks.busy(name) or self._wanted_here(endpoint.name, version_id):
                 self._keep(endpoint.name, version_id)

@@ -248,8 +248,10 @@ class Reconciler:
             if observation.ready:
                 drift = self.actions.converge(endpoint, observation, desired, ours, seen)
                 self.observed.drift[endpoint.name] = drift
-                for name, version_id in plans[endpoint.name].evict if endpoint.name in plans else ():
-                    self.actions.evict(endpoint, name, version_id)
+                plan = plans.get(endpoint.name)
+                evictions = [(n, v, plan.last_used.get(v, 0.0)) for n, v in plan.evict] if plan else []
+                for name, version_id, used in evictions:
+                    self.actions.evict(endpoint, name, version_id, last_used=used)
             self.observed.stats.observed(endpoint.name, ready=observation.ready, drift=drift)
         self._record_health(mine, seen, now)
         self._finish_drains(draining, seen, ours)

@@ -38,6 +38,7 @@ class Plan:
 
     evict: list[tuple[str, int]] = field(default_factory=list)  # (Triton model name, version id)
     waiting: list[str] = field(default_factory=list)  # desired, no room yet
+    last_used: dict[int, float] = field(default_factory=dict)  # evicted version id -> its last use seen
     used: int = 0
     budget: int = 0
 
@@ -188,8 +189,10 @@ class Budgets:
         decision = decide(staying, arrivals, budget=budget, share=self.tenant_share, headroom=self.headroom)
         plan = Plan(budget=budget)
         names = {v: n for n, v in {**present, **incoming}.items()}
+        seen_used = {e.version_id: e.last_used for e in resident}
         for version_id in decision.evict:
             plan.evict.append((names[version_id], version_id))
+            plan.last_used[version_id] = seen_used.get(version_id, 0.0)
             want.pop(names[version_id], None)
             holders = desired.holders.get(version_id)
             if holders is not None:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 Done = Callable[[AppError | None], None]
 LOADABLE = ("registered", "unloaded", "ready")  # states a request may load on demand
 LIVE_S = 0.25  # how long one look at an instance's stub processes serves the loop
+IDLE_S = 1.0  # a version nobody used for this long gets no eviction grace
 GONE_S = 5.0  # how long a version Triton said it does not have is kept out of the resident set at most
 
 
@@ -79,7 +80,7 @@ class Residency(ResidencyHooks):
         self.session_factory = session_factory
         self.inflight = inflight
         self.wait_s = wait_s
-        self.eviction_grace_s = eviction_grace_s
+        self.grace_s = eviction_grace_s
         self.flush_s = flush_s
         self.end_stubs = end_stubs  # end an evicted version's stubs at once (see sizes.end_stubs)
         self.stats = ResidencyStats()
@@ -294,6 +295,18 @@ class Residency(ResidencyHooks):
         """Whether this process has requests to `name` in flight, or waiting for it to be resident
         (a version on its way out that requests wait for is kept: they asked for it again)."""
         return self.inflight.get(name, 0) > 0 or bool(self._waiters.get(name))
+
+    def eviction_grace_s(self, name: str, last_used: float) -> float:
+        """The grace (routes no longer send to the version, requests already on their way still find it)
+        for a version used in the last `IDLE_S`, here or anywhere as the pass saw it (every replica's
+        recorded uses and Triton's own `last_inference`); none for one idle longer, the usual victim:
+        a cold load that waits for its room no longer waits out the grace too. A request to it that
+        still arrives after the unload waits for the version like a cold one and is sent again."""
+        local = self.used.get(name)
+        recent = time.time() - last_used < IDLE_S or (
+            local is not None and time.perf_counter() - local < IDLE_S
+        )
+        return self.grace_s if recent else 0.0
 
     def loaded(self, endpoint: TritonEndpoint, name: str, version_id: int, seconds: float) -> None:
         """Measure a version just loaded and record its memory and load time."""

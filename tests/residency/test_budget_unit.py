@@ -7,6 +7,8 @@ Triton and stubs are exercised by `test_residency.py`.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +20,7 @@ from control_plane.fleet.desired import Desired
 from control_plane.fleet.observed import InstanceObservation
 from control_plane.residency import repository
 from control_plane.residency.budget import Budgets
+from control_plane.residency.manager import Residency
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.residency.repository import VersionFacts
 
@@ -82,6 +85,7 @@ def _arrange(*, load_slots: int | None, live: dict[str, int] | None = None) -> t
 def test_a_pass_evicts_only_for_the_loads_that_can_start() -> None:
     plan, desired = _arrange(load_slots=1)
     assert plan.evict == [("r1", 1)], "one load worker: one eviction, of the least recently used"
+    assert plan.last_used == {1: datetime(2026, 1, 1, 1, tzinfo=UTC).timestamp()}  # for its grace
     assert set(desired.on["i"]) == {"r2", "r3"}, "the incoming versions wait (a4 for its eviction)"
     assert plan.waiting == [], "waiting for a load worker is not waiting for room"
 
@@ -98,3 +102,14 @@ def test_processes_that_outlived_their_unload_count_against_the_budget() -> None
     # for two incoming ones, and the third incoming one waits for room.
     assert len(plan.evict) == 3 and plan.waiting == ["a6"]
     assert not set(desired.on["i"]) & set(INCOMING), "no load starts before its evictions finished"
+
+
+def test_only_a_version_used_in_the_last_second_gets_an_eviction_grace() -> None:
+    residency = Residency(session_factory=None, inflight=Counter(), eviction_grace_s=0.2)
+    now = time.time()
+    assert residency.eviction_grace_s("idle", now - 5) == 0.0, "idle: evicted without waiting"
+    assert residency.eviction_grace_s("recent", now - 0.3) == 0.2, "used (anywhere) 0.3 s ago"
+    residency.used["here"] = time.perf_counter() - 0.1  # a use here the pass did not see yet
+    assert residency.eviction_grace_s("here", now - 5) == 0.2
+    residency.used["here"] = time.perf_counter() - 3
+    assert residency.eviction_grace_s("here", 0.0) == 0.0
