@@ -83,12 +83,12 @@ def install(
     def committed(session: Session) -> None:
         desired = session.info.pop(_DESIRED_FLAG, False)
         placements = session.info.pop(_PLACEMENTS_FLAG, False)
+        if desired and on_desired is not None:
+            on_desired()  # first: the loop's pass (another thread) need not wait for the table's rebuild
         if session.info.pop(_FLAG, False):
             on_change()
         elif placements:
             (on_placements or on_change)()
-        if desired and on_desired is not None:
-            on_desired()
 
     def rolled_back(session: Session) -> None:
         for flag in (_FLAG, _DESIRED_FLAG, _PLACEMENTS_FLAG):

@@ -81,24 +81,39 @@ EMPTY_TABLE = RoutingTable(models={}, tenants={}, tenant_ids={}, keys={})
 
 def build_table(session: Session) -> RoutingTable:
     """Read the live registry in a handful of queries."""
-    tenants = {t.id: t.name for t in session.scalars(select(Tenant).where(Tenant.deleted_at.is_(None)))}
+    # Columns rather than ORM objects: a rebuild reads every live model and version (JSON columns and
+    # all, when loaded as objects), and runs on every change that is not only placements'.
+    live_tenants = select(Tenant.id, Tenant.name).where(Tenant.deleted_at.is_(None))
+    tenants = dict(session.execute(live_tenants).tuples().all())
     models = {
-        m.id: m
-        for m in session.scalars(select(Model).where(Model.deleted_at.is_(None)))
-        if m.tenant_id in tenants
+        model_id: (tenant_id, name)
+        for model_id, tenant_id, name in session.execute(
+            select(Model.id, Model.tenant_id, Model.name).where(Model.deleted_at.is_(None))
+        ).tuples()
+        if tenant_id in tenants
     }
     versions: dict[int, dict[int, VersionTarget]] = {model_id: {} for model_id in models}
     by_id: dict[int, VersionTarget] = {}
-    for v in session.scalars(select(ModelVersion).where(ModelVersion.state != "retired")):
-        if v.model_id in models:
+    rows = session.execute(
+        select(
+            ModelVersion.id,
+            ModelVersion.model_id,
+            ModelVersion.version,
+            ModelVersion.triton_name,
+            ModelVersion.state,
+            ModelVersion.config_text,
+        ).where(ModelVersion.state != "retired")
+    ).tuples()
+    for version_id, model_id, number, triton_name, state, config_text in rows:
+        if model_id in models:
             target = VersionTarget(
-                version=v.version,
-                triton_name=v.triton_name,
-                state=v.state,
-                contract=contract_from_config(v.config_text),
+                version=number,
+                triton_name=triton_name,
+                state=state,
+                contract=contract_from_config(config_text),
             )
-            versions[v.model_id][v.version] = target
-            by_id[v.id] = target
+            versions[model_id][number] = target
+            by_id[version_id] = target
     routes: dict[int, list[AliasRoute]] = {}
     for route in session.scalars(select(AliasRoute)):
         routes.setdefault(route.alias_id, []).append(route)
@@ -107,14 +122,14 @@ def build_table(session: Session) -> RoutingTable:
         if alias.model_id in models and alias.version_id in by_id:
             aliases[alias.model_id][alias.name] = _alias_target(by_id, alias, routes.get(alias.id, []))
     table = {
-        (m.tenant_id, m.name): ModelTarget(
-            tenant=tenants[m.tenant_id],
-            name=m.name,
-            model_id=m.id,
-            versions=versions[m.id],
-            aliases=aliases[m.id],
+        (tenant_id, name): ModelTarget(
+            tenant=tenants[tenant_id],
+            name=name,
+            model_id=model_id,
+            versions=versions[model_id],
+            aliases=aliases[model_id],
         )
-        for m in models.values()
+        for model_id, (tenant_id, name) in models.items()
     }
     keys = {
         k.prefix: KeyEntry(
