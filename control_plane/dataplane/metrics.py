@@ -12,6 +12,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import metrics as _prom_metrics
@@ -117,7 +118,7 @@ class _Collector:
         m = self._metrics
         created = _prom_metrics._use_created
         requests = CounterMetricFamily(_REQUESTS, "Inference requests by outcome", labels=_REQUESTS_LABELS)
-        for labels, series in list(m._series_by_labels.items()):
+        for labels, series in _items(m._series_by_labels):
             requests.add_metric(labels, float(series.count), series.created if created else None)
         return [
             requests,
@@ -129,7 +130,7 @@ class _Collector:
 
 def _histogram(name: str, doc: str, hists: dict[_Labels, _Hist], created: bool) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=_HIST_LABELS)
-    for labels, hist in list(hists.items()):
+    for labels, hist in _items(hists):
         counts = list(hist.buckets)  # one copy, so the cumulative sums below stay consistent
         acc = 0.0
         cumulative: list[tuple[str, float]] = []
@@ -143,9 +144,23 @@ def _histogram(name: str, doc: str, hists: dict[_Labels, _Hist], created: bool) 
     return family
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _items(series: dict[K, V]) -> list[tuple[K, V]]:
+    """A copy of a dict the hot path adds to without a lock. Copying holds the GIL, but a garbage
+    collection during the copy can run another thread, which may add a series: copy again then."""
+    while True:
+        try:
+            return list(series.items())
+        except RuntimeError:  # "dictionary changed size during iteration"
+            continue
+
+
 def _gauge(in_flight: InFlightFamily) -> GaugeMetricFamily:
     family = GaugeMetricFamily(_IN_FLIGHT, "Requests being served", labels=("protocol",))
-    for protocol, child in list(in_flight.children.items()):
+    for protocol, child in _items(in_flight.children):
         family.add_metric((protocol,), child.value)
     return family
 

@@ -244,10 +244,14 @@ def test_sample_values_match_prometheus_client_exactly() -> None:
 def test_collect_survives_series_added_during_scrape() -> None:
     metrics = DataPlaneMetrics()
     stop = threading.Event()
+    failures: list[BaseException] = []
 
     def scrape() -> None:
-        while not stop.is_set():
-            generate_latest(metrics.registry)
+        try:
+            while not stop.is_set():
+                generate_latest(metrics.registry)
+        except BaseException as exc:  # a scrape that fails must fail the test, not just end its thread
+            failures.append(exc)
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
@@ -265,6 +269,7 @@ def test_collect_survives_series_added_during_scrape() -> None:
     finally:
         stop.set()
         scraper.join()
+    assert failures == []
     assert metrics.registry.get_sample_value(
         f"{LAT}_count", {"tenant": "t7", "model": "m7", "protocol": "http"}
     )
