@@ -1,6 +1,7 @@
 """Residency under a Zipf load: many small models, a budget that holds about 10% of them.
 
     python -m bench.residency [--models 200] [--tenants 4] [--fraction 0.1] [--clients 16] [--seconds 60]
+                              [--quiet 10]
 
 Starts the control plane with its embedded bundled Triton (SQLite, local artifacts; `bench.stack`),
 registers `--models` tiny Python-backend models spread over `--tenants` tenants (uploads do not load),
@@ -13,7 +14,10 @@ trace (the requests in the order they were sent), and where the two part (`compa
 cold-start latency (requests the control plane answered after a load, told apart by latency: over 10x
 the p10 latency and over 50 ms) p50/p99 next to Triton's own load time for these models
 (`load_seconds` the control plane measured around each load call); warm p50/p99; evictions; and the
-peak memory of the stub processes sampled every 20 ms next to the budget.
+peak memory of the stub processes sampled every 20 ms next to the budget. Then (`--quiet N`, 10 by
+default) N cold starts one at a time with nothing else running, each to a model that is not resident
+while the budget is full: their latency next to their load time, the control plane's own cold-start
+cost without the queueing of a saturated machine.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -49,11 +51,7 @@ def test_a_burst_of_reloads_shares_rebuilds_and_each_sees_its_own_commit(
         if covered < mine:
             stale.append((mine, covered))
 
-    threads = [threading.Thread(target=commit_then_reload) for _ in range(40)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _at_once([commit_then_reload] * 40)
     assert stale == [], "a reload returned with a table from before its caller's commit"
     assert builds < 20, f"{builds} rebuilds for 40 reloads"
     assert len(told) == builds and int(router.table.tenants[0]) == 40
@@ -103,13 +101,18 @@ def test_placement_refreshes_are_shared_too_and_a_rebuild_covers_them(
         if covered < mine:
             stale.append(("reload" if full else "refresh", mine, covered))
 
-    threads = [threading.Thread(target=commit_then, args=(i % 5 == 0,)) for i in range(60)]
+    _at_once([partial(commit_then, i % 5 == 0) for i in range(60)])
+    assert stale == [], "a caller got a table from before its commit"
+    assert builds < 30, f"{builds} reads for 60 calls"
+
+
+def _at_once(calls: list[Callable[[], None]]) -> None:
+    """Run each call in a thread of its own, all started before any is waited for."""
+    threads = [threading.Thread(target=call) for call in calls]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert stale == [], "a caller got a table from before its commit"
-    assert builds < 30, f"{builds} reads for 60 calls"
 
 
 class _NullSession:
