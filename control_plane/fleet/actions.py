@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # Version states that should not be loaded anywhere (a failed version is not served either; a version
 # being loaded, `registered` or `loading`, is the loader's business).
 RELEASED = ("unloaded", "retired", "failed")
+EVICTION_WAIT_S = 60.0  # how long a load waits for the evictions making its room (then the next pass)
 Key = tuple[str, int]  # (instance name, version id)
 Note = tuple[int, str, str | None]  # (version id, observed state, message)
 
@@ -93,7 +94,7 @@ class Actions:
         self._unloads_per_instance = unloads_per_instance
         self._on_load_done = on_load_done
         self._workers: dict[tuple[str, bool], ThreadPoolExecutor] = {}  # (instance, loads?) -> pool
-        self._inflight: dict[Key, Future[None]] = {}
+        self._inflight: dict[Key, Future[bool | None]] = {}
         self._loads: set[Key] = set()  # keys of _inflight that are loads
         self.residency: ResidencyHooks = ResidencyHooks()
         self._lock = threading.Lock()
@@ -125,7 +126,7 @@ class Actions:
                 notes.append((version_id, "unloaded", None))  # gone (a restart), and not wanted here
         self.note_many(endpoint.name, notes)
         for name, version_id in missing:
-            self._schedule(endpoint, name, version_id, self._load)
+            self._schedule(endpoint, name, version_id, self._load, load=True)
         extra = 0
         for name, state in seen.models.items():
             found = ours.get(name)
@@ -144,6 +145,19 @@ class Actions:
     def evict(self, endpoint: TritonEndpoint, name: str, version_id: int, *, last_used: float = 0.0) -> None:
         """Unload a version the residency budget no longer holds (unless requests are in flight)."""
         self._schedule(endpoint, name, version_id, partial(self._evict, last_used=last_used))
+
+    def load_after(self, endpoint: TritonEndpoint, loads: list[tuple[str, int]], victims: list[int]) -> None:
+        """Start loads that wait for room as soon as the evictions making it are over, instead of at the
+        next pass: each runs on a load worker (so the loop counts it as loading) that first waits for
+        those evictions, and loads only if every one of them unloaded its version; otherwise the next
+        pass decides again."""
+        with self._lock:
+            evictions = [self._inflight.get((endpoint.name, v)) for v in victims]
+        if not loads or not evictions or any(e is None for e in evictions):
+            return  # an eviction over already, or not started: the pass it triggers decides
+        waits = [e for e in evictions if e is not None]
+        for name, version_id in loads:
+            self._schedule(endpoint, name, version_id, partial(self._load_after, waits=waits), load=True)
 
     def loading_on(self, instance: str) -> set[int]:
         """Versions with a load queued or running on `instance`."""
@@ -174,9 +188,11 @@ class Actions:
         for pool in workers:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _schedule(self, endpoint: TritonEndpoint, name: str, version_id: int, action: _Action) -> None:
+    def _schedule(
+        self, endpoint: TritonEndpoint, name: str, version_id: int, action: _Action, *, load: bool = False
+    ) -> None:
         key = (endpoint.name, version_id)
-        loading = action == self._load
+        loading = load
         with self._lock:
             if key in self._inflight or self._stopped or (loading and not self.backoff.due(key)):
                 return
@@ -192,7 +208,7 @@ class Actions:
                 self._loads.add(key)
         task.add_done_callback(lambda _: self._forget(key, task))
 
-    def _forget(self, key: Key, task: Future[None]) -> None:
+    def _forget(self, key: Key, task: Future[bool | None]) -> None:
         with self._lock:
             if self._inflight.get(key) is not task:
                 return
@@ -226,6 +242,22 @@ class Actions:
         self.note_many(endpoint.name, [(version_id, "ready", None)])
         log.info("reconciler loaded %s on %s", name, endpoint.name)
 
+    def _load_after(
+        self, endpoint: TritonEndpoint, name: str, version_id: int, *, waits: list[Future[bool | None]]
+    ) -> None:
+        """`_load` once the evictions in `waits` have all unloaded their versions (see `load_after`); the
+        version's repository entry is written meanwhile (disk, not memory)."""
+        try:
+            with self.loader.lock_for(name):
+                first = self.backoff.failures((endpoint.name, version_id)) == 0
+                self.loader.write_entry(version_id, only_if_missing=first)
+        except Exception as exc:  # `_load` writes it again, and records a failure there
+            log.info("writing the entry of %s ahead of its load failed: %r", name, exc)
+        done, pending = wait(waits, timeout=EVICTION_WAIT_S)
+        if pending or not all(not f.cancelled() and f.exception() is None and f.result() for f in done):
+            return
+        self._load(endpoint, name, version_id)
+
     def _unload_released(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
         with self.loader.lock_for(name):
             if self._version_state(version_id) not in RELEASED:
@@ -244,12 +276,13 @@ class Actions:
                 return
             self._unload(endpoint, name, version_id, why="placed elsewhere")
 
-    def _evict(self, endpoint: TritonEndpoint, name: str, version_id: int, *, last_used: float = 0.0) -> None:
-        """Stop routing here, give requests on their way a moment, then unload unless one is in flight."""
+    def _evict(self, endpoint: TritonEndpoint, name: str, version_id: int, *, last_used: float = 0.0) -> bool:
+        """Stop routing here, give requests on their way a moment, then unload unless one is in flight;
+        whether it was unloaded."""
         hooks = self.residency
         with self.loader.lock_for(name):
             if self._wanted_here(endpoint.name, version_id):
-                return  # asked for again since the pass decided, or no longer ours to evict
+                return False  # asked for again since the pass decided, or no longer ours to evict
             self.note_many(endpoint.name, [(version_id, "unloading", None)])
         grace = hooks.eviction_grace_s(name, last_used)
         if grace > 0:
@@ -257,12 +290,13 @@ class Actions:
         with self.loader.lock_for(name):
             if hooks.busy(name) or self._wanted_here(endpoint.name, version_id):
                 self._keep(endpoint.name, version_id)
-                return
+                return False
             before = hooks.before_unload(endpoint, name)
             if not self._unload(endpoint, name, version_id, why="evicted for the memory budget"):
                 self._keep(endpoint.name, version_id)
-                return
+                return False
         hooks.evicted(endpoint, name, version_id, before)
+        return True
 
     def _keep(self, instance: str, version_id: int) -> None:
         """An eviction that did not happen: the placement is desired and ready again."""
@@ -352,4 +386,4 @@ def _ready_elsewhere(
     return False
 
 
-_Action = Callable[[TritonEndpoint, str, int], None]  # a bound method of Actions
+_Action = Callable[[TritonEndpoint, str, int], bool | None]  # a bound method of Actions

@@ -249,9 +249,13 @@ class Reconciler:
                 drift = self.actions.converge(endpoint, observation, desired, ours, seen)
                 self.observed.drift[endpoint.name] = drift
                 plan = plans.get(endpoint.name)
-                evictions = [(n, v, plan.last_used.get(v, 0.0)) for n, v in plan.evict] if plan else []
-                for name, version_id, used in evictions:
-                    self.actions.evict(endpoint, name, version_id, last_used=used)
+                if plan is not None:
+                    for name, version_id in plan.evict:
+                        self.actions.evict(
+                            endpoint, name, version_id, last_used=plan.last_used.get(version_id, 0.0)
+                        )
+                    victims = [version_id for _, version_id in plan.evict]
+                    self.actions.load_after(endpoint, plan.after_evictions, victims)
             self.observed.stats.observed(endpoint.name, ready=observation.ready, drift=drift)
         self._record_health(mine, seen, now)
         self._finish_drains(draining, seen, ours)

@@ -39,6 +39,8 @@ class Plan:
     evict: list[tuple[str, int]] = field(default_factory=list)  # (Triton model name, version id)
     waiting: list[str] = field(default_factory=list)  # desired, no room yet
     last_used: dict[int, float] = field(default_factory=dict)  # evicted version id -> its last use seen
+    # Admitted versions that fit once this pass's evictions are over: they load as soon as those finish.
+    after_evictions: list[tuple[str, int]] = field(default_factory=list)
     used: int = 0
     budget: int = 0
 
@@ -205,12 +207,17 @@ class Budgets:
             )
         held_back = set(decision.wait) | set(later)
         now = used
+        after = used - sum(e.size for e in resident if e.version_id in set(decision.evict))
         for version_id in decision.admit:
             size = next(e.size for e in arrivals if e.version_id == version_id)
             if now + size > budget:
-                held_back.add(version_id)  # after the evictions it needs (they run the loop again)
+                held_back.add(version_id)  # after the evictions it needs
+                if after + size <= budget:  # this pass's evictions make its room: it loads when they end
+                    plan.after_evictions.append((names[version_id], version_id))
+                    after += size
             else:
                 now += size
+                after += size
         for version_id in held_back:
             want.pop(names[version_id], None)
         plan.waiting = [names[v] for v in decision.wait]

@@ -87,6 +87,7 @@ def test_a_pass_evicts_only_for_the_loads_that_can_start() -> None:
     assert plan.evict == [("r1", 1)], "one load worker: one eviction, of the least recently used"
     assert plan.last_used == {1: datetime(2026, 1, 1, 1, tzinfo=UTC).timestamp()}  # for its grace
     assert set(desired.on["i"]) == {"r2", "r3"}, "the incoming versions wait (a4 for its eviction)"
+    assert plan.after_evictions == [("a4", 4)], "a4 loads as soon as r1's eviction is over"
     assert plan.waiting == [], "waiting for a load worker is not waiting for room"
 
 
@@ -102,6 +103,7 @@ def test_processes_that_outlived_their_unload_count_against_the_budget() -> None
     # for two incoming ones, and the third incoming one waits for room.
     assert len(plan.evict) == 3 and plan.waiting == ["a6"]
     assert not set(desired.on["i"]) & set(INCOMING), "no load starts before its evictions finished"
+    assert plan.after_evictions == [("a4", 4), ("a5", 5)], "the room the evictions make: two loads"
 
 
 def test_only_a_version_used_in_the_last_second_gets_an_eviction_grace() -> None:

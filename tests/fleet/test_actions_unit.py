@@ -1,0 +1,91 @@
+"""A load that waits for room starts as soon as the evictions making it are over (`Actions.load_after`),
+and not at all when one of them kept its version. The loads and evictions themselves are replaced by
+recorders (the real ones, against a real Triton, are exercised by tests/residency)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from control_plane.fleet.actions import Actions
+from control_plane.fleet.backoff import Backoff
+from control_plane.fleet.observed import Observed
+
+TRITON: Any = SimpleNamespace(name="i")
+
+
+class Recorder:
+    """Stands in for Actions._evict (held until released, with an outcome) and Actions._load."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.outcome = True
+        self.loaded: list[str] = []
+        self.entries: list[int] = []
+
+    def evict(self, endpoint: Any, name: str, version_id: int, *, last_used: float = 0.0) -> bool:
+        assert self.release.wait(10)
+        return self.outcome
+
+    def load(self, endpoint: Any, name: str, version_id: int) -> None:
+        self.loaded.append(name)
+
+    def write_entry(self, version_id: int, *, only_if_missing: bool = False) -> None:
+        self.entries.append(version_id)
+
+
+@pytest.fixture
+def actions() -> Any:
+    done = threading.Event()
+    recorder = Recorder()
+    made = Actions(
+        session_factory=None,  # type: ignore[arg-type]
+        loader=SimpleNamespace(  # type: ignore[arg-type]
+            lock_for=lambda name: threading.Lock(), write_entry=recorder.write_entry
+        ),
+        observed=Observed(),
+        backoff=Backoff(initial_s=1.0, max_s=2.0),
+        loads_per_instance=2,
+        unload_grace_s=0.0,
+        on_load_done=done.set,
+    )
+    made.recorder = recorder  # type: ignore[attr-defined]
+    made.load_over = done  # type: ignore[attr-defined]
+    made._evict = recorder.evict  # type: ignore[method-assign]
+    made._load = recorder.load  # type: ignore[method-assign]
+    yield made
+    made.stop()
+
+
+def test_the_load_starts_when_the_eviction_is_over(actions: Any) -> None:
+    actions.evict(TRITON, "old", 1)
+    actions.load_after(TRITON, [("new", 2)], [1])
+    time.sleep(0.2)
+    assert actions.recorder.loaded == [], "no load before its room is made"
+    assert actions.recorder.entries == [2], "its repository entry is written meanwhile"
+    assert actions.loading_on("i") == {2}, "counted as loading: no pass admits into its room"
+    actions.recorder.release.set()
+    assert actions.load_over.wait(5)
+    assert actions.recorder.loaded == ["new"]
+    assert actions.wait_idle(5) and actions.loading_on("i") == set()
+
+
+def test_no_load_when_the_eviction_kept_its_version(actions: Any) -> None:
+    actions.recorder.outcome = False  # a request came for it meanwhile
+    actions.evict(TRITON, "old", 1)
+    actions.load_after(TRITON, [("new", 2)], [1])
+    actions.recorder.release.set()
+    assert actions.load_over.wait(5), "the load worker is given back (and the loop runs again)"
+    assert actions.recorder.loaded == []
+
+
+def test_an_eviction_already_over_leaves_the_load_to_the_next_pass(actions: Any) -> None:
+    actions.recorder.release.set()
+    actions.evict(TRITON, "old", 1)
+    assert actions.wait_idle(5)
+    actions.load_after(TRITON, [("new", 2)], [1])
+    assert actions.loading_on("i") == set() and actions.recorder.loaded == []
