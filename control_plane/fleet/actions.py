@@ -192,19 +192,18 @@ class Actions:
         self, endpoint: TritonEndpoint, name: str, version_id: int, action: _Action, *, load: bool = False
     ) -> None:
         key = (endpoint.name, version_id)
-        loading = load
         with self._lock:
-            if key in self._inflight or self._stopped or (loading and not self.backoff.due(key)):
+            if key in self._inflight or self._stopped or (load and not self.backoff.due(key)):
                 return
-            pool = self._workers.get((endpoint.name, loading))
+            pool = self._workers.get((endpoint.name, load))
             if pool is None:
-                pool = self._workers[(endpoint.name, loading)] = ThreadPoolExecutor(
-                    max_workers=self._loads_per_instance if loading else self._unloads_per_instance,
-                    thread_name_prefix=f"cp-{'load' if loading else 'unload'}-{endpoint.name}",
+                pool = self._workers[(endpoint.name, load)] = ThreadPoolExecutor(
+                    max_workers=self._loads_per_instance if load else self._unloads_per_instance,
+                    thread_name_prefix=f"cp-{'load' if load else 'unload'}-{endpoint.name}",
                 )
             task = pool.submit(action, endpoint, name, version_id)
             self._inflight[key] = task
-            if loading:
+            if load:
                 self._loads.add(key)
         task.add_done_callback(lambda _: self._forget(key, task))
 
@@ -218,15 +217,16 @@ class Actions:
         if was_load and self._on_load_done is not None:
             self._on_load_done()
 
-    def _load(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+    def _load(self, endpoint: TritonEndpoint, name: str, version_id: int, *, written: bool = False) -> None:
+        """Load a version on an instance (`written`: its repository entry was just written for it)."""
         key = (endpoint.name, version_id)
         with self.loader.lock_for(name):
             if self._version_state(version_id) != "ready":
                 return
             self.note_many(endpoint.name, [(version_id, "loading", None)])
             try:
-                # A first attempt trusts an entry already in the repository; a retry rewrites it.
-                self.loader.write_entry(version_id, only_if_missing=self.backoff.failures(key) == 0)
+                if not written:
+                    self._write_entry(endpoint, name, version_id)
                 started = time.monotonic()
                 endpoint.client.load_model(name)
                 seconds = time.monotonic() - started
@@ -247,16 +247,24 @@ class Actions:
     ) -> None:
         """`_load` once the evictions in `waits` have all unloaded their versions (see `load_after`); the
         version's repository entry is written meanwhile (disk, not memory)."""
+        written = False
         try:
             with self.loader.lock_for(name):
-                first = self.backoff.failures((endpoint.name, version_id)) == 0
-                self.loader.write_entry(version_id, only_if_missing=first)
+                self._write_entry(endpoint, name, version_id)
+            written = True
         except Exception as exc:  # `_load` writes it again, and records a failure there
             log.info("writing the entry of %s ahead of its load failed: %r", name, exc)
         done, pending = wait(waits, timeout=EVICTION_WAIT_S)
         if pending or not all(not f.cancelled() and f.exception() is None and f.result() for f in done):
             return
-        self._load(endpoint, name, version_id)
+        self._load(endpoint, name, version_id, written=written)
+
+    def _write_entry(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
+        """The version's repository entry, under its lock: a first attempt trusts one already there
+        (without reading the registry), a retry rewrites it."""
+        if self.backoff.failures((endpoint.name, version_id)) == 0 and self.loader.repository.has_model(name):
+            return
+        self.loader.write_entry(version_id)
 
     def _unload_released(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
         with self.loader.lock_for(name):

@@ -125,15 +125,13 @@ class VersionLoader:
         """The lock every load, unload or retire of Triton model `name` holds in this process."""
         return self._locks[name]
 
-    def write_entry(self, version_id: int, *, only_if_missing: bool = False) -> None:
-        """Write the version's repository entry from its artifact (kept if there and `only_if_missing`)."""
+    def write_entry(self, version_id: int) -> None:
+        """Write the version's repository entry from its artifact."""
         with self.session_factory() as session:
             version = session.get_one(ModelVersion, version_id)
             model = session.get_one(Model, version.model_id)
             name, model_format = version.triton_name, model.format
             sha256, config_text = version.sha256, version.config_text or ""
-        if only_if_missing and self.repository.has_model(name):
-            return
         self._write_entry(name, model_format=model_format, sha256=sha256, config_text=config_text)
 
     def retire(self, version_id: int) -> None:

@@ -207,7 +207,8 @@ class Budgets:
             )
         held_back = set(decision.wait) | set(later)
         now = used
-        after = used - sum(e.size for e in resident if e.version_id in set(decision.evict))
+        evicted = set(decision.evict)
+        after = used - sum(e.size for e in resident if e.version_id in evicted)
         for version_id in decision.admit:
             size = next(e.size for e in arrivals if e.version_id == version_id)
             if now + size > budget:

@@ -96,7 +96,7 @@ class Router:
             with self.session_factory() as session:
                 table = build_table(session)
             self._built = covers
-            self._placements_built = max(self._placements_built, covers_placements)
+            self._placements_built = covers_placements
             self._publish(table)
 
     def refresh_placements(self) -> None:

@@ -31,10 +31,11 @@ class Recorder:
         assert self.release.wait(10)
         return self.outcome
 
-    def load(self, endpoint: Any, name: str, version_id: int) -> None:
+    def load(self, endpoint: Any, name: str, version_id: int, *, written: bool = False) -> None:
+        assert written, "the entry written while waiting is not written again"
         self.loaded.append(name)
 
-    def write_entry(self, version_id: int, *, only_if_missing: bool = False) -> None:
+    def write_entry(self, version_id: int) -> None:
         self.entries.append(version_id)
 
 
@@ -45,7 +46,9 @@ def actions() -> Any:
     made = Actions(
         session_factory=None,  # type: ignore[arg-type]
         loader=SimpleNamespace(  # type: ignore[arg-type]
-            lock_for=lambda name: threading.Lock(), write_entry=recorder.write_entry
+            lock_for=lambda name: threading.Lock(),
+            write_entry=recorder.write_entry,
+            repository=SimpleNamespace(has_model=lambda name: False),
         ),
         observed=Observed(),
         backoff=Backoff(initial_s=1.0, max_s=2.0),
