@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
@@ -41,6 +42,16 @@ Key = tuple[str, int]  # (instance name, version id)
 Note = tuple[int, str, str | None]  # (version id, observed state, message)
 
 
+@dataclass(frozen=True, slots=True)
+class BeforeUnload:
+    """What an eviction's unload starts from: Triton's own bytes and the version's, and whether the
+    version's processes were ended already (its memory is back before the unload)."""
+
+    triton_bytes: int
+    version_bytes: int
+    freed: bool = False
+
+
 class ResidencyHooks:
     """What residency (issue 12) adds to loads and unloads; the default does nothing."""
 
@@ -59,13 +70,13 @@ class ResidencyHooks:
         """Whether requests to `name` are in flight (never evict it then)."""
         return False
 
-    def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
-        """Right before an eviction's unload: (Triton's own, the version's) bytes, None if they cannot be
+    def before_unload(self, endpoint: TritonEndpoint, name: str) -> BeforeUnload | None:
+        """Right before an eviction's unload: Triton's own and the version's bytes, None if they cannot be
         measured; it may also end the version's processes (residency's `end_stubs`)."""
         return None
 
     def evicted(
-        self, endpoint: TritonEndpoint, name: str, version_id: int, before: tuple[int, int] | None
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None
     ) -> None:
         """An eviction finished: check the memory came back, run the loop again."""
 
@@ -96,6 +107,9 @@ class Actions:
         self._workers: dict[tuple[str, bool], ThreadPoolExecutor] = {}  # (instance, loads?) -> pool
         self._inflight: dict[Key, Future[bool | None]] = {}
         self._loads: set[Key] = set()  # keys of _inflight that are loads
+        # Evictions in flight -> whether their version's memory is back (set as soon as it is, which
+        # with residency's `end_stubs` is before Triton's unload returns; False if it was kept).
+        self._rooms: dict[Key, Future[bool]] = {}
         self.residency: ResidencyHooks = ResidencyHooks()
         self._lock = threading.Lock()
         self._stopped = False
@@ -144,20 +158,22 @@ class Actions:
 
     def evict(self, endpoint: TritonEndpoint, name: str, version_id: int, *, last_used: float = 0.0) -> None:
         """Unload a version the residency budget no longer holds (unless requests are in flight)."""
-        self._schedule(endpoint, name, version_id, partial(self._evict, last_used=last_used))
+        room: Future[bool] = Future()
+        action = partial(self._evict, last_used=last_used, room=room)
+        self._schedule(endpoint, name, version_id, action, room=room)
 
     def load_after(self, endpoint: TritonEndpoint, loads: list[tuple[str, int]], victims: list[int]) -> None:
-        """Start loads that wait for room as soon as the evictions making it are over, instead of at the
-        next pass: each runs on a load worker (so the loop counts it as loading) that first waits for
-        those evictions, and loads only if every one of them unloaded its version; otherwise the next
-        pass decides again."""
+        """Start loads that wait for room as soon as the evictions making it have given back their
+        versions' memory, instead of at the next pass: each runs on a load worker (so the loop counts it
+        as loading) that gets ready meanwhile and loads only if every one of them did; otherwise the
+        next pass decides again."""
         with self._lock:
-            evictions = [self._inflight.get((endpoint.name, v)) for v in victims]
-        if not loads or not evictions or any(e is None for e in evictions):
+            rooms = [self._rooms.get((endpoint.name, v)) for v in victims]
+        if not loads or not rooms or any(r is None for r in rooms):
             return  # an eviction over already, or not started: the pass it triggers decides
-        waits = [e for e in evictions if e is not None]
+        waits = [r for r in rooms if r is not None]
         for name, version_id in loads:
-            self._schedule(endpoint, name, version_id, partial(self._load_after, waits=waits), load=True)
+            self._schedule(endpoint, name, version_id, partial(self._load_after, rooms=waits), load=True)
 
     def loading_on(self, instance: str) -> set[int]:
         """Versions with a load queued or running on `instance`."""
@@ -189,7 +205,14 @@ class Actions:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _schedule(
-        self, endpoint: TritonEndpoint, name: str, version_id: int, action: _Action, *, load: bool = False
+        self,
+        endpoint: TritonEndpoint,
+        name: str,
+        version_id: int,
+        action: _Action,
+        *,
+        load: bool = False,
+        room: Future[bool] | None = None,
     ) -> None:
         key = (endpoint.name, version_id)
         with self._lock:
@@ -205,6 +228,8 @@ class Actions:
             self._inflight[key] = task
             if load:
                 self._loads.add(key)
+            if room is not None:
+                self._rooms[key] = room
         task.add_done_callback(lambda _: self._forget(key, task))
 
     def _forget(self, key: Key, task: Future[bool | None]) -> None:
@@ -214,6 +239,9 @@ class Actions:
             del self._inflight[key]
             was_load = key in self._loads
             self._loads.discard(key)
+            room = self._rooms.pop(key, None)
+        if room is not None and not room.done():
+            room.set_result(False)  # the eviction failed or was dropped: its room was never made
         if was_load and self._on_load_done is not None:
             self._on_load_done()
 
@@ -243,19 +271,24 @@ class Actions:
         log.info("reconciler loaded %s on %s", name, endpoint.name)
 
     def _load_after(
-        self, endpoint: TritonEndpoint, name: str, version_id: int, *, waits: list[Future[bool | None]]
+        self, endpoint: TritonEndpoint, name: str, version_id: int, *, rooms: list[Future[bool]]
     ) -> None:
-        """`_load` once the evictions in `waits` have all unloaded their versions (see `load_after`); the
-        version's repository entry is written meanwhile (disk, not memory)."""
+        """`_load` once the evictions making its room have given back their versions' memory (see
+        `load_after`). Meanwhile it gets ready (disk and registry, not memory): the version's state is
+        checked, its placement shown loading, its repository entry written."""
         written = False
         try:
             with self.loader.lock_for(name):
+                if self._version_state(version_id) != "ready":
+                    return
+                self.note_many(endpoint.name, [(version_id, "loading", None)])
                 self._write_entry(endpoint, name, version_id)
             written = True
-        except Exception as exc:  # `_load` writes it again, and records a failure there
-            log.info("writing the entry of %s ahead of its load failed: %r", name, exc)
-        done, pending = wait(waits, timeout=EVICTION_WAIT_S)
-        if pending or not all(not f.cancelled() and f.exception() is None and f.result() for f in done):
+        except Exception as exc:  # `_load` tries again, and records a failure there
+            log.info("getting %s ready ahead of its load failed: %r", name, exc)
+        done, pending = wait(rooms, timeout=EVICTION_WAIT_S)
+        if pending or not all(not r.cancelled() and r.result() for r in done):
+            self.note_many(endpoint.name, [(version_id, "unloaded", None)])  # not loading after all
             return
         self._load(endpoint, name, version_id, written=written)
 
@@ -284,25 +317,38 @@ class Actions:
                 return
             self._unload(endpoint, name, version_id, why="placed elsewhere")
 
-    def _evict(self, endpoint: TritonEndpoint, name: str, version_id: int, *, last_used: float = 0.0) -> bool:
-        """Stop routing here, give requests on their way a moment, then unload unless one is in flight;
-        whether it was unloaded."""
+    def _evict(
+        self,
+        endpoint: TritonEndpoint,
+        name: str,
+        version_id: int,
+        *,
+        last_used: float = 0.0,
+        room: Future[bool] | None = None,
+    ) -> bool:
+        """Give requests on their way a moment (the pass that chose the version showed it unloading, so
+        routes no longer send to it), then unload unless one is in flight or it was asked for again
+        meanwhile; whether it was unloaded. `room` is set as soon as the version's memory is back
+        (before the unload when the residency hooks ended its processes), so a load waiting for it
+        starts alongside the unload."""
         hooks = self.residency
-        with self.loader.lock_for(name):
-            if self._wanted_here(endpoint.name, version_id):
-                return False  # asked for again since the pass decided, or no longer ours to evict
-            self.note_many(endpoint.name, [(version_id, "unloading", None)])
         grace = hooks.eviction_grace_s(name, last_used)
         if grace > 0:
             time.sleep(grace)
         with self.loader.lock_for(name):
-            if hooks.busy(name) or self._wanted_here(endpoint.name, version_id):
+            # The registry first: a request that found the version resident a moment ago is counted in
+            # flight by the time it answers.
+            if self._wanted_here(endpoint.name, version_id) or hooks.busy(name):
                 self._keep(endpoint.name, version_id)
                 return False
             before = hooks.before_unload(endpoint, name)
+            if room is not None and before is not None and before.freed:
+                room.set_result(True)
             if not self._unload(endpoint, name, version_id, why="evicted for the memory budget"):
                 self._keep(endpoint.name, version_id)
                 return False
+        if room is not None and not room.done():
+            room.set_result(True)
         hooks.evicted(endpoint, name, version_id, before)
         return True
 

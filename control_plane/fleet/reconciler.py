@@ -250,7 +250,10 @@ class Reconciler:
                 self.observed.drift[endpoint.name] = drift
                 plan = plans.get(endpoint.name)
                 if plan is not None:
+                    for _, version_id in plan.after_evictions:  # what the pass wrote (`Budgets.arrange`)
+                        self.observed.placement_changed((endpoint.name, version_id), "loading", None)
                     for name, version_id in plan.evict:
+                        self.observed.placement_changed((endpoint.name, version_id), "unloading", None)
                         self.actions.evict(
                             endpoint, name, version_id, last_used=plan.last_used.get(version_id, 0.0)
                         )

@@ -26,6 +26,7 @@ from control_plane.fleet.observed import InstanceObservation
 from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.residency.policy import Entry, decide
+from control_plane.routing.changes import mark_placements_changed
 
 log = logging.getLogger(__name__)
 PRESENT = ("READY", "LOADING")
@@ -200,11 +201,14 @@ class Budgets:
             if holders is not None:
                 desired.holders[version_id] = holders - {endpoint.name}
         if decision.evict:
+            # Shown unloading at once: routes stop sending to them when this pass commits, before their
+            # evictions start (which then need no write of their own before the unload).
             session.execute(
                 update(Placement)
                 .where(Placement.instance_id == row.id, Placement.version_id.in_(decision.evict))
-                .values(desired="absent", updated_at=datetime.now(UTC))
+                .values(desired="absent", state="unloading", message=None, updated_at=datetime.now(UTC))
             )
+            mark_placements_changed(session)
         held_back = set(decision.wait) | set(later)
         now = used
         evicted = set(decision.evict)
@@ -221,6 +225,16 @@ class Budgets:
                 after += size
         for version_id in held_back:
             want.pop(names[version_id], None)
+        if plan.after_evictions:  # shown loading at once too: their workers start with nothing to write
+            session.execute(
+                update(Placement)
+                .where(
+                    Placement.instance_id == row.id,
+                    Placement.version_id.in_([v for _, v in plan.after_evictions]),
+                )
+                .values(state="loading", message=None, updated_at=datetime.now(UTC))
+            )
+            mark_placements_changed(session)
         plan.waiting = [names[v] for v in decision.wait]
         sizes_now = {e.version_id: e.size for e in [*resident, *arrivals]}
         plan.used = sum(sizes_now[v] for v in present.values() if v in sizes_now) + lingering

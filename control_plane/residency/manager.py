@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane.db.models import ModelVersion
 from control_plane.db.session import transaction
 from control_plane.errors import AppError, ServiceUnavailable
-from control_plane.fleet.actions import ResidencyHooks
+from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
@@ -378,19 +378,23 @@ class Residency(ResidencyHooks):
         if self.reconciler is not None:
             self.reconciler.trigger()  # the loop finds it missing and loads it again
 
-    def before_unload(self, endpoint: TritonEndpoint, name: str) -> tuple[int, int] | None:
+    def before_unload(self, endpoint: TritonEndpoint, name: str) -> BeforeUnload | None:
         """Triton's own memory and the version's stubs', when Triton runs here; then, with `end_stubs`,
-        end the stubs (the unload follows at once; see `sizes.end_stubs` for why before it)."""
+        end the stubs and wait for them to exit (the unload follows at once; see `sizes.end_stubs` for
+        why before it): the version's memory is back before the unload, so a load waiting for the room
+        may start alongside the unload."""
         pid = self._pid(endpoint)
         if pid is None:
             return None
-        before = (sizes.rss(pid), sizes.stub_bytes(pid, name))
+        triton_bytes, version_bytes = sizes.rss(pid), sizes.stub_bytes(pid, name)
+        freed = False
         if self.end_stubs:
             sizes.end_stubs(pid, name)
-        return before
+            freed = sizes.stub_bytes(pid, name) == 0
+        return BeforeUnload(triton_bytes, version_bytes, freed=freed)
 
     def evicted(
-        self, endpoint: TritonEndpoint, name: str, version_id: int, before: tuple[int, int] | None
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None
     ) -> None:
         """Count the eviction, check the memory came back, and let the loop use the room."""
         self.stats.evicted(endpoint.name, "budget")
@@ -402,7 +406,7 @@ class Residency(ResidencyHooks):
                 self.reconciler.trigger()
 
     def _check_returned(
-        self, endpoint: TritonEndpoint, name: str, version_id: int, before: tuple[int, int] | None
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None
     ) -> None:
         """The version's stubs exited and Triton itself did not keep what they held (other loads and
         unloads may run meanwhile, so Triton's own growth counts against what came back)."""
@@ -412,8 +416,9 @@ class Residency(ResidencyHooks):
         deadline = time.monotonic() + 5.0
         while sizes.stub_bytes(pid, name) > 0 and time.monotonic() < deadline:
             time.sleep(0.02)  # the stub exits a moment after the unload returns
-        triton_before, stubs_before = before
-        returned = stubs_before - sizes.stub_bytes(pid, name) - max(0, sizes.rss(pid) - triton_before)
+        returned = (
+            before.version_bytes - sizes.stub_bytes(pid, name) - max(0, sizes.rss(pid) - before.triton_bytes)
+        )
         with self.session_factory() as session:
             recorded = session.execute(
                 select(ModelVersion.memory_bytes, ModelVersion.memory_unreturned_bytes).where(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import signal
 import time
 from collections.abc import Iterable, Mapping
@@ -168,7 +169,7 @@ def _stub_model(args: list[bytes]) -> str | None:
     return None
 
 
-def end_stubs(triton_pid: int, name: str) -> int:
+def end_stubs(triton_pid: int, name: str, *, wait_s: float = 1.0) -> int:
     """End the stub processes of Triton model `name`, right before the caller unloads it (no request in
     flight, routes no longer send to it). Triton's Python backend finalizes an unloaded instance after a
     fixed one-second health check (`StubLauncher::UpdateHealth`), so its memory would come back a
@@ -176,22 +177,36 @@ def end_stubs(triton_pid: int, name: str) -> int:
     memory at once. Ending it after the unload instead can race that check (the stub reported healthy,
     then died before answering the finalize request) and leave Triton waiting forever. Each stub is
     opened as a pidfd and checked to still be that model's stub under that Triton before it is
-    signalled, so a PID reused meanwhile is never hit. How many were ended."""
+    signalled, so a PID reused meanwhile is never hit. Returns once they have exited (their memory is
+    back: a process frees it before it is reported exited), or `wait_s` passed: how many were ended."""
     ended = 0
-    for pid, model in stubs(triton_pid).items():
-        if model != name:
-            continue
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue  # gone already
-        try:
-            if _stub_under(pid, triton_pid)[1] == name:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-                ended += 1
-        except OSError:
-            pass  # exited meanwhile
-        finally:
+    signalled: list[int] = []
+    try:
+        for pid, model in stubs(triton_pid).items():
+            if model != name:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # gone already
+            signalled.append(fd)
+            try:
+                if _stub_under(pid, triton_pid)[1] == name:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    ended += 1
+            except OSError:
+                pass  # exited meanwhile
+        deadline = time.monotonic() + wait_s
+        poller = select.poll()
+        for fd in signalled:
+            poller.register(fd, select.POLLIN)  # a pidfd reads as ready once its process has exited
+        waiting = len(signalled)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                waiting -= 1
+    finally:
+        for fd in signalled:
             os.close(fd)
     return ended
 

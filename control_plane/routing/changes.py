@@ -42,6 +42,12 @@ def mark_routing_changed(session: Session, *, desired: bool = False) -> None:
         session.info[_DESIRED_FLAG] = True
 
 
+def mark_placements_changed(session: Session) -> None:
+    """Flag a change of placements' observed state made with Core statements: the routing table's
+    placements are read again at commit."""
+    session.info[_PLACEMENTS_FLAG] = True
+
+
 def mark_desired_changed(session: Session) -> None:
     """Flag a change of placements' desired state (made with Core statements or not): the reconcile loop
     runs, here and on the leader elsewhere, and the routing table's placements are read again."""

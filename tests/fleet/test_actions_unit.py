@@ -23,12 +23,19 @@ class Recorder:
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.unloaded = threading.Event()
+        self.unloaded.set()
         self.outcome = True
         self.loaded: list[str] = []
         self.entries: list[int] = []
 
-    def evict(self, endpoint: Any, name: str, version_id: int, *, last_used: float = 0.0) -> bool:
+    def evict(
+        self, endpoint: Any, name: str, version_id: int, *, last_used: float = 0.0, room: Any = None
+    ) -> bool:
         assert self.release.wait(10)
+        if self.outcome and room is not None:
+            room.set_result(True)  # its memory is back: what a waiting load waits for
+        assert self.unloaded.wait(10)  # Triton's unload and the bookkeeping after it
         return self.outcome
 
     def load(self, endpoint: Any, name: str, version_id: int, *, written: bool = False) -> None:
@@ -60,6 +67,10 @@ def actions() -> Any:
     made.load_over = done  # type: ignore[attr-defined]
     made._evict = recorder.evict  # type: ignore[method-assign]
     made._load = recorder.load  # type: ignore[method-assign]
+    made._version_state = lambda version_id: "ready"  # type: ignore[method-assign]
+    noted: list[tuple[int, str, str | None]] = []
+    made.noted = noted  # type: ignore[attr-defined]
+    made.note_many = lambda instance, notes: noted.extend(notes)  # type: ignore[method-assign]
     yield made
     made.stop()
 
@@ -84,6 +95,20 @@ def test_no_load_when_the_eviction_kept_its_version(actions: Any) -> None:
     actions.recorder.release.set()
     assert actions.load_over.wait(5), "the load worker is given back (and the loop runs again)"
     assert actions.recorder.loaded == []
+    assert actions.noted[-1] == (2, "unloaded", None), "its placement is not left showing a load"
+
+
+def test_the_load_does_not_wait_for_the_unload_once_the_memory_is_back(actions: Any) -> None:
+    actions.recorder.unloaded.clear()  # the eviction's unload is still running
+    actions.evict(TRITON, "old", 1)
+    actions.load_after(TRITON, [("new", 2)], [1])
+    time.sleep(0.2)
+    assert actions.noted == [(2, "loading", None)], "shown loading while it waits for its room"
+    actions.recorder.release.set()  # the evicted version's processes have exited
+    assert actions.load_over.wait(5), "loaded while the unload still runs"
+    assert actions.recorder.loaded == ["new"] and actions.unloading_on("i") == {1}
+    actions.recorder.unloaded.set()
+    assert actions.wait_idle(5)
 
 
 def test_an_eviction_already_over_leaves_the_load_to_the_next_pass(actions: Any) -> None:

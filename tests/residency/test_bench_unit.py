@@ -1,9 +1,11 @@
-"""The residency benchmark's own arithmetic: the ideal LRU it compares with, and where the measured hit
-rate parts from it."""
+"""The residency benchmark's own arithmetic: the ideal LRU it compares with, where the measured hit rate
+parts from it, and Triton's own time read from an answer's Server-Timing."""
 
 from __future__ import annotations
 
-from bench.residency import compare_with_ideal, ideal_lru_hit_rate
+import pytest
+
+from bench.residency import compare_with_ideal, ideal_lru_hit_rate, triton_seconds
 
 MS = 1_000_000
 
@@ -23,3 +25,10 @@ def test_compare_with_ideal_tells_joined_loads_from_eviction_choices() -> None:
         (1.1, 0, 503, 1 * MS),  # failed: neither
     ]
     assert compare_with_ideal(records, capacity=1, threshold_ns=50 * MS) == (1, 1, 1)
+
+
+def test_triton_seconds_reads_the_triton_entry_of_server_timing() -> None:
+    assert triton_seconds("gateway;dur=1.250, triton;dur=25.500") == pytest.approx(0.0255)
+    assert triton_seconds("triton;dur=3") == pytest.approx(0.003)
+    assert triton_seconds("gateway;dur=2.0") == 0.0
+    assert triton_seconds("") == 0.0

@@ -71,7 +71,7 @@ def test_an_ended_stub_stops_counting(children: list[subprocess.Popen[bytes]]) -
     children += [victim, other]
     _until(lambda: {victim.pid, other.pid} <= sizes.stubs(me).keys())
     assert sizes.end_stubs(me, "alpha") == 1
-    _until(lambda: sizes.stub_bytes(me, "alpha") == 0)  # a zombie holds nothing
+    assert sizes.stub_bytes(me, "alpha") == 0, "exited when end_stubs returns (a zombie holds nothing)"
     victim.wait()
     assert victim.returncode == -9
     assert victim.pid not in sizes.stubs(me)
