@@ -110,6 +110,7 @@ class Actions:
         # Evictions in flight -> whether their version's memory is back (set as soon as it is, which
         # with residency's `end_stubs` is before Triton's unload returns; False if it was kept).
         self._rooms: dict[Key, Future[bool]] = {}
+        self._loaded_at: dict[Key, float] = {}  # when each load last succeeded (time.monotonic())
         self.residency: ResidencyHooks = ResidencyHooks()
         self._lock = threading.Lock()
         self._stopped = False
@@ -140,6 +141,8 @@ class Actions:
                 notes.append((version_id, "unloaded", None))  # gone (a restart), and not wanted here
         self.note_many(endpoint.name, notes)
         for name, version_id in missing:
+            if self.loaded_since((endpoint.name, version_id), seen.probed_at):
+                continue  # loaded after the probe this pass looks at: not missing (a load now reloads it)
             self._schedule(endpoint, name, version_id, self._load, load=True)
         extra = 0
         for name, state in seen.models.items():
@@ -175,10 +178,19 @@ class Actions:
         for name, version_id in loads:
             self._schedule(endpoint, name, version_id, partial(self._load_after, rooms=waits), load=True)
 
-    def loading_on(self, instance: str) -> set[int]:
-        """Versions with a load queued or running on `instance`."""
+    def loading_on(self, instance: str, *, since: float | None = None) -> set[int]:
+        """Versions with a load queued or running on `instance` (and, with `since`, those whose load
+        succeeded after that moment: a probe taken before does not show them yet)."""
         with self._lock:
-            return {key[1] for key in self._loads if key[0] == instance}
+            found = {key[1] for key in self._loads if key[0] == instance}
+            if since:
+                found |= {k[1] for k, at in self._loaded_at.items() if k[0] == instance and at >= since}
+            return found
+
+    def loaded_since(self, key: Key, since: float) -> bool:
+        """Whether the version's load on the instance succeeded at or after `since` (time.monotonic();
+        0: unknown, never)."""
+        return since > 0 and self._loaded_at.get(key, float("-inf")) >= since
 
     def unloading_on(self, instance: str) -> set[int]:
         """Versions with an unload or eviction queued or running on `instance` (still holding memory)."""
@@ -261,6 +273,7 @@ class Actions:
             except Exception as exc:  # any failure backs off; the loop must not die
                 self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))
                 return
+        self._loaded_at[key] = time.monotonic()
         self.backoff.succeeded(key)
         self.observed.stats.loaded(endpoint.name, ok=True)
         try:

@@ -239,7 +239,10 @@ class Reconciler:
                     seen=seen,
                     desired=desired,
                     ours=ours,
-                    loading=self.actions.loading_on,
+                    # Loads that ended after the probe count as loaded (the index does not show them).
+                    loading=lambda instance: self.actions.loading_on(
+                        instance, since=seen[instance].probed_at
+                    ),
                     unloading=self.actions.unloading_on,
                 )
         for endpoint in mine:

@@ -117,3 +117,15 @@ def test_an_eviction_already_over_leaves_the_load_to_the_next_pass(actions: Any)
     assert actions.wait_idle(5)
     actions.load_after(TRITON, [("new", 2)], [1])
     assert actions.loading_on("i") == set() and actions.recorder.loaded == []
+
+
+def test_a_load_that_ended_after_the_probe_counts_as_loaded(actions: Any) -> None:
+    """A pass whose probe predates a load's end must neither load the version again (Triton would reload
+    it: a second stub) nor leave its memory out of the budget."""
+    before = time.monotonic()
+    actions._loaded_at[("i", 2)] = time.monotonic()  # what a successful _load records
+    after = time.monotonic() + 1
+    assert actions.loaded_since(("i", 2), before) and actions.loading_on("i", since=before) == {2}
+    assert not actions.loaded_since(("i", 2), after) and actions.loading_on("i", since=after) == set()
+    assert not actions.loaded_since(("i", 2), 0.0), "a probe of unknown time proves nothing"
+    assert not actions.loaded_since(("i", 3), before)
