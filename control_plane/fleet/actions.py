@@ -128,9 +128,13 @@ class Actions:
         want = desired.on.get(endpoint.name, {})
         notes: list[Note] = []
         missing: list[tuple[str, int]] = []
+        leaving = self.unloading_on(endpoint.name)
         for name, version_id in want.items():
             state = seen.models.get(name)
-            if state in ("READY", "LOADING"):
+            # Asked for again while its eviction runs: Triton may still list it ready after the eviction
+            # ended its processes, so it is not shown ready (a request would find no stub); the eviction's
+            # end runs the loop again, which loads it back.
+            if state in ("READY", "LOADING") and version_id not in leaving:
                 notes.append((version_id, "ready" if state == "READY" else "loading", None))
                 continue
             if self.observed.placement_state((endpoint.name, version_id)) in ("ready", None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +14,8 @@ import pytest
 
 from control_plane.fleet.actions import Actions
 from control_plane.fleet.backoff import Backoff
-from control_plane.fleet.observed import Observed
+from control_plane.fleet.desired import Desired
+from control_plane.fleet.observed import InstanceObservation, Observed
 
 TRITON: Any = SimpleNamespace(name="i")
 
@@ -129,3 +131,21 @@ def test_a_load_that_ended_after_the_probe_counts_as_loaded(actions: Any) -> Non
     assert not actions.loaded_since(("i", 2), after) and actions.loading_on("i", since=after) == set()
     assert not actions.loaded_since(("i", 2), 0.0), "a probe of unknown time proves nothing"
     assert not actions.loaded_since(("i", 3), before)
+
+
+def test_a_version_asked_for_again_during_its_eviction_is_not_shown_ready(actions: Any) -> None:
+    """Triton lists an evicted version ready until its unload is through, after the eviction ended its
+    processes: a pass then must not route requests to it again (they would find no stub)."""
+    actions.recorder.unloaded.clear()
+    actions.evict(TRITON, "old", 1)  # its eviction is running
+    desired = Desired(on={"i": {"old": 1}}, holders={1: frozenset({"i"})}, recorded={})
+    seen = InstanceObservation("i", ready=True, checked_at=datetime.now(UTC), models={"old": "READY"})
+    actions.observed.placement_changed(("i", 1), "unloading", None)
+    actions.converge(TRITON, seen, desired, {"old": (1, "ready")}, {"i": seen})
+    assert (1, "ready", None) not in actions.noted
+    assert actions.recorder.loaded == [], "nor loaded while it is being evicted"
+    actions.recorder.release.set()
+    actions.recorder.unloaded.set()
+    assert actions.wait_idle(5)
+    actions.converge(TRITON, seen, desired, {"old": (1, "ready")}, {"i": seen})
+    assert (1, "ready", None) in actions.noted, "shown ready again by a pass once no eviction runs"
