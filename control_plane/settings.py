@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # many restarts in a row without a minute of uptime in between.
     triton_max_restarts: int = 5
     triton_restart_backoff_s: float = 0.5
+    # BLAS threads of each Python-backend stub of the embedded Triton (OPENBLAS_NUM_THREADS, unless the
+    # environment sets it; 0: the library's own default, one per core): a stub runs per model instance,
+    # and with one thread pool per core in each, many models on shared cores oversubscribe them.
+    triton_stub_blas_threads: int = Field(1, ge=0, le=1024)
 
     reconcile_interval_s: float = 5.0  # period of the reconcile loop (also run at start, after restarts)
     reconcile_backoff_max_s: float = 60.0  # a failing load is retried after 1 s, doubling up to this

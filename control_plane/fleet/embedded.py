@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +26,8 @@ def supervise_embedded(settings: Settings, repository: ModelRepository) -> Trito
         "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key.get_secret_value(),
         "AWS_DEFAULT_REGION": settings.s3_region,
     }
+    if settings.triton_stub_blas_threads and "OPENBLAS_NUM_THREADS" not in os.environ:
+        env["OPENBLAS_NUM_THREADS"] = str(settings.triton_stub_blas_threads)
     process = TritonProcess(repository=repository.location, workdir=settings.triton_workdir, env=env)
     return TritonSupervisor(
         process,

@@ -84,6 +84,8 @@ def test_requests_get_503_or_succeed_and_every_alias_serves_again_within_15_s(
     assert supervisor is not None
     old_pid = supervisor.process.pid
     assert old_pid is not None and stubs_of(old_pid)
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "1")  # CP_TRITON_STUB_BLAS_THREADS, unless set here
+    assert {_environ(s.pid).get("OPENBLAS_NUM_THREADS") for s in stubs_of(old_pid)} == {blas}
 
     stop = threading.Event()
     outcomes: Counter[str] = Counter()
@@ -132,3 +134,9 @@ def _wait_until_all_serve(
                 return True
             time.sleep(0.05)
     return False
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """A process's environment, as /proc shows it."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
