@@ -33,6 +33,7 @@ class Desired:
     on: dict[str, dict[str, int]]  # instance -> {Triton model name: version id}, servable versions only
     holders: dict[int, frozenset[str]]  # servable version id -> the instances it should be on
     recorded: dict[str, dict[str, int]]  # instance -> {Triton model name: version id} last recorded ready
+    pinned: frozenset[int] = frozenset()  # versions a pinned alias points to (read once per pass)
 
 
 def apply_policy(
@@ -47,7 +48,8 @@ def apply_policy(
     names = {row_id: name for name, row_id in instances.items()}
     facts = repository.placement_facts(session, instances.values())
     anywhere, asked = placed(session)
-    asked |= pinned_versions(session)
+    pinned = frozenset(pinned_versions(session))
+    asked |= pinned
     servable = {
         row.version_id: row
         for row in repository.servable(session)
@@ -86,7 +88,7 @@ def apply_policy(
     for (instance, version_id), fact in rows.items():
         if fact.row.state == "ready":
             recorded[instance][fact.triton_name] = version_id
-    return Desired(on=on, holders=holders, recorded=recorded)
+    return Desired(on=on, holders=holders, recorded=recorded, pinned=pinned)
 
 
 def place_version(

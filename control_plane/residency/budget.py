@@ -92,7 +92,7 @@ class Budgets:
     ) -> dict[str, Plan]:
         """Decide each budgeted instance's evictions and hold back loads that must wait (module docstring)."""
         estimates = repository.measured(session)
-        pinned = repository.pinned_versions(session)
+        pinned = desired.pinned  # the placement policy read them this pass
         plans: dict[str, Plan] = {}
         for endpoint in endpoints:
             row, observation = rows.get(endpoint.name), seen.get(endpoint.name)
@@ -127,7 +127,7 @@ class Budgets:
         ours: Mapping[str, tuple[int, str]],
         loading: Collection[int],
         unloading: Collection[int],
-        pinned: set[int],
+        pinned: frozenset[int],
         estimates: list[tuple[int, int]],
         budget: int,
     ) -> Plan:

@@ -51,7 +51,6 @@ def _facts(ids: Any, **_: Any) -> dict[int, VersionFacts]:
 @pytest.fixture(autouse=True)
 def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(repository, "measured", lambda session: [])
-    monkeypatch.setattr(repository, "pinned_versions", lambda session: set())
     monkeypatch.setattr(repository, "version_facts", lambda session, ids, **kw: _facts(ids))
 
 
