@@ -197,6 +197,7 @@ def _start_reconciler(state: AppState) -> None:
         busy=residency.busy,
         local_uses=residency.local_uses,
         load_slots=settings.reconcile_loads_per_instance,
+        waiting=residency.waiting,
     )
     register_fleet_metrics(state.metrics.registry, reconciler.observed.stats, state.upstream.retry_counts)
     if state.supervisor is not None:

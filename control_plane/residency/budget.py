@@ -11,6 +11,7 @@ an instance never exceeds its budget.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ class Budgets:
         busy: Callable[[str], bool],
         local_uses: Callable[[], Mapping[str, float]],
         load_slots: int | None = None,
+        waiting: Callable[[str], int] | None = None,
     ) -> None:
         self.default_budget = default_budget
         self.tenant_share = tenant_share
@@ -71,6 +73,10 @@ class Budgets:
         # Loads that run at once on an instance: no more versions are admitted (nor evicted for) in a
         # pass than can start loading, so eviction happens just in time and picks the true LRU.
         self.load_slots = load_slots
+        # Triton model name -> requests here waiting for it to load: with more versions asked for than
+        # can start loading, those more requests wait for go first (each second a version has waited
+        # counts as one more request, so none starves); other replicas' requests count by age only.
+        self.waiting = waiting
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self.plans: dict[str, Plan] = {}
 
@@ -171,7 +177,7 @@ class Budgets:
         ]
         later: list[int] = []  # no load worker free for them this pass: they neither load nor evict
         if self.load_slots is not None:
-            arrivals.sort(key=lambda e: (not e.pinned, e.last_used, e.version_id))
+            arrivals.sort(key=self._load_order(incoming))
             free = max(0, self.load_slots - len(set(loading) & set(want.values())))
             later = [e.version_id for e in arrivals[free:]]
             arrivals = arrivals[:free]
@@ -253,6 +259,19 @@ class Budgets:
                 decision.pinned_over,
             )
         return plan
+
+    def _load_order(self, incoming: Mapping[str, int]) -> Callable[[Entry], tuple[bool, float, int]]:
+        """Which incoming versions take the load workers free this pass: pinned ones, then those with the
+        most requests waiting here plus seconds waited (their `last_used` is when they were asked for)."""
+        now = time.time()
+        names = {v: n for n, v in incoming.items()}
+        waiting = self.waiting
+
+        def key(entry: Entry) -> tuple[bool, float, int]:
+            count = waiting(names[entry.version_id]) if waiting is not None else 0
+            return (not entry.pinned, -(count + max(0.0, now - entry.last_used)), entry.version_id)
+
+        return key
 
     def _size(
         self, fact: repository.VersionFacts, estimates: list[tuple[int, int]], live: Mapping[str, int]

@@ -296,6 +296,10 @@ class Residency(ResidencyHooks):
         (a version on its way out that requests wait for is kept: they asked for it again)."""
         return self.inflight.get(name, 0) > 0 or bool(self._waiters.get(name))
 
+    def waiting(self, name: str) -> int:
+        """How many requests here wait for `name` to become resident."""
+        return len(self._waiters.get(name) or ())
+
     def eviction_grace_s(self, name: str, last_used: float) -> float:
         """The grace (routes no longer send to the version, requests already on their way still find it)
         for a version used in the last `IDLE_S`, here or anywhere as the pass saw it (every replica's

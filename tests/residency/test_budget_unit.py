@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import MagicMock
@@ -54,7 +55,9 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(repository, "version_facts", lambda session, ids, **kw: _facts(ids))
 
 
-def _arrange(*, load_slots: int | None, live: dict[str, int] | None = None) -> tuple[Any, Desired]:
+def _arrange(
+    *, load_slots: int | None, live: dict[str, int] | None = None, waiting: dict[str, int] | None = None
+) -> tuple[Any, Desired]:
     budgets = Budgets(
         default_budget=3 * SIZE,
         tenant_share=None,
@@ -63,6 +66,7 @@ def _arrange(*, load_slots: int | None, live: dict[str, int] | None = None) -> t
         busy=lambda name: False,
         local_uses=dict,
         load_slots=load_slots,
+        waiting=lambda name: (waiting or {}).get(name, 0),
     )
     desired = Desired(on={"i": {**RESIDENT, **INCOMING}}, holders={}, recorded={})
     observation = InstanceObservation(
@@ -114,3 +118,31 @@ def test_only_a_version_used_in_the_last_second_gets_an_eviction_grace() -> None
     assert residency.eviction_grace_s("here", now - 5) == 0.2
     residency.used["here"] = time.perf_counter() - 3
     assert residency.eviction_grace_s("here", 0.0) == 0.0
+
+
+def _asked(monkeypatch: pytest.MonkeyPatch, seconds_ago: dict[int, float]) -> None:
+    now = datetime.now(UTC)
+    monkeypatch.setattr(
+        repository,
+        "version_facts",
+        lambda session, ids, **kw: {
+            v: replace(f, updated_at=now - timedelta(seconds=seconds_ago[v])) if v in seconds_ago else f
+            for v, f in _facts(ids).items()
+        },
+    )
+
+
+def test_the_version_most_requests_wait_for_takes_the_free_load_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _asked(monkeypatch, {4: 0.3, 5: 0.2, 6: 0.1})
+    plan, _ = _arrange(load_slots=1)
+    assert plan.after_evictions == [("a4", 4)], "nobody waiting here: in the order they were asked for"
+    plan, _ = _arrange(load_slots=1, waiting={"a4": 1, "a6": 3})
+    assert plan.after_evictions == [("a6", 6)], "three requests wait for a6, one for a4"
+
+
+def test_a_version_few_requests_wait_for_still_gets_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    _asked(monkeypatch, {4: 5.0, 5: 0.2, 6: 0.1})
+    plan, _ = _arrange(load_slots=1, waiting={"a4": 1, "a6": 3})
+    assert plan.after_evictions == [("a4", 4)], "asked for 5 s ago: each second waited counts as a request"
