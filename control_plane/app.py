@@ -28,7 +28,13 @@ from control_plane.dataplane.metrics import DataPlaneMetrics
 from control_plane.dataplane.upstream import Upstream
 from control_plane.db.session import make_engine, make_session_factory, transaction
 from control_plane.errors import register_error_handlers
-from control_plane.fleet.embedded import EMBEDDED, AfterRestart, embedded_endpoint, supervise_embedded
+from control_plane.fleet.embedded import (
+    EMBEDDED,
+    AfterRestart,
+    embedded_endpoint,
+    embedded_loads,
+    supervise_embedded,
+)
 from control_plane.fleet.endpoints import router as fleet_router
 from control_plane.fleet.instances import endpoint_for_row, endpoints_from_urls, register_instances
 from control_plane.fleet.loader import VersionLoader
@@ -173,6 +179,7 @@ def _start_reconciler(state: AppState) -> None:
         local={EMBEDDED} if state.supervisor is not None else (),
         backoff_max_s=settings.reconcile_backoff_max_s,
         loads_per_instance=settings.reconcile_loads_per_instance,
+        load_limits={EMBEDDED: embedded_loads(settings)} if state.supervisor is not None else None,
         default_replicas=settings.default_replicas,
         move_after_s=settings.placement_move_after_s,
         unload_grace_s=settings.unload_grace_s,
@@ -196,7 +203,7 @@ def _start_reconciler(state: AppState) -> None:
         stats=residency.stats,
         busy=residency.busy,
         local_uses=residency.local_uses,
-        load_slots=settings.reconcile_loads_per_instance,
+        load_slots=reconciler.actions.load_slots,
         waiting=residency.waiting,
     )
     register_fleet_metrics(state.metrics.registry, reconciler.observed.stats, state.upstream.retry_counts)

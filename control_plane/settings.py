@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     reconcile_backoff_max_s: float = 60.0  # a failing load is retried after 1 s, doubling up to this
     # Loads the loop runs at once on one instance (Triton's own --model-load-thread-count is 4).
     reconcile_loads_per_instance: int = Field(4, ge=1, le=64)
+    # Loads at once on the embedded Triton (0: the above, at most this machine's CPUs: its Python-backend
+    # stubs start on the CPU, so more at once only slow each other down).
+    triton_embedded_loads: int = Field(0, ge=0, le=64)
     # Fleet: instances per model by default; how long an unavailable instance keeps its placements
     # before they move elsewhere; how long a moved version stays loaded after routes stopped using it;
     # how soon a lost leader's lock passes to another replica (besides a dead process, at once).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,6 +94,7 @@ class Actions:
         loads_per_instance: int,
         unload_grace_s: float,
         unloads_per_instance: int = 8,
+        load_limits: Mapping[str, int] | None = None,
         on_load_done: Callable[[], None] | None = None,
     ) -> None:
         self.session_factory = session_factory
@@ -102,6 +103,7 @@ class Actions:
         self.backoff = backoff
         self.unload_grace_s = unload_grace_s
         self._loads_per_instance = loads_per_instance
+        self._load_limits = dict(load_limits or {})  # instance name -> its own loads at once
         self._unloads_per_instance = unloads_per_instance
         self._on_load_done = on_load_done
         self._workers: dict[tuple[str, bool], ThreadPoolExecutor] = {}  # (instance, loads?) -> pool
@@ -182,6 +184,10 @@ class Actions:
         for name, version_id in loads:
             self._schedule(endpoint, name, version_id, partial(self._load_after, rooms=waits), load=True)
 
+    def load_slots(self, instance: str) -> int:
+        """How many loads run at once on `instance`."""
+        return self._load_limits.get(instance, self._loads_per_instance)
+
     def loading_on(self, instance: str, *, since: float | None = None) -> set[int]:
         """Versions with a load queued or running on `instance` (and, with `since`, those whose load
         succeeded after that moment: a probe taken before does not show them yet)."""
@@ -237,7 +243,7 @@ class Actions:
             pool = self._workers.get((endpoint.name, load))
             if pool is None:
                 pool = self._workers[(endpoint.name, load)] = ThreadPoolExecutor(
-                    max_workers=self._loads_per_instance if load else self._unloads_per_instance,
+                    max_workers=self.load_slots(endpoint.name) if load else self._unloads_per_instance,
                     thread_name_prefix=f"cp-{'load' if load else 'unload'}-{endpoint.name}",
                 )
             task = pool.submit(action, endpoint, name, version_id)

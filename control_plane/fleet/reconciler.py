@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -63,6 +63,7 @@ class Reconciler:
         backoff_s: float = 1.0,
         backoff_max_s: float = 60.0,
         loads_per_instance: int = 2,
+        load_limits: Mapping[str, int] | None = None,
         default_replicas: int = 1,
         move_after_s: float = 30.0,
         unload_grace_s: float = 1.0,
@@ -87,6 +88,7 @@ class Reconciler:
             observed=self.observed,
             backoff=Backoff(initial_s=backoff_s, max_s=backoff_max_s),
             loads_per_instance=loads_per_instance,
+            load_limits=load_limits,
             unload_grace_s=unload_grace_s,
             on_load_done=self.trigger,  # a worker is free: loads held back for one may start
         )

@@ -60,7 +60,7 @@ class Budgets:
         stats: ResidencyStats,
         busy: Callable[[str], bool],
         local_uses: Callable[[], Mapping[str, float]],
-        load_slots: int | None = None,
+        load_slots: Callable[[str], int] | None = None,
         waiting: Callable[[str], int] | None = None,
     ) -> None:
         self.default_budget = default_budget
@@ -70,8 +70,8 @@ class Budgets:
         self.stats = stats
         self.busy = busy  # Triton model name -> whether this process has requests in flight to it
         self.local_uses = local_uses  # Triton model name -> last use here (wall-clock seconds)
-        # Loads that run at once on an instance: no more versions are admitted (nor evicted for) in a
-        # pass than can start loading, so eviction happens just in time and picks the true LRU.
+        # Instance name -> loads that run at once there: no more versions are admitted (nor evicted for)
+        # in a pass than can start loading, so eviction happens just in time and picks the true LRU.
         self.load_slots = load_slots
         # Triton model name -> requests here waiting for it to load: with more versions asked for than
         # can start loading, those more requests wait for go first (each second a version has waited
@@ -178,7 +178,7 @@ class Budgets:
         later: list[int] = []  # no load worker free for them this pass: they neither load nor evict
         if self.load_slots is not None:
             arrivals.sort(key=self._load_order(incoming))
-            free = max(0, self.load_slots - len(set(loading) & set(want.values())))
+            free = max(0, self.load_slots(endpoint.name) - len(set(loading) & set(want.values())))
             later = [e.version_id for e in arrivals[free:]]
             arrivals = arrivals[:free]
         # Processes of versions no longer in Triton's index (a Python-backend stub outlives its unload

@@ -65,7 +65,7 @@ def _arrange(
         stats=ResidencyStats(),
         busy=lambda name: False,
         local_uses=dict,
-        load_slots=load_slots,
+        load_slots=None if load_slots is None else (lambda instance: load_slots),
         waiting=lambda name: (waiting or {}).get(name, 0),
     )
     desired = Desired(on={"i": {**RESIDENT, **INCOMING}}, holders={}, recorded={})
