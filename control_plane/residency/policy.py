@@ -2,10 +2,11 @@
 
 - Resident versions (loaded or loading there) and incoming ones (desired there, not loaded yet) have a
   size (measured, else estimated), a tenant, a last use, and flags: pinned, busy (requests in flight).
-- Incoming versions are admitted pinned first, then in the order they were asked for. One that does not
-  fit makes room by evicting idle, unpinned resident versions: first those of tenants holding more than
-  their share of the budget (the tenant furthest over first), then least recently used. A version
-  admitted in the same round is never a victim.
+- Incoming versions are admitted pinned first, then in the order they were asked for (which of them a pass
+  considers at all, when load workers are short, is the budget step's choice: those most requests wait
+  for). One that does not fit makes room by evicting idle, unpinned resident versions: first those of
+  tenants holding more than their share of the budget (the tenant furthest over first), then least
+  recently used. A version admitted in the same round is never a victim.
 - If even evicting every evictable version would not make room, nothing is evicted for it: it waits
   (a pinned one is reported: the budget cannot hold the pinned set).
 - Resident versions over the budget with nothing incoming (a size measured larger than estimated) are
