@@ -180,7 +180,8 @@ def end_stubs(triton_pid: int, name: str, *, wait_s: float = 1.0) -> int:
     signalled, so a PID reused meanwhile is never hit. Returns once they have exited (their memory is
     back: a process frees it before it is reported exited), or `wait_s` passed: how many were ended."""
     ended = 0
-    signalled: list[int] = []
+    opened: list[int] = []
+    poller = select.poll()
     try:
         for pid, model in stubs(triton_pid).items():
             if model != name:
@@ -189,24 +190,22 @@ def end_stubs(triton_pid: int, name: str, *, wait_s: float = 1.0) -> int:
                 fd = os.pidfd_open(pid)
             except OSError:
                 continue  # gone already
-            signalled.append(fd)
+            opened.append(fd)
             try:
                 if _stub_under(pid, triton_pid)[1] == name:
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    poller.register(fd, select.POLLIN)  # a pidfd reads as ready once its process exited
                     ended += 1
             except OSError:
                 pass  # exited meanwhile
         deadline = time.monotonic() + wait_s
-        poller = select.poll()
-        for fd in signalled:
-            poller.register(fd, select.POLLIN)  # a pidfd reads as ready once its process has exited
-        waiting = len(signalled)
+        waiting = ended  # only the processes signalled here: never another that took a PID meanwhile
         while waiting and (left := deadline - time.monotonic()) > 0:
             for fd, _ in poller.poll(left * 1000):
                 poller.unregister(fd)
                 waiting -= 1
     finally:
-        for fd in signalled:
+        for fd in opened:
             os.close(fd)
     return ended
 

@@ -76,3 +76,17 @@ def test_an_ended_stub_stops_counting(children: list[subprocess.Popen[bytes]]) -
     assert victim.returncode == -9
     assert victim.pid not in sizes.stubs(me)
     assert sizes.stubs(me)[other.pid] == "beta" and other.poll() is None
+
+
+def test_a_process_that_is_no_longer_the_stub_is_neither_ended_nor_waited_for(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = os.getpid()
+    other = _stub("alpha")
+    children.append(other)
+    _until(lambda: other.pid in sizes.stubs(me))
+    monkeypatch.setattr(sizes, "_stub_under", lambda pid, triton_pid: (False, None))  # its PID reused
+    started = time.monotonic()
+    assert sizes.end_stubs(me, "alpha", wait_s=2.0) == 0
+    assert time.monotonic() - started < 1.0, "no wait for a process it did not signal"
+    assert other.poll() is None
