@@ -209,12 +209,7 @@ class Budgets:
         if decision.evict:
             # Shown unloading at once: routes stop sending to them when this pass commits, before their
             # evictions start (which then need no write of their own before the unload).
-            session.execute(
-                update(Placement)
-                .where(Placement.instance_id == row.id, Placement.version_id.in_(decision.evict))
-                .values(desired="absent", state="unloading", message=None, updated_at=datetime.now(UTC))
-            )
-            mark_placements_changed(session)
+            _show(session, row.id, decision.evict, state="unloading", desired="absent")
         held_back = set(decision.wait) | set(later)
         now = used
         evicted = set(decision.evict)
@@ -232,15 +227,7 @@ class Budgets:
         for version_id in held_back:
             want.pop(names[version_id], None)
         if plan.after_evictions:  # shown loading at once too: their workers start with nothing to write
-            session.execute(
-                update(Placement)
-                .where(
-                    Placement.instance_id == row.id,
-                    Placement.version_id.in_([v for _, v in plan.after_evictions]),
-                )
-                .values(state="loading", message=None, updated_at=datetime.now(UTC))
-            )
-            mark_placements_changed(session)
+            _show(session, row.id, [v for _, v in plan.after_evictions], state="loading")
         plan.waiting = [names[v] for v in decision.wait]
         sizes_now = {e.version_id: e.size for e in [*resident, *arrivals]}
         plan.used = sum(sizes_now[v] for v in present.values() if v in sizes_now) + lingering
@@ -299,6 +286,17 @@ class Budgets:
             seen = 0.0 if fact is None else last.get(fact.triton_name, 0.0)
             merged.append(entry if seen <= entry.last_used else _replace_used(entry, seen))
         return merged
+
+
+def _show(session: Session, instance_id: int, version_ids: list[int], *, state: str, **values: str) -> None:
+    """Write placements' observed state (and `values`) on one instance in the pass's transaction; the
+    routing table's placements are read again when it commits."""
+    session.execute(
+        update(Placement)
+        .where(Placement.instance_id == instance_id, Placement.version_id.in_(version_ids))
+        .values(state=state, message=None, updated_at=datetime.now(UTC), **values)
+    )
+    mark_placements_changed(session)
 
 
 def _replace_used(entry: Entry, last_used: float) -> Entry:
