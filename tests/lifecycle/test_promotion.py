@@ -239,7 +239,9 @@ def test_promoting_a_version_triton_lost_loads_it_again_before_switching(
 def test_keep_warm_never_reclaims_a_version_loaded_again_since_its_release(
     make_api: Callable[..., Api], tmp_path: Path
 ) -> None:
-    api = make_api(keep_warm_s=1.0, janitor_interval_s=3600)  # sweeps only when the test asks
+    # Sweeps only when the test asks; a keep-warm period that "just now" stays well inside however slow
+    # the machine (with 1 s, a busy suite once took longer than that between the write and the sweep).
+    api = make_api(keep_warm_s=60.0, janitor_interval_s=3600)
     v1, v2 = _two_versions(api, tmp_path)
     assert (
         api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
