@@ -136,6 +136,8 @@ def stubs(triton_pid: int) -> dict[int, str]:
         if name is not None:
             found[pid] = name
     _seen[triton_pid] = (now, settled)
+    for other in [p for p, (at, _) in list(_seen.items()) if now - at > SEEN_FOR_S]:
+        _seen.pop(other, None)  # no longer serves a walk (a Triton that was restarted leaves one)
     return found
 
 

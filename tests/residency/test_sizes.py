@@ -90,3 +90,19 @@ def test_a_process_that_is_no_longer_the_stub_is_neither_ended_nor_waited_for(
     assert sizes.end_stubs(me, "alpha", wait_s=2.0) == 0
     assert time.monotonic() - started < 1.0, "no wait for a process it did not signal"
     assert other.poll() is None
+
+
+def test_walks_of_a_triton_gone_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted Triton has a new PID: the old one's walk (a PID -> model map of every process on the
+    machine) is dropped once it can no longer serve a walk, not kept for the life of the control plane."""
+    clock = [1000.0]
+    monkeypatch.setattr(sizes.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sizes, "_seen", {})
+    sizes.stubs(1)  # the Triton before its restart (PID 1 here: no stubs of its own)
+    assert 1 in sizes._seen
+    clock[0] += sizes.SEEN_FOR_S / 2
+    sizes.stubs(os.getpid())
+    assert set(sizes._seen) == {1, os.getpid()}, "still within SEEN_FOR_S: kept"
+    clock[0] += sizes.SEEN_FOR_S
+    sizes.stubs(os.getpid())
+    assert set(sizes._seen) == {os.getpid()}
