@@ -81,9 +81,7 @@ def start_forward(
     name, tenant_id = resolved.triton_name, caller.tenant_id
     residency = state.residency
     if name not in residency.resident:  # residency (issue 12): load on demand, then forward
-        residency.when_resident(
-            resolved, lambda error: _forward_when_loaded(state, ex, send, done, gone, error)
-        )
+        _forward_when_resident(state, ex, send, done, gone)
         return
     limits, inflight = state.limits, state.inflight
     metrics = state.metrics
@@ -103,9 +101,7 @@ def start_forward(
         if gone is not None and not ex.reloaded and gone(outcome):
             ex.reloaded = True
             residency.gone(name)
-            residency.when_resident(
-                resolved, lambda error: _forward_when_loaded(state, ex, send, done, gone, error)
-            )
+            _forward_when_resident(state, ex, send, done, gone)
             return
         done(outcome)
 
@@ -118,22 +114,26 @@ def start_forward(
         raise
 
 
-def _forward_when_loaded(
+def _forward_when_resident(
     state: AppState,
     ex: Exchange,
     send: Send[T],
     done: Callable[[T], None],
     gone: Callable[[T], bool] | None,
-    error: AppError | None,
 ) -> None:
-    """Residency (issue 12): the version is resident now, or `error` (503) says why not."""
-    if error is not None:
-        done(error)  # type: ignore[arg-type]  # every protocol's outcome type takes an AppError
-        return
-    try:
-        start_forward(state, ex, send=send, done=done, gone=gone)
-    except AppError as exc:
-        done(exc)  # type: ignore[arg-type]
+    """Residency (issue 12): forward once the version is resident, or answer the 503 saying why not."""
+
+    def resident(error: AppError | None) -> None:
+        if error is not None:
+            done(error)  # type: ignore[arg-type]  # every protocol's outcome type takes an AppError
+            return
+        try:
+            start_forward(state, ex, send=send, done=done, gone=gone)
+        except AppError as exc:
+            done(exc)  # type: ignore[arg-type]
+
+    assert ex.resolved is not None
+    state.residency.when_resident(ex.resolved, resident)
 
 
 def http_gone(outcome: UpstreamResponse | AppError) -> bool:
