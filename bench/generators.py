@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.loadgen import cpu_seconds, system_busy_seconds
+from bench.loadgen import cpu_seconds, cpu_used, system_busy_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client"}
@@ -83,7 +83,7 @@ def _measured(
         raise RuntimeError(
             f"{argv[0]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
         )
-    cpu = {pid: cpu_seconds(pid) - before[pid] for pid in watch}
+    cpu = {pid: cpu_used(pid, before[pid]) for pid in watch}
     return done.stdout, cpu, system_busy_seconds() - busy, wall
 
 

@@ -123,6 +123,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def cpu_used(pid: int, before: float) -> float:
+    """CPU seconds `pid` used since `cpu_seconds(pid)` was `before`: none when it is gone since (its
+    time went to its parent's children's count, which is not read), never a negative figure."""
+    return max(0.0, cpu_seconds(pid) - before)
+
+
 def system_busy_seconds() -> float:
     """CPU time all CPUs spent busy since boot (user, nice, system, irq, softirq, steal), in seconds."""
     with open("/proc/stat") as stat:
@@ -156,7 +162,7 @@ async def run(args: argparse.Namespace, request: bytes) -> dict[str, object]:
     await asyncio.sleep(args.duration)
     stats.stopping = True
     elapsed_s = (time.perf_counter_ns() - start) / 1e9
-    cpu = [cpu_seconds(pid) - before for pid, before in zip(watched, cpu_before, strict=True)]
+    cpu = [cpu_used(pid, before) for pid, before in zip(watched, cpu_before, strict=True)]
     busy = system_busy_seconds() - busy_before
     await asyncio.wait_for(asyncio.gather(*dones), timeout=30)
     if args.latencies_out:
