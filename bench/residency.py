@@ -1,9 +1,10 @@
 """Residency under a Zipf load: many small models, a budget that holds about 10% of them.
 
     python -m bench.residency [--models 200] [--tenants 4] [--fraction 0.1] [--clients 16] [--seconds 60]
-                              [--quiet 10]
+                              [--quiet 10] [--postgres postgresql://postgres@127.0.0.1:5432/test]
 
-Starts the control plane with its embedded bundled Triton (SQLite, local artifacts; `bench.stack`),
+Starts the control plane with its embedded bundled Triton (SQLite, or with `--postgres` a scratch
+database on that server, as in production; local artifacts; `bench.stack`),
 registers `--models` tiny Python-backend models spread over `--tenants` tenants (uploads do not load),
 loads one to measure a model's memory (its stub process, as the control plane measures it), sets the
 instance's budget through the instances API to hold `--fraction` of the models, then drives a
@@ -35,7 +36,7 @@ from pathlib import Path
 import httpx
 
 from bench.loadgen import percentile_ms
-from bench.stack import SetupError, control_plane
+from bench.stack import SetupError, control_plane, scratch_database
 from control_plane.residency import sizes
 from tests.support.triton_models import MODEL
 
@@ -257,12 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--quiet", type=int, default=10, help="cold starts one at a time after the run")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="registry on this Postgres server (a scratch database is created and dropped), not SQLite",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("CP_COLD_START_WAIT_S", "60")
     # No room kept free ahead of loads (CP_RESIDENCY_HEADROOM_BYTES): the whole budget holds models, as
     # the ideal LRU it is compared with does; evictions happen just in time.
     with ExitStack() as stack:
-        cp = stack.enter_context(control_plane(grpc=False))
+        database_url = stack.enter_context(scratch_database(args.postgres)) if args.postgres else None
+        cp = stack.enter_context(control_plane(grpc=False, database_url=database_url))
+        print(f"registry: {'Postgres (' + args.postgres + ')' if args.postgres else 'SQLite'}")
         admin = cp.admin
         t0 = time.monotonic()
         pairs, keys = register(admin, cp.tmp, models=args.models, tenants=args.tenants)

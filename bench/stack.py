@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 
 from tests.support import model_files, procs
 
@@ -103,16 +104,37 @@ def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path, 
 
 
 @contextmanager
-def control_plane(*, ready_timeout: float = 180.0, grpc: bool = False) -> Iterator[Stack]:
-    """Migrate a fresh SQLite registry, serve the control plane with embedded Triton, tear all down
-    (`BENCH_KEEP_LOG=path` keeps the control plane's log)."""
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the Postgres server of `server_url` (any database of it that this role
+    can connect to), dropped on exit: its URL."""
+    conninfo = server_url.replace("postgresql+psycopg://", "postgresql://")
+    name = f"cp_bench_{secrets.token_hex(6)}"
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise SetupError(f"cannot create a scratch database on {server_url}: {exc}") from exc
+    try:
+        yield server_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def control_plane(
+    *, ready_timeout: float = 180.0, grpc: bool = False, database_url: str | None = None
+) -> Iterator[Stack]:
+    """Migrate a fresh registry (SQLite in the temp dir, or `database_url`: an empty database), serve
+    the control plane with embedded Triton, tear all down (`BENCH_KEEP_LOG=path` keeps the control
+    plane's log)."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     token = secrets.token_urlsafe(24)
     port = procs.free_port()
     grpc_port = procs.free_port() if grpc else 0
     env = {
         **os.environ,
-        "CP_DATABASE_URL": f"sqlite:///{tmp}/registry.db",
+        "CP_DATABASE_URL": database_url or f"sqlite:///{tmp}/registry.db",
         "CP_ARTIFACT_STORE": "local",
         "CP_ARTIFACT_DIR": str(tmp / "artifacts"),
         "CP_MODEL_REPOSITORY": str(tmp / "model_repository"),

@@ -32,3 +32,20 @@ def test_triton_seconds_reads_the_triton_entry_of_server_timing() -> None:
     assert triton_seconds("triton;dur=3") == pytest.approx(0.003)
     assert triton_seconds("gateway;dur=2.0") == 0.0
     assert triton_seconds("") == 0.0
+
+
+def test_scratch_database_is_empty_usable_and_dropped() -> None:
+    """`bench.residency --postgres`: the registry goes in a database of its own on that server, gone after."""
+    import psycopg
+
+    from bench.stack import scratch_database
+    from tests.conftest import ADMIN_URL
+
+    with scratch_database(ADMIN_URL) as url:
+        name = url.rsplit("/", 1)[1]
+        assert name.startswith("cp_bench_") and url != ADMIN_URL
+        with psycopg.connect(url) as conn:
+            tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+            assert tables == (0,)
+    with psycopg.connect(ADMIN_URL) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
