@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.fleet import repository
 from control_plane.fleet.placement import Servable, Slot, plan
-from control_plane.residency.repository import pinned_versions, placed
+from control_plane.residency.repository import asked_for, pinned_versions
 
 LEFT_ALONE = ("registered", "loading")  # a load is under way: the loader placed it
 
@@ -47,14 +47,9 @@ def apply_policy(
     """Run the policy over these instances (name -> row id) and write what changed."""
     names = {row_id: name for name, row_id in instances.items()}
     facts = repository.placement_facts(session, instances.values())
-    anywhere, asked = placed(session)
     pinned = frozenset(pinned_versions(session))
-    asked |= pinned
-    servable = {
-        row.version_id: row
-        for row in repository.servable(session)
-        if row.version_id in asked or row.version_id not in anywhere
-    }
+    asked = asked_for(session) | pinned
+    servable = {row.version_id: row for row in repository.servable(session, wanted=asked)}
     rows: dict[tuple[str, int], repository.PlacementFacts] = {}
     current: dict[int, set[str]] = {}
     base: list[tuple[str, int]] = []

@@ -185,16 +185,17 @@ class ServableRow:
     replicas: int | None
 
 
-def servable(session: Session, *, version_ids: Collection[int] | None = None) -> list[ServableRow]:
-    """Versions that should be served (state `ready` in a live model), with their replicas."""
+def servable(session: Session, *, wanted: Collection[int]) -> list[ServableRow]:
+    """Versions that should be served (state `ready` in a live model) and are `wanted` or were never
+    placed anywhere, with their replicas (most versions of a large registry are neither: not read)."""
+    unplaced = ~select(Placement.id).where(Placement.version_id == ModelVersion.id).exists()
     query = (
         select(ModelVersion.id, ModelVersion.triton_name, ModelVersion.size_bytes, ModelReplicas.replicas)
         .join(Model, Model.id == ModelVersion.model_id)
         .outerjoin(ModelReplicas, ModelReplicas.model_id == Model.id)
         .where(ModelVersion.state == "ready", Model.deleted_at.is_(None))
+        .where(or_(ModelVersion.id.in_(list(wanted)), unplaced))
     )
-    if version_ids is not None:
-        query = query.where(ModelVersion.id.in_(list(version_ids)))
     return [ServableRow(*row) for row in session.execute(query).tuples()]
 
 

@@ -17,7 +17,10 @@ def pinned_versions(session: Session) -> set[int]:
     pins = {
         model_id: set(aliases or ())
         for model_id, aliases in session.execute(
-            select(Model.id, Model.pinned_aliases).where(Model.deleted_at.is_(None))
+            select(Model.id, Model.pinned_aliases).where(
+                Model.deleted_at.is_(None),
+                Model.pinned_aliases.is_not(None),  # never pinned: NULL
+            )
         ).tuples()
         if aliases
     }
@@ -29,16 +32,10 @@ def pinned_versions(session: Session) -> set[int]:
     return {version_id for model_id, name, version_id in rows if name in pins[model_id]}
 
 
-def placed(session: Session) -> tuple[set[int], set[int]]:
-    """(versions with any placement row, versions with a placement desired `ready`)."""
-    rows = session.execute(select(Placement.version_id, Placement.desired)).tuples()
-    anywhere: set[int] = set()
-    wanted: set[int] = set()
-    for version_id, desired in rows:
-        anywhere.add(version_id)
-        if desired == "ready":
-            wanted.add(version_id)
-    return anywhere, wanted
+def asked_for(session: Session) -> set[int]:
+    """Versions with a placement desired `ready` somewhere."""
+    query = select(Placement.version_id).where(Placement.desired == "ready").distinct()
+    return set(session.scalars(query))
 
 
 @dataclass(frozen=True, slots=True)
