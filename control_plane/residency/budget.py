@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache, partial
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -97,7 +98,8 @@ class Budgets:
         unloading: Callable[[str], Collection[int]],
     ) -> dict[str, Plan]:
         """Decide each budgeted instance's evictions and hold back loads that must wait (module docstring)."""
-        estimates = repository.measured(session)
+        # What measured versions weigh: read only if a version this pass counts has no measurement.
+        estimates = cache(partial(repository.measured, session))
         pinned = desired.pinned  # the placement policy read them this pass
         plans: dict[str, Plan] = {}
         for endpoint in endpoints:
@@ -134,7 +136,7 @@ class Budgets:
         loading: Collection[int],
         unloading: Collection[int],
         pinned: frozenset[int],
-        estimates: list[tuple[int, int]],
+        estimates: Callable[[], list[tuple[int, int]]],
         budget: int,
     ) -> Plan:
         want = desired.on.setdefault(endpoint.name, {})
@@ -261,12 +263,15 @@ class Budgets:
         return key
 
     def _size(
-        self, fact: repository.VersionFacts, estimates: list[tuple[int, int]], live: Mapping[str, int]
+        self,
+        fact: repository.VersionFacts,
+        estimates: Callable[[], list[tuple[int, int]]],
+        live: Mapping[str, int],
     ) -> int:
         """Measured (the larger of the recorded figure and what its processes hold now), else estimated."""
-        size = (
-            fact.memory_bytes if fact.memory_bytes is not None else sizes.estimate(fact.size_bytes, estimates)
-        )
+        size = fact.memory_bytes
+        if size is None:
+            size = sizes.estimate(fact.size_bytes, estimates())
         size = max(size, live.get(fact.triton_name, 0))
         self.sizes[fact.version_id] = size
         return size
