@@ -194,6 +194,7 @@ def _start_reconciler(state: AppState) -> None:
     wire_data_plane(reconciler, state.upstream)
     residency = state.residency
     residency.reconciler = reconciler
+    reconciler.after_pass.append(residency.after_pass)
     reconciler.actions.residency = residency
     reconciler.budgets = Budgets(
         default_budget=settings.instance_memory_budget_bytes,

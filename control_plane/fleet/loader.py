@@ -28,6 +28,11 @@ from control_plane.registry.staging import python_model_members
 from control_plane.runners import RUNNER_FILENAME, runner_source
 
 log = logging.getLogger(__name__)
+NO_ROOM = "no_room"  # `load`'s outcome when no instance's memory budget can make room for the version
+NO_ROOM_DETAIL = (
+    "the model version does not fit in any instance's memory budget now: it is bigger than the budget, "
+    "or every version that could make room is pinned or has requests in flight"
+)
 
 
 class VersionLoader:
@@ -88,7 +93,8 @@ class VersionLoader:
 
     def load(self, version_id: int) -> str:
         """Write the version's repository entry, load it where it is placed (every Triton without a
-        placer), record ready (loaded on at least one) or failed."""
+        placer), record ready (loaded on at least one) or failed. With residency, wait for the version to
+        be resident (its state after, or NO_ROOM)."""
         if self.residency_load is not None:
             return self.residency_load(version_id)
         with transaction(self.session_factory) as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
@@ -14,6 +15,7 @@ from control_plane.db import hooks
 from control_plane.db.models import Alias, AliasHistory, AliasRoute, Model, ModelVersion, Tenant
 from control_plane.db.session import transaction
 from control_plane.fleet import repository as fleet_repository
+from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
 from control_plane.lifecycle.schemas import AliasMove, HistoryEntry
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
@@ -152,12 +154,16 @@ def ensure_ready_locked(
     """
     for _ in range(ATTEMPTS):
         if version.state != "ready" or not _served(state, version.triton_name):
-            outcome = state.loader.submit_load(version.id).result(
-                timeout=state.settings.triton_load_timeout_s
-            )
+            timeout, why = state.settings.triton_load_timeout_s, None
+            try:
+                outcome = state.loader.submit_load(version.id).result(timeout=timeout)
+            except FutureTimeout:
+                outcome, why = "timeout", f"its load did not finish within {timeout:g} s"
+            if outcome == NO_ROOM:
+                why = NO_ROOM_DETAIL
             session.refresh(version)
             if outcome != "ready" or version.state != "ready":
-                _refuse(state, ctx=ctx, version=version, target=target, action=action)
+                _refuse(state, ctx=ctx, version=version, target=target, action=action, why=why)
         savepoint = session.begin_nested()
         locked = session.get(
             ModelVersion, version.id, with_for_update={"key_share": True}, populate_existing=True
@@ -182,13 +188,22 @@ def _served(state: AppState, triton_name: str) -> bool:
     return False
 
 
-def _refuse(state: AppState, *, ctx: RequestContext, version: ModelVersion, target: str, action: str) -> None:
-    """Write the failed attempt's audit event in its own transaction, then refuse."""
+def _refuse(
+    state: AppState,
+    *,
+    ctx: RequestContext,
+    version: ModelVersion,
+    target: str,
+    action: str,
+    why: str | None = None,
+) -> None:
+    """Write the failed attempt's audit event in its own transaction, then refuse (`why`: the reason,
+    when the load did not finish)."""
     detail = version.state_message or version.state
     with transaction(state.session_factory) as own:
         if version.state == "ready":  # the load failed but the registry still calls it servable: say why
             failures = [p.message for p in fleet_repository.placements_of(own, version.id) if p.message]
-            detail = failures[0] if failures else "its load did not finish"
+            detail = why or (failures[0] if failures else "its load did not finish")
         tenant, _, rest = target.partition("/")
         audit.record(
             own,
@@ -202,6 +217,8 @@ def _refuse(state: AppState, *, ctx: RequestContext, version: ModelVersion, targ
             request_id=ctx.request_id,
             before={"error": detail[:1000]},
         )
+    if why is not None and version.state == "ready":
+        raise VersionConflict(f"version {version.version} cannot serve now: {why}")
     status = "failed" if version.state == "ready" else version.state
     raise VersionConflict(f"version {version.version} cannot serve: it is {status} ({detail})")
 

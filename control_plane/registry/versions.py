@@ -16,6 +16,7 @@ from control_plane.auth.context import RequestContext
 from control_plane.db import hooks
 from control_plane.db.models import Model, ModelVersion, Tenant
 from control_plane.errors import Forbidden
+from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
 from control_plane.modelconfig.config import artifact_filename
 from control_plane.modelconfig.specs import Signature
 from control_plane.names import triton_model_name
@@ -173,7 +174,8 @@ def load(session: Session, *, state: AppState, model: Model, number: int) -> Ver
     version = get_version(session, model=model, number=number)
     version_id = version.id
     session.rollback()  # hold no snapshot or lock while the loop loads it
-    state.loader.load(version_id)
+    if state.loader.load(version_id) == NO_ROOM:
+        raise VersionConflict(f"version {number} cannot be loaded now: {NO_ROOM_DETAIL}")
     fresh = session.get_one(ModelVersion, version_id, populate_existing=True)
     return describe(fresh, resident_on=resident_on(session, version_id))
 

@@ -31,6 +31,7 @@ from control_plane.db.session import transaction
 from control_plane.errors import AppError, ServiceUnavailable
 from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
 from control_plane.fleet.instances import TritonEndpoint
+from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
 from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.routing.changes import mark_desired_changed
@@ -46,6 +47,9 @@ LOADABLE = ("registered", "unloaded", "ready")  # states a request may load on d
 LIVE_S = 0.25  # how long one look at an instance's stub processes serves the loop
 IDLE_S = 1.0  # a version nobody used for this long gets no eviction grace
 GONE_S = 5.0  # how long a version Triton said it does not have is kept out of the resident set at most
+LOAD_SLACK_S = 0.05  # a load's stubs start after its call began (process start times count in 10 ms ticks)
+NO_ROOM_S = 5.0  # how long requests wait while the budget step finds no room for their version
+NO_ROOM_RETRY_S = 10  # Retry-After of their 503
 
 
 class ColdStartTimeout(ServiceUnavailable):
@@ -54,6 +58,10 @@ class ColdStartTimeout(ServiceUnavailable):
 
 class LoadFailed(ServiceUnavailable):
     """The version could not be loaded."""
+
+
+class NoRoom(ServiceUnavailable):
+    """No instance's memory budget can make room for the version now."""
 
 
 @dataclass
@@ -93,6 +101,7 @@ class Residency(ResidencyHooks):
         self._load_s: dict[str, float] = {}
         self._pids: dict[str, tuple[str, int]] = {}
         self._gone: dict[str, float] = {}  # Triton said it does not have these (perf_counter when)
+        self._no_room: dict[str, float] = {}  # held back for want of room since (time.monotonic())
         self._live: dict[str, tuple[float, dict[str, int]]] = {}  # instance -> (when, live_sizes)
         self._flushed: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cp-residency")
@@ -134,7 +143,8 @@ class Residency(ResidencyHooks):
         self._pool.submit(self._demand, name, False)
 
     def load_now(self, version_id: int) -> str:
-        """Load a version and wait for it (promote, rollback, the load endpoint): its state after."""
+        """Load a version and wait for it (promote, rollback, the load endpoint): its state after, or
+        `NO_ROOM` (see `after_pass`)."""
         assert self.session_factory is not None
         with self.session_factory() as session:
             name = session.scalar(select(ModelVersion.triton_name).where(ModelVersion.id == version_id))
@@ -158,6 +168,8 @@ class Residency(ResidencyHooks):
             self._wait(name, waiter, explicit=explicit)
             if not event.wait(max(0.0, deadline - time.monotonic())):
                 self._drop(name, waiter)
+            if outcome and isinstance(outcome[-1], NoRoom):
+                return NO_ROOM
             if outcome and outcome[-1] is None:
                 return "ready"
             with self.session_factory() as session:
@@ -300,6 +312,21 @@ class Residency(ResidencyHooks):
         """How many requests here wait for `name` to become resident."""
         return len(self._waiters.get(name) or ())
 
+    def after_pass(self, _seen: object = None) -> None:
+        """After each pass of the loop (leader): requests waiting for a version the budget step has held
+        back for want of room for `NO_ROOM_S` get 503 saying so (every version that could make room is
+        pinned or has requests in flight, or the version is bigger than the budget) instead of waiting
+        out `wait_s` or a load timeout for room that may never come; the version stays asked for."""
+        budgets = self.reconciler.budgets if self.reconciler is not None else None
+        held = {name for plan in budgets.plans.values() for name in plan.waiting} if budgets else set()
+        now = time.monotonic()
+        for name in [n for n in self._no_room if n not in held]:
+            del self._no_room[name]
+        for name in held:
+            since = self._no_room.setdefault(name, now)
+            if now - since >= NO_ROOM_S and self._waiters.get(name):
+                self._settle(name, NoRoom(NO_ROOM_DETAIL, retry_after=NO_ROOM_RETRY_S))
+
     def eviction_grace_s(self, name: str, last_used: float) -> float:
         """The grace (routes no longer send to the version, requests already on their way still find it)
         for a version used in the last `IDLE_S`, here or anywhere as the pass saw it (every replica's
@@ -316,7 +343,7 @@ class Residency(ResidencyHooks):
         """Measure a version just loaded and record its memory and load time."""
         assert self.session_factory is not None
         self._load_s[name] = seconds
-        measured = self.measure(endpoint, name)
+        measured = self.measure(endpoint, name, started_since=sizes.boot_seconds() - seconds - LOAD_SLACK_S)
         with transaction(self.session_factory) as session:
             if measured is None:
                 repository.record_load_time(session, version_id=version_id, seconds=seconds)
@@ -329,8 +356,11 @@ class Residency(ResidencyHooks):
                     load_seconds=seconds,
                 )
 
-    def measure(self, endpoint: TritonEndpoint, name: str) -> sizes.Measured | None:
-        """A loaded version's memory: Triton's statistics, else its stub processes (local Tritons)."""
+    def measure(
+        self, endpoint: TritonEndpoint, name: str, *, started_since: float | None = None
+    ) -> sizes.Measured | None:
+        """A loaded version's memory: Triton's statistics, else its stub processes (local Tritons; with
+        `started_since`, those started since: the stubs of an earlier load still exiting are not its)."""
         try:
             reported = sizes.from_statistics(endpoint.health.statistics(name))
         except Exception as exc:  # statistics are optional: fall back to the processes
@@ -341,7 +371,7 @@ class Residency(ResidencyHooks):
         pid = self._pid(endpoint)
         if pid is None:
             return None
-        found = sizes.stub_bytes(pid, name)
+        found = sizes.stub_bytes(pid, name, started_since=started_since)
         # A stub grows by a few percent after its first inference (numpy's buffers): counted with a
         # margin here, and the loop takes the larger of this and what the stubs hold at each pass.
         return sizes.Measured(int(found * sizes.STUB_MARGIN), "stub") if found > 0 else None

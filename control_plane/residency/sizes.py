@@ -220,9 +220,33 @@ def rss(pid: int) -> int:
         return 0
 
 
-def stub_bytes(triton_pid: int, name: str) -> int:
-    """Resident bytes of the stub processes that run Triton model `name` (0 if none)."""
-    return sum(rss(pid) for pid, model in stubs(triton_pid).items() if model == name)
+def stub_bytes(triton_pid: int, name: str, *, started_since: float | None = None) -> int:
+    """Resident bytes of the stub processes that run Triton model `name` (0 if none); with
+    `started_since` (a `boot_seconds()` moment), only those started since: a load's own stubs, not those
+    of an earlier load of the model still exiting (Triton ends an unloaded model's stub a second or more
+    after its unload, e.g. one unloaded by someone else and asked for again at once)."""
+    return sum(
+        rss(pid)
+        for pid, model in stubs(triton_pid).items()
+        if model == name and (started_since is None or started_at(pid) >= started_since)
+    )
+
+
+def boot_seconds() -> float:
+    """Now, in seconds since boot (the clock of a process's start time in /proc)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def started_at(pid: int) -> float:
+    """When a process started, in seconds since boot (infinity once it is gone: never counted as old)."""
+    try:
+        ticks = int((PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return float("inf")
+    return ticks / _CLK_TCK
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def tree_bytes(triton_pid: int) -> int:

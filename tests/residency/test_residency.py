@@ -330,3 +330,51 @@ def test_a_version_gone_from_triton_behind_the_routes_is_waited_for_not_failed(
     else:
         assert stack.infer_grpc(model) == [2.0, 4.0]
     assert model in stack.loaded()
+
+
+def test_a_promote_or_load_with_no_room_beside_the_pinned_is_refused_clearly(stack: Stack) -> None:
+    """A budget that holds only the pinned version: promoting (or loading) another waits for room that no
+    eviction can make, so it is refused with the reason within seconds (409), not after the load timeout
+    (it was a 500 after 300 s), and its requests get 503 saying why; the pinned version stays and the
+    budget is never exceeded."""
+    api, tenant = stack.api, stack.tenant
+    assert stack.infer("m1").status_code == 200  # pinned (production) in the first test
+    pinned = api.version(tenant, "m1", 1)["memory_bytes"]
+    other = max(api.version(tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m3"))
+    assert other > 0
+    # m1 was unloaded behind the routes and loaded again at once in the test before: measured as its own
+    # stub, not with the previous one still exiting (it was counted three times over).
+    assert pinned < 1.5 * other, (pinned, other)
+    _set_budget(stack, pinned + other // 2)  # m1 and half of another
+    deadline = time.monotonic() + 30
+    # The others are evicted to fit the smaller budget, and the stubs of m1's earlier loads (the test
+    # before unloaded it behind the routes, twice) have exited.
+    while stack.loaded() != {"m1"} or len([p for p in sizes.stubs(stack.pid) if sizes.rss(p)]) > 1:
+        assert time.monotonic() < deadline, stack.loaded()
+        time.sleep(0.2)
+    with _Sampler(stack) as sampler:
+        started = time.monotonic()
+        promoted = api.client.put(
+            f"/v1/tenants/{tenant}/models/m0/aliases/production",
+            json={"version": 1},
+            headers=api.headers(),
+            timeout=120,
+        )
+        took = time.monotonic() - started
+        assert promoted.status_code == 409, promoted.text
+        assert "memory budget" in promoted.json()["detail"] and "pinned" in promoted.json()["detail"]
+        assert took < 30, f"refused after {took:.1f} s"
+        loaded = api.client.post(
+            f"/v1/tenants/{tenant}/models/m3/versions/1/load", headers=api.headers(), timeout=120
+        )
+        assert loaded.status_code == 409 and "memory budget" in loaded.json()["detail"], loaded.text
+        started = time.monotonic()
+        cold = stack.infer("m0")  # the data plane says so too, without waiting out the cold-start wait
+        assert cold.status_code == 503 and "memory budget" in cold.text, cold.text
+        assert cold.headers["retry-after"] == "10" and time.monotonic() - started < 15
+        instance = api.client.get("/v1/instances", headers=api.headers()).json()[0]
+        assert {_short(n) for n in instance["waiting_for_room"]} <= {"m0", "m3"}
+    assert stack.loaded() == {"m1"}
+    assert sampler.peak <= pinned + other // 2
+    model = api.client.get(f"/v1/tenants/{tenant}/models/m0", headers=api.headers())
+    assert model.status_code == 200 and "production" not in model.json()["aliases"], "nothing moved"

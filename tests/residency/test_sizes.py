@@ -106,3 +106,22 @@ def test_walks_of_a_triton_gone_are_not_kept(monkeypatch: pytest.MonkeyPatch) ->
     clock[0] += sizes.SEEN_FOR_S
     sizes.stubs(os.getpid())
     assert set(sizes._seen) == {os.getpid()}
+
+
+def test_a_loads_own_stubs_are_told_from_an_earlier_loads_still_exiting(
+    children: list[subprocess.Popen[bytes]],
+) -> None:
+    """Measuring a version right after its load counts only the stubs started since the load began: one
+    of an earlier load of the same model (unloaded by someone else, exiting a second later) is not its."""
+    me = os.getpid()
+    old = _stub("alpha")
+    children.append(old)
+    _until(lambda: old.pid in sizes.stubs(me))
+    time.sleep(0.1)
+    since = sizes.boot_seconds() - 0.02  # start times count in ticks of 10 ms
+    new = _stub("alpha")
+    children.append(new)
+    _until(lambda: new.pid in sizes.stubs(me))
+    assert sizes.started_at(old.pid) < since <= sizes.started_at(new.pid)
+    assert sizes.stub_bytes(me, "alpha", started_since=since) == sizes.rss(new.pid)
+    assert sizes.stub_bytes(me, "alpha") == sizes.rss(old.pid) + sizes.rss(new.pid)
