@@ -66,6 +66,9 @@ class ResidencyHooks:
     def load_failed(self, version_id: int, message: str) -> None:
         """A load failed."""
 
+    def loading(self, delta: int) -> None:
+        """A load call to Triton started (+1) or ended (-1)."""
+
     def busy(self, name: str) -> bool:
         """Whether requests to `name` are in flight (never evict it then)."""
         return False
@@ -278,7 +281,11 @@ class Actions:
                 if not written:
                     self._write_entry(endpoint, name, version_id)
                 started = time.monotonic()
-                endpoint.client.load_model(name)
+                self.residency.loading(1)
+                try:
+                    endpoint.client.load_model(name)
+                finally:
+                    self.residency.loading(-1)
                 seconds = time.monotonic() - started
             except Exception as exc:  # any failure backs off; the loop must not die
                 self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))

@@ -376,6 +376,10 @@ class Residency(ResidencyHooks):
         # margin here, and the loop takes the larger of this and what the stubs hold at each pass.
         return sizes.Measured(int(found * sizes.STUB_MARGIN), "stub") if found > 0 else None
 
+    def loading(self, delta: int) -> None:
+        """A load call to Triton started (+1) or ended (-1): `cp_residency_loads_in_flight`."""
+        self.stats.loading(delta)
+
     def load_failed(self, version_id: int, message: str) -> None:
         """A version that never loaded anywhere and fails its first load is `failed` (its requests get
         the reason); one that loaded before is retried by the loop (backing off)."""

@@ -149,3 +149,28 @@ def test_a_version_asked_for_again_during_its_eviction_is_not_shown_ready(action
     assert actions.wait_idle(5)
     actions.converge(TRITON, seen, desired, {"old": (1, "ready")}, {"i": seen})
     assert (1, "ready", None) in actions.noted, "shown ready again by a pass once no eviction runs"
+
+
+def test_loads_in_flight_count_the_load_calls_triton_is_running(actions: Any) -> None:
+    """`cp_residency_loads_in_flight` (it stayed 0: nothing counted the loads)."""
+    from collections import Counter
+
+    from control_plane.residency.manager import Residency
+
+    residency = Residency(session_factory=None, inflight=Counter())
+    actions.residency = residency
+    during: list[int] = []
+
+    def load_model(name: str) -> None:
+        during.append(residency.stats.loads_in_flight)
+
+    def fail(name: str) -> None:
+        during.append(residency.stats.loads_in_flight)
+        raise RuntimeError("Triton said no")
+
+    endpoint: Any = SimpleNamespace(name="i", client=SimpleNamespace(load_model=load_model))
+    Actions._load(actions, endpoint, "m", 7, written=True)
+    endpoint.client.load_model = fail
+    Actions._load(actions, endpoint, "m", 8, written=True)
+    assert during == [1, 1] and residency.stats.loads_in_flight == 0
+    residency.stop()
