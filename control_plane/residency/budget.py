@@ -80,6 +80,7 @@ class Budgets:
         self.waiting = waiting
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self.plans: dict[str, Plan] = {}
+        self._pinned_over: dict[str, int] = {}
 
     def budget_of(self, row: TritonInstance) -> int:
         """An instance's budget in bytes (0: none)."""
@@ -240,13 +241,14 @@ class Budgets:
             budget=budget,
             pinned_over=decision.pinned_over,
         )
-        if decision.pinned_over:
+        if decision.pinned_over and self._pinned_over.get(endpoint.name) != decision.pinned_over:
             log.warning(
                 "instance %s: its budget of %d bytes cannot hold the pinned versions (%d bytes short)",
                 endpoint.name,
                 budget,
                 decision.pinned_over,
             )
+        self._pinned_over[endpoint.name] = decision.pinned_over  # logged when it changes, not every pass
         return plan
 
     def _load_order(self, incoming: Mapping[str, int]) -> Callable[[Entry], tuple[bool, float, int]]:

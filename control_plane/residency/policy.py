@@ -5,10 +5,12 @@
 - Incoming versions are admitted pinned first, then in the order they were asked for (which of them a pass
   considers at all, when load workers are short, is the budget step's choice: those most requests wait
   for). One that does not fit makes room by evicting idle, unpinned resident versions: first those of
-  tenants holding more than their share of the budget (the tenant furthest over first), then least
-  recently used. A version admitted in the same round is never a victim.
-- If even evicting every evictable version would not make room, nothing is evicted for it: it waits
-  (a pinned one is reported: the budget cannot hold the pinned set).
+  tenants holding more than their share of the budget, counting the incoming version with its tenant
+  (the tenant furthest over first), then least recently used. A version admitted in the same round is
+  never a victim.
+- If even evicting every evictable version would not make room, nothing is evicted for it: it waits.
+  A pinned set the budget cannot hold is reported (pinned versions waiting, or resident over a budget
+  lowered under them), never evicted.
 - Resident versions over the budget with nothing incoming (a size measured larger than estimated) are
   evicted the same way until the rest fits; with `headroom`, until that much is free, so the next cold
   version can start loading at once instead of waiting for an eviction (the budget still holds).
@@ -60,7 +62,10 @@ def decide(
     protected: set[int] = set()
     limit = None if share is None else share * budget
     for entry in sorted(incoming, key=lambda e: (not e.pinned, e.last_used, e.version_id)):
-        victims = _victims(held, protected, tenant_bytes, need=used + entry.size - budget, limit=limit)
+        # Shares as they would be with it admitted: a tenant that its new version takes over its share
+        # makes room from its own versions first, not from a tenant within its share.
+        arriving = {**tenant_bytes, entry.tenant: tenant_bytes.get(entry.tenant, 0) + entry.size}
+        victims = _victims(held, protected, arriving, need=used + entry.size - budget, limit=limit)
         if victims is None:
             decision.wait.append(entry.version_id)
             if entry.pinned:
@@ -76,6 +81,10 @@ def decide(
         used += entry.size
         tenant_bytes[entry.tenant] = tenant_bytes.get(entry.tenant, 0) + entry.size
         decision.admit.append(entry.version_id)
+    # Pinned versions over the budget are reported whether they wait or are resident already (a budget
+    # lowered under them: they are never evicted, so the budget is exceeded until it is raised).
+    pinned = sum(e.size for e in (*resident, *incoming) if e.pinned)
+    decision.pinned_over = max(decision.pinned_over, pinned - budget)
     target = budget - headroom if budget > 2 * headroom else budget
     if used > target:  # measured bigger than estimated, or room kept ahead for the next load: shrink
         victims = _victims(held, protected, tenant_bytes, need=used - target, limit=limit, partial=True)

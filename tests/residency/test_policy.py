@@ -78,3 +78,23 @@ def test_headroom_evicts_idle_versions_ahead_of_the_next_load() -> None:
     assert decide(resident, [], budget=40, headroom=10).evict == []  # 30 held: 10 free already
     assert decide(resident, [], budget=35, headroom=10).evict == [1]
     assert decide(resident, [], budget=30, headroom=20).evict == []  # headroom >= half the budget: ignored
+
+
+def test_a_tenant_its_new_version_takes_over_its_share_makes_room_from_its_own() -> None:
+    """Two tenants within their shares (200 of 225 each); the greedy one asks for a third version: its own
+    least recently used goes, not the quiet tenant's older one (which left greedy at 67% of the budget)."""
+    resident = [
+        _e(1, used=10, tenant="greedy", size=100),
+        _e(2, used=11, tenant="greedy", size=100),
+        _e(3, used=5, tenant="quiet", size=100),
+        _e(4, used=12, tenant="quiet", size=100),
+    ]
+    decision = decide(resident, [_e(5, used=20, tenant="greedy", size=100)], budget=450, share=0.5)
+    assert decision.admit == [5] and decision.evict == [1]
+    assert decide(resident, [_e(5, used=20, tenant="greedy", size=100)], budget=450).evict == [3]  # plain LRU
+
+
+def test_pinned_versions_resident_over_a_lowered_budget_are_reported() -> None:
+    decision = decide([_e(1, used=1, pinned=True), _e(2, used=2, pinned=True)], [], budget=15)
+    assert decision.evict == [] and decision.pinned_over == 5
+    assert decide([_e(1, used=1, pinned=True)], [], budget=15).pinned_over == 0
