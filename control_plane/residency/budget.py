@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,9 +182,7 @@ class Budgets:
         later: list[int] = []  # no load worker free for them this pass: they neither load nor evict
         if self.load_slots is not None:
             arrivals.sort(key=self._load_order(incoming))
-            free = max(0, self.load_slots(endpoint.name) - len(set(loading) & set(want.values())))
-            later = [e.version_id for e in arrivals[free:]]
-            arrivals = arrivals[:free]
+            arrivals, later = self._take_load_workers(endpoint, arrivals, loading, want, facts)
         # Processes of versions no longer in Triton's index (a Python-backend stub outlives its unload
         # by a second or more) still hold memory: counted, never a victim, until they have exited.
         known = {*present, *incoming}
@@ -250,6 +249,35 @@ class Budgets:
             )
         self._pinned_over[endpoint.name] = decision.pinned_over  # logged when it changes, not every pass
         return plan
+
+    def _take_load_workers(
+        self,
+        endpoint: TritonEndpoint,
+        arrivals: list[Entry],
+        loading: Collection[int],
+        want: Mapping[str, int],
+        facts: Mapping[int, repository.VersionFacts],
+    ) -> tuple[list[Entry], list[int]]:
+        """The arrivals (in load order) that take the instance's free load workers, and the ids of those
+        that wait for one. On an instance that serves several tenants no tenant takes every worker: one
+        whose loads hang or take minutes would hold every other tenant's cold start until the load
+        timeout; the last worker is left to the others."""
+        assert self.load_slots is not None
+        slots = self.load_slots(endpoint.name)
+        running = set(loading) & set(want.values())
+        tenants = Counter(facts[v].tenant for v in running if v in facts)
+        several = len({*tenants, *(e.tenant for e in arrivals), *(f.tenant for f in facts.values())}) > 1
+        cap = slots - 1 if several and slots > 1 else slots
+        free = max(0, slots - len(running))
+        taken: list[Entry] = []
+        later: list[int] = []
+        for entry in arrivals:
+            if len(taken) < free and tenants[entry.tenant] < cap:
+                taken.append(entry)
+                tenants[entry.tenant] += 1
+            else:
+                later.append(entry.version_id)
+        return taken, later
 
     def _load_order(self, incoming: Mapping[str, int]) -> Callable[[Entry], tuple[bool, float, int]]:
         """Which incoming versions take the load workers free this pass: pinned ones, then those with the

@@ -146,3 +146,26 @@ def test_a_version_few_requests_wait_for_still_gets_its_turn(monkeypatch: pytest
     _asked(monkeypatch, {4: 5.0, 5: 0.2, 6: 0.1})
     plan, _ = _arrange(load_slots=1, waiting={"a4": 1, "a6": 3})
     assert plan.after_evictions == [("a4", 4)], "asked for 5 s ago: each second waited counts as a request"
+
+
+def _tenants(monkeypatch: pytest.MonkeyPatch, tenants: dict[int, str]) -> None:
+    monkeypatch.setattr(
+        repository,
+        "version_facts",
+        lambda session, ids, **kw: {
+            v: replace(f, tenant=tenants.get(v, f.tenant)) for v, f in _facts(ids).items()
+        },
+    )
+
+
+def test_no_tenant_takes_every_load_worker_of_a_shared_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers; one tenant asked first for two versions, another tenant for one: the second worker
+    goes to the other tenant, so loads that hang (or take minutes) cannot hold every tenant's cold start."""
+    _tenants(monkeypatch, {4: "evil", 5: "evil", 6: "good"})
+    plan, _ = _arrange(load_slots=2)
+    assert [name for name, _ in plan.after_evictions] == ["a4", "a6"]
+
+
+def test_one_tenant_alone_uses_every_load_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, _ = _arrange(load_slots=2)  # every version is tenant "t"'s
+    assert [name for name, _ in plan.after_evictions] == ["a4", "a5"]
