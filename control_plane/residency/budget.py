@@ -82,6 +82,7 @@ class Budgets:
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self.plans: dict[str, Plan] = {}
         self._pinned_over: dict[str, int] = {}
+        self._shared = False  # several tenants have models (read once per pass)
 
     def budget_of(self, row: TritonInstance) -> int:
         """An instance's budget in bytes (0: none)."""
@@ -103,13 +104,18 @@ class Budgets:
         # What measured versions weigh: read only if a version this pass counts has no measurement.
         estimates = cache(partial(repository.measured, session))
         pinned = desired.pinned  # the placement policy read them this pass
+        self._shared = repository.several_tenants(session) if self.load_slots is not None else False
         plans: dict[str, Plan] = {}
         for endpoint in endpoints:
             row, observation = rows.get(endpoint.name), seen.get(endpoint.name)
             if row is None or observation is None or not observation.ready:
                 continue
             budget = self.budget_of(row)
-            if budget <= 0:
+            if budget <= 0:  # nothing to evict; its load workers are shared all the same
+                if self.load_slots is not None:
+                    self._share_load_workers(
+                        session, endpoint, row, observation, desired, loading(endpoint.name)
+                    )
                 continue
             plans[endpoint.name] = self._arrange_one(
                 session,
@@ -250,6 +256,34 @@ class Budgets:
         self._pinned_over[endpoint.name] = decision.pinned_over  # logged when it changes, not every pass
         return plan
 
+    def _share_load_workers(
+        self,
+        session: Session,
+        endpoint: TritonEndpoint,
+        row: TritonInstance,
+        observation: InstanceObservation,
+        desired: Desired,
+        loading: Collection[int],
+    ) -> None:
+        """An instance without a budget: the versions desired there that take its free load workers this
+        pass load, the others wait for the next (see `_take_load_workers`)."""
+        want = desired.on.get(endpoint.name, {})
+        present = {n for n, s in observation.models.items() if s in PRESENT}
+        incoming = {n: v for n, v in want.items() if n not in present and v not in loading}
+        if not incoming:
+            return
+        running = set(loading) & set(want.values())
+        facts = repository.version_facts(session, {*incoming.values(), *running}, instance_id=row.id)
+        arrivals = [
+            Entry(v, facts[v].tenant, 0, last_used=_ts(facts[v].updated_at))
+            for v in incoming.values()
+            if v in facts
+        ]
+        arrivals.sort(key=self._load_order(incoming))
+        names = {v: n for n, v in incoming.items()}
+        for version_id in self._take_load_workers(endpoint, arrivals, loading, want, facts)[1]:
+            want.pop(names[version_id], None)
+
     def _take_load_workers(
         self,
         endpoint: TritonEndpoint,
@@ -259,15 +293,14 @@ class Budgets:
         facts: Mapping[int, repository.VersionFacts],
     ) -> tuple[list[Entry], list[int]]:
         """The arrivals (in load order) that take the instance's free load workers, and the ids of those
-        that wait for one. On an instance that serves several tenants no tenant takes every worker: one
+        that wait for one. Where several tenants have models no tenant takes every worker: one
         whose loads hang or take minutes would hold every other tenant's cold start until the load
         timeout; the last worker is left to the others."""
         assert self.load_slots is not None
         slots = self.load_slots(endpoint.name)
         running = set(loading) & set(want.values())
         tenants = Counter(facts[v].tenant for v in running if v in facts)
-        several = len({*tenants, *(e.tenant for e in arrivals), *(f.tenant for f in facts.values())}) > 1
-        cap = slots - 1 if several and slots > 1 else slots
+        cap = slots - 1 if self._shared and slots > 1 else slots
         free = max(0, slots - len(running))
         taken: list[Entry] = []
         later: list[int] = []

@@ -32,6 +32,12 @@ def pinned_versions(session: Session) -> set[int]:
     return {version_id for model_id, name, version_id in rows if name in pins[model_id]}
 
 
+def several_tenants(session: Session) -> bool:
+    """Whether more than one tenant has live models (instances are shared between tenants)."""
+    query = select(Model.tenant_id).where(Model.deleted_at.is_(None)).distinct().limit(2)
+    return len(session.scalars(query).all()) > 1
+
+
 def asked_for(session: Session) -> set[int]:
     """Versions with a placement desired `ready` somewhere."""
     query = select(Placement.version_id).where(Placement.desired == "ready").distinct()

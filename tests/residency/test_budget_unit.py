@@ -52,14 +52,19 @@ def _facts(ids: Any, **_: Any) -> dict[int, VersionFacts]:
 @pytest.fixture(autouse=True)
 def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(repository, "measured", lambda session: [])
+    monkeypatch.setattr(repository, "several_tenants", lambda session: False)
     monkeypatch.setattr(repository, "version_facts", lambda session, ids, **kw: _facts(ids))
 
 
 def _arrange(
-    *, load_slots: int | None, live: dict[str, int] | None = None, waiting: dict[str, int] | None = None
+    *,
+    load_slots: int | None,
+    live: dict[str, int] | None = None,
+    waiting: dict[str, int] | None = None,
+    budget: int = 3 * SIZE,
 ) -> tuple[Any, Desired]:
     budgets = Budgets(
-        default_budget=3 * SIZE,
+        default_budget=budget,
         tenant_share=None,
         live_sizes=lambda endpoint: live or {},
         stats=ResidencyStats(),
@@ -82,7 +87,7 @@ def _arrange(
         loading=lambda instance: set(),
         unloading=lambda instance: set(),
     )
-    return plans["i"], desired
+    return plans.get("i"), desired
 
 
 def test_a_pass_evicts_only_for_the_loads_that_can_start() -> None:
@@ -156,6 +161,7 @@ def _tenants(monkeypatch: pytest.MonkeyPatch, tenants: dict[int, str]) -> None:
             v: replace(f, tenant=tenants.get(v, f.tenant)) for v, f in _facts(ids).items()
         },
     )
+    monkeypatch.setattr(repository, "several_tenants", lambda session: True)
 
 
 def test_no_tenant_takes_every_load_worker_of_a_shared_instance(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,3 +175,14 @@ def test_no_tenant_takes_every_load_worker_of_a_shared_instance(monkeypatch: pyt
 def test_one_tenant_alone_uses_every_load_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     plan, _ = _arrange(load_slots=2)  # every version is tenant "t"'s
     assert [name for name, _ in plan.after_evictions] == ["a4", "a5"]
+
+
+def test_the_load_workers_of_an_instance_without_a_budget_are_shared_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No budget (the default): nothing is evicted, and the versions that wait for a worker are not
+    started this pass (they were all queued on the instance's workers in the order asked for)."""
+    _tenants(monkeypatch, {4: "evil", 5: "evil", 6: "good"})
+    plan, desired = _arrange(load_slots=2, budget=0)
+    assert plan is None
+    assert set(desired.on["i"]) == {*RESIDENT, "a4", "a6"}, "a5 waits: evil holds one of two workers"
