@@ -28,14 +28,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import ModelVersion
 from control_plane.db.session import transaction
-from control_plane.errors import AppError, ServiceUnavailable
+from control_plane.errors import AppError, NotFound, ServiceUnavailable
 from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
 from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.routing.changes import mark_desired_changed
-from control_plane.routing.table import RoutingTable
+from control_plane.routing.router import FAILED_RETRY_S
+from control_plane.routing.table import RoutingTable, public_reason
 
 if TYPE_CHECKING:
     from control_plane.fleet.reconciler import Reconciler
@@ -58,6 +59,10 @@ class ColdStartTimeout(ServiceUnavailable):
 
 class LoadFailed(ServiceUnavailable):
     """The version could not be loaded."""
+
+
+class VersionGone(NotFound):
+    """The version was deleted while requests waited for it."""
 
 
 class NoRoom(ServiceUnavailable):
@@ -207,14 +212,25 @@ class Residency(ResidencyHooks):
         for name in waiting:
             if name in resident:
                 self._settle(name, None)
-            elif states.get(name, "retired") not in (*LOADABLE, "loading"):
-                self._settle(
-                    name,
-                    LoadFailed(
-                        f"the model version could not be loaded ({states.get(name)})",
-                        retry_after=self._retry_after(name),
-                    ),
-                )
+            elif states.get(name, "retired") == "retired":  # deleted (its model or it) meanwhile
+                self._settle(name, VersionGone("the model version no longer exists"))
+            elif states[name] not in (*LOADABLE, "loading"):
+                self._settle(name, self._load_failed(name, states[name]))
+
+    def _load_failed(self, name: str, state: str) -> LoadFailed:
+        """The 503 for requests to a version whose load failed: why, as Triton said (a failed version
+        is not loaded again until it is asked for explicitly or replaced)."""
+        message = None
+        if self.session_factory is not None:
+            try:
+                with self.session_factory() as session:
+                    message = session.scalar(
+                        select(ModelVersion.state_message).where(ModelVersion.triton_name == name)
+                    )
+            except Exception:  # the reason is a courtesy: the answer is the same without it
+                log.exception("reading why %s failed", name)
+        why = f": {public_reason(message, name, 'the model')}" if message else f" ({state})"
+        return LoadFailed(f"the model version failed to load{why}", retry_after=FAILED_RETRY_S)
 
     def _wait(self, name: str, waiter: _Waiter, *, explicit: bool = False) -> None:
         with self._lock:
@@ -276,11 +292,10 @@ class Residency(ResidencyHooks):
                     .with_for_update(key_share=True)
                 )
                 if version is None or version.state == "retired":
-                    raise LoadFailed("the model version no longer exists", retry_after=1)
+                    raise VersionGone("the model version no longer exists")
                 if version.state == "failed" and not explicit:
-                    raise LoadFailed(
-                        f"the model version failed to load: {version.state_message}", retry_after=5
-                    )
+                    why = public_reason(version.state_message or "", name, "the model")
+                    raise LoadFailed(f"the model version failed to load: {why}", retry_after=FAILED_RETRY_S)
                 if version.load_seconds:
                     self._load_s[name] = version.load_seconds
                 if version.state == "loading":

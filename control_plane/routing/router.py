@@ -19,11 +19,13 @@ from control_plane.routing.table import (
     AliasTarget,
     RoutingTable,
     build_table,
+    public_reason,
     ready_placements,
     resident_names,
 )
 
 log = logging.getLogger(__name__)
+FAILED_RETRY_S = 30  # Retry-After for a version whose load failed (it is not loaded again by itself)
 DEFAULT_ALIAS = "production"
 # Versions a request may go to: ready, or loaded on demand first (residency, issue 12).
 SERVABLE = frozenset({"ready", "registered", "unloaded", "loading"})
@@ -156,6 +158,11 @@ class Router:
         found = target.versions.get(version)
         if found is None:
             raise NotFound(f"version {version} of model '{model}' not found")
+        if found.state == "failed":  # not loaded again until asked for explicitly or replaced
+            failure = found.failure and public_reason(found.failure, found.triton_name, model)
+            why = f" (its load failed: {failure})" if failure else ""
+            message = f"version {version} of model '{model}' is failed, not ready{why}"
+            raise ModelLoading(message, retry_after=FAILED_RETRY_S)
         if found.state not in SERVABLE:
             raise ModelLoading(
                 f"version {version} of model '{model}' is {found.state}, not ready", retry_after=2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -20,6 +21,16 @@ from control_plane.db.models import (
 )
 from control_plane.routing.contracts import UNCHECKABLE, contract_from_config
 
+_PATH = re.compile(r"(?:/[\w.@+-]+)+/")
+
+
+def public_reason(message: str, triton_name: str, shown: str) -> str:
+    """Why a load failed, for the model's callers: Triton's message without the Python traceback it
+    appends (`At:` and the frames), the server's folders (the model repository's path) or the name
+    Triton knows the version by (`shown` instead)."""
+    head = message.split("\nAt:", 1)[0].replace(triton_name, shown)
+    return " ".join(_PATH.sub("", head).split())[:500]
+
 
 @dataclass(frozen=True, slots=True)
 class VersionTarget:
@@ -29,6 +40,7 @@ class VersionTarget:
     triton_name: str
     state: str
     contract: Contract = UNCHECKABLE  # what its requests must look like
+    failure: str | None = None  # why its load failed (state `failed`), as Triton said (`public_reason`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +114,17 @@ def build_table(session: Session) -> RoutingTable:
             ModelVersion.triton_name,
             ModelVersion.state,
             ModelVersion.config_text,
+            ModelVersion.state_message,
         ).where(ModelVersion.state != "retired")
     ).tuples()
-    for version_id, model_id, number, triton_name, state, config_text in rows:
+    for version_id, model_id, number, triton_name, state, config_text, message in rows:
         if model_id in models:
             target = VersionTarget(
                 version=number,
                 triton_name=triton_name,
                 state=state,
                 contract=contract_from_config(config_text),
+                failure=message if state == "failed" and message else None,
             )
             versions[model_id][number] = target
             by_id[version_id] = target

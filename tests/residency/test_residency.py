@@ -332,6 +332,40 @@ def test_a_version_gone_from_triton_behind_the_routes_is_waited_for_not_failed(
     assert model in stack.loaded()
 
 
+def _register(stack: Stack, name: str, init: str, tmp: Path) -> None:
+    api = stack.api
+    assert api.create_model(stack.tenant, name=name, format="python", **SPEC).status_code == 201
+    source = tmp / f"{name}.py"
+    source.write_text(MODEL.format(init=init, scale=2.0, offset=0.0))
+    assert api.upload(stack.tenant, name, source).status_code == 201
+
+
+def test_requests_to_a_version_that_failed_to_load_are_told_why(stack: Stack, tmp_path: Path) -> None:
+    """Triton's reason reaches the caller (it said only "could not be loaded (failed)"), with a
+    Retry-After that does not invite a retry every two seconds: a failed version is not loaded again
+    until asked for explicitly or replaced."""
+    _register(stack, "broken", "raise RuntimeError('weights file w.bin is missing')", tmp_path)
+    for _ in range(2):  # the first waits for the load, the second finds the version failed
+        response = stack.infer("broken")
+        assert response.status_code == 503, response.text
+        assert "w.bin is missing" in response.text and response.headers["retry-after"] == "30"
+        assert "--" not in response.text and "/tmp" not in response.text, "no internal name or path"
+
+
+def test_requests_waiting_for_a_version_deleted_meanwhile_get_404(stack: Stack, tmp_path: Path) -> None:
+    _register(stack, "doomed", "import time; time.sleep(3)", tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(stack.infer, "doomed") for _ in range(2)]
+        time.sleep(1.0)
+        deleted = stack.api.client.delete(
+            f"/v1/tenants/{stack.tenant}/models/doomed/versions/1", headers=stack.api.headers()
+        )
+        assert deleted.status_code == 200, deleted.text
+        for future in waiting:
+            response = future.result()
+            assert response.status_code == 404 and "no longer exists" in response.text, response.text
+
+
 def test_a_promote_or_load_with_no_room_beside_the_pinned_is_refused_clearly(stack: Stack) -> None:
     """A budget that holds only the pinned version: promoting (or loading) another waits for room that no
     eviction can make, so it is refused with the reason within seconds (409), not after the load timeout

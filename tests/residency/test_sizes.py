@@ -96,7 +96,7 @@ def test_walks_of_a_triton_gone_are_not_kept(monkeypatch: pytest.MonkeyPatch) ->
     """A restarted Triton has a new PID: the old one's walk (a PID -> model map of every process on the
     machine) is dropped once it can no longer serve a walk, not kept for the life of the control plane."""
     clock = [1000.0]
-    monkeypatch.setattr(sizes.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(sizes, "_seen", {})
     sizes.stubs(1)  # the Triton before its restart (PID 1 here: no stubs of its own)
     assert 1 in sizes._seen
