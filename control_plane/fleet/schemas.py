@@ -58,7 +58,7 @@ class InstanceUpdate(BaseModel):
 
     http_url: HttpUrl | None = None
     grpc_url: GrpcAddress | None = None
-    memory_budget_bytes: int | None = Field(None, ge=1, le=2**60)
+    memory_budget_bytes: int | None = Field(None, ge=1, le=2**60, strict=True)
 
     @model_validator(mode="after")
     def _something(self) -> InstanceUpdate:
@@ -115,7 +115,7 @@ class ReplicasUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     replicas: int | None = Field(
-        None, ge=1, le=MAX_REPLICAS, description="instances that serve each servable version"
+        None, ge=1, le=MAX_REPLICAS, strict=True, description="instances that serve each servable version"
     )
     pinned_aliases: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
         None,

@@ -53,7 +53,7 @@ class Route(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: VersionNumber
-    weight: int = Field(ge=0, le=100)
+    weight: int = Field(ge=0, le=100, strict=True)
 
 
 class Shadow(BaseModel):
@@ -62,7 +62,7 @@ class Shadow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: VersionNumber
-    percent: int = Field(ge=1, le=100)
+    percent: int = Field(ge=1, le=100, strict=True)
 
 
 class Traffic(BaseModel):

@@ -21,7 +21,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_size: int | None = Field(None, ge=0, le=65536)
+    max_batch_size: int | None = Field(None, ge=0, le=65536, strict=True)
     dynamic_batching: DynamicBatchingSpec | None = None
     instance_group: InstanceGroupSpec | None = None
     inputs: list[TensorSpec] | None = None
@@ -67,7 +67,7 @@ class ModelPatch(BaseModel):
         },
     )
 
-    max_batch_size: int | None = Field(None, ge=0, le=65536)
+    max_batch_size: int | None = Field(None, ge=0, le=65536, strict=True)
     dynamic_batching: DynamicBatchingSpec | None = None
     instance_group: InstanceGroupSpec | None = None
     warmup: bool | None = None

@@ -62,3 +62,19 @@ def test_a_malformed_multipart_upload_is_422(api: Api) -> None:
         headers={**api.headers(), "Content-Type": "multipart/form-data; boundary=xyz"},
     )
     _invalid(response, "multipart")
+
+
+@pytest.mark.parametrize("not_a_count", [True, "8", 2.5])
+def test_counts_given_as_something_else_are_422(api: Api, not_a_count: Any) -> None:
+    """JSON true or "8" is not silently read as 1 or 8 (a budget of 1 byte evicts everything)."""
+    tenant = api.tenant()
+    assert api.create_model(tenant, name="m", format="onnx").status_code == 201
+    model = f"/v1/tenants/{tenant}/models/m"
+    _invalid(api.create_model(tenant, name="n", format="onnx", max_batch_size=not_a_count), "max_batch_size")
+    _invalid(api.client.patch(model, json={"max_batch_size": not_a_count}, headers=api.headers()))
+    traffic = {"routes": [{"version": 1, "weight": not_a_count}]}
+    _invalid(api.client.put(f"{model}/aliases/production/traffic", json=traffic, headers=api.headers()))
+    placement = {"replicas": not_a_count}
+    _invalid(api.client.put(f"{model}/placement", json=placement, headers=api.headers()), "replicas")
+    budget = {"memory_budget_bytes": not_a_count}
+    _invalid(api.client.put("/v1/instances/any", json=budget, headers=api.headers()), "memory_budget_bytes")
