@@ -206,6 +206,7 @@ def _start_reconciler(state: AppState) -> None:
         local_uses=residency.local_uses,
         load_slots=reconciler.actions.load_slots,
         waiting=residency.waiting,
+        may_load=reconciler.actions.may_load,
     )
     register_fleet_metrics(state.metrics.registry, reconciler.observed.stats, state.upstream.retry_counts)
     if state.supervisor is not None:

@@ -191,6 +191,10 @@ class Actions:
         """How many loads run at once on `instance`."""
         return self._load_limits.get(instance, self._loads_per_instance)
 
+    def may_load(self, instance: str, version_id: int) -> bool:
+        """Whether a load of the version on `instance` may be tried now (not backing off after failures)."""
+        return self.backoff.due((instance, version_id))
+
     def loading_on(self, instance: str, *, since: float | None = None) -> set[int]:
         """Versions with a load queued or running on `instance` (and, with `since`, those whose load
         succeeded after that moment: a probe taken before does not show them yet)."""

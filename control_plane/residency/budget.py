@@ -64,6 +64,7 @@ class Budgets:
         local_uses: Callable[[], Mapping[str, float]],
         load_slots: Callable[[str], int] | None = None,
         waiting: Callable[[str], int] | None = None,
+        may_load: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.default_budget = default_budget
         self.tenant_share = tenant_share
@@ -79,6 +80,9 @@ class Budgets:
         # can start loading, those more requests wait for go first (each second a version has waited
         # counts as one more request, so none starves); other replicas' requests count by age only.
         self.waiting = waiting
+        # (instance, version id) -> whether its load may be tried now (not backing off after failures):
+        # one that may not neither takes a load worker nor makes room this pass.
+        self.may_load = may_load
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self.plans: dict[str, Plan] = {}
         self._pinned_over: dict[str, int] = {}
@@ -150,7 +154,7 @@ class Budgets:
         want = desired.on.setdefault(endpoint.name, {})
         present = {n: ours[n][0] for n, s in observation.models.items() if s in PRESENT and n in ours}
         present.update({n: v for n, v in want.items() if v in loading})
-        incoming = {n: v for n, v in want.items() if n not in present}
+        incoming = self._may_load(endpoint.name, want, {n: v for n, v in want.items() if n not in present})
         ids = {*present.values(), *incoming.values(), *unloading}
         facts = repository.version_facts(session, ids, instance_id=row.id)
         for version_id in unloading:  # gone from the index, but its processes may not have exited yet
@@ -270,6 +274,7 @@ class Budgets:
         want = desired.on.get(endpoint.name, {})
         present = {n for n, s in observation.models.items() if s in PRESENT}
         incoming = {n: v for n, v in want.items() if n not in present and v not in loading}
+        incoming = self._may_load(endpoint.name, want, incoming)
         if not incoming:
             return
         running = set(loading) & set(want.values())
@@ -283,6 +288,17 @@ class Budgets:
         names = {v: n for n, v in incoming.items()}
         for version_id in self._take_load_workers(endpoint, arrivals, loading, want, facts)[1]:
             want.pop(names[version_id], None)
+
+    def _may_load(self, instance: str, want: dict[str, int], incoming: dict[str, int]) -> dict[str, int]:
+        """The incoming versions whose load may be tried now; those backing off after failed loads are
+        taken out of this pass's wants (they were asked for long ago, so they came first for the free
+        workers every pass while the loop skipped them: another tenant's cold version never loaded)."""
+        if self.may_load is None:
+            return incoming
+        resting = {n for n, v in incoming.items() if not self.may_load(instance, v)}
+        for name in resting:
+            want.pop(name, None)
+        return {n: v for n, v in incoming.items() if n not in resting}
 
     def _take_load_workers(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -62,6 +63,7 @@ def _arrange(
     live: dict[str, int] | None = None,
     waiting: dict[str, int] | None = None,
     budget: int = 3 * SIZE,
+    backing_off: Collection[int] = (),
 ) -> tuple[Any, Desired]:
     budgets = Budgets(
         default_budget=budget,
@@ -72,6 +74,7 @@ def _arrange(
         local_uses=dict,
         load_slots=None if load_slots is None else (lambda instance: load_slots),
         waiting=lambda name: (waiting or {}).get(name, 0),
+        may_load=lambda instance, version_id: version_id not in backing_off,
     )
     desired = Desired(on={"i": {**RESIDENT, **INCOMING}}, holders={}, recorded={})
     observation = InstanceObservation(
@@ -186,3 +189,18 @@ def test_the_load_workers_of_an_instance_without_a_budget_are_shared_too(
     plan, desired = _arrange(load_slots=2, budget=0)
     assert plan is None
     assert set(desired.on["i"]) == {*RESIDENT, "a4", "a6"}, "a5 waits: evil holds one of two workers"
+
+
+@pytest.mark.parametrize("budget", [3 * SIZE, 0])
+def test_versions_whose_loads_back_off_take_no_load_worker(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """Versions whose last loads failed (a broken artifact: retried ever more slowly) were asked for
+    long ago, so they came first for the free workers every pass, and the loop then skipped them for
+    their backoff: another tenant's cold version never loaded. They neither take a worker nor evict."""
+    _tenants(monkeypatch, {4: "broken", 5: "broken", 6: "good"})
+    plan, desired = _arrange(load_slots=1, budget=budget, backing_off={4, 5})
+    if budget:
+        assert plan.after_evictions == [("a6", 6)] and plan.evict == [("r1", 1)], "one eviction, for a6"
+    else:
+        assert "a6" in desired.on["i"], "a6 takes the free worker"

@@ -48,6 +48,13 @@ def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def
         time.sleep(0.02)
 
 
+def _settled(pid: int) -> bool:
+    """Whether a process's resident memory held still for 50 ms (a fresh interpreter grows for a while)."""
+    before = sizes.rss(pid)
+    time.sleep(0.05)
+    return sizes.rss(pid) == before
+
+
 def test_stubs_are_found_by_model_and_a_late_exec_is_not_missed(
     children: list[subprocess.Popen[bytes]],
 ) -> None:
@@ -122,6 +129,7 @@ def test_a_loads_own_stubs_are_told_from_an_earlier_loads_still_exiting(
     new = _stub("alpha")
     children.append(new)
     _until(lambda: new.pid in sizes.stubs(me))
+    _until(lambda: _settled(old.pid) and _settled(new.pid))  # both past the interpreter's start-up
     assert sizes.started_at(old.pid) < since <= sizes.started_at(new.pid)
     assert sizes.stub_bytes(me, "alpha", started_since=since) == sizes.rss(new.pid)
     assert sizes.stub_bytes(me, "alpha") == sizes.rss(old.pid) + sizes.rss(new.pid)
