@@ -366,6 +366,50 @@ def test_requests_waiting_for_a_version_deleted_meanwhile_get_404(stack: Stack, 
             assert response.status_code == 404 and "no longer exists" in response.text, response.text
 
 
+def test_versions_whose_loads_keep_failing_do_not_hold_up_other_loads(stack: Stack, tmp_path: Path) -> None:
+    """Versions that loaded before and now fail to load (their GPU full, a dependency down) are retried
+    ever more slowly; asked for first, they came first for the load workers on every pass while the
+    loop skipped them for their backoff, and a version asked for after them never loaded (a promote
+    hung for 300 s in the full suite)."""
+    instance = stack.api.client.get("/v1/instances", headers=stack.api.headers()).json()[0]
+    _set_budget(stack, 2**40)  # none of them evicted meanwhile
+    broken = tmp_path / "broken"
+    flaky = [f"flaky{i}" for i in range(stack.api.settings.reconcile_loads_per_instance)]
+    fail_if_broken = f"if __import__('os').path.exists({str(broken)!r}): raise RuntimeError('GPU full')"
+    for name in flaky:
+        _register(stack, name, f"{fail_if_broken}  # {name}", tmp_path)
+        assert stack.infer(name).status_code == 200
+    broken.touch()
+    _register(stack, "fresh", "pass  # fresh", tmp_path)
+    try:
+        index = [m["name"] for m in stack.triton.client.repository_index() if m.get("state") == "READY"]
+        for name in index:
+            if _short(name) in flaky:  # behind the routes: the loop loads them again, and fails
+                stack.triton.client.unload_model(name)
+        reconciler = stack.api.state.reconciler
+        assert reconciler is not None
+
+        def failures() -> list[int]:
+            failed = reconciler.observed.failures.items()
+            keys = {key: _short(f.triton_name) for key, f in failed if _short(f.triton_name) in flaky}
+            found = {name: reconciler.actions.backoff.failures(key) for key, name in keys.items()}
+            return [found.get(name, 0) for name in flaky]
+
+        deadline = time.monotonic() + 30
+        while min(failures()) < 3:  # each failed three times: their next tries are 4 s away
+            assert time.monotonic() < deadline, failures()
+            time.sleep(0.05)
+        started = time.monotonic()
+        response = stack.infer("fresh")
+        assert response.status_code == 200, response.text
+        waited = time.monotonic() - started
+        assert waited < 2.5, f"{waited:.1f} s: held up by the versions backing off"
+    finally:
+        for name in [*flaky, "fresh"]:
+            stack.api.client.delete(f"/v1/tenants/{stack.tenant}/models/{name}", headers=stack.api.headers())
+        _set_budget(stack, instance["memory_budget_bytes"])
+
+
 def test_a_promote_or_load_with_no_room_beside_the_pinned_is_refused_clearly(stack: Stack) -> None:
     """A budget that holds only the pinned version: promoting (or loading) another waits for room that no
     eviction can make, so it is refused with the reason within seconds (409), not after the load timeout
