@@ -138,7 +138,7 @@ def build_state(settings: Settings) -> AppState:
     with transaction(session_factory) as session:
         register_instances(session, [t for t in tritons if t.name != EMBEDDED])
         register_instances(session, [t for t in tritons if t.name == EMBEDDED], origin="embedded")
-    install_change_hooks(
+    origin = install_change_hooks(
         session_factory,
         on_change=router.reload,
         on_desired=state.reconcile_soon,
@@ -152,6 +152,7 @@ def build_state(settings: Settings) -> AppState:
         refresh_s=settings.routing_refresh_s,
         poll_s=settings.routing_poll_s,
         on_desired=state.reconcile_soon,
+        origin=origin,
     )
     state.watcher.start()
     state.key_usage.start()

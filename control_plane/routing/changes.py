@@ -1,15 +1,21 @@
 """Registry changes invalidate the routing table: locally after commit, elsewhere by Postgres NOTIFY.
 
-Two kinds of change: anything the routing table is built from (it is reloaded), and changes to the
-fleet's desired state (versions, aliases, routes, replicas, instances: the reconcile loop runs). The
-NOTIFY payload says which (`desired` for the second kind), so other replicas react the same way.
+Three kinds of change: anything the routing table is built from (it is rebuilt), placements' rows only
+(the loop's loads and unloads: the table's placements are read again), and changes to the fleet's
+desired state (versions, aliases, routes, replicas, instances: the reconcile loop runs too). The NOTIFY
+payload says which, and which process committed (`<kind> <origin>`): a process acts on its own commits
+when they commit, so it skips their notifications (each was a second, full rebuild of the table, holding
+up the placements refresh that makes a loaded version servable). Payloads of earlier releases (`desired`
+or empty) read as full changes from elsewhere; those releases read the new ones as routing changes, so
+across a rolling upgrade the loop there runs at its interval rather than on the notification.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +33,9 @@ from control_plane.db.models import (
 )
 
 CHANNEL = "cp_registry"
-DESIRED = "desired"  # NOTIFY payload of a change to the fleet's desired state
+DESIRED = "desired"  # NOTIFY kinds: a change to the fleet's desired state,
+PLACEMENTS = "placements"  # placements' rows only,
+ROUTING = "routing"  # anything else the routing table is built from
 _FLAG = "cp_registry_changed"
 _DESIRED_FLAG = "cp_desired_changed"
 _PLACEMENTS_FLAG = "cp_placements_changed"  # only placements' rows changed (a load, an unload)
@@ -54,17 +62,33 @@ def mark_desired_changed(session: Session) -> None:
     session.info[_PLACEMENTS_FLAG] = session.info[_DESIRED_FLAG] = True
 
 
+class Notice(NamedTuple):
+    """One NOTIFY: what changed, and the process that committed it (None: an earlier release)."""
+
+    kind: str
+    origin: str | None
+
+
+def read_notice(payload: str) -> Notice:
+    """A NOTIFY payload (`<kind> <origin>`; `desired` or empty from earlier releases)."""
+    kind, _, origin = payload.partition(" ")
+    if not origin:
+        return Notice(DESIRED if kind == DESIRED else ROUTING, None)
+    return Notice(kind if kind in (DESIRED, PLACEMENTS) else ROUTING, origin)
+
+
 def install(
     session_factory: sessionmaker[Session],
     *,
     on_change: Callable[[], None],
     on_desired: Callable[[], None] | None = None,
     on_placements: Callable[[], None] | None = None,
-) -> None:
+) -> str:
     """Watch every session of the factory: a commit touching routing data NOTIFYs and calls on_change
     (on_placements instead when only placements' rows changed, the loop's loads and unloads: the
     table's placements are read again, not the whole registry); one touching the desired state also
-    calls on_desired."""
+    calls on_desired. Returns the origin its notifications carry (its watcher skips them)."""
+    origin = uuid.uuid4().hex[:16]
 
     def mark(session: Session, *_: Any) -> None:
         touched = list(chain(session.new, session.dirty, session.deleted))
@@ -81,7 +105,14 @@ def install(
         changed = session.info.get(_FLAG) or session.info.get(_PLACEMENTS_FLAG)
         if changed and session.get_bind().dialect.name == "postgresql":
             # Delivered to every listener (other replicas) when this transaction commits.
-            payload = DESIRED if session.info.get(_DESIRED_FLAG) else ""
+            kind = (
+                DESIRED
+                if session.info.get(_DESIRED_FLAG)
+                else ROUTING
+                if session.info.get(_FLAG)
+                else PLACEMENTS
+            )
+            payload = f"{kind} {origin}"
             session.execute(
                 text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
             )
@@ -104,3 +135,4 @@ def install(
     event.listen(session_factory, "before_commit", notify)
     event.listen(session_factory, "after_commit", committed)
     event.listen(session_factory, "after_rollback", rolled_back)
+    return origin

@@ -9,15 +9,16 @@ from collections.abc import Callable
 
 import psycopg
 
-from control_plane.routing.changes import CHANNEL, DESIRED
+from control_plane.routing.changes import CHANNEL, DESIRED, PLACEMENTS, read_notice
 from control_plane.routing.router import Router
 
 log = logging.getLogger(__name__)
 
 
 class RegistryWatcher:
-    """A daemon thread that reloads the router on NOTIFY, or by polling where there is no NOTIFY (SQLite);
-    a change to the fleet's desired state (NOTIFY payload `desired`) also calls `on_desired`."""
+    """A daemon thread that reloads the router on other processes' NOTIFYs (its own, from `origin`, were
+    acted on at commit), only the table's placements when only those changed, or by polling where there
+    is no NOTIFY (SQLite); a change to the fleet's desired state also calls `on_desired`."""
 
     def __init__(
         self,
@@ -27,8 +28,10 @@ class RegistryWatcher:
         refresh_s: float,
         poll_s: float,
         on_desired: Callable[[], None] | None = None,
+        origin: str | None = None,
     ):
         self.router = router
+        self.origin = origin
         self.on_desired = on_desired
         self.database_url = database_url
         self.refresh_s = refresh_s
@@ -72,8 +75,11 @@ class RegistryWatcher:
                 payloads = [n.payload for n in conn.notifies(timeout=0.5, stop_after=1)]
                 if payloads:  # coalesce a burst into one reload
                     payloads += [n.payload for n in conn.notifies(timeout=0.005)]
-                if payloads or time.monotonic() - last_reload > self.refresh_s:
+                kinds = {n.kind for n in map(read_notice, payloads) if n.origin != self.origin}
+                if kinds - {PLACEMENTS} or time.monotonic() - last_reload > self.refresh_s:
                     self.router.reload()
                     last_reload = time.monotonic()
-                if DESIRED in payloads and self.on_desired is not None:
+                elif kinds:
+                    self.router.refresh_placements()
+                if DESIRED in kinds and self.on_desired is not None:
                     self.on_desired()
