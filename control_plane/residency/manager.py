@@ -208,29 +208,15 @@ class Residency(ResidencyHooks):
             waiting = [name for name, waiters in self._waiters.items() if waiters or name in resident]
         if not waiting:
             return
-        states = {v.triton_name: v.state for m in table.models.values() for v in m.versions.values()}
+        targets = {v.triton_name: v for m in table.models.values() for v in m.versions.values()}
         for name in waiting:
+            target = targets.get(name)
             if name in resident:
                 self._settle(name, None)
-            elif states.get(name, "retired") == "retired":  # deleted (its model or it) meanwhile
+            elif target is None or target.state == "retired":  # deleted (its model or it) meanwhile
                 self._settle(name, VersionGone("the model version no longer exists"))
-            elif states[name] not in (*LOADABLE, "loading"):
-                self._settle(name, self._load_failed(name, states[name]))
-
-    def _load_failed(self, name: str, state: str) -> LoadFailed:
-        """The 503 for requests to a version whose load failed: why, as Triton said (a failed version
-        is not loaded again until it is asked for explicitly or replaced)."""
-        message = None
-        if self.session_factory is not None:
-            try:
-                with self.session_factory() as session:
-                    message = session.scalar(
-                        select(ModelVersion.state_message).where(ModelVersion.triton_name == name)
-                    )
-            except Exception:  # the reason is a courtesy: the answer is the same without it
-                log.exception("reading why %s failed", name)
-        why = f": {public_reason(message, name, 'the model')}" if message else f" ({state})"
-        return LoadFailed(f"the model version failed to load{why}", retry_after=FAILED_RETRY_S)
+            elif target.state not in (*LOADABLE, "loading"):
+                self._settle(name, _load_failed(name, target.state, target.failure))
 
     def _wait(self, name: str, waiter: _Waiter, *, explicit: bool = False) -> None:
         with self._lock:
@@ -294,8 +280,7 @@ class Residency(ResidencyHooks):
                 if version is None or version.state == "retired":
                     raise VersionGone("the model version no longer exists")
                 if version.state == "failed" and not explicit:
-                    why = public_reason(version.state_message or "", name, "the model")
-                    raise LoadFailed(f"the model version failed to load: {why}", retry_after=FAILED_RETRY_S)
+                    raise _load_failed(name, version.state, version.state_message)
                 if version.load_seconds:
                     self._load_s[name] = version.load_seconds
                 if version.state == "loading":
@@ -556,3 +541,10 @@ class Residency(ResidencyHooks):
         with transaction(self.session_factory) as session:
             repository.touch(session, {n: datetime.fromtimestamp(t, UTC) for n, t in fresh.items()})
         self._flushed.update(fresh)
+
+
+def _load_failed(name: str, state: str, message: str | None) -> LoadFailed:
+    """The 503 for requests to a version whose load failed: why, as Triton said (a failed version is
+    not loaded again until it is asked for explicitly or replaced)."""
+    why = f": {public_reason(message, name, 'the model')}" if message else f" ({state})"
+    return LoadFailed(f"the model version failed to load{why}", retry_after=FAILED_RETRY_S)
