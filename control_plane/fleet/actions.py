@@ -99,6 +99,7 @@ class Actions:
         unloads_per_instance: int = 8,
         load_limits: Mapping[str, int] | None = None,
         on_load_done: Callable[[], None] | None = None,
+        rerun: Callable[[], None] | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.loader = loader
@@ -108,7 +109,8 @@ class Actions:
         self._loads_per_instance = loads_per_instance
         self._load_limits = dict(load_limits or {})  # instance name -> its own loads at once
         self._unloads_per_instance = unloads_per_instance
-        self._on_load_done = on_load_done
+        self._on_load_done = on_load_done  # a load worker came free
+        self._rerun = rerun  # run the loop again: a load planned for room that was not made
         self._workers: dict[tuple[str, bool], ThreadPoolExecutor] = {}  # (instance, loads?) -> pool
         self._inflight: dict[Key, Future[bool | None]] = {}
         self._loads: set[Key] = set()  # keys of _inflight that are loads
@@ -181,8 +183,11 @@ class Actions:
         next pass decides again."""
         with self._lock:
             rooms = [self._rooms.get((endpoint.name, v)) for v in victims]
-        if not loads or not rooms or any(r is None for r in rooms):
-            return  # an eviction over already, or not started: the pass it triggers decides
+        if not loads:
+            return
+        if not rooms or any(r is None for r in rooms):
+            self._again()  # an eviction over already, or not started: the next pass decides
+            return
         waits = [r for r in rooms if r is not None]
         for name, version_id in loads:
             self._schedule(endpoint, name, version_id, partial(self._load_after, rooms=waits), load=True)
@@ -323,8 +328,13 @@ class Actions:
         done, pending = wait(rooms, timeout=EVICTION_WAIT_S)
         if pending or not all(not r.cancelled() and r.result() for r in done):
             self.note_many(endpoint.name, [(version_id, "unloaded", None)])  # not loading after all
+            self._again()
             return
         self._load(endpoint, name, version_id, written=written)
+
+    def _again(self) -> None:
+        if self._rerun is not None:
+            self._rerun()
 
     def _write_entry(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
         """The version's repository entry, under its lock: a first attempt trusts one already there

@@ -90,7 +90,8 @@ class Reconciler:
             loads_per_instance=loads_per_instance,
             load_limits=load_limits,
             unload_grace_s=unload_grace_s,
-            on_load_done=self.trigger,  # a worker is free: loads held back for one may start
+            on_load_done=self.freed,
+            rerun=self.trigger,
         )
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cp-reconcile")
         self._down_since: dict[str, float] = {}
@@ -120,6 +121,14 @@ class Reconciler:
     def trigger(self) -> None:
         """Run a pass now (a change notification, a Triton restart or failure) instead of at the period."""
         self._wake.set()
+
+    def freed(self) -> None:
+        """A load worker or an evicted version's memory came free: run a pass now if the last one held
+        a version back (for room, for a worker, or while its load backs off); else the next change or
+        the period will do. A pass after every load and eviction was two of a quiet cold start's three,
+        the last one taking CPU from the version's first inference."""
+        if self.budgets is None or self.budgets.held_back:
+            self.trigger()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no load or unload started by this loop is running; False on timeout."""

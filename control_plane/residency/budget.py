@@ -47,6 +47,7 @@ class Plan:
     after_evictions: list[tuple[str, int]] = field(default_factory=list)
     used: int = 0
     budget: int = 0
+    planned: int = 0  # bytes resident once this pass's evictions and admitted loads are done
 
 
 class Budgets:
@@ -85,8 +86,19 @@ class Budgets:
         self.may_load = may_load
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self.plans: dict[str, Plan] = {}
+        # The last pass held a version back for want of room or of a load worker, or because its load
+        # backs off: the end of an eviction or of a load may let it go (`held_back`).
+        self.held_back = False
         self._pinned_over: dict[str, int] = {}
         self._shared = False  # several tenants have models (read once per pass)
+
+    def overflows(self, instance: str, version_id: int, measured: int) -> bool:
+        """Whether a version measured after its load at more than the last pass counted for it takes the
+        instance over its budget as that pass planned it (then the next pass must make the room now)."""
+        plan, counted = self.plans.get(instance), self.sizes.get(version_id)
+        if plan is None or counted is None or measured <= counted:
+            return False
+        return plan.planned + measured - counted > plan.budget
 
     def budget_of(self, row: TritonInstance) -> int:
         """An instance's budget in bytes (0: none)."""
@@ -109,6 +121,7 @@ class Budgets:
         estimates = cache(partial(repository.measured, session))
         pinned = desired.pinned  # the placement policy read them this pass
         self._shared = repository.several_tenants(session) if self.load_slots is not None else False
+        self.held_back = False
         plans: dict[str, Plan] = {}
         for endpoint in endpoints:
             row, observation = rows.get(endpoint.name), seen.get(endpoint.name)
@@ -238,9 +251,12 @@ class Budgets:
                 after += size
         for version_id in held_back:
             want.pop(names[version_id], None)
+        if held_back - {v for _, v in plan.after_evictions}:  # those start when their evictions end
+            self.held_back = True
         if plan.after_evictions:  # shown loading at once too: their workers start with nothing to write
             _show(session, row.id, [v for _, v in plan.after_evictions], state="loading")
         plan.waiting = [names[v] for v in decision.wait]
+        plan.planned = after
         sizes_now = {e.version_id: e.size for e in [*resident, *arrivals]}
         plan.used = sum(sizes_now[v] for v in present.values() if v in sizes_now) + lingering
         self.stats.instance(
@@ -288,6 +304,7 @@ class Budgets:
         names = {v: n for n, v in incoming.items()}
         for version_id in self._take_load_workers(endpoint, arrivals, loading, want, facts)[1]:
             want.pop(names[version_id], None)
+            self.held_back = True
 
     def _may_load(self, instance: str, want: dict[str, int], incoming: dict[str, int]) -> dict[str, int]:
         """The incoming versions whose load may be tried now; those backing off after failed loads are
@@ -298,6 +315,7 @@ class Budgets:
         resting = {n for n, v in incoming.items() if not self.may_load(instance, v)}
         for name in resting:
             want.pop(name, None)
+            self.held_back = True
         return {n: v for n, v in incoming.items() if n not in resting}
 
     def _take_load_workers(

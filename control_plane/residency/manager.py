@@ -355,6 +355,15 @@ class Residency(ResidencyHooks):
                     source=measured.source,
                     load_seconds=seconds,
                 )
+        loop = self.reconciler
+        budgets = loop.budgets if loop is not None else None
+        if (
+            measured is not None
+            and budgets is not None
+            and budgets.overflows(endpoint.name, version_id, measured.bytes)
+        ):
+            assert loop is not None
+            loop.trigger()  # bigger than the pass counted: the next one makes the room at once
 
     def measure(
         self, endpoint: TritonEndpoint, name: str, *, started_since: float | None = None
@@ -441,7 +450,7 @@ class Residency(ResidencyHooks):
         finally:
             self._live.pop(endpoint.name, None)
             if self.reconciler is not None:
-                self.reconciler.trigger()
+                self.reconciler.freed()
 
     def _check_returned(
         self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None

@@ -50,7 +50,7 @@ class Recorder:
 
 @pytest.fixture
 def actions() -> Any:
-    done = threading.Event()
+    done, again = threading.Event(), threading.Event()
     recorder = Recorder()
     made = Actions(
         session_factory=None,  # type: ignore[arg-type]
@@ -64,9 +64,11 @@ def actions() -> Any:
         loads_per_instance=2,
         unload_grace_s=0.0,
         on_load_done=done.set,
+        rerun=again.set,
     )
     made.recorder = recorder  # type: ignore[attr-defined]
     made.load_over = done  # type: ignore[attr-defined]
+    made.again = again  # type: ignore[attr-defined]
     made._evict = recorder.evict  # type: ignore[method-assign]
     made._load = recorder.load  # type: ignore[method-assign]
     made._version_state = lambda version_id: "ready"  # type: ignore[method-assign]
@@ -88,6 +90,7 @@ def test_the_load_starts_when_the_eviction_is_over(actions: Any) -> None:
     assert actions.load_over.wait(5)
     assert actions.recorder.loaded == ["new"]
     assert actions.wait_idle(5) and actions.loading_on("i") == set()
+    assert not actions.again.is_set(), "nothing left for another pass to decide"
 
 
 def test_no_load_when_the_eviction_kept_its_version(actions: Any) -> None:
@@ -98,6 +101,7 @@ def test_no_load_when_the_eviction_kept_its_version(actions: Any) -> None:
     assert actions.load_over.wait(5), "the load worker is given back (and the loop runs again)"
     assert actions.recorder.loaded == []
     assert actions.noted[-1] == (2, "unloaded", None), "its placement is not left showing a load"
+    assert actions.again.is_set(), "the loop runs again to decide anew (the room it waited for is not made)"
 
 
 def test_the_load_does_not_wait_for_the_unload_once_the_memory_is_back(actions: Any) -> None:
@@ -119,6 +123,7 @@ def test_an_eviction_already_over_leaves_the_load_to_the_next_pass(actions: Any)
     assert actions.wait_idle(5)
     actions.load_after(TRITON, [("new", 2)], [1])
     assert actions.loading_on("i") == set() and actions.recorder.loaded == []
+    assert actions.again.is_set(), "the loop runs again at once: its room is there"
 
 
 def test_a_load_that_ended_after_the_probe_counts_as_loaded(actions: Any) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from control_plane.fleet.desired import Desired
 from control_plane.fleet.observed import InstanceObservation
+from control_plane.fleet.reconciler import Reconciler
 from control_plane.residency import repository
 from control_plane.residency.budget import Budgets
 from control_plane.residency.manager import Residency
@@ -57,14 +58,20 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(repository, "version_facts", lambda session, ids, **kw: _facts(ids))
 
 
-def _arrange(
+def _arrange(**kw: Any) -> tuple[Any, Desired]:
+    """The instance's plan after one pass (see `_pass`), and the desired placements it left."""
+    budgets, desired = _pass(**kw)
+    return budgets.plans.get("i"), desired
+
+
+def _pass(
     *,
     load_slots: int | None,
     live: dict[str, int] | None = None,
     waiting: dict[str, int] | None = None,
     budget: int = 3 * SIZE,
     backing_off: Collection[int] = (),
-) -> tuple[Any, Desired]:
+) -> tuple[Budgets, Desired]:
     budgets = Budgets(
         default_budget=budget,
         tenant_share=None,
@@ -80,7 +87,7 @@ def _arrange(
     observation = InstanceObservation(
         name="i", ready=True, checked_at=datetime.now(UTC), models={n: "READY" for n in RESIDENT}
     )
-    plans = budgets.arrange(
+    budgets.arrange(
         MagicMock(),
         endpoints=[SimpleNamespace(name="i")],  # type: ignore[list-item]
         rows={"i": SimpleNamespace(id=1, memory_budget_bytes=None)},  # type: ignore[dict-item]
@@ -90,7 +97,7 @@ def _arrange(
         loading=lambda instance: set(),
         unloading=lambda instance: set(),
     )
-    return plans.get("i"), desired
+    return budgets, desired
 
 
 def test_a_pass_evicts_only_for_the_loads_that_can_start() -> None:
@@ -204,3 +211,46 @@ def test_versions_whose_loads_back_off_take_no_load_worker(
         assert plan.after_evictions == [("a6", 6)] and plan.evict == [("r1", 1)], "one eviction, for a6"
     else:
         assert "a6" in desired.on["i"], "a6 takes the free worker"
+
+
+@pytest.mark.parametrize(
+    ("load_slots", "budget", "live", "backing_off", "held"),
+    [
+        (3, 3 * SIZE, None, (), False),  # each incoming version loads when its eviction ends
+        (1, 3 * SIZE, None, (), True),  # a5 and a6 wait for the load worker
+        (3, 3 * SIZE, {"gone": SIZE}, (), True),  # a6 waits for room (a process outlived its unload)
+        (3, 3 * SIZE, None, (5,), True),  # a5's load backs off
+        (3, 0, None, (), False),  # no budget: a worker each
+        (2, 0, None, (), True),  # no budget: a6 waits for a worker
+    ],
+)
+def test_a_pass_says_whether_it_held_a_version_back(
+    load_slots: int, budget: int, live: dict[str, int] | None, backing_off: tuple[int, ...], held: bool
+) -> None:
+    """The loop runs again when a load or an eviction ends only if the last pass held back a version
+    that the load worker or the memory given back may let go (`Reconciler.freed`): a quiet cold start
+    ran three passes (the request's, its eviction's, its load's), the last beside its first inference."""
+    budgets, _ = _pass(load_slots=load_slots, budget=budget, live=live, backing_off=backing_off)
+    assert budgets.held_back is held
+
+
+@pytest.mark.parametrize(("held", "runs"), [(False, False), (True, True)])
+def test_a_freed_worker_or_room_runs_the_loop_only_for_what_was_held_back(held: bool, runs: bool) -> None:
+    trigger = MagicMock()
+    loop = SimpleNamespace(budgets=SimpleNamespace(held_back=held), trigger=trigger)
+    Reconciler.freed(loop)  # type: ignore[arg-type]
+    assert trigger.called is runs
+    Reconciler.freed(SimpleNamespace(budgets=None, trigger=trigger))  # type: ignore[arg-type]
+    assert trigger.called, "without residency every load ran a pass, as before"
+
+
+def test_a_version_measured_bigger_than_counted_runs_the_loop_only_if_the_budget_no_longer_holds() -> None:
+    """A first load is counted at an estimate; its measurement after the load may be larger. The loop
+    runs again at once only when the instance's planned total with the measured size is over budget."""
+    budgets, desired = _pass(load_slots=1, budget=5 * SIZE)  # r1-r3 stay, a4 loads: 4 of 5 planned
+    assert "a4" in desired.on["i"] and budgets.sizes[4] == SIZE
+    assert not budgets.overflows("i", 4, SIZE), "as counted"
+    assert not budgets.overflows("i", 4, SIZE + 50 * MIB), "larger, still within the budget"
+    assert budgets.overflows("i", 4, 2 * SIZE + 1), "larger than the room left"
+    assert not budgets.overflows("i", 99, 10 * SIZE), "a version the pass did not count"
+    assert not budgets.overflows("other", 4, 10 * SIZE), "an instance the pass did not plan"
