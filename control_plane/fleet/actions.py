@@ -98,7 +98,7 @@ class Actions:
         unload_grace_s: float,
         unloads_per_instance: int = 8,
         load_limits: Mapping[str, int] | None = None,
-        on_load_done: Callable[[], None] | None = None,
+        on_load_done: Callable[[bool], None] | None = None,
         rerun: Callable[[], None] | None = None,
     ) -> None:
         self.session_factory = session_factory
@@ -109,7 +109,7 @@ class Actions:
         self._loads_per_instance = loads_per_instance
         self._load_limits = dict(load_limits or {})  # instance name -> its own loads at once
         self._unloads_per_instance = unloads_per_instance
-        self._on_load_done = on_load_done  # a load worker came free
+        self._on_load_done = on_load_done  # a load worker came free (and whether the version loaded)
         self._rerun = rerun  # run the loop again: a load planned for room that was not made
         self._workers: dict[tuple[str, bool], ThreadPoolExecutor] = {}  # (instance, loads?) -> pool
         self._inflight: dict[Key, Future[bool | None]] = {}
@@ -277,14 +277,15 @@ class Actions:
         if room is not None and not room.done():
             room.set_result(False)  # the eviction failed or was dropped: its room was never made
         if was_load and self._on_load_done is not None:
-            self._on_load_done()
+            self._on_load_done(not task.cancelled() and task.exception() is None and task.result() is True)
 
-    def _load(self, endpoint: TritonEndpoint, name: str, version_id: int, *, written: bool = False) -> None:
-        """Load a version on an instance (`written`: its repository entry was just written for it)."""
+    def _load(self, endpoint: TritonEndpoint, name: str, version_id: int, *, written: bool = False) -> bool:
+        """Load a version on an instance (`written`: its repository entry was just written for it);
+        whether it loaded."""
         key = (endpoint.name, version_id)
         with self.loader.lock_for(name):
             if self._version_state(version_id) != "ready":
-                return
+                return False
             self.note_many(endpoint.name, [(version_id, "loading", None)])
             try:
                 if not written:
@@ -298,7 +299,7 @@ class Actions:
                 seconds = time.monotonic() - started
             except Exception as exc:  # any failure backs off; the loop must not die
                 self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))
-                return
+                return False
         self._loaded_at[key] = time.monotonic()
         self.backoff.succeeded(key)
         self.observed.stats.loaded(endpoint.name, ok=True)
@@ -308,10 +309,11 @@ class Actions:
             log.exception("measuring %s on %s failed", name, endpoint.name)
         self.note_many(endpoint.name, [(version_id, "ready", None)])
         log.info("reconciler loaded %s on %s", name, endpoint.name)
+        return True
 
     def _load_after(
         self, endpoint: TritonEndpoint, name: str, version_id: int, *, rooms: list[Future[bool]]
-    ) -> None:
+    ) -> bool:
         """`_load` once the evictions making its room have given back their versions' memory (see
         `load_after`). Meanwhile it gets ready (disk and registry, not memory): the version's state is
         checked, its placement shown loading, its repository entry written."""
@@ -319,7 +321,7 @@ class Actions:
         try:
             with self.loader.lock_for(name):
                 if self._version_state(version_id) != "ready":
-                    return
+                    return False
                 self.note_many(endpoint.name, [(version_id, "loading", None)])
                 self._write_entry(endpoint, name, version_id)
             written = True
@@ -329,8 +331,8 @@ class Actions:
         if pending or not all(not r.cancelled() and r.result() for r in done):
             self.note_many(endpoint.name, [(version_id, "unloaded", None)])  # not loading after all
             self._again()
-            return
-        self._load(endpoint, name, version_id, written=written)
+            return False
+        return self._load(endpoint, name, version_id, written=written)
 
     def _again(self) -> None:
         if self._rerun is not None:

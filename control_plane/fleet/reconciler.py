@@ -90,7 +90,7 @@ class Reconciler:
             loads_per_instance=loads_per_instance,
             load_limits=load_limits,
             unload_grace_s=unload_grace_s,
-            on_load_done=self.freed,
+            on_load_done=self._load_done,
             rerun=self.trigger,
         )
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cp-reconcile")
@@ -122,13 +122,20 @@ class Reconciler:
         """Run a pass now (a change notification, a Triton restart or failure) instead of at the period."""
         self._wake.set()
 
-    def freed(self) -> None:
-        """A load worker or an evicted version's memory came free: run a pass now if the last one held
-        a version back (for room, for a worker, or while its load backs off); else the next change or
-        the period will do. A pass after every load and eviction was two of a quiet cold start's three,
-        the last one taking CPU from the version's first inference."""
-        if self.budgets is None or self.budgets.held_back:
+    def freed(self, *, room: bool = False, worker: bool = False) -> None:
+        """An evicted version's memory (`room`) or a load worker came free: run a pass now if the last one
+        held a version back for it (see `Budgets.held_for_room`); else the next change or the period will
+        do. A pass after every load and eviction was two of a quiet cold start's three, the last beside
+        the version's first inference, and under a burst of cold loads the passes after evictions planned
+        nothing (what waits there waits for a load worker; the loads planned for that room start alone)."""
+        budgets = self.budgets
+        if budgets is None or (room and budgets.held_for_room) or (worker and budgets.held_for_worker):
             self.trigger()
+
+    def _load_done(self, loaded: bool) -> None:
+        """A load worker came free; a load that did not happen (failed, dropped) gives back the room
+        the pass planned for it too."""
+        self.freed(worker=True, room=not loaded)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no load or unload started by this loop is running; False on timeout."""

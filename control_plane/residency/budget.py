@@ -86,9 +86,10 @@ class Budgets:
         self.may_load = may_load
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self.plans: dict[str, Plan] = {}
-        # The last pass held a version back for want of room or of a load worker, or because its load
-        # backs off: the end of an eviction or of a load may let it go (`held_back`).
-        self.held_back = False
+        # The last pass held a version back for want of room (the end of an eviction may let it go), or
+        # of a load worker or while its load backs off (the end of a load may): `Reconciler.freed`.
+        self.held_for_room = False
+        self.held_for_worker = False
         self._pinned_over: dict[str, int] = {}
         self._shared = False  # several tenants have models (read once per pass)
 
@@ -121,7 +122,7 @@ class Budgets:
         estimates = cache(partial(repository.measured, session))
         pinned = desired.pinned  # the placement policy read them this pass
         self._shared = repository.several_tenants(session) if self.load_slots is not None else False
-        self.held_back = False
+        self.held_for_room = self.held_for_worker = False
         plans: dict[str, Plan] = {}
         for endpoint in endpoints:
             row, observation = rows.get(endpoint.name), seen.get(endpoint.name)
@@ -251,8 +252,13 @@ class Budgets:
                 after += size
         for version_id in held_back:
             want.pop(names[version_id], None)
-        if held_back - {v for _, v in plan.after_evictions}:  # those start when their evictions end
-            self.held_back = True
+        if later:
+            self.held_for_worker = True
+        if held_back - {
+            *later,
+            *(v for _, v in plan.after_evictions),
+        }:  # those start when their evictions end
+            self.held_for_room = True
         if plan.after_evictions:  # shown loading at once too: their workers start with nothing to write
             _show(session, row.id, [v for _, v in plan.after_evictions], state="loading")
         plan.waiting = [names[v] for v in decision.wait]
@@ -304,7 +310,7 @@ class Budgets:
         names = {v: n for n, v in incoming.items()}
         for version_id in self._take_load_workers(endpoint, arrivals, loading, want, facts)[1]:
             want.pop(names[version_id], None)
-            self.held_back = True
+            self.held_for_worker = True
 
     def _may_load(self, instance: str, want: dict[str, int], incoming: dict[str, int]) -> dict[str, int]:
         """The incoming versions whose load may be tried now; those backing off after failed loads are
@@ -315,7 +321,7 @@ class Budgets:
         resting = {n for n, v in incoming.items() if not self.may_load(instance, v)}
         for name in resting:
             want.pop(name, None)
-            self.held_back = True
+            self.held_for_worker = True  # tried again at a pass after its backoff
         return {n: v for n, v in incoming.items() if n not in resting}
 
     def _take_load_workers(

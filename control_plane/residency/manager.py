@@ -450,7 +450,7 @@ class Residency(ResidencyHooks):
         finally:
             self._live.pop(endpoint.name, None)
             if self.reconciler is not None:
-                self.reconciler.freed()
+                self.reconciler.freed(room=True)
 
     def _check_returned(
         self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None

@@ -40,9 +40,10 @@ class Recorder:
         assert self.unloaded.wait(10)  # Triton's unload and the bookkeeping after it
         return self.outcome
 
-    def load(self, endpoint: Any, name: str, version_id: int, *, written: bool = False) -> None:
+    def load(self, endpoint: Any, name: str, version_id: int, *, written: bool = False) -> bool:
         assert written, "the entry written while waiting is not written again"
         self.loaded.append(name)
+        return True
 
     def write_entry(self, version_id: int) -> None:
         self.entries.append(version_id)
@@ -51,6 +52,12 @@ class Recorder:
 @pytest.fixture
 def actions() -> Any:
     done, again = threading.Event(), threading.Event()
+    outcomes: list[bool] = []  # what each finished load worker said: whether its version loaded
+
+    def finished(loaded: bool) -> None:
+        outcomes.append(loaded)
+        done.set()
+
     recorder = Recorder()
     made = Actions(
         session_factory=None,  # type: ignore[arg-type]
@@ -63,12 +70,13 @@ def actions() -> Any:
         backoff=Backoff(initial_s=1.0, max_s=2.0),
         loads_per_instance=2,
         unload_grace_s=0.0,
-        on_load_done=done.set,
+        on_load_done=finished,
         rerun=again.set,
     )
     made.recorder = recorder  # type: ignore[attr-defined]
     made.load_over = done  # type: ignore[attr-defined]
     made.again = again  # type: ignore[attr-defined]
+    made.outcomes = outcomes  # type: ignore[attr-defined]
     made._evict = recorder.evict  # type: ignore[method-assign]
     made._load = recorder.load  # type: ignore[method-assign]
     made._version_state = lambda version_id: "ready"  # type: ignore[method-assign]
@@ -91,6 +99,7 @@ def test_the_load_starts_when_the_eviction_is_over(actions: Any) -> None:
     assert actions.recorder.loaded == ["new"]
     assert actions.wait_idle(5) and actions.loading_on("i") == set()
     assert not actions.again.is_set(), "nothing left for another pass to decide"
+    assert actions.outcomes == [True]
 
 
 def test_no_load_when_the_eviction_kept_its_version(actions: Any) -> None:
@@ -102,6 +111,7 @@ def test_no_load_when_the_eviction_kept_its_version(actions: Any) -> None:
     assert actions.recorder.loaded == []
     assert actions.noted[-1] == (2, "unloaded", None), "its placement is not left showing a load"
     assert actions.again.is_set(), "the loop runs again to decide anew (the room it waited for is not made)"
+    assert actions.outcomes == [False], "the worker came free without a load: the room planned for it too"
 
 
 def test_the_load_does_not_wait_for_the_unload_once_the_memory_is_back(actions: Any) -> None:

@@ -214,34 +214,44 @@ def test_versions_whose_loads_back_off_take_no_load_worker(
 
 
 @pytest.mark.parametrize(
-    ("load_slots", "budget", "live", "backing_off", "held"),
+    ("load_slots", "budget", "live", "backing_off", "room", "worker"),
     [
-        (3, 3 * SIZE, None, (), False),  # each incoming version loads when its eviction ends
-        (1, 3 * SIZE, None, (), True),  # a5 and a6 wait for the load worker
-        (3, 3 * SIZE, {"gone": SIZE}, (), True),  # a6 waits for room (a process outlived its unload)
-        (3, 3 * SIZE, None, (5,), True),  # a5's load backs off
-        (3, 0, None, (), False),  # no budget: a worker each
-        (2, 0, None, (), True),  # no budget: a6 waits for a worker
+        (3, 3 * SIZE, None, (), False, False),  # each incoming version loads when its eviction ends
+        (1, 3 * SIZE, None, (), False, True),  # a5 and a6 wait for the load worker
+        (3, 3 * SIZE, {"gone": SIZE}, (), True, False),  # a6 waits for room (a process outlived its unload)
+        (3, 3 * SIZE, None, (5,), False, True),  # a5's load backs off: tried at a pass after its backoff
+        (3, 0, None, (), False, False),  # no budget: a worker each
+        (2, 0, None, (), False, True),  # no budget: a6 waits for a worker
     ],
 )
-def test_a_pass_says_whether_it_held_a_version_back(
-    load_slots: int, budget: int, live: dict[str, int] | None, backing_off: tuple[int, ...], held: bool
+def test_a_pass_says_what_it_held_a_version_back_for(
+    load_slots: int,
+    budget: int,
+    live: dict[str, int] | None,
+    backing_off: tuple[int, ...],
+    room: bool,
+    worker: bool,
 ) -> None:
-    """The loop runs again when a load or an eviction ends only if the last pass held back a version
-    that the load worker or the memory given back may let go (`Reconciler.freed`): a quiet cold start
+    """The loop runs again when an eviction ends only if the last pass held back a version for room,
+    when a load ends only if it held one back for a load worker (`Reconciler.freed`): a quiet cold start
     ran three passes (the request's, its eviction's, its load's), the last beside its first inference."""
     budgets, _ = _pass(load_slots=load_slots, budget=budget, live=live, backing_off=backing_off)
-    assert budgets.held_back is held
+    assert (budgets.held_for_room, budgets.held_for_worker) == (room, worker)
 
 
-@pytest.mark.parametrize(("held", "runs"), [(False, False), (True, True)])
-def test_a_freed_worker_or_room_runs_the_loop_only_for_what_was_held_back(held: bool, runs: bool) -> None:
+@pytest.mark.parametrize(("room", "worker"), [(False, False), (True, False), (False, True), (True, True)])
+def test_a_freed_worker_or_room_runs_the_loop_only_for_what_was_held_back(room: bool, worker: bool) -> None:
     trigger = MagicMock()
-    loop = SimpleNamespace(budgets=SimpleNamespace(held_back=held), trigger=trigger)
-    Reconciler.freed(loop)  # type: ignore[arg-type]
-    assert trigger.called is runs
-    Reconciler.freed(SimpleNamespace(budgets=None, trigger=trigger))  # type: ignore[arg-type]
-    assert trigger.called, "without residency every load ran a pass, as before"
+    loop = SimpleNamespace(
+        budgets=SimpleNamespace(held_for_room=room, held_for_worker=worker), trigger=trigger
+    )
+    Reconciler.freed(loop, room=True)  # type: ignore[arg-type]
+    assert trigger.called is room, "an eviction ended"
+    trigger.reset_mock()
+    Reconciler.freed(loop, worker=True)  # type: ignore[arg-type]
+    assert trigger.called is worker, "a load ended"
+    Reconciler.freed(SimpleNamespace(budgets=None, trigger=trigger), worker=True)  # type: ignore[arg-type]
+    assert trigger.called, "without residency every load runs a pass, as before"
 
 
 def test_a_version_measured_bigger_than_counted_runs_the_loop_only_if_the_budget_no_longer_holds() -> None:
@@ -254,3 +264,12 @@ def test_a_version_measured_bigger_than_counted_runs_the_loop_only_if_the_budget
     assert budgets.overflows("i", 4, 2 * SIZE + 1), "larger than the room left"
     assert not budgets.overflows("i", 99, 10 * SIZE), "a version the pass did not count"
     assert not budgets.overflows("other", 4, 10 * SIZE), "an instance the pass did not plan"
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_a_load_that_did_not_happen_gives_back_its_room_too(loaded: bool) -> None:
+    """A failed or dropped load frees its worker and the room the pass planned for it: the loop runs
+    again for versions held back for either."""
+    loop = SimpleNamespace(freed=MagicMock())
+    Reconciler._load_done(loop, loaded)  # type: ignore[arg-type]
+    loop.freed.assert_called_once_with(worker=True, room=not loaded)
