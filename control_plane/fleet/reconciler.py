@@ -132,6 +132,12 @@ class Reconciler:
         if budgets is None or (room and budgets.held_for_room) or (worker and budgets.held_for_worker):
             self.trigger()
 
+    def measured(self, instance: str, version_id: int, size: int) -> None:
+        """A version just loaded was measured: run a pass now if it is bigger than the last pass counted
+        and the instance's plan no longer fits its budget (`Budgets.overflows`)."""
+        if self.budgets is not None and self.budgets.overflows(instance, version_id, size):
+            self.trigger()
+
     def _load_done(self, loaded: bool) -> None:
         """A load worker came free; a load that did not happen (failed, dropped) gives back the room
         the pass planned for it too."""

@@ -254,10 +254,8 @@ class Budgets:
             want.pop(names[version_id], None)
         if later:
             self.held_for_worker = True
-        if held_back - {
-            *later,
-            *(v for _, v in plan.after_evictions),
-        }:  # those start when their evictions end
+        # Those admitted for this pass's evictions start when the evictions end (`Actions.load_after`).
+        if held_back - set(later) - {v for _, v in plan.after_evictions}:
             self.held_for_room = True
         if plan.after_evictions:  # shown loading at once too: their workers start with nothing to write
             _show(session, row.id, [v for _, v in plan.after_evictions], state="loading")

@@ -355,15 +355,8 @@ class Residency(ResidencyHooks):
                     source=measured.source,
                     load_seconds=seconds,
                 )
-        loop = self.reconciler
-        budgets = loop.budgets if loop is not None else None
-        if (
-            measured is not None
-            and budgets is not None
-            and budgets.overflows(endpoint.name, version_id, measured.bytes)
-        ):
-            assert loop is not None
-            loop.trigger()  # bigger than the pass counted: the next one makes the room at once
+        if measured is not None and self.reconciler is not None:
+            self.reconciler.measured(endpoint.name, version_id, measured.bytes)
 
     def measure(
         self, endpoint: TritonEndpoint, name: str, *, started_since: float | None = None
