@@ -18,10 +18,10 @@ from tests.support.api import infer_direct
 
 
 def test_onnx_version_served_from_an_s3_repository(
+    start_triton: StartTriton,  # first: stopped after the app, which holds connections to it
     make_api,
     make_settings,
     create_database,
-    start_triton: StartTriton,
     minio_client: Minio,
     s3_endpoint: str,
     tmp_path: Path,
