@@ -36,7 +36,7 @@ from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.routing.changes import mark_desired_changed
 from control_plane.routing.router import FAILED_RETRY_S
-from control_plane.routing.table import RoutingTable, public_reason
+from control_plane.routing.table import SERVABLE, RoutingTable, public_reason
 
 if TYPE_CHECKING:
     from control_plane.fleet.reconciler import Reconciler
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Done = Callable[[AppError | None], None]
-LOADABLE = ("registered", "unloaded", "ready")  # states a request may load on demand
 LIVE_S = 0.25  # how long one look at an instance's stub processes serves the loop
 IDLE_S = 1.0  # a version nobody used for this long gets no eviction grace
 GONE_S = 5.0  # how long a version Triton said it does not have is kept out of the resident set at most
@@ -215,7 +214,7 @@ class Residency(ResidencyHooks):
                 self._settle(name, None)
             elif target is None or target.state == "retired":  # deleted (its model or it) meanwhile
                 self._settle(name, VersionGone("the model version no longer exists"))
-            elif target.state not in (*LOADABLE, "loading"):
+            elif target.state not in SERVABLE:  # a request may load it on demand, or it is loading
                 self._settle(name, _load_failed(name, target.state, target.failure))
 
     def _wait(self, name: str, waiter: _Waiter, *, explicit: bool = False) -> None:

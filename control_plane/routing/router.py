@@ -16,6 +16,7 @@ from control_plane.errors import NotFound, ServiceUnavailable
 from control_plane.routing.contracts import UNCHECKABLE
 from control_plane.routing.table import (
     EMPTY_TABLE,
+    SERVABLE,
     AliasTarget,
     RoutingTable,
     build_table,
@@ -27,8 +28,6 @@ from control_plane.routing.table import (
 log = logging.getLogger(__name__)
 FAILED_RETRY_S = 30  # Retry-After for a version whose load failed (it is not loaded again by itself)
 DEFAULT_ALIAS = "production"
-# Versions a request may go to: ready, or loaded on demand first (residency, issue 12).
-SERVABLE = frozenset({"ready", "registered", "unloaded", "loading"})
 
 
 class ModelLoading(ServiceUnavailable):

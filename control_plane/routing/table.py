@@ -32,9 +32,14 @@ def public_reason(message: str, triton_name: str, shown: str) -> str:
     return " ".join(_PATH.sub("", head).split())[:500]
 
 
+# Versions a request may go to: ready, or loaded on demand first (residency, issue 12). Routing treats
+# these states alike, so a version moving between them does not rebuild the table (`routing.changes`).
+SERVABLE = frozenset({"ready", "registered", "unloaded", "loading"})
+
+
 @dataclass(frozen=True, slots=True)
 class VersionTarget:
-    """One version as Triton knows it."""
+    """One version as Triton knows it (`state` as of the last rebuild: within SERVABLE it may lag)."""
 
     version: int
     triton_name: str

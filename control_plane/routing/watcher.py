@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from control_plane.routing.changes import CHANNEL, DESIRED, PLACEMENTS, read_notice
+from control_plane.routing.changes import CHANNEL, PLACEMENTS, read_notice
 from control_plane.routing.router import Router
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,12 @@ class RegistryWatcher:
                 payloads = [n.payload for n in conn.notifies(timeout=0.5, stop_after=1)]
                 if payloads:  # coalesce a burst into one reload
                     payloads += [n.payload for n in conn.notifies(timeout=0.005)]
-                kinds = {n.kind for n in map(read_notice, payloads) if n.origin != self.origin}
-                if kinds - {PLACEMENTS} or time.monotonic() - last_reload > self.refresh_s:
+                notices = [n for n in map(read_notice, payloads) if n.origin != self.origin]
+                rebuild = any(n.kind != PLACEMENTS for n in notices)
+                if rebuild or time.monotonic() - last_reload > self.refresh_s:
                     self.router.reload()
                     last_reload = time.monotonic()
-                elif kinds:
+                elif notices:
                     self.router.refresh_placements()
-                if DESIRED in kinds and self.on_desired is not None:
+                if any(n.desired for n in notices) and self.on_desired is not None:
                     self.on_desired()

@@ -1,6 +1,7 @@
 """Routing changes between replicas over a real Postgres LISTEN/NOTIFY: a process skips its own
 notifications (it acted on them at commit), reads only the placements again when only placements
-changed elsewhere, and rebuilds the table (and runs the loop) for other changes."""
+changed elsewhere (a request for a load included: it also runs the loop), and rebuilds the table (and
+runs the loop for desired changes) for other changes. Which commits are routing changes at all."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.db.models import Model, ModelReplicas, ModelVersion, Placement, TritonInstance
 from control_plane.db.session import make_engine, make_session_factory
 from control_plane.routing.changes import (
-    DESIRED,
     PLACEMENTS,
     ROUTING,
     Notice,
@@ -22,9 +23,11 @@ from control_plane.routing.changes import (
     mark_desired_changed,
     mark_placements_changed,
     mark_routing_changed,
+    notice_payload,
     read_notice,
 )
 from control_plane.routing.watcher import RegistryWatcher
+from tests.support import builders
 
 
 class _Router:
@@ -107,20 +110,162 @@ def test_own_notifications_are_skipped_and_placements_only_refresh_placements(
     _commit(elsewhere, mark_routing_changed)
     _until(lambda: router.calls["reload"] == 2, router)
     assert not desired
-    _commit(elsewhere, mark_desired_changed)
+    _commit(elsewhere, mark_desired_changed)  # a request for a load: placements, and the loop
+    _until(lambda: router.calls["placements"] == 2 and desired["loop"] == 1, router)
+    assert router.calls["reload"] == 2
+    _commit(elsewhere, lambda session: mark_routing_changed(session, desired=True))
     _until(lambda: router.calls["reload"] == 3, router)
-    assert desired["loop"] == 1 and router.calls["placements"] == 1
+    assert desired["loop"] == 2 and router.calls["placements"] == 2
 
 
 @pytest.mark.parametrize(
     "payload, notice",
     [
         ("", Notice(ROUTING, None)),  # earlier releases: a full change from elsewhere
-        ("desired", Notice(DESIRED, None)),
+        ("desired", Notice(ROUTING, None, desired=True)),
         ("placements 0123abcd", Notice(PLACEMENTS, "0123abcd")),
-        ("desired 0123abcd", Notice(DESIRED, "0123abcd")),
+        ("routing 0123abcd", Notice(ROUTING, "0123abcd")),
+        ("desired 0123abcd", Notice(ROUTING, "0123abcd", desired=True)),
+        ("desired 0123abcd placements", Notice(PLACEMENTS, "0123abcd", desired=True)),
+        ("desired 0123abcd something-new", Notice(ROUTING, "0123abcd", desired=True)),
         ("something-new 0123abcd", Notice(ROUTING, "0123abcd")),  # unknown kinds: rebuild
     ],
 )
 def test_notices_are_read_from_old_and_new_payloads(payload: str, notice: Notice) -> None:
     assert read_notice(payload) == notice
+
+
+@pytest.mark.parametrize("routing", [True, False])
+@pytest.mark.parametrize("desired", [True, False])
+def test_payloads_read_back_as_written(routing: bool, desired: bool) -> None:
+    notice = read_notice(notice_payload("0123abcd", routing=routing, desired=desired))
+    assert notice == Notice(ROUTING if routing else PLACEMENTS, "0123abcd", desired)
+
+
+def test_an_earlier_release_reads_a_desired_placements_change_as_desired() -> None:
+    """What a replica of the previous release did with the payload: `kind, _, origin = partition(" ")`,
+    `desired` runs its loop (and rebuilds its table), as it did for every desired change."""
+    kind, _, origin = notice_payload("0123abcd", routing=False, desired=True).partition(" ")
+    assert kind == "desired" and origin and origin != "0123abcd"
+
+
+class _Seen:
+    """What a process's own commits asked of it (`install`'s callbacks)."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def __call__(self, what: str) -> Callable[[], None]:
+        return lambda: self.calls.update([what])
+
+
+@pytest.fixture
+def watched(database_url: str) -> Iterator[tuple[sessionmaker[Session], _Seen]]:
+    factory, seen = _factory(database_url), _Seen()
+    install(factory, on_change=seen("rebuild"), on_desired=seen("loop"), on_placements=seen("placements"))
+    try:
+        yield factory, seen
+    finally:
+        factory.kw["bind"].dispose()
+
+
+def _version(factory: sessionmaker[Session], *, state: str, state_message: str | None = None) -> int:
+    with factory() as session:
+        tenant = builders.tenant(session)
+        model = builders.model(session, tenant_row=tenant)
+        version_id = builders.version(session, model_row=model, state=state, state_message=state_message).id
+        session.commit()
+    return version_id
+
+
+def _change(factory: sessionmaker[Session], seen: _Seen, change: Callable[[Session], None]) -> Counter[str]:
+    seen.calls.clear()
+    with factory() as session:
+        change(session)
+        session.commit()
+    return Counter(seen.calls)
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [("registered", "ready"), ("unloaded", "ready"), ("ready", "loading"), ("loading", "ready")],
+)
+def test_a_version_moving_between_states_routing_treats_alike_is_no_routing_change(
+    watched: tuple[sessionmaker[Session], _Seen], before: str, after: str
+) -> None:
+    factory, seen = watched
+    version_id = _version(factory, state=before)
+
+    def move(session: Session) -> None:
+        version = session.get(ModelVersion, version_id)
+        assert version is not None
+        version.state, version.state_message = after, None
+
+    assert _change(factory, seen, move) == Counter(["loop"])  # the loop places it; routing is as it was
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"state": "failed", "state_message": "the stub died"},  # requests get 503 with the reason
+        {"state": "retired"},  # gone from the table
+        {"config_text": 'name: "x"\nmax_batch_size: 4'},  # what its requests must look like
+    ],
+)
+def test_a_version_change_routing_sees_rebuilds_the_table(
+    watched: tuple[sessionmaker[Session], _Seen], change: dict[str, str]
+) -> None:
+    factory, seen = watched
+    version_id = _version(factory, state="ready")
+
+    def apply(session: Session) -> None:
+        version = session.get(ModelVersion, version_id)
+        assert version is not None
+        for key, value in change.items():
+            setattr(version, key, value)
+
+    assert _change(factory, seen, apply) == Counter(["loop", "rebuild"])
+
+
+def test_a_failed_versions_new_reason_rebuilds_and_a_new_version_is_a_routing_change(
+    watched: tuple[sessionmaker[Session], _Seen],
+) -> None:
+    factory, seen = watched
+    version_id = _version(factory, state="failed", state_message="first reason")
+
+    def reason(session: Session) -> None:
+        version = session.get(ModelVersion, version_id)
+        assert version is not None
+        version.state_message = "second reason"
+
+    assert _change(factory, seen, reason) == Counter(["loop", "rebuild"])
+
+    def add(session: Session) -> None:
+        version = session.get(ModelVersion, version_id)
+        assert version is not None
+        builders.version(session, model_row=session.get_one(Model, version.model_id), number=2)
+
+    assert _change(factory, seen, add) == Counter(["loop", "rebuild"])
+
+
+def test_placements_and_replicas_are_no_rebuild(watched: tuple[sessionmaker[Session], _Seen]) -> None:
+    factory, seen = watched
+    version_id = _version(factory, state="ready")
+    with factory() as session:
+        instance = TritonInstance(
+            name=builders.unique_name("i"), http_url="http://127.0.0.1:1", grpc_url="127.0.0.1:2"
+        )
+        session.add(instance)
+        session.commit()
+        instance_id = instance.id
+
+    def place(session: Session) -> None:
+        session.add(Placement(instance_id=instance_id, version_id=version_id, state="ready"))
+
+    assert _change(factory, seen, place) == Counter(["placements"])
+
+    def replicas(session: Session) -> None:
+        version = session.get_one(ModelVersion, version_id)
+        session.add(ModelReplicas(model_id=version.model_id, replicas=2))
+
+    assert _change(factory, seen, replicas) == Counter(["loop"])
