@@ -6,13 +6,13 @@ import logging
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
 from control_plane.db import hooks
-from control_plane.db.models import Alias, AliasHistory, AliasRoute, Model, ModelVersion, Tenant
+from control_plane.db.models import Alias, AliasHistory, Model, ModelVersion, Tenant
 from control_plane.db.session import transaction
 from control_plane.fleet import repository as fleet_repository
 from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
@@ -249,16 +249,7 @@ def switch(
         session.flush()
     else:
         previous = session.get(ModelVersion, alias.version_id)
-        dropped = set(
-            session.scalars(
-                select(AliasRoute.version_id).where(
-                    AliasRoute.alias_id == alias.id, AliasRoute.kind == "weighted"
-                )
-            )
-        )
-        session.execute(
-            delete(AliasRoute).where(AliasRoute.alias_id == alias.id, AliasRoute.kind == "weighted")
-        )
+        dropped = repository.remove_routes(session, alias_id=alias.id, kind="weighted")
         alias.version_id, alias.updated_at = version.id, now
     version.released_at = None
     session.add(

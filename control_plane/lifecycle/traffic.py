@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.audit import service as audit
@@ -51,8 +51,7 @@ def set_traffic(
         rows.append((locked.id, kind, weight))
     alias = _alias(session, model=model, alias_name=alias_name, lock=True)
     before = describe(session, state=state, tenant=tenant, model=model, alias=alias)
-    old_ids = set(session.scalars(select(AliasRoute.version_id).where(AliasRoute.alias_id == alias.id)))
-    session.execute(delete(AliasRoute).where(AliasRoute.alias_id == alias.id))
+    old_ids = repository.remove_routes(session, alias_id=alias.id)
     for version_id, kind, weight in rows:
         session.add(AliasRoute(alias_id=alias.id, version_id=version_id, kind=kind, weight=weight))
         referenced = session.get(ModelVersion, version_id)

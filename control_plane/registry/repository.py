@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion, Placement, TritonInstance
+from control_plane.routing.changes import mark_routing_changed
 
 
 def get_model(session: Session, *, tenant_id: int, name: str, lock: bool = False) -> Model | None:
@@ -67,6 +68,17 @@ def get_alias(session: Session, *, model_id: int, name: str, lock: bool = False)
     if lock:
         stmt = stmt.with_for_update()
     return session.scalar(stmt)
+
+
+def remove_routes(session: Session, *, alias_id: int, kind: str | None = None) -> set[int]:
+    """Delete an alias' traffic routes (only those of `kind`: weighted or shadow); the versions they named.
+    A Core delete, which the change tracking of `routing.changes` does not see: flagged here, so the
+    routing table stops splitting or mirroring at commit, here and on every replica."""
+    where = [AliasRoute.alias_id == alias_id, *([AliasRoute.kind == kind] if kind else [])]
+    named = set(session.scalars(select(AliasRoute.version_id).where(*where)))
+    session.execute(delete(AliasRoute).where(*where))
+    mark_routing_changed(session, desired=True)
+    return named
 
 
 def aliases_referencing(session: Session, *, version_id: int) -> list[str]:

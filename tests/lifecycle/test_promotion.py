@@ -259,3 +259,32 @@ def test_keep_warm_never_reclaims_a_version_loaded_again_since_its_release(
     with transaction(api.state.session_factory) as session:
         session.get_one(ModelVersion, version_id).updated_at = long_ago
     assert version_id in janitor.sweep()
+
+
+def test_clearing_a_canary_and_a_shadow_reroutes_at_commit_without_a_periodic_reload(
+    make_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    """The routes' rows go with a Core delete, which the ORM's change tracking does not see; the table
+    still stops splitting and mirroring when the change commits (here with the periodic reloads off;
+    the canary version stays referenced by `staging`, so releasing it writes nothing either)."""
+    api = make_api(routing_refresh_s=3600, routing_poll_s=3600)
+    v1, _v2 = _two_versions(api, tmp_path)
+    url = _alias_url(v1) + "/traffic"
+    split = {"routes": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]}
+    set_traffic = api.client.put(
+        url, json={**split, "shadow": {"version": 2, "percent": 100}}, headers=api.headers()
+    )
+    assert set_traffic.status_code == 200, set_traffic.text
+    target = api.state.router.table.models[(_tenant_id(api, v1), v1.model)].aliases["production"]
+    assert target.weighted == ((1, 50), (2, 50)) and target.shadow == (2, 100)
+
+    cleared = api.client.put(url, json={"routes": [], "shadow": None}, headers=api.headers())
+    assert cleared.status_code == 200, cleared.text
+    target = api.state.router.table.models[(_tenant_id(api, v1), v1.model)].aliases["production"]
+    assert target.weighted == () and target.shadow is None
+
+    assert api.client.put(url, json=split, headers=api.headers()).status_code == 200
+    promoted = api.client.put(_alias_url(v1), json={"version": 2}, headers=api.headers())  # drops the split
+    assert promoted.status_code == 200, promoted.text
+    target = api.state.router.table.models[(_tenant_id(api, v1), v1.model)].aliases["production"]
+    assert (target.version, target.weighted) == (2, ())
