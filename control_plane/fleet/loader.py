@@ -215,7 +215,9 @@ class VersionLoader:
         now = datetime.now(UTC)
         targets = list(self.tritons) if on is None else on
         with transaction(self.session_factory) as session:
-            version = session.get(ModelVersion, version_id)
+            # Locked, so the state read is the one this overwrites: a retire (or a failure) committed
+            # since an unlocked read would be undone, the version brought back from retirement.
+            version = session.get(ModelVersion, version_id, with_for_update={"key_share": True})
             if version is None:
                 return
             if version.state != "retired" or state == "retired":

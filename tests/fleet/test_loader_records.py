@@ -1,0 +1,39 @@
+"""What the loader records in the registry, against a real Postgres: concurrent writers of a version's
+state do not undo each other."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import select
+
+from control_plane.db.models import ModelVersion
+from control_plane.fleet.loader import VersionLoader
+from tests.fleet.conftest import Fleet
+
+
+def test_an_unload_recorded_while_a_retire_commits_leaves_the_version_retired(fleet: Fleet) -> None:
+    """The unload reads the version's state before writing it: read without a lock, a retire that
+    commits in between was overwritten with `unloaded`, bringing the version back from retirement."""
+    version = fleet.version(state="ready")
+    loader = VersionLoader(
+        session_factory=fleet.session_factory,
+        artifacts=fleet.artifacts,
+        repository=fleet.repository,
+        tritons=[],  # no Triton to unload from: only the registry's part
+    )
+    with fleet.session_factory() as retiring:
+        # Another transaction holds the version's row (as a retire does) while the unload records.
+        row = retiring.scalars(
+            select(ModelVersion).where(ModelVersion.id == version.id).with_for_update()
+        ).one()
+        unloading = threading.Thread(target=loader.unload, args=(version.id,))
+        unloading.start()
+        time.sleep(0.5)  # the unload is waiting for the row, at its read (or, unlocked, at its write)
+        row.state = "retired"
+        retiring.commit()
+    unloading.join(timeout=10)
+    assert not unloading.is_alive()
+    with fleet.session_factory() as session:
+        assert session.scalar(select(ModelVersion.state).where(ModelVersion.id == version.id)) == "retired"
