@@ -98,7 +98,8 @@ class VersionLoader:
         if self.residency_load is not None:
             return self.residency_load(version_id)
         with transaction(self.session_factory) as session:
-            version = session.get(ModelVersion, version_id)
+            # Locked, as in `_record`: a retire committed since an unlocked read would be undone.
+            version = session.get(ModelVersion, version_id, with_for_update={"key_share": True})
             if version is None or version.state == "retired":
                 return "retired"
             model = session.get_one(Model, version.model_id)

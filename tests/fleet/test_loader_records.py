@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from sqlalchemy import select
 
 from control_plane.db.models import ModelVersion
@@ -13,9 +14,13 @@ from control_plane.fleet.loader import VersionLoader
 from tests.fleet.conftest import Fleet
 
 
-def test_an_unload_recorded_while_a_retire_commits_leaves_the_version_retired(fleet: Fleet) -> None:
-    """The unload reads the version's state before writing it: read without a lock, a retire that
-    commits in between was overwritten with `unloaded`, bringing the version back from retirement."""
+@pytest.mark.parametrize("action", ["unload", "load"])
+def test_an_unload_or_load_while_a_retire_commits_leaves_the_version_retired(
+    fleet: Fleet, action: str
+) -> None:
+    """The loader reads the version's state before writing it: read without a lock, a retire that
+    commits in between was overwritten (`unloaded`, or `loading` then `failed`), bringing the version
+    back from retirement."""
     version = fleet.version(state="ready")
     loader = VersionLoader(
         session_factory=fleet.session_factory,
@@ -28,7 +33,7 @@ def test_an_unload_recorded_while_a_retire_commits_leaves_the_version_retired(fl
         row = retiring.scalars(
             select(ModelVersion).where(ModelVersion.id == version.id).with_for_update()
         ).one()
-        unloading = threading.Thread(target=loader.unload, args=(version.id,))
+        unloading = threading.Thread(target=getattr(loader, action), args=(version.id,))
         unloading.start()
         time.sleep(0.5)  # the unload is waiting for the row, at its read (or, unlocked, at its write)
         row.state = "retired"
