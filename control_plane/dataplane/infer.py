@@ -96,6 +96,8 @@ def start_forward(
     def settle(outcome: T) -> None:
         ex.upstream_s = time.perf_counter() - began
         inflight[name] -= 1
+        if name in residency.blockers and not inflight[name]:
+            residency.unblocked(name)  # a version waits for the room it can now give
         gauge.dec()
         limits.release(tenant_id)
         if gone is not None and not ex.reloaded and gone(outcome):

@@ -48,6 +48,9 @@ class Plan:
     used: int = 0
     budget: int = 0
     planned: int = 0  # bytes resident once this pass's evictions and admitted loads are done
+    # With versions waiting for room: the resident versions not evicted only because they were busy
+    # (requests in flight or waiting, or loading). One of them going idle is room, if nothing else is.
+    blockers: frozenset[str] = frozenset()
 
 
 class Budgets:
@@ -92,6 +95,11 @@ class Budgets:
         self.held_for_worker = False
         self._pinned_over: dict[str, int] = {}
         self._shared = False  # several tenants have models (read once per pass)
+
+    @property
+    def blockers(self) -> frozenset[str]:
+        """Every instance's `Plan.blockers` of the last pass."""
+        return frozenset().union(*(plan.blockers for plan in self.plans.values()))
 
     def overflows(self, instance: str, version_id: int, measured: int) -> bool:
         """Whether a version measured after its load at more than the last pass counted for it takes the
@@ -260,6 +268,10 @@ class Budgets:
         if plan.after_evictions:  # shown loading at once too: their workers start with nothing to write
             _show(session, row.id, [v for _, v in plan.after_evictions], state="loading")
         plan.waiting = [names[v] for v in decision.wait]
+        if decision.wait:
+            plan.blockers = frozenset(
+                names[e.version_id] for e in staying if e.busy and not e.pinned and e.version_id in names
+            )
         plan.planned = after
         sizes_now = {e.version_id: e.size for e in [*resident, *arrivals]}
         plan.used = sum(sizes_now[v] for v in present.values() if v in sizes_now) + lingering

@@ -97,6 +97,7 @@ class Residency(ResidencyHooks):
         self.end_stubs = end_stubs  # end an evicted version's stubs at once (see sizes.end_stubs)
         self.stats = ResidencyStats()
         self.resident: frozenset[str] | set[str] = frozenset()  # hot path: read-only there
+        self.blockers: frozenset[str] = frozenset()  # hot path: read there (see `unblocked`)
         self.used: dict[str, float] = {}  # hot path: Triton model name -> time.perf_counter() of last use
         self.reconciler: Reconciler | None = None
         self._offset = time.time() - time.perf_counter()
@@ -318,13 +319,25 @@ class Residency(ResidencyHooks):
         out `wait_s` or a load timeout for room that may never come; the version stays asked for."""
         budgets = self.reconciler.budgets if self.reconciler is not None else None
         held = {name for plan in budgets.plans.values() for name in plan.waiting} if budgets else set()
+        waited = {name for name in held if self._waiters.get(name)}
+        # Requests wait for room: one of the busy versions the pass could not evict going idle runs the
+        # next pass (`unblocked`), not `renew`'s next tick or the period.
+        self.blockers = budgets.blockers if budgets is not None and waited else frozenset()
         now = time.monotonic()
-        for name in [n for n in self._no_room if n not in held]:
-            del self._no_room[name]
-        for name in held:
+        for name in [n for n in self._no_room if n not in waited]:
+            del self._no_room[name]  # the clock runs for requests waiting, each batch its own
+        for name in waited:
             since = self._no_room.setdefault(name, now)
-            if now - since >= NO_ROOM_S and self._waiters.get(name):
+            if now - since >= NO_ROOM_S:
                 self._settle(name, NoRoom(NO_ROOM_DETAIL, retry_after=NO_ROOM_RETRY_S))
+                del self._no_room[name]
+
+    def unblocked(self, name: str) -> None:
+        """`name`, one of the busy versions that kept a version waiting for room at the last pass, has
+        no request in flight here any more: run a pass now (once per pass; the next one arms it again)."""
+        self.blockers = frozenset()
+        if self.reconciler is not None:
+            self.reconciler.trigger()
 
     def eviction_grace_s(self, name: str, last_used: float) -> float:
         """The grace (routes no longer send to the version, requests already on their way still find it)
@@ -356,6 +369,8 @@ class Residency(ResidencyHooks):
                 )
         if measured is not None and self.reconciler is not None:
             self.reconciler.measured(endpoint.name, version_id, measured.bytes)
+        if name in self.blockers and not self.busy(name):  # loaded for no request (a shadow, a promote)
+            self.unblocked(name)
 
     def measure(
         self, endpoint: TritonEndpoint, name: str, *, started_since: float | None = None

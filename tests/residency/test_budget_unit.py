@@ -71,13 +71,14 @@ def _pass(
     waiting: dict[str, int] | None = None,
     budget: int = 3 * SIZE,
     backing_off: Collection[int] = (),
+    busy: Collection[str] = (),
 ) -> tuple[Budgets, Desired]:
     budgets = Budgets(
         default_budget=budget,
         tenant_share=None,
         live_sizes=lambda endpoint: live or {},
         stats=ResidencyStats(),
-        busy=lambda name: False,
+        busy=lambda name: name in busy,
         local_uses=dict,
         load_slots=None if load_slots is None else (lambda instance: load_slots),
         waiting=lambda name: (waiting or {}).get(name, 0),
@@ -273,3 +274,65 @@ def test_a_load_that_did_not_happen_gives_back_its_room_too(loaded: bool) -> Non
     loop = SimpleNamespace(freed=MagicMock())
     Reconciler._load_done(loop, loaded)  # type: ignore[arg-type]
     loop.freed.assert_called_once_with(worker=True, room=not loaded)
+
+
+@pytest.mark.parametrize(
+    ("busy", "blockers"),
+    [
+        ((), frozenset()),  # r1-r3 evicted for a4-a6: nothing waits for room
+        (("r1",), frozenset({"r1"})),  # r2 and r3 make room for two; one waits while r1 is busy
+        (("r1", "r2", "r3"), frozenset({"r1", "r2", "r3"})),  # every candidate busy: all three wait
+    ],
+)
+def test_a_pass_names_the_busy_versions_that_kept_a_version_waiting_for_room(
+    busy: tuple[str, ...], blockers: frozenset[str]
+) -> None:
+    """One of them going idle is the room a waiting version needs (`Residency.unblocked`)."""
+    budgets, _ = _pass(load_slots=3, busy=busy)
+    assert budgets.blockers == blockers
+    assert budgets.held_for_room is bool(blockers)
+
+
+def _residency_after_pass(*, waiting: list[str], blockers: frozenset[str]) -> tuple[Residency, MagicMock]:
+    residency = Residency(session_factory=None, inflight=Counter())
+    trigger = MagicMock()
+    plan = SimpleNamespace(waiting=waiting, blockers=blockers)
+    budgets = SimpleNamespace(plans={"i": plan}, blockers=blockers)
+    residency.reconciler = SimpleNamespace(budgets=budgets, trigger=trigger)  # type: ignore[assignment]
+    return residency, trigger
+
+
+def test_a_busy_version_going_idle_runs_the_loop_once_when_requests_wait_for_room() -> None:
+    residency, trigger = _residency_after_pass(waiting=["cold"], blockers=frozenset({"hot"}))
+    residency.after_pass()
+    assert residency.blockers == frozenset(), "nobody waits for 'cold' here: the period will do"
+    residency._waiters["cold"] = [MagicMock()]
+    residency.after_pass()
+    assert residency.blockers == {"hot"}
+    residency.unblocked("hot")
+    assert trigger.call_count == 1 and residency.blockers == frozenset(), "once per pass"
+    residency.after_pass()
+    assert residency.blockers == {"hot"}, "armed again by the next pass"
+
+
+def test_the_no_room_wait_is_counted_for_requests_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version held back for room while nobody waits for it starts no clock: a request that comes
+    later waits NO_ROOM_S before its 503, not none (it got the 503 at once when the version had been
+    held back that long before it came); each batch of waiters gets its own NO_ROOM_S."""
+    from control_plane.residency import manager
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    residency, _ = _residency_after_pass(waiting=["cold"], blockers=frozenset({"hot"}))
+    settled: list[Any] = []
+    monkeypatch.setattr(residency, "_settle", lambda name, error: settled.append((name, error)))
+    residency.after_pass()
+    clock[0] += 3 * manager.NO_ROOM_S  # held back all along, nobody waiting
+    residency._waiters["cold"] = [MagicMock()]
+    residency.after_pass()
+    assert settled == [], "the clock starts with the request"
+    clock[0] += manager.NO_ROOM_S
+    residency.after_pass()
+    assert [(name, type(error).__name__) for name, error in settled] == [("cold", "NoRoom")]
+    residency.after_pass()  # its waiters are still listed here (`_settle` is stubbed): a clock of their own
+    assert len(settled) == 1

@@ -467,3 +467,41 @@ def test_a_promote_or_load_with_no_room_beside_the_pinned_is_refused_clearly(sta
     assert sampler.peak <= pinned + other // 2
     model = api.client.get(f"/v1/tenants/{tenant}/models/m0", headers=api.headers())
     assert model.status_code == 200 and "production" not in model.json()["aliases"], "nothing moved"
+
+
+def test_a_version_waiting_for_room_loads_as_soon_as_a_busy_one_goes_idle(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every version a cold request could evict is busy (m1 pinned, m2 and s1 answering for 3 s): the
+    request waits, and is served when one of them has no request in flight any more. Nothing else
+    (here: no period, no renewed request for the load) runs the loop then; it waited for the period,
+    or up to a second for `renew`, and a version nobody waits for still does."""
+    api = stack.api
+    source = tmp_path / "s1.py"
+    source.write_text(SLOW)
+    assert api.create_model(stack.tenant, name="s1", format="python", **SPEC).status_code == 201
+    assert api.upload(stack.tenant, "s1", source).status_code == 201
+    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m2"))
+    _set_budget(stack, int(size * 3.5))  # m1 (pinned), m2 and s1
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda m: stack.infer(m).status_code, ["m2", "s1"])) == [200, 200]
+    assert stack.loaded() == {"m1", "m2", "s1"}
+    reconciler = api.state.reconciler
+    assert reconciler is not None
+    monkeypatch.setattr(api.state.residency, "renew", lambda: None)
+    period, reconciler.interval_s = reconciler.interval_s, 3600.0
+    try:
+        time.sleep(1.2)  # the loop's wait at the old period is over
+        with ThreadPoolExecutor(2) as pool:
+            busy = [pool.submit(stack.infer, m) for m in ("m2", "s1")]
+            time.sleep(0.5)
+            started = time.monotonic()
+            cold = stack.infer("m0")
+            took = time.monotonic() - started
+            assert [f.result().status_code for f in busy] == [200, 200]
+        assert cold.status_code == 200, cold.text
+        assert took < 10, f"served after {took:.1f} s"
+        assert "m0" in stack.loaded() and "m1" in stack.loaded()
+    finally:
+        reconciler.interval_s = period
+        reconciler.trigger()
