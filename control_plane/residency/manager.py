@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import ModelVersion
+from control_plane.db.models import Model, ModelVersion
 from control_plane.db.session import transaction
 from control_plane.errors import AppError, NotFound, ServiceUnavailable
 from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
@@ -209,6 +209,7 @@ class Residency(ResidencyHooks):
         if not waiting:
             return
         targets = {v.triton_name: v for m in table.models.values() for v in m.versions.values()}
+        models = {v.triton_name: m.name for m in table.models.values() for v in m.versions.values()}
         for name in waiting:
             target = targets.get(name)
             if name in resident:
@@ -216,7 +217,7 @@ class Residency(ResidencyHooks):
             elif target is None or target.state == "retired":  # deleted (its model or it) meanwhile
                 self._settle(name, VersionGone("the model version no longer exists"))
             elif target.state not in SERVABLE:  # a request may load it on demand, or it is loading
-                self._settle(name, _load_failed(name, target.state, target.failure))
+                self._settle(name, _load_failed(name, target.state, target.failure, models[name]))
 
     def _wait(self, name: str, waiter: _Waiter, *, explicit: bool = False) -> None:
         with self._lock:
@@ -280,7 +281,8 @@ class Residency(ResidencyHooks):
                 if version is None or version.state == "retired":
                     raise VersionGone("the model version no longer exists")
                 if version.state == "failed" and not explicit:
-                    raise _load_failed(name, version.state, version.state_message)
+                    model = session.scalar(select(Model.name).where(Model.id == version.model_id))
+                    raise _load_failed(name, version.state, version.state_message, model)
                 if version.load_seconds:
                     self._load_s[name] = version.load_seconds
                 if version.state == "loading":
@@ -559,8 +561,8 @@ class Residency(ResidencyHooks):
         self._flushed.update(fresh)
 
 
-def _load_failed(name: str, state: str, message: str | None) -> LoadFailed:
+def _load_failed(name: str, state: str, message: str | None, model: str | None) -> LoadFailed:
     """The 503 for requests to a version whose load failed: why, as Triton said (a failed version is
     not loaded again until it is asked for explicitly or replaced)."""
-    why = f": {public_reason(message, name, 'the model')}" if message else f" ({state})"
+    why = f": {public_reason(message, name, model or 'the model')}" if message else f" ({state})"
     return LoadFailed(f"the model version failed to load{why}", retry_after=FAILED_RETRY_S)
