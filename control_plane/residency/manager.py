@@ -208,16 +208,15 @@ class Residency(ResidencyHooks):
             waiting = [name for name, waiters in self._waiters.items() if waiters or name in resident]
         if not waiting:
             return
-        targets = {v.triton_name: v for m in table.models.values() for v in m.versions.values()}
-        models = {v.triton_name: m.name for m in table.models.values() for v in m.versions.values()}
+        targets = {v.triton_name: (m.name, v) for m in table.models.values() for v in m.versions.values()}
         for name in waiting:
-            target = targets.get(name)
+            model, target = targets.get(name, (None, None))
             if name in resident:
                 self._settle(name, None)
             elif target is None or target.state == "retired":  # deleted (its model or it) meanwhile
                 self._settle(name, VersionGone("the model version no longer exists"))
             elif target.state not in SERVABLE:  # a request may load it on demand, or it is loading
-                self._settle(name, _load_failed(name, target.state, target.failure, models[name]))
+                self._settle(name, _load_failed(name, target.state, target.failure, model))
 
     def _wait(self, name: str, waiter: _Waiter, *, explicit: bool = False) -> None:
         with self._lock:
@@ -315,8 +314,8 @@ class Residency(ResidencyHooks):
         return len(self._waiters.get(name) or ())
 
     def after_pass(self, _seen: object = None) -> None:
-        """After each pass of the loop (leader): requests waiting for a version the budget step has held
-        back for want of room for `NO_ROOM_S` get 503 saying so (every version that could make room is
+        """After each pass of the loop (leader): requests that have waited `NO_ROOM_S` for a version the
+        budget step holds back for want of room get 503 saying so (every version that could make room is
         pinned or has requests in flight, or the version is bigger than the budget) instead of waiting
         out `wait_s` or a load timeout for room that may never come; the version stays asked for."""
         budgets = self.reconciler.budgets if self.reconciler is not None else None
