@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import Placement, TritonInstance
 from control_plane.db.session import transaction
 from control_plane.errors import AppError
 from control_plane.fleet import repository
@@ -401,16 +399,7 @@ class Actions:
     def _keep(self, instance: str, version_id: int) -> None:
         """An eviction that did not happen: the placement is desired and ready again."""
         with transaction(self.session_factory) as session:
-            session.execute(
-                update(Placement)
-                .where(
-                    Placement.version_id == version_id,
-                    Placement.instance_id.in_(
-                        select(TritonInstance.id).where(TritonInstance.name == instance).scalar_subquery()
-                    ),
-                )
-                .values(desired="ready")
-            )
+            repository.keep_placement(session, instance=instance, version_id=version_id)
         self.note_many(instance, [(version_id, "ready", None)])
 
     def _unload(self, endpoint: TritonEndpoint, name: str, version_id: int, *, why: str) -> bool:
@@ -444,12 +433,7 @@ class Actions:
     def _wanted_here(self, instance: str, version_id: int) -> bool:
         """Whether the version should stay on `instance` (desired there, or no longer ours to move)."""
         with self.session_factory() as session:
-            desired = session.scalar(
-                select(Placement.desired)
-                .join(TritonInstance, TritonInstance.id == Placement.instance_id)
-                .where(TritonInstance.name == instance, Placement.version_id == version_id)
-            )
-            return desired == "ready" or repository.version_state(session, version_id) != "ready"
+            return repository.wanted_on(session, instance=instance, version_id=version_id)
 
     def note_many(self, instance: str, notes: list[Note]) -> None:
         """Record placements' observed states (those that changed since this process last wrote them)."""

@@ -170,6 +170,34 @@ def want_placement(session: Session, *, instance_id: int, version_id: int, now: 
     )
 
 
+def keep_placement(session: Session, *, instance: str, version_id: int) -> None:
+    """An eviction that did not happen: the version's placement on `instance` is desired `ready` again."""
+    session.execute(
+        update(Placement)
+        .where(
+            Placement.version_id == version_id,
+            Placement.instance_id.in_(
+                select(TritonInstance.id).where(TritonInstance.name == instance).scalar_subquery()
+            ),
+        )
+        .values(desired="ready")
+    )
+
+
+def wanted_on(session: Session, *, instance: str, version_id: int) -> bool:
+    """Whether a version should stay on `instance`: desired there, or no longer `ready` in the registry
+    (deleted, retired, failed: not the loop's to move). One statement: the version's state and its
+    placement there."""
+    here = select(TritonInstance.id).where(TritonInstance.name == instance).scalar_subquery()
+    row = session.execute(
+        select(ModelVersion.state, Placement.desired)
+        .select_from(ModelVersion)
+        .outerjoin(Placement, (Placement.version_id == ModelVersion.id) & (Placement.instance_id == here))
+        .where(ModelVersion.id == version_id)
+    ).first()
+    return row is None or row[0] != "ready" or row[1] == "ready"
+
+
 def placements_of(session: Session, version_id: int) -> list[Placement]:
     """Every placement row of one version."""
     return list(session.scalars(select(Placement).where(Placement.version_id == version_id)))
