@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, partial
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import Placement, TritonInstance
+from control_plane.db.models import TritonInstance
 from control_plane.errors import AppError
 from control_plane.fleet.desired import Desired
 from control_plane.fleet.instances import TritonEndpoint
@@ -29,7 +28,6 @@ from control_plane.fleet.observed import InstanceObservation
 from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.residency.policy import Entry, decide
-from control_plane.routing.changes import mark_placements_changed
 
 log = logging.getLogger(__name__)
 PRESENT = ("READY", "LOADING")
@@ -243,7 +241,7 @@ class Budgets:
         if decision.evict:
             # Shown unloading at once: routes stop sending to them when this pass commits, before their
             # evictions start (which then need no write of their own before the unload).
-            _show(session, row.id, decision.evict, state="unloading", desired="absent")
+            repository.show_placements(session, row.id, decision.evict, state="unloading", desired="absent")
         held_back = set(decision.wait) | set(later)
         now = used
         evicted = set(decision.evict)
@@ -266,7 +264,7 @@ class Budgets:
         if held_back - set(later) - {v for _, v in plan.after_evictions}:
             self.held_for_room = True
         if plan.after_evictions:  # shown loading at once too: their workers start with nothing to write
-            _show(session, row.id, [v for _, v in plan.after_evictions], state="loading")
+            repository.show_placements(session, row.id, [v for _, v in plan.after_evictions], state="loading")
         plan.waiting = [names[v] for v in decision.wait]
         if decision.wait:
             plan.blockers = frozenset(
@@ -404,17 +402,6 @@ class Budgets:
             seen = 0.0 if fact is None else last.get(fact.triton_name, 0.0)
             merged.append(entry if seen <= entry.last_used else _replace_used(entry, seen))
         return merged
-
-
-def _show(session: Session, instance_id: int, version_ids: list[int], *, state: str, **values: str) -> None:
-    """Write placements' observed state (and `values`) on one instance in the pass's transaction; the
-    routing table's placements are read again when it commits."""
-    session.execute(
-        update(Placement)
-        .where(Placement.instance_id == instance_id, Placement.version_id.in_(version_ids))
-        .values(state=state, message=None, updated_at=datetime.now(UTC), **values)
-    )
-    mark_placements_changed(session)
 
 
 def _replace_used(entry: Entry, last_used: float) -> Entry:

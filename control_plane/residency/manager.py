@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import Model, ModelVersion
 from control_plane.db.session import transaction
 from control_plane.errors import AppError, NotFound, ServiceUnavailable
 from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
@@ -152,7 +150,7 @@ class Residency(ResidencyHooks):
         `NO_ROOM` (see `after_pass`)."""
         assert self.session_factory is not None
         with self.session_factory() as session:
-            name = session.scalar(select(ModelVersion.triton_name).where(ModelVersion.id == version_id))
+            name = repository.triton_name(session, version_id)
         if name is None:
             return "retired"
         event = threading.Event()
@@ -178,7 +176,7 @@ class Residency(ResidencyHooks):
             if outcome and outcome[-1] is None:
                 return "ready"
             with self.session_factory() as session:
-                state = session.scalar(select(ModelVersion.state).where(ModelVersion.id == version_id))
+                state = repository.version_state(session, version_id)
             # Settled with an error by a routing table from before this load asked for it (the version
             # still `failed` there) while the load is on its way: wait for the load's own outcome.
             if not outcome or state != "ready" or name in self.resident or time.monotonic() >= deadline:
@@ -272,15 +270,11 @@ class Residency(ResidencyHooks):
         assert self.session_factory is not None
         try:
             with transaction(self.session_factory) as session:
-                version = session.scalar(
-                    select(ModelVersion)
-                    .where(ModelVersion.triton_name == name)
-                    .with_for_update(key_share=True)
-                )
+                version = repository.lock_version_named(session, name)
                 if version is None or version.state == "retired":
                     raise VersionGone("the model version no longer exists")
                 if version.state == "failed" and not explicit:
-                    model = session.scalar(select(Model.name).where(Model.id == version.model_id))
+                    model = repository.model_name(session, version.model_id)
                     raise _load_failed(name, version.state, version.state_message, model)
                 if version.load_seconds:
                     self._load_s[name] = version.load_seconds
@@ -402,12 +396,7 @@ class Residency(ResidencyHooks):
         the reason); one that loaded before is retried by the loop (backing off)."""
         assert self.session_factory is not None
         with transaction(self.session_factory) as session:
-            if repository.ever_loaded(session, version_id):
-                return
-            version = session.get(ModelVersion, version_id, with_for_update={"key_share": True})
-            if version is not None and version.state == "ready":
-                version.state, version.state_message = "failed", message
-                version.updated_at = datetime.now(UTC)
+            repository.fail_first_load(session, version_id, message)
 
     def live_sizes(self, endpoint: TritonEndpoint) -> dict[str, int]:
         """Triton model name -> resident bytes of its stubs now, for a Triton on this machine. Passes
@@ -475,12 +464,7 @@ class Residency(ResidencyHooks):
             before.version_bytes - sizes.stub_bytes(pid, name) - max(0, sizes.rss(pid) - before.triton_bytes)
         )
         with self.session_factory() as session:
-            recorded = session.execute(
-                select(ModelVersion.memory_bytes, ModelVersion.memory_unreturned_bytes).where(
-                    ModelVersion.id == version_id
-                )
-            ).one_or_none()
-        expected, unreturned_before = recorded if recorded is not None else (None, None)
+            expected, unreturned_before = repository.unreturned_record(session, version_id)
         if not expected:
             return
         unreturned = None if returned >= expected // 2 else expected - max(returned, 0)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Alias, Model, ModelVersion, Placement, Tenant
+from control_plane.routing.changes import mark_placements_changed
 
 
 def pinned_versions(session: Session) -> set[int]:
@@ -120,6 +121,63 @@ def record_unreturned(session: Session, *, version_id: int, unreturned: int | No
     session.execute(
         update(ModelVersion).where(ModelVersion.id == version_id).values(memory_unreturned_bytes=unreturned)
     )
+
+
+def unreturned_record(session: Session, version_id: int) -> tuple[int | None, int | None]:
+    """A version's recorded memory and what its last unload did not give back (None, None: no version)."""
+    row = session.execute(
+        select(ModelVersion.memory_bytes, ModelVersion.memory_unreturned_bytes).where(
+            ModelVersion.id == version_id
+        )
+    ).one_or_none()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def triton_name(session: Session, version_id: int) -> str | None:
+    """A version's Triton model name (None: no such version)."""
+    return session.scalar(select(ModelVersion.triton_name).where(ModelVersion.id == version_id))
+
+
+def version_state(session: Session, version_id: int) -> str | None:
+    """A version's registry state (None: no such version)."""
+    return session.scalar(select(ModelVersion.state).where(ModelVersion.id == version_id))
+
+
+def lock_version_named(session: Session, name: str) -> ModelVersion | None:
+    """The version of a Triton model name, its row locked against concurrent state changes (as every
+    writer of a version's state locks it: `FOR NO KEY UPDATE` on Postgres)."""
+    return session.scalar(
+        select(ModelVersion).where(ModelVersion.triton_name == name).with_for_update(key_share=True)
+    )
+
+
+def model_name(session: Session, model_id: int) -> str | None:
+    """A model's name, as its tenant calls it."""
+    return session.scalar(select(Model.name).where(Model.id == model_id))
+
+
+def fail_first_load(session: Session, version_id: int, message: str) -> None:
+    """A `ready` version that was never loaded anywhere becomes `failed` with the load's reason (one
+    that loaded before stays `ready`: the loop retries it)."""
+    if ever_loaded(session, version_id):
+        return
+    version = session.get(ModelVersion, version_id, with_for_update={"key_share": True})
+    if version is not None and version.state == "ready":
+        version.state, version.state_message = "failed", message
+        version.updated_at = datetime.now(UTC)
+
+
+def show_placements(
+    session: Session, instance_id: int, version_ids: list[int], *, state: str, **values: str
+) -> None:
+    """Write placements' observed state (and `values`) on one instance in the caller's transaction; the
+    routing table's placements are read again when it commits."""
+    session.execute(
+        update(Placement)
+        .where(Placement.instance_id == instance_id, Placement.version_id.in_(version_ids))
+        .values(state=state, message=None, updated_at=datetime.now(UTC), **values)
+    )
+    mark_placements_changed(session)
 
 
 def ever_loaded(session: Session, version_id: int) -> bool:
