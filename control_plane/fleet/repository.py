@@ -11,7 +11,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import Model, ModelReplicas, ModelVersion, Placement, TritonInstance
+from control_plane.db.models import Model, ModelReplicas, ModelVersion, Placement, Tenant, TritonInstance
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,25 @@ def get_instance(session: Session, name: str, *, lock: bool = False) -> TritonIn
     """The instance row named `name`."""
     query = select(TritonInstance).where(TritonInstance.name == name)
     return session.scalar(query.with_for_update() if lock else query)
+
+
+def another_live_instance(session: Session, name: str) -> bool:
+    """Whether an instance other than `name` is in the fleet and not draining."""
+    found = session.scalar(
+        select(TritonInstance.id)
+        .where(TritonInstance.name != name, TritonInstance.draining_since.is_(None))
+        .limit(1)
+    )
+    return found is not None
+
+
+def instance_at(session: Session, http_url: str, *, other_than: str) -> str | None:
+    """The name of another instance with this address, if any."""
+    return session.scalar(
+        select(TritonInstance.name).where(
+            TritonInstance.http_url == http_url, TritonInstance.name != other_than
+        )
+    )
 
 
 def instance_ids(session: Session, names: Collection[str]) -> dict[str, int]:
@@ -196,6 +215,70 @@ def wanted_on(session: Session, *, instance: str, version_id: int) -> bool:
         .where(ModelVersion.id == version_id)
     ).first()
     return row is None or row[0] != "ready" or row[1] == "ready"
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPlacement:
+    """A placement with the names the API shows it by."""
+
+    placement: Placement
+    tenant: str
+    model: str
+    version: int
+    triton_name: str
+
+
+def named_placements(session: Session, instance_ids: Collection[int]) -> list[NamedPlacement]:
+    """The placements on these instances, by tenant, model and version."""
+    query = (
+        select(Placement, Tenant.name, Model.name, ModelVersion.version, ModelVersion.triton_name)
+        .join(ModelVersion, ModelVersion.id == Placement.version_id)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .join(Tenant, Tenant.id == Model.tenant_id)
+        .where(Placement.instance_id.in_(list(instance_ids)))
+        .order_by(Tenant.name, Model.name, ModelVersion.version)
+    )
+    return [NamedPlacement(*row) for row in session.execute(query).tuples()]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPlaced:
+    """A live version of a model and its placements: (instance, desired, observed, message) each."""
+
+    version: int
+    state: str
+    placements: list[tuple[str, str, str, str | None]]
+
+
+def model_versions_placed(session: Session, model_id: int) -> list[VersionPlaced]:
+    """The model's versions that are not retired, by number, each with its placements by instance name
+    (one statement)."""
+    query = (
+        select(
+            ModelVersion.id,
+            ModelVersion.version,
+            ModelVersion.state,
+            TritonInstance.name,
+            Placement.desired,
+            Placement.state,
+            Placement.message,
+        )
+        .outerjoin(Placement, Placement.version_id == ModelVersion.id)
+        .outerjoin(TritonInstance, TritonInstance.id == Placement.instance_id)
+        .where(ModelVersion.model_id == model_id, ModelVersion.state != "retired")
+        .order_by(ModelVersion.version, TritonInstance.name)
+    )
+    found: dict[int, VersionPlaced] = {}
+    for version_id, number, state, instance, desired, observed, message in session.execute(query).tuples():
+        placed = found.setdefault(version_id, VersionPlaced(version=number, state=state, placements=[]))
+        if instance is not None:
+            placed.placements.append((instance, desired, observed, message))
+    return list(found.values())
+
+
+def replicas_setting(session: Session, model_id: int, *, lock: bool = False) -> ModelReplicas | None:
+    """A model's replicas setting row (None: the default)."""
+    return session.get(ModelReplicas, model_id, with_for_update=lock or None)
 
 
 def placements_of(session: Session, version_id: int) -> list[Placement]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
-from control_plane.db.models import Model, ModelReplicas, ModelVersion, Placement, Tenant, TritonInstance
+from control_plane.db.models import Model, ModelReplicas, Tenant, TritonInstance
 from control_plane.fleet import repository
 from control_plane.fleet.exceptions import InstanceConflict, InstanceNotFound
 from control_plane.fleet.instances import grpc_url_for
@@ -83,12 +82,7 @@ def drain_instance(session: Session, *, ctx: RequestContext, name: str) -> Trito
         raise InstanceConflict("the embedded Triton belongs to the process that runs it; stop that process")
     if row.draining_since is not None:
         return row
-    others = session.scalar(
-        select(TritonInstance.id)
-        .where(TritonInstance.name != name, TritonInstance.draining_since.is_(None))
-        .limit(1)
-    )
-    if others is None:
+    if not repository.another_live_instance(session, name):
         raise InstanceConflict(
             f"instance '{name}' is the last one: no other instance can take its placements"
         )
@@ -105,25 +99,18 @@ def describe(row: TritonInstance, *, state: AppState, session: Session) -> Insta
 
 def model_placement(session: Session, *, state: AppState, model: Model) -> ModelPlacement:
     """The model's replicas and where each of its live versions is placed."""
-    setting = session.get(ModelReplicas, model.id)
-    rows = session.execute(
-        select(ModelVersion.id, ModelVersion.version, ModelVersion.state)
-        .where(ModelVersion.model_id == model.id, ModelVersion.state != "retired")
-        .order_by(ModelVersion.version)
-    ).tuples()
-    versions = []
-    for version_id, number, version_state in rows:
-        placed = session.execute(
-            select(TritonInstance.name, Placement.desired, Placement.state, Placement.message)
-            .join(Placement, Placement.instance_id == TritonInstance.id)
-            .where(Placement.version_id == version_id)
-            .order_by(TritonInstance.name)
-        ).tuples()
-        instances = [
-            VersionInstance(instance=i, desired=d, observed=o, message=m)  # type: ignore[arg-type]
-            for i, d, o, m in placed
-        ]
-        versions.append(VersionPlacement(version=number, state=version_state, instances=instances))
+    setting = repository.replicas_setting(session, model.id)
+    versions = [
+        VersionPlacement(
+            version=placed.version,
+            state=placed.state,  # type: ignore[arg-type]
+            instances=[
+                VersionInstance(instance=i, desired=d, observed=o, message=m)  # type: ignore[arg-type]
+                for i, d, o, m in placed.placements
+            ],
+        )
+        for placed in repository.model_versions_placed(session, model.id)
+    ]
     replicas = setting.replicas if setting is not None else state.settings.default_replicas
     return ModelPlacement(
         replicas=replicas,
@@ -157,7 +144,7 @@ def set_replicas(
     session: Session, *, ctx: RequestContext, tenant: Tenant, model: Model, replicas: int
 ) -> None:
     """Set how many instances serve each servable version of the model (audited; the loop acts on it)."""
-    setting = session.get(ModelReplicas, model.id, with_for_update=True)
+    setting = repository.replicas_setting(session, model.id, lock=True)
     before = None if setting is None else setting.replicas
     if setting is None:
         session.add(ModelReplicas(model_id=model.id, replicas=replicas))
@@ -185,9 +172,7 @@ def _found(session: Session, name: str, *, lock: bool = False) -> TritonInstance
 
 
 def _check_address_free(session: Session, http_url: str, *, name: str) -> None:
-    other = session.scalar(
-        select(TritonInstance.name).where(TritonInstance.http_url == http_url, TritonInstance.name != name)
-    )
+    other = repository.instance_at(session, http_url, other_than=name)
     if other is not None:
         raise InstanceConflict(f"instance '{other}' already has the address {http_url}")
 
@@ -217,22 +202,15 @@ def _audit(
 
 
 def _placements_by_instance(session: Session, instance_ids: list[int]) -> dict[int, list[PlacementOut]]:
-    query = (
-        select(Placement, Tenant.name, Model.name, ModelVersion.version, ModelVersion.triton_name)
-        .join(ModelVersion, ModelVersion.id == Placement.version_id)
-        .join(Model, Model.id == ModelVersion.model_id)
-        .join(Tenant, Tenant.id == Model.tenant_id)
-        .where(Placement.instance_id.in_(instance_ids))
-        .order_by(Tenant.name, Model.name, ModelVersion.version)
-    )
     found: dict[int, list[PlacementOut]] = {}
-    for placement, tenant, model, version, triton_name in session.execute(query).tuples():
+    for named in repository.named_placements(session, instance_ids):
+        placement = named.placement
         found.setdefault(placement.instance_id, []).append(
             PlacementOut(
-                tenant=tenant,
-                model=model,
-                version=version,
-                triton_model=triton_name,
+                tenant=named.tenant,
+                model=named.model,
+                version=named.version,
+                triton_model=named.triton_name,
                 desired=placement.desired,  # type: ignore[arg-type]
                 observed=placement.state,
                 message=placement.message,

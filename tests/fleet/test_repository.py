@@ -11,6 +11,7 @@ from control_plane.db.models import Placement
 from control_plane.db.session import transaction
 from control_plane.fleet import repository
 from tests.fleet.conftest import Fleet
+from tests.support import builders
 
 
 def _place(fleet: Fleet, instance: str, version_id: int, *, desired: str) -> None:
@@ -75,3 +76,29 @@ def test_keep_placement_desires_the_version_again_on_that_instance_only(fleet: F
     with fleet.session_factory() as session:
         desired = set(session.scalars(select(Placement.desired).where(Placement.version_id == version.id)))
     assert desired == {"ready", "absent"}
+
+
+def test_model_versions_placed_lists_live_versions_with_their_placements_in_order(fleet: Fleet) -> None:
+    fleet.endpoint("http://127.0.0.1:1", name="b-instance")
+    fleet.endpoint("http://127.0.0.1:2", name="a-instance")
+    with transaction(fleet.session_factory) as session:
+        tenant = builders.tenant(session, name=builders.unique_name("placed"))
+        model = builders.model(session, tenant_row=tenant, format="python")
+        other = builders.model(session, tenant_row=tenant, format="python")
+        ids = {
+            number: builders.version(session, model_row=model, number=number, state=state).id
+            for number, state in ((3, "ready"), (1, "ready"), (2, "retired"), (4, "registered"))
+        }
+        elsewhere = builders.version(session, model_row=other, number=1, state="ready").id
+        model_id = model.id
+    _place(fleet, "b-instance", ids[1], desired="ready")
+    _place(fleet, "a-instance", ids[1], desired="absent")
+    _place(fleet, "a-instance", ids[2], desired="ready")
+    _place(fleet, "a-instance", elsewhere, desired="ready")
+    with fleet.session_factory() as session:
+        placed = repository.model_versions_placed(session, model_id)
+    assert [(p.version, p.state, [(i, d) for i, d, _, _ in p.placements]) for p in placed] == [
+        (1, "ready", [("a-instance", "absent"), ("b-instance", "ready")]),
+        (3, "ready", []),
+        (4, "registered", []),
+    ]
