@@ -9,11 +9,10 @@ import time
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import ApiKey
 from control_plane.errors import Forbidden, NotFound, Unauthorized
+from control_plane.keys import repository as keys
 from control_plane.keys.secrets import hash_key, prefix_of
 from control_plane.routing.table import KeyEntry, RoutingTable
 
@@ -120,12 +119,9 @@ class KeyUsage:
         if not seen:
             return
         with self.session_factory() as session, session.begin():
-            for key_id, when in seen.items():
-                session.execute(
-                    update(ApiKey)
-                    .where(ApiKey.id == key_id)
-                    .values(last_used_at=datetime.fromtimestamp(when, tz=UTC))
-                )
+            keys.record_last_used(
+                session, {key_id: datetime.fromtimestamp(when, tz=UTC) for key_id, when in seen.items()}
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_every_s):

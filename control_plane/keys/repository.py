@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import ApiKey
@@ -21,3 +24,9 @@ def for_tenant(session: Session, tenant_id: int) -> list[ApiKey]:
 def get(session: Session, *, tenant_id: int, key_id: int) -> ApiKey | None:
     """One key of a tenant."""
     return session.scalar(select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id))
+
+
+def record_last_used(session: Session, used: Mapping[int, datetime]) -> None:
+    """Each key's last use (key id -> when)."""
+    for key_id, when in used.items():
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))

@@ -12,7 +12,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import ModelVersion
@@ -64,16 +63,7 @@ class KeepWarmJanitor:
         """Unload every version whose keep-warm period is over; returns their ids."""
         cutoff = datetime.now(UTC) - self.keep_warm
         with self.session_factory() as session:
-            candidates = list(
-                session.scalars(
-                    select(ModelVersion.id).where(
-                        ModelVersion.state == "ready",
-                        ModelVersion.released_at.is_not(None),
-                        ModelVersion.released_at < cutoff,
-                        ModelVersion.updated_at < cutoff,
-                    )
-                )
-            )
+            candidates = repository.released_before(session, cutoff)
         unloaded = [version_id for version_id in candidates if self._claim(version_id, cutoff)]
         for version_id in unloaded:
             self.loader.unload(version_id)

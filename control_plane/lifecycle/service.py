@@ -6,7 +6,6 @@ import logging
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.audit import service as audit
@@ -121,13 +120,7 @@ def _move(
 
 
 def _previous(session: Session, alias: Alias) -> ModelVersion:
-    last = session.scalar(
-        select(AliasHistory)
-        .where(AliasHistory.alias_id == alias.id, AliasHistory.to_version_id == alias.version_id)
-        .where(AliasHistory.from_version_id.is_not(None))
-        .order_by(AliasHistory.id.desc())
-        .limit(1)
-    )
+    last = repository.last_move_to(session, alias_id=alias.id, version_id=alias.version_id)
     if last is None or last.from_version_id is None:
         raise VersionConflict(f"alias '{alias.name}' has no previous version to roll back to")
     previous = session.get(ModelVersion, last.from_version_id)
@@ -312,9 +305,7 @@ def history(session: Session, *, model: Model, alias_name: str) -> list[HistoryE
     numbers = {
         v.id: v.version for v in repository.list_versions(session, model_id=model.id, include_retired=True)
     }
-    rows = session.scalars(
-        select(AliasHistory).where(AliasHistory.alias_id == alias.id).order_by(AliasHistory.id.desc())
-    )
+    rows = repository.alias_history(session, alias_id=alias.id)
     return [
         HistoryEntry(
             action=row.action,

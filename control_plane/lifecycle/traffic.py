@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.audit import service as audit
@@ -92,9 +91,7 @@ def describe(session: Session, *, state: AppState, tenant: Tenant, model: Model,
     numbers = {
         v.id: v.version for v in repository.list_versions(session, model_id=model.id, include_retired=True)
     }
-    routes = list(
-        session.scalars(select(AliasRoute).where(AliasRoute.alias_id == alias.id).order_by(AliasRoute.id))
-    )
+    routes = repository.alias_routes(session, alias_id=alias.id)
     weighted = [Route(version=numbers[r.version_id], weight=r.weight) for r in routes if r.kind == "weighted"]
     shadow_row = next((r for r in routes if r.kind == "shadow"), None)
     shadow = Shadow(version=numbers[shadow_row.version_id], percent=shadow_row.weight) if shadow_row else None

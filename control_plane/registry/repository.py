@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion, Placement, TritonInstance
+from control_plane.db.models import (
+    Alias,
+    AliasHistory,
+    AliasRoute,
+    Model,
+    ModelVersion,
+    Placement,
+    TritonInstance,
+)
 from control_plane.routing.changes import mark_routing_changed
 
 
@@ -68,6 +78,47 @@ def get_alias(session: Session, *, model_id: int, name: str, lock: bool = False)
     if lock:
         stmt = stmt.with_for_update()
     return session.scalar(stmt)
+
+
+def alias_routes(session: Session, *, alias_id: int) -> list[AliasRoute]:
+    """An alias' traffic routes (weighted and shadow), in the order they were set."""
+    return list(
+        session.scalars(select(AliasRoute).where(AliasRoute.alias_id == alias_id).order_by(AliasRoute.id))
+    )
+
+
+def alias_history(session: Session, *, alias_id: int) -> list[AliasHistory]:
+    """Every move of an alias, newest first."""
+    return list(
+        session.scalars(
+            select(AliasHistory).where(AliasHistory.alias_id == alias_id).order_by(AliasHistory.id.desc())
+        )
+    )
+
+
+def last_move_to(session: Session, *, alias_id: int, version_id: int) -> AliasHistory | None:
+    """The alias' latest move onto `version_id` from another version (what a rollback undoes)."""
+    return session.scalar(
+        select(AliasHistory)
+        .where(AliasHistory.alias_id == alias_id, AliasHistory.to_version_id == version_id)
+        .where(AliasHistory.from_version_id.is_not(None))
+        .order_by(AliasHistory.id.desc())
+        .limit(1)
+    )
+
+
+def released_before(session: Session, cutoff: datetime) -> list[int]:
+    """Ids of `ready` versions released (no alias or route left) and untouched since before `cutoff`."""
+    return list(
+        session.scalars(
+            select(ModelVersion.id).where(
+                ModelVersion.state == "ready",
+                ModelVersion.released_at.is_not(None),
+                ModelVersion.released_at < cutoff,
+                ModelVersion.updated_at < cutoff,
+            )
+        )
+    )
 
 
 def remove_routes(session: Session, *, alias_id: int, kind: str | None = None) -> set[int]:
