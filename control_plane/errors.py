@@ -61,6 +61,14 @@ class InvalidRequest(AppError):
     kind = "InvalidRequest"
 
 
+class ClientClosed(AppError):
+    """The client went away (closed the connection, reset or cancelled the call) before its answer: nobody
+    reads this; it is what the request's metrics record (499, as nginx logs it)."""
+
+    status_code = 499
+    kind = "ClientClosedRequest"
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     kind = "ServiceUnavailable"

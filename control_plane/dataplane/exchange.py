@@ -40,6 +40,7 @@ class Exchange:
     upstream_s: float | None = None
     protocol: str = "http"  # "http" or "grpc": the metrics' label
     reloaded: bool = False  # its version was gone from Triton once and the request waited for it again
+    cancel: Callable[[], None] | None = None  # while it waits for its version: what ends the wait
 
     def header(self, name: bytes) -> str | None:
         """A request header by lower-case name."""

@@ -167,6 +167,13 @@ class FastPathProtocol(GuardedProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        """A fast request still waiting for its version's load stops waiting (nobody reads its answer)."""
+        serving = self._serving
+        if serving is not None and serving.ex is not None and serving.ex.cancel is not None:
+            serving.ex.cancel()
+        super().connection_lost(exc)
+
     def _answering(self) -> bool:
         return self._serving is not None or super()._answering()
 

@@ -37,7 +37,7 @@ from control_plane.dataplane.grpc_server import GrpcServerConnection, ServerCall
 from control_plane.dataplane.h2client import GrpcAnswer, H2Pool
 from control_plane.dataplane.infer import begin, check_rate, observe, start_forward
 from control_plane.dataplane.rewrite import HIDDEN_EXTENSIONS
-from control_plane.errors import AppError, UpstreamTimeout
+from control_plane.errors import AppError, ClientClosed, UpstreamTimeout
 from control_plane.routing.router import ModelLoading, Resolved
 from control_plane.state import AppState
 
@@ -197,8 +197,10 @@ class GrpcProxy:
         try:
             request = self._admit(ex, message)
             assert ex.resolved is not None
-            send = self._sender(call, ex.resolved, request, timeout)
+            send = self._sender(call, ex, request, timeout)
             start_forward(state, ex, send=send, done=done, gone=_gone)
+            if ex.cancel is not None:  # waiting for its version's load: a reset ends the wait
+                call.on_cancel = ex.cancel
         except Exception as exc:
             self._finish(connection, call, ex, exc)
 
@@ -231,16 +233,17 @@ class GrpcProxy:
         failure = RpcFailure.of(error)
         if failure.code == Code.INTERNAL and not isinstance(error, RpcFailure | AppError):
             log.error("gRPC call failed unexpectedly", exc_info=error)
-        ex.status = "CANCELLED" if isinstance(error, CallCancelled) else failure.code.name
+        ex.status = "CANCELLED" if isinstance(error, CallCancelled | ClientClosed) else failure.code.name
         connection.fail(call, failure)
         observe(self.state, ex, total_s=time.perf_counter() - ex.started)
 
     def _sender(
-        self, call: ServerCall, resolved: Resolved, request: bytes, timeout: float
+        self, call: ServerCall, ex: Exchange, request: bytes, timeout: float
     ) -> Callable[[Callable[[Outcome], None]], None]:
         """The gRPC `send` for the core: an instance with the version ready, once more on another if the
         first could not be reached (refused, reset, not processed) before any answer."""
-        balancer, name = self.state.upstream, resolved.triton_name
+        assert ex.resolved is not None
+        balancer, name = self.state.upstream, ex.resolved.triton_name
 
         def send(settle: Callable[[Outcome], None]) -> None:
             to(balancer.choose(name), False, settle)
@@ -254,6 +257,8 @@ class GrpcProxy:
                 call.on_cancel = None
                 if answer is not None:
                     settle(answer)
+                    if ex.cancel is not None:  # Triton no longer had it: waiting for it again
+                        call.on_cancel = ex.cancel
                 elif isinstance(exc, CallCancelled):
                     settle(exc)
                 elif isinstance(exc, TimeoutError):

@@ -196,6 +196,11 @@ class GrpcServerConnection(H2Connection):
         for call in calls.values():
             self._cancel(call)
 
+    def fail_connection(self, code: int, message: str, last_stream_id: int = 0) -> None:
+        """GOAWAY naming the last call taken: those up to it may have run, so a client must not send
+        them again elsewhere as never processed (RFC 9113, 6.8); then close."""
+        super().fail_connection(code, message, last_stream_id or self._last_stream_id)
+
     def shutdown(self) -> None:
         """Stop taking calls (GOAWAY); close once those in progress are answered."""
         self._goaway = True

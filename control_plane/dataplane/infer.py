@@ -67,31 +67,53 @@ def start_forward(
     done: Callable[[T], None],
     gone: Callable[[T], bool] | None = None,
 ) -> None:
-    """Forward a checked request to the resolved version, for every protocol: hold a tenant slot and
-    count the request in flight (per version and per protocol) until its answer is in.
+    """Forward a checked request to the resolved version, for every protocol: hold a tenant slot from
+    now until the answer is in (a request waiting for its version's load holds one too: it is in
+    flight for its tenant) and count the request in flight per version and per protocol while it is
+    sent.
 
     `send(settle)` is the protocol's: it sends the request to an instance of the version and calls
-    `settle` once with the answer or the error. Raises (429, 503) before anything is sent; after
-    that, `done` gets what `send` settled with. `gone(answer)` says Triton answered that it does not
-    have the version (evicted or unloaded after the routing table said resident): the request then
-    waits for it like a cold one and is sent again, once.
+    `settle` once with the answer or the error. Raises (429) before anything is sent or waited for;
+    after that, `done` gets what `send` settled with, or what ended the wait (503, 404, or
+    `ClientClosed` once the protocol called `ex.cancel`). `gone(answer)` says Triton answered that it
+    does not have the version (evicted or unloaded after the routing table said resident): the
+    request then waits for it like a cold one and is sent again, once.
     """
     resolved, caller = ex.resolved, ex.caller
     assert resolved is not None and caller is not None
-    name, tenant_id = resolved.triton_name, caller.tenant_id
-    residency = state.residency
-    if name not in residency.resident:  # residency (issue 12): load on demand, then forward
-        _forward_when_resident(state, ex, send, done, gone)
+    state.limits.acquire(caller.tenant_id)
+    if resolved.triton_name in state.residency.resident:
+        _send(state, ex, send, done, gone, hit=True)
         return
-    limits, inflight = state.limits, state.inflight
+    try:  # residency (issue 12): load on demand, then forward
+        _send_when_resident(state, ex, send, done, gone)
+    except BaseException:
+        state.limits.release(caller.tenant_id)
+        raise
+
+
+def _send(
+    state: AppState,
+    ex: Exchange,
+    send: Send[T],
+    done: Callable[[T], None],
+    gone: Callable[[T], bool] | None,
+    *,
+    hit: bool,
+) -> None:
+    """Send now, holding the tenant's slot (given back with the answer, or if `send` raises)."""
+    resolved, caller = ex.resolved, ex.caller
+    assert resolved is not None and caller is not None
+    name, tenant_id = resolved.triton_name, caller.tenant_id
+    limits, inflight, residency = state.limits, state.inflight, state.residency
     metrics = state.metrics
     gauge = metrics.http_in_flight if ex.protocol == "http" else metrics.in_flight.labels(ex.protocol)
-    limits.acquire(tenant_id)
     inflight[name] += 1  # neither keep-warm nor eviction unloads a version with requests in flight
     gauge.inc()
     began = time.perf_counter()
     residency.used[name] = began  # residency (issue 12): recency for eviction
-    residency.stats.hits += 1
+    if hit:
+        residency.stats.hits += 1
 
     def settle(outcome: T) -> None:
         ex.upstream_s = time.perf_counter() - began
@@ -99,12 +121,16 @@ def start_forward(
         if name in residency.blockers and not inflight[name]:
             residency.unblocked(name)  # a version waits for the room it can now give
         gauge.dec()
-        limits.release(tenant_id)
         if gone is not None and not ex.reloaded and gone(outcome):
             ex.reloaded = True
             residency.gone(name)
-            _forward_when_resident(state, ex, send, done, gone)
+            try:
+                _send_when_resident(state, ex, send, done, gone)  # still holding the slot
+            except Exception as exc:
+                limits.release(tenant_id)
+                done(_as_error(exc))  # type: ignore[arg-type]  # every protocol's outcome takes an AppError
             return
+        limits.release(tenant_id)
         done(outcome)
 
     try:
@@ -116,26 +142,38 @@ def start_forward(
         raise
 
 
-def _forward_when_resident(
+def _send_when_resident(
     state: AppState,
     ex: Exchange,
     send: Send[T],
     done: Callable[[T], None],
     gone: Callable[[T], bool] | None,
 ) -> None:
-    """Residency (issue 12): forward once the version is resident, or answer the 503 saying why not."""
+    """Residency (issue 12): send once the version is resident, or answer why not (503, 404), holding
+    the tenant's slot meanwhile; `ex.cancel` ends the wait if the client goes away."""
+    resolved, caller = ex.resolved, ex.caller
+    assert resolved is not None and caller is not None
 
     def resident(error: AppError | None) -> None:
+        ex.cancel = None
         if error is not None:
+            state.limits.release(caller.tenant_id)
             done(error)  # type: ignore[arg-type]  # every protocol's outcome type takes an AppError
             return
         try:
-            start_forward(state, ex, send=send, done=done, gone=gone)
-        except AppError as exc:
-            done(exc)  # type: ignore[arg-type]
+            _send(state, ex, send, done, gone, hit=False)
+        except Exception as exc:  # `_send` gave the slot back
+            done(_as_error(exc))  # type: ignore[arg-type]
 
-    assert ex.resolved is not None
-    state.residency.when_resident(ex.resolved, resident)
+    ex.cancel = state.residency.when_resident(resolved, resident)
+
+
+def _as_error(exc: Exception) -> AppError:
+    """An exception raised while forwarding from a callback, as the error to answer with."""
+    if isinstance(exc, AppError):
+        return exc
+    log.error("forwarding a request failed", exc_info=exc)
+    return AppError("internal error")
 
 
 def http_gone(outcome: UpstreamResponse | AppError) -> bool:

@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.session import transaction
-from control_plane.errors import AppError, NotFound, ServiceUnavailable
+from control_plane.errors import AppError, ClientClosed, NotFound, ServiceUnavailable
 from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
@@ -72,6 +73,7 @@ class _Waiter:
     started: float
     loop: asyncio.AbstractEventLoop | None
     timer: asyncio.TimerHandle | None = None
+    gone: bool = False  # its client went away (after the version was found resident, before `_finish`)
 
 
 class Residency(ResidencyHooks):
@@ -113,29 +115,18 @@ class Residency(ResidencyHooks):
 
     # --- data plane ----------------------------------------------------------------------------
 
-    def when_resident(self, resolved: Resolved, done: Done) -> None:
+    def when_resident(self, resolved: Resolved, done: Done) -> Callable[[], None] | None:
         """Call `done(None)` once the version is resident (now, if it is), or `done(error)`: 503 with
-        Retry-After when the wait is over or the load failed. Call from the event loop."""
+        Retry-After when the wait is over or the load failed. Call from the event loop. Returns, while
+        the request waits, what to call if its client goes away: the request stops waiting (`done`
+        gets `ClientClosed` at once) and stops counting as a reason to keep or load the version."""
         name = resolved.triton_name
         if name in self.resident:
             done(None)
-            return
-        self._wait(name, _Waiter(done, time.perf_counter(), asyncio.get_running_loop()))
-
-    async def wait_resident(self, resolved: Resolved) -> None:
-        """`when_resident`, awaited; raises the error."""
-        if resolved.triton_name in self.resident:
-            return
-        future: asyncio.Future[AppError | None] = asyncio.get_running_loop().create_future()
-
-        def done(error: AppError | None) -> None:
-            if not future.done():
-                future.set_result(error)
-
-        self.when_resident(resolved, done)
-        error = await future
-        if error is not None:
-            raise error
+            return None
+        waiter = _Waiter(done, time.perf_counter(), asyncio.get_running_loop())
+        self._wait(name, waiter)
+        return partial(self._abandon, name, waiter)
 
     def prefetch(self, name: str) -> None:
         """Start loading a version nobody waits for (a shadow that is not resident)."""
@@ -236,6 +227,15 @@ class Residency(ResidencyHooks):
                 )
             )
 
+    def _abandon(self, name: str, waiter: _Waiter) -> None:
+        """The waiting request's client went away (on the event loop)."""
+        waiter.gone = True
+        if self._drop(name, waiter):
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            self.stats.gave_up()
+            waiter.done(ClientClosed("the client went away while the model version was loading"))
+
     def _drop(self, name: str, waiter: _Waiter) -> bool:
         with self._lock:
             waiters = self._waiters.get(name)
@@ -256,9 +256,11 @@ class Residency(ResidencyHooks):
     def _finish(self, waiter: _Waiter, error: AppError | None) -> None:
         if waiter.timer is not None:
             waiter.timer.cancel()
+        if waiter.gone:  # settled, then its client went away before this ran: not sent after all
+            self.stats.gave_up()
+            waiter.done(ClientClosed("the client went away while the model version was loading"))
+            return
         self.stats.cold_start(time.perf_counter() - waiter.started, ok=error is None)
-        if error is None:
-            self.stats.hits -= 1  # the forward after the wait counts itself as a hit: it was a miss
         waiter.done(error)
 
     def _retry_after(self, name: str) -> int:

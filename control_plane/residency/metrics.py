@@ -27,6 +27,7 @@ class ResidencyStats:
         self._lock = threading.Lock()
         self.hits = 0  # requests whose version was resident (the data plane adds to it)
         self.misses = 0  # requests that had to wait for a load
+        self.abandoned = 0  # of those, the ones whose clients went away while they waited
         self.cold_buckets = [0] * len(_LE)
         self.cold_sum = 0.0
         self.cold_failed = 0  # waits that ended in 503 (timeout or failed load)
@@ -47,6 +48,12 @@ class ResidencyStats:
                 self.cold_failed += 1
             self.cold_buckets[bisect_left(COLD_BUCKETS, seconds)] += 1
             self.cold_sum += seconds
+
+    def gave_up(self) -> None:
+        """One request that waited for a load until its client went away (a miss, not a cold start)."""
+        with self._lock:
+            self.misses += 1
+            self.abandoned += 1
 
     def evicted(self, instance: str, reason: str) -> None:
         """Count an eviction."""
@@ -83,6 +90,7 @@ class _Collector:
         s = self.stats
         with s._lock:
             hits, misses, failed, skipped = s.hits, s.misses, s.cold_failed, s.shadow_skipped
+            abandoned = s.abandoned
             buckets, total = list(s.cold_buckets), s.cold_sum
             evictions, in_flight = dict(s.evictions), s.loads_in_flight
             per_instance = {
@@ -98,6 +106,11 @@ class _Collector:
             "cp_residency_cold_failures",
             "cold requests answered 503 (wait over or load failed)",
             value=failed,
+        )
+        yield CounterMetricFamily(
+            "cp_residency_abandoned",
+            "cold requests whose clients went away while they waited (misses, not in the histogram)",
+            value=abandoned,
         )
         yield CounterMetricFamily(
             "cp_residency_shadow_skipped", "mirrors skipped: shadow version not resident", value=skipped

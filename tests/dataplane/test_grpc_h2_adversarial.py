@@ -129,6 +129,10 @@ def goaway_code(frames: list[tuple[int, int, int, bytes]]) -> int | None:
     return codes[0] if codes else None
 
 
+def goaway_last_stream(frames: list[tuple[int, int, int, bytes]]) -> int:
+    return next(int.from_bytes(p[:4], "big") & 0x7FFFFFFF for kind, _, _, p in frames if kind == h2.GOAWAY)
+
+
 @pytest.fixture
 def raw(setup: tuple[Api, Deployed]) -> Iterator[Callable[..., Raw]]:
     opened: list[Raw] = []
@@ -220,6 +224,10 @@ def test_a_reset_flood_ends_the_connection_and_bounds_triton_work(
             break
     frames, _ = attacker.frames(until=lambda f: goaway_code(f) is not None)
     assert goaway_code(frames) == h2.ENHANCE_YOUR_CALM
+    # The calls it took may have run: the GOAWAY names the last, so a client does not send them again
+    # as never processed (it said 0).
+    last = goaway_last_stream(frames)
+    assert last % 2 == 1 and 201 <= last <= stream_id, last
     served(api, d)
     assert inferences(triton, d) - before <= 100 + 256 + 1  # the allowance, the stream cap, `served`
 

@@ -1,0 +1,209 @@
+"""Requests that wait for a cold version's load, against the real bundled Triton: a client that goes away
+(HTTP connection closed, gRPC deadline or cancel) stops waiting at once and is never sent to Triton, and
+the tenant's concurrency limit refuses before the wait, not after it.
+
+Found by an adversarial run: abandoned requests kept waiting until the load, counted as reasons to keep
+the version, were then sent to Triton, and took the tenant's slots from live requests, which got 429
+after waiting out the whole load; the hits counter went negative.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from control_plane.db import migrate
+from control_plane.tritonserver import TritonDistribution
+from tests.fixtures_triton import RunningTriton, _launch
+from tests.support.api import Api
+from tests.support.served import serve, stack_settings
+from tests.support.triton_models import MODEL
+
+LIMIT = 4  # the tenant's concurrent requests
+LOAD_S = 2.0  # each model's initialize sleeps this long: a wait long enough to walk away from
+SPEC: dict[str, Any] = {
+    "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
+    "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
+    "max_batch_size": 0,
+}
+BODY = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}]})
+
+
+@dataclass
+class Cold:
+    api: Api
+    triton: RunningTriton
+    tenant: str
+    consumer: str
+    models: Iterator[str]
+
+    def name_of(self, model: str) -> str:
+        """The version's Triton model name."""
+        detail = self.api.client.get(
+            f"/v1/tenants/{self.tenant}/models/{model}/versions/1", headers=self.api.headers()
+        ).json()
+        return str(detail["triton_name"])
+
+    def infer(self, model: str, client: httpx.Client | None = None) -> httpx.Response:
+        return (client or self.api.client).post(
+            f"/v2/models/{model}/versions/1/infer",
+            content=BODY,
+            headers={"Authorization": f"Bearer {self.consumer}", "Content-Type": "application/json"},
+            timeout=60,
+        )
+
+    def inferences(self, model: str) -> int:
+        """How many requests Triton has run for the version (after waiting for its load to finish)."""
+        name = self.name_of(model)
+        deadline = time.monotonic() + 30
+        while not self.triton.client.is_model_ready(name):
+            assert time.monotonic() < deadline, f"{model} never loaded"
+            time.sleep(0.1)
+        stats = httpx.get(f"{self.triton.http_url}/v2/models/{name}/stats", timeout=10).json()
+        return int(stats["model_stats"][0]["inference_count"])
+
+    def settled(self, model: str) -> None:
+        """Nothing of this tenant waits or holds a slot any more (within 2 s)."""
+        state, name = self.api.state, self.name_of(model)
+        deadline = time.monotonic() + 2
+        while state.residency.waiting(name) or any(state.limits._in_flight.values()):
+            assert time.monotonic() < deadline, (
+                f"still waiting: {state.residency.waiting(name)}; slots: {state.limits._in_flight}"
+            )
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def cold(
+    create_database: Callable[[], str],
+    s3_endpoint: str,
+    triton_distribution: TritonDistribution,
+    triton_backend_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cold]:
+    repository = tmp_path_factory.mktemp("abandoned-repository")
+    triton = _launch(
+        repository=str(repository),
+        workdir=tmp_path_factory.mktemp("abandoned-triton"),
+        backend_dir=triton_backend_dir,
+        distribution=triton_distribution,
+    )
+    url = create_database()
+    migrate.upgrade(url)
+    settings = stack_settings(
+        database_url=url,
+        s3_endpoint=s3_endpoint,
+        triton_http_url=triton.http_url,
+        triton_grpc_url=triton.process.grpc_url,
+        repository=repository,
+        s3_bucket=f"artifacts-{uuid.uuid4().hex[:12]}",
+        reconcile_interval_s=1.0,
+        tenant_max_concurrency=LIMIT,
+    )
+    names = [f"c{i}" for i in range(4)]
+    try:
+        with ExitStack() as stack:
+            api = stack.enter_context(serve(settings))
+            tenant = api.tenant()
+            for name in names:
+                assert api.create_model(tenant, name=name, format="python", **SPEC).status_code == 201
+                source = tmp_path_factory.mktemp(name) / "model.py"
+                source.write_text(
+                    MODEL.format(init=f"import time; time.sleep({LOAD_S})", scale=2.0, offset=0.0)
+                )
+                assert api.upload(tenant, name, source).status_code == 201
+            yield Cold(api, triton, tenant, api.key(tenant, "consumer"), iter(names))
+    finally:
+        triton.client.close()
+        triton.process.stop()
+
+
+def test_an_http_client_that_hangs_up_during_the_load_stops_waiting_and_is_never_sent(cold: Cold) -> None:
+    model = next(cold.models)
+    stats = cold.api.state.residency.stats
+    abandoned = stats.abandoned
+    port = int(str(cold.api.client.base_url).rsplit(":", 1)[1])
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST /v2/models/%s/versions/1/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (model.encode(), cold.consumer.encode(), len(BODY), BODY)
+            )
+            time.sleep(0.3)  # the request waits for the load
+        # closed: the wait ends now, not when the load does
+    cold.settled(model)
+    assert stats.abandoned - abandoned == 3
+    assert cold.inferences(model) == 0, "a request whose client left was sent to Triton after the load"
+    assert cold.infer(model).status_code == 200  # the load it asked for went on: the next one is served
+    assert cold.inferences(model) == 1
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+def test_a_grpc_call_that_times_out_or_is_cancelled_during_the_load_stops_waiting(
+    cold: Cold, how: str
+) -> None:
+    model = next(cold.models)
+    tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+    headers = {"authorization": f"Bearer {cold.consumer}"}
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{cold.api.settings.grpc_port}") as client:
+        if how == "deadline":
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer(model, [tensor], model_version="1", headers=headers, client_timeout=0.5)
+            assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        else:
+            outcome: list[Any] = []
+            future = client.async_infer(
+                model,
+                [tensor],
+                lambda result, error: outcome.append(error),
+                model_version="1",
+                headers=headers,
+            )
+            time.sleep(0.5)
+            future.cancel()
+        cold.settled(model)
+        assert cold.inferences(model) == 0, "a call its client gave up on was sent to Triton after the load"
+        result = client.infer(model, [tensor], model_version="1", headers=headers)
+        assert result.as_numpy("OUTPUT0").tolist() == [2.0, 4.0]
+
+
+def test_the_tenant_limit_refuses_before_the_wait_and_hits_never_go_negative(cold: Cold) -> None:
+    model = next(cold.models)
+    stats = cold.api.state.residency.stats
+
+    def timed(_: int) -> tuple[int, float]:
+        started = time.monotonic()
+        status = cold.infer(model, client=client).status_code
+        return status, time.monotonic() - started
+
+    with (
+        ThreadPoolExecutor(2 * LIMIT) as pool,
+        httpx.Client(base_url=str(cold.api.client.base_url)) as client,
+    ):
+        answers = list(pool.map(timed, range(2 * LIMIT)))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200] * LIMIT + [429] * LIMIT, statuses
+    refused = max(seconds for status, seconds in answers if status == 429)
+    served = min(seconds for status, seconds in answers if status == 200)
+    assert served >= LOAD_S  # the served ones waited for the load
+    assert refused < served - LOAD_S / 2, "refused after waiting for the load, not before it"
+    metrics = cold.api.client.get("/metrics", headers=cold.api.headers()).text
+    hits = next(line for line in metrics.splitlines() if line.startswith("cp_residency_hits_total"))
+    assert float(hits.rsplit(" ", 1)[1]) >= 0 and stats.hits >= 0
+    cold.settled(model)
