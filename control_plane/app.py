@@ -200,6 +200,7 @@ def _start_reconciler(state: AppState) -> None:
     reconciler.budgets = Budgets(
         default_budget=settings.instance_memory_budget_bytes,
         tenant_share=settings.tenant_memory_share,
+        share_idle_s=settings.tenant_share_idle_s,
         headroom=settings.residency_headroom_bytes,
         live_sizes=residency.live_sizes,
         stats=residency.stats,

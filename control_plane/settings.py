@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # and whether an upload loads the new version right away (else on its first request or promote).
     instance_memory_budget_bytes: int = Field(0, ge=0)
     tenant_memory_share: float = Field(0.5, gt=0, le=1)
+    # A version nobody used for this long is evicted first whatever its tenant's share (0: never): a
+    # tenant's idle memory does not make another tenant's active models evict each other.
+    tenant_share_idle_s: float = Field(120.0, ge=0)
     cold_start_wait_s: float = Field(30.0, gt=0)
     eviction_grace_s: float = Field(0.2, ge=0)
     residency_headroom_bytes: int = Field(0, ge=0)  # kept free ahead of the next load (if < budget / 2)

@@ -59,6 +59,7 @@ class Budgets:
         *,
         default_budget: int,
         tenant_share: float | None,
+        share_idle_s: float = 0.0,
         headroom: int = 0,
         live_sizes: Callable[[TritonEndpoint], Mapping[str, int]] | None = None,
         stats: ResidencyStats,
@@ -70,6 +71,7 @@ class Budgets:
     ) -> None:
         self.default_budget = default_budget
         self.tenant_share = tenant_share
+        self.share_idle_s = share_idle_s  # a version unused this long loses its tenant share's protection
         self.headroom = headroom  # bytes kept free ahead of the next load (evicting idle versions)
         self.live_sizes = live_sizes  # Triton model name -> bytes its processes hold now (local Tritons)
         self.stats = stats
@@ -227,7 +229,15 @@ class Budgets:
         # A version admitted loads now only if it fits in what is held right now.
         leaving = {v for n, v in present.items() if n not in want}
         staying = [e for e in resident if e.version_id not in leaving]
-        decision = decide(staying, arrivals, budget=budget, share=self.tenant_share, headroom=self.headroom)
+        idle_before = time.time() - self.share_idle_s if self.share_idle_s > 0 else None
+        decision = decide(
+            staying,
+            arrivals,
+            budget=budget,
+            share=self.tenant_share,
+            headroom=self.headroom,
+            idle_before=idle_before,
+        )
         plan = Plan(budget=budget)
         names = {v: n for n, v in {**present, **incoming}.items()}
         seen_used = {e.version_id: e.last_used for e in resident}

@@ -4,10 +4,11 @@
   size (measured, else estimated), a tenant, a last use, and flags: pinned, busy (requests in flight).
 - Incoming versions are admitted pinned first, then in the order they were asked for (which of them a pass
   considers at all, when load workers are short, is the budget step's choice: those most requests wait
-  for). One that does not fit makes room by evicting idle, unpinned resident versions: first those of
-  tenants holding more than their share of the budget, counting the incoming version with its tenant
-  (the tenant furthest over first), then least recently used. A version admitted in the same round is
-  never a victim.
+  for). One that does not fit makes room by evicting idle, unpinned resident versions: first those
+  nobody used since `idle_before` (least recently used first: memory nobody uses is no tenant's to
+  keep), then those of tenants holding more than their share of the budget, counting the incoming
+  version with its tenant (the tenant furthest over first), then least recently used. A version
+  admitted in the same round is never a victim.
 - If even evicting every evictable version would not make room, nothing is evicted for it: it waits.
   A pinned set the budget cannot hold is reported (pinned versions waiting, or resident over a budget
   lowered under them), never evicted.
@@ -51,6 +52,7 @@ def decide(
     budget: int,
     share: float | None = None,
     headroom: int = 0,
+    idle_before: float | None = None,
 ) -> Decision:
     """Admit, evict and defer so that the sum of sizes never exceeds `budget` (module docstring)."""
     decision = Decision()
@@ -65,7 +67,9 @@ def decide(
         # Shares as they would be with it admitted: a tenant that its new version takes over its share
         # makes room from its own versions first, not from a tenant within its share.
         arriving = {**tenant_bytes, entry.tenant: tenant_bytes.get(entry.tenant, 0) + entry.size}
-        victims = _victims(held, protected, arriving, need=used + entry.size - budget, limit=limit)
+        victims = _victims(
+            held, protected, arriving, need=used + entry.size - budget, limit=limit, idle_before=idle_before
+        )
         if victims is None:
             decision.wait.append(entry.version_id)
             if entry.pinned:
@@ -87,7 +91,15 @@ def decide(
     decision.pinned_over = max(decision.pinned_over, pinned - budget)
     target = budget - headroom if budget > 2 * headroom else budget
     if used > target:  # measured bigger than estimated, or room kept ahead for the next load: shrink
-        victims = _victims(held, protected, tenant_bytes, need=used - target, limit=limit, partial=True)
+        victims = _victims(
+            held,
+            protected,
+            tenant_bytes,
+            need=used - target,
+            limit=limit,
+            idle_before=idle_before,
+            partial=True,
+        )
         for victim in victims or ():
             del held[victim.version_id]
             decision.evict.append(victim.version_id)
@@ -101,6 +113,7 @@ def _victims(
     *,
     need: int,
     limit: float | None,
+    idle_before: float | None = None,
     partial: bool = False,
 ) -> list[Entry] | None:
     """Versions to evict to free `need` bytes (None if impossible; with `partial`, as many as can go)."""
@@ -112,7 +125,7 @@ def _victims(
     chosen: list[Entry] = []
     over = dict(tenant_bytes)
     while need > 0 and free:
-        victim = min(free, key=lambda e: _order(e, over, limit))
+        victim = min(free, key=lambda e: _order(e, over, limit, idle_before))
         free.remove(victim)
         chosen.append(victim)
         over[victim.tenant] -= victim.size
@@ -120,9 +133,14 @@ def _victims(
     return chosen
 
 
-def _order(entry: Entry, tenant_bytes: dict[str, int], limit: float | None) -> tuple[int, float, float, int]:
-    """Eviction order: tenants over their share first (furthest over first), then least recently used."""
+def _order(
+    entry: Entry, tenant_bytes: dict[str, int], limit: float | None, idle_before: float | None
+) -> tuple[int, float, float, int]:
+    """Eviction order: versions idle since before `idle_before` first, then tenants over their share
+    (furthest over first), then least recently used."""
+    if idle_before is not None and entry.last_used < idle_before:
+        return (0, 0.0, entry.last_used, entry.version_id)
     excess = 0.0 if limit is None else tenant_bytes.get(entry.tenant, 0) - limit
     if excess > 0:
-        return (0, -excess, entry.last_used, entry.version_id)
-    return (1, 0.0, entry.last_used, entry.version_id)
+        return (1, -excess, entry.last_used, entry.version_id)
+    return (2, 0.0, entry.last_used, entry.version_id)

@@ -72,10 +72,13 @@ def _pass(
     budget: int = 3 * SIZE,
     backing_off: Collection[int] = (),
     busy: Collection[str] = (),
+    tenant_share: float | None = None,
+    share_idle_s: float = 0.0,
 ) -> tuple[Budgets, Desired]:
     budgets = Budgets(
         default_budget=budget,
-        tenant_share=None,
+        tenant_share=tenant_share,
+        share_idle_s=share_idle_s,
         live_sizes=lambda endpoint: live or {},
         stats=ResidencyStats(),
         busy=lambda name: name in busy,
@@ -108,6 +111,24 @@ def test_a_pass_evicts_only_for_the_loads_that_can_start() -> None:
     assert set(desired.on["i"]) == {"r2", "r3"}, "the incoming versions wait (a4 for its eviction)"
     assert plan.after_evictions == [("a4", 4)], "a4 loads as soon as r1's eviction is over"
     assert plan.waiting == [], "waiting for a load worker is not waiting for room"
+
+
+def test_a_version_idle_for_long_gives_way_whatever_its_tenants_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """r1 belongs to a quiet tenant, r2, r3 and the incoming a4 to a busy one; all were last used long
+    ago (facts of 2026-01-01). With shares of half the budget, the busy tenant (3 of 3 with a4) made room
+    from its own r2, so two busy versions evicted each other while the quiet tenant's idle r1 held its
+    memory forever; past the idle cutoff, r1 goes first (least recently used)."""
+
+    def facts(ids: Any, **_: Any) -> dict[int, VersionFacts]:
+        return {v: replace(f, tenant="quiet" if v == 1 else "busy") for v, f in _facts(ids).items()}
+
+    monkeypatch.setattr(repository, "version_facts", lambda session, ids, **kw: facts(ids))
+    plan, _ = _arrange(load_slots=1, tenant_share=0.5)
+    assert plan.evict == [("r2", 2)], "the share alone: the busy tenant makes room from its own"
+    plan, _ = _arrange(load_slots=1, tenant_share=0.5, share_idle_s=120.0)
+    assert plan.evict == [("r1", 1)], "idle for longer than the cutoff: no share keeps it"
 
 
 def test_without_a_cap_every_incoming_version_evicts_at_once() -> None:

@@ -94,6 +94,20 @@ def test_a_tenant_its_new_version_takes_over_its_share_makes_room_from_its_own()
     assert decide(resident, [_e(5, used=20, tenant="greedy", size=100)], budget=450).evict == [3]  # plain LRU
 
 
+def test_versions_idle_since_the_cutoff_are_evicted_first_whatever_the_shares() -> None:
+    """A budget of two, shares of half: "quiet" holds one version, unused since 1; "busy" alternates
+    two. By shares alone busy's versions evict each other on every switch while quiet's idle one stays."""
+    resident = [_e(1, used=1, tenant="quiet"), _e(2, used=50, tenant="busy")]
+    incoming = [_e(3, used=60, tenant="busy")]
+    assert decide(resident, incoming, budget=20, share=0.5).evict == [2]
+    assert decide(resident, incoming, budget=20, share=0.5, idle_before=40).evict == [1]
+    used_since = [_e(1, used=45, tenant="quiet"), _e(2, used=50, tenant="busy")]
+    assert decide(used_since, incoming, budget=20, share=0.5, idle_before=40).evict == [2], "share holds"
+    # Among the idle, least recently used first, whichever tenant (shrinking to a lowered budget too).
+    idle = [_e(1, used=5, tenant="a"), _e(2, used=3, tenant="b"), _e(3, used=50, tenant="a")]
+    assert decide(idle, [], budget=20, share=0.5, idle_before=40).evict == [2]
+
+
 def test_pinned_versions_resident_over_a_lowered_budget_are_reported() -> None:
     decision = decide([_e(1, used=1, pinned=True), _e(2, used=2, pinned=True)], [], budget=15)
     assert decision.evict == [] and decision.pinned_over == 5
