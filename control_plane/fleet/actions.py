@@ -116,6 +116,10 @@ class Actions:
         # with residency's `end_stubs` is before Triton's unload returns; False if it was kept).
         self._rooms: dict[Key, Future[bool]] = {}
         self._loaded_at: dict[Key, float] = {}  # when each load last succeeded (time.monotonic())
+        # Evictions a pass planned while another action on the same version was still running (one that
+        # kept it, say): started when that one ends. Dropped, the pass's placement (desired absent) was
+        # left with nothing to unload the version, and later passes counted it as leaving forever.
+        self._deferred: dict[Key, tuple[TritonEndpoint, str, _Action, Future[bool]]] = {}
         self.residency: ResidencyHooks = ResidencyHooks()
         self._lock = threading.Lock()
         self._stopped = False
@@ -152,7 +156,8 @@ class Actions:
         for name, version_id in missing:
             if self.loaded_since((endpoint.name, version_id), seen.probed_at):
                 continue  # loaded after the probe this pass looks at: not missing (a load now reloads it)
-            self._schedule(endpoint, name, version_id, self._load, load=True)
+            load = partial(self._load, since=seen.probed_at)  # skipped if kept or loaded since the probe
+            self._schedule(endpoint, name, version_id, load, load=True)
         extra = 0
         for name, state in seen.models.items():
             found = ours.get(name)
@@ -172,7 +177,7 @@ class Actions:
         """Unload a version the residency budget no longer holds (unless requests are in flight)."""
         room: Future[bool] = Future()
         action = partial(self._evict, last_used=last_used, room=room)
-        self._schedule(endpoint, name, version_id, action, room=room)
+        self._schedule(endpoint, name, version_id, action, room=room, defer=True)
 
     def load_after(self, endpoint: TritonEndpoint, loads: list[tuple[str, int]], victims: list[int]) -> None:
         """Start loads that wait for room as soon as the evictions making it have given back their
@@ -245,9 +250,13 @@ class Actions:
         *,
         load: bool = False,
         room: Future[bool] | None = None,
+        defer: bool = False,
     ) -> None:
         key = (endpoint.name, version_id)
         with self._lock:
+            if key in self._inflight and defer and room is not None and not self._stopped:
+                self._deferred[key] = (endpoint, name, action, room)  # after the one running (`_forget`)
+                return
             if key in self._inflight or self._stopped or (load and not self.backoff.due(key)):
                 return
             pool = self._workers.get((endpoint.name, load))
@@ -272,16 +281,32 @@ class Actions:
             was_load = key in self._loads
             self._loads.discard(key)
             room = self._rooms.pop(key, None)
+            deferred = self._deferred.pop(key, None)
+        if deferred is not None:
+            endpoint, name, action, its_room = deferred
+            self._schedule(endpoint, name, key[1], action, room=its_room)
         if room is not None and not room.done():
             room.set_result(False)  # the eviction failed or was dropped: its room was never made
         if was_load and self._on_load_done is not None:
             self._on_load_done(not task.cancelled() and task.exception() is None and task.result() is True)
 
-    def _load(self, endpoint: TritonEndpoint, name: str, version_id: int, *, written: bool = False) -> bool:
+    def _load(
+        self,
+        endpoint: TritonEndpoint,
+        name: str,
+        version_id: int,
+        *,
+        written: bool = False,
+        since: float = 0.0,
+    ) -> bool:
         """Load a version on an instance (`written`: its repository entry was just written for it);
-        whether it loaded."""
+        whether it loaded. One loaded since `since` (the probe of the pass that found it missing), or
+        kept loaded by an eviction that did not happen, is not loaded again: Triton would reload it, a
+        second stub beside the first, over the budget for a moment."""
         key = (endpoint.name, version_id)
         with self.loader.lock_for(name):
+            if self.loaded_since(key, since):
+                return True
             if self._version_state(version_id) != "ready":
                 return False
             self.note_many(endpoint.name, [(version_id, "loading", None)])
@@ -397,7 +422,9 @@ class Actions:
         return True
 
     def _keep(self, instance: str, version_id: int) -> None:
-        """An eviction that did not happen: the placement is desired and ready again."""
+        """An eviction that did not happen: the placement is desired and ready again (and the version
+        counts as loaded now: a load a pass started meanwhile does not load it again)."""
+        self._loaded_at[(instance, version_id)] = time.monotonic()
         with transaction(self.session_factory) as session:
             repository.keep_placement(session, instance=instance, version_id=version_id)
         self.note_many(instance, [(version_id, "ready", None)])

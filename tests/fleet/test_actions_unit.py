@@ -30,18 +30,23 @@ class Recorder:
         self.outcome = True
         self.loaded: list[str] = []
         self.entries: list[int] = []
+        self.evictions = 0
 
     def evict(
         self, endpoint: Any, name: str, version_id: int, *, last_used: float = 0.0, room: Any = None
     ) -> bool:
         assert self.release.wait(10)
+        self.evictions += 1
         if self.outcome and room is not None:
             room.set_result(True)  # its memory is back: what a waiting load waits for
         assert self.unloaded.wait(10)  # Triton's unload and the bookkeeping after it
         return self.outcome
 
-    def load(self, endpoint: Any, name: str, version_id: int, *, written: bool = False) -> bool:
-        assert written, "the entry written while waiting is not written again"
+    def load(
+        self, endpoint: Any, name: str, version_id: int, *, written: bool = False, since: float = 0.0
+    ) -> bool:
+        if not since:  # `load_after`'s: its worker wrote the entry while it waited for room
+            assert written, "the entry written while waiting is not written again"
         self.loaded.append(name)
         return True
 
@@ -189,3 +194,39 @@ def test_loads_in_flight_count_the_load_calls_triton_is_running(actions: Any) ->
     Actions._load(actions, endpoint, "m", 8, written=True)
     assert during == [1, 1] and residency.stats.loads_in_flight == 0
     residency.stop()
+
+
+def test_an_eviction_planned_while_its_version_has_another_action_running_runs_after_it(actions: Any) -> None:
+    """A pass chose a version whose previous eviction was still finishing (kept: a request had asked for
+    it again). The new eviction was dropped while the pass had written the placement desired absent:
+    nothing unloaded the version, later passes counted it as leaving, and a version waiting for its room
+    never loaded (found with two replicas under load)."""
+    actions.recorder.outcome = False
+    actions.evict(TRITON, "old", 1)  # the previous pass's, still running
+    actions.evict(TRITON, "old", 1)  # this pass's
+    assert actions.unloading_on("i") == {1}
+    actions.recorder.outcome = True
+    actions.recorder.release.set()
+    deadline = time.monotonic() + 5
+    while actions.recorder.evictions < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert actions.wait_idle(5)
+    assert actions.recorder.evictions == 2, "the second eviction ran once the first was over"
+
+
+def test_a_version_kept_by_its_eviction_is_not_loaded_again_by_a_pass_that_saw_it_leaving(
+    actions: Any,
+) -> None:
+    """Triton reloads a model it has loaded (a second stub beside the first): a pass that counted the
+    version missing while its eviction ran must not load it once the eviction kept it."""
+    from unittest.mock import MagicMock
+
+    calls: list[str] = []
+    endpoint: Any = SimpleNamespace(name="i", client=SimpleNamespace(load_model=calls.append))
+    actions.session_factory = MagicMock()  # `_keep`'s write (the registry is not what this tests)
+    probed = time.monotonic()
+    Actions._keep(actions, "i", 7)
+    assert Actions._load(actions, endpoint, "m", 7, since=probed) is True
+    assert calls == [], "kept loaded after the probe: not loaded again"
+    assert Actions._load(actions, endpoint, "m", 7, since=time.monotonic()) is True
+    assert calls == ["m"], "kept before the pass looked: a load now is a real one"
