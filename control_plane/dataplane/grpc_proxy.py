@@ -35,7 +35,7 @@ from control_plane.dataplane.grpc_check import check_infer_request
 from control_plane.dataplane.grpc_errors import BY_NUMBER, Code, RpcFailure, triton_failure, upstream_failure
 from control_plane.dataplane.grpc_server import GrpcServerConnection, ServerCall, ServerLimits
 from control_plane.dataplane.h2client import GrpcAnswer, H2Pool
-from control_plane.dataplane.infer import begin, check_rate, observe, start_forward
+from control_plane.dataplane.infer import Gone, begin, check_rate, observe, start_forward
 from control_plane.dataplane.rewrite import HIDDEN_EXTENSIONS
 from control_plane.errors import AppError, ClientClosed, UpstreamTimeout
 from control_plane.routing.router import ModelLoading, Resolved
@@ -56,11 +56,17 @@ _UPSTREAM_OPTIONS = [
 _HEALTH_TIMEOUT_S = 2.0
 Outcome = GrpcAnswer | Exception  # what the upstream call settles with
 _NOT_FOUND = Code.NOT_FOUND.value[0]
+_SERVER_FAILED = frozenset(code.value[0] for code in (Code.INTERNAL, Code.UNAVAILABLE, Code.UNKNOWN))
 
 
-def _gone(outcome: Outcome) -> bool:
-    """Triton's status for a model it does not have loaded."""
-    return isinstance(outcome, GrpcAnswer) and outcome.number == _NOT_FOUND
+def _gone(outcome: Outcome) -> Gone:
+    """What Triton's status says of the version (see `infer.Gone`)."""
+    if isinstance(outcome, GrpcAnswer):
+        if outcome.number == _NOT_FOUND:
+            return "missing"
+        if outcome.number in _SERVER_FAILED:
+            return "failed"
+    return None
 
 
 TypedMethod = Callable[[Any, ServerCall], Awaitable[Any]]

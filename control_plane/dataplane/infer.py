@@ -9,10 +9,11 @@ a task or a future; the awaitable forms are for the ASGI and /v1/predict paths.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from control_plane.dataplane.auth import authenticate
 from control_plane.dataplane.callbacks import wait_for
@@ -26,6 +27,10 @@ from control_plane.state import AppState
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Send = Callable[[Callable[[T], None]], None]  # a protocol's way to send a request: send(settle)
+# What Triton's answer says of the version: it does not have it ("missing"), it failed on the server's
+# side ("failed": a stub ended under the request, among others), or nothing of the kind (None).
+Gone = Literal["missing", "failed"] | None
+EVICTED_CHECK_S = 0.1  # how long a failed answer waits for the routes to say whether its version left
 
 
 def begin(state: AppState, ex: Exchange, *, model: str, version: int | None) -> None:
@@ -65,7 +70,7 @@ def start_forward(
     *,
     send: Send[T],
     done: Callable[[T], None],
-    gone: Callable[[T], bool] | None = None,
+    gone: Callable[[T], Gone] | None = None,
 ) -> None:
     """Forward a checked request to the resolved version, for every protocol: hold a tenant slot from
     now until the answer is in (a request waiting for its version's load holds one too: it is in
@@ -75,9 +80,13 @@ def start_forward(
     `send(settle)` is the protocol's: it sends the request to an instance of the version and calls
     `settle` once with the answer or the error. Raises (429) before anything is sent or waited for;
     after that, `done` gets what `send` settled with, or what ended the wait (503, 404, or
-    `ClientClosed` once the protocol called `ex.cancel`). `gone(answer)` says Triton answered that it
-    does not have the version (evicted or unloaded after the routing table said resident): the
-    request then waits for it like a cold one and is sent again, once.
+    `ClientClosed` once the protocol called `ex.cancel`). `gone(answer)` says what Triton's answer
+    says of the version (`Gone`): "missing" (evicted or unloaded after the routing table said
+    resident), or "failed" while the routes no longer call it resident (evicted by the leader of
+    another replica while the request ran: its stubs ended under it; checked again after
+    `EVICTED_CHECK_S`, as the news may trail the failure by milliseconds): the request then waits
+    for the version like a cold one and is sent again, once. A failure of a version still resident
+    (a crash the request itself may have caused) is passed on, never sent again.
     """
     resolved, caller = ex.resolved, ex.caller
     assert resolved is not None and caller is not None
@@ -97,7 +106,7 @@ def _send(
     ex: Exchange,
     send: Send[T],
     done: Callable[[T], None],
-    gone: Callable[[T], bool] | None,
+    gone: Callable[[T], Gone] | None,
     *,
     hit: bool,
 ) -> None:
@@ -121,17 +130,32 @@ def _send(
         if name in residency.blockers and not inflight[name]:
             residency.unblocked(name)  # a version waits for the room it can now give
         gauge.dec()
-        if gone is not None and not ex.reloaded and gone(outcome):
-            ex.reloaded = True
+        verdict = gone(outcome) if gone is not None and not ex.reloaded else None
+        if verdict == "missing":
             residency.gone(name)
-            try:
-                _send_when_resident(state, ex, send, done, gone)  # still holding the slot
-            except Exception as exc:
-                limits.release(tenant_id)
-                done(_as_error(exc))  # type: ignore[arg-type]  # every protocol's outcome takes an AppError
-            return
-        limits.release(tenant_id)
-        done(outcome)
+            again()
+        elif verdict == "failed" and name not in residency.resident:
+            again()
+        elif verdict == "failed":
+            asyncio.get_running_loop().call_later(EVICTED_CHECK_S, evicted_or_passed_on, outcome)
+        else:
+            limits.release(tenant_id)
+            done(outcome)
+
+    def again() -> None:
+        ex.reloaded = True
+        try:
+            _send_when_resident(state, ex, send, done, gone)  # still holding the slot
+        except Exception as exc:
+            limits.release(tenant_id)
+            done(_as_error(exc))  # type: ignore[arg-type]  # every protocol's outcome takes an AppError
+
+    def evicted_or_passed_on(outcome: T) -> None:
+        if name not in residency.resident:
+            again()
+        else:
+            limits.release(tenant_id)
+            done(outcome)
 
     try:
         send(settle)
@@ -147,7 +171,7 @@ def _send_when_resident(
     ex: Exchange,
     send: Send[T],
     done: Callable[[T], None],
-    gone: Callable[[T], bool] | None,
+    gone: Callable[[T], Gone] | None,
 ) -> None:
     """Residency (issue 12): send once the version is resident, or answer why not (503, 404), holding
     the tenant's slot meanwhile; `ex.cancel` ends the wait if the client goes away."""
@@ -176,9 +200,14 @@ def _as_error(exc: Exception) -> AppError:
     return AppError("internal error")
 
 
-def http_gone(outcome: UpstreamResponse | AppError) -> bool:
-    """Triton's HTTP answer for a model it does not have loaded."""
-    return isinstance(outcome, UpstreamResponse) and outcome.status == 404
+def http_gone(outcome: UpstreamResponse | AppError) -> Gone:
+    """What Triton's HTTP answer says of the version (see `Gone`)."""
+    if isinstance(outcome, UpstreamResponse):
+        if outcome.status == 404:
+            return "missing"
+        if outcome.status >= 500:
+            return "failed"
+    return None
 
 
 def http_send(

@@ -493,15 +493,20 @@ class Residency(ResidencyHooks):
     # --- recency --------------------------------------------------------------------------------
 
     def local_uses(self) -> Mapping[str, float]:
-        """Triton model name -> last use in this process (wall-clock seconds)."""
+        """Triton model name -> last use in this process (wall-clock seconds); now, for a version with
+        requests in flight here (a long request is still a use: the leader of another replica sees it at
+        the next flush, and gives the version its eviction grace and a later place in the LRU order)."""
         for _ in range(5):
             try:
                 snapshot = dict(self.used)
+                running = [name for name, count in self.inflight.items() if count > 0]
                 break
             except RuntimeError:  # grew while being copied
                 continue
         else:
             return {}
+        now = time.perf_counter()
+        snapshot.update(dict.fromkeys(running, now))
         return {name: at + self._offset for name, at in snapshot.items()}
 
     def start(self) -> None:
