@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,30 @@ def _launch(
     return RunningTriton(process=process, repository=local, client=client)
 
 
+@contextmanager
+def private_triton(
+    tmp_path_factory: pytest.TempPathFactory,
+    prefix: str,
+    *,
+    distribution: TritonDistribution,
+    backend_dir: Path,
+) -> Iterator[RunningTriton]:
+    """A Triton of a module's own on free ports, reading a new folder repository (its `repository`);
+    stopped by its PID at the end."""
+    repository = tmp_path_factory.mktemp(f"{prefix}-repository")
+    running = _launch(
+        repository=str(repository),
+        workdir=tmp_path_factory.mktemp(f"{prefix}-triton"),
+        backend_dir=backend_dir,
+        distribution=distribution,
+    )
+    try:
+        yield running
+    finally:
+        running.client.close()
+        running.process.stop()
+
+
 @pytest.fixture(scope="session")
 def triton(
     triton_distribution: TritonDistribution,
@@ -82,18 +107,10 @@ def triton(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningTriton]:
     """One Triton for the session, on free ports, reading a folder repository (tests add models)."""
-    repository = tmp_path_factory.mktemp("triton-repository")
-    running = _launch(
-        repository=str(repository),
-        workdir=tmp_path_factory.mktemp("triton-session"),
-        backend_dir=triton_backend_dir,
-        distribution=triton_distribution,
-    )
-    try:
+    with private_triton(
+        tmp_path_factory, "session", distribution=triton_distribution, backend_dir=triton_backend_dir
+    ) as running:
         yield running
-    finally:
-        running.client.close()
-        running.process.stop()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from control_plane.db import migrate
 from control_plane.tritonserver import TritonDistribution
-from tests.fixtures_triton import RunningTriton, _launch
+from tests.fixtures_triton import RunningTriton, private_triton
 from tests.support.api import Api
 from tests.support.served import serve, stack_settings
 from tests.support.triton_models import MODEL
@@ -95,41 +95,37 @@ def cold(
     triton_backend_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cold]:
-    repository = tmp_path_factory.mktemp("abandoned-repository")
-    triton = _launch(
-        repository=str(repository),
-        workdir=tmp_path_factory.mktemp("abandoned-triton"),
-        backend_dir=triton_backend_dir,
-        distribution=triton_distribution,
-    )
     url = create_database()
     migrate.upgrade(url)
-    settings = stack_settings(
-        database_url=url,
-        s3_endpoint=s3_endpoint,
-        triton_http_url=triton.http_url,
-        triton_grpc_url=triton.process.grpc_url,
-        repository=repository,
-        s3_bucket=f"artifacts-{uuid.uuid4().hex[:12]}",
-        reconcile_interval_s=1.0,
-        tenant_max_concurrency=LIMIT,
-    )
     names = [f"c{i}" for i in range(4)]
-    try:
-        with ExitStack() as stack:
-            api = stack.enter_context(serve(settings))
-            tenant = api.tenant()
-            for name in names:
-                assert api.create_model(tenant, name=name, format="python", **SPEC).status_code == 201
-                source = tmp_path_factory.mktemp(name) / "model.py"
-                source.write_text(
-                    MODEL.format(init=f"import time; time.sleep({LOAD_S})", scale=2.0, offset=0.0)
-                )
-                assert api.upload(tenant, name, source).status_code == 201
-            yield Cold(api, triton, tenant, api.key(tenant, "consumer"), iter(names))
-    finally:
-        triton.client.close()
-        triton.process.stop()
+    with ExitStack() as stack:
+        triton = stack.enter_context(
+            private_triton(
+                tmp_path_factory,
+                "abandoned",
+                distribution=triton_distribution,
+                backend_dir=triton_backend_dir,
+            )
+        )
+        assert triton.repository is not None
+        settings = stack_settings(
+            database_url=url,
+            s3_endpoint=s3_endpoint,
+            triton_http_url=triton.http_url,
+            triton_grpc_url=triton.process.grpc_url,
+            repository=triton.repository,
+            s3_bucket=f"artifacts-{uuid.uuid4().hex[:12]}",
+            reconcile_interval_s=1.0,
+            tenant_max_concurrency=LIMIT,
+        )
+        api = stack.enter_context(serve(settings))
+        tenant = api.tenant()
+        for name in names:
+            assert api.create_model(tenant, name=name, format="python", **SPEC).status_code == 201
+            source = tmp_path_factory.mktemp(name) / "model.py"
+            source.write_text(MODEL.format(init=f"import time; time.sleep({LOAD_S})", scale=2.0, offset=0.0))
+            assert api.upload(tenant, name, source).status_code == 201
+        yield Cold(api, triton, tenant, api.key(tenant, "consumer"), iter(names))
 
 
 def test_an_http_client_that_hangs_up_during_the_load_stops_waiting_and_is_never_sent(cold: Cold) -> None:

@@ -27,7 +27,7 @@ from control_plane.db import migrate
 from control_plane.db.models import Model, ModelVersion
 from control_plane.residency import sizes
 from control_plane.tritonserver import TritonDistribution
-from tests.fixtures_triton import RunningTriton, _launch
+from tests.fixtures_triton import RunningTriton, private_triton
 from tests.support.api import Api
 from tests.support.served import serve, stack_settings
 from tests.support.triton_models import MODEL
@@ -100,47 +100,46 @@ def stack(
     triton_backend_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    repository = tmp_path_factory.mktemp("residency-repository")
-    triton = _launch(
-        repository=str(repository),
-        workdir=tmp_path_factory.mktemp("residency-triton"),
-        backend_dir=triton_backend_dir,
-        distribution=triton_distribution,
-    )
     url = create_database()
     migrate.upgrade(url)
     bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
-
-    def settings_for(**overrides: Any) -> Any:
-        return stack_settings(
-            database_url=url,
-            s3_endpoint=s3_endpoint,
-            triton_http_url=triton.http_url,
-            triton_grpc_url=triton.process.grpc_url,
-            repository=repository,
-            s3_bucket=bucket,
-            reconcile_interval_s=1.0,
-            eviction_grace_s=0.05,
-            tenant_memory_share=1.0,
-            **overrides,
+    with ExitStack() as stack:
+        triton = stack.enter_context(
+            private_triton(
+                tmp_path_factory,
+                "residency",
+                distribution=triton_distribution,
+                backend_dir=triton_backend_dir,
+            )
         )
+        repository = triton.repository
+        assert repository is not None
 
-    try:
-        with ExitStack() as stack:
-            api = stack.enter_context(serve(settings_for()))
-            tenant = api.tenant()
-            for name in MODELS:
-                assert api.create_model(tenant, name=name, format="python", **SPEC).status_code == 201
-                source = tmp_path_factory.mktemp(name) / "model.py"
-                source.write_text(SLOW if name == "m2" else MODEL.format(init="pass", scale=2.0, offset=0.0))
-                uploaded = api.upload(tenant, name, source)
-                assert uploaded.status_code == 201 and uploaded.json()["state"] == "registered"
-            pid = sizes.local_pid(triton.http_url)
-            assert pid is not None
-            yield Stack(api, triton, pid, tenant, api.key(tenant, "consumer"), settings_for)
-    finally:
-        triton.client.close()
-        triton.process.stop()
+        def settings_for(**overrides: Any) -> Any:
+            return stack_settings(
+                database_url=url,
+                s3_endpoint=s3_endpoint,
+                triton_http_url=triton.http_url,
+                triton_grpc_url=triton.process.grpc_url,
+                repository=repository,
+                s3_bucket=bucket,
+                reconcile_interval_s=1.0,
+                eviction_grace_s=0.05,
+                tenant_memory_share=1.0,
+                **overrides,
+            )
+
+        api = stack.enter_context(serve(settings_for()))
+        tenant = api.tenant()
+        for name in MODELS:
+            assert api.create_model(tenant, name=name, format="python", **SPEC).status_code == 201
+            source = tmp_path_factory.mktemp(name) / "model.py"
+            source.write_text(SLOW if name == "m2" else MODEL.format(init="pass", scale=2.0, offset=0.0))
+            uploaded = api.upload(tenant, name, source)
+            assert uploaded.status_code == 201 and uploaded.json()["state"] == "registered"
+        pid = sizes.local_pid(triton.http_url)
+        assert pid is not None
+        yield Stack(api, triton, pid, tenant, api.key(tenant, "consumer"), settings_for)
 
 
 def _set_budget(stack: Stack, budget: int) -> None:
