@@ -134,13 +134,16 @@ def _send(
         if verdict == "missing":
             residency.gone(name)
             again()
-        elif verdict == "failed" and name not in residency.resident:
-            again()
-        elif verdict == "failed":
+        elif verdict == "failed" and name in residency.resident:  # the news may trail the failure
             asyncio.get_running_loop().call_later(EVICTED_CHECK_S, evicted_or_passed_on, outcome)
+        elif verdict == "failed":
+            again()
         else:
-            limits.release(tenant_id)
-            done(outcome)
+            answer(outcome)
+
+    def answer(outcome: T) -> None:
+        limits.release(tenant_id)
+        done(outcome)
 
     def again() -> None:
         ex.reloaded = True
@@ -154,8 +157,7 @@ def _send(
         if name not in residency.resident:
             again()
         else:
-            limits.release(tenant_id)
-            done(outcome)
+            answer(outcome)
 
     try:
         send(settle)

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from control_plane.db.models import Model, ModelReplicas, ModelVersion, Placement, Tenant, TritonInstance
 
@@ -189,16 +190,16 @@ def want_placement(session: Session, *, instance_id: int, version_id: int, now: 
     )
 
 
+def _instance_id(name: str) -> ScalarSelect[int]:
+    """The id of the instance named `name`, inside another statement."""
+    return select(TritonInstance.id).where(TritonInstance.name == name).scalar_subquery()
+
+
 def keep_placement(session: Session, *, instance: str, version_id: int) -> None:
     """An eviction that did not happen: the version's placement on `instance` is desired `ready` again."""
     session.execute(
         update(Placement)
-        .where(
-            Placement.version_id == version_id,
-            Placement.instance_id.in_(
-                select(TritonInstance.id).where(TritonInstance.name == instance).scalar_subquery()
-            ),
-        )
+        .where(Placement.version_id == version_id, Placement.instance_id == _instance_id(instance))
         .values(desired="ready")
     )
 
@@ -207,7 +208,7 @@ def wanted_on(session: Session, *, instance: str, version_id: int) -> bool:
     """Whether a version should stay on `instance`: desired there, or no longer `ready` in the registry
     (deleted, retired, failed: not the loop's to move). One statement: the version's state and its
     placement there."""
-    here = select(TritonInstance.id).where(TritonInstance.name == instance).scalar_subquery()
+    here = _instance_id(instance)
     row = session.execute(
         select(ModelVersion.state, Placement.desired)
         .select_from(ModelVersion)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.session import transaction
 from control_plane.errors import AppError, ClientClosed, NotFound, ServiceUnavailable
+from control_plane.fleet import repository as fleet_repository
 from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
@@ -167,7 +168,7 @@ class Residency(ResidencyHooks):
             if outcome and outcome[-1] is None:
                 return "ready"
             with self.session_factory() as session:
-                state = repository.version_state(session, version_id)
+                state = fleet_repository.version_state(session, version_id)
             # Settled with an error by a routing table from before this load asked for it (the version
             # still `failed` there) while the load is on its way: wait for the load's own outcome.
             if not outcome or state != "ready" or name in self.resident or time.monotonic() >= deadline:
@@ -233,8 +234,11 @@ class Residency(ResidencyHooks):
         if self._drop(name, waiter):
             if waiter.timer is not None:
                 waiter.timer.cancel()
-            self.stats.gave_up()
-            waiter.done(ClientClosed("the client went away while the model version was loading"))
+            self._gave_up(waiter)
+
+    def _gave_up(self, waiter: _Waiter) -> None:
+        self.stats.gave_up()
+        waiter.done(ClientClosed("the client went away while the model version was loading"))
 
     def _drop(self, name: str, waiter: _Waiter) -> bool:
         with self._lock:
@@ -257,8 +261,7 @@ class Residency(ResidencyHooks):
         if waiter.timer is not None:
             waiter.timer.cancel()
         if waiter.gone:  # settled, then its client went away before this ran: not sent after all
-            self.stats.gave_up()
-            waiter.done(ClientClosed("the client went away while the model version was loading"))
+            self._gave_up(waiter)
             return
         self.stats.cold_start(time.perf_counter() - waiter.started, ok=error is None)
         waiter.done(error)

@@ -138,11 +138,6 @@ def triton_name(session: Session, version_id: int) -> str | None:
     return session.scalar(select(ModelVersion.triton_name).where(ModelVersion.id == version_id))
 
 
-def version_state(session: Session, version_id: int) -> str | None:
-    """A version's registry state (None: no such version)."""
-    return session.scalar(select(ModelVersion.state).where(ModelVersion.id == version_id))
-
-
 def lock_version_named(session: Session, name: str) -> ModelVersion | None:
     """The version of a Triton model name, its row locked against concurrent state changes (as every
     writer of a version's state locks it: `FOR NO KEY UPDATE` on Postgres)."""
