@@ -30,6 +30,7 @@ from control_plane.fleet.desired import Desired
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import VersionLoader
 from control_plane.fleet.observed import InstanceObservation, Observed, PlacementFailure
+from control_plane.residency import repository as residency_repository
 
 log = logging.getLogger(__name__)
 # Version states that should not be loaded anywhere (a failed version is not served either; a version
@@ -407,7 +408,7 @@ class Actions:
         with self.loader.lock_for(name):
             # The registry first: a request that found the version resident a moment ago is counted in
             # flight by the time it answers.
-            if self._wanted_here(endpoint.name, version_id) or hooks.busy(name):
+            if self._kept_from_eviction(endpoint.name, version_id) or hooks.busy(name):
                 self._keep(endpoint.name, version_id)
                 return False
             before = hooks.before_unload(endpoint, name)
@@ -461,6 +462,14 @@ class Actions:
         """Whether the version should stay on `instance` (desired there, or no longer ours to move)."""
         with self.session_factory() as session:
             return repository.wanted_on(session, instance=instance, version_id=version_id)
+
+    def _kept_from_eviction(self, instance: str, version_id: int) -> bool:
+        """Whether an eviction chosen by a pass should keep the version after all: wanted here again, or
+        pinned since (the pass read the pins before the pin committed)."""
+        with self.session_factory() as session:
+            return repository.wanted_on(
+                session, instance=instance, version_id=version_id
+            ) or residency_repository.is_pinned(session, version_id)
 
     def note_many(self, instance: str, notes: list[Note]) -> None:
         """Record placements' observed states (those that changed since this process last wrote them)."""

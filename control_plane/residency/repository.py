@@ -33,6 +33,16 @@ def pinned_versions(session: Session) -> set[int]:
     return {version_id for model_id, name, version_id in rows if name in pins[model_id]}
 
 
+def is_pinned(session: Session, version_id: int) -> bool:
+    """Whether an alias its model pins points to the version now (what `pinned_versions` says of one)."""
+    rows = session.execute(
+        select(Alias.name, Model.pinned_aliases)
+        .join(Model, Model.id == Alias.model_id)
+        .where(Alias.version_id == version_id, Model.deleted_at.is_(None))
+    ).tuples()
+    return any(name in (aliases or ()) for name, aliases in rows)
+
+
 def several_tenants(session: Session) -> bool:
     """Whether more than one tenant has live models (instances are shared between tenants)."""
     query = select(Model.tenant_id).where(Model.deleted_at.is_(None)).distinct().limit(2)

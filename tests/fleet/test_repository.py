@@ -1,15 +1,23 @@
-"""The fleet repository's questions about one placement, against a real Postgres."""
+"""The fleet repository's questions about one placement (and residency's about a pin, which an eviction
+asks too), against a real Postgres."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from control_plane.db.models import Placement
+from control_plane.db.models import Alias, Model, Placement
 from control_plane.db.session import transaction
 from control_plane.fleet import repository
+from control_plane.fleet.actions import Actions
+from control_plane.fleet.backoff import Backoff
+from control_plane.fleet.observed import Observed
+from control_plane.residency import repository as residency_repository
 from tests.fleet.conftest import Fleet
 from tests.support import builders
 
@@ -102,3 +110,95 @@ def test_model_versions_placed_lists_live_versions_with_their_placements_in_orde
         (3, "ready", []),
         (4, "registered", []),
     ]
+
+
+def _pinned_model(fleet: Fleet, *, pins: list[str] | None) -> tuple[int, int, int]:
+    """A model with versions 1 (alias `production`) and 2 (alias `staging`), pinning `pins`: their ids and the
+    model's."""
+    with transaction(fleet.session_factory) as session:
+        tenant = builders.tenant(session, name=builders.unique_name("pins"))
+        model = builders.model(session, tenant_row=tenant, format="python", pinned_aliases=pins)
+        one = builders.version(session, model_row=model, number=1, state="ready")
+        two = builders.version(session, model_row=model, number=2, state="ready")
+        session.add_all(
+            [
+                Alias(model_id=model.id, name="production", version_id=one.id),
+                Alias(model_id=model.id, name="staging", version_id=two.id),
+            ]
+        )
+        return one.id, two.id, model.id
+
+
+@pytest.mark.parametrize(
+    ("pins", "pinned"),
+    [
+        (None, (False, False)),
+        ([], (False, False)),
+        (["production"], (True, False)),
+        (["production", "staging"], (True, True)),
+        (["canary"], (False, False)),  # an alias the model does not have
+    ],
+)
+def test_is_pinned_reads_the_models_pinned_aliases(
+    fleet: Fleet, pins: list[str] | None, pinned: tuple[bool, bool]
+) -> None:
+    one, two, _ = _pinned_model(fleet, pins=pins)
+    with fleet.session_factory() as session:
+        assert (
+            residency_repository.is_pinned(session, one),
+            residency_repository.is_pinned(session, two),
+        ) == pinned
+        assert residency_repository.pinned_versions(session) & {one, two} == {
+            v for v, p in zip((one, two), pinned, strict=True) if p
+        }, "the same answer as the pass's own read of every pin"
+
+
+def test_a_deleted_models_aliases_pin_nothing(fleet: Fleet) -> None:
+    one, _, model_id = _pinned_model(fleet, pins=["production"])
+    with transaction(fleet.session_factory) as session:
+        session.get_one(Model, model_id).deleted_at = datetime.now(UTC)
+    with fleet.session_factory() as session:
+        assert residency_repository.is_pinned(session, one) is False
+
+
+class _Unloads:
+    """A Triton client that records unloads."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def unload_model(self, name: str) -> None:
+        self.names.append(name)
+
+
+@pytest.mark.parametrize("pinned_meanwhile", [False, True])
+def test_an_eviction_keeps_a_version_pinned_after_its_pass_chose_it(
+    fleet: Fleet, pinned_meanwhile: bool
+) -> None:
+    """The pass read the pins, chose the version and wrote its placement desired absent; an admin pins its
+    alias before the eviction's unload: the eviction keeps it (it was unloaded once and loaded back)."""
+    fleet.endpoint("http://127.0.0.1:1", name="here")
+    one, _, model_id = _pinned_model(fleet, pins=None)
+    _place(fleet, "here", one, desired="absent")
+    if pinned_meanwhile:
+        with transaction(fleet.session_factory) as session:
+            session.get_one(Model, model_id).pinned_aliases = ["production"]
+    client = _Unloads()
+    actions = Actions(
+        session_factory=fleet.session_factory,
+        loader=SimpleNamespace(lock_for=lambda name: threading.Lock()),  # type: ignore[arg-type]
+        observed=Observed(),
+        backoff=Backoff(initial_s=1.0, max_s=2.0),
+        loads_per_instance=1,
+        unload_grace_s=0.0,
+        on_load_done=lambda loaded: None,
+        rerun=lambda: None,
+    )
+    endpoint: Any = SimpleNamespace(name="here", client=client)
+    try:
+        evicted = actions._evict(endpoint, "the-version", one)
+    finally:
+        actions.stop()
+    assert evicted is not pinned_meanwhile
+    assert client.names == ([] if pinned_meanwhile else ["the-version"])
+    assert _wanted(fleet, "here", one) is pinned_meanwhile, "a kept version's placement is desired again"
