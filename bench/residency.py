@@ -130,12 +130,23 @@ def compare_with_ideal(
 
 
 PASSES = "cp_reconcile_passes_total"
+EVICTIONS = "cp_residency_evictions_total"
 PERIOD_S = float(os.environ.get("CP_RECONCILE_INTERVAL_S", "5"))
 
 
 def metric(text: str, name: str) -> float:
     """Sum of a metric's samples in a Prometheus text exposition."""
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def metric_by(text: str, name: str, label: str) -> Counter[str]:
+    """A metric's samples summed by the value of one of its labels."""
+    found: Counter[str] = Counter()
+    for m in re.finditer(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.M):
+        value = re.search(rf'(?:^|,){label}="([^"]*)"', m.group(1))
+        if value is not None:
+            found[value.group(1)] += round(float(m.group(2)))  # counters
+    return found
 
 
 class Sampler(threading.Thread):
@@ -345,7 +356,7 @@ def report(
     failed = [r for r in records if r[2] != 200]
     hits = metric(after, "cp_residency_hits_total") - metric(before, "cp_residency_hits_total")
     misses = metric(after, "cp_residency_misses_total") - metric(before, "cp_residency_misses_total")
-    evictions = metric(after, "cp_residency_evictions_total") - metric(before, "cp_residency_evictions_total")
+    evictions = metric(after, EVICTIONS) - metric(before, EVICTIONS)
     trace = [r[1] for r in records]
     ok_ns = sorted(r[3] for r in records if r[2] == 200)
     fastest_ns = ok_ns[len(ok_ns) // 10] if ok_ns else 0  # p10: a warm request whatever the miss rate
@@ -384,7 +395,14 @@ def report(
         f"({len(warm)} requests)"
     )
     passes = metric(after, PASSES) - metric(before, PASSES)
-    print(f"evictions: {evictions:.0f}; reconcile passes: {passes:.0f} ({passes / args.seconds:.1f}/s)")
+    why = metric_by(after, EVICTIONS, "reason")
+    why.subtract(metric_by(before, EVICTIONS, "reason"))
+    by_reason = ", ".join(f"{count:.0f} {reason}" for reason, count in why.most_common() if count)
+    print(
+        f"evictions: {evictions:.0f}"
+        + (f" ({by_reason})" if by_reason else "")
+        + f"; reconcile passes: {passes:.0f} ({passes / args.seconds:.1f}/s)"
+    )
     print(
         f"peak resident (stub RSS, sampled every 20 ms): {peak / 2**20:.0f} MiB "
         f"of a {budget / 2**20:.0f} MiB "

@@ -78,9 +78,10 @@ class ResidencyHooks:
         return None
 
     def evicted(
-        self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None, reason: str
     ) -> None:
-        """An eviction finished: check the memory came back, run the loop again."""
+        """An eviction finished (`reason`: why the pass chose it): check the memory came back, run the loop
+        again."""
 
 
 class Actions:
@@ -174,10 +175,18 @@ class Actions:
                     self._schedule(endpoint, name, version_id, self._unload_moved)
         return len(missing) + extra
 
-    def evict(self, endpoint: TritonEndpoint, name: str, version_id: int, *, last_used: float = 0.0) -> None:
+    def evict(
+        self,
+        endpoint: TritonEndpoint,
+        name: str,
+        version_id: int,
+        *,
+        last_used: float = 0.0,
+        reason: str = "lru",
+    ) -> None:
         """Unload a version the residency budget no longer holds (unless requests are in flight)."""
         room: Future[bool] = Future()
-        action = partial(self._evict, last_used=last_used, room=room)
+        action = partial(self._evict, last_used=last_used, room=room, reason=reason)
         self._schedule(endpoint, name, version_id, action, room=room, defer=True)
 
     def load_after(self, endpoint: TritonEndpoint, loads: list[tuple[str, int]], victims: list[int]) -> None:
@@ -395,6 +404,7 @@ class Actions:
         *,
         last_used: float = 0.0,
         room: Future[bool] | None = None,
+        reason: str = "lru",
     ) -> bool:
         """Give requests on their way a moment (the pass that chose the version showed it unloading, so
         routes no longer send to it), then unload unless one is in flight or it was asked for again
@@ -419,7 +429,7 @@ class Actions:
                 return False
         if room is not None and not room.done():
             room.set_result(True)
-        hooks.evicted(endpoint, name, version_id, before)
+        hooks.evicted(endpoint, name, version_id, before, reason)
         return True
 
     def _keep(self, instance: str, version_id: int) -> None:

@@ -282,7 +282,11 @@ class Reconciler:
                     for name, version_id in plan.evict:
                         self.observed.placement_changed((endpoint.name, version_id), "unloading", None)
                         self.actions.evict(
-                            endpoint, name, version_id, last_used=plan.last_used.get(version_id, 0.0)
+                            endpoint,
+                            name,
+                            version_id,
+                            last_used=plan.last_used.get(version_id, 0.0),
+                            reason=plan.reasons.get(version_id, "lru"),
                         )
                     victims = [version_id for _, version_id in plan.evict]
                     self.actions.load_after(endpoint, plan.after_evictions, victims)

@@ -41,6 +41,7 @@ class Plan:
     evict: list[tuple[str, int]] = field(default_factory=list)  # (Triton model name, version id)
     waiting: list[str] = field(default_factory=list)  # desired, no room yet
     last_used: dict[int, float] = field(default_factory=dict)  # evicted version id -> its last use seen
+    reasons: dict[int, str] = field(default_factory=dict)  # evicted version id -> why (policy.REASONS)
     # Admitted versions that fit once this pass's evictions are over: they load as soon as those finish.
     after_evictions: list[tuple[str, int]] = field(default_factory=list)
     used: int = 0
@@ -244,6 +245,7 @@ class Budgets:
         for version_id in decision.evict:
             plan.evict.append((names[version_id], version_id))
             plan.last_used[version_id] = seen_used.get(version_id, 0.0)
+            plan.reasons[version_id] = decision.reasons[version_id]
             want.pop(names[version_id], None)
             holders = desired.holders.get(version_id)
             if holders is not None:

@@ -443,10 +443,10 @@ class Residency(ResidencyHooks):
         return BeforeUnload(triton_bytes, version_bytes, freed=freed)
 
     def evicted(
-        self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None
+        self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None, reason: str
     ) -> None:
-        """Count the eviction, check the memory came back, and let the loop use the room."""
-        self.stats.evicted(endpoint.name, "budget")
+        """Count the eviction by its reason, check the memory came back, and let the loop use the room."""
+        self.stats.evicted(endpoint.name, reason)
         try:
             self._check_returned(endpoint, name, version_id, before)
         finally:

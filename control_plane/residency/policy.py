@@ -15,12 +15,21 @@
 - Resident versions over the budget with nothing incoming (a size measured larger than estimated) are
   evicted the same way until the rest fits; with `headroom`, until that much is free, so the next cold
   version can start loading at once instead of waiting for an eviction (the budget still holds).
+- Each eviction has a reason (`REASONS`, the label of `cp_residency_evictions_total`): made room for an
+  incoming version as an `idle` one, a `tenant_share` one (only where the share chose another victim than
+  least recently used would) or the `lru` one; or shrank what is resident, `over_budget` (measured bigger
+  than counted) or for the `headroom`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+# Why a version was evicted: the order that chose it to make room (`_order`), or a shrink.
+IDLE, TENANT_SHARE, LRU, OVER_BUDGET, HEADROOM = "idle", "tenant_share", "lru", "over_budget", "headroom"
+REASONS = (IDLE, TENANT_SHARE, LRU, OVER_BUDGET, HEADROOM)
+_BY_RANK = (IDLE, TENANT_SHARE, LRU)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,7 @@ class Decision:
 
     admit: list[int] = field(default_factory=list)  # incoming versions that may load now
     evict: list[int] = field(default_factory=list)  # resident versions to unload first
+    reasons: dict[int, str] = field(default_factory=dict)  # evicted version id -> one of REASONS
     wait: list[int] = field(default_factory=list)  # incoming versions with no room now
     pinned_over: int = 0  # bytes of pinned versions the budget cannot hold
 
@@ -75,11 +85,12 @@ def decide(
             if entry.pinned:
                 decision.pinned_over += entry.size
             continue
-        for victim in victims:
+        for victim, reason in victims:
             used -= victim.size
             tenant_bytes[victim.tenant] -= victim.size
             del held[victim.version_id]
             decision.evict.append(victim.version_id)
+            decision.reasons[victim.version_id] = reason
         held[entry.version_id] = entry
         protected.add(entry.version_id)
         used += entry.size
@@ -100,9 +111,11 @@ def decide(
             idle_before=idle_before,
             partial=True,
         )
-        for victim in victims or ():
+        for victim, _ in victims or ():
             del held[victim.version_id]
             decision.evict.append(victim.version_id)
+            decision.reasons[victim.version_id] = OVER_BUDGET if used > budget else HEADROOM
+            used -= victim.size
     return decision
 
 
@@ -115,19 +128,23 @@ def _victims(
     limit: float | None,
     idle_before: float | None = None,
     partial: bool = False,
-) -> list[Entry] | None:
-    """Versions to evict to free `need` bytes (None if impossible; with `partial`, as many as can go)."""
+) -> list[tuple[Entry, str]] | None:
+    """Versions to evict to free `need` bytes, each with the reason its rank in the order gives (None if
+    impossible; with `partial`, as many as can go)."""
     if need <= 0:
         return []
     free = [e for e in held.values() if not e.pinned and not e.busy and e.version_id not in protected]
     if not partial and sum(e.size for e in free) < need:
         return None
-    chosen: list[Entry] = []
+    chosen: list[tuple[Entry, str]] = []
     over = dict(tenant_bytes)
     while need > 0 and free:
         victim = min(free, key=lambda e: _order(e, over, limit, idle_before))
+        reason = _BY_RANK[_order(victim, over, limit, idle_before)[0]]
+        if reason == TENANT_SHARE and victim is min(free, key=lambda e: _order(e, over, None, idle_before)):
+            reason = LRU  # the share changed nothing (one tenant, or its version was the LRU one anyway)
         free.remove(victim)
-        chosen.append(victim)
+        chosen.append((victim, reason))
         over[victim.tenant] -= victim.size
         need -= victim.size
     return chosen

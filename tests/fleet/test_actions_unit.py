@@ -33,7 +33,14 @@ class Recorder:
         self.evictions = 0
 
     def evict(
-        self, endpoint: Any, name: str, version_id: int, *, last_used: float = 0.0, room: Any = None
+        self,
+        endpoint: Any,
+        name: str,
+        version_id: int,
+        *,
+        last_used: float = 0.0,
+        room: Any = None,
+        reason: str = "lru",
     ) -> bool:
         assert self.release.wait(10)
         self.evictions += 1

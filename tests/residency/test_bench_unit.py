@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.residency import compare_with_ideal, ideal_lru_hit_rate, triton_seconds
+from bench.residency import compare_with_ideal, ideal_lru_hit_rate, metric, metric_by, triton_seconds
 
 MS = 1_000_000
 
@@ -49,3 +49,20 @@ def test_scratch_database_is_empty_usable_and_dropped() -> None:
             assert tables == (0,)
     with psycopg.connect(ADMIN_URL) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+
+
+def test_metric_sums_samples_and_metric_by_splits_them_by_a_label() -> None:
+    text = "\n".join(
+        [
+            "# TYPE cp_residency_evictions_total counter",
+            'cp_residency_evictions_total{instance="a",reason="lru"} 3.0',
+            'cp_residency_evictions_total{instance="b",reason="lru"} 2.0',
+            'cp_residency_evictions_total{reason="idle",instance="a"} 1.0',
+            'cp_residency_evictions_created{instance="a",reason="lru"} 1.7e9',
+            'cp_residency_hits_total{instance="a"} 9.0',
+        ]
+    )
+    assert metric(text, "cp_residency_evictions_total") == 6.0
+    assert metric_by(text, "cp_residency_evictions_total", "reason") == {"lru": 5, "idle": 1}
+    assert metric_by(text, "cp_residency_evictions_total", "instance") == {"a": 4, "b": 2}
+    assert metric_by(text, "cp_residency_hits_total", "reason") == {}

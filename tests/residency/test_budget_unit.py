@@ -107,6 +107,7 @@ def _pass(
 def test_a_pass_evicts_only_for_the_loads_that_can_start() -> None:
     plan, desired = _arrange(load_slots=1)
     assert plan.evict == [("r1", 1)], "one load worker: one eviction, of the least recently used"
+    assert plan.reasons == {1: "lru"}, "the reason its eviction is counted by"
     assert plan.last_used == {1: datetime(2026, 1, 1, 1, tzinfo=UTC).timestamp()}  # for its grace
     assert set(desired.on["i"]) == {"r2", "r3"}, "the incoming versions wait (a4 for its eviction)"
     assert plan.after_evictions == [("a4", 4)], "a4 loads as soon as r1's eviction is over"
@@ -127,8 +128,10 @@ def test_a_version_idle_for_long_gives_way_whatever_its_tenants_share(
     monkeypatch.setattr(repository, "version_facts", lambda session, ids, **kw: facts(ids))
     plan, _ = _arrange(load_slots=1, tenant_share=0.5)
     assert plan.evict == [("r2", 2)], "the share alone: the busy tenant makes room from its own"
+    assert plan.reasons == {2: "tenant_share"}
     plan, _ = _arrange(load_slots=1, tenant_share=0.5, share_idle_s=120.0)
     assert plan.evict == [("r1", 1)], "idle for longer than the cutoff: no share keeps it"
+    assert plan.reasons == {1: "idle"}
 
 
 def test_without_a_cap_every_incoming_version_evicts_at_once() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control_plane.residency.policy import Entry, decide
+from control_plane.residency.policy import REASONS, Entry, decide
 from control_plane.residency.sizes import _stub_model, estimate, from_statistics, last_inference_s
 
 
@@ -112,3 +112,35 @@ def test_pinned_versions_resident_over_a_lowered_budget_are_reported() -> None:
     decision = decide([_e(1, used=1, pinned=True), _e(2, used=2, pinned=True)], [], budget=15)
     assert decision.evict == [] and decision.pinned_over == 5
     assert decide([_e(1, used=1, pinned=True)], [], budget=15).pinned_over == 0
+
+
+def test_each_eviction_says_why_it_was_chosen() -> None:
+    """The reasons `cp_residency_evictions_total` counts: the order that picked a victim to make room, or
+    the shrink of what is resident (over the budget as measured, or for the headroom)."""
+    lru = decide([_e(1, used=3), _e(2, used=1)], [_e(3, used=9)], budget=20)
+    assert lru.evict == [2] and lru.reasons == {2: "lru"}
+    resident = [_e(1, used=1, tenant="quiet"), _e(2, used=5, tenant="busy"), _e(3, used=6, tenant="busy")]
+    share = decide(resident, [_e(4, used=9, tenant="busy")], budget=30, share=0.5)
+    assert share.reasons == {2: "tenant_share"}
+    alone = [_e(1, used=1, tenant="busy"), _e(2, used=5, tenant="busy"), _e(3, used=6, tenant="busy")]
+    one_tenant = decide(alone, [_e(4, used=9, tenant="busy")], budget=30, share=0.5)
+    assert one_tenant.reasons == {1: "lru"}, "over its share, but the share chose what LRU would"
+    idle = decide(
+        [_e(1, used=10, tenant="a"), _e(2, used=30, tenant="b")], [_e(3, used=50)], budget=20, idle_before=20
+    )
+    assert idle.reasons == {1: "idle"}
+    # Two victims for one arrival: the idle one first, then the least recently used of the rest.
+    both = decide(
+        [_e(1, used=10), _e(2, used=30), _e(3, used=35)], [_e(4, used=50, size=20)], budget=30, idle_before=20
+    )
+    assert (both.evict, both.reasons) == ([1, 2], {1: "idle", 2: "lru"})
+    over = decide([_e(1, used=1, size=15), _e(2, used=2, size=15)], [], budget=20)
+    assert over.reasons == {1: "over_budget"}
+    ahead = decide([_e(1, used=1), _e(2, used=2), _e(3, used=3)], [], budget=35, headroom=10)
+    assert ahead.reasons == {1: "headroom"}
+    # 5 over the budget, with 10 to keep free: the first victim is for the budget, the next for the room.
+    shrink = decide([_e(1, used=1), _e(2, used=2), _e(3, used=3), _e(4, used=4)], [], budget=35, headroom=10)
+    assert shrink.reasons == {1: "over_budget", 2: "headroom"}
+    assert set(lru.reasons) == set(lru.evict) and all(
+        r in REASONS for d in (lru, share, idle, shrink) for r in d.reasons.values()
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -26,6 +27,7 @@ from sqlalchemy import select
 from control_plane.db import migrate
 from control_plane.db.models import Model, ModelVersion
 from control_plane.residency import sizes
+from control_plane.residency.policy import REASONS
 from control_plane.tritonserver import TritonDistribution
 from tests.fixtures_triton import RunningTriton, private_triton
 from tests.support.api import Api
@@ -226,7 +228,9 @@ def test_evictions_end_the_stubs_and_leave_no_process_or_shared_memory_behind(st
     for _ in range(2):
         for name in ("m0", "m3", "m4", "m0", "m4", "m3"):
             assert stack.infer(name).status_code == 200
-    assert _evictions(stack) - evicted_before >= 3
+    evicted = _evictions(stack) - evicted_before
+    assert evicted["lru"] >= 3, f"one tenant, no headroom: room is made least recently used first ({evicted})"
+    assert set(evicted) <= set(REASONS)
     deadline = time.monotonic() + 10
     while True:  # Triton reaps an ended stub after its health check (a second)
         children = _children(stack.pid)
@@ -257,13 +261,15 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
-def _evictions(stack: Stack) -> float:
+def _evictions(stack: Stack) -> Counter[str]:
+    """`cp_residency_evictions_total` by its reason label."""
     metrics = stack.api.client.get("/metrics", headers=stack.api.headers()).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("cp_residency_evictions_total")
-    )
+    found: Counter[str] = Counter()
+    for line in metrics.splitlines():
+        if line.startswith("cp_residency_evictions_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('reason="', 1)[1].split('"', 1)[0]] += round(float(value))
+    return found
 
 
 def test_twenty_concurrent_first_requests_cause_exactly_one_load(stack: Stack) -> None:
