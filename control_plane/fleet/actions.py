@@ -83,6 +83,9 @@ class ResidencyHooks:
         """An eviction finished (`reason`: why the pass chose it): check the memory came back, run the loop
         again."""
 
+    def unloaded(self, endpoint: TritonEndpoint, name: str) -> None:
+        """A version released in the registry or moved away was unloaded (not an eviction)."""
+
 
 class Actions:
     """Loads and unloads on the fleet for the reconcile loop, and the placement states they leave."""
@@ -382,7 +385,9 @@ class Actions:
         with self.loader.lock_for(name):
             if self._version_state(version_id) not in RELEASED:
                 return
-            self._unload(endpoint, name, version_id, why="released in the registry")
+            if not self._unload(endpoint, name, version_id, why="released in the registry"):
+                return
+        self.residency.unloaded(endpoint, name)
 
     def _unload_moved(self, endpoint: TritonEndpoint, name: str, version_id: int) -> None:
         """Make-before-break: stop routing here, wait for requests on their way, then unload."""
@@ -394,7 +399,9 @@ class Actions:
         with self.loader.lock_for(name):
             if self._wanted_here(endpoint.name, version_id):
                 return
-            self._unload(endpoint, name, version_id, why="placed elsewhere")
+            if not self._unload(endpoint, name, version_id, why="placed elsewhere"):
+                return
+        self.residency.unloaded(endpoint, name)
 
     def _evict(
         self,

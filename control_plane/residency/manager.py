@@ -454,6 +454,19 @@ class Residency(ResidencyHooks):
             if self.reconciler is not None:
                 self.reconciler.freed(room=True)
 
+    def unloaded(self, endpoint: TritonEndpoint, name: str) -> None:
+        """A version retired, deleted or moved away left the instance: once its stubs are gone (they outlive
+        the unload by up to Triton's one-second health check; requests may have been in flight, so they
+        are not ended as an eviction's are), a pass counts its room at once, for versions waiting for it
+        and for the resident bytes shown, rather than at the next change or period."""
+        pid = self._pid(endpoint)
+        deadline = time.monotonic() + 5.0
+        while pid is not None and sizes.stub_bytes(pid, name) > 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._live.pop(endpoint.name, None)
+        if self.reconciler is not None:
+            self.reconciler.trigger()
+
     def _check_returned(
         self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None
     ) -> None:

@@ -513,3 +513,45 @@ def test_a_version_waiting_for_room_loads_as_soon_as_a_busy_one_goes_idle(
     finally:
         reconciler.interval_s = period
         reconciler.trigger()
+
+
+def _resident_bytes(stack: Stack) -> int:
+    instance = stack.api.client.get("/v1/instances", headers=stack.api.headers()).json()[0]
+    return int(instance["resident_bytes"])
+
+
+def test_a_deleted_versions_room_is_counted_once_its_stubs_are_gone(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version deleted (or retired, or moved away) is unloaded by the loop, not evicted: once its
+    stubs exit, a pass counts the room it left, for the resident bytes shown and for versions waiting
+    for that room. They waited for the next change or the period (the pass that planned the unload
+    still counted it)."""
+    _register(stack, "leaving", "pass", tmp_path)
+    assert stack.infer("leaving").status_code == 200
+    size = stack.api.version(stack.tenant, "leaving", 1)["memory_bytes"]
+    assert size, "measured at its load"
+    _set_budget(stack, size * 20)  # room for every model of the module: nothing evicted meanwhile
+    reconciler = stack.api.state.reconciler
+    assert reconciler is not None
+    monkeypatch.setattr(stack.api.state.residency, "renew", lambda: None)
+    period, reconciler.interval_s = reconciler.interval_s, 3600.0
+    try:
+        time.sleep(1.2)  # the loop's wait at the old period is over
+        reconciler.trigger()
+        assert reconciler.wait_idle(10)
+        time.sleep(0.5)
+        before = _resident_bytes(stack)
+        assert before >= size and "leaving" in stack.loaded()
+        deleted = stack.api.client.delete(
+            f"/v1/tenants/{stack.tenant}/models/leaving/versions/1", headers=stack.api.headers()
+        )
+        assert deleted.status_code == 200, deleted.text
+        deadline = time.monotonic() + 8
+        while _resident_bytes(stack) > before - size // 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "leaving" not in stack.loaded()
+        assert _resident_bytes(stack) <= before - size // 2, (before, size, _resident_bytes(stack))
+    finally:
+        reconciler.interval_s = period
+        reconciler.trigger()
