@@ -245,17 +245,18 @@ def switch(
         dropped = repository.remove_routes(session, alias_id=alias.id, kind="weighted")
         alias.version_id, alias.updated_at = version.id, now
     version.released_at = None
-    session.add(
-        AliasHistory(
-            alias_id=alias.id,
-            from_version_id=previous.id if previous else None,
-            to_version_id=version.id,
-            action=action,
-            actor_key_id=ctx.principal.key_id,
-            actor=ctx.principal.label,
-            reason=reason,
+    if previous is None or previous.id != version.id:  # a move to where it is (a canary ended) is no move
+        session.add(
+            AliasHistory(
+                alias_id=alias.id,
+                from_version_id=previous.id if previous else None,
+                to_version_id=version.id,
+                action=action,
+                actor_key_id=ctx.principal.key_id,
+                actor=ctx.principal.label,
+                reason=reason,
+            )
         )
-    )
     session.flush()
     release_after_commit(session, state=state, version_ids=dropped | ({previous.id} if previous else set()))
     before = {"version": previous.version if previous else None}

@@ -101,7 +101,7 @@ def last_move_to(session: Session, *, alias_id: int, version_id: int) -> AliasHi
     return session.scalar(
         select(AliasHistory)
         .where(AliasHistory.alias_id == alias_id, AliasHistory.to_version_id == version_id)
-        .where(AliasHistory.from_version_id.is_not(None))
+        .where(AliasHistory.from_version_id.is_not(None), AliasHistory.from_version_id != version_id)
         .order_by(AliasHistory.id.desc())
         .limit(1)
     )

@@ -49,6 +49,34 @@ def test_promote_reports_the_replaced_version_and_history_lists_every_move(api: 
     ]
 
 
+def test_a_promote_to_the_current_version_is_no_move_and_a_rollback_still_goes_back(
+    api: Api, tmp_path: Path
+) -> None:
+    """Promoting the version an alias already has (to end a canary split, or by a retrying script) moves
+    nothing: audited, but no `2 -> 2` history row, which made the rollback after it "go back" to 2."""
+    v1, v2 = _two_versions(api, tmp_path)
+    for _ in range(2):
+        moved = api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers())
+        assert moved.status_code == 200, moved.text
+    assert moved.json() == {"alias": "production", "version": 2, "previous_version": 2, "action": "promote"}
+    history = api.client.get(_alias_url(v1) + "/history", headers=api.headers()).json()
+    assert [(h["from_version"], h["to_version"]) for h in history] == [(1, 2), (None, 1)]
+    audited = api.client.get(
+        "/v1/audit",
+        params={"tenant": v1.tenant, "model": v1.model, "action": "alias.promote"},
+        headers=api.headers(),
+    ).json()
+    moves = [
+        (e["before"]["version"], e["after"]["version"])
+        for e in audited
+        if e["target"].endswith("@production")
+    ]
+    assert moves == [(2, 2), (1, 2), (None, 1)], "each promote is audited, the one that moved nothing too"
+    rolled = api.client.post(_alias_url(v1) + "/rollback", headers=api.headers())
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["version"] == 1
+
+
 def test_rollback_to_a_kept_warm_version_is_fast(api: Api, tmp_path: Path) -> None:
     v1, v2 = _two_versions(api, tmp_path)
     assert (
@@ -198,8 +226,23 @@ def test_concurrent_promotions_are_serialized_and_none_is_lost(api: Api, tmp_pat
     for thread in threads:
         thread.join()
     assert results == [200, 200, 200, 200]
+    audited = api.client.get(
+        "/v1/audit",
+        params={"tenant": v1.tenant, "model": v1.model, "action": "alias.promote"},
+        headers=api.headers(),
+    ).json()
+    moves = [  # in the order they committed (ids; a timestamp is its transaction's start, before the lock)
+        (e["before"]["version"], e["after"]["version"])
+        for e in sorted(audited, key=lambda e: -e["id"])
+        if e["target"].endswith("@production")
+    ]
+    assert len(moves) == 5  # the first promotion plus four, none lost
+    for newer, older in itertools.pairwise(moves):
+        assert newer[0] == older[1]  # each promote starts where the previous one ended
     history = api.client.get(_alias_url(v1) + "/history", headers=api.headers()).json()
-    assert len(history) == 5  # the first promotion plus four
+    assert [(h["from_version"], h["to_version"]) for h in history] == [m for m in moves if m[0] != m[1]], (
+        "history lists the promotes that moved the alias"
+    )
     for newer, older in itertools.pairwise(history):
         assert newer["from_version"] == older["to_version"]  # each move starts where the previous ended
     final = api.client.get(f"/v1/tenants/{v1.tenant}/models/{v1.model}", headers=api.headers()).json()
