@@ -206,7 +206,7 @@ class Residency(ResidencyHooks):
             elif target is None or target.state == "retired":  # deleted (its model or it) meanwhile
                 self._settle(name, VersionGone("the model version no longer exists"))
             elif target.state not in SERVABLE:  # a request may load it on demand, or it is loading
-                self._settle(name, _load_failed(name, target.state, target.failure, model))
+                self._settle(name, _load_failed(name, target.state, target.failure, model, target.version))
 
     def _wait(self, name: str, waiter: _Waiter, *, explicit: bool = False) -> None:
         with self._lock:
@@ -280,7 +280,7 @@ class Residency(ResidencyHooks):
                     raise VersionGone("the model version no longer exists")
                 if version.state == "failed" and not explicit:
                     model = repository.model_name(session, version.model_id)
-                    raise _load_failed(name, version.state, version.state_message, model)
+                    raise _load_failed(name, version.state, version.state_message, model, version.version)
                 if version.load_seconds:
                     self._load_s[name] = version.load_seconds
                 if version.state == "loading":
@@ -567,8 +567,9 @@ class Residency(ResidencyHooks):
         self._flushed.update(fresh)
 
 
-def _load_failed(name: str, state: str, message: str | None, model: str | None) -> LoadFailed:
-    """The 503 for requests to a version whose load failed: why, as Triton said (a failed version is
-    not loaded again until it is asked for explicitly or replaced)."""
+def _load_failed(name: str, state: str, message: str | None, model: str | None, number: int) -> LoadFailed:
+    """The 503 for requests to a version whose load failed: which, in the caller's terms, and why, as
+    Triton said (a failed version is not loaded again until it is asked for explicitly or replaced)."""
     why = f": {public_reason(message, name, model or 'the model')}" if message else f" ({state})"
-    return LoadFailed(f"the model version failed to load{why}", retry_after=FAILED_RETRY_S)
+    shown = f"model '{model}'" if model else "the model"
+    return LoadFailed(f"version {number} of {shown} failed to load{why}", retry_after=FAILED_RETRY_S)

@@ -159,8 +159,8 @@ class Router:
             raise NotFound(f"version {version} of model '{model}' not found")
         if found.state == "failed":  # not loaded again until asked for explicitly or replaced
             failure = found.failure and public_reason(found.failure, found.triton_name, model)
-            why = f" (its load failed: {failure})" if failure else ""
-            message = f"version {version} of model '{model}' is failed, not ready{why}"
+            why = f": {failure}" if failure else ""
+            message = f"version {version} of model '{model}' failed to load{why}"
             raise ModelLoading(message, retry_after=FAILED_RETRY_S)
         if found.state not in SERVABLE:
             raise ModelLoading(

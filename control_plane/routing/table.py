@@ -22,13 +22,19 @@ from control_plane.db.models import (
 from control_plane.routing.contracts import UNCHECKABLE, contract_from_config
 
 _PATH = re.compile(r"(?:/[\w.@+-]+)+/")
+# What the loader and Triton put before the reason itself, naming the model twice and Triton's own
+# version folder (always 1 here, whatever version the caller asked for).
+_LOAD_PREFIXES = re.compile(
+    r"^(?:Triton could not load '[^']*': )?(?:load failed for model '[^']*': version \d+ is at \w+ state: )?"
+)
 
 
 def public_reason(message: str, triton_name: str, shown: str) -> str:
     """Why a load failed, for the model's callers: Triton's message without the Python traceback it
-    appends (`At:` and the frames), the server's folders (the model repository's path) or the name
-    Triton knows the version by (`shown` instead)."""
-    head = message.split("\nAt:", 1)[0].replace(triton_name, shown)
+    appends (`At:` and the frames), the server's folders (the model repository's path), the prefixes
+    that name the model again (`_LOAD_PREFIXES`) or the name Triton knows the version by (`shown`
+    instead)."""
+    head = _LOAD_PREFIXES.sub("", message.split("\nAt:", 1)[0]).replace(triton_name, shown)
     return " ".join(_PATH.sub("", head).split())[:500]
 
 

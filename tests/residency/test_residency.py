@@ -360,9 +360,12 @@ def test_requests_to_a_version_that_failed_to_load_are_told_why(stack: Stack, tm
         assert response.status_code == 503, response.text
         assert "w.bin is missing" in response.text and response.headers["retry-after"] == "30"
         assert "--" not in response.text and "/tmp" not in response.text, "no internal name or path"
-        assert "'broken'" in response.text and "'the model'" not in response.text, (
-            "named as the caller knows it"
-        )
+        error = response.json()["error"]
+        assert (
+            error
+            == "version 1 of model 'broken' failed to load: Internal: RuntimeError: weights file w.bin is "
+            "missing"
+        ), "named once, as the caller knows it (the loader's and Triton's prefixes named it twice more)"
 
 
 def test_requests_waiting_for_a_version_deleted_meanwhile_get_404(stack: Stack, tmp_path: Path) -> None:
