@@ -572,4 +572,6 @@ def _load_failed(name: str, state: str, message: str | None, model: str | None, 
     Triton said (a failed version is not loaded again until it is asked for explicitly or replaced)."""
     why = f": {public_reason(message, name, model or 'the model')}" if message else f" ({state})"
     shown = f"model '{model}'" if model else "the model"
-    return LoadFailed(f"version {number} of {shown} failed to load{why}", retry_after=FAILED_RETRY_S)
+    return LoadFailed(
+        f"version {number} of {shown} is not ready: its load failed{why}", retry_after=FAILED_RETRY_S
+    )

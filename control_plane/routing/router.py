@@ -160,7 +160,7 @@ class Router:
         if found.state == "failed":  # not loaded again until asked for explicitly or replaced
             failure = found.failure and public_reason(found.failure, found.triton_name, model)
             why = f": {failure}" if failure else ""
-            message = f"version {version} of model '{model}' failed to load{why}"
+            message = f"version {version} of model '{model}' is not ready: its load failed{why}"
             raise ModelLoading(message, retry_after=FAILED_RETRY_S)
         if found.state not in SERVABLE:
             raise ModelLoading(

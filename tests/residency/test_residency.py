@@ -363,8 +363,8 @@ def test_requests_to_a_version_that_failed_to_load_are_told_why(stack: Stack, tm
         error = response.json()["error"]
         assert (
             error
-            == "version 1 of model 'broken' failed to load: Internal: RuntimeError: weights file w.bin is "
-            "missing"
+            == "version 1 of model 'broken' is not ready: its load failed: Internal: RuntimeError: weights "
+            "file w.bin is missing"
         ), "named once, as the caller knows it (the loader's and Triton's prefixes named it twice more)"
 
 
