@@ -17,7 +17,7 @@ from control_plane.dataplane import predict
 from control_plane.dataplane.auth import authorize_metrics, require_key
 from control_plane.dataplane.exchange import JSON, Exchange, Reply, error_reply, parse_models_path
 from control_plane.dataplane.infer import begin, check_limits, infer, observe
-from control_plane.dataplane.requests import Call, read_body, send_response
+from control_plane.dataplane.requests import Call, read_body, send_response, watching_for_hangup
 from control_plane.dataplane.rewrite import rewrite_metadata, server_metadata
 from control_plane.dataplane.upstream import triton_error
 from control_plane.errors import AppError, NotFound, ServiceUnavailable
@@ -91,7 +91,8 @@ def _authorize_metrics(state: AppState, call: Call) -> None:
 async def _infer(state: AppState, call: Call) -> None:
     check_limits(state, call.ex)
     body = await read_body(call, limit=state.settings.max_request_bytes)
-    reply = await infer(state, call.ex, body)
+    async with watching_for_hangup(call):
+        reply = await infer(state, call.ex, body)
     await call.respond(reply)
     if reply.after is not None:
         reply.after()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from control_plane.dataplane.exchange import JSON, Reply
 from control_plane.dataplane.infer import check_limits, forward
-from control_plane.dataplane.requests import Call, read_body
+from control_plane.dataplane.requests import Call, read_body, watching_for_hangup
 from control_plane.dataplane.upstream import BadGateway, triton_error
 from control_plane.state import AppState
 
@@ -17,7 +17,8 @@ async def handle(state: AppState, call: Call) -> None:
     body = await read_body(call, limit=state.settings.max_request_bytes)
     request, header_length = await state.checks.predict_request(call.ex, body)
     headers = [(b"content-type", JSON), (b"inference-header-content-length", b"%d" % header_length)]
-    upstream = await forward(state, call.ex, body=request, headers=headers)
+    async with watching_for_hangup(call):
+        upstream = await forward(state, call.ex, body=request, headers=headers)
     if upstream.status != 200:
         raise triton_error(upstream, resolved)
     raw_length = upstream.headers.get(b"inference-header-content-length")

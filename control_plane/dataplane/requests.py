@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
@@ -62,6 +65,25 @@ async def read_body(call: Call, *, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+@asynccontextmanager
+async def watching_for_hangup(call: Call) -> AsyncIterator[None]:
+    """Once the body is in, the next ASGI message is the disconnect (uvicorn sends it when the connection
+    is lost): while the request is served, a hang-up ends a wait for its version's load (`ex.cancel`),
+    as the fast path's `connection_lost` and gRPC's reset do. A pipelined request is not told: uvicorn
+    tells only the connection's newest request."""
+
+    async def watch() -> None:
+        message = await call.receive()
+        if message["type"] == "http.disconnect" and call.ex.cancel is not None:
+            call.ex.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
 
 
 async def send_response(send: Send, status: int, body: bytes, content_type: bytes) -> None:

@@ -24,9 +24,13 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.grpc as triton_grpc
+from sqlalchemy import select
 from tritonclient.utils import InferenceServerException
 
 from control_plane.db import migrate
+from control_plane.db.models import Alias, Model, ModelVersion
+from control_plane.db.session import transaction
+from control_plane.errors import NotFound
 from control_plane.tritonserver import TritonDistribution
 from tests.fixtures_triton import RunningTriton, private_triton
 from tests.support.api import Api
@@ -97,7 +101,7 @@ def cold(
 ) -> Iterator[Cold]:
     url = create_database()
     migrate.upgrade(url)
-    names = [f"c{i}" for i in range(4)]
+    names = [f"c{i}" for i in range(6)]
     with ExitStack() as stack:
         triton = stack.enter_context(
             private_triton(
@@ -146,6 +150,61 @@ def test_an_http_client_that_hangs_up_during_the_load_stops_waiting_and_is_never
     assert stats.abandoned - abandoned == 3
     assert cold.inferences(model) == 0, "a request whose client left was sent to Triton after the load"
     assert cold.infer(model).status_code == 200  # the load it asked for went on: the next one is served
+    assert cold.inferences(model) == 1
+
+
+PREDICT = orjson.dumps({"inputs": {"INPUT0": [1.0, 2.0]}})
+
+
+def _alias_without_a_load(cold: Cold, model: str) -> None:
+    """`production` -> version 1, written straight to the registry (a promote would load it)."""
+    state = cold.api.state
+    with transaction(state.session_factory) as session:
+        row = session.scalars(select(Model).where(Model.name == model)).one()
+        version_id = session.scalars(select(ModelVersion.id).where(ModelVersion.model_id == row.id)).one()
+        session.add(Alias(model_id=row.id, name="production", version_id=version_id))
+        tenant_id = row.tenant_id
+    deadline = time.monotonic() + 5
+    while True:  # the routing table is rebuilt after the commit
+        try:
+            state.router.resolve(tenant_id=tenant_id, model=model)
+            return
+        except NotFound:
+            assert time.monotonic() < deadline, "the alias never reached the routing table"
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("path", ["http/1.0", "predict"])
+def test_a_client_that_hangs_up_on_the_asgi_path_stops_waiting_too(cold: Cold, path: str) -> None:
+    """Requests the fast path leaves to the ASGI app (HTTP/1.0, Expect: 100-continue, pipelined, and
+    `/v1/predict`) learn of a hang-up from uvicorn's disconnect message: they waited out the load and
+    were then sent to Triton."""
+    model = next(cold.models)
+    stats = cold.api.state.residency.stats
+    abandoned = stats.abandoned
+    port = int(str(cold.api.client.base_url).rsplit(":", 1)[1])
+    if path == "predict":
+        _alias_without_a_load(cold, model)
+        head, body = b"POST /v1/predict/%s HTTP/1.1" % model.encode(), PREDICT
+    else:
+        head, body = b"POST /v2/models/%s/versions/1/infer HTTP/1.0" % model.encode(), BODY
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                head + b"\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (cold.consumer.encode(), len(body), body)
+            )
+            time.sleep(0.3)  # the request waits for the load
+    cold.settled(model)
+    assert stats.abandoned - abandoned == 2
+    assert cold.inferences(model) == 0, "a request whose client left was sent to Triton after the load"
+    if path == "predict":
+        served = cold.api.client.post(
+            f"/v1/predict/{model}", content=PREDICT, headers={"Authorization": f"Bearer {cold.consumer}"}
+        )
+        assert served.status_code == 200 and served.json()["outputs"]["OUTPUT0"] == [2.0, 4.0], served.text
+    else:
+        assert cold.infer(model).status_code == 200
     assert cold.inferences(model) == 1
 
 
