@@ -201,21 +201,21 @@ class Budgets:
                     busy=not keep or version_id in loading or self.busy(name),
                 )
             )
+        # An estimate never refuses a version for good: one bigger than the room the unpinned versions
+        # could make is tried at that size (its load measures it). The median of other models'
+        # measurements (another tenant's big model, say) refused a small one forever, unmeasured.
+        room = budget - sum(e.size for e in resident if e.pinned)
         arrivals = [
             Entry(
                 v,
                 facts[v].tenant,
-                self._size(facts[v], estimates, live),
+                self._size(facts[v], estimates, live, room=room),
                 last_used=_ts(facts[v].updated_at),
                 pinned=v in pinned,
             )
             for v in incoming.values()
             if v in facts
         ]
-        later: list[int] = []  # no load worker free for them this pass: they neither load nor evict
-        if self.load_slots is not None:
-            arrivals.sort(key=self._load_order(incoming))
-            arrivals, later = self._take_load_workers(endpoint, arrivals, loading, want, facts)
         # Processes of versions no longer in Triton's index (a Python-backend stub outlives its unload
         # by a second or more) still hold memory: counted, never a victim, until they have exited.
         known = {*present, *incoming}
@@ -231,14 +231,20 @@ class Budgets:
         leaving = {v for n, v in present.items() if n not in want}
         staying = [e for e in resident if e.version_id not in leaving]
         idle_before = time.time() - self.share_idle_s if self.share_idle_s > 0 else None
-        decision = decide(
-            staying,
-            arrivals,
-            budget=budget,
-            share=self.tenant_share,
-            headroom=self.headroom,
-            idle_before=idle_before,
+        policy = partial(
+            decide, budget=budget, share=self.tenant_share, headroom=self.headroom, idle_before=idle_before
         )
+        later: list[int] = []  # no load worker free for them this pass: they neither load nor evict
+        if self.load_slots is not None:
+            arrivals.sort(key=self._load_order(incoming))
+            # Those that could not load even alone (bigger than the room every idle, unpinned version
+            # makes) take no load worker: they were asked for first, so they held every worker pass
+            # after pass while every other cold version waited. The policy below tells them to wait.
+            hopeless = [e for e in arrivals if policy(staying, [e]).wait]
+            hopeful = [e for e in arrivals if e not in hopeless]
+            taken, later = self._take_load_workers(endpoint, hopeful, loading, want, facts)
+            arrivals = taken + hopeless
+        decision = policy(staying, arrivals)
         plan = Plan(budget=budget)
         names = {v: n for n, v in {**present, **incoming}.items()}
         seen_used = {e.version_id: e.last_used for e in resident}
@@ -390,11 +396,16 @@ class Budgets:
         fact: repository.VersionFacts,
         estimates: Callable[[], list[tuple[int, int]]],
         live: Mapping[str, int],
+        *,
+        room: int | None = None,
     ) -> int:
-        """Measured (the larger of the recorded figure and what its processes hold now), else estimated."""
+        """Measured (the larger of the recorded figure and what its processes hold now), else estimated:
+        like the measured versions, but at most `room` (never under a plain stub's usual footprint)."""
         size = fact.memory_bytes
         if size is None:
             size = sizes.estimate(fact.size_bytes, estimates())
+            if room is not None:
+                size = min(size, max(room, sizes.estimate(fact.size_bytes)))
         size = max(size, live.get(fact.triton_name, 0))
         self.sizes[fact.version_id] = size
         return size

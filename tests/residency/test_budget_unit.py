@@ -74,6 +74,7 @@ def _pass(
     busy: Collection[str] = (),
     tenant_share: float | None = None,
     share_idle_s: float = 0.0,
+    pinned: frozenset[int] = frozenset(),
 ) -> tuple[Budgets, Desired]:
     budgets = Budgets(
         default_budget=budget,
@@ -87,7 +88,7 @@ def _pass(
         waiting=lambda name: (waiting or {}).get(name, 0),
         may_load=lambda instance, version_id: version_id not in backing_off,
     )
-    desired = Desired(on={"i": {**RESIDENT, **INCOMING}}, holders={}, recorded={})
+    desired = Desired(on={"i": {**RESIDENT, **INCOMING}}, holders={}, recorded={}, pinned=pinned)
     observation = InstanceObservation(
         name="i", ready=True, checked_at=datetime.now(UTC), models={n: "READY" for n in RESIDENT}
     )
@@ -360,3 +361,61 @@ def test_the_no_room_wait_is_counted_for_requests_waiting(monkeypatch: pytest.Mo
     assert [(name, type(error).__name__) for name, error in settled] == [("cold", "NoRoom")]
     residency.after_pass()  # its waiters are still listed here (`_settle` is stubbed): a clock of their own
     assert len(settled) == 1
+
+
+def test_versions_that_cannot_fit_take_no_load_worker_from_those_that_can(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two tenants each asked first for a version bigger than the whole budget, a third for one that
+    fits. The big ones took both load workers every pass (asked for first, one per tenant) and waited
+    for room forever, so no other cold version on the instance ever loaded, whatever the room; they
+    now take no worker and wait (their requests get the no-room 503), and the third loads."""
+    monkeypatch.setattr(
+        repository,
+        "version_facts",
+        lambda session, ids, **kw: {
+            v: replace(
+                f,
+                tenant={4: "a", 5: "b", 6: "c"}.get(v, f.tenant),
+                memory_bytes=4 * SIZE if v in (4, 5) else SIZE,
+            )
+            for v, f in _facts(ids).items()
+        },
+    )
+    monkeypatch.setattr(repository, "several_tenants", lambda session: True)
+    plan, desired = _arrange(load_slots=2)
+    assert plan.after_evictions == [("a6", 6)] and plan.evict == [("r1", 1)], "a6 loads, in r1's room"
+    assert sorted(plan.waiting) == ["a4", "a5"], "told there is no room (the 503 after 5 s)"
+    assert not {"a4", "a5"} & set(desired.on["i"])
+    assert plan.planned <= 3 * SIZE
+
+
+def test_every_pinned_version_the_budget_cannot_hold_is_reported() -> None:
+    """Pinned versions beyond the budget that found no free load worker were not counted as over it:
+    r1..r3 pinned fill the budget, and three pinned versions more are asked for (one load worker)."""
+    budgets, desired = _pass(load_slots=1, pinned=frozenset({1, 2, 3, 4, 5, 6}))
+    plan = budgets.plans["i"]
+    assert sorted(plan.waiting) == ["a4", "a5", "a6"] and plan.evict == []
+    assert budgets._pinned_over["i"] == 3 * SIZE, "6 pinned of 100 MiB against 300 MiB (100 MiB counted)"
+    assert not set(INCOMING) & set(desired.on["i"])
+
+
+def test_an_estimate_never_refuses_a_version_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The only measured version is bigger than the budget (another tenant's big model): a new model's
+    estimate, the median of the measured ones, said it could never fit, so it never loaded and was never
+    measured. An estimate is now at most the room the unpinned versions can make: it loads (and its load
+    measures it)."""
+    monkeypatch.setattr(repository, "measured", lambda session: [(4 * SIZE, 1000)])
+    monkeypatch.setattr(
+        repository,
+        "version_facts",
+        lambda session, ids, **kw: {
+            v: replace(f, memory_bytes=None, size_bytes=480) if v == 4 else f for v, f in _facts(ids).items()
+        },
+    )
+    budgets, _ = _pass(load_slots=1, budget=3 * SIZE)
+    plan = budgets.plans["i"]
+    assert plan.waiting == [] and plan.after_evictions == [("a4", 4)]
+    assert budgets.sizes[4] == 3 * SIZE, "counted at the room it may take, not at 400 MiB"
+    budgets, _ = _pass(load_slots=1, budget=3 * SIZE, pinned=frozenset({1}))
+    assert budgets.sizes[4] == 2 * SIZE, "the room besides the pinned r1"
