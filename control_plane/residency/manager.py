@@ -482,7 +482,11 @@ class Residency(ResidencyHooks):
             before.version_bytes - sizes.stub_bytes(pid, name) - max(0, sizes.rss(pid) - before.triton_bytes)
         )
         with self.session_factory() as session:
-            expected, unreturned_before = repository.unreturned_record(session, version_id)
+            recorded, unreturned_before = repository.unreturned_record(session, version_id)
+        # What its processes held right before the unload, when known: a model that gave memory back
+        # after its load (an initialize() buffer freed on first use) was reported as not returning
+        # the difference from its recorded, load-time size.
+        expected = before.version_bytes or recorded
         if not expected:
             return
         unreturned = None if returned >= expected // 2 else expected - max(returned, 0)
