@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,14 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _unstorable(_: Request, exc: Exception) -> JSONResponse:
+    """A value the database refuses (a NUL character in a string, say) that no schema caught: the
+    request's fault, not a 500 (whose connection uvicorn then closes)."""
+    log.warning("the database refused a value of a request: %s", str(exc).splitlines()[0][:300])
+    detail = "a value in the request cannot be stored (a NUL character or a number out of range)"
+    return JSONResponse({"error": "InvalidRequest", "detail": detail}, status_code=422)
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse({"error": "InternalError", "detail": "internal error"}, status_code=500)
@@ -123,4 +132,5 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(Exception, _unexpected)

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from control_plane.names import Name
 from control_plane.timestamps import UtcDateTime
 
 INSTANCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
@@ -117,10 +118,11 @@ class ReplicasUpdate(BaseModel):
     replicas: int | None = Field(
         None, ge=1, le=MAX_REPLICAS, strict=True, description="instances that serve each servable version"
     )
-    pinned_aliases: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
+    pinned_aliases: list[Name] | None = Field(
         None,
         max_length=16,
-        description="aliases whose versions stay resident, never evicted for memory ([] pins nothing)",
+        description="aliases whose versions stay resident, never evicted for memory ([] pins nothing); "
+        "alias names (lowercase letters, digits, single '-' or '_' between them)",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
@@ -13,6 +14,7 @@ from control_plane.fleet import repository
 from control_plane.fleet.exceptions import InstanceConflict, InstanceNotFound
 from control_plane.fleet.instances import grpc_url_for
 from control_plane.fleet.schemas import (
+    INSTANCE_NAME,
     InstanceCreate,
     InstanceOut,
     InstanceUpdate,
@@ -165,6 +167,10 @@ def set_replicas(
 
 
 def _found(session: Session, name: str, *, lock: bool = False) -> TritonInstance:
+    if (
+        re.fullmatch(INSTANCE_NAME, name) is None
+    ):  # no instance has it (a NUL byte never reaches the database)
+        raise InstanceNotFound(name)
     row = repository.get_instance(session, name, lock=lock)
     if row is None:
         raise InstanceNotFound(name)

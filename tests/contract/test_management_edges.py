@@ -78,3 +78,45 @@ def test_counts_given_as_something_else_are_422(api: Api, not_a_count: Any) -> N
     _invalid(api.client.put(f"{model}/placement", json=placement, headers=api.headers()), "replicas")
     budget = {"memory_budget_bytes": not_a_count}
     _invalid(api.client.put("/v1/instances/any", json=budget, headers=api.headers()), "memory_budget_bytes")
+
+
+@pytest.mark.parametrize("name", ["\x00", "a\x00b", "..", "x" * 300, "a b"])
+def test_an_instance_name_no_instance_can_have_is_404_not_500(api: Api, name: str) -> None:
+    """A NUL byte reached Postgres, which refused it: 500, and uvicorn closed the connection."""
+    quoted = "".join(f"%{b:02X}" if b < 0x21 else chr(b) for b in name.encode())
+    budget = {"memory_budget_bytes": 2**30}
+    for response in (
+        api.client.get(f"/v1/instances/{quoted}", headers=api.headers()),
+        api.client.put(f"/v1/instances/{quoted}", json=budget, headers=api.headers()),
+        api.client.delete(f"/v1/instances/{quoted}", headers=api.headers()),
+    ):
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "NotFound"
+
+
+@pytest.mark.parametrize("alias", ["\x00", "PRODUCTION", "../../etc", "prod uction", "a--b", "\U0001f600"])
+def test_a_pinned_alias_no_alias_can_be_named_is_422(api: Api, alias: str) -> None:
+    """Accepted before (the NUL byte as a 500): a pin that can never match an alias does nothing."""
+    tenant = api.tenant()
+    assert api.create_model(tenant, name="m", format="onnx").status_code == 201
+    placement = f"/v1/tenants/{tenant}/models/m/placement"
+    _invalid(
+        api.client.put(placement, json={"pinned_aliases": [alias]}, headers=api.headers()), "pinned_aliases"
+    )
+    pinned = api.client.put(
+        placement, json={"pinned_aliases": ["production", "canary_2"]}, headers=api.headers()
+    )
+    assert pinned.status_code == 200 and pinned.json()["pinned_aliases"] == ["canary_2", "production"]
+
+
+def test_a_value_the_database_refuses_is_422_not_500(api: Api) -> None:
+    """What no schema catches (Postgres refuses a NUL character in text) never answers 500: the key's
+    description reached the database."""
+    tenant = api.tenant()
+    keys = f"/v1/tenants/{tenant}/keys"
+    created = api.client.post(keys, json={"role": "consumer", "description": "a\x00b"}, headers=api.headers())
+    _invalid(created, "cannot be stored")
+    listed = api.client.get(keys, headers=api.headers())
+    assert listed.status_code == 200 and listed.json() == [], "nothing half-written"
+    follow = api.client.post(keys, json={"role": "consumer", "description": "ab"}, headers=api.headers())
+    assert follow.status_code == 201, "the connection and the session are fine afterwards"
