@@ -32,6 +32,7 @@ from control_plane.residency.policy import Entry, decide
 log = logging.getLogger(__name__)
 PRESENT = ("READY", "LOADING")
 _LINGERING = -1  # the policy's entry for processes of versions already unloaded
+GROWN = 1.1  # processes holding this much more than a version's recorded memory: the new figure is recorded
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Budgets:
         # one that may not neither takes a load worker nor makes room this pass.
         self.may_load = may_load
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
+        self._grown: dict[int, int] = {}  # version id -> what its processes hold, well over its record
         self.plans: dict[str, Plan] = {}
         # The last pass held a version back for want of room (the end of an eviction may let it go), or
         # of a load worker or while its load backs off (the end of a load may): `Reconciler.freed`.
@@ -157,6 +159,9 @@ class Budgets:
                 estimates,
                 budget,
             )
+        if self._grown:
+            repository.record_growth(session, self._grown)
+            self._grown = {}
         self.plans = plans
         return plans
 
@@ -406,7 +411,10 @@ class Budgets:
             size = sizes.estimate(fact.size_bytes, estimates())
             if room is not None:
                 size = min(size, max(room, sizes.estimate(fact.size_bytes)))
-        size = max(size, live.get(fact.triton_name, 0))
+        now = live.get(fact.triton_name, 0)
+        if fact.memory_bytes is not None and now > fact.memory_bytes * GROWN:
+            self._grown[fact.version_id] = now  # recorded at the end of the pass
+        size = max(size, now)
         self.sizes[fact.version_id] = size
         return size
 

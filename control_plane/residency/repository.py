@@ -121,6 +121,17 @@ def record_measurement(
     session.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(**values))
 
 
+def record_growth(session: Session, grown: Mapping[int, int]) -> None:
+    """Versions whose processes came to hold more than their recorded memory since their load (a model
+    that allocates on its first inference): the larger figure, for the loads after their next eviction."""
+    for version_id, memory_bytes in grown.items():
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.id == version_id, ModelVersion.memory_bytes < memory_bytes)
+            .values(memory_bytes=memory_bytes)
+        )
+
+
 def record_load_time(session: Session, *, version_id: int, seconds: float) -> None:
     """A version's load time (its memory could not be measured)."""
     session.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(load_seconds=seconds))

@@ -419,3 +419,16 @@ def test_an_estimate_never_refuses_a_version_for_good(monkeypatch: pytest.Monkey
     assert budgets.sizes[4] == 3 * SIZE, "counted at the room it may take, not at 400 MiB"
     budgets, _ = _pass(load_slots=1, budget=3 * SIZE, pinned=frozenset({1}))
     assert budgets.sizes[4] == 2 * SIZE, "the room besides the pinned r1"
+
+
+def test_memory_a_version_came_to_hold_after_its_load_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that allocates on its first inference was measured small at its load, and counted at that
+    size for every load after (each took the instance over its budget until the next pass): what its
+    processes hold, 10% over the record or more, is recorded."""
+    recorded: list[dict[int, int]] = []
+    monkeypatch.setattr(repository, "record_growth", lambda session, grown: recorded.append(dict(grown)))
+    budgets, _ = _pass(load_slots=1, live={"r1": 2 * SIZE, "r2": SIZE + SIZE // 20})
+    assert recorded == [{1: 2 * SIZE}], "r2's 5% is noise"
+    assert budgets.sizes[1] == 2 * SIZE
+    _pass(load_slots=1, live={"r1": SIZE})
+    assert len(recorded) == 1, "nothing grew: nothing written"

@@ -558,3 +558,34 @@ def test_a_deleted_versions_room_is_counted_once_its_stubs_are_gone(
     finally:
         reconciler.interval_s = period
         reconciler.trigger()
+
+
+GROWS = MODEL.replace(
+    "    def execute(self, requests):\n",
+    "    def execute(self, requests):\n"
+    "        if not hasattr(self, 'buffer'):  # what a model may allocate at its first inference\n"
+    "            self.buffer = np.ones(60 * 2**20 // 8)\n",
+)
+
+
+def test_memory_a_version_takes_after_its_load_is_recorded_for_its_next_load(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Measured at its load, before it allocated 60 MiB at its first inference: every reload was
+    counted at the small size and took the instance over its budget until the next pass."""
+    api = stack.api
+    source = tmp_path / "grows.py"
+    source.write_text(GROWS.format(init="pass", scale=2.0, offset=0.0))
+    assert api.create_model(stack.tenant, name="grows", format="python", **SPEC).status_code == 201
+    assert api.upload(stack.tenant, "grows", source).status_code == 201
+    assert stack.infer("grows").status_code == 200
+    at_load = api.version(stack.tenant, "grows", 1)["memory_bytes"]
+    assert at_load, "measured at its load"
+    _set_budget(stack, at_load * 20)  # the budget step is what reads the stubs
+    reconciler = api.state.reconciler
+    assert reconciler is not None
+    deadline = time.monotonic() + 10
+    while (now := api.version(stack.tenant, "grows", 1)["memory_bytes"]) < at_load + 40 * 2**20:
+        assert time.monotonic() < deadline, f"still {now} bytes recorded against {at_load} at its load"
+        reconciler.trigger()  # a pass reads what its stubs hold now
+        time.sleep(0.3)
