@@ -32,7 +32,10 @@ from control_plane.residency.policy import Entry, decide
 log = logging.getLogger(__name__)
 PRESENT = ("READY", "LOADING")
 _LINGERING = -1  # the policy's entry for processes of versions already unloaded
-GROWN = 1.1  # processes holding this much more than a version's recorded memory: the new figure is recorded
+# Processes holding this much more than a version's recorded memory for GROWN_FOR_S (not a moment: a stub
+# of its previous load may linger a second or two beside the new one): the lowest reading is recorded.
+GROWN = 1.1
+GROWN_FOR_S = 3.0
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Budgets:
         self.may_load = may_load
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self._grown: dict[int, int] = {}  # version id -> what its processes hold, well over its record
+        self._over: dict[int, tuple[float, int]] = {}  # version id -> (over its record since, lowest bytes)
+        self._seen: set[int] = set()  # versions whose size this pass read
         self.plans: dict[str, Plan] = {}
         # The last pass held a version back for want of room (the end of an eviction may let it go), or
         # of a load worker or while its load backs off (the end of a load may): `Reconciler.freed`.
@@ -162,6 +167,8 @@ class Budgets:
         if self._grown:
             repository.record_growth(session, self._grown)
             self._grown = {}
+        self._over = {v: over for v, over in self._over.items() if v in self._seen}  # gone: starts anew
+        self._seen = set()
         self.plans = plans
         return plans
 
@@ -412,8 +419,14 @@ class Budgets:
             if room is not None:
                 size = min(size, max(room, sizes.estimate(fact.size_bytes)))
         now = live.get(fact.triton_name, 0)
+        self._seen.add(fact.version_id)
         if fact.memory_bytes is not None and now > fact.memory_bytes * GROWN:
-            self._grown[fact.version_id] = now  # recorded at the end of the pass
+            since, low = self._over.get(fact.version_id, (time.monotonic(), now))
+            self._over[fact.version_id] = (since, min(low, now))
+            if time.monotonic() - since >= GROWN_FOR_S:
+                self._grown[fact.version_id] = min(low, now)  # recorded at the end of the pass
+        else:
+            self._over.pop(fact.version_id, None)
         size = max(size, now)
         self.sizes[fact.version_id] = size
         return size
