@@ -106,6 +106,11 @@ class InstanceOut(BaseModel):
     pinned_over_budget_bytes: int | None = Field(
         None, description="pinned versions the budget cannot hold (reported, never exceeded)"
     )
+    over_budget_bytes: int | None = Field(
+        None,
+        description="memory held above the budget now: versions measured bigger than counted that requests "
+        "keep busy (evicted once idle), or pinned ones",
+    )
     waiting_for_room: list[str] = Field(default_factory=list, description="versions waiting for memory")
     placements: list[PlacementOut]
 

@@ -239,6 +239,7 @@ def _out(row: TritonInstance, placements: list[PlacementOut], state: AppState) -
         resident_bytes=stats.resident_bytes.get(row.name),
         resident_versions=stats.resident_versions.get(row.name),
         pinned_over_budget_bytes=stats.pinned_over_bytes.get(row.name),
+        over_budget_bytes=stats.over_budget(row.name),
         waiting_for_room=plan.waiting if plan is not None else [],
         name=row.name,
         http_url=row.http_url,

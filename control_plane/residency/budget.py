@@ -96,6 +96,7 @@ class Budgets:
         self._grown: dict[int, int] = {}  # version id -> what its processes hold, well over its record
         self._over: dict[int, tuple[float, int]] = {}  # version id -> (over its record since, lowest bytes)
         self._seen: set[int] = set()  # versions whose size this pass read
+        self._over_budget: dict[str, bool] = {}  # instance -> over its budget at the last pass (logged once)
         self.plans: dict[str, Plan] = {}
         # The last pass held a version back for want of room (the end of an eviction may let it go), or
         # of a load worker or while its load backs off (the end of a load may): `Reconciler.freed`.
@@ -318,6 +319,16 @@ class Budgets:
                 decision.pinned_over,
             )
         self._pinned_over[endpoint.name] = decision.pinned_over  # logged when it changes, not every pass
+        over = plan.used > budget
+        if over and not self._over_budget.get(endpoint.name):
+            log.warning(
+                "instance %s holds %d bytes against its budget of %d: versions measured bigger than "
+                "counted, kept while requests use them",
+                endpoint.name,
+                plan.used,
+                budget,
+            )
+        self._over_budget[endpoint.name] = over
         return plan
 
     def _share_load_workers(

@@ -446,7 +446,9 @@ class Residency(ResidencyHooks):
         self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None, reason: str
     ) -> None:
         """Count the eviction by its reason, check the memory came back, and let the loop use the room."""
-        self.stats.evicted(endpoint.name, reason)
+        budgets = self.reconciler.budgets if self.reconciler is not None else None
+        counted = budgets.sizes.get(version_id, 0) if budgets is not None else 0
+        self.stats.evicted(endpoint.name, reason, size=counted)
         try:
             self._check_returned(endpoint, name, version_id, before)
         finally:

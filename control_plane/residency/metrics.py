@@ -55,15 +55,26 @@ class ResidencyStats:
             self.misses += 1
             self.abandoned += 1
 
-    def evicted(self, instance: str, reason: str) -> None:
-        """Count an eviction."""
+    def evicted(self, instance: str, reason: str, *, size: int = 0) -> None:
+        """Count an eviction; the instance holds one version and `size` bytes less than its last pass
+        counted (shown at once, not at the next pass: that may be the period away)."""
         with self._lock:
             self.evictions[(instance, reason)] += 1
+            if instance in self.resident_bytes:
+                self.resident_bytes[instance] = max(0, self.resident_bytes[instance] - size)
+                self.resident_versions[instance] = max(0, self.resident_versions[instance] - 1)
 
     def loading(self, delta: int) -> None:
         """A load started (+1) or ended (-1)."""
         with self._lock:
             self.loads_in_flight += delta
+
+    def over_budget(self, name: str) -> int | None:
+        """Bytes the instance holds above its budget now (None: no budget accounted there)."""
+        with self._lock:
+            if name not in self.resident_bytes:
+                return None
+            return max(0, self.resident_bytes[name] - self.budget_bytes.get(name, 0))
 
     def instance(self, name: str, *, versions: int, used: int, budget: int, pinned_over: int) -> None:
         """What an instance holds, as the last pass accounted it."""
@@ -98,6 +109,10 @@ class _Collector:
                 "cp_residency_resident_bytes": dict(s.resident_bytes),
                 "cp_residency_budget_bytes": dict(s.budget_bytes),
                 "cp_residency_pinned_over_budget_bytes": dict(s.pinned_over_bytes),
+                "cp_residency_over_budget_bytes": {
+                    name: max(0, used - s.budget_bytes.get(name, 0))
+                    for name, used in s.resident_bytes.items()
+                },
             }
             unreturned = dict(s.unreturned)
         yield CounterMetricFamily("cp_residency_hits", "requests whose version was resident", value=hits)
@@ -137,6 +152,8 @@ class _Collector:
             "cp_residency_resident_bytes": "memory of the versions loaded or loading on the instance",
             "cp_residency_budget_bytes": "the instance's memory budget",
             "cp_residency_pinned_over_budget_bytes": "pinned versions the budget cannot hold",
+            "cp_residency_over_budget_bytes": "memory held above the budget now (busy or pinned versions "
+            "measured bigger than counted)",
         }
         for name, values in per_instance.items():
             gauge = GaugeMetricFamily(name, docs[name], labels=["instance"])

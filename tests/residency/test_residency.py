@@ -217,7 +217,7 @@ def test_five_models_in_a_budget_of_three_lru_inflight_and_pinned(stack: Stack) 
     assert "cp_residency_evictions_total" in metrics and "cp_residency_cold_start_seconds_bucket" in metrics
     instance = api.client.get("/v1/instances", headers=api.headers()).json()[0]
     assert instance["memory_budget_bytes"] == budget and 0 < instance["resident_bytes"] <= budget
-    assert instance["pinned_over_budget_bytes"] == 0
+    assert instance["pinned_over_budget_bytes"] == 0 and instance["over_budget_bytes"] == 0
 
 
 def test_evictions_end_the_stubs_and_leave_no_process_or_shared_memory_behind(stack: Stack) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from control_plane.fleet.actions import BeforeUnload
-from control_plane.residency import repository, sizes
+from control_plane.residency import metrics, repository, sizes
 from control_plane.residency.manager import Residency
 
 MIB = 2**20
@@ -60,3 +61,22 @@ def test_without_a_reading_before_the_unload_the_recorded_size_is_expected(
     come back, and Triton giving nothing back is reported."""
     _, written = _check(monkeypatch, recorded=46 * MIB, held=0, stubs_after=0, triton_growth=0)
     assert written == [46 * MIB]
+
+
+def test_an_eviction_takes_its_version_off_the_instance_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance's resident bytes and versions (API and metrics) stayed at what the pass that chose the
+    eviction counted, over the budget, until a later pass: up to the period."""
+    residency, _ = _check(monkeypatch, recorded=46 * MIB, held=46 * MIB, stubs_after=0, triton_growth=0)
+    freed: list[bool] = []
+    residency.reconciler = SimpleNamespace(  # type: ignore[assignment]
+        budgets=SimpleNamespace(sizes={7: 46 * MIB}), freed=lambda room: freed.append(room)
+    )
+    residency.stats.instance("i", versions=4, used=268 * MIB, budget=200 * MIB, pinned_over=0)
+    assert residency.stats.over_budget("i") == 68 * MIB and residency.stats.over_budget("j") is None
+    residency.evicted(ENDPOINT, "m", 7, BeforeUnload(500 * MIB, 46 * MIB, freed=True), "lru")
+    assert residency.stats.resident_bytes["i"] == 222 * MIB and residency.stats.resident_versions["i"] == 3
+    assert residency.stats.evictions[("i", "lru")] == 1 and freed == [True]
+    assert residency.stats.over_budget("i") == 22 * MIB, "still over: shown (and exported) as such"
+    registry = CollectorRegistry()
+    metrics.register(registry, residency.stats)
+    assert registry.get_sample_value("cp_residency_over_budget_bytes", {"instance": "i"}) == 22 * MIB
