@@ -87,6 +87,7 @@ def build_state(settings: Settings) -> AppState:
         session_factory=session_factory,
         inflight=inflight,
         wait_s=settings.cold_start_wait_s,
+        load_timeout_s=settings.triton_load_timeout_s,
         eviction_grace_s=settings.eviction_grace_s,
         end_stubs=settings.residency_end_stubs,
     )

@@ -174,8 +174,16 @@ def load(session: Session, *, state: AppState, model: Model, number: int) -> Ver
     version = get_version(session, model=model, number=number)
     version_id = version.id
     session.rollback()  # hold no snapshot or lock while the loop loads it
-    if state.loader.load(version_id) == NO_ROOM:
+    outcome = state.loader.load(version_id)
+    if outcome == NO_ROOM:
         raise VersionConflict(f"version {number} cannot be loaded now: {NO_ROOM_DETAIL}")
+    if (
+        outcome == "loading"
+    ):  # the wait is over, the load is not (it goes on): not a 200 with nowhere resident
+        timeout = state.residency.reconciler_load_timeout()
+        raise VersionConflict(
+            f"version {number} is not loaded yet: its load did not finish within {timeout:g} s"
+        )
     fresh = session.get_one(ModelVersion, version_id, populate_existing=True)
     return describe(fresh, resident_on=resident_on(session, version_id))
 

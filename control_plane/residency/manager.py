@@ -86,6 +86,7 @@ class Residency(ResidencyHooks):
         session_factory: sessionmaker[Session] | None,
         inflight: Counter[str],
         wait_s: float = 30.0,
+        load_timeout_s: float = 300.0,
         eviction_grace_s: float = 0.2,
         flush_s: float = 1.0,
         end_stubs: bool = True,
@@ -93,6 +94,7 @@ class Residency(ResidencyHooks):
         self.session_factory = session_factory
         self.inflight = inflight
         self.wait_s = wait_s
+        self.load_timeout_s = load_timeout_s
         self.grace_s = eviction_grace_s
         self.flush_s = flush_s
         self.end_stubs = end_stubs  # end an evicted version's stubs at once (see sizes.end_stubs)
@@ -177,8 +179,9 @@ class Residency(ResidencyHooks):
         return "failed" if state == "failed" else (state or "retired") if state != "ready" else "loading"
 
     def reconciler_load_timeout(self) -> float:
-        """How long a blocking load waits."""
-        return max(self.wait_s, 300.0)
+        """How long a blocking load waits: the load timeout (`CP_TRITON_LOAD_TIMEOUT_S`), at least the
+        cold-start wait."""
+        return max(self.wait_s, self.load_timeout_s)
 
     def on_table(self, table: RoutingTable) -> None:
         """A new routing table: the resident set, and the waiters it settles (any thread)."""

@@ -589,3 +589,18 @@ def test_memory_a_version_takes_after_its_load_is_recorded_for_its_next_load(
         assert time.monotonic() < deadline, f"still {now} bytes recorded against {at_load} at its load"
         reconciler.trigger()  # a pass reads what its stubs hold now
         time.sleep(0.3)
+
+
+def test_a_load_asked_for_that_does_not_finish_in_time_is_409_not_200(stack: Stack, tmp_path: Path) -> None:
+    """`POST .../load` waits up to the load timeout; past it, it answered 200 with the version resident
+    nowhere (found by an adversarial run, after 300 s)."""
+    _register(stack, "slowload", "import time; time.sleep(4)", tmp_path)
+    with serve(stack.settings_for(triton_load_timeout_s=1.0, cold_start_wait_s=1.0)) as second:
+        started = time.monotonic()
+        response = second.client.post(
+            f"/v1/tenants/{stack.tenant}/models/slowload/versions/1/load", headers=second.headers()
+        )
+        took = time.monotonic() - started
+    assert response.status_code == 409, response.text
+    assert "did not finish within 1 s" in response.json()["detail"] and took < 3.5
+    assert stack.infer("slowload").status_code == 200, "the load went on"
