@@ -216,7 +216,8 @@ class Budgets:
             )
         # An estimate never refuses a version for good: one bigger than the room the unpinned versions
         # could make is tried at that size (its load measures it). The median of other models'
-        # measurements (another tenant's big model, say) refused a small one forever, unmeasured.
+        # measurements (another tenant's big model, say), or with none the 128 MiB a stub is assumed to
+        # take, refused a small one forever under a smaller budget, unmeasured.
         room = budget - sum(e.size for e in resident if e.pinned)
         arrivals = [
             Entry(
@@ -423,12 +424,12 @@ class Budgets:
         room: int | None = None,
     ) -> int:
         """Measured (the larger of the recorded figure and what its processes hold now), else estimated:
-        like the measured versions, but at most `room` (never under a plain stub's usual footprint)."""
+        like the measured versions (or a stub's usual footprint, when none is), but at most `room`."""
         size = fact.memory_bytes
         if size is None:
             size = sizes.estimate(fact.size_bytes, estimates())
-            if room is not None:
-                size = min(size, max(room, sizes.estimate(fact.size_bytes)))
+            if room is not None and room > 0:
+                size = min(size, room)
         now = live.get(fact.triton_name, 0)
         self._seen.add(fact.version_id)
         if fact.memory_bytes is not None and now > fact.memory_bytes * GROWN:

@@ -420,6 +420,10 @@ def test_an_estimate_never_refuses_a_version_for_good(monkeypatch: pytest.Monkey
     assert budgets.sizes[4] == 3 * SIZE, "counted at the room it may take, not at 400 MiB"
     budgets, _ = _pass(load_slots=1, budget=3 * SIZE, pinned=frozenset({1}))
     assert budgets.sizes[4] == 2 * SIZE, "the room besides the pinned r1"
+    monkeypatch.setattr(repository, "measured", lambda session: [])  # nothing measured yet
+    budgets, _ = _pass(load_slots=1, budget=SIZE)
+    assert budgets.sizes[4] == SIZE, "a stub's assumed 128 MiB is more than a 100 MiB budget"
+    assert budgets.plans["i"].after_evictions == [("a4", 4)]
 
 
 def test_memory_a_version_came_to_hold_after_its_load_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
