@@ -204,6 +204,7 @@ def _start_reconciler(state: AppState) -> None:
         share_idle_s=settings.tenant_share_idle_s,
         headroom=settings.residency_headroom_bytes,
         live_sizes=residency.live_sizes,
+        fresh_sizes=residency.fresh_sizes,
         stats=residency.stats,
         busy=residency.busy,
         local_uses=residency.local_uses,

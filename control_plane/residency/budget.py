@@ -32,8 +32,9 @@ from control_plane.residency.policy import Entry, decide
 log = logging.getLogger(__name__)
 PRESENT = ("READY", "LOADING")
 _LINGERING = -1  # the policy's entry for processes of versions already unloaded
-# Processes holding this much more than a version's recorded memory for GROWN_FOR_S (not a moment: a stub
-# of its previous load may linger a second or two beside the new one): the lowest reading is recorded.
+# Processes holding this much more than a version's recorded memory are recorded: at once where this
+# process loaded it (counting only its load's own processes), else after GROWN_FOR_S (not a moment: a stub
+# of its previous load may linger a second or two beside the new one), the lowest reading then.
 GROWN = 1.1
 GROWN_FOR_S = 3.0
 
@@ -67,6 +68,7 @@ class Budgets:
         share_idle_s: float = 0.0,
         headroom: int = 0,
         live_sizes: Callable[[TritonEndpoint], Mapping[str, int]] | None = None,
+        fresh_sizes: Callable[[TritonEndpoint], Mapping[str, int]] | None = None,
         stats: ResidencyStats,
         busy: Callable[[str], bool],
         local_uses: Callable[[], Mapping[str, float]],
@@ -79,6 +81,7 @@ class Budgets:
         self.share_idle_s = share_idle_s  # a version unused this long loses its tenant share's protection
         self.headroom = headroom  # bytes kept free ahead of the next load (evicting idle versions)
         self.live_sizes = live_sizes  # Triton model name -> bytes its processes hold now (local Tritons)
+        self.fresh_sizes = fresh_sizes  # the same, of its current load's processes, for versions loaded here
         self.stats = stats
         self.busy = busy  # Triton model name -> whether this process has requests in flight to it
         self.local_uses = local_uses  # Triton model name -> last use here (wall-clock seconds)
@@ -96,6 +99,7 @@ class Budgets:
         self._grown: dict[int, int] = {}  # version id -> what its processes hold, well over its record
         self._over: dict[int, tuple[float, int]] = {}  # version id -> (over its record since, lowest bytes)
         self._seen: set[int] = set()  # versions whose size this pass read
+        self._fresh: Mapping[str, int] = {}  # `fresh_sizes` of the instance being arranged
         self._over_budget: dict[str, bool] = {}  # instance -> over its budget at the last pass (logged once)
         self.plans: dict[str, Plan] = {}
         # The last pass held a version back for want of room (the end of an eviction may let it go), or
@@ -198,6 +202,7 @@ class Budgets:
                 present.setdefault(facts[version_id].triton_name, version_id)
         local = self.local_uses()
         live = self.live_sizes(endpoint) if self.live_sizes is not None else {}
+        self._fresh = self.fresh_sizes(endpoint) if self.fresh_sizes is not None else {}
         resident: list[Entry] = []
         for name, version_id in present.items():
             fact = facts.get(version_id)
@@ -432,7 +437,11 @@ class Budgets:
                 size = min(size, room)
         now = live.get(fact.triton_name, 0)
         self._seen.add(fact.version_id)
-        if fact.memory_bytes is not None and now > fact.memory_bytes * GROWN:
+        mine = self._fresh.get(fact.triton_name)
+        if mine is not None:  # loaded here: its own load's processes are known, record growth at once
+            if fact.memory_bytes is not None and mine > fact.memory_bytes * GROWN:
+                self._grown[fact.version_id] = mine
+        elif fact.memory_bytes is not None and now > fact.memory_bytes * GROWN:
             since, low = self._over.get(fact.version_id, (time.monotonic(), now))
             self._over[fact.version_id] = (since, min(low, now))
             if time.monotonic() - since >= GROWN_FOR_S:

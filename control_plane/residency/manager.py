@@ -111,6 +111,8 @@ class Residency(ResidencyHooks):
         self._gone: dict[str, float] = {}  # Triton said it does not have these (perf_counter when)
         self._no_room: dict[str, float] = {}  # held back for want of room since (time.monotonic())
         self._live: dict[str, tuple[float, dict[str, int]]] = {}  # instance -> (when, live_sizes)
+        self._fresh: dict[str, dict[str, int]] = {}  # instance -> `fresh_sizes` (read with `_live`)
+        self._generation: dict[str, float] = {}  # Triton model name -> its load here began (boot seconds)
         self._flushed: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cp-residency")
         self._stop = threading.Event()
@@ -358,7 +360,8 @@ class Residency(ResidencyHooks):
         """Measure a version just loaded and record its memory and load time."""
         assert self.session_factory is not None
         self._load_s[name] = seconds
-        measured = self.measure(endpoint, name, started_since=sizes.boot_seconds() - seconds - LOAD_SLACK_S)
+        self._generation[name] = since = sizes.boot_seconds() - seconds - LOAD_SLACK_S
+        measured = self.measure(endpoint, name, started_since=since)
         with transaction(self.session_factory) as session:
             if measured is None:
                 repository.record_load_time(session, version_id=version_id, seconds=seconds)
@@ -415,11 +418,24 @@ class Residency(ResidencyHooks):
             return cached[1]
         pid = self._pid(endpoint)
         found: dict[str, int] = {}
+        fresh: dict[str, int] = {}
         if pid is not None:
             for stub, name in sizes.stubs(pid).items():
-                found[name] = found.get(name, 0) + sizes.rss(stub)
+                held = sizes.rss(stub)
+                found[name] = found.get(name, 0) + held
+                since = self._generation.get(name)
+                if since is not None and sizes.started_at(stub) >= since:
+                    fresh[name] = fresh.get(name, 0) + held
         self._live[endpoint.name] = (time.monotonic(), found)
+        self._fresh[endpoint.name] = fresh
         return found
+
+    def fresh_sizes(self, endpoint: TritonEndpoint) -> dict[str, int]:
+        """Of `live_sizes`, what the stubs of versions this process loaded hold, counting only those its
+        load started (a stub of an earlier load lingering beside them is not theirs): what a version
+        came to hold since its load, to record."""
+        self.live_sizes(endpoint)
+        return self._fresh.get(endpoint.name, {})
 
     def gone(self, name: str) -> None:
         """Triton answered that it does not have `name` (evicted or unloaded after the routing table that

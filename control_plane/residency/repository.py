@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Alias, Model, ModelVersion, Placement, Tenant
@@ -114,8 +114,11 @@ def measured(session: Session) -> list[tuple[int, int]]:
 def record_measurement(
     session: Session, *, version_id: int, memory_bytes: int, source: str, load_seconds: float | None
 ) -> None:
-    """A version's measured memory (and load time)."""
-    values: dict[str, object] = {"memory_bytes": memory_bytes, "memory_source": source}
+    """A version's measured memory (and load time). Measured at a load, a version may hold less than it came
+    to hold after an earlier one (`record_growth`: it allocates at its first inference): the larger stays,
+    so its next load is counted at that size."""
+    larger = case((ModelVersion.memory_bytes > memory_bytes, ModelVersion.memory_bytes), else_=memory_bytes)
+    values: dict[str, object] = {"memory_bytes": larger, "memory_source": source}
     if load_seconds is not None:
         values["load_seconds"] = load_seconds
     session.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(**values))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from control_plane.db.models import Alias, Model, Placement
+from control_plane.db.models import Alias, Model, ModelVersion, Placement
 from control_plane.db.session import transaction
 from control_plane.fleet import repository
 from control_plane.fleet.actions import Actions
@@ -202,3 +202,23 @@ def test_an_eviction_keeps_a_version_pinned_after_its_pass_chose_it(
     assert evicted is not pinned_meanwhile
     assert client.names == ([] if pinned_meanwhile else ["the-version"])
     assert _wanted(fleet, "here", one) is pinned_meanwhile, "a kept version's placement is desired again"
+
+
+def test_a_measurement_at_a_load_keeps_what_the_version_came_to_hold_before(fleet: Fleet) -> None:
+    version = fleet.version(state="ready")
+    mib = 2**20
+
+    def measured(value: int) -> int | None:
+        with transaction(fleet.session_factory) as session:
+            residency_repository.record_measurement(
+                session, version_id=version.id, memory_bytes=value, source="stub", load_seconds=0.1
+            )
+        with fleet.session_factory() as session:
+            return session.get_one(ModelVersion, version.id).memory_bytes
+
+    assert measured(45 * mib) == 45 * mib, "a first measurement"
+    with transaction(fleet.session_factory) as session:
+        residency_repository.record_growth(session, {version.id: 130 * mib})  # after its first inference
+        residency_repository.record_growth(session, {version.id: 100 * mib})  # never lowers it
+    assert measured(45 * mib) == 130 * mib, "reloaded: measured small again, counted at what it grows to"
+    assert measured(140 * mib) == 140 * mib

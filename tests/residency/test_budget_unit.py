@@ -454,3 +454,27 @@ def test_memory_a_version_came_to_hold_after_its_load_is_recorded(monkeypatch: p
         recorded.clear()
         _pass(load_slots=1, live=live, budgets=budgets)
         assert recorded == grown, (seconds, r1)
+
+
+def test_growth_of_a_version_loaded_here_is_recorded_at_once_from_its_own_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pass that first sees it over the record may evict it (it takes the instance over the budget),
+    so waiting 3 s never recorded anything. Where this process loaded it, its own load's processes are
+    known (a stub of its previous load lingering beside them, 3 SIZE in all here, is not counted)."""
+    recorded: list[dict[int, int]] = []
+    monkeypatch.setattr(repository, "record_growth", lambda session, grown: recorded.append(dict(grown)))
+    budgets = Budgets(
+        default_budget=3 * SIZE,
+        tenant_share=None,
+        live_sizes=lambda endpoint: {"r1": 3 * SIZE, "r2": 3 * SIZE},
+        fresh_sizes=lambda endpoint: {"r1": 2 * SIZE, "r2": SIZE},
+        stats=ResidencyStats(),
+        busy=lambda name: False,
+        local_uses=dict,
+        load_slots=lambda instance: 1,
+        waiting=lambda name: 0,
+    )
+    _pass(load_slots=1, budgets=budgets)
+    assert recorded == [{1: 2 * SIZE}], "r1's own stubs grew; r2's did not (an old stub lingers beside it)"
+    assert budgets.sizes[1] == budgets.sizes[2] == 3 * SIZE, "counted at what every stub holds meanwhile"
