@@ -50,6 +50,7 @@ GONE_S = 5.0  # how long a version Triton said it does not have is kept out of t
 LOAD_SLACK_S = 0.05  # a load's stubs start after its call began (process start times count in 10 ms ticks)
 NO_ROOM_S = 5.0  # how long requests wait while the budget step finds no room for their version
 NO_ROOM_RETRY_S = 10  # Retry-After of their 503
+STUB_EXIT_S = 2.0  # a stub of a version unloaded (not evicted) has exited by then
 
 
 class ColdStartTimeout(ServiceUnavailable):
@@ -113,6 +114,7 @@ class Residency(ResidencyHooks):
         self._live: dict[str, tuple[float, dict[str, int]]] = {}  # instance -> (when, live_sizes)
         self._fresh: dict[str, dict[str, int]] = {}  # instance -> `fresh_sizes` (read with `_live`)
         self._generation: dict[str, float] = {}  # Triton model name -> its load here began (boot seconds)
+        self._recount: threading.Timer | None = None  # the pass after unloads (`unloaded`)
         self._flushed: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cp-residency")
         self._stop = threading.Event()
@@ -476,15 +478,24 @@ class Residency(ResidencyHooks):
                 self.reconciler.freed(room=True)
 
     def unloaded(self, endpoint: TritonEndpoint, name: str) -> None:
-        """A version retired, deleted or moved away left the instance: once its stubs are gone (they outlive
-        the unload by up to Triton's one-second health check; requests may have been in flight, so they
-        are not ended as an eviction's are), a pass counts its room at once, for versions waiting for it
-        and for the resident bytes shown, rather than at the next change or period."""
-        pid = self._pid(endpoint)
-        deadline = time.monotonic() + 5.0
-        while pid is not None and sizes.stub_bytes(pid, name) > 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self._live.pop(endpoint.name, None)
+        """A version retired, deleted or moved away left the instance: once its stubs have had time to exit
+        (`STUB_EXIT_S`; requests may have been in flight, so they are not ended as an eviction's are), a
+        pass counts its room, for versions waiting for it and for the resident bytes shown, rather than at
+        the next change or period. On a timer, not in the unload's action: waiting there held the version's
+        actions back, so a rollback's load of it right after a keep-warm unload was not started."""
+        if self.reconciler is None:
+            return
+        with self._lock:
+            if self._recount is not None:  # one pass after a burst of unloads
+                return
+            self._recount = threading.Timer(STUB_EXIT_S, self._count_again)
+            self._recount.daemon = True
+            self._recount.start()
+
+    def _count_again(self) -> None:
+        with self._lock:
+            self._recount = None
+        self._live.clear()
         if self.reconciler is not None:
             self.reconciler.trigger()
 

@@ -206,7 +206,7 @@ def test_replaced_version_is_unloaded_after_keep_warm_and_others_stay(
     assert _version_state(api, v1, 3) == "ready"  # still named by 'candidate'
 
     again = api.client.post(_alias_url(v1) + "/rollback", headers=api.headers())
-    assert again.status_code == 200
+    assert again.status_code == 200, again.text
     assert _version_state(api, v1, 1) == "ready"
 
 
