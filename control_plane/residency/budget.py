@@ -32,10 +32,10 @@ from control_plane.residency.policy import Entry, decide
 log = logging.getLogger(__name__)
 PRESENT = ("READY", "LOADING")
 _LINGERING = -1  # the policy's entry for processes of versions already unloaded
-# Processes holding this much more than a version's recorded memory are recorded: at once where this
-# process loaded it (counting only its load's own processes), else after GROWN_FOR_S (not a moment: a stub
-# of its previous load may linger a second or two beside the new one), the lowest reading then.
-GROWN = 1.1
+# Processes holding this much more than a version's recorded memory for GROWN_FOR_S are recorded (the
+# lowest reading then): not a moment's spike in one inference, nor a stub of its previous load lingering a
+# second or two beside the new one (where this process loaded it, only its load's own processes count).
+GROWN_RATIO = 1.1
 GROWN_FOR_S = 3.0
 
 
@@ -97,7 +97,8 @@ class Budgets:
         self.may_load = may_load
         self.sizes: dict[int, int] = {}  # version id -> bytes counted (measured or estimated)
         self._grown: dict[int, int] = {}  # version id -> what its processes hold, well over its record
-        self._over: dict[int, tuple[float, int]] = {}  # version id -> (over its record since, lowest bytes)
+        # version id -> (well above or below its record since, the reading nearest the record, above?)
+        self._over: dict[int, tuple[float, int, bool]] = {}
         self._seen: set[int] = set()  # versions whose size this pass read
         self._fresh: Mapping[str, int] = {}  # `fresh_sizes` of the instance being arranged
         self._over_budget: dict[str, bool] = {}  # instance -> over its budget at the last pass (logged once)
@@ -268,6 +269,9 @@ class Budgets:
         names = {v: n for n, v in {**present, **incoming}.items()}
         seen_used = {e.version_id: e.last_used for e in resident}
         for version_id in decision.evict:
+            drift = self._over.get(version_id)
+            if drift is not None and drift[2]:  # above its record, and leaving before that lasted GROWN_FOR_S
+                self._grown[version_id] = drift[1]  # (taken over the budget by it, say): for its next load
             plan.evict.append((names[version_id], version_id))
             plan.last_used[version_id] = seen_used.get(version_id, 0.0)
             plan.reasons[version_id] = decision.reasons[version_id]
@@ -429,28 +433,42 @@ class Budgets:
         room: int | None = None,
     ) -> int:
         """Measured (the larger of the recorded figure and what its processes hold now), else estimated:
-        like the measured versions (or a stub's usual footprint, when none is), but at most `room`."""
+        like the measured versions (or a stub's usual footprint, when none is). For a version to load
+        (`room` given), an estimate or a figure it grew to after an earlier load is at most `room`, so
+        neither refuses it for good (its load measures it again); a grown figure of a resident version
+        gives way to what its processes hold now (it may have freed a spike)."""
         size = fact.memory_bytes
+        grown = fact.memory_source == repository.GROWN
         if size is None:
             size = sizes.estimate(fact.size_bytes, estimates())
-            if room is not None and room > 0:
-                size = min(size, room)
+        if (fact.memory_bytes is None or grown) and room is not None and room > 0:
+            size = min(size, room)
         now = live.get(fact.triton_name, 0)
+        reading = self._fresh.get(fact.triton_name, now)  # loaded here: its own load's processes only
+        if grown and room is None and reading > 0:
+            size = reading
         self._seen.add(fact.version_id)
-        mine = self._fresh.get(fact.triton_name)
-        if mine is not None:  # loaded here: its own load's processes are known, record growth at once
-            if fact.memory_bytes is not None and mine > fact.memory_bytes * GROWN:
-                self._grown[fact.version_id] = mine
-        elif fact.memory_bytes is not None and now > fact.memory_bytes * GROWN:
-            since, low = self._over.get(fact.version_id, (time.monotonic(), now))
-            self._over[fact.version_id] = (since, min(low, now))
-            if time.monotonic() - since >= GROWN_FOR_S:
-                self._grown[fact.version_id] = min(low, now)  # recorded at the end of the pass
+        recorded = fact.memory_bytes
+        if recorded is not None and reading > recorded * GROWN_RATIO:
+            self._drifted(fact.version_id, reading, up=True)
+        elif grown and recorded is not None and 0 < reading * GROWN_RATIO < recorded:
+            self._drifted(fact.version_id, reading, up=False)  # a spike it grew to is over: back down
         else:
             self._over.pop(fact.version_id, None)
         size = max(size, now)
         self.sizes[fact.version_id] = size
         return size
+
+    def _drifted(self, version_id: int, reading: int, *, up: bool) -> None:
+        """A version's processes hold well above (`up`) or below its recorded figure: recorded at the end of
+        the pass once that has lasted GROWN_FOR_S, at the reading nearest the record meanwhile."""
+        since, nearest, was_up = self._over.get(version_id, (time.monotonic(), reading, up))
+        if was_up != up:
+            since, nearest = time.monotonic(), reading
+        nearest = min(nearest, reading) if up else max(nearest, reading)
+        self._over[version_id] = (since, nearest, up)
+        if time.monotonic() - since >= GROWN_FOR_S:
+            self._grown[version_id] = nearest
 
     def _with_triton_recency(
         self, endpoint: TritonEndpoint, resident: list[Entry], facts: Mapping[int, repository.VersionFacts]

@@ -67,6 +67,7 @@ class VersionFacts:
     last_used: datetime | None  # latest data-plane use any replica recorded
     loaded_at: datetime | None
     updated_at: datetime | None  # of its desired placement: when it was asked for
+    memory_source: str | None = None  # GROWN: `memory_bytes` is what it came to hold after a load
 
 
 def version_facts(
@@ -91,6 +92,7 @@ def version_facts(
             used.c.used,
             Placement.loaded_at,
             Placement.updated_at,
+            ModelVersion.memory_source,
         )
         .join(Model, Model.id == ModelVersion.model_id)
         .join(Tenant, Tenant.id == Model.tenant_id)
@@ -117,21 +119,28 @@ def record_measurement(
     """A version's measured memory (and load time). Measured at a load, a version may hold less than it came
     to hold after an earlier one (`record_growth`: it allocates at its first inference): the larger stays,
     so its next load is counted at that size."""
-    larger = case((ModelVersion.memory_bytes > memory_bytes, ModelVersion.memory_bytes), else_=memory_bytes)
-    values: dict[str, object] = {"memory_bytes": larger, "memory_source": source}
+    kept = ModelVersion.memory_bytes > memory_bytes
+    values: dict[str, object] = {
+        "memory_bytes": case((kept, ModelVersion.memory_bytes), else_=memory_bytes),
+        "memory_source": case((kept, ModelVersion.memory_source), else_=source),
+    }
     if load_seconds is not None:
         values["load_seconds"] = load_seconds
     session.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(**values))
 
 
+GROWN = "grown"  # memory_source of a figure `record_growth` wrote
+
+
 def record_growth(session: Session, grown: Mapping[int, int]) -> None:
-    """Versions whose processes came to hold more than their recorded memory since their load (a model
-    that allocates on its first inference): the larger figure, for the loads after their next eviction."""
+    """Versions whose processes came to hold well more than their recorded memory since their load (a
+    model that allocates on its first inference), or well less than a figure recorded so (a spike it
+    freed): what they hold, for the loads after their next eviction."""
     for version_id, memory_bytes in grown.items():
         session.execute(
             update(ModelVersion)
-            .where(ModelVersion.id == version_id, ModelVersion.memory_bytes < memory_bytes)
-            .values(memory_bytes=memory_bytes)
+            .where(ModelVersion.id == version_id)
+            .values(memory_bytes=memory_bytes, memory_source=GROWN)
         )
 
 

@@ -219,6 +219,12 @@ def test_a_measurement_at_a_load_keeps_what_the_version_came_to_hold_before(flee
     assert measured(45 * mib) == 45 * mib, "a first measurement"
     with transaction(fleet.session_factory) as session:
         residency_repository.record_growth(session, {version.id: 130 * mib})  # after its first inference
-        residency_repository.record_growth(session, {version.id: 100 * mib})  # never lowers it
     assert measured(45 * mib) == 130 * mib, "reloaded: measured small again, counted at what it grows to"
+    with fleet.session_factory() as session:
+        assert session.get_one(ModelVersion, version.id).memory_source == residency_repository.GROWN
+    with transaction(fleet.session_factory) as session:
+        residency_repository.record_growth(session, {version.id: 50 * mib})  # a spike it freed: back down
+    assert measured(45 * mib) == 50 * mib
     assert measured(140 * mib) == 140 * mib
+    with fleet.session_factory() as session:
+        assert session.get_one(ModelVersion, version.id).memory_source == "stub", "a load measured more"

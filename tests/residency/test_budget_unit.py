@@ -436,7 +436,7 @@ def test_memory_a_version_came_to_hold_after_its_load_is_recorded(monkeypatch: p
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     live = {"r1": 3 * SIZE, "r2": SIZE + SIZE // 20}  # what the budget step reads at each pass
-    budgets, _ = _pass(load_slots=1, live=live)
+    budgets, _ = _pass(load_slots=1, live=live, budget=10 * SIZE)  # room for all: nothing evicted
     assert recorded == [] and budgets.sizes[1] == 3 * SIZE, "counted at once, recorded not yet"
     for seconds, r1, grown in [
         (2.0, 2 * SIZE, []),
@@ -456,25 +456,78 @@ def test_memory_a_version_came_to_hold_after_its_load_is_recorded(monkeypatch: p
         assert recorded == grown, (seconds, r1)
 
 
-def test_growth_of_a_version_loaded_here_is_recorded_at_once_from_its_own_processes(
+def test_growth_of_a_version_loaded_here_is_read_from_its_own_processes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The pass that first sees it over the record may evict it (it takes the instance over the budget),
-    so waiting 3 s never recorded anything. Where this process loaded it, its own load's processes are
-    known (a stub of its previous load lingering beside them, 3 SIZE in all here, is not counted)."""
+    """Where this process loaded a version, only its load's own stubs count for its growth: a stub of its
+    previous load lingering beside them (3 SIZE in all for r2 here) is not growth."""
     recorded: list[dict[int, int]] = []
     monkeypatch.setattr(repository, "record_growth", lambda session, grown: recorded.append(dict(grown)))
-    budgets = Budgets(
-        default_budget=3 * SIZE,
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    budgets = _budgets(
+        live={"r1": 3 * SIZE, "r2": 3 * SIZE}, fresh={"r1": 2 * SIZE, "r2": SIZE}, budget=20 * SIZE
+    )
+    for _ in range(2):
+        _pass(load_slots=1, budgets=budgets)
+        clock[0] += 3.0
+    assert recorded == [{1: 2 * SIZE}], "after 3 s, r1's own stubs' growth; r2's did not grow"
+    assert budgets.sizes[1] == budgets.sizes[2] == 3 * SIZE, "counted at what every stub holds meanwhile"
+
+
+def _budgets(*, live: dict[str, int], fresh: dict[str, int], budget: int = 3 * SIZE) -> Budgets:
+    return Budgets(
+        default_budget=budget,
         tenant_share=None,
-        live_sizes=lambda endpoint: {"r1": 3 * SIZE, "r2": 3 * SIZE},
-        fresh_sizes=lambda endpoint: {"r1": 2 * SIZE, "r2": SIZE},
+        live_sizes=lambda endpoint: live,
+        fresh_sizes=lambda endpoint: fresh,
         stats=ResidencyStats(),
         busy=lambda name: False,
         local_uses=dict,
         load_slots=lambda instance: 1,
         waiting=lambda name: 0,
     )
+
+
+def test_a_spike_it_grew_to_never_refuses_a_version_and_comes_back_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an adversarial run: a model that held 170 MB more during one inference (7 s) was recorded
+    at 219 MB, evicted as over a 200 MB budget while it held 43 MB again, and refused for good. A grown
+    figure now gives way, for a resident version, to what it holds; for one to load, to the room; and it
+    is recorded back down once the version has held well less for 3 s."""
+    recorded: list[dict[int, int]] = []
+    monkeypatch.setattr(repository, "record_growth", lambda session, grown: recorded.append(dict(grown)))
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    spiked = {1: 4 * SIZE, 4: 4 * SIZE}  # r1 resident, a4 incoming: both recorded at a spike over the budget
+    monkeypatch.setattr(
+        repository,
+        "version_facts",
+        lambda session, ids, **kw: {
+            v: replace(f, memory_bytes=spiked[v], memory_source=repository.GROWN) if v in spiked else f
+            for v, f in _facts(ids).items()
+        },
+    )
+    budgets = _budgets(live={"r1": SIZE // 2}, fresh={"r1": SIZE // 2})
     _pass(load_slots=1, budgets=budgets)
-    assert recorded == [{1: 2 * SIZE}], "r1's own stubs grew; r2's did not (an old stub lingers beside it)"
-    assert budgets.sizes[1] == budgets.sizes[2] == 3 * SIZE, "counted at what every stub holds meanwhile"
+    plan = budgets.plans["i"]
+    assert budgets.sizes[1] == SIZE // 2, "resident: counted at what it holds, not at its spike"
+    assert budgets.sizes[4] == 3 * SIZE, "to load: at most the room, never refused for good"
+    assert plan.waiting == [] and plan.after_evictions == [("a4", 4)]
+    assert "over_budget" not in plan.reasons.values(), "r1 is not evicted for a spike it freed"
+    clock[0] += 3.5
+    _pass(load_slots=1, budgets=budgets)
+    assert recorded[-1] == {1: SIZE // 2}, "back down after 3 s at half a SIZE"
+
+
+def test_a_version_evicted_while_above_its_record_has_that_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its growth (an allocation at its first inference) took the instance over the budget, so the first
+    pass that saw it evicted it: waiting for the 3 s never recorded anything, and each reload went over
+    the budget again."""
+    recorded: list[dict[int, int]] = []
+    monkeypatch.setattr(repository, "record_growth", lambda session, grown: recorded.append(dict(grown)))
+    budgets = _budgets(live={"r1": 2 * SIZE}, fresh={"r1": 2 * SIZE})
+    _pass(load_slots=1, budgets=budgets)
+    assert ("r1", 1) in budgets.plans["i"].evict
+    assert recorded == [{1: 2 * SIZE}]
