@@ -167,9 +167,8 @@ def set_replicas(
 
 
 def _found(session: Session, name: str, *, lock: bool = False) -> TritonInstance:
-    if (
-        re.fullmatch(INSTANCE_NAME, name) is None
-    ):  # no instance has it (a NUL byte never reaches the database)
+    # A name no instance can have (a NUL byte, say: the database refuses it) is not looked up.
+    if re.fullmatch(INSTANCE_NAME, name) is None:
         raise InstanceNotFound(name)
     row = repository.get_instance(session, name, lock=lock)
     if row is None:

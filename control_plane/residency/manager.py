@@ -36,7 +36,7 @@ from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.routing.changes import mark_desired_changed
 from control_plane.routing.router import FAILED_RETRY_S
-from control_plane.routing.table import SERVABLE, RoutingTable, public_reason
+from control_plane.routing.table import SERVABLE, RoutingTable, load_failed_message
 
 if TYPE_CHECKING:
     from control_plane.fleet.reconciler import Reconciler
@@ -213,7 +213,7 @@ class Residency(ResidencyHooks):
             elif target is None or target.state == "retired":  # deleted (its model or it) meanwhile
                 self._settle(name, VersionGone("the model version no longer exists"))
             elif target.state not in SERVABLE:  # a request may load it on demand, or it is loading
-                self._settle(name, _load_failed(name, target.state, target.failure, model, target.version))
+                self._settle(name, _load_failed(name, target.failure, model, target.version))
 
     def _wait(self, name: str, waiter: _Waiter, *, explicit: bool = False) -> None:
         with self._lock:
@@ -287,7 +287,7 @@ class Residency(ResidencyHooks):
                     raise VersionGone("the model version no longer exists")
                 if version.state == "failed" and not explicit:
                     model = repository.model_name(session, version.model_id)
-                    raise _load_failed(name, version.state, version.state_message, model, version.version)
+                    raise _load_failed(name, version.state_message, model, version.version)
                 if version.load_seconds:
                     self._load_s[name] = version.load_seconds
                 if version.state == "loading":
@@ -603,11 +603,7 @@ class Residency(ResidencyHooks):
         self._flushed.update(fresh)
 
 
-def _load_failed(name: str, state: str, message: str | None, model: str | None, number: int) -> LoadFailed:
-    """The 503 for requests to a version whose load failed: which, in the caller's terms, and why, as
-    Triton said (a failed version is not loaded again until it is asked for explicitly or replaced)."""
-    why = f": {public_reason(message, name, model or 'the model')}" if message else f" ({state})"
-    shown = f"model '{model}'" if model else "the model"
-    return LoadFailed(
-        f"version {number} of {shown} is not ready: its load failed{why}", retry_after=FAILED_RETRY_S
-    )
+def _load_failed(name: str, message: str | None, model: str | None, number: int) -> LoadFailed:
+    """The 503 for requests to a version whose load failed, worded as the router's (a failed version is
+    not loaded again until it is asked for explicitly or replaced)."""
+    return LoadFailed(load_failed_message(number, model, message, name), retry_after=FAILED_RETRY_S)

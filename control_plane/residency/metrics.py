@@ -72,9 +72,13 @@ class ResidencyStats:
     def over_budget(self, name: str) -> int | None:
         """Bytes the instance holds above its budget now (None: no budget accounted there)."""
         with self._lock:
-            if name not in self.resident_bytes:
-                return None
-            return max(0, self.resident_bytes[name] - self.budget_bytes.get(name, 0))
+            return self._over_budget().get(name)
+
+    def _over_budget(self) -> dict[str, int]:
+        """Instance -> bytes held above its budget (under the lock)."""
+        return {
+            name: max(0, used - self.budget_bytes.get(name, 0)) for name, used in self.resident_bytes.items()
+        }
 
     def instance(self, name: str, *, versions: int, used: int, budget: int, pinned_over: int) -> None:
         """What an instance holds, as the last pass accounted it."""
@@ -109,10 +113,7 @@ class _Collector:
                 "cp_residency_resident_bytes": dict(s.resident_bytes),
                 "cp_residency_budget_bytes": dict(s.budget_bytes),
                 "cp_residency_pinned_over_budget_bytes": dict(s.pinned_over_bytes),
-                "cp_residency_over_budget_bytes": {
-                    name: max(0, used - s.budget_bytes.get(name, 0))
-                    for name, used in s.resident_bytes.items()
-                },
+                "cp_residency_over_budget_bytes": s._over_budget(),
             }
             unreturned = dict(s.unreturned)
         yield CounterMetricFamily("cp_residency_hits", "requests whose version was resident", value=hits)

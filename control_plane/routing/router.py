@@ -20,7 +20,7 @@ from control_plane.routing.table import (
     AliasTarget,
     RoutingTable,
     build_table,
-    public_reason,
+    load_failed_message,
     ready_placements,
     resident_names,
 )
@@ -158,9 +158,7 @@ class Router:
         if found is None:
             raise NotFound(f"version {version} of model '{model}' not found")
         if found.state == "failed":  # not loaded again until asked for explicitly or replaced
-            failure = found.failure and public_reason(found.failure, found.triton_name, model)
-            why = f": {failure}" if failure else ""
-            message = f"version {version} of model '{model}' is not ready: its load failed{why}"
+            message = load_failed_message(version, model, found.failure, found.triton_name)
             raise ModelLoading(message, retry_after=FAILED_RETRY_S)
         if found.state not in SERVABLE:
             raise ModelLoading(

@@ -38,6 +38,14 @@ def public_reason(message: str, triton_name: str, shown: str) -> str:
     return " ".join(_PATH.sub("", head).split())[:500]
 
 
+def load_failed_message(number: int, model: str | None, failure: str | None, triton_name: str) -> str:
+    """What requests to a version whose load failed are told (the router's answer and a waiting request's
+    alike): which version, in the caller's terms, and why (`public_reason`)."""
+    why = f": {public_reason(failure, triton_name, model or 'the model')}" if failure else ""
+    which = f"model '{model}'" if model else "the model"
+    return f"version {number} of {which} is not ready: its load failed{why}"
+
+
 # Versions a request may go to: ready, or loaded on demand first (residency, issue 12). Routing treats
 # these states alike, so a version moving between them does not rebuild the table (`routing.changes`).
 SERVABLE = frozenset({"ready", "registered", "unloaded", "loading"})

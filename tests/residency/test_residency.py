@@ -24,6 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from bench.residency import metric_by
 from control_plane.db import migrate
 from control_plane.db.models import Model, ModelVersion
 from control_plane.residency import sizes
@@ -264,12 +265,7 @@ def _children(pid: int) -> dict[int, str]:
 def _evictions(stack: Stack) -> Counter[str]:
     """`cp_residency_evictions_total` by its reason label."""
     metrics = stack.api.client.get("/metrics", headers=stack.api.headers()).text
-    found: Counter[str] = Counter()
-    for line in metrics.splitlines():
-        if line.startswith("cp_residency_evictions_total{"):
-            labels, value = line.rsplit(" ", 1)
-            found[labels.split('reason="', 1)[1].split('"', 1)[0]] += round(float(value))
-    return found
+    return metric_by(metrics, "cp_residency_evictions_total", "reason")
 
 
 def test_twenty_concurrent_first_requests_cause_exactly_one_load(stack: Stack) -> None:
