@@ -55,12 +55,14 @@ class Stack:
     consumer: str
     settings_for: Callable[..., Any]
 
-    def infer(self, model: str, *, client: httpx.Client | None = None) -> httpx.Response:
+    def infer(
+        self, model: str, *, client: httpx.Client | None = None, key: str | None = None
+    ) -> httpx.Response:
         body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}]}
         return (client or self.api.client).post(
             f"/v2/models/{model}/versions/1/infer",
             json=body,
-            headers={"Authorization": f"Bearer {self.consumer}"},
+            headers={"Authorization": f"Bearer {key or self.consumer}"},
             timeout=60,
         )
 
@@ -600,3 +602,49 @@ def test_a_load_asked_for_that_does_not_finish_in_time_is_409_not_200(stack: Sta
     assert response.status_code == 409, response.text
     assert "did not finish within 1 s" in response.json()["detail"] and took < 3.5
     assert stack.infer("slowload").status_code == 200, "the load went on"
+
+
+def test_one_tenants_burst_of_cold_models_does_not_push_out_another_tenants(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tenant shares (`CP_TENANT_MEMORY_SHARE`, here 0.5): tenant A holds three models (one pinned), within
+    its half of the budget; tenant B then asks for four cold models, one after another, twice round. B
+    makes room from its own models (it is over its half), so A's stay resident and answer without a load;
+    with no share B's next cold model evicts A's least recently used one (the contrast at the end)."""
+    api = stack.api
+    reconciler = api.state.reconciler
+    assert reconciler is not None and reconciler.budgets is not None
+    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m3"))
+    _set_budget(stack, int(size * 3.5))
+    for name in ("m0", "m3"):
+        assert stack.infer(name).status_code == 200
+    deadline = time.monotonic() + 15
+    while stack.loaded() != {"m0", "m1", "m3"}:  # m1: pinned since the first test
+        assert time.monotonic() < deadline, stack.loaded()
+        time.sleep(0.2)
+    other = api.tenant()
+    consumer = api.key(other, "consumer")
+    burst = ["b0", "b1", "b2", "b3"]
+    for name in burst:
+        assert api.create_model(other, name=name, format="python", **SPEC).status_code == 201
+        source = tmp_path / f"{name}.py"
+        source.write_text(MODEL.format(init="pass", scale=2.0, offset=0.0))
+        assert api.upload(other, name, source).status_code == 201
+    monkeypatch.setattr(reconciler.budgets, "tenant_share", 0.5)
+    monkeypatch.setattr(reconciler.budgets, "share_idle_s", 120.0)
+    _set_budget(stack, int(size * 6.5))  # A's three and three more: each tenant's half is 3.25 models
+    evicted_before, loads_before = _evictions(stack), stack.loads()
+    for name in burst * 2:
+        assert stack.infer(name, key=consumer).status_code == 200
+        assert stack.loaded() >= {"m0", "m1", "m3"}, f"B's {name} pushed out A's models: {stack.loaded()}"
+    evicted = _evictions(stack) - evicted_before
+    assert stack.loads() - loads_before == 8, "every request of B's was cold (4 models in B's room for 3)"
+    assert evicted["tenant_share"] >= 4, f"LRU alone would have evicted A's models first: {evicted}"
+    assert len({n for n in stack.loaded() if n in burst}) == 3
+    monkeypatch.setattr(reconciler.budgets, "tenant_share", None)  # the contrast: no share
+    cold = next(n for n in burst if n not in stack.loaded())
+    assert stack.infer(cold, key=consumer).status_code == 200
+    gone = {"m0", "m3"} - stack.loaded()
+    assert gone == {"m0"}, f"with no share the LRU (A's m0) makes room: {stack.loaded()}"
+    assert stack.infer("m3").status_code == 200
+    assert stack.loads() - loads_before == 9, "A's m3 answered without a load"
