@@ -52,9 +52,15 @@ class Plan:
     used: int = 0
     budget: int = 0
     planned: int = 0  # bytes resident once this pass's evictions and admitted loads are done
-    # With versions waiting for room: the resident versions not evicted only because they were busy
-    # (requests in flight or waiting, or loading). One of them going idle is room, if nothing else is.
+    # With versions waiting for room, or the instance over its budget after this pass: the resident
+    # versions not evicted only because they were busy (requests in flight or waiting, or loading). One
+    # of them going idle is room, if nothing else is, or the victim that brings the instance back under.
     blockers: frozenset[str] = frozenset()
+
+    @property
+    def over(self) -> bool:
+        """Whether the instance stays over its budget once this pass's evictions are done."""
+        return self.planned > self.budget
 
 
 class Budgets:
@@ -307,11 +313,11 @@ class Budgets:
         if plan.after_evictions:  # shown loading at once too: their workers start with nothing to write
             repository.show_placements(session, row.id, [v for _, v in plan.after_evictions], state="loading")
         plan.waiting = [names[v] for v in decision.wait]
-        if decision.wait:
+        plan.planned = after
+        if decision.wait or plan.over:
             plan.blockers = frozenset(
                 names[e.version_id] for e in staying if e.busy and not e.pinned and e.version_id in names
             )
-        plan.planned = after
         sizes_now = {e.version_id: e.size for e in [*resident, *arrivals]}
         plan.used = sum(sizes_now[v] for v in present.values() if v in sizes_now) + lingering
         self.stats.instance(

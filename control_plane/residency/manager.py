@@ -327,9 +327,11 @@ class Residency(ResidencyHooks):
         budgets = self.reconciler.budgets if self.reconciler is not None else None
         held = {name for plan in budgets.plans.values() for name in plan.waiting} if budgets else set()
         waited = {name for name in held if self._waiters.get(name)}
-        # Requests wait for room: one of the busy versions the pass could not evict going idle runs the
-        # next pass (`unblocked`), not `renew`'s next tick or the period.
-        self.blockers = budgets.blockers if budgets is not None and waited else frozenset()
+        over = budgets is not None and any(plan.over for plan in budgets.plans.values())
+        # Requests wait for room, or an instance stays over its budget (a lowered budget, a version that
+        # grew) because the versions that would go are busy: one of those going idle runs the next pass
+        # (`unblocked`), not `renew`'s next tick or the period (5 s over the budget, or waiting).
+        self.blockers = budgets.blockers if budgets is not None and (waited or over) else frozenset()
         now = time.monotonic()
         for name in [n for n in self._no_room if n not in waited]:
             del self._no_room[name]  # the clock runs for requests waiting, each batch its own
@@ -340,8 +342,9 @@ class Residency(ResidencyHooks):
                 del self._no_room[name]
 
     def unblocked(self, name: str) -> None:
-        """`name`, one of the busy versions that kept a version waiting for room at the last pass, has
-        no request in flight here any more: run a pass now (once per pass; the next one arms it again)."""
+        """`name`, one of the busy versions that kept a version waiting for room (or the instance over its
+        budget) at the last pass, has no request in flight here any more: run a pass now (once per pass;
+        the next one arms it again)."""
         self.blockers = frozenset()
         if self.reconciler is not None:
             self.reconciler.trigger()

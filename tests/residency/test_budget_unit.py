@@ -319,10 +319,32 @@ def test_a_pass_names_the_busy_versions_that_kept_a_version_waiting_for_room(
     assert budgets.held_for_room is bool(blockers)
 
 
-def _residency_after_pass(*, waiting: list[str], blockers: frozenset[str]) -> tuple[Residency, MagicMock]:
+@pytest.mark.parametrize(
+    ("busy", "evicted", "blockers"),
+    [
+        ((), ["r1", "r2", "r3"], frozenset()),  # a budget lowered below one version: every idle one goes
+        (("r3",), ["r1", "r2"], frozenset({"r3"})),  # r3 answers: over the budget until it is idle
+    ],
+)
+def test_a_pass_that_leaves_the_instance_over_its_budget_names_the_busy_versions_keeping_it_there(
+    busy: tuple[str, ...], evicted: list[str], blockers: frozenset[str]
+) -> None:
+    """Nothing waits for room (the versions asked for back off), but the budget was lowered to half a
+    version: the idle ones are evicted at once, a busy one once it is idle (`Residency.unblocked`), not
+    at the loop's next period."""
+    budgets, _ = _pass(load_slots=2, budget=SIZE // 2, busy=busy, backing_off=(4, 5, 6))
+    plan = budgets.plans["i"]
+    assert [name for name, _ in plan.evict] == evicted and plan.waiting == []
+    assert set(plan.reasons.values()) == {"over_budget"}
+    assert plan.over is bool(blockers) and budgets.blockers == blockers
+
+
+def _residency_after_pass(
+    *, waiting: list[str], blockers: frozenset[str], over: bool = False
+) -> tuple[Residency, MagicMock]:
     residency = Residency(session_factory=None, inflight=Counter())
     trigger = MagicMock()
-    plan = SimpleNamespace(waiting=waiting, blockers=blockers)
+    plan = SimpleNamespace(waiting=waiting, blockers=blockers, over=over)
     budgets = SimpleNamespace(plans={"i": plan}, blockers=blockers)
     residency.reconciler = SimpleNamespace(budgets=budgets, trigger=trigger)  # type: ignore[assignment]
     return residency, trigger
@@ -339,6 +361,14 @@ def test_a_busy_version_going_idle_runs_the_loop_once_when_requests_wait_for_roo
     assert trigger.call_count == 1 and residency.blockers == frozenset(), "once per pass"
     residency.after_pass()
     assert residency.blockers == {"hot"}, "armed again by the next pass"
+
+
+def test_a_busy_version_keeping_its_instance_over_the_budget_runs_the_loop_once_it_is_idle() -> None:
+    residency, trigger = _residency_after_pass(waiting=[], blockers=frozenset({"hot"}), over=True)
+    residency.after_pass()
+    assert residency.blockers == {"hot"}, "armed with nobody waiting: the instance is over its budget"
+    residency.unblocked("hot")
+    assert trigger.call_count == 1 and residency.blockers == frozenset()
 
 
 def test_the_no_room_wait_is_counted_for_requests_waiting(monkeypatch: pytest.MonkeyPatch) -> None:

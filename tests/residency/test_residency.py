@@ -516,6 +516,46 @@ def test_a_version_waiting_for_room_loads_as_soon_as_a_busy_one_goes_idle(
         reconciler.trigger()
 
 
+def test_an_instance_over_a_lowered_budget_evicts_a_busy_version_as_soon_as_it_is_idle(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget is lowered below what the resident versions hold while s1 answers a 3 s request: the
+    idle, unpinned versions go at once, s1 (the instance over its budget until then) as soon as its
+    request is answered, not at the loop's next period (here none: it kept the memory for good)."""
+    api = stack.api
+    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "s1"))
+    _set_budget(stack, size * 6)
+    assert [stack.infer(m).status_code for m in ("m0", "s1")] == [200, 200]
+    assert {"m0", "m1", "s1"} <= stack.loaded()
+    reconciler = api.state.reconciler
+    assert reconciler is not None
+    monkeypatch.setattr(api.state.residency, "renew", lambda: None)
+    period, reconciler.interval_s = reconciler.interval_s, 3600.0
+    try:
+        time.sleep(1.2)  # the loop's wait at the old period is over
+        before = _evictions(stack)
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(stack.infer, "s1")
+            time.sleep(0.5)
+            _set_budget(stack, int(size * 1.5))  # m1 (pinned) and half of another
+            deadline = time.monotonic() + 10
+            while stack.loaded() != {"m1", "s1"}:
+                assert time.monotonic() < deadline, f"the idle ones stay: {stack.loaded()}"
+                time.sleep(0.1)
+            assert not busy.done(), "s1 was still answering when the others had gone"
+            assert busy.result().status_code == 200, "never evicted with its request in flight"
+        answered = time.monotonic()
+        while "s1" in stack.loaded():
+            assert time.monotonic() - answered < 5, "s1 kept the instance over its budget once idle"
+            time.sleep(0.1)
+        assert stack.loaded() == {"m1"}
+        assert _evictions(stack)["over_budget"] - before["over_budget"] >= 2
+    finally:
+        _set_budget(stack, size * 6)  # the tests after this one load a version before they set theirs
+        reconciler.interval_s = period
+        reconciler.trigger()
+
+
 def _resident_bytes(stack: Stack) -> int:
     instance = stack.api.client.get("/v1/instances", headers=stack.api.headers()).json()[0]
     return int(instance["resident_bytes"])
