@@ -9,6 +9,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from control_plane.dataplane import protowire
+from control_plane.dataplane.rewrite import hide_internal_name
 from control_plane.errors import AppError
 from control_plane.routing.router import Resolved
 
@@ -73,7 +74,7 @@ def triton_failure(
         return RpcFailure(code, f"the inference server did not answer within {timeout:g}s")
     from_triton = resolved is not None and resolved.triton_name in details
     if resolved is not None:
-        details = details.replace(resolved.triton_name, resolved.model)
+        details = hide_internal_name(details, triton_name=resolved.triton_name, model=resolved.model)
         if code == Code.NOT_FOUND:  # we route to ready versions only: it is being (un)loaded right now
             message = f"model '{resolved.model}' is not loaded on the inference server right now: {details}"
             return RpcFailure(Code.UNAVAILABLE, message, retry_after=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import orjson
@@ -70,6 +71,14 @@ def server_metadata(body: bytes) -> bytes:
     return orjson.dumps(document)
 
 
+_URL = re.compile(r"\b[a-z][a-z\d+.-]*://[^\s'\"()<>]+", re.IGNORECASE)
+_PATH = re.compile(r"(?:/[\w.@+-]+)+/")
+
+
 def hide_internal_name(message: str, *, triton_name: str, model: str) -> str:
-    """Triton's error text with the internal model name replaced by the client's."""
-    return message.replace(triton_name, model)
+    """Triton's error text in the client's terms: the internal model name replaced by the client's,
+    without the Python traceback the Python backend appends to a model's exception (`At:` and the
+    frames, naming the server's model repository), the inference server's address or the server's
+    folders (a file keeps its name)."""
+    head = message.split("\nAt:", 1)[0].rstrip().replace(triton_name, model)
+    return _PATH.sub("", _URL.sub("the inference server", head))

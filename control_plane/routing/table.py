@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.dataplane.contract import Contract
+from control_plane.dataplane.rewrite import hide_internal_name
 from control_plane.db.models import (
     Alias,
     AliasRoute,
@@ -21,7 +22,6 @@ from control_plane.db.models import (
 )
 from control_plane.routing.contracts import UNCHECKABLE, contract_from_config
 
-_PATH = re.compile(r"(?:/[\w.@+-]+)+/")
 # What the loader and Triton put before the reason itself, naming the model twice and Triton's own
 # version folder (always 1 here, whatever version the caller asked for).
 _LOAD_PREFIXES = re.compile(
@@ -30,12 +30,11 @@ _LOAD_PREFIXES = re.compile(
 
 
 def public_reason(message: str, triton_name: str, shown: str) -> str:
-    """Why a load failed, for the model's callers: Triton's message without the Python traceback it
-    appends (`At:` and the frames), the server's folders (the model repository's path), the prefixes
-    that name the model again (`_LOAD_PREFIXES`) or the name Triton knows the version by (`shown`
-    instead)."""
-    head = _LOAD_PREFIXES.sub("", message.split("\nAt:", 1)[0]).replace(triton_name, shown)
-    return " ".join(_PATH.sub("", head).split())[:500]
+    """Why a load failed, for the model's callers: Triton's message as `hide_internal_name` shows it
+    (no traceback, addresses or folders; `shown` for the name Triton knows the version by), without
+    the prefixes that name the model again (`_LOAD_PREFIXES`), on one line."""
+    head = _LOAD_PREFIXES.sub("", hide_internal_name(message, triton_name=triton_name, model=shown))
+    return " ".join(head.split())[:500]
 
 
 def load_failed_message(number: int, model: str | None, failure: str | None, triton_name: str) -> str:

@@ -23,7 +23,7 @@ from control_plane.dataplane import protowire
 from control_plane.settings import Settings
 from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
-from tests.support.deploy import deploy_onnx
+from tests.support.deploy import deploy_onnx, deploy_python
 from tests.support.procs import free_port, wait_for_port
 
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 2.0, 3.0, 4.0], [-3.0, 0.0, 0.125, 9.5]], dtype=np.float32)
@@ -193,6 +193,46 @@ def test_version_in_the_call_and_alias_in_metadata(
             "NOT_FOUND", lambda: infer(proxy, d1.model, headers=auth(key, **{"x-model-alias": "canary"}))
         )
         assert "canary" in no_alias.message()
+
+
+RAISES = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        raise ValueError("weights for bucket 7 are missing")
+"""
+
+
+def test_a_models_own_exception_is_told_without_the_servers_traceback_or_folders(
+    grpc_api: Api, tmp_path: Path
+) -> None:
+    """An exception raised in a Python model's `execute()` reaches its caller with its own words, over
+    HTTP and gRPC alike, but not the traceback Triton's Python backend appends to it (`At:` and frames
+    naming the server's model repository folder), found by an adversarial run."""
+    spec: dict[str, Any] = {
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
+        "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
+        "max_batch_size": 0,
+    }
+    d = deploy_python(grpc_api, tmp_path, name="raises", source=RAISES, spec=spec)
+    http = grpc_api.client.post(
+        f"/v2/models/{d.model}/infer",
+        json={"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}]},
+        headers={"Authorization": f"Bearer {d.consumer_key}"},
+    )
+    assert http.status_code == 502, http.text
+    with proxy_client(grpc_api) as proxy:
+        tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
+        tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+        failed = expect_error(
+            "INTERNAL", lambda: proxy.infer(d.model, [tensor], headers=auth(d.consumer_key))
+        )
+    for told in (http.json()["error"], failed.message()):
+        assert "ValueError: weights for bucket 7 are missing" in told, told
+        assert "At:" not in told and "model.py(" not in told and "/" not in told, told
+        assert d.triton_name not in told and grpc_api.settings.model_repository not in told, told
 
 
 def test_tenants_are_isolated(grpc_api: Api, triton: RunningTriton, tmp_path: Path) -> None:

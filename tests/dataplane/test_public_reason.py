@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from control_plane.dataplane.rewrite import hide_internal_name
 from control_plane.routing.table import public_reason
 
 NAME = "acme--broken--v3-1a2b3c"
@@ -40,3 +41,20 @@ def test_a_load_failure_is_told_in_the_callers_terms(message: str, shown: str) -
 def test_a_long_reason_is_cut_and_whitespace_folded() -> None:
     told = public_reason("Internal:\n  " + "x " * 400, NAME, "broken")
     assert told.startswith("Internal: x x") and len(told) == 500 and "\n" not in told
+
+
+def test_a_load_timeout_names_no_inference_server_address() -> None:
+    told = public_reason(
+        f"Triton at http://10.0.3.7:8001 unavailable (load {NAME}): Deadline Exceeded", NAME, "b"
+    )
+    assert told == "Triton at the inference server unavailable (load b): Deadline Exceeded"
+
+
+def test_an_inference_failure_keeps_the_models_words_only() -> None:
+    """What a Python model's `execute()` raised, as Triton's Python backend reports it."""
+    message = (
+        f"Failed to process the request(s) for model '{NAME}_0_0', message: KeyError: 'bucket'\n\nAt:\n"
+        f"  /srv/cp/model_repository/{NAME}/1/model.py(9): execute\n"
+    )
+    told = hide_internal_name(message, triton_name=NAME, model="broken")
+    assert told == "Failed to process the request(s) for model 'broken_0_0', message: KeyError: 'bucket'"
