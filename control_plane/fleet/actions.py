@@ -31,6 +31,7 @@ from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import VersionLoader
 from control_plane.fleet.observed import InstanceObservation, Observed, PlacementFailure
 from control_plane.residency import repository as residency_repository
+from control_plane.tritonserver.exceptions import TritonLoadTimeout
 
 log = logging.getLogger(__name__)
 # Version states that should not be loaded anywhere (a failed version is not served either; a version
@@ -64,6 +65,10 @@ class ResidencyHooks:
 
     def load_failed(self, version_id: int, message: str) -> None:
         """A load failed."""
+
+    def load_timed_out(self, endpoint: TritonEndpoint, name: str) -> None:
+        """A load ran past its timeout while Triton may still be at it: it may end the version's
+        processes (residency's `end_stubs`), so that Triton's load fails and gives its memory back."""
 
     def loading(self, delta: int) -> None:
         """A load call to Triton started (+1) or ended (-1)."""
@@ -334,6 +339,8 @@ class Actions:
                     self.residency.loading(-1)
                 seconds = time.monotonic() - started
             except Exception as exc:  # any failure backs off; the loop must not die
+                if isinstance(exc, TritonLoadTimeout):
+                    self._abandon_load(endpoint, name)
                 self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))
                 return False
         self._loaded_at[key] = time.monotonic()
@@ -346,6 +353,15 @@ class Actions:
         self.note_many(endpoint.name, [(version_id, "ready", None)])
         log.info("reconciler loaded %s on %s", name, endpoint.name)
         return True
+
+    def _abandon_load(self, endpoint: TritonEndpoint, name: str) -> None:
+        """A load past its timeout is failed here; Triton's must not go on holding memory and a load
+        thread (a model's `initialize()` that never returns held them until Triton restarted, and the
+        budget waited for that memory to leave)."""
+        try:
+            self.residency.load_timed_out(endpoint, name)
+        except Exception:
+            log.exception("ending the timed-out load of %s on %s failed", name, endpoint.name)
 
     def _load_after(
         self, endpoint: TritonEndpoint, name: str, version_id: int, *, rooms: list[Future[bool]]

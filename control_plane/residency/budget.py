@@ -252,9 +252,15 @@ class Budgets:
         if used + sum(e.size for e in arrivals) > budget:
             resident = self._with_triton_recency(endpoint, resident, facts)
         # Versions on their way out (not desired here) still hold memory: decide as if they were gone,
-        # but load nothing until they are (their unload runs the loop again).
-        # A version admitted loads now only if it fits in what is held right now.
-        leaving = {v for n, v in present.items() if n not in want}
+        # but load nothing until they are (their unload runs the loop again); a version admitted loads
+        # now only if it fits in what is held right now. Not one Triton still loads while this loop does
+        # not (its load timed out here: a model's `initialize()` that never returns, say): nothing
+        # unloads a loading version, so it is held, never a victim, and its room is made from the others.
+        leaving = {
+            v
+            for n, v in present.items()
+            if n not in want and (observation.models.get(n) != "LOADING" or v in loading)
+        }
         staying = [e for e in resident if e.version_id not in leaving]
         idle_before = time.time() - self.share_idle_s if self.share_idle_s > 0 else None
         policy = partial(

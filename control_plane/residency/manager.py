@@ -414,6 +414,15 @@ class Residency(ResidencyHooks):
         with transaction(self.session_factory) as session:
             repository.fail_first_load(session, version_id, message)
 
+    def load_timed_out(self, endpoint: TritonEndpoint, name: str) -> None:
+        """End the stubs of a load past its timeout, on a Triton here: its Python backend then fails
+        the load (the stub is not healthy), so the version leaves Triton's index and its memory comes
+        back; elsewhere the budget counts what Triton still loads as held (`Budgets`), never as going."""
+        pid = self._pid(endpoint)
+        if pid is not None and sizes.end_stubs(pid, name):
+            log.warning("ended the stubs of %s on %s: its load did not finish in time", name, endpoint.name)
+            self._live.pop(endpoint.name, None)
+
     def live_sizes(self, endpoint: TritonEndpoint) -> dict[str, int]:
         """Triton model name -> resident bytes of its stubs now, for a Triton on this machine. Passes
         come many a second under a burst of cold loads and each look costs a walk over /proc: one look

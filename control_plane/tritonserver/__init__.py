@@ -8,6 +8,7 @@ from control_plane.tritonserver.distribution import (
 )
 from control_plane.tritonserver.exceptions import (
     TritonError,
+    TritonLoadTimeout,
     TritonModelLoadError,
     TritonModelNotFound,
     TritonNotInstalled,
@@ -20,6 +21,7 @@ __all__ = [
     "TritonClient",
     "TritonDistribution",
     "TritonError",
+    "TritonLoadTimeout",
     "TritonModelLoadError",
     "TritonModelNotFound",
     "TritonNotInstalled",

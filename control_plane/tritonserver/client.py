@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from control_plane.tritonserver.exceptions import (
     TritonError,
+    TritonLoadTimeout,
     TritonModelLoadError,
     TritonModelNotFound,
     TritonUnavailable,
@@ -34,6 +35,13 @@ _GRPC_UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "
 
 def _is_not_found(exc: InferenceServerException) -> bool:
     return exc.status() in ("404", "StatusCode.NOT_FOUND") or "unknown model" in (exc.message() or "")
+
+
+def _timed_out(cause: BaseException | None) -> bool:
+    """Whether a call failed for its timeout (HTTP: the socket's; gRPC: the deadline), not for Triton."""
+    if isinstance(cause, InferenceServerException):
+        return bool(cause.status() == "StatusCode.DEADLINE_EXCEEDED")
+    return isinstance(cause, TimeoutError) or "timed out" in str(cause).lower()
 
 
 class TritonClient:
@@ -140,6 +148,10 @@ class TritonClient:
                 self._run(f"load {name}", lambda c: c.load_model(name, config=config))
         except InferenceServerException as exc:
             raise TritonModelLoadError(f"Triton could not load {name!r}: {exc.message()}") from exc
+        except TritonUnavailable as exc:
+            if _timed_out(exc.__cause__):  # said in the model's terms, without Triton's address
+                raise TritonLoadTimeout(f"the load did not finish within {self._timeout_s:g} s") from exc
+            raise
 
     def unload_model(self, name: str, *, unload_dependents: bool = False) -> None:
         """Unload a model (Triton treats unloading an unknown model as success)."""

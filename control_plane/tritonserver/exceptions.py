@@ -24,6 +24,12 @@ class TritonUnavailable(ServiceUnavailable):
     kind = "TritonUnavailable"
 
 
+class TritonLoadTimeout(TritonUnavailable):
+    """A model's load did not finish within the client's timeout (Triton may still be loading it)."""
+
+    kind = "TritonLoadTimeout"
+
+
 class TritonModelNotFound(NotFound):
     """Triton does not know the model (not in its repository, or not loaded)."""
 

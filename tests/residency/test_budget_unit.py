@@ -76,6 +76,8 @@ def _pass(
     share_idle_s: float = 0.0,
     pinned: frozenset[int] = frozenset(),
     budgets: Budgets | None = None,
+    triton: dict[str, str] | None = None,
+    unwanted: Collection[str] = (),
 ) -> tuple[Budgets, Desired]:
     budgets = budgets or Budgets(
         default_budget=budget,
@@ -89,9 +91,13 @@ def _pass(
         waiting=lambda name: (waiting or {}).get(name, 0),
         may_load=lambda instance, version_id: version_id not in backing_off,
     )
-    desired = Desired(on={"i": {**RESIDENT, **INCOMING}}, holders={}, recorded={}, pinned=pinned)
+    on = {n: v for n, v in {**RESIDENT, **INCOMING}.items() if n not in unwanted}
+    desired = Desired(on={"i": on}, holders={}, recorded={}, pinned=pinned)
     observation = InstanceObservation(
-        name="i", ready=True, checked_at=datetime.now(UTC), models={n: "READY" for n in RESIDENT}
+        name="i",
+        ready=True,
+        checked_at=datetime.now(UTC),
+        models={n: "READY" for n in RESIDENT} | (triton or {}),
     )
     budgets.arrange(
         MagicMock(),
@@ -337,6 +343,16 @@ def test_a_pass_that_leaves_the_instance_over_its_budget_names_the_busy_versions
     assert [name for name, _ in plan.evict] == evicted and plan.waiting == []
     assert set(plan.reasons.values()) == {"over_budget"}
     assert plan.over is bool(blockers) and budgets.blockers == blockers
+
+
+def test_a_version_triton_still_loads_after_its_load_was_given_up_is_held_not_going() -> None:
+    """r3's load timed out here (an `initialize()` that never returns on a Triton elsewhere): failed, so
+    no longer desired, but Triton still shows it LOADING and its memory held. It was counted as on its
+    way out, so the pass made no room for a4 and held it back for that room, pass after pass, for good;
+    now r3 counts as held and the least recently used idle version makes the room."""
+    plan, _ = _arrange(load_slots=1, triton={"r3": "LOADING"}, unwanted=("r3",), backing_off=(5, 6))
+    assert plan.evict == [("r1", 1)] and plan.after_evictions == [("a4", 4)]
+    assert plan.planned <= 3 * SIZE
 
 
 def _residency_after_pass(

@@ -644,6 +644,58 @@ def test_a_load_asked_for_that_does_not_finish_in_time_is_409_not_200(stack: Sta
     assert stack.infer("slowload").status_code == 200, "the load went on"
 
 
+def test_a_load_that_never_finishes_fails_at_its_timeout_and_takes_no_other_models_room(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose `initialize()` never returns (found by an adversarial run): at the load timeout its
+    version fails, its callers told so in their terms (no Triton address), and its stub is ended so
+    Triton's load fails too and gives its memory back. While Triton still loads it (here: the stub left
+    running, as on a Triton on another machine) it counts as held, and a cold model needing room evicts
+    the least recently used idle one: it counted as on its way out, so that room was never made and every
+    cold load needing an eviction waited for good."""
+    api = stack.api
+    reconciler = api.state.reconciler
+    assert reconciler is not None
+    _register(stack, "hangs", "import time; time.sleep(100000)", tmp_path)
+    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m3"))
+    _set_budget(stack, int(size * 3.5))
+    for name in ("m3", "m0"):
+        assert stack.infer(name).status_code == 200
+    deadline = time.monotonic() + 15
+    while stack.loaded() != {"m0", "m1", "m3"}:  # m1: pinned since the first test
+        assert time.monotonic() < deadline, stack.loaded()
+        time.sleep(0.2)
+    endpoint = reconciler.tritons[0]
+    monkeypatch.setattr(endpoint.client, "_timeout_s", 2.0)  # CP_TRITON_LOAD_TIMEOUT_S
+    residency = api.state.residency
+    given_up: list[str] = []
+    monkeypatch.setattr(residency, "load_timed_out", lambda endpoint, name: given_up.append(name))
+    try:
+        started = time.monotonic()
+        answer = stack.infer("hangs")
+        assert answer.status_code == 503 and time.monotonic() - started < 10, answer.text
+        detail = answer.json()["error"]
+        assert "its load failed: the load did not finish within 2 s" in detail and "://" not in detail
+        assert [_short(n) for n in given_up] == ["hangs"]
+        assert _triton_states(stack).get("hangs") == "LOADING", "Triton still loads it, holding its memory"
+        assert stack.infer("m4").status_code == 200, "the room came from the least recently used idle model"
+        assert stack.loaded() == {"m1", "m4"}, "m0 and m3 gave way: 'hangs' holds a model's memory"
+    finally:
+        monkeypatch.undo()
+        for name in {n for n in sizes.stubs(stack.pid).values() if _short(n) == "hangs"}:
+            residency.load_timed_out(endpoint, name)  # what the timeout does on a Triton here
+    deadline = time.monotonic() + 10
+    while _triton_states(stack).get("hangs") == "LOADING" or any(
+        _short(n) == "hangs" for n in sizes.stubs(stack.pid).values()
+    ):
+        assert time.monotonic() < deadline, "Triton went on loading it"
+        time.sleep(0.2)
+
+
+def _triton_states(stack: Stack) -> dict[str, str]:
+    return {_short(m["name"]): m.get("state", "") for m in stack.triton.client.repository_index()}
+
+
 def test_one_tenants_burst_of_cold_models_does_not_push_out_another_tenants(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
