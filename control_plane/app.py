@@ -198,6 +198,7 @@ def _start_reconciler(state: AppState) -> None:
     residency.reconciler = reconciler
     reconciler.after_pass.append(residency.after_pass)
     reconciler.actions.residency = residency
+    reconciler.actions.stall_s = settings.triton_load_stall_s
     reconciler.budgets = Budgets(
         default_budget=settings.instance_memory_budget_bytes,
         tenant_share=settings.tenant_memory_share,
@@ -209,6 +210,7 @@ def _start_reconciler(state: AppState) -> None:
         busy=residency.busy,
         local_uses=residency.local_uses,
         load_slots=reconciler.actions.load_slots,
+        stalled=reconciler.actions.stalled_on,
         waiting=residency.waiting,
         may_load=reconciler.actions.may_load,
     )

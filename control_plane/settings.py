@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # Loads at once on the embedded Triton (0: the above, at most this machine's CPUs: its Python-backend
     # stubs start on the CPU, so more at once only slow each other down).
     triton_embedded_loads: int = Field(0, ge=0, le=64)
+    # A load calling Triton longer than this is stalled: it holds no load worker, so another version's
+    # load starts beside it (at most as many more as there are workers), e.g. beside `initialize()`s that
+    # hang until CP_TRITON_LOAD_TIMEOUT_S.
+    triton_load_stall_s: float = Field(30.0, gt=0)
     # Fleet: instances per model by default; how long an unavailable instance keeps its placements
     # before they move elsewhere; how long a moved version stays loaded after routes stopped using it;
     # how soon a lost leader's lock passes to another replica (besides a dead process, at once).

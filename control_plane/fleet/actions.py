@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # being loaded, `registered` or `loading`, is the loader's business).
 RELEASED = ("unloaded", "retired", "failed")
 EVICTION_WAIT_S = 60.0  # how long a load waits for the evictions making its room (then the next pass)
+LOAD_STALL_S = 30.0  # a load calling Triton longer holds no load worker (`Actions.stalled_on`)
 Key = tuple[str, int]  # (instance name, version id)
 Note = tuple[int, str, str | None]  # (version id, observed state, message)
 
@@ -126,6 +127,9 @@ class Actions:
         # with residency's `end_stubs` is before Triton's unload returns; False if it was kept).
         self._rooms: dict[Key, Future[bool]] = {}
         self._loaded_at: dict[Key, float] = {}  # when each load last succeeded (time.monotonic())
+        self._load_started: dict[Key, float] = {}  # loads calling Triton now: since (time.monotonic())
+        # A load calling Triton longer than this is stalled (`stalled_on`; CP_TRITON_LOAD_STALL_S).
+        self.stall_s = LOAD_STALL_S
         # Evictions a pass planned while another action on the same version was still running (one that
         # kept it, say): started when that one ends. Dropped, the pass's placement (desired absent) was
         # left with nothing to unload the version, and later passes counted it as leaving forever.
@@ -217,6 +221,14 @@ class Actions:
         """How many loads run at once on `instance`."""
         return self._load_limits.get(instance, self._loads_per_instance)
 
+    def stalled_on(self, instance: str) -> set[int]:
+        """Versions whose load has been calling Triton on `instance` for longer than `stall_s` (an
+        `initialize()` that hangs, say, until the load timeout): they hold no load worker for the budget
+        step (`Budgets`), so other versions' loads start beside them (the pool has room for as many)."""
+        since = time.monotonic() - self.stall_s
+        with self._lock:
+            return {k[1] for k, at in self._load_started.items() if k[0] == instance and at < since}
+
     def may_load(self, instance: str, version_id: int) -> bool:
         """Whether a load of the version on `instance` may be tried now (not backing off after failures)."""
         return self.backoff.due((instance, version_id))
@@ -280,7 +292,7 @@ class Actions:
             pool = self._workers.get((endpoint.name, load))
             if pool is None:
                 pool = self._workers[(endpoint.name, load)] = ThreadPoolExecutor(
-                    max_workers=self.load_slots(endpoint.name) if load else self._unloads_per_instance,
+                    max_workers=2 * self.load_slots(endpoint.name) if load else self._unloads_per_instance,
                     thread_name_prefix=f"cp-{'load' if load else 'unload'}-{endpoint.name}",
                 )
             task = pool.submit(action, endpoint, name, version_id)
@@ -332,11 +344,15 @@ class Actions:
                 if not written:
                     self._write_entry(endpoint, name, version_id)
                 started = time.monotonic()
+                with self._lock:
+                    self._load_started[key] = started
                 self.residency.loading(1)
                 try:
                     endpoint.client.load_model(name)
                 finally:
                     self.residency.loading(-1)
+                    with self._lock:
+                        del self._load_started[key]
                 seconds = time.monotonic() - started
             except Exception as exc:  # any failure backs off; the loop must not die
                 if isinstance(exc, TritonLoadTimeout):

@@ -79,6 +79,7 @@ class Budgets:
         busy: Callable[[str], bool],
         local_uses: Callable[[], Mapping[str, float]],
         load_slots: Callable[[str], int] | None = None,
+        stalled: Callable[[str], Collection[int]] | None = None,
         waiting: Callable[[str], int] | None = None,
         may_load: Callable[[str, int], bool] | None = None,
     ) -> None:
@@ -94,6 +95,7 @@ class Budgets:
         # Instance name -> loads that run at once there: no more versions are admitted (nor evicted for)
         # in a pass than can start loading, so eviction happens just in time and picks the true LRU.
         self.load_slots = load_slots
+        self.stalled = stalled  # instance -> versions whose load calls Triton past the stall time
         # Triton model name -> requests here waiting for it to load: with more versions asked for than
         # can start loading, those more requests wait for go first (each second a version has waited
         # counts as one more request, so none starves); other replicas' requests count by age only.
@@ -406,13 +408,16 @@ class Budgets:
         """The arrivals (in load order) that take the instance's free load workers, and the ids of those
         that wait for one. Where several tenants have models no tenant takes every worker: one
         whose loads hang or take minutes would hold every other tenant's cold start until the load
-        timeout; the last worker is left to the others."""
+        timeout; the last worker is left to the others. Loads stalled in Triton (`Actions.stalled_on`),
+        up to as many as there are workers, hold none: two tenants' loads that hang took every worker
+        until the load timeout; they still count against their tenant's share."""
         assert self.load_slots is not None
         slots = self.load_slots(endpoint.name)
         running = set(loading) & set(want.values())
         tenants = Counter(facts[v].tenant for v in running if v in facts)
         cap = slots - 1 if self._shared and slots > 1 else slots
-        free = max(0, slots - len(running))
+        stalled = running.intersection(self.stalled(endpoint.name)) if self.stalled is not None else set()
+        free = max(0, slots - len(running) + min(len(stalled), slots))
         taken: list[Entry] = []
         later: list[int] = []
         for entry in arrivals:

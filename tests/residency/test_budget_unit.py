@@ -78,6 +78,8 @@ def _pass(
     budgets: Budgets | None = None,
     triton: dict[str, str] | None = None,
     unwanted: Collection[str] = (),
+    loading: Collection[int] = (),
+    stalled: Collection[int] = (),
 ) -> tuple[Budgets, Desired]:
     budgets = budgets or Budgets(
         default_budget=budget,
@@ -90,6 +92,7 @@ def _pass(
         load_slots=None if load_slots is None else (lambda instance: load_slots),
         waiting=lambda name: (waiting or {}).get(name, 0),
         may_load=lambda instance, version_id: version_id not in backing_off,
+        stalled=lambda instance: stalled,
     )
     on = {n: v for n, v in {**RESIDENT, **INCOMING}.items() if n not in unwanted}
     desired = Desired(on={"i": on}, holders={}, recorded={}, pinned=pinned)
@@ -106,7 +109,7 @@ def _pass(
         seen={"i": observation},
         desired=desired,
         ours={n: (v, "ready") for n, v in {**RESIDENT, **INCOMING}.items()},
-        loading=lambda instance: set(),
+        loading=lambda instance: set(loading),
         unloading=lambda instance: set(),
     )
     return budgets, desired
@@ -435,6 +438,27 @@ def test_versions_that_cannot_fit_take_no_load_worker_from_those_that_can(
     assert sorted(plan.waiting) == ["a4", "a5"], "told there is no room (the 503 after 5 s)"
     assert not {"a4", "a5"} & set(desired.on["i"])
     assert plan.planned <= 3 * SIZE
+
+
+@pytest.mark.parametrize(("stalled", "loads"), [((), False), ((4,), True), ((4, 5), True)])
+def test_loads_stalled_in_triton_hold_no_load_worker(
+    monkeypatch: pytest.MonkeyPatch, stalled: tuple[int, ...], loads: bool
+) -> None:
+    """Tenants b and c each have a load running on the instance's two workers (their `initialize()`
+    hangs, say): tenant t's a6 waited for a worker until one of them reached the load timeout (300 s
+    by default). A stalled load (`Actions.stalled_on`) holds none, so a6 loads beside them."""
+    monkeypatch.setattr(
+        repository,
+        "version_facts",
+        lambda session, ids, **kw: {
+            v: replace(f, tenant={4: "b", 5: "c"}.get(v, f.tenant)) for v, f in _facts(ids).items()
+        },
+    )
+    monkeypatch.setattr(repository, "several_tenants", lambda session: True)
+    budgets, desired = _pass(load_slots=2, budget=10 * SIZE, loading=(4, 5), stalled=stalled)
+    plan = budgets.plans["i"]
+    assert ("a6" in desired.on["i"]) is loads and budgets.held_for_worker is not loads
+    assert plan.evict == [], "a budget with room for all: waiting was for a worker only"
 
 
 def test_every_pinned_version_the_budget_cannot_hold_is_reported() -> None:

@@ -692,6 +692,48 @@ def test_a_load_that_never_finishes_fails_at_its_timeout_and_takes_no_other_mode
         time.sleep(0.2)
 
 
+def test_two_tenants_loads_that_hang_do_not_hold_a_third_tenants_cold_start(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two load workers; tenants B and C each ask for a model whose `initialize()` never returns, one
+    worker each (no tenant takes the last one, but two tenants took both). A's cold model waited for the
+    load timeout (300 s by default; 8 s here); once those loads are stalled (`CP_TRITON_LOAD_STALL_S`,
+    1 s here) they hold no worker and A's loads beside them (found by an adversarial run)."""
+    api = stack.api
+    reconciler = api.state.reconciler
+    assert reconciler is not None
+    endpoint = reconciler.tritons[0]
+    monkeypatch.setattr(reconciler.actions, "_loads_per_instance", 2)
+    monkeypatch.setattr(reconciler.actions, "stall_s", 1.0)
+    monkeypatch.setattr(endpoint.client, "_timeout_s", 8.0)
+    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1"))
+    _set_budget(stack, size * 20)  # room for all: what the cold model waits for is a load worker
+    _register(stack, "fresh", "pass", tmp_path)
+    keys = []
+    for _ in range(2):
+        tenant = api.tenant()
+        assert api.create_model(tenant, name="stuck", format="python", **SPEC).status_code == 201
+        source = tmp_path / f"{tenant}.py"
+        source.write_text(MODEL.format(init="import time; time.sleep(100000)", scale=2.0, offset=0.0))
+        assert api.upload(tenant, "stuck", source).status_code == 201
+        keys.append(api.key(tenant, "consumer"))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            hung = [pool.submit(stack.infer, "stuck", key=key) for key in keys]
+            time.sleep(0.5)
+            started = time.monotonic()
+            answer = stack.infer("fresh")
+            took = time.monotonic() - started
+            assert answer.status_code == 200, answer.text
+            assert took < 6, f"served after {took:.1f} s: it waited for a hanging load's timeout"
+            assert [f.result().status_code for f in hung] == [503, 503]
+    finally:
+        deadline = time.monotonic() + 15  # the hanging loads end at their timeout (their stubs ended)
+        while any(_short(n) == "stuck" for n in sizes.stubs(stack.pid).values()):
+            assert time.monotonic() < deadline, "a hanging load's stub outlived its timeout"
+            time.sleep(0.2)
+
+
 def _triton_states(stack: Stack) -> dict[str, str]:
     return {_short(m["name"]): m.get("state", "") for m in stack.triton.client.repository_index()}
 
