@@ -71,14 +71,18 @@ def server_metadata(body: bytes) -> bytes:
     return orjson.dumps(document)
 
 
-_URL = re.compile(r"\b[a-z][a-z\d+.-]*://[^\s'\"()<>]+", re.IGNORECASE)
-_PATH = re.compile(r"(?:/[\w.@+-]+)+/")
+# What Triton's Python backend appends to a model's exception: "At:", frames "  <file>(<line>): <function>".
+_TRACEBACK = re.compile(r"\n+At:\n(?:[ \t]+[^\n]*\(\d+\): [^\n]*(?:\n|$))+")
+# The folders of an absolute path starting a token (not "10/20/30", "a/b", "~/x", "s3://b/k", "h:80/v2/x").
+_FOLDERS = re.compile(r"(?<![\w.~:/@+-])/(?:[\w.@+-]+/)+")
+_TRITON_AT = re.compile(r"\bTriton at \S+")  # the loader's words for an instance it could not reach
 
 
 def hide_internal_name(message: str, *, triton_name: str, model: str) -> str:
     """Triton's error text in the client's terms: the internal model name replaced by the client's,
     without the Python traceback the Python backend appends to a model's exception (`At:` and the
-    frames, naming the server's model repository), the inference server's address or the server's
-    folders (a file keeps its name)."""
-    head = message.split("\nAt:", 1)[0].rstrip().replace(triton_name, model)
-    return _PATH.sub("", _URL.sub("the inference server", head))
+    frames, naming the server's model repository), the address of a Triton the loader could not reach,
+    or the folders of absolute paths (a file keeps its name). The rest, a model's own words included
+    (numbers with slashes, URLs, relative paths), is left as it was."""
+    text = _TRACEBACK.sub("", message).rstrip().replace(triton_name, model)
+    return _FOLDERS.sub("", _TRITON_AT.sub("Triton", text))
