@@ -95,7 +95,9 @@ def version_page(
     with transaction(app_state(request).session_factory) as session:
         owner = tenants.visible(session, ctx=user.ctx, name=tenant)
         found = models.get_model(session, tenant=owner, name=model)
-        detail = versions.describe(versions.get_version(session, model=found, number=number))
+        detail = versions.describe(
+            versions.get_version(session, model=found, number=number), model=found.name
+        )
     context = {"tenant": owner.name, "model": found.name, "v": detail, "memory": measured_memory(detail)}
     return page(request, "version.html", context)
 

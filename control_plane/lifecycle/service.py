@@ -19,7 +19,8 @@ from control_plane.lifecycle.schemas import AliasMove, HistoryEntry
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
 from control_plane.registry.exceptions import AliasNotFound, VersionConflict
-from control_plane.registry.versions import get_version
+from control_plane.registry.versions import get_version, public_state_message
+from control_plane.routing.table import public_reason
 from control_plane.state import AppState
 
 log = logging.getLogger(__name__)
@@ -192,19 +193,21 @@ def _refuse(
 ) -> None:
     """Write the failed attempt's audit event in its own transaction, then refuse (`why`: the reason,
     when the load did not finish)."""
-    detail = version.state_message or version.state
+    tenant, _, rest = target.partition("/")
+    model = rest.split("@")[0]
+    detail = public_state_message(version, model) or version.state
     with transaction(state.session_factory) as own:
         if version.state == "ready":  # the load failed but the registry still calls it servable: say why
             failures = [p.message for p in fleet_repository.placements_of(own, version.id) if p.message]
-            detail = why or (failures[0] if failures else "its load did not finish")
-        tenant, _, rest = target.partition("/")
+            failure = public_reason(failures[0], version.triton_name, model) if failures else None
+            detail = why or failure or "its load did not finish"
         audit.record(
             own,
             actor=ctx.principal,
             action=action,
             target=target,
             tenant=tenant,
-            model=rest.split("@")[0],
+            model=model,
             after={"version": version.version},
             outcome="failure",
             request_id=ctx.request_id,

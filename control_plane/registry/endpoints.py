@@ -150,7 +150,7 @@ async def upload_version(
             stream=upload.file,
             example=example.file if example is not None else None,
         )
-    return versions.describe(version)
+    return versions.describe(version, model=found.name)
 
 
 @router.get("/{model}/versions", response_model=list[VersionOut])
@@ -177,7 +177,7 @@ def get_version(
     owner = tenants.visible(session, ctx=ctx, name=tenant)
     found = service.get_model(session, tenant=owner, name=model)
     version = versions.get_version(session, model=found, number=number)
-    return versions.describe(version, resident_on=versions.resident_on(session, version.id))
+    return versions.describe(version, model=found.name, resident_on=versions.resident_on(session, version.id))
 
 
 @router.delete("/{model}/versions/{number}", response_model=VersionOut)
@@ -193,7 +193,8 @@ def delete_version(
     owner = tenants.visible(session, ctx=ctx, name=tenant)
     found = service.get_model(session, tenant=owner, name=model)
     return versions.describe(
-        versions.retire(session, ctx=ctx, state=state, tenant=owner, model=found, number=number)
+        versions.retire(session, ctx=ctx, state=state, tenant=owner, model=found, number=number),
+        model=found.name,
     )
 
 
@@ -229,5 +230,6 @@ def redeploy_version(
     owner = tenants.visible(session, ctx=ctx, name=tenant)
     found = service.get_model(session, tenant=owner, name=model)
     return versions.describe(
-        versions.redeploy(session, ctx=ctx, state=state, tenant=owner, model=found, number=number)
+        versions.redeploy(session, ctx=ctx, state=state, tenant=owner, model=found, number=number),
+        model=found.name,
     )

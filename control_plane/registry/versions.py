@@ -27,6 +27,7 @@ from control_plane.registry.schemas import VersionOut
 from control_plane.registry.service import get_model, spec_of
 from control_plane.registry.serving import serving_of_config
 from control_plane.registry.staging import inspect_artifact, stage_upload
+from control_plane.routing.table import public_reason
 from control_plane.state import AppState
 
 
@@ -185,7 +186,7 @@ def load(session: Session, *, state: AppState, model: Model, number: int) -> Ver
             f"version {number} is not loaded yet: its load did not finish within {timeout:g} s"
         )
     fresh = session.get_one(ModelVersion, version_id, populate_existing=True)
-    return describe(fresh, resident_on=resident_on(session, version_id))
+    return describe(fresh, model=model.name, resident_on=resident_on(session, version_id))
 
 
 def resident_on(session: Session, version_id: int) -> list[str]:
@@ -203,15 +204,23 @@ def get_version(session: Session, *, model: Model, number: int) -> ModelVersion:
 
 def list_for(session: Session, *, model: Model) -> list[VersionOut]:
     """The model's non-retired versions, oldest first."""
-    return [describe(v) for v in repository.list_versions(session, model_id=model.id)]
+    return [describe(v, model=model.name) for v in repository.list_versions(session, model_id=model.id)]
 
 
-def describe(version: ModelVersion, *, resident_on: list[str] | None = None) -> VersionOut:
-    """The API view of a version."""
+def public_state_message(version: ModelVersion, model: str) -> str | None:
+    """A version's state message as the API shows it (tenants' keys too): Triton's reason without the
+    traceback, server folders or internal name it came with (`routing.table.public_reason`); the full
+    text stays in the log and in the admin's placements."""
+    message = version.state_message
+    return public_reason(message, version.triton_name, model) if message else None
+
+
+def describe(version: ModelVersion, *, model: str, resident_on: list[str] | None = None) -> VersionOut:
+    """The API view of a version of `model`."""
     return VersionOut(
         version=version.version,
         state=version.state,
-        state_message=version.state_message,
+        state_message=public_state_message(version, model),
         resident_on=resident_on,
         memory_bytes=version.memory_bytes,
         memory_source=version.memory_source,

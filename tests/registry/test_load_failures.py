@@ -31,11 +31,21 @@ def test_failed_load_keeps_tritons_message_and_others_still_load(api: Api, tmp_p
 
     assert failed["state"] == "failed"
     assert "weights are missing: w.bin" in failed["state_message"]
+    publisher = api.key(tenant, "publisher")
+    seen = api.client.get(
+        f"/v1/tenants/{tenant}/models/broken/versions/1", headers={"Authorization": f"Bearer {publisher}"}
+    ).json()["state_message"]
     alias = api.client.put(
         f"/v1/tenants/{tenant}/models/broken/aliases/production", json={"version": 1}, headers=api.headers()
     )
     assert alias.status_code == 409
     assert "failed" in alias.json()["detail"]
+    # Triton's reason without its traceback, the server's model repository folder or our internal name
+    # (found by an adversarial run: a tenant's publisher key read all three in the version's detail).
+    for told in (failed["state_message"], seen, alias.json()["detail"]):
+        assert "RuntimeError: weights are missing: w.bin" in told, told
+        assert "At:" not in told and "model.py(" not in told and failed["triton_name"] not in told, told
+        assert api.settings.model_repository not in told, told
 
     assert api.create_model(tenant, name="fine", format="onnx").status_code == 201
     artifact = model_files.onnx_mlp(tmp_path / "fine.onnx")
