@@ -72,7 +72,8 @@ def server_metadata(body: bytes) -> bytes:
 
 
 # What Triton's Python backend appends to a model's exception: "At:", frames "  <file>(<line>): <function>".
-_TRACEBACK = re.compile(r"\n+At:\n(?:[ \t]+[^\n]*\(\d+\): [^\n]*(?:\n|$))+")
+# (Triton ends each version's reason with ";", after that traceback when there is one.)
+_TRACEBACK = re.compile(r"\n+At:\n(?:[ \t]+[^\n]*\(\d+\): [^\n]*(?:\n|$))+(?:;[ \t]*(?:\n|$))?")
 # The folders of an absolute path starting a token (not "10/20/30", "a/b", "~/x", "s3://b/k", "h:80/v2/x").
 _FOLDERS = re.compile(r"(?<![\w.~:/@+-])/(?:[\w.@+-]+/)+")
 _TRITON_AT = re.compile(r"\bTriton at \S+")  # the loader's words for an instance it could not reach
@@ -84,5 +85,10 @@ def hide_internal_name(message: str, *, triton_name: str, model: str) -> str:
     frames, naming the server's model repository), the address of a Triton the loader could not reach,
     or the folders of absolute paths (a file keeps its name). The rest, a model's own words included
     (numbers with slashes, URLs, relative paths), is left as it was."""
-    text = _TRACEBACK.sub("", message).rstrip().replace(triton_name, model)
+    text = _TRACEBACK.sub(_cut, message).rstrip().replace(triton_name, model)
     return _FOLDERS.sub("", _TRITON_AT.sub("Triton", text))
+
+
+def _cut(traceback: re.Match[str]) -> str:
+    """Nothing for a traceback at the end; "; " between one version's reason and the next one's."""
+    return "" if traceback.end() == len(traceback.string) else "; "

@@ -78,6 +78,20 @@ def test_a_models_own_words_are_left_as_they_were(words: str) -> None:
     assert hide_internal_name(message, triton_name=NAME, model="m") == f"message: ValueError: {words}"
 
 
+def test_a_load_failures_traceback_goes_with_the_separator_triton_ends_it_with() -> None:
+    message = (
+        f"load failed for model '{NAME}': version 1 is at UNAVAILABLE state: Internal: RuntimeError: w.bin"
+        f" is missing\n\nAt:\n  /tmp/repo/{NAME}/1/model.py(8): initialize\n;\n"
+    )
+    assert public_reason(message, NAME, "b") == "Internal: RuntimeError: w.bin is missing"
+    twice = message.replace(
+        ";\n", ";\nversion 2 is at UNAVAILABLE state: Internal: no\n\nAt:\n  x.py(1): f\n;\n"
+    )
+    assert public_reason(twice, NAME, "b").endswith(
+        "w.bin is missing; version 2 is at UNAVAILABLE state: Internal: no"
+    )
+
+
 def test_absolute_paths_keep_their_file_name_only() -> None:
     told = hide_internal_name("cannot open /data/in.csv ('/opt/x/y.so')", triton_name=NAME, model="m")
     assert told == "cannot open in.csv ('y.so')"
