@@ -1,0 +1,104 @@
+"""GPU check, part 2 (on the GPU machine, standalone: the standard library only): start the bundled Triton
+2.51 (nvidia-pytriton unpacked in /tmp/site) on the repository `bench.gpu.prep` wrote (argv[1]), load each
+model, infer once, and print the instance groups as Triton loaded them, its statistics (`memory_usage`), the
+GPU memory per process (nvidia-smi) and the stubs' resident memory, then unload and print them again.
+Files go to $OUT (else /tmp)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+site, out = "/tmp/site", os.environ.get("OUT", "/tmp")
+root = f"{site}/pytriton/tritonserver"
+shutil.copytree(f"{root}/backends", "/tmp/backends", dirs_exist_ok=True)
+minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
+shutil.copy(f"{root}/python_backend_stubs/{minor}/triton_python_backend_stub", "/tmp/backends/python/")
+env = dict(os.environ)
+env["LD_LIBRARY_PATH"] = f"{site}/nvidia_pytriton.libs:" + env.get("LD_LIBRARY_PATH", "")
+env["PYTHONPATH"] = ":".join(p for p in sys.path if p)
+log = open(f"{out}/triton.log", "w")  # noqa: SIM115 - Triton writes to it until it exits
+cmd = [
+    f"{root}/bin/tritonserver",
+    "--model-repository",
+    os.path.abspath(sys.argv[1]),
+    "--backend-directory",
+    "/tmp/backends",
+    "--model-control-mode",
+    "explicit",
+    "--http-port",
+    "18000",
+    "--grpc-port",
+    "18001",
+    "--metrics-port",
+    "18002",
+]
+proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def req(method: str, path: str, body: object = None) -> tuple[int, str]:
+    data = json.dumps(body).encode() if body is not None else None
+    r = urllib.request.Request(f"http://127.0.0.1:18000{path}", method=method, data=data)
+    try:
+        with urllib.request.urlopen(r, timeout=120) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode()
+    except Exception as e:
+        return -1, repr(e)
+
+
+def sh(*args: str) -> str:
+    return subprocess.run(args, capture_output=True, text=True).stdout.strip()
+
+
+def gpu() -> str:
+    return sh("nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader")
+
+
+def apps() -> str:
+    return sh("nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader")
+
+
+def stubs() -> list[str]:
+    rows = [
+        line
+        for line in sh("ps", "-eo", "pid,ppid,rss,args").splitlines()
+        if "triton_python_backend_stub" in line
+    ]
+    return [" ".join(r.split()[:3]) + " " + r.split()[-2] for r in rows]
+
+
+deadline = time.time() + 90
+while req("GET", "/v2/health/live")[0] != 200:
+    if time.time() > deadline or proc.poll() is not None:
+        print("triton did not start", Path(f"{out}/triton.log").read_text()[-4000:])
+        sys.exit(1)
+    time.sleep(0.5)
+print("triton pid", proc.pid, "| gpu used before:", gpu(), "| apps:", apps())
+for name in ("gpu_one", "gpu_two"):
+    t = time.time()
+    st, body = req("POST", f"/v2/repository/models/{name}/load")
+    print(f"\n== {name}: load {st} {body[:400]} in {time.time() - t:.1f}s")
+    x = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2, 4], "data": list(range(8))}]}
+    print("infer:", *req("POST", f"/v2/models/{name}/infer", x))
+    st, body = req("GET", f"/v2/models/{name}/config")
+    print(
+        "instance_group as Triton loaded it:", json.loads(body).get("instance_group") if st == 200 else body
+    )
+    st, body = req("GET", f"/v2/models/{name}/stats")
+    print("stats:", st, body[:1500])
+    print("gpu used:", gpu(), "| apps:", apps(), "| stubs pid/ppid/rss_kib/instance:", stubs())
+print("\nindex:", req("POST", "/v2/repository/index", {})[1])
+for name in ("gpu_one", "gpu_two"):
+    print(name, "unload:", *req("POST", f"/v2/repository/models/{name}/unload"))
+time.sleep(4)
+print("after unloads: gpu used:", gpu(), "| apps:", apps(), "| stubs:", stubs())
+proc.terminate()
+proc.wait(30)
+print("triton exit", proc.returncode)
