@@ -14,31 +14,35 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-site, out = "/tmp/site", os.environ.get("OUT", "/tmp")
-root = f"{site}/pytriton/tritonserver"
-shutil.copytree(f"{root}/backends", "/tmp/backends", dirs_exist_ok=True)
-minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
-shutil.copy(f"{root}/python_backend_stubs/{minor}/triton_python_backend_stub", "/tmp/backends/python/")
-env = dict(os.environ)
-env["LD_LIBRARY_PATH"] = f"{site}/nvidia_pytriton.libs:" + env.get("LD_LIBRARY_PATH", "")
-env["PYTHONPATH"] = ":".join(p for p in sys.path if p)
-log = open(f"{out}/triton.log", "w")  # noqa: SIM115 - Triton writes to it until it exits
-cmd = [
-    f"{root}/bin/tritonserver",
-    "--model-repository",
-    os.path.abspath(sys.argv[1]),
-    "--backend-directory",
-    "/tmp/backends",
-    "--model-control-mode",
-    "explicit",
-    "--http-port",
-    "18000",
-    "--grpc-port",
-    "18001",
-    "--metrics-port",
-    "18002",
-]
-proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+SITE = "/tmp/site"
+
+
+def start(repository: str, out: str) -> subprocess.Popen[bytes]:
+    """The bundled Triton on `repository`, its log in `out`."""
+    root = f"{SITE}/pytriton/tritonserver"
+    shutil.copytree(f"{root}/backends", "/tmp/backends", dirs_exist_ok=True)
+    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    shutil.copy(f"{root}/python_backend_stubs/{minor}/triton_python_backend_stub", "/tmp/backends/python/")
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = f"{SITE}/nvidia_pytriton.libs:" + env.get("LD_LIBRARY_PATH", "")
+    env["PYTHONPATH"] = ":".join(p for p in sys.path if p)
+    log = open(f"{out}/triton.log", "w")  # noqa: SIM115 - Triton writes to it until it exits
+    cmd = [
+        f"{root}/bin/tritonserver",
+        "--model-repository",
+        os.path.abspath(repository),
+        "--backend-directory",
+        "/tmp/backends",
+        "--model-control-mode",
+        "explicit",
+        "--http-port",
+        "18000",
+        "--grpc-port",
+        "18001",
+        "--metrics-port",
+        "18002",
+    ]
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def req(method: str, path: str, body: object = None) -> tuple[int, str]:
@@ -74,31 +78,39 @@ def stubs() -> list[str]:
     return [" ".join(r.split()[:3]) + " " + r.split()[-2] for r in rows]
 
 
-deadline = time.time() + 90
-while req("GET", "/v2/health/live")[0] != 200:
-    if time.time() > deadline or proc.poll() is not None:
-        print("triton did not start", Path(f"{out}/triton.log").read_text()[-4000:])
-        sys.exit(1)
-    time.sleep(0.5)
-print("triton pid", proc.pid, "| gpu used before:", gpu(), "| apps:", apps())
-for name in ("gpu_one", "gpu_two"):
-    t = time.time()
-    st, body = req("POST", f"/v2/repository/models/{name}/load")
-    print(f"\n== {name}: load {st} {body[:400]} in {time.time() - t:.1f}s")
-    x = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2, 4], "data": list(range(8))}]}
-    print("infer:", *req("POST", f"/v2/models/{name}/infer", x))
-    st, body = req("GET", f"/v2/models/{name}/config")
-    print(
-        "instance_group as Triton loaded it:", json.loads(body).get("instance_group") if st == 200 else body
-    )
-    st, body = req("GET", f"/v2/models/{name}/stats")
-    print("stats:", st, body[:1500])
-    print("gpu used:", gpu(), "| apps:", apps(), "| stubs pid/ppid/rss_kib/instance:", stubs())
-print("\nindex:", req("POST", "/v2/repository/index", {})[1])
-for name in ("gpu_one", "gpu_two"):
-    print(name, "unload:", *req("POST", f"/v2/repository/models/{name}/unload"))
-time.sleep(4)
-print("after unloads: gpu used:", gpu(), "| apps:", apps(), "| stubs:", stubs())
-proc.terminate()
-proc.wait(30)
-print("triton exit", proc.returncode)
+def main(repository: str) -> None:
+    out = os.environ.get("OUT", "/tmp")
+    proc = start(repository, out)
+    deadline = time.time() + 90
+    while req("GET", "/v2/health/live")[0] != 200:
+        if time.time() > deadline or proc.poll() is not None:
+            print("triton did not start", Path(f"{out}/triton.log").read_text()[-4000:])
+            sys.exit(1)
+        time.sleep(0.5)
+    print("triton pid", proc.pid, "| gpu used before:", gpu(), "| apps:", apps())
+    for name in ("gpu_one", "gpu_two"):
+        t = time.time()
+        st, body = req("POST", f"/v2/repository/models/{name}/load")
+        print(f"\n== {name}: load {st} {body[:400]} in {time.time() - t:.1f}s")
+        x = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2, 4], "data": list(range(8))}]}
+        print("infer:", *req("POST", f"/v2/models/{name}/infer", x))
+        st, body = req("GET", f"/v2/models/{name}/config")
+        print(
+            "instance_group as Triton loaded it:",
+            json.loads(body).get("instance_group") if st == 200 else body,
+        )
+        st, body = req("GET", f"/v2/models/{name}/stats")
+        print("stats:", st, body[:1500])
+        print("gpu used:", gpu(), "| apps:", apps(), "| stubs pid/ppid/rss_kib/instance:", stubs())
+    print("\nindex:", req("POST", "/v2/repository/index", {})[1])
+    for name in ("gpu_one", "gpu_two"):
+        print(name, "unload:", *req("POST", f"/v2/repository/models/{name}/unload"))
+    time.sleep(4)
+    print("after unloads: gpu used:", gpu(), "| apps:", apps(), "| stubs:", stubs())
+    proc.terminate()
+    proc.wait(30)
+    print("triton exit", proc.returncode)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
