@@ -340,12 +340,27 @@ def test_a_version_gone_from_triton_behind_the_routes_is_waited_for_not_failed(
     assert model in stack.loaded()
 
 
-def _register(stack: Stack, name: str, init: str, tmp: Path) -> None:
-    api = stack.api
-    assert api.create_model(stack.tenant, name=name, format="python", **SPEC).status_code == 201
-    source = tmp / f"{name}.py"
+def _register(stack: Stack, name: str, init: str, tmp: Path, *, tenant: str | None = None) -> None:
+    """A Python model of `tenant` (the module's by default) whose `initialize()` runs `init`."""
+    api, tenant = stack.api, tenant or stack.tenant
+    assert api.create_model(tenant, name=name, format="python", **SPEC).status_code == 201
+    source = tmp / f"{tenant}-{name}.py"
     source.write_text(MODEL.format(init=init, scale=2.0, offset=0.0))
-    assert api.upload(stack.tenant, name, source).status_code == 201
+    assert api.upload(tenant, name, source).status_code == 201
+
+
+def _hold_three(stack: Stack) -> int:
+    """A budget of 3.5 models' memory holding m0, m1 (pinned since the first test) and m3, m0 the least
+    recently used of them; one model's memory."""
+    size = max(stack.api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m3"))
+    _set_budget(stack, int(size * 3.5))
+    for name in ("m0", "m3"):
+        assert stack.infer(name).status_code == 200
+    deadline = time.monotonic() + 15
+    while stack.loaded() != {"m0", "m1", "m3"}:
+        assert time.monotonic() < deadline, stack.loaded()
+        time.sleep(0.2)
+    return size
 
 
 def test_requests_to_a_version_that_failed_to_load_are_told_why(stack: Stack, tmp_path: Path) -> None:
@@ -657,14 +672,7 @@ def test_a_load_that_never_finishes_fails_at_its_timeout_and_takes_no_other_mode
     reconciler = api.state.reconciler
     assert reconciler is not None
     _register(stack, "hangs", "import time; time.sleep(100000)", tmp_path)
-    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m3"))
-    _set_budget(stack, int(size * 3.5))
-    for name in ("m3", "m0"):
-        assert stack.infer(name).status_code == 200
-    deadline = time.monotonic() + 15
-    while stack.loaded() != {"m0", "m1", "m3"}:  # m1: pinned since the first test
-        assert time.monotonic() < deadline, stack.loaded()
-        time.sleep(0.2)
+    _hold_three(stack)
     endpoint = reconciler.tritons[0]
     monkeypatch.setattr(endpoint.client, "_timeout_s", 2.0)  # CP_TRITON_LOAD_TIMEOUT_S
     residency = api.state.residency
@@ -712,10 +720,7 @@ def test_two_tenants_loads_that_hang_do_not_hold_a_third_tenants_cold_start(
     keys = []
     for _ in range(2):
         tenant = api.tenant()
-        assert api.create_model(tenant, name="stuck", format="python", **SPEC).status_code == 201
-        source = tmp_path / f"{tenant}.py"
-        source.write_text(MODEL.format(init="import time; time.sleep(100000)", scale=2.0, offset=0.0))
-        assert api.upload(tenant, "stuck", source).status_code == 201
+        _register(stack, "stuck", "import time; time.sleep(100000)", tmp_path, tenant=tenant)
         keys.append(api.key(tenant, "consumer"))
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -748,22 +753,12 @@ def test_one_tenants_burst_of_cold_models_does_not_push_out_another_tenants(
     api = stack.api
     reconciler = api.state.reconciler
     assert reconciler is not None and reconciler.budgets is not None
-    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m3"))
-    _set_budget(stack, int(size * 3.5))
-    for name in ("m0", "m3"):
-        assert stack.infer(name).status_code == 200
-    deadline = time.monotonic() + 15
-    while stack.loaded() != {"m0", "m1", "m3"}:  # m1: pinned since the first test
-        assert time.monotonic() < deadline, stack.loaded()
-        time.sleep(0.2)
+    size = _hold_three(stack)
     other = api.tenant()
     consumer = api.key(other, "consumer")
     burst = ["b0", "b1", "b2", "b3"]
     for name in burst:
-        assert api.create_model(other, name=name, format="python", **SPEC).status_code == 201
-        source = tmp_path / f"{name}.py"
-        source.write_text(MODEL.format(init="pass", scale=2.0, offset=0.0))
-        assert api.upload(other, name, source).status_code == 201
+        _register(stack, name, "pass", tmp_path, tenant=other)
     monkeypatch.setattr(reconciler.budgets, "tenant_share", 0.5)
     monkeypatch.setattr(reconciler.budgets, "share_idle_s", 120.0)
     _set_budget(stack, int(size * 6.5))  # A's three and three more: each tenant's half is 3.25 models
