@@ -111,7 +111,8 @@ class VersionOut(BaseModel):
     (serves; loaded on demand when it is not resident), `failed` (its load failed: `state_message`),
     `unloaded` (released after its keep-warm period; loads again on demand), `retired`. Where it is
     loaded now is `resident_on`; `memory_bytes` is what it takes there (`memory_source`: `triton`
-    statistics, `stub` processes, or none yet), `load_seconds` Triton's last load time.
+    statistics, `stub` processes, `stub+gpu` when they hold GPU memory too, `grown` when it came to hold
+    more after its load, or none yet), `load_seconds` Triton's last load time.
     """
 
     version: int

@@ -32,7 +32,7 @@ from control_plane.fleet import repository as fleet_repository
 from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
-from control_plane.residency import repository, sizes
+from control_plane.residency import gpu, repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.routing.changes import mark_desired_changed
 from control_plane.routing.router import FAILED_RETRY_S
@@ -398,10 +398,12 @@ class Residency(ResidencyHooks):
         pid = self._pid(endpoint)
         if pid is None:
             return None
-        found = sizes.stub_bytes(pid, name, started_since=started_since)
+        host, on_gpus = sizes.stub_memory(pid, name, started_since=started_since)
+        if host + on_gpus <= 0:
+            return None
         # A stub grows by a few percent after its first inference (numpy's buffers): counted with a
         # margin here, and the loop takes the larger of this and what the stubs hold at each pass.
-        return sizes.Measured(int(found * sizes.STUB_MARGIN), "stub") if found > 0 else None
+        return sizes.Measured(int((host + on_gpus) * sizes.STUB_MARGIN), "stub+gpu" if on_gpus else "stub")
 
     def loading(self, delta: int) -> None:
         """A load call to Triton started (+1) or ended (-1): `cp_residency_loads_in_flight`."""
@@ -424,9 +426,10 @@ class Residency(ResidencyHooks):
             self._live.pop(endpoint.name, None)
 
     def live_sizes(self, endpoint: TritonEndpoint) -> dict[str, int]:
-        """Triton model name -> resident bytes of its stubs now, for a Triton on this machine. Passes
-        come many a second under a burst of cold loads and each look costs a walk over /proc: one look
-        serves for LIVE_S, or until an eviction finished (a stub gone is room for a waiting load)."""
+        """Triton model name -> bytes its stubs hold now (host and GPU memory), for a Triton on this
+        machine. Passes come many a second under a burst of cold loads and each look costs a walk over
+        /proc: one look serves for LIVE_S, or until an eviction finished (a stub gone is room for a
+        waiting load)."""
         cached = self._live.get(endpoint.name)
         if cached is not None and time.monotonic() - cached[0] < LIVE_S:
             return cached[1]
@@ -434,8 +437,10 @@ class Residency(ResidencyHooks):
         found: dict[str, int] = {}
         fresh: dict[str, int] = {}
         if pid is not None:
-            for stub, name in sizes.stubs(pid).items():
-                held = sizes.rss(stub)
+            found_stubs = sizes.stubs(pid)
+            on_gpus = gpu.used_by_pid() if found_stubs else {}
+            for stub, name in found_stubs.items():
+                held = sizes.rss(stub) + on_gpus.get(stub, 0)
                 found[name] = found.get(name, 0) + held
                 since = self._generation.get(name)
                 if since is not None and sizes.started_at(stub) >= since:

@@ -1,9 +1,10 @@
 """How much memory a version takes on an instance, and how much an instance's processes hold.
 
-In order of preference: Triton's own `memory_usage` statistics (backends that report it); the
-resident memory of the version's Python-backend stub processes when Triton runs on this machine
-(found under the Triton process listening on the instance's port, via /proc); otherwise an estimate
-from the artifact, corrected by the first measurement.
+In order of preference: Triton's own `memory_usage` statistics (backends that report it: host and GPU
+memory); the memory of the version's Python-backend stub processes when Triton runs on this machine
+(found under the Triton process listening on the instance's port, via /proc): resident host memory plus
+what they hold on GPUs (`gpu`, NVML); otherwise an estimate from the artifact, corrected by the first
+measurement.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from control_plane.residency import gpu
+
 log = logging.getLogger(__name__)
 PROC = Path("/proc")
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -30,7 +33,8 @@ DEFAULT_ESTIMATE = 128 * 1024**2  # a Python-backend stub with numpy and a frame
 
 @dataclass(frozen=True, slots=True)
 class Measured:
-    """A version's memory and where the figure comes from (`triton`, `stub` or `estimate`)."""
+    """A version's memory and where the figure comes from (`triton`, `stub`, `stub+gpu` when its stubs
+    hold GPU memory too, or `estimate`)."""
 
     bytes: int
     source: str
@@ -221,15 +225,26 @@ def rss(pid: int) -> int:
 
 
 def stub_bytes(triton_pid: int, name: str, *, started_since: float | None = None) -> int:
-    """Resident bytes of the stub processes that run Triton model `name` (0 if none); with
+    """Bytes the stub processes that run Triton model `name` hold (0 if none), host and GPU memory
+    (`stub_memory`)."""
+    host, on_gpus = stub_memory(triton_pid, name, started_since=started_since)
+    return host + on_gpus
+
+
+def stub_memory(triton_pid: int, name: str, *, started_since: float | None = None) -> tuple[int, int]:
+    """Resident host bytes and GPU bytes of the stub processes that run Triton model `name`; with
     `started_since` (a `boot_seconds()` moment), only those started since: a load's own stubs, not those
     of an earlier load of the model still exiting (Triton ends an unloaded model's stub a second or more
     after its unload, e.g. one unloaded by someone else and asked for again at once)."""
-    return sum(
-        rss(pid)
+    pids = [
+        pid
         for pid, model in stubs(triton_pid).items()
         if model == name and (started_since is None or started_at(pid) >= started_since)
-    )
+    ]
+    if not pids:
+        return 0, 0
+    on_gpus = gpu.used_by_pid()
+    return sum(rss(pid) for pid in pids), sum(on_gpus.get(pid, 0) for pid in pids)
 
 
 def boot_seconds() -> float:
@@ -247,8 +262,3 @@ def started_at(pid: int) -> float:
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def tree_bytes(triton_pid: int) -> int:
-    """Resident bytes of a Triton process and all its stubs."""
-    return rss(triton_pid) + sum(rss(pid) for pid in stubs(triton_pid))

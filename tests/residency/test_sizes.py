@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from control_plane.residency import sizes
+from control_plane.residency import gpu, sizes
 
 STUB = "/opt/tritonserver/backends/python/triton_python_backend_stub"
 
@@ -133,3 +133,24 @@ def test_a_loads_own_stubs_are_told_from_an_earlier_loads_still_exiting(
     assert sizes.started_at(old.pid) < since <= sizes.started_at(new.pid)
     assert sizes.stub_bytes(me, "alpha", started_since=since) == sizes.rss(new.pid)
     assert sizes.stub_bytes(me, "alpha") == sizes.rss(old.pid) + sizes.rss(new.pid)
+
+
+def test_a_stubs_gpu_memory_counts_beside_its_host_memory(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What NVML says a stub's PID holds on the GPUs adds to its resident memory; GPU memory of other
+    processes (Triton itself, another model's stub, a process of someone else) is not the version's."""
+    me = os.getpid()
+    alpha, beta = _stub("alpha"), _stub("beta")
+    children += [alpha, beta]
+    _until(lambda: {alpha.pid, beta.pid} <= sizes.stubs(me).keys())
+    _until(lambda: _settled(alpha.pid))
+    on_gpus = {alpha.pid: 1636 * 1024**2, beta.pid: 866 * 1024**2, me: 500 * 1024**2, 1: 7}
+    monkeypatch.setattr(gpu, "used_by_pid", lambda: on_gpus)
+    host, gpu_bytes = sizes.stub_memory(me, "alpha")
+    assert gpu_bytes == 1636 * 1024**2
+    assert host == sizes.rss(alpha.pid)
+    assert sizes.stub_bytes(me, "alpha") == host + gpu_bytes
+    assert sizes.stub_memory(me, "gamma") == (0, 0)
+    monkeypatch.setattr(gpu, "used_by_pid", dict)  # no GPU on this machine
+    assert sizes.stub_memory(me, "alpha")[1] == 0
