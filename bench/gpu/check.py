@@ -2,6 +2,9 @@
 2.51 (nvidia-pytriton unpacked in /tmp/site) on the repository `bench.gpu.prep` wrote (argv[1]), load each
 model, infer once, and print the instance groups as Triton loaded them, its statistics (`memory_usage`), the
 GPU memory per process (nvidia-smi) and the stubs' resident memory, then unload and print them again.
+It also runs the product's own measurement (`control_plane.residency.sizes` and `.gpu`, the standard
+library only: run from the repository's root) on the same stubs: host and GPU bytes per model as the
+memory budget counts them, next to nvidia-smi's figures, and what one NVML read costs.
 Files go to $OUT (else /tmp)."""
 
 import json
@@ -14,7 +17,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-SITE = "/tmp/site"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from control_plane.residency import gpu as nvml
+from control_plane.residency import sizes
+
+MODELS = ("gpu_one", "gpu_two", "np_one")
+MIB = 2**20
+SITE = os.environ.get("CHECK_SITE", "/tmp/site")  # where the nvidia-pytriton wheel is unpacked
 
 
 def start(repository: str, out: str) -> subprocess.Popen[bytes]:
@@ -58,7 +67,10 @@ def req(method: str, path: str, body: object = None) -> tuple[int, str]:
 
 
 def sh(*args: str) -> str:
-    return subprocess.run(args, capture_output=True, text=True).stdout.strip()
+    try:
+        return subprocess.run(args, capture_output=True, text=True).stdout.strip()
+    except OSError as exc:  # no nvidia-smi: a dry run on a CPU machine
+        return repr(exc)
 
 
 def gpu() -> str:
@@ -78,9 +90,34 @@ def stubs() -> list[str]:
     return [" ".join(r.split()[:3]) + " " + r.split()[-2] for r in rows]
 
 
+def mib(pair: tuple[int, int]) -> str:
+    return f"host {pair[0] / MIB:.0f} MiB + GPU {pair[1] / MIB:.0f} MiB"
+
+
+def product(triton_pid: int) -> None:
+    """What the product's measurement finds: each stub and its GPU bytes (NVML), each model's sum."""
+    found = sizes.stubs(triton_pid)
+    on_gpus = nvml.used_by_pid()
+    print("  product: NVML per pid (MiB):", {pid: round(b / MIB) for pid, b in on_gpus.items()})
+    print(
+        "  product: stubs:", {pid: (model, round(on_gpus.get(pid, 0) / MIB)) for pid, model in found.items()}
+    )
+    for name in sorted(set(found.values())):
+        print(f"  product: {name}: {mib(sizes.stub_memory(triton_pid, name))}")
+
+
 def main(repository: str) -> None:
     out = os.environ.get("OUT", "/tmp")
     proc = start(repository, out)
+    try:
+        run(proc, out)
+    finally:  # never left running, whatever failed
+        proc.terminate()
+        proc.wait(30)
+        print("triton exit", proc.returncode)
+
+
+def run(proc: subprocess.Popen[bytes], out: str) -> None:
     deadline = time.time() + 90
     while req("GET", "/v2/health/live")[0] != 200:
         if time.time() > deadline or proc.poll() is not None:
@@ -88,7 +125,8 @@ def main(repository: str) -> None:
             sys.exit(1)
         time.sleep(0.5)
     print("triton pid", proc.pid, "| gpu used before:", gpu(), "| apps:", apps())
-    for name in ("gpu_one", "gpu_two"):
+    print("product finds Triton as pid", sizes.local_pid("http://127.0.0.1:18000"), "(its port, /proc)")
+    for name in MODELS:
         t = time.time()
         st, body = req("POST", f"/v2/repository/models/{name}/load")
         print(f"\n== {name}: load {st} {body[:400]} in {time.time() - t:.1f}s")
@@ -102,14 +140,24 @@ def main(repository: str) -> None:
         st, body = req("GET", f"/v2/models/{name}/stats")
         print("stats:", st, body[:1500])
         print("gpu used:", gpu(), "| apps:", apps(), "| stubs pid/ppid/rss_kib/instance:", stubs())
+        product(proc.pid)
     print("\nindex:", req("POST", "/v2/repository/index", {})[1])
-    for name in ("gpu_one", "gpu_two"):
+    started = time.perf_counter()
+    reads = 200
+    for _ in range(reads):
+        nvml.used_by_pid()
+    print(f"one NVML read (all GPUs' processes): {(time.perf_counter() - started) / reads * 1e6:.0f} us")
+    for name in MODELS:
+        before = sizes.stub_memory(proc.pid, name)
+        sizes.end_stubs(proc.pid, name)  # as an eviction does, right before its unload
         print(name, "unload:", *req("POST", f"/v2/repository/models/{name}/unload"))
+        after = sizes.stub_memory(proc.pid, name)
+        print(
+            f"  product: before {mib(before)}, right after {mib(after)} | gpu used: {gpu()} | apps: {apps()}"
+        )
     time.sleep(4)
     print("after unloads: gpu used:", gpu(), "| apps:", apps(), "| stubs:", stubs())
-    proc.terminate()
-    proc.wait(30)
-    print("triton exit", proc.returncode)
+    product(proc.pid)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """GPU check, part 1 (here): a Triton repository whose config.pbtxt files come from the product's own
 generator for a GPU deployment (`CP_TRITON_DEVICE=gpu`, KIND_GPU instance groups of 1 and 2), with Python
-models that hold 1 GiB / 256 MiB each on the GPU. `python -m bench.gpu.prep DIR`; then, on a machine with an
+models that hold 1 GiB / 256 MiB each on the GPU through torch, and one on the GPU that uses numpy alone
+(no CUDA context, no GPU memory). `python -m bench.gpu.prep DIR`; then, on a machine with an
 NVIDIA GPU and the nvidia-pytriton wheel installed in /tmp/site, `python3 bench/gpu/check.py DIR` (part 2).
 See docs/residency.md ("On a GPU") for what it showed on an H200."""
 
@@ -34,14 +35,28 @@ class TritonPythonModel:
         return out
 """
 
+NUMPY_ONLY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))]))
+        return out
+"""
+
 
 def main(target: Path) -> None:
     settings = Settings(database_url="sqlite://", triton_device="gpu", triton_gpus=[0])  # type: ignore[arg-type]
-    for name, count, mib in (("gpu_one", 1, 1024), ("gpu_two", 2, 256)):
-        _write(target, settings, name, count, mib)
+    for name, count, mib in (("gpu_one", 1, 1024), ("gpu_two", 2, 256), ("np_one", 1, 0)):
+        _write(target, settings, name, count, MODEL.format(mib=mib) if mib else NUMPY_ONLY)
 
 
-def _write(target: Path, settings: Settings, name: str, count: int, mib: int) -> None:
+def _write(target: Path, settings: Settings, name: str, count: int, model: str) -> None:
     spec = ModelSpec.model_validate(
         {
             "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, 4]}],
@@ -59,7 +74,7 @@ def _write(target: Path, settings: Settings, name: str, count: int, mib: int) ->
     folder = target / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(text)
-    (folder / "1" / "model.py").write_text(MODEL.format(mib=mib))
+    (folder / "1" / "model.py").write_text(model)
     print(f"== {name}/config.pbtxt\n{text}")
 
 
