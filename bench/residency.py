@@ -158,7 +158,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.02):
-            self.peak = max(self.peak, sum(sizes.rss(p) for p in sizes.stubs(self.pid)))
+            self.peak = max(self.peak, sum(sizes.rss(p) for p in sizes.processes(self.pid)))
 
 
 def drive(

@@ -332,6 +332,7 @@ class Residency(ResidencyHooks):
         # grew) because the versions that would go are busy: one of those going idle runs the next pass
         # (`unblocked`), not `renew`'s next tick or the period (5 s over the budget, or waiting).
         self.blockers = budgets.blockers if budgets is not None and (waited or over) else frozenset()
+        self._end_orphans()
         now = time.monotonic()
         for name in [n for n in self._no_room if n not in waited]:
             del self._no_room[name]  # the clock runs for requests waiting, each batch its own
@@ -426,10 +427,10 @@ class Residency(ResidencyHooks):
             self._live.pop(endpoint.name, None)
 
     def live_sizes(self, endpoint: TritonEndpoint) -> dict[str, int]:
-        """Triton model name -> bytes its stubs hold now (host and GPU memory), for a Triton on this
-        machine. Passes come many a second under a burst of cold loads and each look costs a walk over
-        /proc: one look serves for LIVE_S, or until an eviction finished (a stub gone is room for a
-        waiting load)."""
+        """Triton model name -> bytes its processes hold now (its stubs and what they started; host and
+        GPU memory), for a Triton on this machine. Passes come many a second under a burst of cold loads
+        and each look costs a walk over /proc: one look serves for LIVE_S, or until an eviction finished
+        (a stub gone is room for a waiting load)."""
         cached = self._live.get(endpoint.name)
         if cached is not None and time.monotonic() - cached[0] < LIVE_S:
             return cached[1]
@@ -437,13 +438,13 @@ class Residency(ResidencyHooks):
         found: dict[str, int] = {}
         fresh: dict[str, int] = {}
         if pid is not None:
-            found_stubs = sizes.stubs(pid)
-            on_gpus = gpu.used_by_pid() if found_stubs else {}
-            for stub, name in found_stubs.items():
-                held = sizes.rss(stub) + on_gpus.get(stub, 0)
+            members = sizes.processes(pid)
+            on_gpus = gpu.used_by_pid() if members else {}
+            for process, member in members.items():
+                name, held = member.model, sizes.rss(process) + on_gpus.get(process, 0)
                 found[name] = found.get(name, 0) + held
                 since = self._generation.get(name)
-                if since is not None and sizes.started_at(stub) >= since:
+                if since is not None and sizes.started_at(member.stub) >= since:
                     fresh[name] = fresh.get(name, 0) + held
         self._live[endpoint.name] = (time.monotonic(), found)
         self._fresh[endpoint.name] = fresh
@@ -512,6 +513,7 @@ class Residency(ResidencyHooks):
     def _count_again(self) -> None:
         with self._lock:
             self._recount = None
+        self._end_orphans()
         self._live.clear()
         if self.reconciler is not None:
             self.reconciler.trigger()
@@ -549,6 +551,14 @@ class Residency(ResidencyHooks):
         if unreturned != unreturned_before:  # most evictions give everything back, as the last one did
             with transaction(self.session_factory) as session:
                 repository.record_unreturned(session, version_id=version_id, unreturned=unreturned)
+
+    def _end_orphans(self) -> None:
+        """End what the stubs of versions unloaded from Tritons here started and left running (the
+        unload ended the stubs, not their children): their memory is no version's and would never come
+        back (`sizes.end_orphans`)."""
+        for _, pid in list(self._pids.values()):
+            if sizes.alive(pid):
+                sizes.end_orphans(pid)
 
     def _pid(self, endpoint: TritonEndpoint) -> int | None:
         known = self._pids.get(endpoint.name)

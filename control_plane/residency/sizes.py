@@ -9,13 +9,15 @@ measurement.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import select
 import signal
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,53 +114,110 @@ def alive(pid: int) -> bool:
 
 
 def stubs(triton_pid: int) -> dict[int, str]:
-    """Stub PID -> the Triton model it runs, for the Python-backend stubs under a Triton process.
+    """Stub PID -> the Triton model it runs, for the Python-backend stubs under a Triton process."""
+    return {
+        pid: seen.model
+        for pid, seen in _walk(triton_pid).items()
+        if seen.ppid == triton_pid and seen.model is not None
+    }
 
-    Called many times a second under a burst of cold loads (each pass, load, eviction and the check
-    that an evicted stub exited), so a walk only reads the processes it has not seen in the previous
-    walk of the last `SEEN_FOR_S`: a process that is not Triton's child never becomes one, a stub
-    stays that model's stub while its PID lives, and a PID is not reused that fast (the kernel hands
-    them out in increasing order up to `pid_max`). Triton's other children are read every time (a
-    fork not yet exec'd into a stub)."""
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A process of a model's: one of its stubs (`stub` is its own PID) or a process a stub started."""
+
+    model: str
+    stub: int
+
+
+def processes(triton_pid: int) -> dict[int, Member]:
+    """Every process of the models under a Triton process: each stub and the processes it started
+    (a model that forks workers in `initialize()` or `execute()`, and their children), so that what they
+    hold counts in the model's memory and they end with it. Those a stub started are also remembered, so
+    that the ones left running after the stub exited (Triton ends an unloaded model's stub, and its
+    children are re-parented to init) can be ended (`end_orphans`). A process that detaches at once (a
+    double fork) is never seen under its stub: its memory is the model's own business, not counted."""
+    walk = _walk(triton_pid)
+    children: dict[int, list[int]] = {}
+    for pid, seen in walk.items():
+        children.setdefault(seen.ppid, []).append(pid)
+    found: dict[int, Member] = {}
+    for stub, seen in walk.items():
+        if seen.ppid != triton_pid or seen.model is None:
+            continue
+        member = Member(seen.model, stub)
+        below = [stub]
+        while below:
+            pid = below.pop()
+            if pid not in found:  # a tree, but a stale look must not loop
+                found[pid] = member
+                below.extend(children.get(pid, ()))
+    _remember(triton_pid, {pid: m for pid, m in found.items() if pid != m.stub})
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    ppid: int
+    model: str | None  # the model it runs, for a stub (a child of Triton's running the stub)
+
+
+def _walk(triton_pid: int) -> dict[int, _Seen]:
+    """Every process on this machine: its parent, and for Triton's children the model each runs as a
+    stub. Called many times a second under a burst of cold loads (each pass, load, eviction and the
+    check that an evicted stub exited), so a walk reads the processes it has not seen since the last
+    full read, and all of them once that is `SEEN_FOR_S` old: a process that is not Triton's child never
+    becomes one, a stub stays that model's stub while its PID lives, and a PID is not reused that fast
+    (the kernel hands them out in increasing order up to `pid_max`); a process's parent changes when
+    its parent exits (it is re-parented to init, never to a stub), seen by the next full read. Triton's
+    other children are read every time (a fork not yet exec'd into a stub)."""
     now = time.monotonic()
     when, known = _seen.get(triton_pid, (0.0, {}))
     if now - when > SEEN_FOR_S:
-        known = {}
-    found: dict[int, str] = {}
-    settled: dict[int, str | None] = {}
+        when, known = now, {}
+    found: dict[int, _Seen] = {}
+    settled: dict[int, _Seen] = {}
     for entry in os.listdir(PROC):
         if not entry.isdigit():
             continue
         pid = int(entry)
-        if pid in known:
-            name = known[pid]
-        else:
-            child, name = _stub_under(pid, triton_pid)
-            if child and name is None:
-                continue  # Triton's child, not (yet) a stub: read again next time
-        settled[pid] = name
-        if name is not None:
-            found[pid] = name
-    _seen[triton_pid] = (now, settled)
+        seen = known.get(pid)
+        if seen is None:
+            seen = _read(pid, triton_pid)
+            if seen is None:
+                continue  # gone
+        found[pid] = seen
+        if seen.ppid != triton_pid or seen.model is not None:
+            settled[pid] = seen  # else Triton's child, not (yet) a stub: read again next time
+    _seen[triton_pid] = (when, settled)
     for other in [p for p, (at, _) in list(_seen.items()) if now - at > SEEN_FOR_S]:
         _seen.pop(other, None)  # no longer serves a walk (a Triton that was restarted leaves one)
     return found
 
 
-SEEN_FOR_S = 2.0  # how long one walk's findings serve the next walk
-_seen: dict[int, tuple[float, dict[int, str | None]]] = {}  # Triton PID -> (when, PID -> its model or None)
+SEEN_FOR_S = 2.0  # how long one full read of the processes serves the walks after it
+_seen: dict[int, tuple[float, dict[int, _Seen]]] = {}  # Triton PID -> (full read, PID -> what it is)
+
+
+def _read(pid: int, triton_pid: int) -> _Seen | None:
+    try:
+        ppid = _ppid(pid)
+        args = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0") if ppid == triton_pid else []
+    except (OSError, ValueError, IndexError):
+        return None
+    return _Seen(ppid, _stub_model(args) if args else None)
+
+
+def _ppid(pid: int) -> int:
+    return int((PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _stub_under(pid: int, triton_pid: int) -> tuple[bool, str | None]:
     """Whether process `pid` is a child of `triton_pid`, and the Triton model it runs as a stub if so."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-        if int(stat.rsplit(")", 1)[1].split()[1]) != triton_pid:
-            return False, None
-        args = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError, IndexError):
+    seen = _read(pid, triton_pid)
+    if seen is None or seen.ppid != triton_pid:
         return False, None
-    return True, _stub_model(args)
+    return True, seen.model
 
 
 _INSTANCE = re.compile(rb"^(?P<name>.+)_\d+_\d+$")
@@ -176,34 +235,101 @@ def _stub_model(args: list[bytes]) -> str | None:
 
 
 def end_stubs(triton_pid: int, name: str, *, wait_s: float = 1.0) -> int:
-    """End the stub processes of Triton model `name`, right before the caller unloads it (no request in
-    flight, routes no longer send to it). Triton's Python backend finalizes an unloaded instance after a
-    fixed one-second health check (`StubLauncher::UpdateHealth`), so its memory would come back a
-    second or more later; a stub already gone fails that check and Triton reaps it and removes its shared
-    memory at once. Ending it after the unload instead can race that check (the stub reported healthy,
-    then died before answering the finalize request) and leave Triton waiting forever. Each stub is
-    opened as a pidfd and checked to still be that model's stub under that Triton before it is
-    signalled, so a PID reused meanwhile is never hit. Returns once they have exited (their memory is
-    back: a process frees it before it is reported exited), or `wait_s` passed: how many were ended."""
+    """End the stub processes of Triton model `name` and the processes they started, right before the
+    caller unloads it (no request in flight, routes no longer send to it). Triton's Python backend
+    finalizes an unloaded instance after a fixed one-second health check (`StubLauncher::UpdateHealth`),
+    so its memory would come back a second or more later; a stub already gone fails that check and Triton
+    reaps it and removes its shared memory at once. Ending it after the unload instead can race that
+    check (the stub reported healthy, then died before answering the finalize request) and leave Triton
+    waiting forever. Each process is opened as a pidfd and checked to still be what it was (that model's
+    stub under that Triton, or the child of one of its processes) before any is signalled, so a PID
+    reused meanwhile is never hit. Returns once they have exited (their memory is back: a process frees
+    it before it is reported exited), or `wait_s` passed: how many were ended."""
+    mine = {pid for pid, member in processes(triton_pid).items() if member.model == name}
+
+    def still(pid: int) -> bool:
+        if _stub_under(pid, triton_pid)[1] == name:
+            return True
+        try:
+            return _ppid(pid) in mine  # a stub's child, or a child's: killed first, the tree is intact
+        except (OSError, ValueError, IndexError):
+            return False
+
+    return _end({pid: still for pid in mine}, wait_s=wait_s)
+
+
+def end_orphans(triton_pid: int, *, wait_s: float = 1.0) -> int:
+    """End the processes that models' stubs started (seen by `processes`) and that outlived their stub:
+    Triton ended it (an unload, a stub it restarted) and they were re-parented. Processes of a stub that
+    still runs are its model's business, even detached from it. How many were ended."""
+    orphans: dict[int, Callable[[int], bool]] = {}
+    with _kin_lock:
+        kin = _kin.get(triton_pid, {})
+        for pid, known in list(kin.items()):
+            if not _lives(pid, known.started):
+                del kin[pid]  # exited (a zombie holds nothing)
+            elif not _lives(known.stub, known.stub_started):  # its stub exited (or is a zombie)
+                orphans[pid] = functools.partial(_lives, started=known.started)
+                del kin[pid]
+    ended = _end(orphans, wait_s=wait_s)
+    if orphans:
+        log.warning("ended %d process(es) that Python-backend stubs started and left running", ended)
+    return ended
+
+
+def _lives(pid: int, started: float) -> bool:
+    """Whether the process that started at `started` still runs as `pid` (not exited, not a zombie)."""
+    try:
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[19]) / _CLK_TCK == started
+
+
+@dataclass(frozen=True, slots=True)
+class _Kin:
+    """A process a stub started, with start times that tell it (and its stub) from a PID reused."""
+
+    model: str
+    stub: int
+    stub_started: float
+    started: float
+
+
+_kin: dict[int, dict[int, _Kin]] = {}  # Triton PID -> PID -> a process its stubs started
+_kin_lock = threading.Lock()  # the loop, load workers and the recount timer all walk
+
+
+def _remember(triton_pid: int, started: Mapping[int, Member]) -> None:
+    with _kin_lock:
+        kin = _kin.setdefault(triton_pid, {})
+        for pid, member in started.items():
+            if pid not in kin:
+                kin[pid] = _Kin(member.model, member.stub, started_at(member.stub), started_at(pid))
+        for other in [p for p in _kin if p != triton_pid and not alive(p)]:
+            del _kin[other]  # a Triton gone: its stubs and theirs went with their session, or are orphans
+
+
+def _end(targets: Mapping[int, Callable[[int], bool]], *, wait_s: float) -> int:
+    """SIGKILL the processes whose check still holds once each is opened as a pidfd (all checked before
+    any is signalled), and wait up to `wait_s` for them to exit: how many were signalled."""
     ended = 0
-    opened: list[int] = []
+    opened: dict[int, int] = {}
     poller = select.poll()
     try:
-        for pid, model in stubs(triton_pid).items():
-            if model != name:
-                continue
+        for pid in targets:
             try:
-                fd = os.pidfd_open(pid)
+                opened[pid] = os.pidfd_open(pid)
             except OSError:
                 continue  # gone already
-            opened.append(fd)
+        confirmed = [fd for pid, fd in opened.items() if targets[pid](pid)]
+        for fd in confirmed:
             try:
-                if _stub_under(pid, triton_pid)[1] == name:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                    poller.register(fd, select.POLLIN)  # a pidfd reads as ready once its process exited
-                    ended += 1
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
             except OSError:
-                pass  # exited meanwhile
+                continue  # exited meanwhile
+            poller.register(fd, select.POLLIN)  # a pidfd reads as ready once its process exited
+            ended += 1
         deadline = time.monotonic() + wait_s
         waiting = ended  # only the processes signalled here: never another that took a PID meanwhile
         while waiting and (left := deadline - time.monotonic()) > 0:
@@ -211,7 +337,7 @@ def end_stubs(triton_pid: int, name: str, *, wait_s: float = 1.0) -> int:
                 poller.unregister(fd)
                 waiting -= 1
     finally:
-        for fd in opened:
+        for fd in opened.values():
             os.close(fd)
     return ended
 
@@ -225,21 +351,21 @@ def rss(pid: int) -> int:
 
 
 def stub_bytes(triton_pid: int, name: str, *, started_since: float | None = None) -> int:
-    """Bytes the stub processes that run Triton model `name` hold (0 if none), host and GPU memory
-    (`stub_memory`)."""
+    """Bytes the processes of Triton model `name` hold (0 if none), host and GPU memory (`stub_memory`)."""
     host, on_gpus = stub_memory(triton_pid, name, started_since=started_since)
     return host + on_gpus
 
 
 def stub_memory(triton_pid: int, name: str, *, started_since: float | None = None) -> tuple[int, int]:
-    """Resident host bytes and GPU bytes of the stub processes that run Triton model `name`; with
-    `started_since` (a `boot_seconds()` moment), only those started since: a load's own stubs, not those
-    of an earlier load of the model still exiting (Triton ends an unloaded model's stub a second or more
-    after its unload, e.g. one unloaded by someone else and asked for again at once)."""
+    """Resident host bytes and GPU bytes of the stub processes that run Triton model `name` and of the
+    processes they started (`processes`); with `started_since` (a `boot_seconds()` moment), only those of
+    stubs started since: a load's own stubs, not those of an earlier load of the model still exiting
+    (Triton ends an unloaded model's stub a second or more after its unload, e.g. one unloaded by
+    someone else and asked for again at once)."""
     pids = [
         pid
-        for pid, model in stubs(triton_pid).items()
-        if model == name and (started_since is None or started_at(pid) >= started_since)
+        for pid, member in processes(triton_pid).items()
+        if member.model == name and (started_since is None or started_at(member.stub) >= started_since)
     ]
     if not pids:
         return 0, 0

@@ -85,7 +85,8 @@ class Stack:
         return {_short(m["name"]) for m in index if m.get("state") == "READY"}
 
     def stub_bytes(self) -> int:
-        return sum(sizes.rss(pid) for pid in sizes.stubs(self.pid))
+        """What the models' processes hold (their stubs and what those started)."""
+        return sum(sizes.rss(pid) for pid in sizes.processes(self.pid))
 
     def loads(self) -> int:
         reconciler = self.api.state.reconciler
@@ -564,7 +565,7 @@ def test_an_instance_over_a_lowered_budget_evicts_a_busy_version_as_soon_as_it_i
             assert time.monotonic() - answered < 5, "s1 kept the instance over its budget once idle"
             time.sleep(0.1)
         assert stack.loaded() == {"m1"}
-        assert _evictions(stack)["over_budget"] - before["over_budget"] >= 2
+        assert _evictions(stack)["over_budget"] - before["over_budget"] >= 2, (_evictions(stack), before)
     finally:
         _set_budget(stack, size * 6)  # the tests after this one load a version before they set theirs
         reconciler.interval_s = period
@@ -777,3 +778,52 @@ def test_one_tenants_burst_of_cold_models_does_not_push_out_another_tenants(
     assert gone == {"m0"}, f"with no share the LRU (A's m0) makes room: {stack.loaded()}"
     assert stack.infer("m3").status_code == 200
     assert stack.loads() - loads_before == 9, "A's m3 answered without a load"
+
+
+FORKS = (
+    "import os, time\n"
+    "        ready, told = os.pipe()\n"
+    "        self.worker = os.fork()  # a worker process, as multiprocessing starts one\n"
+    "        if self.worker == 0:\n"
+    "            held = b'w' * (48 * 2**20)\n"
+    "            os.write(told, b'.')\n"
+    "            time.sleep(600)\n"
+    "            os._exit(0)\n"
+    "        os.read(ready, 1)  # the worker is ready"
+)
+
+
+def _workers(stack: Stack, model: str) -> set[int]:
+    """Running processes `model`'s stubs started (not the stubs; not an evicted one's, a zombie)."""
+    members = sizes.processes(stack.pid).items()
+    return {p for p, m in members if _short(m.model) == model and p != m.stub and _state(p) not in ("Z", "?")}
+
+
+def test_processes_a_model_starts_count_in_its_memory_and_end_with_it(stack: Stack, tmp_path: Path) -> None:
+    """A model that forks a worker holding 48 MiB in `initialize()`: the worker's memory is the version's
+    (it was not counted: the budget ran 48 MiB short per such model), an eviction ends it with the stub
+    (it was re-parented to init and held its memory for good), and so does Triton's own unload of a
+    deleted version (Triton ends the stub, the control plane what it left running)."""
+    api, tenant = stack.api, stack.tenant
+    _set_budget(stack, 2**40)  # nothing evicted while the model is measured
+    _register(stack, "forks", FORKS, tmp_path)
+    plain = api.version(tenant, "m0", 1)["memory_bytes"]
+    assert stack.infer("forks").status_code == 200
+    size = api.version(tenant, "forks", 1)["memory_bytes"]
+    assert size >= plain + 40 * 2**20, f"the worker's 48 MiB not counted: {size} against {plain}"
+    (worker,) = _workers(stack, "forks")
+    _set_budget(stack, int(plain * 2.5))  # m1 (pinned) and one more plain model: the others go
+    assert stack.infer("m0").status_code == 200
+    assert "forks" not in stack.loaded()
+    assert _state(worker) in ("Z", "?"), "evicted with its stub"
+
+    _set_budget(stack, 2**40)
+    assert stack.infer("forks").status_code == 200
+    (worker,) = _workers(stack, "forks")
+    deleted = api.client.delete(f"/v1/tenants/{tenant}/models/forks/versions/1", headers=api.headers())
+    assert deleted.status_code == 200, deleted.text
+    deadline = time.monotonic() + 15
+    while _state(worker) not in ("Z", "?"):
+        assert time.monotonic() < deadline, "the worker of a deleted version still runs"
+        time.sleep(0.2)
+    assert "forks" not in stack.loaded()

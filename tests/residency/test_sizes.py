@@ -154,3 +154,107 @@ def test_a_stubs_gpu_memory_counts_beside_its_host_memory(
     assert sizes.stub_memory(me, "gamma") == (0, 0)
     monkeypatch.setattr(gpu, "used_by_pid", dict)  # no GPU on this machine
     assert sizes.stub_memory(me, "alpha")[1] == 0
+
+
+PYTHON = sys.executable
+
+
+def _forking_stub(model: str, *, detach: bool = False) -> subprocess.Popen[bytes]:
+    """A stub that starts a worker, which starts one of its own (a model forking in `initialize()`);
+    with `detach`, the worker's parent is a go-between that exits after a second (the worker is
+    re-parented then, after the walks saw it under the stub)."""
+    sleeper = "import time; time.sleep(60)"
+    worker = f"import subprocess, time; subprocess.Popen([{PYTHON!r}, '-c', {sleeper!r}]); time.sleep(60)"
+    if detach:
+        worker = f"import subprocess, time; subprocess.Popen([{PYTHON!r}, '-c', {worker!r}]); time.sleep(1)"
+    code = f"import subprocess, time; subprocess.Popen([{PYTHON!r}, '-c', {worker!r}]); time.sleep(60)"
+    return subprocess.Popen([STUB, "-c", code, "/tmp/m/1/model.py", f"{model}_0_0", "CPU"], executable=PYTHON)
+
+
+def _family(stub: int, size: int) -> list[int]:
+    """The stub's processes once all `size` of them run, oldest first (the stub, its child, ...)."""
+    found: list[int] = []
+
+    def complete() -> bool:
+        found[:] = [pid for pid, m in sizes.processes(os.getpid()).items() if m.stub == stub]
+        return len(found) == size and all(_settled(pid) for pid in found)
+
+    _until(complete)
+    return sorted(found, key=lambda pid: (sizes.started_at(pid), pid))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return (sizes.PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_what_a_stub_starts_is_its_models_counted_and_ended_with_it(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that forks workers: they count in its memory and an eviction ends them with its stub;
+    another model's processes are untouched."""
+    me = os.getpid()
+    monkeypatch.setattr(sizes, "_kin", {})
+    forks, other = _forking_stub("alpha"), _stub("beta")
+    children += [forks, other]
+    stub, worker, grandchild = _family(forks.pid, 3)
+    members = sizes.processes(me)
+    assert {members[p].model for p in (stub, worker, grandchild)} == {"alpha"}
+    assert members[other.pid] == sizes.Member("beta", other.pid)
+    assert stub in sizes.stubs(me) and worker not in sizes.stubs(me)
+    host = sum(sizes.rss(p) for p in (stub, worker, grandchild))
+    assert sizes.stub_memory(me, "alpha") == (host, 0)
+    assert sizes.end_stubs(me, "alpha") == 3
+    assert all(_gone(p) for p in (worker, grandchild)), "exited when end_stubs returns"
+    forks.wait()
+    assert sizes.stub_memory(me, "alpha") == (0, 0)
+    assert other.poll() is None
+
+
+def test_what_outlives_its_stub_is_ended_and_nothing_else(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triton ends an unloaded model's stub, not what it started: those are re-parented and hold their
+    memory for good unless ended. A detached worker of a stub that still runs is its model's, not an
+    orphan."""
+    me = os.getpid()
+    monkeypatch.setattr(sizes, "_kin", {})
+    unloaded, loaded = _forking_stub("alpha"), _forking_stub("beta", detach=True)
+    children += [unloaded, loaded]
+    _, worker, grandchild = _family(unloaded.pid, 3)
+    _, _, detached, its_child = _family(loaded.pid, 4)  # the stub, the go-between, the worker, its child
+    assert sizes.end_orphans(me) == 0, "every stub still runs"
+    unloaded.kill()  # as Triton ends the stub of a model it unloads
+    unloaded.wait()
+    _until(lambda: worker not in sizes.processes(me))  # re-parented: no longer under a stub
+    assert not _gone(worker) and not _gone(grandchild)
+    assert sizes.end_orphans(me) == 2
+    assert _gone(worker) and _gone(grandchild)
+    assert sizes.end_orphans(me) == 0
+    _until(lambda: detached not in sizes.processes(me))  # its go-between exited: re-parented
+    assert sizes.end_orphans(me) == 0
+    assert loaded.poll() is None and not _gone(detached), "its stub still runs: the model's own business"
+    for pid in (detached, its_child):
+        os.kill(pid, 9)
+
+
+def test_an_orphans_pid_taken_by_another_process_is_left_alone(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = os.getpid()
+    monkeypatch.setattr(sizes, "_kin", {})
+    forks = _forking_stub("alpha")
+    children.append(forks)
+    _, worker, grandchild = _family(forks.pid, 3)
+    forks.kill()
+    forks.wait()
+    kin = sizes._kin[me]
+    for pid in (worker, grandchild):  # as if each had exited and a new process started under its PID
+        kin[pid] = sizes._Kin(kin[pid].model, kin[pid].stub, kin[pid].stub_started, kin[pid].started - 1)
+    assert sizes.end_orphans(me) == 0
+    assert not _gone(worker) and not _gone(grandchild)
+    assert worker not in kin and grandchild not in kin
+    for pid in (worker, grandchild):
+        os.kill(pid, 9)
