@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from control_plane.residency import gpu as nvml
 from control_plane.residency import sizes
 
-MODELS = ("gpu_one", "gpu_two", "np_one")
+MODELS = ("gpu_one", "gpu_two", "np_one", "gpu_fork")
 MIB = 2**20
 SITE = os.environ.get("CHECK_SITE", "/tmp/site")  # where the nvidia-pytriton wheel is unpacked
 
@@ -95,14 +95,16 @@ def mib(pair: tuple[int, int]) -> str:
 
 
 def product(triton_pid: int) -> None:
-    """What the product's measurement finds: each stub and its GPU bytes (NVML), each model's sum."""
-    found = sizes.stubs(triton_pid)
+    """What the product's measurement finds: each model's processes (its stubs and what they started) and
+    their GPU bytes (NVML), each model's sum."""
+    found = sizes.processes(triton_pid)
     on_gpus = nvml.used_by_pid()
     print("  product: NVML per pid (MiB):", {pid: round(b / MIB) for pid, b in on_gpus.items()})
     print(
-        "  product: stubs:", {pid: (model, round(on_gpus.get(pid, 0) / MIB)) for pid, model in found.items()}
+        "  product: processes (model, its stub, GPU MiB):",
+        {pid: (m.model, m.stub, round(on_gpus.get(pid, 0) / MIB)) for pid, m in found.items()},
     )
-    for name in sorted(set(found.values())):
+    for name in sorted({m.model for m in found.values()}):
         print(f"  product: {name}: {mib(sizes.stub_memory(triton_pid, name))}")
 
 
@@ -147,7 +149,14 @@ def run(proc: subprocess.Popen[bytes], out: str) -> None:
     for _ in range(reads):
         nvml.used_by_pid()
     print(f"one NVML read (all GPUs' processes): {(time.perf_counter() - started) / reads * 1e6:.0f} us")
-    for name in MODELS:
+    before = sizes.stub_memory(proc.pid, "gpu_fork")
+    print("gpu_fork: Triton's own unload (a version deleted or moved: the stub ends, not its worker)")
+    print("  unload:", *req("POST", "/v2/repository/models/gpu_fork/unload"))
+    time.sleep(3)
+    print(f"  product: before {mib(before)}, 3 s after {mib(sizes.stub_memory(proc.pid, 'gpu_fork'))}")
+    print("  left running (pid ppid rss_kib):", stubs(), "| gpu used:", gpu(), "| apps:", apps())
+    print("  product ends orphans:", sizes.end_orphans(proc.pid), "| gpu used:", gpu(), "| apps:", apps())
+    for name in MODELS[:-1]:
         before = sizes.stub_memory(proc.pid, name)
         sizes.end_stubs(proc.pid, name)  # as an eviction does, right before its unload
         print(name, "unload:", *req("POST", f"/v2/repository/models/{name}/unload"))

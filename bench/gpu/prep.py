@@ -1,8 +1,9 @@
 """GPU check, part 1 (here): a Triton repository whose config.pbtxt files come from the product's own
 generator for a GPU deployment (`CP_TRITON_DEVICE=gpu`, KIND_GPU instance groups of 1 and 2), with Python
-models that hold 1 GiB / 256 MiB each on the GPU through torch, and one on the GPU that uses numpy alone
-(no CUDA context, no GPU memory). `python -m bench.gpu.prep DIR`; then, on a machine with an
-NVIDIA GPU and the nvidia-pytriton wheel installed in /tmp/site, `python3 bench/gpu/check.py DIR` (part 2).
+models that hold 1 GiB / 256 MiB each on the GPU through torch, one on the GPU that uses numpy alone
+(no CUDA context, no GPU memory), and one whose stub forks a worker holding 256 MiB on the GPU.
+`python -m bench.gpu.prep DIR`; then, on a machine with an NVIDIA GPU and the nvidia-pytriton wheel
+installed in /tmp/site, `python3 bench/gpu/check.py DIR` (part 2).
 See docs/residency.md ("On a GPU") for what it showed on an H200."""
 
 import sys
@@ -35,6 +36,38 @@ class TritonPythonModel:
         return out
 """
 
+FORKS = """
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        ready, told = os.pipe()
+        if os.fork() == 0:  # a worker that holds GPU memory (its stub never touches CUDA)
+            try:
+                import torch
+
+                held = torch.ones((256 * 2**20) // 4, dtype=torch.float32, device="cuda:0")
+                os.write(told, b".")
+                time.sleep(600)
+            finally:
+                os.write(told, b"!")
+                os._exit(0)
+        if os.read(ready, 1) != b".":
+            raise RuntimeError("the worker did not start")
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))]))
+        return out
+"""
+
 NUMPY_ONLY = """
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -54,6 +87,7 @@ def main(target: Path) -> None:
     settings = Settings(database_url="sqlite://", triton_device="gpu", triton_gpus=[0])  # type: ignore[arg-type]
     for name, count, mib in (("gpu_one", 1, 1024), ("gpu_two", 2, 256), ("np_one", 1, 0)):
         _write(target, settings, name, count, MODEL.format(mib=mib) if mib else NUMPY_ONLY)
+    _write(target, settings, "gpu_fork", 1, FORKS)
 
 
 def _write(target: Path, settings: Settings, name: str, count: int, model: str) -> None:
