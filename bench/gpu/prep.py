@@ -36,16 +36,21 @@ class TritonPythonModel:
         return out
 """
 
-FORKS = """
-import os
-import time
-
+NUMPY_ONLY = """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))]))
+        return out
+"""
+
+WORKER = """    def initialize(self, args):
         ready, told = os.pipe()
         if os.fork() == 0:  # a worker that holds GPU memory (its stub never touches CUDA)
             try:
@@ -60,27 +65,10 @@ class TritonPythonModel:
         if os.read(ready, 1) != b".":
             raise RuntimeError("the worker did not start")
 
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))]))
-        return out
 """
-
-NUMPY_ONLY = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))]))
-        return out
-"""
+FORKS = NUMPY_ONLY.replace("import numpy", "import os\nimport time\n\nimport numpy", 1).replace(
+    "class TritonPythonModel:\n", "class TritonPythonModel:\n" + WORKER, 1
+)
 
 
 def main(target: Path) -> None:
