@@ -440,8 +440,10 @@ class Residency(ResidencyHooks):
         if pid is not None:
             members = sizes.processes(pid)
             on_gpus = gpu.used_by_pid() if members else {}
+            shared = sizes.forked(members)
             for process, member in members.items():
-                name, held = member.model, sizes.rss(process) + on_gpus.get(process, 0)
+                name = member.model
+                held = sizes.host_bytes(process, shared=name in shared) + on_gpus.get(process, 0)
                 found[name] = found.get(name, 0) + held
                 since = self._generation.get(name)
                 if since is not None and sizes.started_at(member.stub) >= since:
@@ -553,12 +555,10 @@ class Residency(ResidencyHooks):
                 repository.record_unreturned(session, version_id=version_id, unreturned=unreturned)
 
     def _end_orphans(self) -> None:
-        """End what the stubs of versions unloaded from Tritons here started and left running (the
-        unload ended the stubs, not their children): their memory is no version's and would never come
-        back (`sizes.end_orphans`)."""
-        for _, pid in list(self._pids.values()):
-            if sizes.alive(pid):
-                sizes.end_orphans(pid)
+        """End what the stubs of versions unloaded from Tritons here (or of a Triton gone) started and
+        left running (the unload ended the stubs, not their children): their memory is no version's and
+        would never come back (`sizes.end_orphans`)."""
+        sizes.end_orphans()
 
     def _pid(self, endpoint: TritonEndpoint) -> int | None:
         known = self._pids.get(endpoint.name)

@@ -152,7 +152,7 @@ def processes(triton_pid: int) -> dict[int, Member]:
             if pid not in found:  # a tree, but a stale look must not loop
                 found[pid] = member
                 below.extend(children.get(pid, ()))
-    _remember(triton_pid, {pid: m for pid, m in found.items() if pid != m.stub})
+    _remember(found)
     return found
 
 
@@ -241,40 +241,70 @@ def end_stubs(triton_pid: int, name: str, *, wait_s: float = 1.0) -> int:
     so its memory would come back a second or more later; a stub already gone fails that check and Triton
     reaps it and removes its shared memory at once. Ending it after the unload instead can race that
     check (the stub reported healthy, then died before answering the finalize request) and leave Triton
-    waiting forever. Each process is opened as a pidfd and checked to still be what it was (that model's
-    stub under that Triton, or the child of one of its processes) before any is signalled, so a PID
-    reused meanwhile is never hit. Returns once they have exited (their memory is back: a process frees
-    it before it is reported exited), or `wait_s` passed: how many were ended."""
-    mine = {pid for pid, member in processes(triton_pid).items() if member.model == name}
+    waiting forever. The model's processes are first stopped (SIGSTOP), and walked again until no new
+    one appears (a stopped process forks no more: a worker forking in a loop leaves none behind), then
+    killed. Each is opened as a pidfd and checked to still be what it was (that model's stub under that
+    Triton, or the child of one of its processes) before it is signalled, so a PID reused meanwhile is
+    never hit. Returns once they have exited (their memory is back: a process frees it before it is
+    reported exited), or `wait_s` passed: how many were ended."""
+    stopped: dict[int, float] = {}  # PID -> its start time
+    try:
+        for _ in range(STOP_ROUNDS):
+            mine = {pid for pid, member in processes(triton_pid).items() if member.model == name}
+            new = mine - stopped.keys()
+            if not new:
+                break
+            stopped.update(
+                _signal({pid: _in_tree(triton_pid, name, mine | stopped.keys()) for pid in new}, STOP)
+            )
+        checks = {pid: _as_started(when) for pid, when in stopped.items()}
+        return len(_signal(checks, signal.SIGKILL, wait_s=wait_s))
+    except BaseException:
+        _signal(
+            {pid: _as_started(when) for pid, when in stopped.items()}, signal.SIGCONT
+        )  # never left stopped
+        raise
 
-    def still(pid: int) -> bool:
+
+def _in_tree(triton_pid: int, name: str, tree: set[int]) -> Callable[[int], bool]:
+    """A check that a process is still model `name`'s stub under that Triton, or the child of one of the
+    model's processes (`tree`: those stopped hold still)."""
+
+    def check(pid: int) -> bool:
         if _stub_under(pid, triton_pid)[1] == name:
             return True
         try:
-            return _ppid(pid) in mine  # a stub's child, or a child's: killed first, the tree is intact
+            return _ppid(pid) in tree
         except (OSError, ValueError, IndexError):
             return False
 
-    return _end({pid: still for pid in mine}, wait_s=wait_s)
+    return check
 
 
-def end_orphans(triton_pid: int, *, wait_s: float = 1.0) -> int:
+STOP = signal.SIGSTOP
+STOP_ROUNDS = 20  # walks of a model's processes while stopping them: a tree deeper than this is rare
+
+
+def end_orphans(*, wait_s: float = 1.0) -> int:
     """End the processes that models' stubs started (seen by `processes`) and that outlived their stub:
-    Triton ended it (an unload, a stub it restarted) and they were re-parented. Processes of a stub that
-    still runs are its model's business, even detached from it. How many were ended."""
+    Triton ended it (an unload, a stub it restarted, Triton itself gone) and they were re-parented.
+    Processes of a stub that still runs are its model's business, even detached from it. One that cannot
+    be signalled now (the control plane out of file descriptors) stays known, for the next call. How
+    many were ended."""
     orphans: dict[int, Callable[[int], bool]] = {}
     with _kin_lock:
-        kin = _kin.get(triton_pid, {})
-        for pid, known in list(kin.items()):
+        for pid, known in list(_kin.items()):
             if not _lives(pid, known.started):
-                del kin[pid]  # exited (a zombie holds nothing)
+                del _kin[pid]  # exited (a zombie holds nothing)
             elif not _lives(known.stub, known.stub_started):  # its stub exited (or is a zombie)
-                orphans[pid] = functools.partial(_lives, started=known.started)
-                del kin[pid]
-    ended = _end(orphans, wait_s=wait_s)
-    if orphans:
-        log.warning("ended %d process(es) that Python-backend stubs started and left running", ended)
-    return ended
+                orphans[pid] = _as_started(known.started)
+    ended = _signal(orphans, signal.SIGKILL, wait_s=wait_s)
+    with _kin_lock:
+        for pid in ended:
+            _kin.pop(pid, None)
+    if ended:
+        log.warning("ended %d process(es) that Python-backend stubs started and left running", len(ended))
+    return len(ended)
 
 
 def _lives(pid: int, started: float) -> bool:
@@ -284,6 +314,10 @@ def _lives(pid: int, started: float) -> bool:
     except OSError:
         return False
     return fields[0] != "Z" and int(fields[19]) / _CLK_TCK == started
+
+
+def _as_started(started: float) -> Callable[[int], bool]:
+    return functools.partial(_lives, started=started)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,50 +330,69 @@ class _Kin:
     started: float
 
 
-_kin: dict[int, dict[int, _Kin]] = {}  # Triton PID -> PID -> a process its stubs started
+_kin: dict[int, _Kin] = {}  # PID -> a process a stub started (under any Triton here)
 _kin_lock = threading.Lock()  # the loop, load workers and the recount timer all walk
 
 
-def _remember(triton_pid: int, started: Mapping[int, Member]) -> None:
+def _remember(found: Mapping[int, Member]) -> None:
+    """Record the processes stubs started, each checked afresh to be the child of one of the models'
+    processes (a walk's parents may be up to `SEEN_FOR_S` old: a PID reused meanwhile is not theirs)."""
     with _kin_lock:
-        kin = _kin.setdefault(triton_pid, {})
-        for pid, member in started.items():
-            if pid not in kin:
-                kin[pid] = _Kin(member.model, member.stub, started_at(member.stub), started_at(pid))
-        for other in [p for p in _kin if p != triton_pid and not alive(p)]:
-            del _kin[other]  # a Triton gone: its stubs and theirs went with their session, or are orphans
+        fresh = [(pid, member) for pid, member in found.items() if pid != member.stub and pid not in _kin]
+    for pid, member in fresh:
+        try:
+            if _ppid(pid) not in found:
+                continue
+        except (OSError, ValueError, IndexError):
+            continue
+        known = _Kin(member.model, member.stub, started_at(member.stub), started_at(pid))
+        with _kin_lock:
+            _kin.setdefault(pid, known)
 
 
-def _end(targets: Mapping[int, Callable[[int], bool]], *, wait_s: float) -> int:
-    """SIGKILL the processes whose check still holds once each is opened as a pidfd (all checked before
-    any is signalled), and wait up to `wait_s` for them to exit: how many were signalled."""
-    ended = 0
-    opened: dict[int, int] = {}
-    poller = select.poll()
-    try:
-        for pid in targets:
-            try:
-                opened[pid] = os.pidfd_open(pid)
-            except OSError:
-                continue  # gone already
-        confirmed = [fd for pid, fd in opened.items() if targets[pid](pid)]
-        for fd in confirmed:
-            try:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-            except OSError:
-                continue  # exited meanwhile
-            poller.register(fd, select.POLLIN)  # a pidfd reads as ready once its process exited
-            ended += 1
-        deadline = time.monotonic() + wait_s
-        waiting = ended  # only the processes signalled here: never another that took a PID meanwhile
-        while waiting and (left := deadline - time.monotonic()) > 0:
-            for fd, _ in poller.poll(left * 1000):
-                poller.unregister(fd)
-                waiting -= 1
-    finally:
-        for fd in opened.values():
-            os.close(fd)
-    return ended
+SIGNAL_BATCH = 256  # pidfds open at once: a model with thousands of processes does not exhaust the fds
+
+
+def _signal(
+    targets: Mapping[int, Callable[[int], bool]], sig: signal.Signals, *, wait_s: float = 0.0
+) -> dict[int, float]:
+    """Send `sig` to the processes whose check still holds once each is opened as a pidfd, in batches;
+    with `wait_s`, wait (all batches together) up to that long for them to exit. PID -> start time of
+    each signalled. A process that cannot be opened for want of file descriptors is not signalled."""
+    sent: dict[int, float] = {}
+    deadline = time.monotonic() + wait_s
+    pids = list(targets)
+    for at in range(0, len(pids), SIGNAL_BATCH):
+        opened: dict[int, int] = {}
+        poller = select.poll()
+        try:
+            for pid in pids[at : at + SIGNAL_BATCH]:
+                try:
+                    opened[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue  # gone already
+                except OSError as exc:
+                    log.warning("cannot open process %d to signal it: %s", pid, exc)
+            for pid, fd in opened.items():
+                if not targets[pid](pid):
+                    continue
+                when = started_at(pid)  # the pidfd holds it: this is the process checked
+                try:
+                    signal.pidfd_send_signal(fd, sig)
+                except OSError:
+                    continue  # exited meanwhile
+                sent[pid] = when
+                if wait_s:
+                    poller.register(fd, select.POLLIN)  # a pidfd reads as ready once its process exited
+            waiting = sum(1 for pid in opened if pid in sent) if wait_s else 0
+            while waiting and (left := deadline - time.monotonic()) > 0:
+                for fd, _ in poller.poll(left * 1000):
+                    poller.unregister(fd)
+                    waiting -= 1
+        finally:
+            for fd in opened.values():
+                os.close(fd)
+    return sent
 
 
 def rss(pid: int) -> int:
@@ -362,15 +415,41 @@ def stub_memory(triton_pid: int, name: str, *, started_since: float | None = Non
     stubs started since: a load's own stubs, not those of an earlier load of the model still exiting
     (Triton ends an unloaded model's stub a second or more after its unload, e.g. one unloaded by
     someone else and asked for again at once)."""
-    pids = [
-        pid
+    members = {
+        pid: member
         for pid, member in processes(triton_pid).items()
         if member.model == name and (started_since is None or started_at(member.stub) >= started_since)
-    ]
-    if not pids:
+    }
+    if not members:
         return 0, 0
     on_gpus = gpu.used_by_pid()
-    return sum(rss(pid) for pid in pids), sum(on_gpus.get(pid, 0) for pid in pids)
+    shared = bool(forked(members))
+    return sum(host_bytes(pid, shared=shared) for pid in members), sum(on_gpus.get(pid, 0) for pid in members)
+
+
+def forked(members: Mapping[int, Member]) -> set[str]:
+    """The models among `members` whose stubs started processes of their own."""
+    return {member.model for pid, member in members.items() if pid != member.stub}
+
+
+def host_bytes(pid: int, *, shared: bool) -> int:
+    """Host memory of one of a model's processes: its resident memory, or with `shared` (a model whose
+    stubs forked processes: they share pages copy-on-write with their parent) its proportional share of
+    it (PSS: a page shared by n processes counts 1/n), so that shared pages count once, not once per
+    process (a stub of 200 MiB with four sleeping workers read 1051 MiB by RSS, 212 MiB by PSS). PSS
+    costs the kernel a walk of the process's mappings, so only those models pay it."""
+    return pss(pid) if shared else rss(pid)
+
+
+def pss(pid: int) -> int:
+    """Proportional resident bytes of one process (its RSS where the kernel has no smaps_rollup)."""
+    try:
+        for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss(pid)
 
 
 def boot_seconds() -> float:

@@ -813,7 +813,9 @@ def test_processes_a_model_starts_count_in_its_memory_and_end_with_it(stack: Sta
     plain = api.version(tenant, "m0", 1)["memory_bytes"]
     assert stack.infer("forks").status_code == 200
     size = api.version(tenant, "forks", 1)["memory_bytes"]
-    assert size >= plain + 40 * 2**20, f"the worker's 48 MiB not counted: {size} against {plain}"
+    # Its stub and worker by their share of pages (PSS: they share the stub's copy on write): the worker's
+    # own 48 MiB and at least a few MiB of interpreter; its stub alone is about a plain model's size.
+    assert size >= 56 * 2**20, f"the worker's 48 MiB not counted: {size} (a plain model: {plain})"
     (worker,) = _workers(stack, "forks")
     _set_budget(stack, int(plain * 2.5))  # m1 (pinned) and one more plain model: the others go
     assert stack.infer("m0").status_code == 200
