@@ -155,7 +155,7 @@ def run(proc: subprocess.Popen[bytes], out: str) -> None:
     time.sleep(3)
     print(f"  product: before {mib(before)}, 3 s after {mib(sizes.stub_memory(proc.pid, 'gpu_fork'))}")
     print("  left running (pid ppid rss_kib):", stubs(), "| gpu used:", gpu(), "| apps:", apps())
-    print("  product ends orphans:", sizes.end_orphans(proc.pid), "| gpu used:", gpu(), "| apps:", apps())
+    print("  product ends orphans:", sizes.end_orphans(), "| gpu used:", gpu(), "| apps:", apps())
     for name in MODELS[:-1]:
         before = sizes.stub_memory(proc.pid, name)
         sizes.end_stubs(proc.pid, name)  # as an eviction does, right before its unload
