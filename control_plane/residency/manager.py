@@ -32,7 +32,7 @@ from control_plane.fleet import repository as fleet_repository
 from control_plane.fleet.actions import BeforeUnload, ResidencyHooks
 from control_plane.fleet.instances import TritonEndpoint
 from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
-from control_plane.residency import gpu, repository, sizes
+from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.routing.changes import mark_desired_changed
 from control_plane.routing.router import FAILED_RETRY_S
@@ -439,11 +439,9 @@ class Residency(ResidencyHooks):
         fresh: dict[str, int] = {}
         if pid is not None:
             members = sizes.processes(pid)
-            on_gpus = gpu.used_by_pid() if members else {}
-            shared = sizes.forked(members)
-            for process, member in members.items():
-                name = member.model
-                held = sizes.host_bytes(process, shared=name in shared) + on_gpus.get(process, 0)
+            for process, (host, on_gpus) in sizes.held(members).items():
+                member = members[process]
+                name, held = member.model, host + on_gpus
                 found[name] = found.get(name, 0) + held
                 since = self._generation.get(name)
                 if since is not None and sizes.started_at(member.stub) >= since:

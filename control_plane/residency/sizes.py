@@ -248,21 +248,21 @@ def end_stubs(triton_pid: int, name: str, *, wait_s: float = 1.0) -> int:
     never hit. Returns once they have exited (their memory is back: a process frees it before it is
     reported exited), or `wait_s` passed: how many were ended."""
     stopped: dict[int, float] = {}  # PID -> its start time
+
+    def still_stopped() -> dict[int, Callable[[int], bool]]:
+        return {pid: _as_started(when) for pid, when in stopped.items()}
+
     try:
         for _ in range(STOP_ROUNDS):
             mine = {pid for pid, member in processes(triton_pid).items() if member.model == name}
             new = mine - stopped.keys()
             if not new:
                 break
-            stopped.update(
-                _signal({pid: _in_tree(triton_pid, name, mine | stopped.keys()) for pid in new}, STOP)
-            )
-        checks = {pid: _as_started(when) for pid, when in stopped.items()}
-        return len(_signal(checks, signal.SIGKILL, wait_s=wait_s))
+            check = _in_tree(triton_pid, name, mine | stopped.keys())
+            stopped.update(_signal(dict.fromkeys(new, check), signal.SIGSTOP))
+        return len(_signal(still_stopped(), signal.SIGKILL, wait_s=wait_s))
     except BaseException:
-        _signal(
-            {pid: _as_started(when) for pid, when in stopped.items()}, signal.SIGCONT
-        )  # never left stopped
+        _signal(still_stopped(), signal.SIGCONT)  # never left stopped
         raise
 
 
@@ -281,7 +281,6 @@ def _in_tree(triton_pid: int, name: str, tree: set[int]) -> Callable[[int], bool
     return check
 
 
-STOP = signal.SIGSTOP
 STOP_ROUNDS = 20  # walks of a model's processes while stopping them: a tree deeper than this is rare
 
 
@@ -292,18 +291,22 @@ def end_orphans(*, wait_s: float = 1.0) -> int:
     be signalled now (the control plane out of file descriptors) stays known, for the next call. How
     many were ended."""
     orphans: dict[int, Callable[[int], bool]] = {}
+    stubs_live: dict[tuple[int, float], bool] = {}  # each stub read once, however many it started
     with _kin_lock:
         for pid, known in list(_kin.items()):
             if not _lives(pid, known.started):
                 del _kin[pid]  # exited (a zombie holds nothing)
-            elif not _lives(known.stub, known.stub_started):  # its stub exited (or is a zombie)
+                continue
+            stub = (known.stub, known.stub_started)
+            if stub not in stubs_live:
+                stubs_live[stub] = _lives(*stub)
+            if not stubs_live[stub]:  # its stub exited (or is a zombie)
                 orphans[pid] = _as_started(known.started)
     ended = _signal(orphans, signal.SIGKILL, wait_s=wait_s)
     with _kin_lock:
-        for pid in ended:
-            _kin.pop(pid, None)
+        models = sorted({_kin.pop(pid).model for pid in ended if pid in _kin})
     if ended:
-        log.warning("ended %d process(es) that Python-backend stubs started and left running", len(ended))
+        log.warning("ended %d process(es) the stubs of %s started and left running", len(ended), models)
     return len(ended)
 
 
@@ -420,25 +423,25 @@ def stub_memory(triton_pid: int, name: str, *, started_since: float | None = Non
         for pid, member in processes(triton_pid).items()
         if member.model == name and (started_since is None or started_at(member.stub) >= started_since)
     }
+    each = held(members).values()
+    return sum(host for host, _ in each), sum(on_gpus for _, on_gpus in each)
+
+
+def held(members: Mapping[int, Member]) -> dict[int, tuple[int, int]]:
+    """PID -> (host bytes, GPU bytes) of each of these models' processes. Host memory is a process's
+    resident memory, or for a model whose stubs forked processes (they share pages copy-on-write with
+    their parent) its proportional share of it (PSS: a page shared by n processes counts 1/n), so that
+    shared pages count once, not once per process (a stub of 200 MiB with four sleeping workers read
+    1051 MiB by RSS, 212 MiB by PSS); PSS costs the kernel a walk of the process's mappings, so only
+    those models pay it. GPU memory is what NVML says each PID holds (one read for them all)."""
     if not members:
-        return 0, 0
+        return {}
     on_gpus = gpu.used_by_pid()
-    shared = bool(forked(members))
-    return sum(host_bytes(pid, shared=shared) for pid in members), sum(on_gpus.get(pid, 0) for pid in members)
-
-
-def forked(members: Mapping[int, Member]) -> set[str]:
-    """The models among `members` whose stubs started processes of their own."""
-    return {member.model for pid, member in members.items() if pid != member.stub}
-
-
-def host_bytes(pid: int, *, shared: bool) -> int:
-    """Host memory of one of a model's processes: its resident memory, or with `shared` (a model whose
-    stubs forked processes: they share pages copy-on-write with their parent) its proportional share of
-    it (PSS: a page shared by n processes counts 1/n), so that shared pages count once, not once per
-    process (a stub of 200 MiB with four sleeping workers read 1051 MiB by RSS, 212 MiB by PSS). PSS
-    costs the kernel a walk of the process's mappings, so only those models pay it."""
-    return pss(pid) if shared else rss(pid)
+    shared = {member.model for pid, member in members.items() if pid != member.stub}
+    return {
+        pid: (pss(pid) if member.model in shared else rss(pid), on_gpus.get(pid, 0))
+        for pid, member in members.items()
+    }
 
 
 def pss(pid: int) -> int:
