@@ -68,16 +68,7 @@ class Stack:
 
     def infer_grpc(self, model: str) -> list[float]:
         """OUTPUT0 of [1, 2] through the control plane's gRPC port (stock tritonclient)."""
-        import numpy as np
-        import tritonclient.grpc as triton_grpc
-
-        with triton_grpc.InferenceServerClient(f"127.0.0.1:{self.api.settings.grpc_port}") as client:
-            tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
-            tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
-            result = client.infer(
-                model, [tensor], model_version="1", headers={"authorization": f"Bearer {self.consumer}"}
-            )
-        return list(result.as_numpy("OUTPUT0").tolist())
+        return _infer_grpc(self.api, model, self.consumer)
 
     def loaded(self) -> set[str]:
         """Our models Triton has loaded, by short name."""
@@ -832,3 +823,58 @@ def test_processes_a_model_starts_count_in_its_memory_and_end_with_it(stack: Sta
         assert time.monotonic() < deadline, "the worker of a deleted version still runs"
         time.sleep(0.2)
     assert "forks" not in stack.loaded()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_request_in_flight_through_another_replica_survives_the_leaders_eviction(
+    stack: Stack, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader cannot see another replica's requests in flight until that replica records its uses
+    (every second). Here it never does (its recorder is stopped), so the leader takes the slow m2, busy
+    for 3 s through the second control plane, for the least recently used idle model, and evicts it
+    (ending its stub under the request) to load a cold one. That request is not failed: the second
+    replica sees the version's routes gone, waits for it like a cold request, and sends it again once."""
+    api = stack.api
+    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m2", "m3"))
+    _set_budget(stack, int(size * 4.5))  # m1 (pinned), m2, m0 and m3: anything else goes
+    for name in ("m2", "m0", "m3"):  # m2 first: the least recently used of the unpinned
+        assert stack.infer(name).status_code == 200
+    deadline = time.monotonic() + 15
+    while stack.loaded() != {"m0", "m1", "m2", "m3"}:
+        assert time.monotonic() < deadline, stack.loaded()
+        time.sleep(0.2)
+    with serve(stack.settings_for()) as second:
+        monkeypatch.setattr(second.state.residency, "flush", lambda: None)
+        consumer = stack.consumer
+        evicted_before, loads_before = _evictions(stack), stack.loads()
+        with ThreadPoolExecutor(1) as pool:
+            if protocol == "http":
+                slow = pool.submit(_infer_http, stack, second, "m2", consumer)
+            else:
+                slow = pool.submit(_infer_grpc, second, "m2", consumer)
+            time.sleep(1.0)  # at Triton, in the stub's execute()
+            assert stack.infer("m4").status_code == 200  # cold: the leader makes room from m2
+            answer = slow.result()
+        assert answer == [2.0, 4.0], answer
+        evicted = _evictions(stack) - evicted_before
+        assert evicted["lru"] >= 1, f"the leader evicted nothing: the case was not exercised ({evicted})"
+        assert stack.loads() - loads_before >= 2, "m4 loaded, then m2 again for the request sent again"
+
+
+def _infer_http(stack: Stack, api: Api, model: str, key: str) -> list[float]:
+    """OUTPUT0 of [1, 2] through `api`'s HTTP port."""
+    response = stack.infer(model, client=api.client, key=key)
+    assert response.status_code == 200, response.text
+    return list(response.json()["outputs"][0]["data"])
+
+
+def _infer_grpc(api: Api, model: str, key: str) -> list[float]:
+    """OUTPUT0 of [1, 2] through `api`'s gRPC port (stock tritonclient)."""
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{api.settings.grpc_port}") as client:
+        tensor = triton_grpc.InferInput("INPUT0", [2], "FP32")
+        tensor.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+        result = client.infer(model, [tensor], model_version="1", headers={"authorization": f"Bearer {key}"})
+    return list(result.as_numpy("OUTPUT0").tolist())
