@@ -341,15 +341,17 @@ def _register(stack: Stack, name: str, init: str, tmp: Path, *, tenant: str | No
     assert api.upload(tenant, name, source).status_code == 201
 
 
-def _hold_three(stack: Stack) -> int:
-    """A budget of 3.5 models' memory holding m0, m1 (pinned since the first test) and m3, m0 the least
-    recently used of them; one model's memory."""
-    size = max(stack.api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m3"))
-    _set_budget(stack, int(size * 3.5))
-    for name in ("m0", "m3"):
+def _hold(stack: Stack, in_order: tuple[str, ...]) -> int:
+    """A budget of half a model's memory more than m1 (pinned since the first test) and the models
+    `in_order`, asked for in that order (so the first is the least recently used) and waited for until
+    they are exactly what Triton holds; one model's memory."""
+    held = {"m1", *in_order}
+    size = max(stack.api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in sorted(held))
+    _set_budget(stack, int(size * (len(held) + 0.5)))
+    for name in in_order:
         assert stack.infer(name).status_code == 200
     deadline = time.monotonic() + 15
-    while stack.loaded() != {"m0", "m1", "m3"}:
+    while stack.loaded() != held:
         assert time.monotonic() < deadline, stack.loaded()
         time.sleep(0.2)
     return size
@@ -667,7 +669,7 @@ def test_a_load_that_never_finishes_fails_at_its_timeout_and_takes_no_other_mode
     reconciler = api.state.reconciler
     assert reconciler is not None
     _register(stack, "hangs", "import time; time.sleep(100000)", tmp_path)
-    _hold_three(stack)
+    _hold(stack, ("m0", "m3"))
     endpoint = reconciler.tritons[0]
     monkeypatch.setattr(endpoint.client, "_timeout_s", 2.0)  # CP_TRITON_LOAD_TIMEOUT_S
     residency = api.state.residency
@@ -748,7 +750,7 @@ def test_one_tenants_burst_of_cold_models_does_not_push_out_another_tenants(
     api = stack.api
     reconciler = api.state.reconciler
     assert reconciler is not None and reconciler.budgets is not None
-    size = _hold_three(stack)
+    size = _hold(stack, ("m0", "m3"))
     other = api.tenant()
     consumer = api.key(other, "consumer")
     burst = ["b0", "b1", "b2", "b3"]
@@ -834,24 +836,15 @@ def test_a_request_in_flight_through_another_replica_survives_the_leaders_evicti
     for 3 s through the second control plane, for the least recently used idle model, and evicts it
     (ending its stub under the request) to load a cold one. That request is not failed: the second
     replica sees the version's routes gone, waits for it like a cold request, and sends it again once."""
-    api = stack.api
-    size = max(api.version(stack.tenant, m, 1)["memory_bytes"] or 0 for m in ("m0", "m1", "m2", "m3"))
-    _set_budget(stack, int(size * 4.5))  # m1 (pinned), m2, m0 and m3: anything else goes
-    for name in ("m2", "m0", "m3"):  # m2 first: the least recently used of the unpinned
-        assert stack.infer(name).status_code == 200
-    deadline = time.monotonic() + 15
-    while stack.loaded() != {"m0", "m1", "m2", "m3"}:
-        assert time.monotonic() < deadline, stack.loaded()
-        time.sleep(0.2)
+    _hold(stack, ("m2", "m0", "m3"))  # m2 the least recently used of the unpinned; nothing else held
     with serve(stack.settings_for()) as second:
         monkeypatch.setattr(second.state.residency, "flush", lambda: None)
-        consumer = stack.consumer
         evicted_before, loads_before = _evictions(stack), stack.loads()
         with ThreadPoolExecutor(1) as pool:
             if protocol == "http":
-                slow = pool.submit(_infer_http, stack, second, "m2", consumer)
+                slow = pool.submit(_infer_http, stack, second, "m2", stack.consumer)
             else:
-                slow = pool.submit(_infer_grpc, second, "m2", consumer)
+                slow = pool.submit(_infer_grpc, second, "m2", stack.consumer)
             time.sleep(1.0)  # at Triton, in the stub's execute()
             assert stack.infer("m4").status_code == 200  # cold: the leader makes room from m2
             answer = slow.result()
