@@ -32,6 +32,7 @@ import time
 from collections import Counter, OrderedDict
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -209,16 +210,27 @@ def drive(
     return sorted(records), reasons
 
 
+class ColdStart(NamedTuple):
+    """One quiet cold start (`quiet_cold_starts`), in seconds."""
+
+    latency: float  # as the client saw it
+    load: float  # Triton's load time (`load_seconds`, measured around the load call)
+    waited: float  # the request's wait for its version (Server-Timing `load`)
+    triton: float  # Triton's time for the request itself (Server-Timing `triton`)
+    gateway: float  # the control plane's own work on the request (Server-Timing `gateway`)
+
+
 def quiet_cold_starts(
     base: str, admin: httpx.Client, pairs: list[tuple[str, str]], keys: dict[str, str], *, count: int
-) -> list[tuple[float, float, float]]:
-    """(latency s, Triton's load time s, Triton's time for the request itself s) of `count` requests sent
-    one at a time with nothing else running, each to a model that is not resident while the budget is
-    full (so each one's load also needs an eviction first): the control plane's own cold-start cost,
-    without the queueing of a saturated machine. Triton's time is the `triton` entry of the answer's
-    Server-Timing: a Python-backend model's first inference after its load is slow (its stub imports
-    asyncio then), a cost of the cold start that is neither the load nor the control plane's."""
-    found: list[tuple[float, float, float]] = []
+) -> list[ColdStart]:
+    """`count` requests sent one at a time with nothing else running, each to a model that is not
+    resident while the budget is full (so each one's load also needs an eviction first): the control
+    plane's own cold-start cost, without the queueing of a saturated machine. The answer's Server-Timing
+    splits it: the wait for the load (Triton's load time and the control plane's placement, eviction and
+    marking it ready around it), Triton's time for the request (a Python-backend model's first inference
+    after its load is slow: its stub imports asyncio then, a cost that is neither the load nor the
+    control plane's) and the control plane's own work on the request."""
+    found: list[ColdStart] = []
     with httpx.Client(base_url=base, timeout=120, trust_env=False) as http:
         for tenant, name in pairs:
             if len(found) >= count:
@@ -236,19 +248,22 @@ def quiet_cold_starts(
             latency = time.perf_counter() - began
             if response.status_code != 200:
                 raise SetupError(f"quiet cold start of {name}: {response.status_code} {response.text[:200]}")
+            timing = response.headers.get("server-timing", "")
             found.append(
-                (
+                ColdStart(
                     latency,
                     float(_ok(admin.get(detail)).json()["load_seconds"]),
-                    triton_seconds(response.headers.get("server-timing", "")),
+                    timing_seconds(timing, "load"),
+                    timing_seconds(timing, "triton"),
+                    timing_seconds(timing, "gateway"),
                 )
             )
     return found
 
 
-def triton_seconds(server_timing: str) -> float:
-    """The `triton;dur=` entry of a Server-Timing header, in seconds (0 when absent)."""
-    match = re.search(r"(?:^|,)\s*triton;dur=([0-9.]+)", server_timing)
+def timing_seconds(server_timing: str, name: str) -> float:
+    """The `<name>;dur=` entry of a Server-Timing header, in seconds (0 when absent)."""
+    match = re.search(rf"(?:^|,)\s*{re.escape(name)};dur=([0-9.]+)", server_timing)
     return float(match.group(1)) / 1000 if match else 0.0
 
 
@@ -410,26 +425,31 @@ def report(
     )
 
 
-def report_quiet(found: list[tuple[float, float, float]]) -> None:
+def report_quiet(found: list[ColdStart]) -> None:
     """Print the quiet cold starts (`quiet_cold_starts`)."""
     if not found:
         print("quiet cold starts: none (every model resident)")
         return
-    latencies = sorted(int(latency * 1e9) for latency, _, _ in found)
-    loads = sorted(int(load * 1e9) for _, load, _ in found)
-    firsts = sorted(int(first * 1e9) for _, _, first in found)
-    ratios = sorted(latency / load for latency, load, _ in found if load > 0)
-    own = sorted(int((latency - load - first) * 1e9) for latency, load, first in found)
+
+    def p50(values: list[float]) -> float:
+        return percentile_ms(sorted(int(v * 1e9) for v in values), 50)
+
+    latencies = sorted(c.latency for c in found)
+    loads = sorted(c.load for c in found)
+    ratios = sorted(c.latency / c.load for c in found if c.load > 0)
     print(
         f"cold start alone ({len(found)} requests one at a time, each needing an eviction): "
-        f"p50 {percentile_ms(latencies, 50):.0f} ms, max {latencies[-1] / 1e6:.0f} ms; Triton's load time "
-        f"of those models p50 {percentile_ms(loads, 50):.0f} ms, max {loads[-1] / 1e6:.0f} ms; "
+        f"p50 {p50(latencies):.0f} ms, max {latencies[-1] * 1e3:.0f} ms; Triton's load time "
+        f"of those models p50 {p50(loads):.0f} ms, max {loads[-1] * 1e3:.0f} ms; "
         f"cold start / load time p50 {ratios[len(ratios) // 2]:.2f}x (target 1.2x)"
     )
     print(
-        f"  of which Triton's first inference after the load (Server-Timing) p50 "
-        f"{percentile_ms(firsts, 50):.0f} ms; the rest (control plane: placement, eviction, routing; "
-        f"HTTP) p50 {percentile_ms(own, 50):.0f} ms"
+        f"  where the time went (p50s, the answer's Server-Timing): waiting for the load "
+        f"{p50([c.waited for c in found]):.0f} ms, of which around Triton's load (placement, eviction, "
+        f"marking it ready) {p50([c.waited - c.load for c in found]):.0f} ms; Triton's first inference "
+        f"after the load {p50([c.triton for c in found]):.0f} ms; the control plane's own work on the "
+        f"request {p50([c.gateway for c in found]):.1f} ms; HTTP and client "
+        f"{p50([c.latency - c.waited - c.triton - c.gateway for c in found]):.1f} ms"
     )
 
 

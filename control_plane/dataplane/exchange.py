@@ -38,6 +38,7 @@ class Exchange:
     resolved: Resolved | None = None
     status: int | str = 200  # HTTP status, or the gRPC status code's name
     upstream_s: float | None = None
+    waited_s: float = 0.0  # waiting for its version to be loaded (residency: on-demand load)
     protocol: str = "http"  # "http" or "grpc": the metrics' label
     reloaded: bool = False  # its version was gone from Triton once and the request waited for it again
     cancel: Callable[[], None] | None = None  # while it waits for its version: what ends the wait
@@ -56,7 +57,7 @@ class Exchange:
             self.upstream_s = time.perf_counter() - began
 
     def response_headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
-        """Content type and length, Server-Timing (gateway vs Triton), and the reply's own headers."""
+        """Content type and length, Server-Timing (`_server_timing`), and the reply's own headers."""
         return [
             (b"content-type", reply.content_type),
             (b"content-length", str(len(reply.head) + len(reply.tail)).encode()),
@@ -76,10 +77,19 @@ class Exchange:
         return block
 
     def _server_timing(self, reply: Reply) -> bytes:
+        """`gateway;dur=` (the control plane's own time), `load;dur=` (only for a request that waited for
+        its version to be loaded on demand: the wait) and `triton;dur=`, in milliseconds."""
         self.status = reply.status
         total_ms = (time.perf_counter() - self.started) * 1000
         triton_ms = (self.upstream_s or 0.0) * 1000
-        return b"gateway;dur=%.3f, triton;dur=%.3f" % (total_ms - triton_ms, triton_ms)
+        if not self.waited_s:
+            return b"gateway;dur=%.3f, triton;dur=%.3f" % (total_ms - triton_ms, triton_ms)
+        load_ms = self.waited_s * 1000
+        return b"gateway;dur=%.3f, load;dur=%.3f, triton;dur=%.3f" % (
+            total_ms - load_ms - triton_ms,
+            load_ms,
+            triton_ms,
+        )
 
 
 def error_reply(exc: AppError, *, v2: bool) -> Reply:

@@ -179,9 +179,11 @@ def _send_when_resident(
     the tenant's slot meanwhile; `ex.cancel` ends the wait if the client goes away."""
     resolved, caller = ex.resolved, ex.caller
     assert resolved is not None and caller is not None
+    began = time.perf_counter()
 
     def resident(error: AppError | None) -> None:
         ex.cancel = None
+        ex.waited_s += time.perf_counter() - began  # Server-Timing `load` (a resend waits again)
         if error is not None:
             state.limits.release(caller.tenant_id)
             done(error)  # type: ignore[arg-type]  # every protocol's outcome type takes an AppError

@@ -18,7 +18,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from control_plane.dataplane.exchange import Exchange
+from control_plane.dataplane.exchange import Exchange, Reply
 from control_plane.dataplane.infer import EVICTED_CHECK_S, http_gone, start_forward
 from control_plane.dataplane.limits import TenantLimits
 from control_plane.dataplane.upstream import UpstreamResponse
@@ -37,12 +37,14 @@ def _state() -> Any:
     )
 
 
-async def _forward(state: Any, answers: list[int], *, evicted_after: float | None) -> tuple[Any, int]:
+async def _forward(
+    state: Any, answers: list[int], *, evicted_after: float | None, ex: Exchange | None = None
+) -> tuple[Any, int]:
     """Forward one request; Triton answers `answers` in turn. With `evicted_after`, the routes stop
     calling the version resident that long after the first answer, and show it resident again (loaded
     anew) 0.2 s later. What the request was answered, and how often it was sent."""
     loop = asyncio.get_running_loop()
-    ex = Exchange({})
+    ex = ex or Exchange({})
     ex.caller, ex.resolved = SimpleNamespace(tenant_id=1), SimpleNamespace(triton_name=NAME)  # type: ignore[assignment]
     sent: list[int] = []
     answered: asyncio.Future[Any] = loop.create_future()
@@ -75,6 +77,24 @@ def test_a_failure_of_a_version_evicted_under_the_request_is_sent_again(evicted_
     assert (outcome.status, sends) == (200, 2)
     assert state.limits._in_flight[1] == 0 and state.inflight[NAME] == 0
     state.residency.stop()
+
+
+def test_server_timing_shows_the_wait_for_the_version_apart() -> None:
+    """A request that waited for its version (here: loaded again after an eviction under it: the failed
+    answer waits `EVICTED_CHECK_S` for the news, then 0.1 s for the load) has a `load` entry in its
+    Server-Timing, taken out of `gateway`; one served at once has none."""
+    state = _state()
+    waited, served = Exchange({}), Exchange({})
+    assert asyncio.run(_forward(state, [500, 200], evicted_after=0.0, ex=waited))[1] == 2
+    assert asyncio.run(_forward(state, [200], evicted_after=None, ex=served))[1] == 1
+    state.residency.stop()
+    reply = Reply(200, b"application/json", b"{}")
+    timing = dict(waited.response_headers(reply))[b"server-timing"].decode()
+    entries = {k: float(v) for k, _, v in (p.strip().partition(";dur=") for p in timing.split(","))}
+    assert list(entries) == ["gateway", "load", "triton"], timing
+    assert 50 <= entries["load"] < 1000 and 0 <= entries["gateway"] < 1000, timing
+    assert b"load;dur=" not in served.response_header_block(reply)
+    assert b"gateway;dur=" in served.response_header_block(reply)
 
 
 @pytest.mark.parametrize("status", [500, 503])

@@ -1,11 +1,11 @@
 """The residency benchmark's own arithmetic: the ideal LRU it compares with, where the measured hit rate
-parts from it, and Triton's own time read from an answer's Server-Timing."""
+parts from it, and the entries of an answer's Server-Timing."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.residency import compare_with_ideal, ideal_lru_hit_rate, metric, metric_by, triton_seconds
+from bench.residency import compare_with_ideal, ideal_lru_hit_rate, metric, metric_by, timing_seconds
 
 MS = 1_000_000
 
@@ -27,11 +27,15 @@ def test_compare_with_ideal_tells_joined_loads_from_eviction_choices() -> None:
     assert compare_with_ideal(records, capacity=1, threshold_ns=50 * MS) == (1, 1, 1)
 
 
-def test_triton_seconds_reads_the_triton_entry_of_server_timing() -> None:
-    assert triton_seconds("gateway;dur=1.250, triton;dur=25.500") == pytest.approx(0.0255)
-    assert triton_seconds("triton;dur=3") == pytest.approx(0.003)
-    assert triton_seconds("gateway;dur=2.0") == 0.0
-    assert triton_seconds("") == 0.0
+def test_timing_seconds_reads_one_entry_of_server_timing() -> None:
+    assert timing_seconds("gateway;dur=1.250, triton;dur=25.500", "triton") == pytest.approx(0.0255)
+    assert timing_seconds("triton;dur=3", "triton") == pytest.approx(0.003)
+    assert timing_seconds("gateway;dur=2.0", "triton") == 0.0
+    assert timing_seconds("", "triton") == 0.0
+    cold = "gateway;dur=0.400, load;dur=130.000, triton;dur=17.000"
+    assert timing_seconds(cold, "load") == pytest.approx(0.13)
+    assert timing_seconds(cold, "gateway") == pytest.approx(0.0004)
+    assert timing_seconds("preload;dur=5, load;dur=7", "load") == pytest.approx(0.007)
 
 
 def test_scratch_database_is_empty_usable_and_dropped() -> None:

@@ -171,9 +171,15 @@ class _Sampler:
 
 def test_five_models_in_a_budget_of_three_lru_inflight_and_pinned(stack: Stack) -> None:
     api, tenant = stack.api, stack.tenant
-    assert stack.infer("m0").status_code == 200  # cold: loaded on demand, no budget yet
+    cold = stack.infer("m0")  # cold: loaded on demand, no budget yet
+    assert cold.status_code == 200
     detail = api.version(tenant, "m0", 1)
     assert detail["resident_on"] and detail["memory_source"] == "stub" and detail["load_seconds"] > 0
+    # Its Server-Timing says where the time went: the wait for the load (at least Triton's load time) apart.
+    timing = _timing(cold)
+    assert set(timing) == {"gateway", "load", "triton"}, cold.headers["server-timing"]
+    assert timing["load"] >= detail["load_seconds"] * 1000 and timing["triton"] > 0 and timing["gateway"] >= 0
+    assert set(_timing(stack.infer("m0"))) == {"gateway", "triton"}  # resident now: no wait to show
     size = detail["memory_bytes"]
     budget = int(size * 3.5)
     _set_budget(stack, budget)
@@ -213,6 +219,12 @@ def test_five_models_in_a_budget_of_three_lru_inflight_and_pinned(stack: Stack) 
     instance = api.client.get("/v1/instances", headers=api.headers()).json()[0]
     assert instance["memory_budget_bytes"] == budget and 0 < instance["resident_bytes"] <= budget
     assert instance["pinned_over_budget_bytes"] == 0 and instance["over_budget_bytes"] == 0
+
+
+def _timing(response: httpx.Response) -> dict[str, float]:
+    """A response's Server-Timing entries: name -> milliseconds."""
+    entries = (part.strip().partition(";dur=") for part in response.headers["server-timing"].split(","))
+    return {name: float(value) for name, _, value in entries}
 
 
 def test_evictions_end_the_stubs_and_leave_no_process_or_shared_memory_behind(stack: Stack) -> None:
