@@ -423,26 +423,28 @@ class GrpcServerConnection(H2Connection):
             )
         return plain
 
-    def reply(self, call: ServerCall, message: bytes) -> None:
-        """Answer OK with one response message."""
+    def _settles(self, call: ServerCall) -> bool:
+        """Whether to send `call`'s answer now: not if it was answered before or the connection is closed;
+        otherwise it counts as completed, and a call its client cancelled is only forgotten."""
         if call.answered or self.closed:
-            return
+            return False
         call.answered = True
         self._completed += 1
         if call.cancelled:
             self._forget(call)
+            return False
+        return True
+
+    def reply(self, call: ServerCall, message: bytes) -> None:
+        """Answer OK with one response message."""
+        if not self._settles(call):
             return
         data = b"\x00" + len(message).to_bytes(4, "big") + message
         self.send_message(call.stream_id, OK_HEADERS, data, OK_TRAILERS)
 
     def fail(self, call: ServerCall, failure: Failure) -> None:
         """Answer with a gRPC status (a trailers-only response)."""
-        if call.answered or self.closed:
-            return
-        call.answered = True
-        self._completed += 1
-        if call.cancelled:
-            self._forget(call)
+        if not self._settles(call):
             return
         headers = [
             (b":status", b"200"),
