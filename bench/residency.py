@@ -40,6 +40,7 @@ from bench.loadgen import percentile_ms
 from bench.stack import SetupError, control_plane, scratch_database
 from control_plane.residency import sizes
 from tests.support.triton_models import MODEL
+from tests.support.v2 import server_timing
 
 SPEC = {
     "format": "python",
@@ -261,10 +262,9 @@ def quiet_cold_starts(
     return found
 
 
-def timing_seconds(server_timing: str, name: str) -> float:
+def timing_seconds(header: str, name: str) -> float:
     """The `<name>;dur=` entry of a Server-Timing header, in seconds (0 when absent)."""
-    match = re.search(rf"(?:^|,)\s*{re.escape(name)};dur=([0-9.]+)", server_timing)
-    return float(match.group(1)) / 1000 if match else 0.0
+    return server_timing(header).get(name, 0.0) / 1000
 
 
 def _settle(admin: httpx.Client, timeout: float = 30.0) -> None:

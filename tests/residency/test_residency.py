@@ -34,6 +34,7 @@ from tests.fixtures_triton import RunningTriton, private_triton
 from tests.support.api import Api
 from tests.support.served import serve, stack_settings
 from tests.support.triton_models import MODEL
+from tests.support.v2 import server_timing
 
 MODELS = [f"m{i}" for i in range(5)]
 SPEC: dict[str, Any] = {
@@ -176,10 +177,11 @@ def test_five_models_in_a_budget_of_three_lru_inflight_and_pinned(stack: Stack) 
     detail = api.version(tenant, "m0", 1)
     assert detail["resident_on"] and detail["memory_source"] == "stub" and detail["load_seconds"] > 0
     # Its Server-Timing says where the time went: the wait for the load (at least Triton's load time) apart.
-    timing = _timing(cold)
+    timing = server_timing(cold.headers["server-timing"])
     assert set(timing) == {"gateway", "load", "triton"}, cold.headers["server-timing"]
     assert timing["load"] >= detail["load_seconds"] * 1000 and timing["triton"] > 0 and timing["gateway"] >= 0
-    assert set(_timing(stack.infer("m0"))) == {"gateway", "triton"}  # resident now: no wait to show
+    warm = stack.infer("m0")  # resident now: no wait to show
+    assert set(server_timing(warm.headers["server-timing"])) == {"gateway", "triton"}
     size = detail["memory_bytes"]
     budget = int(size * 3.5)
     _set_budget(stack, budget)
@@ -219,12 +221,6 @@ def test_five_models_in_a_budget_of_three_lru_inflight_and_pinned(stack: Stack) 
     instance = api.client.get("/v1/instances", headers=api.headers()).json()[0]
     assert instance["memory_budget_bytes"] == budget and 0 < instance["resident_bytes"] <= budget
     assert instance["pinned_over_budget_bytes"] == 0 and instance["over_budget_bytes"] == 0
-
-
-def _timing(response: httpx.Response) -> dict[str, float]:
-    """A response's Server-Timing entries: name -> milliseconds."""
-    entries = (part.strip().partition(";dur=") for part in response.headers["server-timing"].split(","))
-    return {name: float(value) for name, _, value in entries}
 
 
 def test_evictions_end_the_stubs_and_leave_no_process_or_shared_memory_behind(stack: Stack) -> None:

@@ -1,4 +1,4 @@
-"""KServe v2 bodies built in tests, as Triton writes them."""
+"""KServe v2 bodies built in tests, as Triton writes them, and what our answers' headers say."""
 
 from __future__ import annotations
 
@@ -29,3 +29,9 @@ def build_response(outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, 
         entries.append(entry)
     header = orjson.dumps({"model_name": "m", "model_version": "1", "outputs": entries})
     return header + b"".join(blobs), (len(header) if blobs else None)
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """A Server-Timing header's entries that have a duration: name -> milliseconds."""
+    entries = (part.strip().partition(";dur=") for part in header.split(","))
+    return {name: float(value) for name, found, value in entries if found}
