@@ -197,7 +197,9 @@ def test_a_killed_instance_costs_no_request_with_two_replicas_and_gets_its_place
 ) -> None:
     twice = stack.deploy(replicas=2, seed=3)
     once = stack.deploy(seed=4)  # on the instance with the fewest placements: fa
-    assert stack.placed_on(twice) == {"fa", "fb"} and stack.placed_on(once) == {"fa"}
+    # A version is ready once one replica serves it; the other may still be loading.
+    wait_until(lambda: stack.placed_on(twice) == {"fa", "fb"}, timeout=20)
+    assert stack.placed_on(once) == {"fa"}
     fa = stack.tritons["fa"]
     retries_before = sum(stack.api.state.upstream.retries.values())
 
@@ -242,6 +244,7 @@ def test_a_killed_instance_costs_no_request_with_two_replicas_and_gets_its_place
 def test_drift_behind_the_control_plane_is_put_back_within_a_period(stack: Stack) -> None:
     twice = stack.deploy(replicas=2, seed=5)
     once = stack.deploy(seed=6)
+    wait_until(lambda: stack.placed_on(twice) == {"fa", "fb"}, timeout=20)
     [where] = stack.placed_on(once)
     other = "fb" if where == "fa" else "fa"
     write_python_model(stack.repository, "someone-elses")
