@@ -160,13 +160,29 @@ class Actions:
             if state in ("READY", "LOADING") and version_id not in leaving:
                 notes.append((version_id, "ready" if state == "READY" else "loading", None))
                 continue
-            if self.observed.placement_state((endpoint.name, version_id)) in ("ready", None):
-                notes.append((version_id, "loading", None))  # not there (any more): routes skip it
             missing.append((name, version_id))
+            key = (endpoint.name, version_id)
+            # Not there (any more): routes skip it. Unless it loaded after the probe: its load has just
+            # recorded it ready, and saying loading would take a servable version out of the routes
+            # until the next pass. Read before `loaded_since`: a load sets `_loaded_at` before ready.
+            shown = self.observed.placement_state(key)
+            if shown in ("ready", None) and not self.loaded_since(key, seen.probed_at):
+                notes.append((version_id, "loading", None))
         for name, version_id in desired.recorded.get(endpoint.name, {}).items():
             if name not in want and seen.models.get(name) != "READY":
                 notes.append((version_id, "unloaded", None))  # gone (a restart), and not wanted here
         self.note_many(endpoint.name, notes)
+        # A load that ended while those were written recorded ready first: say ready again.
+        evicting = self.unloading_on(endpoint.name)
+        again: list[Note] = [
+            (v, "ready", None)
+            for v, state, _ in notes
+            if state == "loading"
+            and v not in evicting
+            and self.loaded_since((endpoint.name, v), seen.probed_at)
+        ]
+        if again:
+            self.note_many(endpoint.name, again)
         for name, version_id in missing:
             if self.loaded_since((endpoint.name, version_id), seen.probed_at):
                 continue  # loaded after the probe this pass looks at: not missing (a load now reloads it)

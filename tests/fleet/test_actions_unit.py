@@ -160,6 +160,48 @@ def test_a_load_that_ended_after_the_probe_counts_as_loaded(actions: Any) -> Non
     assert not actions.loaded_since(("i", 3), before)
 
 
+def _missing_from_probe(probed_at: float) -> tuple[Desired, InstanceObservation]:
+    """Version 2 ("new") desired on "i", absent from a probe taken at `probed_at`."""
+    desired = Desired(on={"i": {"new": 2}}, holders={2: frozenset({"i"})}, recorded={})
+    seen = InstanceObservation("i", ready=True, checked_at=datetime.now(UTC), models={}, probed_at=probed_at)
+    return desired, seen
+
+
+def test_a_version_that_loaded_after_the_probe_stays_ready(actions: Any) -> None:
+    """A load that ended between a pass's probe and its converge had recorded the placement ready; the pass
+    said loading over it, which took a servable version out of the routes until the next pass (found by
+    review; the fleet test then saw one replica of two)."""
+    desired, seen = _missing_from_probe(time.monotonic())
+    actions._loaded_at[("i", 2)] = time.monotonic()  # what a successful _load records, then ready
+    actions.observed.placement_changed(("i", 2), "ready", None)
+    actions.converge(TRITON, seen, desired, {}, {"i": seen})
+    assert actions.wait_idle(5)
+    assert actions.noted == [] and actions.recorder.loaded == [], "not shown loading, not loaded again"
+
+    actions.observed.placement_changed(("i", 2), "ready", None)  # loaded once, gone since (a restart)
+    desired, seen = _missing_from_probe(time.monotonic())
+    actions.converge(TRITON, seen, desired, {}, {"i": seen})
+    assert actions.wait_idle(5)
+    assert actions.noted == [(2, "loading", None)] and actions.recorder.loaded == ["new"]
+
+
+def test_a_load_that_ends_while_the_pass_writes_is_shown_ready_again(actions: Any) -> None:
+    """The load's ready was written between the pass's look and its own write of loading."""
+    desired, seen = _missing_from_probe(time.monotonic())
+    actions.observed.placement_changed(("i", 2), "ready", None)
+
+    def note_many(instance: str, notes: list[tuple[int, str, str | None]]) -> None:
+        if not actions.noted:
+            actions._loaded_at[("i", 2)] = time.monotonic()  # the load ends meanwhile
+        actions.noted.extend(notes)
+
+    actions.note_many = note_many
+    actions.converge(TRITON, seen, desired, {}, {"i": seen})
+    assert actions.wait_idle(5)
+    assert actions.noted == [(2, "loading", None), (2, "ready", None)]
+    assert actions.recorder.loaded == [], "loaded since the probe: not loaded again"
+
+
 def test_a_version_asked_for_again_during_its_eviction_is_not_shown_ready(actions: Any) -> None:
     """Triton lists an evicted version ready until its unload is through, after the eviction ended its
     processes: a pass then must not route requests to it again (they would find no stub)."""
