@@ -274,10 +274,19 @@ class Actions:
             return any(key[0] == instance for key in self._inflight)
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no load or unload is running; False on timeout."""
-        with self._lock:
-            pending = list(self._inflight.values())
-        return not wait(pending, timeout=timeout_s).not_done
+        """Wait until no load or unload is queued or running, its bookkeeping done (an action's future
+        is done before its `_forget` runs, which may start an eviction deferred behind it); False on
+        timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                pending = list(self._inflight.values())
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                return not pending
+            if wait(pending, timeout=left).not_done:
+                return False
+            time.sleep(0.001)  # done, its `_forget` about to run
 
     def stop(self) -> None:
         """Drop queued work (running loads end with the Triton or their timeout)."""
