@@ -153,18 +153,19 @@ class Actions:
         missing: list[tuple[str, int]] = []
         leaving = self.unloading_on(endpoint.name)
         for name, version_id in want.items():
-            state = seen.models.get(name)
+            state, key = seen.models.get(name), (endpoint.name, version_id)
             # Asked for again while its eviction runs: Triton may still list it ready after the eviction
             # ended its processes, so it is not shown ready (a request would find no stub); the eviction's
-            # end runs the loop again, which loads it back.
+            # end runs the loop again, which loads it back. Loading at the probe and loaded since: its
+            # load has recorded it ready, and loading from this older look would take a servable version
+            # out of the routes until the next pass (one load in eight under the Zipf benchmark).
             if state in ("READY", "LOADING") and version_id not in leaving:
-                notes.append((version_id, "ready" if state == "READY" else "loading", None))
+                loaded = state == "READY" or self.loaded_since(key, seen.probed_at)
+                notes.append((version_id, "ready" if loaded else "loading", None))
                 continue
             missing.append((name, version_id))
-            key = (endpoint.name, version_id)
-            # Not there (any more): routes skip it. Unless it loaded after the probe: its load has just
-            # recorded it ready, and saying loading would take a servable version out of the routes
-            # until the next pass. Read before `loaded_since`: a load sets `_loaded_at` before ready.
+            # Not there (any more): routes skip it. Unless it loaded after the probe, as above. Read
+            # before `loaded_since`: a load sets `_loaded_at` before it records ready.
             shown = self.observed.placement_state(key)
             if shown in ("ready", None) and not self.loaded_since(key, seen.probed_at):
                 notes.append((version_id, "loading", None))

@@ -178,6 +178,13 @@ def test_a_version_that_loaded_after_the_probe_stays_ready(actions: Any) -> None
     assert actions.wait_idle(5)
     assert actions.noted == [] and actions.recorder.loaded == [], "not shown loading, not loaded again"
 
+    seen = InstanceObservation(
+        "i", True, datetime.now(UTC), {"new": "LOADING"}, probed_at=time.monotonic() - 1
+    )
+    actions.converge(TRITON, seen, desired, {}, {"i": seen})  # the probe saw the load under way
+    assert actions.noted == [(2, "ready", None)] and actions.recorder.loaded == []
+    actions.noted.clear()
+
     actions.observed.placement_changed(("i", 2), "ready", None)  # loaded once, gone since (a restart)
     desired, seen = _missing_from_probe(time.monotonic())
     actions.converge(TRITON, seen, desired, {}, {"i": seen})
