@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from control_plane.db.models import Placement, TritonInstance
+from control_plane.fleet.backoff import Backoff
 from control_plane.tritonserver import free_port
 from tests.fixtures_triton import StartTriton
 from tests.fleet.conftest import Fleet, MakeReconciler
@@ -79,7 +80,9 @@ def test_a_failing_load_backs_off_and_is_reported(
     endpoint = fleet.endpoint(running, name="t1")
     broken = fleet.version(init="raise RuntimeError('weights are missing: w.bin')")
     fine = fleet.version()
-    reconciler = make_reconciler([endpoint], backoff_s=1.0, backoff_max_s=60.0)
+    reconciler = make_reconciler([endpoint])
+    now = [0.0]  # the backoff's clock, moved by the test: a slow load beside it takes none of its time
+    reconciler.actions.backoff = Backoff(initial_s=1.0, max_s=60.0, clock=lambda: now[0])
 
     reconciler.reconcile([endpoint], wait_s=60)
 
@@ -91,7 +94,7 @@ def test_a_failing_load_backs_off_and_is_reported(
 
     reconciler.reconcile([endpoint], wait_s=60)  # within the backoff: not tried again
     assert reconciler.observed.failures[("t1", broken.id)].retry_in_s == 1.0
-    time.sleep(1.1)
+    now[0] += 1.1
     reconciler.reconcile([endpoint], wait_s=60)  # due: tried, failed, and the wait doubles
     assert reconciler.observed.failures[("t1", broken.id)].retry_in_s == 2.0
 

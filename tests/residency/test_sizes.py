@@ -61,7 +61,7 @@ def test_stubs_are_found_by_model_and_a_late_exec_is_not_missed(
 ) -> None:
     me = os.getpid()
     ready = _stub("alpha")
-    late = _stub("beta", after_s=0.5)
+    late = _stub("beta", after_s=1.5)  # time enough to find the first on a busy machine
     children += [ready, late]
     _until(lambda: ready.pid in sizes.stubs(me))
     found = sizes.stubs(me)
