@@ -127,6 +127,7 @@ class Actions:
         # with residency's `end_stubs` is before Triton's unload returns; False if it was kept).
         self._rooms: dict[Key, Future[bool]] = {}
         self._loaded_at: dict[Key, float] = {}  # when each load last succeeded (time.monotonic())
+        self._failed_at: dict[Key, float] = {}  # when each load last failed (time.monotonic())
         self._load_started: dict[Key, float] = {}  # loads calling Triton now: since (time.monotonic())
         # A load calling Triton longer than this is stalled (`stalled_on`; CP_TRITON_LOAD_STALL_S).
         self.stall_s = LOAD_STALL_S
@@ -160,6 +161,8 @@ class Actions:
             # load has recorded it ready, and loading from this older look would take a servable version
             # out of the routes until the next pass (one load in eight under the Zipf benchmark).
             if state in ("READY", "LOADING") and version_id not in leaving:
+                if state == "LOADING" and self._failed_at.get(key, float("-inf")) >= seen.probed_at > 0:
+                    continue  # and failed since: its failure (and reason, in status) stands until a retry
                 loaded = state == "READY" or self.loaded_since(key, seen.probed_at)
                 notes.append((version_id, "ready" if loaded else "loading", None))
                 continue
@@ -517,6 +520,7 @@ class Actions:
         return True
 
     def _failed(self, instance: str, name: str, version_id: int, message: str) -> None:
+        self._failed_at[(instance, version_id)] = time.monotonic()
         delay = self.backoff.failed((instance, version_id))
         self.observed.failures[(instance, version_id)] = PlacementFailure(
             instance=instance, triton_name=name, message=message[:2000], retry_in_s=delay

@@ -192,6 +192,24 @@ def test_a_version_that_loaded_after_the_probe_stays_ready(actions: Any) -> None
     assert actions.noted == [(2, "loading", None)] and actions.recorder.loaded == ["new"]
 
 
+def test_a_load_that_failed_after_the_probe_stays_failed(actions: Any) -> None:
+    """A probe that saw the load under way, the load failed before the pass converged: the pass wrote
+    loading over the failure, which also dropped it (and its reason) from the instance's status."""
+    desired, _ = _missing_from_probe(0.0)
+    probed = time.monotonic()
+    actions._failed("i", "new", 2, "weights are missing")
+    assert actions.noted == [(2, "failed", "weights are missing")]
+    actions.noted.clear()
+    seen = InstanceObservation("i", True, datetime.now(UTC), {"new": "LOADING"}, probed_at=probed)
+    actions.converge(TRITON, seen, desired, {}, {"i": seen})
+    assert actions.wait_idle(5)
+    assert actions.noted == [] and actions.recorder.loaded == []
+
+    seen = InstanceObservation("i", True, datetime.now(UTC), {"new": "LOADING"}, probed_at=time.monotonic())
+    actions.converge(TRITON, seen, desired, {}, {"i": seen})  # loading again (a retry): shown loading
+    assert actions.noted == [(2, "loading", None)]
+
+
 def test_a_load_that_ends_while_the_pass_writes_is_shown_ready_again(actions: Any) -> None:
     """The load's ready was written between the pass's look and its own write of loading."""
     desired, seen = _missing_from_probe(time.monotonic())
