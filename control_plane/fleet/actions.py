@@ -127,7 +127,6 @@ class Actions:
         # with residency's `end_stubs` is before Triton's unload returns; False if it was kept).
         self._rooms: dict[Key, Future[bool]] = {}
         self._loaded_at: dict[Key, float] = {}  # when each load last succeeded (time.monotonic())
-        self._failed_at: dict[Key, float] = {}  # when each load last failed (time.monotonic())
         self._load_started: dict[Key, float] = {}  # loads calling Triton now: since (time.monotonic())
         # A load calling Triton longer than this is stalled (`stalled_on`; CP_TRITON_LOAD_STALL_S).
         self.stall_s = LOAD_STALL_S
@@ -137,6 +136,7 @@ class Actions:
         self._deferred: dict[Key, tuple[TritonEndpoint, str, _Action, Future[bool]]] = {}
         self.residency: ResidencyHooks = ResidencyHooks()
         self._lock = threading.Lock()
+        self._note_locks: dict[str, threading.Lock] = {}  # instance -> its placements' writes, in order
         self._stopped = False
 
     def converge(
@@ -154,39 +154,21 @@ class Actions:
         missing: list[tuple[str, int]] = []
         leaving = self.unloading_on(endpoint.name)
         for name, version_id in want.items():
-            state, key = seen.models.get(name), (endpoint.name, version_id)
+            state = seen.models.get(name)
             # Asked for again while its eviction runs: Triton may still list it ready after the eviction
             # ended its processes, so it is not shown ready (a request would find no stub); the eviction's
-            # end runs the loop again, which loads it back. Loading at the probe and loaded since: its
-            # load has recorded it ready, and loading from this older look would take a servable version
-            # out of the routes until the next pass (one load in eight under the Zipf benchmark).
+            # end runs the loop again, which loads it back.
             if state in ("READY", "LOADING") and version_id not in leaving:
-                if state == "LOADING" and self._failed_at.get(key, float("-inf")) >= seen.probed_at > 0:
-                    continue  # and failed since: its failure (and reason, in status) stands until a retry
-                loaded = state == "READY" or self.loaded_since(key, seen.probed_at)
-                notes.append((version_id, "ready" if loaded else "loading", None))
+                notes.append((version_id, "ready" if state == "READY" else "loading", None))
                 continue
+            if self.observed.placement_state((endpoint.name, version_id)) in ("ready", None):
+                notes.append((version_id, "loading", None))  # not there (any more): routes skip it
             missing.append((name, version_id))
-            # Not there (any more): routes skip it. Unless it loaded after the probe, as above. Read
-            # before `loaded_since`: a load sets `_loaded_at` before it records ready.
-            shown = self.observed.placement_state(key)
-            if shown in ("ready", None) and not self.loaded_since(key, seen.probed_at):
-                notes.append((version_id, "loading", None))
         for name, version_id in desired.recorded.get(endpoint.name, {}).items():
             if name not in want and seen.models.get(name) != "READY":
                 notes.append((version_id, "unloaded", None))  # gone (a restart), and not wanted here
-        self.note_many(endpoint.name, notes)
-        # A load that ended while those were written recorded ready first: say ready again.
-        evicting = self.unloading_on(endpoint.name)
-        again: list[Note] = [
-            (v, "ready", None)
-            for v, state, _ in notes
-            if state == "loading"
-            and v not in evicting
-            and self.loaded_since((endpoint.name, v), seen.probed_at)
-        ]
-        if again:
-            self.note_many(endpoint.name, again)
+        # All from the probe: a placement a load or an unload has recorded since keeps what that said.
+        self.note_many(endpoint.name, notes, unless_since=seen.probed_at)
         for name, version_id in missing:
             if self.loaded_since((endpoint.name, version_id), seen.probed_at):
                 continue  # loaded after the probe this pass looks at: not missing (a load now reloads it)
@@ -318,19 +300,34 @@ class Actions:
                 return
             if key in self._inflight or self._stopped or (load and not self.backoff.due(key)):
                 return
-            pool = self._workers.get((endpoint.name, load))
-            if pool is None:
-                pool = self._workers[(endpoint.name, load)] = ThreadPoolExecutor(
-                    max_workers=2 * self.load_slots(endpoint.name) if load else self._unloads_per_instance,
-                    thread_name_prefix=f"cp-{'load' if load else 'unload'}-{endpoint.name}",
-                )
-            task = pool.submit(action, endpoint, name, version_id)
-            self._inflight[key] = task
-            if load:
-                self._loads.add(key)
-            if room is not None:
-                self._rooms[key] = room
+            task = self._submit(endpoint, name, version_id, action, load=load, room=room)
         task.add_done_callback(lambda _: self._forget(key, task))
+
+    def _submit(
+        self,
+        endpoint: TritonEndpoint,
+        name: str,
+        version_id: int,
+        action: _Action,
+        *,
+        load: bool,
+        room: Future[bool] | None,
+    ) -> Future[bool | None]:
+        """Start an action on the instance's workers (`_lock` held); its `_forget` is the caller's."""
+        pool = self._workers.get((endpoint.name, load))
+        if pool is None:
+            pool = self._workers[(endpoint.name, load)] = ThreadPoolExecutor(
+                max_workers=2 * self.load_slots(endpoint.name) if load else self._unloads_per_instance,
+                thread_name_prefix=f"cp-{'load' if load else 'unload'}-{endpoint.name}",
+            )
+        task = pool.submit(action, endpoint, name, version_id)
+        key = (endpoint.name, version_id)
+        self._inflight[key] = task
+        if load:
+            self._loads.add(key)
+        if room is not None:
+            self._rooms[key] = room
+        return task
 
     def _forget(self, key: Key, task: Future[bool | None]) -> None:
         with self._lock:
@@ -341,9 +338,12 @@ class Actions:
             self._loads.discard(key)
             room = self._rooms.pop(key, None)
             deferred = self._deferred.pop(key, None)
-        if deferred is not None:
-            endpoint, name, action, its_room = deferred
-            self._schedule(endpoint, name, key[1], action, room=its_room)
+            follow = None  # started before the lock is let go: `wait_idle` sees one or the other
+            if deferred is not None and not self._stopped:
+                endpoint, name, action, its_room = deferred
+                follow = self._submit(endpoint, name, key[1], action, load=False, room=its_room)
+        if follow is not None:
+            follow.add_done_callback(lambda _: self._forget(key, follow))
         if room is not None and not room.done():
             room.set_result(False)  # the eviction failed or was dropped: its room was never made
         if was_load and self._on_load_done is not None:
@@ -388,7 +388,8 @@ class Actions:
                     self._abandon_load(endpoint, name)
                 self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))
                 return False
-        self._loaded_at[key] = time.monotonic()
+        with self._lock:
+            self._loaded_at[key] = time.monotonic()
         self.backoff.succeeded(key)
         self.observed.stats.loaded(endpoint.name, ok=True)
         try:
@@ -503,7 +504,8 @@ class Actions:
     def _keep(self, instance: str, version_id: int) -> None:
         """An eviction that did not happen: the placement is desired and ready again (and the version
         counts as loaded now: a load a pass started meanwhile does not load it again)."""
-        self._loaded_at[(instance, version_id)] = time.monotonic()
+        with self._lock:
+            self._loaded_at[(instance, version_id)] = time.monotonic()
         with transaction(self.session_factory) as session:
             repository.keep_placement(session, instance=instance, version_id=version_id)
         self.note_many(instance, [(version_id, "ready", None)])
@@ -520,7 +522,6 @@ class Actions:
         return True
 
     def _failed(self, instance: str, name: str, version_id: int, message: str) -> None:
-        self._failed_at[(instance, version_id)] = time.monotonic()
         delay = self.backoff.failed((instance, version_id))
         self.observed.failures[(instance, version_id)] = PlacementFailure(
             instance=instance, triton_name=name, message=message[:2000], retry_in_s=delay
@@ -550,20 +551,33 @@ class Actions:
                 session, instance=instance, version_id=version_id
             ) or residency_repository.is_pinned(session, version_id)
 
-    def note_many(self, instance: str, notes: list[Note]) -> None:
-        """Record placements' observed states (those that changed since this process last wrote them)."""
-        for version_id, state, _ in notes:
-            if state != "failed":
-                self.observed.failures.pop((instance, version_id), None)
-        changed = [n for n in notes if self.observed.placement_changed((instance, n[0]), n[1], n[2])]
-        if not changed:
-            return
+    def note_many(self, instance: str, notes: list[Note], *, unless_since: float = 0.0) -> None:
+        """Record placements' observed states (those that changed since this process last wrote them).
+        With `unless_since` (a pass's probe): not those recorded since, by a load or an unload ending
+        after the probe (a pass wrote loading over a load that had just recorded ready, and routes
+        skipped a servable version until the next pass: one load in eight under the Zipf benchmark).
+        One instance's writes go one at a time, so what is remembered here is what the registry says."""
+        with self._lock:
+            lock = self._note_locks.setdefault(instance, threading.Lock())
+        with lock:
+            if unless_since > 0:
+                recorded = self.observed.placement_recorded_since
+                notes = [n for n in notes if not recorded((instance, n[0]), unless_since)]
+            for version_id, state, _ in notes:
+                if state != "failed":
+                    self.observed.failures.pop((instance, version_id), None)
+            changed = [n for n in notes if self.observed.placement_changed((instance, n[0]), n[1], n[2])]
+            if changed:
+                self._record(instance, changed)
+
+    def _record(self, instance: str, notes: list[Note]) -> None:
+        """Write placements' observed states to the registry."""
         now = datetime.now(UTC)
         with transaction(self.session_factory) as session:
             ids = repository.instance_ids(session, [instance])
             if instance not in ids:
                 return
-            for version_id, state, message in changed:
+            for version_id, state, message in notes:
                 repository.upsert_placement(
                     session,
                     instance_id=ids[instance],

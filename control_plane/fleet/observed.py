@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +47,7 @@ class Observed:
     last_pass_s: float | None = None
     stats: FleetStats = field(default_factory=FleetStats)
     _placements: dict[Key, tuple[str, str | None]] = field(default_factory=dict)
+    _placed_at: dict[Key, float] = field(default_factory=dict)  # when each was recorded (time.monotonic())
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def passed(self, at: datetime, seconds: float) -> None:
@@ -58,7 +60,13 @@ class Observed:
         with self._lock:
             changed = self._placements.get(key) != (state, message)
             self._placements[key] = (state, message)
+            self._placed_at[key] = time.monotonic()
             return changed
+
+    def placement_recorded_since(self, key: Key, since: float) -> bool:
+        """Whether the placement's state was recorded at or after `since` (time.monotonic(); 0: never)."""
+        with self._lock:
+            return since > 0 and self._placed_at.get(key, float("-inf")) >= since
 
     def placement_state(self, key: Key) -> str | None:
         """The state last recorded for a placement by this process."""
@@ -74,6 +82,7 @@ class Observed:
         with self._lock:
             for key in [k for k in self._placements if k[0] == instance]:
                 del self._placements[key]
+                self._placed_at.pop(key, None)
         for key in [k for k in self.failures if k[0] == instance]:
             self.failures.pop(key, None)
 

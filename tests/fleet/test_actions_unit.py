@@ -92,9 +92,9 @@ def actions() -> Any:
     made._evict = recorder.evict  # type: ignore[method-assign]
     made._load = recorder.load  # type: ignore[method-assign]
     made._version_state = lambda version_id: "ready"  # type: ignore[method-assign]
-    noted: list[tuple[int, str, str | None]] = []
+    noted: list[tuple[int, str, str | None]] = []  # placement states written (those that changed)
     made.noted = noted  # type: ignore[attr-defined]
-    made.note_many = lambda instance, notes: noted.extend(notes)  # type: ignore[method-assign]
+    made._record = lambda instance, notes: noted.extend(notes)  # type: ignore[method-assign]
     yield made
     made.stop()
 
@@ -160,71 +160,75 @@ def test_a_load_that_ended_after_the_probe_counts_as_loaded(actions: Any) -> Non
     assert not actions.loaded_since(("i", 3), before)
 
 
-def _missing_from_probe(probed_at: float) -> tuple[Desired, InstanceObservation]:
-    """Version 2 ("new") desired on "i", absent from a probe taken at `probed_at`."""
+def _probe(models: dict[str, str]) -> tuple[Desired, InstanceObservation]:
+    """Version 2 ("new") desired on "i", and a probe of "i" taken now that found `models`."""
     desired = Desired(on={"i": {"new": 2}}, holders={2: frozenset({"i"})}, recorded={})
-    seen = InstanceObservation("i", ready=True, checked_at=datetime.now(UTC), models={}, probed_at=probed_at)
+    seen = InstanceObservation("i", True, datetime.now(UTC), models, probed_at=time.monotonic())
     return desired, seen
 
 
-def test_a_version_that_loaded_after_the_probe_stays_ready(actions: Any) -> None:
-    """A load that ended between a pass's probe and its converge had recorded the placement ready; the pass
-    said loading over it, which took a servable version out of the routes until the next pass (found by
-    review; the fleet test then saw one replica of two)."""
-    desired, seen = _missing_from_probe(time.monotonic())
-    actions._loaded_at[("i", 2)] = time.monotonic()  # what a successful _load records, then ready
-    actions.observed.placement_changed(("i", 2), "ready", None)
+@pytest.mark.parametrize("probed", [{}, {"new": "LOADING"}], ids=["missing", "loading"])
+def test_a_pass_keeps_the_ready_a_load_recorded_after_its_probe(actions: Any, probed: dict[str, str]) -> None:
+    """A pass probes, then converges; a load that ended in between had recorded its placement ready, and
+    the pass wrote loading over it from its older look: routes skipped a servable version until the next
+    pass (one load in eight under bench.residency's Zipf load; found by a review of a flaky fleet test)."""
+    desired, seen = _probe(probed)
+    actions._loaded_at[("i", 2)] = time.monotonic()
+    actions.note_many("i", [(2, "ready", None)])  # the load's end
     actions.converge(TRITON, seen, desired, {}, {"i": seen})
     assert actions.wait_idle(5)
-    assert actions.noted == [] and actions.recorder.loaded == [], "not shown loading, not loaded again"
+    assert actions.noted == [(2, "ready", None)], "not shown loading over it"
+    assert actions.recorder.loaded == [], "nor loaded again"
 
-    seen = InstanceObservation(
-        "i", True, datetime.now(UTC), {"new": "LOADING"}, probed_at=time.monotonic() - 1
-    )
-    actions.converge(TRITON, seen, desired, {}, {"i": seen})  # the probe saw the load under way
-    assert actions.noted == [(2, "ready", None)] and actions.recorder.loaded == []
-    actions.noted.clear()
-
-    actions.observed.placement_changed(("i", 2), "ready", None)  # loaded once, gone since (a restart)
-    desired, seen = _missing_from_probe(time.monotonic())
+    desired, seen = _probe(probed)  # the next pass's look is the newer one: gone (a restart), say
     actions.converge(TRITON, seen, desired, {}, {"i": seen})
     assert actions.wait_idle(5)
-    assert actions.noted == [(2, "loading", None)] and actions.recorder.loaded == ["new"]
+    assert actions.noted[-1] == (2, "loading", None)
 
 
-def test_a_load_that_failed_after_the_probe_stays_failed(actions: Any) -> None:
-    """A probe that saw the load under way, the load failed before the pass converged: the pass wrote
-    loading over the failure, which also dropped it (and its reason) from the instance's status."""
-    desired, _ = _missing_from_probe(0.0)
-    probed = time.monotonic()
+def test_a_pass_keeps_a_failure_or_an_unload_recorded_after_its_probe(actions: Any) -> None:
+    """The same for a load that failed (the pass wrote loading over it, which also dropped the failure
+    and its reason from /v1/status until the retry) and for a load and an eviction both over since the
+    probe (the version is gone: not ready, whatever the probe saw)."""
+    desired, seen = _probe({"new": "LOADING"})
     actions._failed("i", "new", 2, "weights are missing")
-    assert actions.noted == [(2, "failed", "weights are missing")]
-    actions.noted.clear()
-    seen = InstanceObservation("i", True, datetime.now(UTC), {"new": "LOADING"}, probed_at=probed)
     actions.converge(TRITON, seen, desired, {}, {"i": seen})
-    assert actions.wait_idle(5)
-    assert actions.noted == [] and actions.recorder.loaded == []
+    assert actions.noted == [(2, "failed", "weights are missing")]
+    assert ("i", 2) in actions.observed.failures, "its reason stays in the instance's status"
 
-    seen = InstanceObservation("i", True, datetime.now(UTC), {"new": "LOADING"}, probed_at=time.monotonic())
-    actions.converge(TRITON, seen, desired, {}, {"i": seen})  # loading again (a retry): shown loading
-    assert actions.noted == [(2, "loading", None)]
+    desired, seen = _probe({"new": "LOADING"})
+    actions.note_many("i", [(2, "ready", None)])
+    actions.note_many("i", [(2, "unloaded", None)])
+    actions.converge(TRITON, seen, desired, {}, {"i": seen})
+    assert actions.noted[1:] == [(2, "ready", None), (2, "unloaded", None)]
 
 
-def test_a_load_that_ends_while_the_pass_writes_is_shown_ready_again(actions: Any) -> None:
-    """The load's ready was written between the pass's look and its own write of loading."""
-    desired, seen = _missing_from_probe(time.monotonic())
-    actions.observed.placement_changed(("i", 2), "ready", None)
+def test_one_instances_placement_writes_go_one_at_a_time(actions: Any) -> None:
+    """What this process remembers of a placement is what the registry says: a load's write that came
+    while a pass was writing waits for it (the two could land in the registry the other way round, and
+    later writes of the same state were skipped as unchanged)."""
+    entered, release = threading.Event(), threading.Event()
 
-    def note_many(instance: str, notes: list[tuple[int, str, str | None]]) -> None:
-        if not actions.noted:
-            actions._loaded_at[("i", 2)] = time.monotonic()  # the load ends meanwhile
+    def slow_record(instance: str, notes: list[tuple[int, str, str | None]]) -> None:
+        if notes[0][1] == "loading":
+            entered.set()
+            assert release.wait(5)
         actions.noted.extend(notes)
 
-    actions.note_many = note_many
-    actions.converge(TRITON, seen, desired, {}, {"i": seen})
-    assert actions.wait_idle(5)
+    actions._record = slow_record
+    desired, seen = _probe({"new": "LOADING"})
+    passing = threading.Thread(target=actions.converge, args=(TRITON, seen, desired, {}, {"i": seen}))
+    passing.start()
+    assert entered.wait(5), "the pass is writing loading"
+    loaded = threading.Thread(target=actions.note_many, args=("i", [(2, "ready", None)]))
+    loaded.start()
+    time.sleep(0.1)
+    assert actions.noted == [], "the load's write waits for the pass's"
+    release.set()
+    passing.join(5)
+    loaded.join(5)
     assert actions.noted == [(2, "loading", None), (2, "ready", None)]
-    assert actions.recorder.loaded == [], "loaded since the probe: not loaded again"
+    assert actions.observed.placement_state(("i", 2)) == "ready"
 
 
 def test_a_version_asked_for_again_during_its_eviction_is_not_shown_ready(actions: Any) -> None:
@@ -281,10 +285,7 @@ def test_an_eviction_planned_while_its_version_has_another_action_running_runs_a
     assert actions.unloading_on("i") == {1}
     actions.recorder.outcome = True
     actions.recorder.release.set()
-    deadline = time.monotonic() + 5
-    while actions.recorder.evictions < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert actions.wait_idle(5)
+    assert actions.wait_idle(5), "idle once both are over (the second is started as the first is forgotten)"
     assert actions.recorder.evictions == 2, "the second eviction ran once the first was over"
 
 
