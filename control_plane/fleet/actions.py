@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -136,7 +137,8 @@ class Actions:
         self._deferred: dict[Key, tuple[TritonEndpoint, str, _Action, Future[bool]]] = {}
         self.residency: ResidencyHooks = ResidencyHooks()
         self._lock = threading.Lock()
-        self._note_locks: dict[str, threading.Lock] = {}  # instance -> its placements' writes, in order
+        # instance -> its placements' writes, in order
+        self._note_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._stopped = False
 
     def converge(
@@ -558,7 +560,7 @@ class Actions:
         skipped a servable version until the next pass: one load in eight under the Zipf benchmark).
         One instance's writes go one at a time, so what is remembered here is what the registry says."""
         with self._lock:
-            lock = self._note_locks.setdefault(instance, threading.Lock())
+            lock = self._note_locks[instance]
         with lock:
             if unless_since > 0:
                 recorded = self.observed.placement_recorded_since
