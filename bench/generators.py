@@ -1,8 +1,9 @@
 """Load generators for `bench.proxy_overhead`: wrk (HTTP), h2load (gRPC unary over HTTP/2), and our own.
 
 Each runs in its own process, closed-loop, for a fixed time; the CPU of the watched processes (the
-control plane, Triton's process group) is read from /proc/<pid>/stat around the measured run. wrk and
-h2load come from Debian (`wrk`, `nghttp2-client`) and are installed with apt-get when missing.
+control plane, Triton's process group) is read from /proc/<pid>/stat around the measured run. wrk,
+h2load and the reference proxy nginx come from Debian (`wrk`, `nghttp2-client`, `nginx-light`) and are
+installed with apt-get when missing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from bench.loadgen import cpu_seconds, cpu_used, system_busy_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client"}
+PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx-light"}
 
 
 class GeneratorMissing(RuntimeError):
@@ -49,23 +50,28 @@ class Run:
 
 def ensure(tool: str) -> str:
     """The path of `tool`, installing its Debian package with apt-get if it is missing."""
-    found = shutil.which(tool)
+    found = _which(tool)
     if found:
         return found
     package = PACKAGES[tool]
     print(f"installing {package} (for {tool}) with apt-get ...", file=sys.stderr, flush=True)
     for command in (["apt-get", "install", "-y", "-q", package], ["apt-get", "update", "-q"]):
         subprocess.run(command, capture_output=True, text=True, timeout=600)
-        found = shutil.which(tool)
+        found = _which(tool)
         if found:
             return found
     done = subprocess.run(["apt-get", "install", "-y", "-q", package], capture_output=True, text=True)
-    found = shutil.which(tool)
+    found = _which(tool)
     if not found:
         raise GeneratorMissing(
             f"{tool} is not installed and `apt-get install {package}` failed:\n{done.stderr}"
         )
     return found
+
+
+def _which(tool: str) -> str | None:
+    """`tool` on PATH, or in the sbin folders a non-root PATH leaves out (nginx)."""
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
 
 
 def _measured(

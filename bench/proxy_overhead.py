@@ -2,6 +2,7 @@
 
     python -m bench.proxy_overhead [--protocol http|grpc|both] [--duration 5] [--rounds 3]
         [--concurrency 1,64] [--http-generators wrk,own] [--h2-connections 8]
+        [--reference nginx] [--reference-workers 1]
 
 Brings up its own control plane (SQLite registry, local artifacts, embedded Triton) in a temp dir,
 deploys a small ONNX MLP (FP32 [-1, 4] -> [-1, 3]) behind `production`, then for each protocol,
@@ -11,6 +12,9 @@ ModelInfer with a pre-framed request body (5-byte gRPC prefix), driven by h2load
 connections (the rest of the concurrency as streams on them). wrk and h2load are installed with apt-get
 when missing. Prints throughput, latency percentiles, CPU of each process per request (from
 /proc/<pid>/stat over each run), Triton's batch sizes, the proxied/direct ratios and the targets.
+`--reference nginx` adds a third mode to every round: the same requests through a plain nginx reverse
+proxy in front of Triton (`bench.reference_proxy`: keep-alive upstream, nothing checked), the cost of one
+more process on the path on this machine whoever writes it.
 Exit 0 even when a target is missed; 1 on request errors, 2 if setup failed.
 """
 
@@ -20,6 +24,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,8 +33,9 @@ import httpx
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from bench import generators, report
+from bench import generators, reference_proxy, report
 from bench.generators import Run, Target
+from bench.reference_proxy import Reference
 from bench.stack import Deployment, SetupError, Stack, control_plane, deploy
 
 X = [0.5, -1.0, 2.0, 0.25]
@@ -52,19 +58,29 @@ def grpc_body(model: str) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def targets(stack: Stack, deployment: Deployment, protocol: str) -> dict[str, Target]:
-    """The direct (Triton) and proxied (control plane) endpoints of the deployed model."""
+def targets(
+    stack: Stack, deployment: Deployment, protocol: str, reference: Reference | None = None
+) -> dict[str, Target]:
+    """The direct (Triton) and proxied (control plane) endpoints of the deployed model, and the
+    reference proxy's (which knows no tenant, key or alias: it is sent Triton's own name)."""
     key = f"authorization: Bearer {deployment.consumer_key}"
     if protocol == "grpc":
         triton_port = int(stack.triton_grpc_url.rsplit(":", 1)[1])
-        return {
+        to = {
             "direct": Target(triton_port, INFER, grpc_body(deployment.triton_name)),
             "proxy": Target(stack.grpc_port, INFER, grpc_body(deployment.model), [key]),
         }
-    return {
-        "direct": Target(stack.triton_port, f"/v2/models/{deployment.triton_name}/infer", BODY),
+        if reference is not None:
+            to[reference.name] = Target(reference.grpc_port, INFER, grpc_body(deployment.triton_name))
+        return to
+    path = f"/v2/models/{deployment.triton_name}/infer"
+    to = {
+        "direct": Target(stack.triton_port, path, BODY),
         "proxy": Target(stack.cp_port, f"/v2/models/{deployment.model}/infer", BODY, [key]),
     }
+    if reference is not None:
+        to[reference.name] = Target(reference.http_port, path, BODY)
+    return to
 
 
 def validate(to: dict[str, Target], protocol: str) -> None:
@@ -86,10 +102,9 @@ def validate(to: dict[str, Target], protocol: str) -> None:
         outputs[mode] = response.json()["outputs"][0]["data"]
         if mode == "proxy":
             print(f"Server-Timing of a proxied response: {response.headers.get('server-timing')}")
-    if outputs["direct"] != outputs["proxy"]:
-        raise SetupError(
-            f"{protocol} outputs differ: direct {outputs['direct']!r} vs proxy {outputs['proxy']!r}"
-        )
+    for mode, output in outputs.items():
+        if output != outputs["direct"]:
+            raise SetupError(f"{protocol} outputs differ: direct {outputs['direct']!r} vs {mode} {output!r}")
 
 
 def triton_counts(stack: Stack, triton_name: str) -> tuple[int, int]:
@@ -107,14 +122,20 @@ def measure(
     generator: Generator,
     args: argparse.Namespace,
     label: str,
+    reference: Reference | None = None,
 ) -> report.Results:
-    """For each concurrency, `rounds` times direct then proxy, each after a warm-up run."""
-    watch = [stack.proc.pid, *stack.triton_group()]
+    """For each concurrency, `rounds` times direct then proxy (then the reference proxy), each after a
+    warm-up run. The proxy role's CPU is the process the mode goes through (none for direct)."""
+    proxies = {"direct": [], "proxy": [stack.proc.pid]}
+    if reference is not None:
+        proxies[reference.name] = reference.pids()
+    triton = stack.triton_group()
+    watch = [pid for pids in proxies.values() for pid in pids] + triton
     results: report.Results = {}
     for concurrency in args.concurrency:
-        modes = results[concurrency] = {mode: report.Aggregate() for mode in report.MODES}
+        modes = results[concurrency] = {mode: report.Aggregate() for mode in to}
         for round_ in range(args.rounds):
-            for mode in report.MODES:
+            for mode in to:
                 if args.warmup > 0:
                     generator(to[mode], concurrency, args.warmup, [], stack.tmp)
                 before = triton_counts(stack, triton_name)
@@ -128,8 +149,8 @@ def measure(
                         f"{missing} answers Triton never computed (gRPC errors)"
                     )
                 cpu = {
-                    "proxy": run.cpu_s.get(stack.proc.pid, 0.0),
-                    "triton": sum(s for pid, s in run.cpu_s.items() if pid != stack.proc.pid),
+                    "proxy": sum(run.cpu_s.get(pid, 0.0) for pid in proxies[mode]),
+                    "triton": sum(run.cpu_s.get(pid, 0.0) for pid in triton),
                 }
                 cpu["rest"] = max(0.0, run.busy_s - cpu["proxy"] - cpu["triton"])
                 modes[mode].add(run.result, run.latencies_ns, cpu)
@@ -168,6 +189,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--http-generators", default="wrk,own", help="comma-separated: wrk, own (bench.loadgen)"
     )
     parser.add_argument("--h2-connections", type=int, default=8, help="h2load connections (gRPC)")
+    parser.add_argument(
+        "--reference",
+        choices=("none", "nginx"),
+        default="none",
+        help="also measure a plain native reverse proxy in front of Triton (bench.reference_proxy)",
+    )
+    parser.add_argument(
+        "--reference-workers", type=int, default=1, help="worker processes of the reference proxy"
+    )
     return parser.parse_args(argv)
 
 
@@ -188,23 +218,28 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, Generator]]:
 
 def summary(all_results: dict[tuple[str, str], report.Results]) -> bool:
     """One line per protocol and generator: the figures the targets are about."""
-    print(f"{'protocol':>8} {'generator':>9} {'c=64 proxy/direct':>18} {'added p50 c=1':>14} "
+    print(f"{'protocol':>8} {'generator':>30} {'c=64 proxy/direct':>18} {'added p50 c=1':>14} "
           f"{'proxy cpu us/req c=64':>22} {'direct req/s c=64':>18} {'proxy req/s c=64':>17}")  # fmt: skip
     met = True
+    nan = float("nan")
     for (protocol, name), results in all_results.items():
         min_ratio, max_added = TARGETS[protocol]
-        ratio = report.ratio(results, 64) if 64 in results else float("nan")
-        added = float("nan")
-        if 1 in results:
-            added = results[1]["proxy"].percentile_ms(50) - results[1]["direct"].percentile_ms(50)
-        cpu = results[64]["proxy"].cpu_us_per_request("proxy") if 64 in results else float("nan")
-        direct = results[64]["direct"].rps if 64 in results else float("nan")
-        proxied = results[64]["proxy"].rps if 64 in results else float("nan")
-        print(
-            f"{protocol:>8} {name:>9} {ratio:>18.3f} {added:>11.3f} ms {cpu:>22.0f} "
-            f"{direct:>18.0f} {proxied:>17.0f}"
-        )
-        met &= not (ratio < min_ratio) and not (added > max_added)
+        modes = [m for m in next(iter(results.values()), {}) if m != "direct"]
+        for mode in modes:  # the control plane first, then the reference proxy
+            ratio = report.ratio(results, 64, mode) if 64 in results else nan
+            added = nan
+            if 1 in results:
+                added = results[1][mode].percentile_ms(50) - results[1]["direct"].percentile_ms(50)
+            cpu = results[64][mode].cpu_us_per_request("proxy") if 64 in results else nan
+            direct = results[64]["direct"].rps if 64 in results else nan
+            proxied = results[64][mode].rps if 64 in results else nan
+            generator = name if mode == "proxy" else f"{name} via {mode} (reference)"
+            print(
+                f"{protocol:>8} {generator:>30} {ratio:>18.3f} {added:>11.3f} ms {cpu:>22.0f} "
+                f"{direct:>18.0f} {proxied:>17.0f}"
+            )
+            if mode == "proxy":
+                met &= not (ratio < min_ratio) and not (added > max_added)
     return met
 
 
@@ -218,19 +253,32 @@ def main(argv: list[str] | None = None) -> int:
         for tool in {"wrk": "wrk", "h2load": "h2load"}.values():
             if any(name == tool for _, name, _ in runs):
                 generators.ensure(tool)
-        with control_plane(grpc=args.protocol != "http") as stack:
+        with ExitStack() as scope:
+            stack = scope.enter_context(control_plane(grpc=args.protocol != "http"))
             deployment = deploy(stack)
             print(
                 f"control plane pid {stack.proc.pid} on :{stack.cp_port} (gRPC :{stack.grpc_port}); "
                 f"Triton pid {stack.triton_pid} at {stack.triton_url} (gRPC {stack.triton_grpc_url}); "
                 f"model {deployment.model!r} -> {deployment.triton_name!r}"
             )
+            reference = None
+            if args.reference == "nginx":
+                triton_grpc = int(stack.triton_grpc_url.rsplit(":", 1)[1])
+                reference = scope.enter_context(
+                    reference_proxy.nginx(
+                        stack.tmp, stack.triton_port, triton_grpc, workers=args.reference_workers
+                    )
+                )
+                print(
+                    f"reference proxy nginx ({args.reference_workers} worker(s), pids {reference.pids()}) "
+                    f"on :{reference.http_port} (gRPC :{reference.grpc_port})"
+                )
             for protocol, name, generator in runs:
-                to = targets(stack, deployment, protocol)
+                to = targets(stack, deployment, protocol, reference)
                 validate(to, protocol)
                 label = f"{protocol}/{name}"
                 all_results[(protocol, name)] = measure(
-                    stack, to, deployment.triton_name, generator, args, label
+                    stack, to, deployment.triton_name, generator, args, label, reference
                 )
     except (SetupError, generators.GeneratorMissing, RuntimeError, grpc.RpcError) as exc:
         print(f"SETUP FAILED: {exc}", file=sys.stderr)

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("direct", "proxy")
 TARGET_RATIO = 0.8  # proxied/direct throughput at the highest concurrency
 TARGET_ADDED_P50_MS = 1.0  # proxied p50 - direct p50 at concurrency 1
 
@@ -87,22 +86,23 @@ def print_table(results: Results, roles: Sequence[str]) -> None:
     head = f"{'conc':>5} {'mode':>7} {'req/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7}"
     print(head + cpu_head)
     for concurrency, modes in results.items():
-        for mode in MODES:
-            agg = modes[mode]
+        for mode, agg in modes.items():
             cpu = "".join(f"{agg.cpu_percent(r):>13.0f}" for r in roles)
             print(
                 f"{concurrency:>5} {mode:>7} {agg.rps:>10.0f} {agg.percentile_ms(50):>8.3f} "
                 f"{agg.percentile_ms(90):>8.3f} {agg.percentile_ms(99):>8.3f} {agg.errors:>7}{cpu}"
             )
     print()
-    print(f"{'conc':>5} {'proxy/direct req/s':>19} {'added p50 ms':>13} {'added p99 ms':>13}")
+    print(f"{'conc':>5} {'mode':>7} {'mode/direct req/s':>18} {'added p50 ms':>13} {'added p99 ms':>13}")
     for concurrency, modes in results.items():
-        direct, proxy = modes["direct"], modes["proxy"]
-        print(
-            f"{concurrency:>5} {ratio(results, concurrency):>19.3f} "
-            f"{proxy.percentile_ms(50) - direct.percentile_ms(50):>13.3f} "
-            f"{proxy.percentile_ms(99) - direct.percentile_ms(99):>13.3f}"
-        )
+        direct = modes["direct"]
+        for mode, agg in modes.items():
+            if mode != "direct":
+                print(
+                    f"{concurrency:>5} {mode:>7} {ratio(results, concurrency, mode):>18.3f} "
+                    f"{agg.percentile_ms(50) - direct.percentile_ms(50):>13.3f} "
+                    f"{agg.percentile_ms(99) - direct.percentile_ms(99):>13.3f}"
+                )
 
 
 def print_cpu_per_request(results: Results, roles: Sequence[str]) -> None:
@@ -110,9 +110,9 @@ def print_cpu_per_request(results: Results, roles: Sequence[str]) -> None:
     head = "".join(f"{'cpu us/req ' + r:>19}" for r in roles)
     print(f"{'conc':>5} {'mode':>7}{head} {'triton avg batch':>17}")
     for concurrency, modes in results.items():
-        for mode in MODES:
-            values = "".join(f"{modes[mode].cpu_us_per_request(r):>19.0f}" for r in roles)
-            print(f"{concurrency:>5} {mode:>7}{values} {modes[mode].avg_batch:>17.2f}")
+        for mode, agg in modes.items():
+            values = "".join(f"{agg.cpu_us_per_request(r):>19.0f}" for r in roles)
+            print(f"{concurrency:>5} {mode:>7}{values} {agg.avg_batch:>17.2f}")
 
 
 def print_contention(results: Results, *, threshold: float = 25.0, role: str = "other") -> None:
@@ -125,10 +125,10 @@ def print_contention(results: Results, *, threshold: float = 25.0, role: str = "
         print(f"WARNING: {role} used {share:.0f}% of a core on average: figures are contended")
 
 
-def ratio(results: Results, concurrency: int) -> float:
-    """Proxied / direct throughput at `concurrency`."""
+def ratio(results: Results, concurrency: int, mode: str = "proxy") -> float:
+    """`mode`'s throughput (the control plane's by default) / direct throughput at `concurrency`."""
     direct = results[concurrency]["direct"].rps
-    return results[concurrency]["proxy"].rps / direct if direct else float("nan")
+    return results[concurrency][mode].rps / direct if direct else float("nan")
 
 
 def print_targets(
