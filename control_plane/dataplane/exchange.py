@@ -77,9 +77,14 @@ class Exchange:
         return block
 
     def _server_timing(self, reply: Reply) -> bytes:
-        """`gateway;dur=` (the control plane's own time), `load;dur=` (only for a request that waited for
-        its version to be loaded on demand: the wait) and `triton;dur=`, in milliseconds."""
+        """The reply's status noted; `server_timing`."""
         self.status = reply.status
+        return self.server_timing()
+
+    def server_timing(self) -> bytes:
+        """`gateway;dur=` (the control plane's own time), `load;dur=` (only for a request that waited for
+        its version to be loaded on demand: the wait) and `triton;dur=`, in milliseconds: the value of
+        HTTP's `Server-Timing` header and of gRPC's `server-timing` trailing metadata."""
         total_ms = (time.perf_counter() - self.started) * 1000
         triton_ms = (self.upstream_s or 0.0) * 1000
         if not self.waited_s:

@@ -191,7 +191,7 @@ class GrpcProxy:
                     )
                     return
                 ex.status = "OK"
-                connection.reply(call, response)
+                connection.reply(call, response, ex.server_timing())
                 observe(state, ex, total_s=time.perf_counter() - ex.started)
                 return
             if isinstance(outcome, GrpcAnswer):
@@ -240,7 +240,7 @@ class GrpcProxy:
         if failure.code == Code.INTERNAL and not isinstance(error, RpcFailure | AppError):
             log.error("gRPC call failed unexpectedly", exc_info=error)
         ex.status = "CANCELLED" if isinstance(error, CallCancelled | ClientClosed) else failure.code.name
-        connection.fail(call, failure)
+        connection.fail(call, failure, ex.server_timing())
         observe(self.state, ex, total_s=time.perf_counter() - ex.started)
 
     def _sender(

@@ -435,15 +435,16 @@ class GrpcServerConnection(H2Connection):
             return False
         return True
 
-    def reply(self, call: ServerCall, message: bytes) -> None:
-        """Answer OK with one response message."""
+    def reply(self, call: ServerCall, message: bytes, timing: bytes = b"") -> None:
+        """Answer OK with one response message; `timing`, if any, as the `server-timing` trailer."""
         if not self._settles(call):
             return
         data = b"\x00" + len(message).to_bytes(4, "big") + message
-        self.send_message(call.stream_id, OK_HEADERS, data, OK_TRAILERS)
+        trailers = OK_TRAILERS + h2.literal(b"server-timing", timing) if timing else OK_TRAILERS
+        self.send_message(call.stream_id, OK_HEADERS, data, trailers)
 
-    def fail(self, call: ServerCall, failure: Failure) -> None:
-        """Answer with a gRPC status (a trailers-only response)."""
+    def fail(self, call: ServerCall, failure: Failure, timing: bytes = b"") -> None:
+        """Answer with a gRPC status (a trailers-only response); `timing` as in `reply`."""
         if not self._settles(call):
             return
         headers = [
@@ -454,6 +455,8 @@ class GrpcServerConnection(H2Connection):
         ]
         if failure.retry_after is not None:
             headers.append((b"retry-after", b"%d" % failure.retry_after))
+        if timing:
+            headers.append((b"server-timing", timing))
         self.send(
             h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.stream_id, h2.header_block(headers))
         )

@@ -318,8 +318,31 @@ def _loads(api: Api) -> int:
 
 def test_a_cold_model_loads_on_demand_over_grpc(stack: Stack) -> None:
     cold = sorted(set(MODELS) - stack.loaded(), key=lambda m: m == "m2")[0]
-    assert stack.infer_grpc(cold) == [2.0, 4.0]
+    assert stack.infer_grpc(cold) == [2.0, 4.0]  # stock tritonclient
     assert cold in stack.loaded()
+    other = sorted(set(MODELS) - stack.loaded(), key=lambda m: m == "m2")[0]  # cold too
+    # A plain grpc channel reads the answer's trailing metadata: the wait for the load told apart.
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=other, model_version="1")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[2])
+    request.raw_input_contents.append(np.array([1.0, 2.0], dtype=np.float32).tobytes())
+    metadata = (("authorization", f"Bearer {stack.consumer}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{stack.api.settings.grpc_port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        answer, call = infer.with_call(request.SerializeToString(), metadata=metadata, timeout=60)
+        assert np.frombuffer(answer.raw_output_contents[0], dtype=np.float32).tolist() == [2.0, 4.0]
+        timing = server_timing(dict(call.trailing_metadata())["server-timing"])
+        assert set(timing) == {"gateway", "load", "triton"}, call.trailing_metadata()
+        load_seconds = stack.api.version(stack.tenant, other, 1)["load_seconds"]
+        assert timing["load"] >= load_seconds * 1000 and timing["triton"] > 0
+        _, warm = infer.with_call(request.SerializeToString(), metadata=metadata, timeout=60)
+        assert set(server_timing(dict(warm.trailing_metadata())["server-timing"])) == {"gateway", "triton"}
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
