@@ -50,7 +50,8 @@ GONE_S = 5.0  # how long a version Triton said it does not have is kept out of t
 LOAD_SLACK_S = 0.05  # a load's stubs start after its call began (process start times count in 10 ms ticks)
 NO_ROOM_S = 5.0  # how long requests wait while the budget step finds no room for their version
 NO_ROOM_RETRY_S = 10  # Retry-After of their 503
-STUB_EXIT_S = 2.0  # a stub of a version unloaded (not evicted) has exited by then
+STUB_EXIT_S = 2.0  # a stub of a version unloaded (not evicted) has usually exited by then
+STUB_EXIT_MAX_S = 12.0  # looked at again every STUB_EXIT_S until then, while its stubs still run
 
 
 class ColdStartTimeout(ServiceUnavailable):
@@ -115,6 +116,7 @@ class Residency(ResidencyHooks):
         self._fresh: dict[str, dict[str, int]] = {}  # instance -> `fresh_sizes` (read with `_live`)
         self._generation: dict[str, float] = {}  # Triton model name -> its load here began (boot seconds)
         self._recount: threading.Timer | None = None  # the pass after unloads (`unloaded`)
+        self._exiting: dict[tuple[str, str], tuple[TritonEndpoint, float]] = {}  # (instance, name) -> until
         self._flushed: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cp-residency")
         self._stop = threading.Event()
@@ -499,24 +501,46 @@ class Residency(ResidencyHooks):
         """A version retired, deleted or moved away left the instance: once its stubs have had time to exit
         (`STUB_EXIT_S`; requests may have been in flight, so they are not ended as an eviction's are), a
         pass counts its room, for versions waiting for it and for the resident bytes shown, rather than at
-        the next change or period. On a timer, not in the unload's action: waiting there held the version's
-        actions back, so a rollback's load of it right after a keep-warm unload was not started."""
+        the next change or period. A stub still running then (Triton ends it a second or more after the
+        unload, later on a busy machine) is looked at again every `STUB_EXIT_S`, up to `STUB_EXIT_MAX_S`,
+        with a pass once it is gone. On a timer, not in the unload's action: waiting there held the
+        version's actions back, so a rollback's load of it right after a keep-warm unload was not started."""
         if self.reconciler is None:
             return
         with self._lock:
-            if self._recount is not None:  # one pass after a burst of unloads
-                return
-            self._recount = threading.Timer(STUB_EXIT_S, self._count_again)
-            self._recount.daemon = True
-            self._recount.start()
+            self._exiting[(endpoint.name, name)] = (endpoint, time.monotonic() + STUB_EXIT_MAX_S)
+            self._count_later()
+
+    def _count_later(self) -> None:
+        """One pass after a burst of unloads, `STUB_EXIT_S` from now (under the lock)."""
+        if self._recount is not None:
+            return
+        self._recount = threading.Timer(STUB_EXIT_S, self._count_again)
+        self._recount.daemon = True
+        self._recount.start()
 
     def _count_again(self) -> None:
         with self._lock:
             self._recount = None
+            exiting = dict(self._exiting)
+        still = {key: entry for key, entry in exiting.items() if self._still_running(key[1], *entry)}
+        with self._lock:
+            for key in exiting.keys() - still.keys():
+                if self._exiting.get(key) == exiting[key]:  # not unloaded again meanwhile
+                    del self._exiting[key]
+            if still:
+                self._count_later()
         self._end_orphans()
         self._live.clear()
         if self.reconciler is not None:
             self.reconciler.trigger()
+
+    def _still_running(self, name: str, endpoint: TritonEndpoint, until: float) -> bool:
+        """Whether stubs of `name` still run under the Triton of `endpoint` and are worth another look."""
+        if time.monotonic() >= until:
+            return False
+        pid = self._pid(endpoint)
+        return pid is not None and sizes.stub_bytes(pid, name) > 0
 
     def _check_returned(
         self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None

@@ -4,6 +4,7 @@ The processes' readings and the registry are replaced here; a real eviction is i
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from control_plane.fleet.actions import BeforeUnload
-from control_plane.residency import metrics, repository, sizes
+from control_plane.residency import manager, metrics, repository, sizes
 from control_plane.residency.manager import Residency
 
 MIB = 2**20
@@ -80,3 +81,45 @@ def test_an_eviction_takes_its_version_off_the_instance_at_once(monkeypatch: pyt
     registry = CollectorRegistry()
     metrics.register(registry, residency.stats)
     assert registry.get_sample_value("cp_residency_over_budget_bytes", {"instance": "i"}) == 22 * MIB
+
+
+def test_a_stub_slow_to_exit_gets_another_pass_once_it_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version unloaded (not evicted) is counted again by a pass `STUB_EXIT_S` later; a stub still
+    running then (a busy machine) was counted as resident until the period's pass. Now it is looked at
+    again until it is gone (here: at the third look), with one pass each time, and no longer after."""
+    monkeypatch.setattr(manager, "STUB_EXIT_S", 0.05)
+    looks: list[str] = []
+
+    def stub_bytes(pid: int, name: str) -> int:
+        looks.append(name)
+        return MIB if len(looks) < 3 else 0
+
+    monkeypatch.setattr(sizes, "stub_bytes", stub_bytes)
+    monkeypatch.setattr(sizes, "end_orphans", lambda: None)
+    residency = Residency(session_factory=None, inflight=Counter())
+    monkeypatch.setattr(residency, "_pid", lambda endpoint: 42)
+    reconciler = MagicMock()
+    residency.reconciler = reconciler
+    residency.unloaded(ENDPOINT, "m")
+    deadline = time.monotonic() + 5
+    while reconciler.trigger.call_count < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a fourth look would have come by now
+    assert looks == ["m", "m", "m"] and reconciler.trigger.call_count == 3
+    assert residency._exiting == {} and residency._recount is None
+
+
+def test_a_stub_that_never_exits_is_looked_at_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manager, "STUB_EXIT_S", 0.02)
+    monkeypatch.setattr(manager, "STUB_EXIT_MAX_S", 0.2)
+    monkeypatch.setattr(sizes, "stub_bytes", lambda pid, name: MIB)
+    monkeypatch.setattr(sizes, "end_orphans", lambda: None)
+    residency = Residency(session_factory=None, inflight=Counter())
+    monkeypatch.setattr(residency, "_pid", lambda endpoint: 42)
+    residency.reconciler = MagicMock()
+    residency.unloaded(ENDPOINT, "m")
+    deadline = time.monotonic() + 5
+    while (residency._exiting or residency._recount is not None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert residency._exiting == {} and residency._recount is None
+    assert 5 <= residency.reconciler.trigger.call_count <= 15
