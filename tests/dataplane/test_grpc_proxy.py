@@ -25,7 +25,7 @@ from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
 from tests.support.deploy import deploy_onnx, deploy_python
 from tests.support.procs import free_port, wait_for_port
-from tests.support.v2 import server_timing
+from tests.support.v2 import trailing_timing
 
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 2.0, 3.0, 4.0], [-3.0, 0.0, 0.125, 9.5]], dtype=np.float32)
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -374,18 +374,13 @@ def test_unreachable_triton_is_unavailable(grpc_api: Api, tmp_path: Path) -> Non
     assert failed == 1
 
 
-def timing_of(call: Any) -> dict[str, float]:
-    """The `server-timing` trailing metadata of a finished call (an RpcError is one), parsed."""
-    return server_timing(dict(call.trailing_metadata())["server-timing"])
-
-
 def test_answers_and_errors_say_where_the_time_went_in_trailing_metadata(
     grpc_api: Api, tmp_path: Path
 ) -> None:
     d = deploy_onnx(grpc_api, tmp_path)
     raw = infer_request(d.model).SerializeToString()
     _, call = raw_infer(grpc_api, raw, d.consumer_key)
-    timing = timing_of(call)
+    timing = trailing_timing(call)
     assert set(timing) == {"gateway", "triton"}, call.trailing_metadata()
     assert timing["triton"] > 0 and timing["gateway"] >= 0
     wrong = pb.ModelInferRequest(model_name=d.model)
@@ -394,7 +389,7 @@ def test_answers_and_errors_say_where_the_time_went_in_trailing_metadata(
     with pytest.raises(grpc.RpcError) as caught:
         raw_infer(grpc_api, wrong.SerializeToString(), d.consumer_key)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    refused = timing_of(caught.value)  # refused before Triton: no time there
+    refused = trailing_timing(caught.value)  # refused before Triton: no time there
     assert set(refused) == {"gateway", "triton"} and refused["triton"] == 0
 
 
@@ -408,7 +403,7 @@ def test_a_version_triton_no_longer_has_is_loaded_again_and_answered(
     _, call = raw_infer(grpc_api, raw, d.consumer_key)  # waits, like a cold request, for its load
     assert triton.client.is_model_ready(d.triton_name)
     assert grpc_api.state.inflight[d.triton_name] == 0
-    timing = timing_of(call)  # the wait is told apart from the control plane's own time
+    timing = trailing_timing(call)  # the wait is told apart from the control plane's own time
     assert set(timing) == {"gateway", "load", "triton"} and timing["load"] > 0, call.trailing_metadata()
 
 

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import select
+from tritonclient.grpc import service_pb2 as pb
 
 from bench.residency import metric_by
 from control_plane.db import migrate
@@ -34,7 +37,7 @@ from tests.fixtures_triton import RunningTriton, private_triton
 from tests.support.api import Api
 from tests.support.served import serve, stack_settings
 from tests.support.triton_models import MODEL
-from tests.support.v2 import server_timing
+from tests.support.v2 import server_timing, trailing_timing
 
 MODELS = [f"m{i}" for i in range(5)]
 SPEC: dict[str, Any] = {
@@ -322,10 +325,6 @@ def test_a_cold_model_loads_on_demand_over_grpc(stack: Stack) -> None:
     assert cold in stack.loaded()
     other = sorted(set(MODELS) - stack.loaded(), key=lambda m: m == "m2")[0]  # cold too
     # A plain grpc channel reads the answer's trailing metadata: the wait for the load told apart.
-    import grpc
-    import numpy as np
-    from tritonclient.grpc import service_pb2 as pb
-
     request = pb.ModelInferRequest(model_name=other, model_version="1")
     request.inputs.add(name="INPUT0", datatype="FP32", shape=[2])
     request.raw_input_contents.append(np.array([1.0, 2.0], dtype=np.float32).tobytes())
@@ -337,12 +336,12 @@ def test_a_cold_model_loads_on_demand_over_grpc(stack: Stack) -> None:
         )
         answer, call = infer.with_call(request.SerializeToString(), metadata=metadata, timeout=60)
         assert np.frombuffer(answer.raw_output_contents[0], dtype=np.float32).tolist() == [2.0, 4.0]
-        timing = server_timing(dict(call.trailing_metadata())["server-timing"])
+        timing = trailing_timing(call)
         assert set(timing) == {"gateway", "load", "triton"}, call.trailing_metadata()
         load_seconds = stack.api.version(stack.tenant, other, 1)["load_seconds"]
         assert timing["load"] >= load_seconds * 1000 and timing["triton"] > 0
         _, warm = infer.with_call(request.SerializeToString(), metadata=metadata, timeout=60)
-        assert set(server_timing(dict(warm.trailing_metadata())["server-timing"])) == {"gateway", "triton"}
+        assert set(trailing_timing(warm)) == {"gateway", "triton"}
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -894,7 +893,6 @@ def _infer_http(stack: Stack, api: Api, model: str, key: str) -> list[float]:
 
 def _infer_grpc(api: Api, model: str, key: str) -> list[float]:
     """OUTPUT0 of [1, 2] through `api`'s gRPC port (stock tritonclient)."""
-    import numpy as np
     import tritonclient.grpc as triton_grpc
 
     with triton_grpc.InferenceServerClient(f"127.0.0.1:{api.settings.grpc_port}") as client:

@@ -35,3 +35,8 @@ def server_timing(header: str) -> dict[str, float]:
     """A Server-Timing header's entries that have a duration: name -> milliseconds."""
     entries = (part.strip().partition(";dur=") for part in header.split(","))
     return {name: float(value) for name, found, value in entries if found}
+
+
+def trailing_timing(call: Any) -> dict[str, float]:
+    """A finished gRPC call's (or RpcError's) `server-timing` trailing metadata, parsed as above."""
+    return server_timing(dict(call.trailing_metadata())["server-timing"])
