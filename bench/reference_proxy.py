@@ -7,7 +7,8 @@ floor under any proxy's cost, not a design we could ship: `bench.proxy_overhead 
 measures it beside the control plane, alternated with direct Triton like the control plane's runs, so the
 README can say how much of the gap to direct Triton any extra process on the path costs here. One worker
 process by default, the shape of the control plane's data plane (one event loop); `--reference-workers 2`
-gives it both cores.
+gives it both cores. (On a machine booted with systemd, installing `nginx-light` also starts Debian's own
+nginx service on port 80; the benchmark neither uses nor stops it.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ http {
     keepalive_requests 1000000;
     http2_max_requests 1000000;
     upstream triton_http { server 127.0.0.1:%(triton_http)d; keepalive 128; keepalive_requests 1000000; }
-    upstream triton_grpc { server 127.0.0.1:%(triton_grpc)d; keepalive 16; keepalive_requests 1000000; }
+    upstream triton_grpc { server 127.0.0.1:%(triton_grpc)d; keepalive 128; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:%(http)d;
         location / {
@@ -81,10 +82,11 @@ def nginx(tmp: Path, triton_http: int, triton_grpc: int, *, workers: int = 1) ->
     conf = root / "nginx.conf"
     fields = {"workers": workers, "root": root, "http": http, "grpc": grpc}
     conf.write_text(_CONF % {**fields, "triton_http": triton_http, "triton_grpc": triton_grpc})
-    check = subprocess.run([binary, "-t", "-p", str(root), "-c", str(conf)], capture_output=True, text=True)
+    argv = [binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")]
+    check = subprocess.run([*argv, "-t"], capture_output=True, text=True)
     if check.returncode != 0:
         raise SetupError(f"nginx rejected its configuration:\n{check.stderr}")
-    proc = procs.start([binary, "-p", str(root), "-c", str(conf)], log=root / "stdout.log")
+    proc = procs.start(argv, log=root / "stdout.log")
     try:
         for port in (http, grpc):
             procs.wait_for_port(port, timeout=30, proc=proc)
