@@ -1,9 +1,10 @@
 """A plain native reverse proxy in front of the benchmark's Triton: what one more hop costs on this machine.
 
 nginx (Debian `nginx-light`, installed with apt-get when missing) forwards HTTP/1.1 over keep-alive
-connections (`proxy_pass`) and gRPC over one HTTP/2 connection pool (`grpc_pass`) to Triton, and does
-nothing else: no key, no routing, no request check, no limits, no metrics, no access log. It is the
-floor under any proxy's cost, not a design we could ship: `bench.proxy_overhead --reference nginx`
+connections (`proxy_pass`) and gRPC over a pool of HTTP/2 connections, one call at a time on each
+(`grpc_pass`; 128 kept idle, so concurrency 64 churns none), to Triton, and does nothing else: no key,
+no routing, no request check, no limits, no metrics, no access log. It is the floor under any proxy's
+cost, not a design we could ship: `bench.proxy_overhead --reference nginx`
 measures it beside the control plane, alternated with direct Triton like the control plane's runs, so the
 README can say how much of the gap to direct Triton any extra process on the path costs here. One worker
 process by default, the shape of the control plane's data plane (one event loop); `--reference-workers 2`
