@@ -523,24 +523,22 @@ class Residency(ResidencyHooks):
         with self._lock:
             self._recount = None
             exiting = dict(self._exiting)
-        still = {key: entry for key, entry in exiting.items() if self._still_running(key[1], *entry)}
+        self._end_orphans()
+        self._live.clear()
+        now = time.monotonic()  # one look per instance (`live_sizes`), which the pass below reads too
+        still = {
+            key
+            for key, (endpoint, until) in exiting.items()
+            if now < until and self.live_sizes(endpoint).get(key[1], 0) > 0
+        }
         with self._lock:
-            for key in exiting.keys() - still.keys():
+            for key in exiting.keys() - still:
                 if self._exiting.get(key) == exiting[key]:  # not unloaded again meanwhile
                     del self._exiting[key]
             if still:
                 self._count_later()
-        self._end_orphans()
-        self._live.clear()
         if self.reconciler is not None:
             self.reconciler.trigger()
-
-    def _still_running(self, name: str, endpoint: TritonEndpoint, until: float) -> bool:
-        """Whether stubs of `name` still run under the Triton of `endpoint` and are worth another look."""
-        if time.monotonic() >= until:
-            return False
-        pid = self._pid(endpoint)
-        return pid is not None and sizes.stub_bytes(pid, name) > 0
 
     def _check_returned(
         self, endpoint: TritonEndpoint, name: str, version_id: int, before: BeforeUnload | None

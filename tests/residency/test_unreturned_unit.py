@@ -88,16 +88,15 @@ def test_a_stub_slow_to_exit_gets_another_pass_once_it_is_gone(monkeypatch: pyte
     running then (a busy machine) was counted as resident until the period's pass. Now it is looked at
     again until it is gone (here: at the third look), with one pass each time, and no longer after."""
     monkeypatch.setattr(manager, "STUB_EXIT_S", 0.05)
-    looks: list[str] = []
+    looks: list[str] = []  # instances looked at
 
-    def stub_bytes(pid: int, name: str) -> int:
-        looks.append(name)
-        return MIB if len(looks) < 3 else 0
+    def live_sizes(endpoint: Any) -> dict[str, int]:
+        looks.append(endpoint.name)
+        return {"m": MIB} if len(looks) < 3 else {}
 
-    monkeypatch.setattr(sizes, "stub_bytes", stub_bytes)
     monkeypatch.setattr(sizes, "end_orphans", lambda: None)
     residency = Residency(session_factory=None, inflight=Counter())
-    monkeypatch.setattr(residency, "_pid", lambda endpoint: 42)
+    monkeypatch.setattr(residency, "live_sizes", live_sizes)
     reconciler = MagicMock()
     residency.reconciler = reconciler
     residency.unloaded(ENDPOINT, "m")
@@ -105,17 +104,16 @@ def test_a_stub_slow_to_exit_gets_another_pass_once_it_is_gone(monkeypatch: pyte
     while reconciler.trigger.call_count < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)  # a fourth look would have come by now
-    assert looks == ["m", "m", "m"] and reconciler.trigger.call_count == 3
+    assert looks == ["i", "i", "i"] and reconciler.trigger.call_count == 3
     assert residency._exiting == {} and residency._recount is None
 
 
 def test_a_stub_that_never_exits_is_looked_at_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manager, "STUB_EXIT_S", 0.02)
     monkeypatch.setattr(manager, "STUB_EXIT_MAX_S", 0.2)
-    monkeypatch.setattr(sizes, "stub_bytes", lambda pid, name: MIB)
     monkeypatch.setattr(sizes, "end_orphans", lambda: None)
     residency = Residency(session_factory=None, inflight=Counter())
-    monkeypatch.setattr(residency, "_pid", lambda endpoint: 42)
+    monkeypatch.setattr(residency, "live_sizes", lambda endpoint: {"m": MIB})
     residency.reconciler = MagicMock()
     residency.unloaded(ENDPOINT, "m")
     deadline = time.monotonic() + 5
