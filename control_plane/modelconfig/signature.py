@@ -37,7 +37,8 @@ def read_onnx_signature(path: Path) -> Signature:
         inputs = [_tensor_spec("input", value) for value in graph.input if value.name not in initializers]
     else:  # since IR 4 an input with an initializer is an input with a default value: optional
         inputs = [_tensor_spec("input", v, optional=v.name in initializers) for v in graph.input]
-    outputs = [_tensor_spec("output", value) for value in graph.output]
+    zipmaps = {name for node in graph.node if node.op_type == "ZipMap" for name in node.output}
+    outputs = [_tensor_spec("output", value, zipmap=value.name in zipmaps) for value in graph.output]
     if not inputs:
         raise InvalidArtifact("the ONNX graph has no inputs (every graph input is an initializer)")
     return _signature(inputs=inputs, outputs=outputs)
@@ -59,10 +60,30 @@ def _missing_external_data(path: Path) -> list[str]:
     return sorted(name for name in locations if not (path.parent / name).is_file())
 
 
-def _tensor_spec(kind: str, value: onnx.ValueInfoProto, *, optional: bool = False) -> TensorSpec:
+# ONNX's non-tensor value types, in the words of the refusal.
+_NOT_TENSORS = {
+    "sequence_type": "a sequence",
+    "map_type": "a map",
+    "optional_type": "an optional value",
+    "sparse_tensor_type": "a sparse tensor",
+}
+_ZIPMAP_FIX = (
+    ": it comes from a ZipMap operator, which skl2onnx adds to classifiers by default; convert the "
+    "model with options={'zipmap': False} (skl2onnx.to_onnx or convert_sklearn) to get the probabilities "
+    "as a tensor"
+)
+
+
+def _tensor_spec(
+    kind: str, value: onnx.ValueInfoProto, *, optional: bool = False, zipmap: bool = False
+) -> TensorSpec:
     if not value.type.HasField("tensor_type"):
-        found = value.type.WhichOneof("value") or "no type"
-        raise InvalidArtifact(f"{kind} '{value.name}': only tensors are supported, the model has {found}")
+        found = value.type.WhichOneof("value")
+        what = _NOT_TENSORS.get(found, f"of type {found}") if found else "untyped"
+        raise InvalidArtifact(
+            f"{kind} '{value.name}' is {what}, not a tensor; Triton serves tensors only"
+            + (_ZIPMAP_FIX if zipmap else "")
+        )
     tensor = value.type.tensor_type
     datatype = datatype_from_onnx(tensor.elem_type)
     if datatype is None:

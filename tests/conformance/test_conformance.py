@@ -20,7 +20,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from control_plane.tritonserver import TritonDistribution, TritonProcess
-from tests.support import zoo_archives, zoo_onnx, zoo_torch, zoo_torchscript
+from tests.support import zoo_archives, zoo_onnx, zoo_sklearn, zoo_torch, zoo_torchscript
 from tests.support.api import Api
 from tests.support.conformance import (
     METADATA,
@@ -66,6 +66,7 @@ def build_zoo(root: Path) -> Zoo:
     zoo_torch.add_legacy_exports(zoo)
     zoo_torch.add_dynamo_exports(zoo)
     zoo_torchscript.add_torchscript(zoo)
+    zoo_sklearn.add_sklearn_exports(zoo)
     return zoo
 
 
@@ -212,6 +213,12 @@ def test_every_exporter_is_represented(report: Report) -> None:
     assert "torch.onnx.export (dynamo, the default; weights in .onnx.data, zipped)" in families
     assert any(f.startswith("TorchScript traced") for f in families)
     assert any(f.startswith("TorchScript scripted (signature from") for f in families)
+    assert {f for f in families if f.startswith("skl2onnx")} == {
+        zoo_sklearn.REGRESSOR,
+        zoo_sklearn.CLASSIFIER,
+        zoo_sklearn.CLUSTERING,
+        zoo_sklearn.STRINGS,
+    }
 
 
 def test_suite_fits_its_time_budget(report: Report) -> None:

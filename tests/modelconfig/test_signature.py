@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from control_plane.modelconfig.exceptions import InvalidArtifact, InvalidModelSpec
 from control_plane.modelconfig.signature import check_declared, read_onnx_signature
 from control_plane.modelconfig.specs import Signature, TensorSpec
-from tests.support import model_files
+from tests.support import model_files, zoo_sklearn
 
 
 def _sig(inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]]) -> Signature:
@@ -51,6 +52,52 @@ def test_unsupported_dtype_is_named(tmp_path: Path) -> None:
         read_onnx_signature(path)
     assert info.value.status_code == 422
     assert info.value.kind == "InvalidArtifact"
+
+
+def test_skl2onnx_default_zipmap_output_is_refused_with_the_option_that_fixes_it(tmp_path: Path) -> None:
+    """skl2onnx converts a classifier with a ZipMap output by default (a sequence of maps), under its
+    default name `output_probability`: what users bring most often, and Triton cannot serve it."""
+    path = zoo_sklearn.default_classifier(tmp_path / "m.onnx")
+    with pytest.raises(InvalidArtifact) as info:
+        read_onnx_signature(path)
+    assert str(info.value) == (
+        "output 'output_probability' is a sequence, not a tensor; Triton serves tensors only: it comes from "
+        "a ZipMap operator, which skl2onnx adds to classifiers by default; convert the model with "
+        "options={'zipmap': False} (skl2onnx.to_onnx or convert_sklearn) to get the probabilities as a tensor"
+    )
+    assert info.value.status_code == 422
+
+
+def test_other_non_tensor_values_are_named_without_the_zipmap_hint(tmp_path: Path) -> None:
+    """A sequence that no ZipMap made (SplitToSequence) and a map input, written with onnx.helper."""
+    floats = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    pieces = helper.make_tensor_sequence_value_info("pieces", TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        [helper.make_node("SplitToSequence", ["x"], ["pieces"])], "g", [floats], [pieces]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "seq.onnx")
+    with pytest.raises(
+        InvalidArtifact, match=r"^output 'pieces' is a sequence, not a tensor; Triton serves tensors only$"
+    ):
+        read_onnx_signature(tmp_path / "seq.onnx")
+    words = helper.make_value_info(
+        "words",
+        helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, [])),
+    )
+    ids = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])
+    node = helper.make_node(
+        "DictVectorizer", ["words"], ["y"], domain="ai.onnx.ml", string_vocabulary=["a", "b"]
+    )
+    graph = helper.make_graph([node], "g", [words], [ids])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    onnx.save(model, tmp_path / "map.onnx")
+    with pytest.raises(
+        InvalidArtifact, match=r"^input 'words' is a map, not a tensor; Triton serves tensors only$"
+    ):
+        read_onnx_signature(tmp_path / "map.onnx")
 
 
 @pytest.mark.parametrize("name", ["0", "input.1", "onnx::Gemm_0", "x:0", "a/b/c", "in put", "n" * 300])

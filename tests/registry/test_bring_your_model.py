@@ -16,7 +16,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.support import model_files
+from tests.support import model_files, zoo_sklearn
 from tests.support.api import Api
 from tests.support.deploy import upload_and_alias
 from tests.support.zoo_modules import Classifier
@@ -167,6 +167,20 @@ def test_an_example_for_onnx_is_refused(api: Api, tenant: str, tmp_path: Path, n
         )
     _refused(
         response, "an example file is only used to derive TorchScript signatures", kind="InvalidModelSpec"
+    )
+
+
+def test_a_scikit_learn_classifier_with_zipmap_is_told_to_convert_without_it(
+    api: Api, tenant: str, tmp_path: Path, nothing_new
+) -> None:
+    """skl2onnx's default for classifiers: probabilities as a ZipMap (a sequence of maps)."""
+    artifact = zoo_sklearn.default_classifier(tmp_path / "classifier.onnx").read_bytes()
+    with nothing_new():
+        response = _upload(api, tenant, "onnx", {"file": ("classifier.onnx", artifact)})
+    _refused(
+        response,
+        "output 'output_probability' is a sequence, not a tensor",
+        "convert the model with options={'zipmap': False}",
     )
 
 
