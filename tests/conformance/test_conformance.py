@@ -20,7 +20,14 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from control_plane.tritonserver import TritonDistribution, TritonProcess
-from tests.support import zoo_archives, zoo_onnx, zoo_sklearn, zoo_torch, zoo_torchscript
+from tests.support import (
+    zoo_archives,
+    zoo_onnx,
+    zoo_sklearn,
+    zoo_torch,
+    zoo_torchscript,
+    zoo_transformers,
+)
 from tests.support.api import Api
 from tests.support.conformance import (
     METADATA,
@@ -67,6 +74,7 @@ def build_zoo(root: Path) -> Zoo:
     zoo_torch.add_dynamo_exports(zoo)
     zoo_torchscript.add_torchscript(zoo)
     zoo_sklearn.add_sklearn_exports(zoo)
+    zoo_transformers.add_transformers_exports(zoo)
     return zoo
 
 
@@ -219,6 +227,7 @@ def test_every_exporter_is_represented(report: Report) -> None:
         zoo_sklearn.CLUSTERING,
         zoo_sklearn.STRINGS,
     }
+    assert sum(f in zoo_transformers.FAMILIES for f in report.families.values()) == 3
 
 
 def test_suite_fits_its_time_budget(report: Report) -> None:

@@ -32,6 +32,8 @@ from tests.support.zoo_modules import (
 
 RNG = np.random.default_rng(11)
 _MISSING = object()
+DYNAMO = "torch.onnx.export (dynamo, the default)"
+DYNAMO_ZIPPED = "torch.onnx.export (dynamo, the default; weights in .onnx.data, zipped)"
 DYNAMO_OPSET = 18  # the dynamo exporter's lowest; asking for less runs a (slow, fallible) version converter
 
 
@@ -102,7 +104,7 @@ def add_legacy_exports(zoo: Zoo) -> None:
 
 
 @contextmanager
-def _without_repo_triton() -> Iterator[None]:
+def without_repo_triton() -> Iterator[None]:
     """Hide the repository's `triton/` folder (deployment files) from torch.export, which would take it,
     as a namespace package on sys.path, for OpenAI Triton and fail on `triton.language`."""
     saved = sys.modules.get("triton", _MISSING)
@@ -118,7 +120,7 @@ def _without_repo_triton() -> Iterator[None]:
 
 def add_dynamo_exports(zoo: Zoo) -> None:
     """torch.onnx.export's default in torch 2.13: the dynamo exporter (needs onnxscript)."""
-    with _without_repo_triton():
+    with without_repo_triton():
         _dynamo_exports(zoo)
 
 
@@ -153,23 +155,30 @@ def _dynamo_exports(zoo: Zoo) -> None:
                 verbose=False,
                 **options,
             )
-            data = path.with_name(path.name + ".data")
-            if data.exists():  # the dynamo exporter writes weights beside the model: upload both, zipped
-                archive = zoo.path(name, ".zip")
-                with zipfile.ZipFile(archive, "w") as out:
-                    out.write(path, path.name)
-                    out.write(data, data.name)
-                zoo.onnx(
-                    name,
-                    "torch.onnx.export (dynamo, the default; weights in .onnx.data, zipped)",
-                    archive,
-                    _onnx_names(path, inputs),
-                    reference=path,
-                )
-                return
-            zoo.onnx(name, "torch.onnx.export (dynamo, the default)", path, _onnx_names(path, inputs))
+            add_dynamo_export(zoo, name, path, _onnx_names(path, inputs))
 
         zoo.attempt(name, build)
+
+
+def add_dynamo_export(
+    zoo: Zoo,
+    name: str,
+    path: Path,
+    inputs: dict[str, np.ndarray],
+    *,
+    families: tuple[str, str] = (DYNAMO, DYNAMO_ZIPPED),
+) -> None:
+    """Add what the dynamo exporter wrote at `path`: the .onnx file, or, where it put the weights in
+    `<file>.data` beside it, both in a zip (what a user uploads then); `families` names each case."""
+    data = path.with_name(path.name + ".data")
+    if not data.exists():
+        zoo.onnx(name, families[0], path, inputs)
+        return
+    archive = zoo.path(name, ".zip")
+    with zipfile.ZipFile(archive, "w") as out:
+        out.write(path, path.name)
+        out.write(data, data.name)
+    zoo.onnx(name, families[1], archive, inputs, reference=path)
 
 
 def _onnx_names(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
