@@ -25,6 +25,7 @@ _CODES = {
     413: Code.RESOURCE_EXHAUSTED,
     422: Code.INVALID_ARGUMENT,
     429: Code.RESOURCE_EXHAUSTED,
+    499: Code.CANCELLED,  # the client went away (errors.ClientClosed)
     503: Code.UNAVAILABLE,
     504: Code.DEADLINE_EXCEEDED,
 }

@@ -72,8 +72,12 @@ def _gone(outcome: Outcome) -> Gone:
 TypedMethod = Callable[[Any, ServerCall], Awaitable[Any]]
 
 
-class CallCancelled(Exception):
-    """The client reset the call (or went away) while Triton was answering it."""
+class CallCancelled(ClientClosed):
+    """The client reset the call (a cancel, its deadline, or it went away) while Triton was answering it:
+    an everyday end of a call, recorded as CANCELLED (499), never logged as a failure."""
+
+    def __init__(self) -> None:
+        super().__init__("the client cancelled the call")
 
 
 class _Channel:
@@ -239,7 +243,7 @@ class GrpcProxy:
         failure = RpcFailure.of(error)
         if failure.code == Code.INTERNAL and not isinstance(error, RpcFailure | AppError):
             log.error("gRPC call failed unexpectedly", exc_info=error)
-        ex.status = "CANCELLED" if isinstance(error, CallCancelled | ClientClosed) else failure.code.name
+        ex.status = "CANCELLED" if isinstance(error, ClientClosed) else failure.code.name
         connection.fail(call, failure, ex.server_timing())
         observe(self.state, ex, total_s=time.perf_counter() - ex.started)
 
