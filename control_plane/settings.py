@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     body_timeout_s: float = 30.0  # longest pause while a request body is arriving
     max_header_bytes: int = 64 * 1024
     max_header_count: int = 100
-    inline_check_bytes: int = 256 * 1024  # bigger (or compressed) bodies are checked in a worker
+    inline_check_bytes: int = 256 * 1024  # bigger bodies (compressed or inflated) are checked in a worker
     check_workers: int = 2
     check_per_tenant: int = 2  # large bodies of one tenant being checked at once
     check_queue: int = 16

@@ -2,7 +2,11 @@
 
 The checks (`v2request.prepare_http`, `predict_codec`) are plain functions of bytes in modules that
 import little, so the same code runs on the event loop for small bodies and in a worker process
-(`heavy`) for big or compressed ones.
+(`heavy`) for big ones. A compressed body is decompressed on the event loop when it is small both ways
+(at most `inline_bytes` compressed and decompressed: the work is bounded like a small plain body's, so a
+client that compresses every request, as tritonclient's `request_compression_algorithm` does, is not
+held to the per-tenant cap of the workers); one that inflates past that goes to a worker, under the
+request limit.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from control_plane.dataplane.contract import Rejected
 from control_plane.dataplane.exchange import Exchange
 from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.upstream import BadGateway
-from control_plane.dataplane.v2request import Prepared, header_length_of, prepare, prepare_http
+from control_plane.dataplane.v2request import Prepared, decompress, header_length_of, prepare, prepare_http
 from control_plane.errors import AppError, BadRequest, PayloadTooLarge
 
 log = logging.getLogger(__name__)
+INLINE_MEMBERS = 4  # gzip members decompressed on the event loop (clients send one)
 
 
 class UnsupportedEncoding(AppError):
@@ -54,7 +59,7 @@ class RequestChecks:
         headers = ex.headers
         length = headers.get(b"content-length")
         small = length is not None and length.isdigit() and int(length) <= self.inline_bytes
-        if not small or b"content-encoding" in headers:
+        if not small:  # a small compressed body asks for a worker only if it inflates past inline_bytes
             self.heavy.admit(ex.caller.tenant_id)
 
     def start_http(self, ex: Exchange, body: bytes, then: Callable[[Prepared | AppError], None]) -> None:
@@ -62,27 +67,53 @@ class RequestChecks:
         assert ex.resolved is not None and ex.caller is not None
         headers, contract = ex.headers, ex.resolved.contract
         length = headers.get(b"inference-header-content-length")
-        encoding = headers.get(b"content-encoding")
-        if encoding is None and len(body) <= self.inline_bytes:
-            try:
-                prepared = prepare(body, header_length=header_length_of(length, len(body)), contract=contract)
-            except Rejected as exc:
-                then(as_app_error(exc))
-                return
+        encoding = ex.header(b"content-encoding")
+        try:
+            plain = self._inline(body, encoding)
+            if plain is not None:
+                header_length = header_length_of(length, len(plain))
+                prepared = prepare(plain, header_length=header_length, contract=contract)
+        except Rejected as exc:
+            then(as_app_error(exc))
+            return
+        if plain is not None:
             then(prepared)
             return
 
         def done(outcome: Any) -> None:
             then(as_app_error(outcome) if isinstance(outcome, BaseException) else outcome)
 
-        args = (body, encoding and encoding.decode("latin-1"), length, contract, self.limit)
-        self.heavy.submit(ex.caller.tenant_id, prepare_http, *args, done=done)
+        args = (body, encoding, length, contract, self.limit)
+        try:
+            self.heavy.submit(ex.caller.tenant_id, prepare_http, *args, done=done)
+        except AppError as exc:  # the tenant's share of the workers, or a full queue
+            then(exc)
+
+    def _inline(self, body: bytes, encoding: str | None) -> bytes | None:
+        """The body to check on the event loop, decompressed; None when it is a worker's (too big, or
+        inflating past `inline_bytes`). Rejected for an encoding or compressed data that is not valid."""
+        if len(body) > self.inline_bytes:
+            return None
+        if encoding is None:
+            return body
+        try:
+            return decompress(body, encoding, limit=self.inline_bytes, max_members=INLINE_MEMBERS)
+        except Rejected as exc:
+            if exc.status == 413:  # more than is checked inline: a worker decompresses it under the limit
+                return None
+            raise
 
     async def predict_request(self, ex: Exchange, body: bytes) -> tuple[bytes, int]:
         """A /v1/predict body (maybe compressed) as a KServe v2 binary-tensor request."""
         assert ex.resolved is not None
         encoding = ex.header(b"content-encoding")
         contract = ex.resolved.contract
+        try:
+            plain = self._inline(body, encoding)
+        except Rejected as exc:
+            raise as_app_error(exc) from None
+        if plain is not None:
+            body, encoding = plain, None
         prepared: tuple[bytes, int] = await self._run(
             ex, body, encoding, predict_codec.to_v2_request, body, contract, encoding, self.limit
         )

@@ -58,8 +58,10 @@ def header_length_of(value: bytes | str | None, body_size: int) -> int | None:
     return int(value)
 
 
-def decompress(body: bytes, encoding: str, *, limit: int) -> bytes:
-    """The body without its Content-Encoding (gzip or deflate), refused past `limit` decompressed bytes."""
+def decompress(body: bytes, encoding: str, *, limit: int, max_members: int | None = None) -> bytes:
+    """The body without its Content-Encoding (gzip or deflate), refused (413) past `limit` decompressed
+    bytes or past `max_members` gzip members (each costs a decompressor: thousands of empty ones in a
+    small body take as long as megabytes of data)."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
@@ -71,6 +73,8 @@ def decompress(body: bytes, encoding: str, *, limit: int) -> bytes:
     too_big = f"request body is over the limit of {limit} bytes once decompressed"
     try:
         while rest:  # gzip may hold several members, one after another
+            if max_members is not None and len(parts) >= max_members:
+                raise Rejected(f"the {encoding} body holds more than {max_members} members", status=413)
             inflater = zlib.decompressobj(wbits)
             part = inflater.decompress(rest, limit + 1 - size)
             size += len(part)

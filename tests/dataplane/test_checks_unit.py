@@ -8,6 +8,7 @@ import math
 import pickle
 import struct
 import zlib
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,10 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 
 from control_plane.dataplane import predict_codec
-from control_plane.dataplane.checks import as_app_error
+from control_plane.dataplane.checks import RequestChecks, as_app_error
 from control_plane.dataplane.contract import Contract, Rejected, TensorRule
 from control_plane.dataplane.decode import decode_infer_response
+from control_plane.dataplane.exchange import Exchange
 from control_plane.dataplane.grpc_check import check_infer_request
 from control_plane.dataplane.protowire import WireError
 from control_plane.dataplane.v2request import decompress, header_length_of, prepare, prepare_http
@@ -378,3 +380,71 @@ def test_an_unreadable_answer_is_a_502() -> None:
     with pytest.raises(Rejected) as refused:
         predict_codec.to_predict_response(b'{"outputs": 5}', None, "m", 1)
     assert refused.value.status == 502
+
+
+class _Workers:
+    """HeavyWork's interface, recording what would go to a worker process (and running it here)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Any] = []
+        self.admitted = 0
+
+    def admit(self, tenant_id: int) -> None:
+        self.admitted += 1
+
+    def submit(self, tenant_id: int, fn: Any, *args: Any, done: Any) -> None:
+        self.submitted.append(args[0])
+        try:
+            done(fn(*args))
+        except Exception as exc:
+            done(exc)
+
+
+def _checked(body: bytes, encoding: str | None, *, inline_bytes: int = 4096) -> tuple[Any, _Workers]:
+    """What `RequestChecks.start_http` hands on for an MLP request body, and what went to a worker."""
+    workers = _Workers()
+    checks = RequestChecks(workers, limit=1 << 20, inline_bytes=inline_bytes)  # type: ignore[arg-type]
+    headers = {b"content-encoding": encoding.encode()} if encoding else {}
+    ex = Exchange(headers)
+    ex.caller, ex.resolved = SimpleNamespace(tenant_id=1), SimpleNamespace(contract=MLP)  # type: ignore[assignment]
+    checks.admit(ex)  # before the body is read (no content-length here: as for a chunked body)
+    outcome: list[Any] = []
+    checks.start_http(ex, body, outcome.append)
+    return outcome[0], workers
+
+
+def test_small_compressed_bodies_are_checked_inline_and_big_ones_in_a_worker() -> None:
+    """A client that compresses every request (tritonclient's request_compression_algorithm) held one
+    worker slot of its tenant per request: past CP_CHECK_PER_TENANT at once it got 429."""
+    body = _json(_x([1, 4], [1, 2, 3, 4]))
+    for encoding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)), (None, body)):
+        forwarded, workers = _checked(packed, encoding)
+        assert orjson.loads(forwarded[0])["inputs"][0]["data"] == [1, 2, 3, 4], encoding
+        assert workers.submitted == [], encoding
+    big = _json(_x([1, 4], [1, 2, 3, 4]), padding="x" * 8000)  # inflates past inline_bytes
+    forwarded, workers = _checked(gzip.compress(big), "gzip")
+    assert orjson.loads(forwarded[0])["inputs"][0]["data"] == [1, 2, 3, 4]
+    assert workers.submitted == [gzip.compress(big)]
+
+
+def test_many_gzip_members_go_to_a_worker_not_the_event_loop() -> None:
+    """Thousands of empty gzip members in a small body cost a decompressor each (~90 ms for 256 KiB)."""
+    body = _json(_x([1, 4], [1, 2, 3, 4]))
+    packed = gzip.compress(body) + gzip.compress(b"") * 200
+    forwarded, workers = _checked(packed, "gzip", inline_bytes=64 * 1024)
+    assert orjson.loads(forwarded[0])["inputs"][0]["data"] == [1, 2, 3, 4]
+    assert workers.submitted == [packed]
+    few = gzip.compress(body[:10]) + gzip.compress(body[10:])  # what a client may send: served inline
+    forwarded, workers = _checked(few, "gzip")
+    assert workers.submitted == [] and orjson.loads(forwarded[0])["inputs"][0]["data"] == [1, 2, 3, 4]
+
+
+def test_compressed_bodies_that_are_not_valid_are_refused_inline() -> None:
+    for packed, encoding, status in (
+        (b"not gzip", "gzip", 400),
+        (b"x", "br", 415),
+        (gzip.compress(b"[1"), "gzip", 400),
+    ):
+        refused, workers = _checked(packed, encoding)
+        assert refused.status_code == status, (encoding, refused.message)
+        assert workers.submitted == []
