@@ -20,6 +20,7 @@ from control_plane.modelconfig.torchscript import signature_from_example
 from control_plane.registry.archives import layout, onnx_model_file, unpack
 from tests.support import model_files
 from tests.support.zoo_modules import Compare, TwoInputs
+from tests.support.zoo_torch import without_repo_triton
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -52,6 +53,67 @@ def test_a_mismatch_names_both_formats(tmp_path: Path) -> None:
     ):
         check_kind(path, model_format="onnx")
     assert check_kind(path, model_format="torchscript") == "torchscript"
+
+
+def test_what_people_bring_that_nothing_here_serves_is_named_with_the_way_to_onnx(tmp_path: Path) -> None:
+    """Files real tools wrote (scikit-learn pickles through pickle and joblib, torch.export.save, safetensors)
+    and, for formats whose writers are not installed here, their published magic bytes and layouts."""
+    import pickle
+
+    import joblib
+    from safetensors.numpy import save_file
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features, target = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20) % 2
+    estimator = make_pipeline(StandardScaler(), LogisticRegression()).fit(features, target)
+    pickled = _write(tmp_path / "model.pkl", pickle.dumps(estimator))
+    dumped = tmp_path / "model.joblib"
+    joblib.dump(estimator, dumped)
+    program = tmp_path / "model.pt2"
+    with without_repo_triton():
+        torch.export.save(torch.export.export(Compare(), (torch.ones(2, 5),)), str(program))
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": np.ones((2, 2), np.float32)}, str(weights))
+    gguf = _write(tmp_path / "model.gguf", b"GGUF" + (3).to_bytes(4, "little") + bytes(16))
+    hdf5 = _write(tmp_path / "model.h5", b"\x89HDF\r\n\x1a\n" + bytes(32))
+    tflite = _write(tmp_path / "model.tflite", b"\x1c\x00\x00\x00TFL3" + bytes(32))
+    keras = _zip(
+        tmp_path / "m.keras", {"metadata.json": b"{}", "config.json": b"{}", "model.weights.h5": b""}
+    )
+    saved = _zip(
+        tmp_path / "saved.zip", {"export/saved_model.pb": b"\x08\x01", "export/variables/v.index": b""}
+    )
+    expected = {
+        pickled: ("sklearn_pickle", "a pickled scikit-learn", "skl2onnx.to_onnx"),
+        dumped: ("sklearn_pickle", "a pickled scikit-learn", "never loaded here"),
+        program: ("torch_export", "a torch.export program (.pt2)", "torch.onnx.export"),
+        weights: ("safetensors", "weights only", "export the model itself"),
+        gguf: ("gguf", "a GGUF model", "export the model to ONNX"),
+        hdf5: ("tensorflow", "TensorFlow or Keras", "tf2onnx"),
+        tflite: ("tensorflow", "TensorFlow or Keras", "--tflite"),
+        keras: ("tensorflow", "TensorFlow or Keras", "--keras"),
+        saved: ("tensorflow", "TensorFlow or Keras", "--saved-model"),
+    }
+    for path, (kind, what, fix) in expected.items():
+        assert sniff(path) == kind, path.name
+        for model_format in ("onnx", "torchscript", "python"):
+            with pytest.raises(InvalidArtifact) as refused:
+                check_kind(path, model_format=model_format)
+            message = str(refused.value)
+            assert what in message and fix in message and "which this deployment does not serve" in message
+
+
+def test_files_that_only_look_like_another_kind_keep_their_own(tmp_path: Path) -> None:
+    """An ONNX file whose first bytes could be a safetensors header length, and a torch.save pickle."""
+    onnx_file = model_files.onnx_mlp(tmp_path / "m.onnx")
+    assert onnx_file.read_bytes()[:1] == b"\x08" and sniff(onnx_file) == "onnx"
+    legacy = io.BytesIO()
+    torch.save({"sklearn": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)  # a key, no class
+    assert sniff(_write(tmp_path / "l.pt", legacy.getvalue())) == "torch_pickle"
+    bundle = _zip(tmp_path / "py.zip", {"model.py": b"import numpy\n", "saved_model.pb": b""})
+    assert sniff(bundle) == "python"  # a Python-backend model may bundle what it loads itself
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:

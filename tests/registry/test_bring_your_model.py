@@ -184,6 +184,22 @@ def test_a_scikit_learn_classifier_with_zipmap_is_told_to_convert_without_it(
     )
 
 
+def test_a_scikit_learn_pickle_is_told_to_convert_with_skl2onnx_and_never_unpickled(
+    api: Api, tenant: str, tmp_path: Path, nothing_new
+) -> None:
+    """What scikit-learn users save first (pickle.dump of the fitted estimator); unpickling would run it."""
+    import pickle
+
+    from sklearn.linear_model import LogisticRegression
+
+    features, target = zoo_sklearn.iris()
+    artifact = pickle.dumps(LogisticRegression(max_iter=300).fit(features, target))
+    for model in ("onnx", "ts"):
+        with nothing_new():
+            response = _upload(api, tenant, model, {"file": ("model.pkl", artifact)})
+        _refused(response, "a pickled scikit-learn", "skl2onnx.to_onnx", "never loaded here")
+
+
 def _external(tmp_path: Path) -> Path:
     model = onnx.load(str(model_files.onnx_mlp(tmp_path / "plain.onnx")))
     folder = tmp_path / "external"
