@@ -4,8 +4,6 @@ loaded on demand and a refusal; every family carries its help text."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,14 +17,9 @@ from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
 from tests.support.deploy import deploy_onnx
 from tests.support.procs import free_port
+from tests.support.tools import promtool
 
 X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
-
-
-def _promtool() -> str:
-    tool = os.environ.get("CP_TEST_PROMTOOL") or shutil.which("promtool")
-    assert tool and Path(tool).is_file(), "promtool is missing: scripts/test unpacks it into .cache/promtool"
-    return tool
 
 
 def test_metrics_pass_promtool_and_parse_after_traffic(
@@ -51,7 +44,7 @@ def test_metrics_pass_promtool_and_parse_after_traffic(
     (tmp_path / "metrics.txt").write_text(text)
 
     checked = subprocess.run(
-        [_promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     families = {family.name: family for family in text_string_to_metric_families(text)}

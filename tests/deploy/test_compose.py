@@ -3,6 +3,8 @@ monitoring files (settings that exist, the repository Triton reads, the targets 
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import yaml
 
 from control_plane.settings import Settings
 from tests.deploy.manifests import ROOT, compose_config
+from tests.support.tools import promtool
 
 GRAFANA = ROOT / "deploy" / "grafana"
 
@@ -75,6 +78,26 @@ def test_prometheus_scrapes_the_services_compose_runs(compose: dict[str, Any]) -
     assert prometheus["profiles"] == ["monitoring"] and compose["services"]["grafana"]["profiles"] == [
         "monitoring"
     ]
+
+
+def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+    """`promtool check config`, with the token file the compose entrypoint writes put where it points."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    token = tmp_path / "metrics_token"
+    token.write_text("compose-metrics")
+    for job in config["scrape_configs"]:
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token)
+    checked_file = tmp_path / "prometheus.yml"
+    checked_file.write_text(yaml.safe_dump(config))
+    checked = subprocess.run(
+        [promtool(), "check", "config", str(checked_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_grafana_provisioning_points_at_the_mounted_dashboards(compose: dict[str, Any]) -> None:
