@@ -61,6 +61,7 @@ def serve(
         loop="uvloop",
         http=fast_path_protocol(app),  # httptools, with the inference hot path outside ASGI
         access_log=False,
+        timeout_keep_alive=settings.http_keep_alive_s,
         timeout_graceful_shutdown=10,
     )
 

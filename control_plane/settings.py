@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     # Data-plane protection (see README "Limits"): who may read /metrics, connection-level limits,
     # and the worker processes that check big or compressed inference bodies off the event loop.
     metrics_token: SecretStr | None = None
+    # An idle keep-alive HTTP connection is closed after this. Behind an L7 load balancer or proxy that
+    # reuses idle connections, keep it above that proxy's idle timeout, or a request sent as we close
+    # fails there with a 502 (AWS ALB 60 s, ingress-nginx upstream 60 s, GCP asks for 620 s).
+    http_keep_alive_s: int = Field(5, ge=1, le=3600)
     header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
     body_timeout_s: float = 30.0  # longest pause while a request body is arriving
     max_header_bytes: int = 64 * 1024

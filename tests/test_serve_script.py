@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -92,7 +93,7 @@ def _start(env: dict[str, str]) -> subprocess.Popen[str]:
 
 def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) -> None:
     port, grpc_port = free_port(), free_port()
-    env = _env(tmp_path, CP_HTTP_PORT=str(port), CP_GRPC_PORT=str(grpc_port))
+    env = _env(tmp_path, CP_HTTP_PORT=str(port), CP_GRPC_PORT=str(grpc_port), CP_HTTP_KEEP_ALIVE_S="2")
     proc = _start(env)
     seen: list[str] = []
     try:
@@ -113,6 +114,7 @@ def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) ->
             assert _register_onnx_model(client, tmp_path) == "ready"
         with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as grpc_client:
             assert grpc_client.is_server_live()
+        _idle_connection_closed_after(port, 2)
 
         children = _descendants(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)
@@ -124,6 +126,18 @@ def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) ->
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _idle_connection_closed_after(port: int, keep_alive_s: float) -> None:
+    """CP_HTTP_KEEP_ALIVE_S reaches the server: an idle keep-alive connection is closed after it, not
+    before (uvicorn's own default is 5 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: cp\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+        assert sock.recv(65536) == b""  # the server closed the idle connection
+        idle = time.monotonic() - answered
+    assert keep_alive_s - 0.3 <= idle < 4.5, idle
 
 
 def _serve(env: dict[str, str], seen: list[str]) -> subprocess.Popen[str]:
