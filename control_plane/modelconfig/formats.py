@@ -35,7 +35,7 @@ Kind = Literal[
 _PICKLE_PROTOCOLS = {2, 3, 4, 5}
 _PYTHON_SNIFF_BYTES = 1 << 20
 _PICKLE_SNIFF_BYTES = 64 << 10  # a pickle names its first class within its first bytes
-_SAFETENSORS_HEADER_BYTES = 16 << 20
+_SAFETENSORS_HEADER_BYTES = 4 << 20  # ~100 bytes a tensor: tens of thousands of them
 UNSERVED: frozenset[Kind] = frozenset({"sklearn_pickle", "torch_export", "safetensors", "gguf", "tensorflow"})
 _TENSORFLOW_FILES = ("saved_model.pb", "saved_model.pbtxt", "model.weights.h5")
 
@@ -97,6 +97,8 @@ def sniff(path: Path) -> Kind:
         if any(name in head for name in (b"sklearn.", b"xgboost.", b"lightgbm.")):
             return "sklearn_pickle"  # pickle.dump or joblib.dump of an estimator
         return "torch_pickle"  # torch.save with _use_new_zipfile_serialization=False, or plain pickle
+    if _is_python(path):  # before the magic numbers below: a model.py may begin with any of them
+        return "python"
     if head[:4] == b"GGUF":
         return "gguf"
     if head[:8] == b"\x89HDF\r\n\x1a\n" or head[4:8] == b"TFL3":  # Keras HDF5, TFLite flatbuffer
@@ -110,8 +112,6 @@ def sniff(path: Path) -> Kind:
         if any(n.endswith(".onnx") for n in names):
             return "onnx_archive"
         return "tensorflow" if any(n.rsplit("/", 1)[-1] in _TENSORFLOW_FILES for n in names) else "tar"
-    if _is_python(path):
-        return "python"
     return "unknown"
 
 
@@ -127,7 +127,7 @@ def _is_safetensors(path: Path, head: bytes) -> bool:
         header = f.read(size)
     try:
         return isinstance(json.loads(header), dict)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: not safetensors
         return False
 
 

@@ -425,6 +425,13 @@ def test_small_compressed_bodies_are_checked_inline_and_big_ones_in_a_worker() -
     forwarded, workers = _checked(gzip.compress(big), "gzip")
     assert orjson.loads(forwarded[0])["inputs"][0]["data"] == [1, 2, 3, 4]
     assert workers.submitted == [gzip.compress(big)]
+    # Compressed, over a quarter of inline_bytes as it arrives (what crafted deflate makes slow to inflate),
+    # though it inflates to less than inline_bytes: a worker's.
+    noise = _json(_x([1, 4], [1, 2, 3, 4]), padding=np.random.default_rng(1).bytes(1500).hex())
+    packed = gzip.compress(noise)
+    assert len(packed) > 1024 and len(noise) < 4096
+    forwarded, workers = _checked(packed, "gzip")
+    assert workers.submitted == [packed] and orjson.loads(forwarded[0])["inputs"][0]["data"] == [1, 2, 3, 4]
 
 
 def test_many_gzip_members_go_to_a_worker_not_the_event_loop() -> None:

@@ -114,6 +114,19 @@ def test_files_that_only_look_like_another_kind_keep_their_own(tmp_path: Path) -
     assert sniff(_write(tmp_path / "l.pt", legacy.getvalue())) == "torch_pickle"
     bundle = _zip(tmp_path / "py.zip", {"model.py": b"import numpy\n", "saved_model.pb": b""})
     assert sniff(bundle) == "python"  # a Python-backend model may bundle what it loads itself
+    for source in (b"GGUF_FILE = 1\n", b"X = TFL3 = 1\n"):  # GGUF's magic at 0, TFLite's TFL3 at 4
+        path = _write(tmp_path / "model.py", source)
+        assert sniff(path) == "python", source
+        assert check_kind(path, model_format="python") == "python"
+
+
+def test_a_header_nested_past_the_json_parser_is_not_safetensors(tmp_path: Path) -> None:
+    """A safetensors-like header nested 200000 deep made json.loads raise RecursionError: a 500."""
+    header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    path = _write(tmp_path / "deep.bin", len(header).to_bytes(8, "little") + header)
+    assert sniff(path) == "unknown"
+    with pytest.raises(InvalidArtifact):
+        check_kind(path, model_format="torchscript")
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
