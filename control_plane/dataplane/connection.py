@@ -323,8 +323,9 @@ class GuardedProtocol(HttpToolsProtocol):
             message = f"the request body stalled for over {limits.body_timeout_s:g}s"
         elif self._busy():
             wait, message = self.timeout_keep_alive, ""
-        else:
-            wait = self._last_active + self.timeout_keep_alive - now
+        else:  # idle: after a request, the keep-alive time; one that never sent a byte, the header timeout
+            idle = self.timeout_keep_alive if self._request_started else limits.header_timeout_s
+            wait = self._last_active + idle - now
             message = ""
             if wait <= 0:
                 self.timeout_keep_alive_handler()

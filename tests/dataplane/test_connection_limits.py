@@ -132,7 +132,10 @@ def test_an_idle_connection_that_sends_nothing_is_closed(
     sock = connect()
     raw, took = _answer_within(sock, 15)
     assert raw == b""
-    assert took < 12  # the keep-alive timeout (5 s here) after connecting; uvicorn alone waits forever
+    # The header timeout (0.5 s here), not the keep-alive time (5 s): CP_HTTP_KEEP_ALIVE_S may be raised to
+    # minutes behind a load balancer, and a connection that never sends a request must not be held that
+    # long (it was: max(header timeout, keep-alive)). uvicorn alone waits forever.
+    assert took < 3, took
 
 
 @pytest.mark.parametrize(
