@@ -17,6 +17,10 @@ class TritonStartError(ServiceUnavailable):
 
     kind = "TritonStartError"
 
+    def __init__(self, message: str, *, port_taken: bool = False):
+        super().__init__(message)
+        self.port_taken = port_taken  # it exited because one of its ports was in use
+
 
 class TritonUnavailable(ServiceUnavailable):
     """Triton cannot be reached (connection refused, timeout, broken connection)."""

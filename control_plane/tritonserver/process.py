@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,11 +32,50 @@ log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")  # noqa: S108 (POSIX shared memory, where Triton puts its regions)
 
 
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)  # ports free_port gave, newest last
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on `host` that nothing listens on right now, and that this process has not handed out
+    lately: the kernel may give a port it just released to the next bind, so three Tritons started at
+    once took the same port twice (one exited, "Socket already in use", while the other answered on it)."""
+    with _HANDED_OUT_LOCK:
+        for _ in range(64):
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                break
+        _HANDED_OUT.append(port)
+        return port
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process `pid` holds a TCP socket listening on `port` (None where /proc cannot tell)."""
+    try:
+        sockets = {
+            target[8:-1]
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if (target := _readlink(f"/proc/{pid}/fd/{fd}")).startswith("socket:[")
+        }
+        tables = [Path(f"/proc/{pid}/net/{name}").read_text() for name in ("tcp", "tcp6")]
+    except OSError:
+        return None
+    for table in tables:
+        for line in table.splitlines()[1:]:
+            fields = line.split()  # local_address is HEXIP:HEXPORT, st 0A is LISTEN, field 9 the inode
+            listening = len(fields) > 9 and fields[3] == "0A" and fields[9] in sockets
+            if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # the descriptor closed meanwhile
+        return ""
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -87,6 +128,7 @@ class TritonProcess:
         self.http_port = http_port or free_port(address)
         self.grpc_port = grpc_port or free_port(address)
         self.metrics_port = metrics_port or free_port(address)
+        self._ports_chosen = not (http_port or grpc_port or metrics_port)  # ours to choose again
         self.env_overrides = dict(env or {})
         self.log_path = log_path or self.workdir / "tritonserver.log"
         self.backend_dir = backend_dir
@@ -178,8 +220,9 @@ class TritonProcess:
         env.update(self.env_overrides)
         return env
 
-    def start(self, *, timeout_s: float = 60.0) -> None:
-        """Launch tritonserver and wait until it answers ready; on failure raise with its log tail."""
+    def start(self, *, timeout_s: float = 60.0, retries: int = 2) -> None:
+        """Launch tritonserver and wait until it answers ready; on failure raise with its log tail. Ports
+        this object chose are chosen again (up to `retries` times) when one was taken meanwhile."""
         if self.is_running():
             return
         self.stop()  # reap a tritonserver that exited by itself: its stubs, shared memory and guard
@@ -200,6 +243,13 @@ class TritonProcess:
         atexit.register(self.stop)
         try:
             self._wait_ready(timeout_s)
+        except TritonStartError as exc:
+            self.stop()
+            if not (self._ports_chosen and exc.port_taken and retries):
+                raise
+            log.warning("tritonserver found one of its ports taken; starting it again on new ports")
+            self.choose_new_ports()
+            self.start(timeout_s=timeout_s, retries=retries - 1)
         except BaseException:
             self.stop()
             raise
@@ -229,10 +279,13 @@ class TritonProcess:
         while time.monotonic() < deadline:
             code = self._proc.poll()
             if code is not None:
+                tail = log_tail(self.log_path)
                 raise TritonStartError(
-                    f"tritonserver exited with {code} during startup; log tail:\n{log_tail(self.log_path)}"
+                    f"tritonserver exited with {code} during startup; log tail:\n{tail}",
+                    port_taken="already in use" in tail,
                 )
-            if _answers_ok(url):
+            # Ready, and from this tritonserver: another server may answer on a port taken meanwhile.
+            if _answers_ok(url) and listens_on(self._proc.pid, self.http_port) is not False:
                 log.info("tritonserver ready at %s (pid %s)", self.http_url, self._proc.pid)
                 return
             time.sleep(0.1)

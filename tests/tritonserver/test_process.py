@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 from minio import Minio
 
 from control_plane.tritonserver import TritonProcess, TritonStartError
-from control_plane.tritonserver.process import SHM_DIR
+from control_plane.tritonserver.process import SHM_DIR, free_port, listens_on
 from tests.fixtures_triton import S3_ENV, RunningTriton, StartTriton
 from tests.support.triton_models import infer, python_model_files, write_python_model
 from tests.tritonserver.procfs import group_is_gone, group_members, stubs_of
@@ -88,6 +91,55 @@ def test_start_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
     assert process.pid is None
     assert (tmp_path / "work" / "tritonserver.log").is_file()
     assert (tmp_path / "work" / "backends" / "python" / "triton_python_backend_stub").is_file()
+
+
+def test_a_port_another_server_took_is_not_taken_for_tritons_and_new_ports_are_chosen(
+    tmp_path: Path, triton_backend_dir: Path
+) -> None:
+    """A full-suite run: three Tritons started at once drew the same free port twice; the one that lost
+    exited ("Socket already in use") while the other answered ready on that port, so the dead one was
+    called ready and every load sent to it failed. Here another server answering 200 holds the HTTP port
+    this process chose."""
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    process = TritonProcess(
+        repository=str(repository), workdir=tmp_path / "work", backend_dir=triton_backend_dir
+    )
+    taken = process.http_port
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", taken), Ready)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        process.start(timeout_s=60)
+        assert process.http_port != taken and process.is_running()
+        assert listens_on(process.pid or 0, process.http_port) is True
+        assert listens_on(process.pid or 0, taken) is False
+        assert "already in use" in (tmp_path / "work" / "tritonserver.log.1").read_text()
+    finally:
+        process.stop()
+        other.shutdown()
+        other.server_close()
+
+
+def test_free_ports_are_not_handed_out_twice_by_one_process() -> None:
+    """The kernel may give a port it just released to the next bind(0): 600 draws from three threads
+    (as three Tritons starting at once draw theirs) are all different."""
+    with ThreadPoolExecutor(3) as pool:
+        ports = [
+            port
+            for batch in pool.map(lambda _: [free_port() for _ in range(200)], range(3))
+            for port in batch
+        ]
+    assert len(set(ports)) == len(ports)
 
 
 def test_context_manager_and_idempotent_stop(tmp_path: Path, triton_backend_dir: Path) -> None:
