@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from control_plane.residency import gpu
+from control_plane.tritonserver.process import listening_sockets
 
 log = logging.getLogger(__name__)
 PROC = Path("/proc")
@@ -78,10 +79,9 @@ def local_pid(http_url: str) -> int | None:
     parts = urlsplit(http_url if "://" in http_url else f"http://{http_url}")
     if parts.hostname not in LOCAL_HOSTS or parts.port is None or not PROC.exists():
         return None
-    inodes = _listening_inodes(parts.port)
-    if not inodes:
+    wanted = listening_sockets(parts.port)
+    if not wanted:
         return None
-    wanted = {f"socket:[{inode}]" for inode in inodes}
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
             continue
@@ -92,20 +92,6 @@ def local_pid(http_url: str) -> int | None:
         except OSError:
             continue
     return None
-
-
-def _listening_inodes(port: int) -> set[str]:
-    inodes: set[str] = set()
-    for table in ("net/tcp", "net/tcp6"):
-        try:
-            lines = (PROC / table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
 
 
 def alive(pid: int) -> bool:

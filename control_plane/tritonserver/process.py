@@ -51,24 +51,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def listening_sockets(port: int) -> set[str]:
+    """The `socket:[inode]` names of the TCP sockets listening on `port` here (Linux /proc; empty where
+    it cannot tell), as a process's /proc/<pid>/fd links name them."""
+    found: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()  # local_address is HEXIP:HEXPORT, st 0A is LISTEN, field 9 the inode
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(f"socket:[{fields[9]}]")
+    return found
+
+
 def listens_on(pid: int, port: int) -> bool | None:
     """Whether process `pid` holds a TCP socket listening on `port` (None where /proc cannot tell)."""
     try:
-        sockets = {
-            target[8:-1]
-            for fd in os.listdir(f"/proc/{pid}/fd")
-            if (target := _readlink(f"/proc/{pid}/fd/{fd}")).startswith("socket:[")
-        }
-        tables = [Path(f"/proc/{pid}/net/{name}").read_text() for name in ("tcp", "tcp6")]
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return None
-    for table in tables:
-        for line in table.splitlines()[1:]:
-            fields = line.split()  # local_address is HEXIP:HEXPORT, st 0A is LISTEN, field 9 the inode
-            listening = len(fields) > 9 and fields[3] == "0A" and fields[9] in sockets
-            if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+    wanted = listening_sockets(port)
+    return any(_readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in fds)
 
 
 def _readlink(path: str) -> str:
