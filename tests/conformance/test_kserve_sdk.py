@@ -10,22 +10,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
 
 from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
 from tests.support.deploy import upload_and_alias
 from tests.support.procs import free_port
 from tests.support.zoo import run_onnxruntime
-from tests.support.zoo_onnx import save, vi
-from tests.support.zoo_sklearn import iris
+from tests.support.zoo_onnx import string_lower
+from tests.support.zoo_sklearn import iris, logistic_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = iris()[0][::25][:5]  # FP32 [5, 4]
@@ -35,30 +33,6 @@ WORDS = np.array([[b"Hello", b"WORLD", b"caf\xc3\xa9 \xc3\x84"]], dtype=object) 
 @pytest.fixture
 def served(make_served: Callable[..., Api], triton: RunningTriton) -> Api:
     return make_served(grpc_port=free_port(), triton_grpc_urls=[triton.process.grpc_url])
-
-
-def _classifier(path: Path) -> Path:
-    """A scikit-learn logistic regression through skl2onnx (zipmap off): X -> label INT64 [N],
-    probabilities FP32 [N, 3]."""
-    from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
-
-    features, target = iris()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = to_onnx(
-            LogisticRegression(max_iter=500).fit(features, target), features[:1], options={"zipmap": False}
-        )
-    path.write_bytes(model.SerializeToString())
-    return path
-
-
-def _lower(path: Path) -> Path:
-    """text BYTES [1, -1] -> lower BYTES [1, -1] (ONNX StringNormalizer takes [C] or [1, C])."""
-    node = helper.make_node("StringNormalizer", ["text"], ["lower"], case_change_action="LOWER", locale="C")
-    return save(
-        path, [node], [vi("text", TensorProto.STRING, [1, "C"])], [vi("lower", TensorProto.STRING, [1, "C"])]
-    )
 
 
 def _as_json(name: str, value: np.ndarray) -> dict[str, Any]:
@@ -95,8 +69,8 @@ def test_the_kserve_sdk_gets_what_onnxruntime_gets_over_rest_and_grpc(served: Ap
     tenant = served.tenant()
     consumer = served.key(tenant, "consumer")
     models = {
-        "iris": (_classifier(tmp_path / "iris.onnx"), {"X": ROWS}),
-        "lower": (_lower(tmp_path / "lower.onnx"), {"text": WORDS}),
+        "iris": (logistic_classifier(tmp_path / "iris.onnx", zipmap=False), {"X": ROWS}),
+        "lower": (string_lower(tmp_path / "lower.onnx"), {"text": WORDS}),
     }
     for name, (path, _) in models.items():
         assert served.create_model(tenant, name=name, format="onnx").status_code == 201

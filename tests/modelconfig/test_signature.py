@@ -57,7 +57,7 @@ def test_unsupported_dtype_is_named(tmp_path: Path) -> None:
 def test_skl2onnx_default_zipmap_output_is_refused_with_the_option_that_fixes_it(tmp_path: Path) -> None:
     """skl2onnx converts a classifier with a ZipMap output by default (a sequence of maps), under its
     default name `output_probability`: what users bring most often, and Triton cannot serve it."""
-    path = zoo_sklearn.default_classifier(tmp_path / "m.onnx")
+    path = zoo_sklearn.logistic_classifier(tmp_path / "m.onnx")
     with pytest.raises(InvalidArtifact) as info:
         read_onnx_signature(path)
     assert str(info.value) == (

@@ -174,7 +174,7 @@ def test_a_scikit_learn_classifier_with_zipmap_is_told_to_convert_without_it(
     api: Api, tenant: str, tmp_path: Path, nothing_new
 ) -> None:
     """skl2onnx's default for classifiers: probabilities as a ZipMap (a sequence of maps)."""
-    artifact = zoo_sklearn.default_classifier(tmp_path / "classifier.onnx").read_bytes()
+    artifact = zoo_sklearn.logistic_classifier(tmp_path / "classifier.onnx").read_bytes()
     with nothing_new():
         response = _upload(api, tenant, "onnx", {"file": ("classifier.onnx", artifact)})
     _refused(

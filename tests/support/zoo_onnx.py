@@ -208,13 +208,18 @@ def _names(zoo: Zoo) -> None:
         zoo.onnx(model, "onnx.helper (exporter-style names)", path, {x: sample("FP32", (2, 4))})
 
 
-def _strings(zoo: Zoo) -> None:
-    path = save(
-        zoo.path("string-lower", ".onnx"),
+def string_lower(path: Path) -> Path:
+    """text BYTES [1, -1] -> lower BYTES [1, -1] (ONNX StringNormalizer takes [C] or [1, C])."""
+    return save(
+        path,
         [helper.make_node("StringNormalizer", ["text"], ["lower"], case_change_action="LOWER", locale="C")],
         [vi("text", TensorProto.STRING, [1, "C"])],
         [vi("lower", TensorProto.STRING, [1, "C"])],
     )
+
+
+def _strings(zoo: Zoo) -> None:
+    path = string_lower(zoo.path("string-lower", ".onnx"))
     words = np.array([[b"Hello", b"WORLD", b"MiXeD"]], dtype=object)
     zoo.onnx("string-lower", "onnx.helper (strings)", path, {"text": words})
     ml = helper.make_opsetid("ai.onnx.ml", 3)

@@ -36,16 +36,18 @@ def diabetes() -> tuple[np.ndarray, np.ndarray]:
     return features.astype(np.float32), target
 
 
-def default_classifier(path: Path) -> Path:
-    """A logistic regression converted with skl2onnx's defaults: outputs `output_label` and the ZipMap
-    `output_probability` (a sequence of maps from class to probability)."""
+def logistic_classifier(path: Path, *, zipmap: bool = True) -> Path:
+    """A logistic regression on iris converted by skl2onnx. With its defaults (`zipmap`): outputs
+    `output_label` and the ZipMap `output_probability` (a sequence of maps from class to probability);
+    with zipmap off: `label` INT64 [N] and `probabilities` FP32 [N, 3]."""
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
     features, target = iris()
+    options = None if zipmap else {"zipmap": False}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = to_onnx(LogisticRegression(max_iter=500).fit(features, target), features[:1])
+        model = to_onnx(LogisticRegression(max_iter=500).fit(features, target), features[:1], options=options)
     path.write_bytes(model.SerializeToString())
     return path
 
