@@ -3,10 +3,10 @@
 The checks (`v2request.prepare_http`, `predict_codec`) are plain functions of bytes in modules that
 import little, so the same code runs on the event loop for small bodies and in a worker process
 (`heavy`) for big ones. A compressed body is decompressed on the event loop when it is small both ways
-(at most `inline_bytes` compressed and decompressed: the work is bounded like a small plain body's, so a
-client that compresses every request, as tritonclient's `request_compression_algorithm` does, is not
-held to the per-tenant cap of the workers); one that inflates past that goes to a worker, under the
-request limit.
+(at most a quarter of `inline_bytes` as it arrives, `inline_bytes` decompressed, `INLINE_MEMBERS` gzip
+members: the work is bounded like a small plain body's, so a client that compresses every request, as
+tritonclient's `request_compression_algorithm` does, is not held to the per-tenant cap of the workers);
+one past those goes to a worker, under the request limit.
 """
 
 from __future__ import annotations
