@@ -97,16 +97,17 @@ def sniff(path: Path) -> Kind:
         if any(name in head for name in (b"sklearn.", b"xgboost.", b"lightgbm.")):
             return "sklearn_pickle"  # pickle.dump or joblib.dump of an estimator
         return "torch_pickle"  # torch.save with _use_new_zipfile_serialization=False, or plain pickle
-    if _is_python(path):  # before the magic numbers below: a model.py may begin with any of them
+    if _is_safetensors(path, head):  # before ONNX: its 8-byte header length may start with 0x08
+        return "safetensors"
+    if head[:1] == b"\x08":  # ModelProto field 1 (ir_version), what every ONNX writer puts first
+        return "onnx"
+    # Neither of those can be Python source (a NUL or a backspace byte); the magic numbers below can.
+    if _is_python(path):
         return "python"
     if head[:4] == b"GGUF":
         return "gguf"
     if head[:8] == b"\x89HDF\r\n\x1a\n" or head[4:8] == b"TFL3":  # Keras HDF5, TFLite flatbuffer
         return "tensorflow"
-    if _is_safetensors(path, head):  # before ONNX: its 8-byte header length may start with 0x08
-        return "safetensors"
-    if head[:1] == b"\x08":  # ModelProto field 1 (ir_version), what every ONNX writer puts first
-        return "onnx"
     if _is_tar(path):
         names = tar_names(path)
         if any(n.endswith(".onnx") for n in names):
