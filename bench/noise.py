@@ -1,12 +1,16 @@
 """A noisy tenant and a crowd of slow clients, meant to run in their own process (stdlib + uvloop).
 
     python -m bench.noise --port P --key K --model M --duration 20 [--slow 500] [--big 2] [--bombs 1]
+                          [--nested 1]
 
 - `--slow N` connections that trickle a request's headers one byte at a time (slowloris), reconnecting
   whenever the server closes them;
 - `--big N` loops sending 30 MB /v1/predict bodies (a plausible-looking batch far over the model's
   limits) and 30 MB KServe v2 JSON bodies;
-- `--bombs N` loops sending a 1 MB gzip body that inflates to 1 GiB.
+- `--bombs N` loops sending a 1 MB gzip body that inflates to 1 GiB;
+- `--nested N` loops sending 240 KiB KServe v2 JSON bodies of 13k nested one-value rows
+  (`[[[[[[[[0.5]]]]]]]]`, a shape the model refuses): small enough to be checked on the event loop by
+  size, but 100k lists to parse.
 The loops send back to back, as a client library would: each waits for its answer, and for as long as a
 Retry-After says (a flood that ignores it is what rate limits, CP_TENANT_RATE_LIMIT, are for).
 Prints one JSON object: the answers each kind got, by status, and how many slow connections the
@@ -40,6 +44,12 @@ def _v2_body(size: int) -> bytes:
         values // 4,
         b"0," * (values - 1),
     )
+
+
+def _nested_body(size: int) -> bytes:
+    row = b"[[[[[[[[0.5]]]]]]]],"
+    rows = size // len(row)
+    return b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[%s]}]}' % (row * rows)[:-1]
 
 
 def _bomb() -> bytes:
@@ -118,6 +128,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         auth,
     )
     big_predict, big_v2, bomb = _predict_body(30 << 20), _v2_body(30 << 20), _bomb()
+    nested = _nested_body(240 << 10)
     tasks = [_slow_client(args.port, args.model, closed, until) for _ in range(args.slow)]
     for _ in range(args.big):
         tasks.append(_sender(args.port, "predict-30MB", predict, big_predict, answers, until))
@@ -126,6 +137,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tasks.append(
             _sender(args.port, "gzip-bomb", infer + b"Content-Encoding: gzip\r\n", bomb, answers, until)
         )
+    for _ in range(args.nested):
+        tasks.append(_sender(args.port, "nested-240KB", infer, nested, answers, until))
     await asyncio.gather(*tasks)
     return {"answers": dict(sorted(answers.items())), "slow_closed_by_server": closed["by-server"]}
 
@@ -140,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow", type=int, default=500)
     parser.add_argument("--big", type=int, default=1)
     parser.add_argument("--bombs", type=int, default=1)
+    parser.add_argument("--nested", type=int, default=1)
     args = parser.parse_args(argv)
     print(json.dumps(uvloop.run(run(args))), flush=True)
     return 0

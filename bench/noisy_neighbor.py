@@ -1,11 +1,13 @@
 """Does a noisy tenant hurt a quiet one? The quiet tenant's latency alone, then under attack.
 
     python -m bench.noisy_neighbor [--duration 15] [--concurrency 4] [--slow 500] [--big 1] [--bombs 1]
+                                   [--nested 1]
 
 Brings up its own control plane (SQLite, embedded Triton) in a temp dir, deploys the same small ONNX
 MLP for two tenants, and measures the quiet tenant's KServe v2 requests with the closed-loop load
 generator (its own process): first alone, then while `bench.noise` (another process) holds hundreds
-of slow connections open and the noisy tenant sends 30 MB bodies and gzip bombs. Prints both p50/p99,
+of slow connections open and the noisy tenant sends 30 MB bodies, gzip bombs and small bodies of
+100k nested lists. Prints both p50/p99,
 what the noise got back, the control plane's peak memory, and whether Triton survived. Target: the
 quiet p99 under attack stays below 50 ms. Exit 0 even when the target is missed; 2 if setup failed.
 """
@@ -71,7 +73,7 @@ def noisy_run(stack: Stack, quiet: tuple[str, str], noisy: tuple[str, str], args
     """The quiet run again, with the noise generator going from a few seconds before to after it."""
     argv = [sys.executable, "-m", "bench.noise", "--port", str(stack.cp_port), "--model", noisy[0]]
     argv += ["--key", noisy[1], "--duration", str(args.duration + 6), "--slow", str(args.slow)]
-    argv += ["--big", str(args.big), "--bombs", str(args.bombs)]
+    argv += ["--big", str(args.big), "--bombs", str(args.bombs), "--nested", str(args.nested)]
     with PeakRss(stack.proc.pid) as rss:
         noise = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
@@ -95,6 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow", type=int, default=500, help="slow (slowloris) connections")
     parser.add_argument("--big", type=int, default=1, help="loops each sending 30 MB predict and v2 bodies")
     parser.add_argument("--bombs", type=int, default=1, help="loops sending 1 MB gzip bodies of 1 GiB")
+    parser.add_argument("--nested", type=int, default=1, help="loops sending 240 KiB bodies of 100k lists")
     return parser.parse_args(argv)
 
 
@@ -119,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':>14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, run in (("alone", alone), ("under noise", under)):
         print(f"{name:>14} {run['rps']:8.0f} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} {run['errors']:7d}")
-    print(f"\nnoise ({args.slow} slow connections, {args.big}x 30 MB bodies, {args.bombs}x gzip bombs):")
+    print(
+        f"\nnoise ({args.slow} slow connections, {args.big}x 30 MB bodies, {args.bombs}x gzip bombs, "
+        f"{args.nested}x nested 240 KiB bodies):"
+    )
     print(json.dumps(noise, indent=2))
     print(f"control plane peak RSS under noise: {peak_kib / 1024:.0f} MiB")
     print(f"Triton survived (same pid {triton_pid}): {bool(survived)}")

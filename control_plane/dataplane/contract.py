@@ -129,8 +129,15 @@ def check_shape(name: str, shape: object) -> list[int]:
 _NO_PARAMETERS: dict[str, object] = {}
 
 
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def check_parameters(parameters: object, kind: str = "", name: str = "") -> dict[str, object]:
-    """A `parameters` object (of the request, or of input/output `name`); no shared memory."""
+    """A `parameters` object (of the request, or of input/output `name`); no shared memory.
+
+    The request's own parameters are strings, numbers or booleans, as KServe v2 has them: Triton
+    refuses any other (an input's or output's it ignores, so those pass as they are).
+    """
     if parameters is None:
         return _NO_PARAMETERS
     where = f"{kind} '{name}'" if kind else "the request"
@@ -138,6 +145,10 @@ def check_parameters(parameters: object, kind: str = "", name: str = "") -> dict
         raise Rejected(f"{where}: 'parameters' must be an object")
     if not SHARED_MEMORY_KEYS.isdisjoint(parameters):
         raise Rejected(f"{where}: shared memory is not available through this endpoint; send the data")
+    if not kind and not set(map(type, parameters.values())) <= _SCALARS:
+        key, value = next((k, v) for k, v in parameters.items() if type(v) not in _SCALARS)
+        shown = {list: "a list", dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+        raise Rejected(f"parameter '{key}' must be a string, number or boolean; it is {shown}")
     return parameters
 
 

@@ -14,7 +14,7 @@ import orjson
 
 from control_plane.dataplane.contract import NUMPY_NAMES, Contract, Rejected
 from control_plane.dataplane.decode import decode_infer_response
-from control_plane.dataplane.v2request import decompress, json_values
+from control_plane.dataplane.v2request import decompress, json_values, paused_gc
 
 Array = npt.NDArray[Any]
 # What JSON values are read as first, wide enough to check ranges: by the datatype's first letters.
@@ -34,6 +34,11 @@ def to_v2_request(
     """A KServe v2 binary-tensor request (body, header length) for `{"inputs": {name: nested list}}`."""
     if encoding is not None:
         body = decompress(body, encoding, limit=limit)
+    with paused_gc():
+        return _to_v2_request(body, contract)
+
+
+def _to_v2_request(body: bytes, contract: Contract) -> tuple[bytes, int]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

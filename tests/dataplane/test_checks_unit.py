@@ -3,6 +3,7 @@ input only ever ends in a Rejected (property-based, with hypothesis)."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import math
 import pickle
@@ -392,6 +393,10 @@ class _Workers:
     def admit(self, tenant_id: int) -> None:
         self.admitted += 1
 
+    async def run(self, tenant_id: int, fn: Any, *args: Any) -> Any:
+        self.submitted.append(args[0])
+        return fn(*args)
+
     def submit(self, tenant_id: int, fn: Any, *args: Any, done: Any) -> None:
         self.submitted.append(args[0])
         try:
@@ -455,3 +460,96 @@ def test_compressed_bodies_that_are_not_valid_are_refused_inline() -> None:
         refused, workers = _checked(packed, encoding)
         assert refused.status_code == status, (encoding, refused.message)
         assert workers.submitted == []
+
+
+def test_bodies_of_many_nested_lists_go_to_a_worker_not_the_event_loop() -> None:
+    """256 KiB of `[[[[1]]]]` rows or empty lists is ~100k lists: 17-25 ms of parsing on the event loop.
+    Past INLINE_CONTAINERS lists and objects a small body is a worker's; nested rows of a modest
+    tensor, and any body of flat data, still are checked inline."""
+    rows = [[1.0, 2.0, 3.0, 4.0]] * 8
+    forwarded, workers = _checked(_json(_x([8, 4], rows)), None, inline_bytes=256 * 1024)
+    assert workers.submitted == [] and orjson.loads(forwarded[0])["inputs"][0]["data"] == rows
+    flat = _json(_x([8, 4], [1.5] * 32), padding="[" * 100 + "x" * 60_000)
+    _, workers = _checked(flat, None, inline_bytes=256 * 1024)
+    assert workers.submitted == []
+    nested = _json(_x([1, 4], [1, 2, 3, 4], parameters={"rows": [[[[1]]]] * 2000}))
+    forwarded, workers = _checked(nested, None, inline_bytes=256 * 1024)
+    assert workers.submitted == [nested]
+    assert len(orjson.loads(forwarded[0])["inputs"][0]["parameters"]["rows"]) == 2000
+    # In a binary-tensor body only the JSON header counts: its tensor bytes may hold any '['.
+    vector = Contract({"v": TensorRule("v", "FP32", (-1,))}, frozenset({"y"}), 0)
+    v = {"name": "v", "shape": [2000], "datatype": "FP32", "parameters": {"binary_data_size": 8000}}
+    body, length = _binary({"inputs": [v]}, b"[" * 8000)
+    workers = _Workers()
+    checks = RequestChecks(workers, limit=1 << 20, inline_bytes=256 * 1024)  # type: ignore[arg-type]
+    ex = Exchange({b"inference-header-content-length": str(length).encode()})
+    ex.caller, ex.resolved = SimpleNamespace(tenant_id=1), SimpleNamespace(contract=vector)  # type: ignore[assignment]
+    outcome: list[Any] = []
+    checks.start_http(ex, body, outcome.append)
+    assert workers.submitted == [] and outcome[0][0][outcome[0][1] :] == b"[" * 8000
+
+
+def test_predict_bodies_of_many_nested_lists_go_to_a_worker() -> None:
+    workers = _Workers()
+    checks = RequestChecks(workers, limit=1 << 20, inline_bytes=256 * 1024)  # type: ignore[arg-type]
+    ex = Exchange({})
+    ex.caller, ex.resolved = SimpleNamespace(tenant_id=1), SimpleNamespace(contract=MLP)  # type: ignore[assignment]
+    rows = orjson.dumps({"inputs": {"x": [[1, 2, 3, 4]] * 8}})
+    asyncio.run(checks.predict_request(ex, rows))
+    assert workers.submitted == []
+    many = orjson.dumps({"inputs": {"x": [[1, 2, 3, 4]] * 8}, "note": [[]] * 5000})
+    body, length = asyncio.run(checks.predict_request(ex, many))
+    assert workers.submitted == [many] and orjson.loads(body[:length])["inputs"][0]["shape"] == [8, 4]
+
+
+def test_nested_data_is_counted_level_by_level_with_its_ranges_checked() -> None:
+    ints = Contract({"i": TensorRule("i", "INT32", (-1, 3))}, frozenset({"o"}), 4)
+    i = {"name": "i", "shape": [2, 3], "datatype": "INT32"}
+    prepare(_json({**i, "data": [[1, 2, 3], [4, 5, -(2**31)]]}), header_length=None, contract=ints)
+    with pytest.raises(Rejected, match="outside the range of INT32"):  # nested rows were not range-checked
+        prepare(_json({**i, "data": [[1, 2, 3], [4, 5, 2**40]]}), header_length=None, contract=ints)
+    with pytest.raises(Rejected, match="nested deeper than its shape, or ragged"):
+        prepare(_json({**i, "data": [[1, 2, 3], [[4, 5, 6]]]}), header_length=None, contract=ints)
+    with pytest.raises(Rejected, match="needs 6 values; it has 5"):
+        prepare(_json({**i, "data": [[1, 2, 3], [4, 5]]}), header_length=None, contract=ints)
+    with pytest.raises(Rejected, match="str values in 'data'; INT32 needs integers"):
+        prepare(_json({**i, "data": [[1, 2, 3], [4, 5, "6"]]}), header_length=None, contract=ints)
+    rank8 = Contract({"x": TensorRule("x", "FP32", (-1,) * 8)}, frozenset({"y"}), 0)
+    body = _json(
+        {"name": "x", "shape": [3000] + [1] * 7, "datatype": "FP32", "data": [[[[[[[[1.5]]]]]]]] * 3000}
+    )
+    forwarded, _ = prepare(body, header_length=None, contract=rank8)
+    assert orjson.loads(forwarded)["inputs"][0]["shape"][0] == 3000
+
+
+def test_json_nested_past_what_can_be_forwarded_is_a_400() -> None:
+    """orjson reads 1024 levels but writes 254: a request nested 300 deep in `parameters` was a 500."""
+    deep = {"deep": orjson.Fragment(b"[" * 300 + b"]" * 300)}
+    for body, message in (
+        (_json(_x([1, 4], [1, 2, 3, 4], parameters=deep)), "input 'x' nests too deeply"),
+        (_json(_x([1, 4], [1, 2, 3, 4]), outputs=[{"name": "y", "parameters": deep}]), "output 'y' nests"),
+        (_json(_x([1, 4], [1, 2, 3, 4]), parameters=deep), "parameter 'deep' must be a string, number or"),
+    ):
+        with pytest.raises(Rejected, match=message) as refused:
+            prepare(body, header_length=None, contract=MLP)
+        assert refused.value.status == 400
+
+
+def test_the_requests_own_parameters_are_scalars_as_triton_takes_them() -> None:
+    """Triton refuses a request parameter that is a list, an object or null (an input's it ignores)."""
+    for value, shown in (([1], "a list"), ({"a": 1}, "an object"), (None, "null")):
+        with pytest.raises(
+            Rejected, match=f"parameter 'p' must be a string, number or boolean; it is {shown}"
+        ):
+            prepare(
+                _json(_x([1, 4], [1, 2, 3, 4]), parameters={"p": value}), header_length=None, contract=MLP
+            )
+    scalars = {"s": "a", "i": 1, "f": 1.5, "b": True, "priority": 0}
+    forwarded, _ = prepare(
+        _json(_x([1, 4], [1, 2, 3, 4]), parameters=scalars), header_length=None, contract=MLP
+    )
+    assert orjson.loads(forwarded)["parameters"] == scalars
+    tensor_level = _json(
+        _x([1, 4], [1, 2, 3, 4], parameters={"p": [1]}), outputs=[{"name": "y", "parameters": {"q": {}}}]
+    )
+    prepare(tensor_level, header_length=None, contract=MLP)
