@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from control_plane.dataplane import predict_codec
-from control_plane.dataplane.contract import Rejected
+from control_plane.dataplane.contract import CheckLater, Rejected
 from control_plane.dataplane.exchange import Exchange
 from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.upstream import BadGateway
@@ -89,10 +89,12 @@ class RequestChecks:
                 if _containers(plain, header_length) > INLINE_CONTAINERS:
                     plain = None
                 else:
-                    prepared = prepare(plain, header_length=header_length, contract=contract)
+                    prepared = prepare(plain, header_length=header_length, contract=contract, inline=True)
         except Rejected as exc:
             then(as_app_error(exc))
             return
+        except CheckLater:  # thousands of BYTES elements to count: a worker's
+            plain = None
         if plain is not None:
             then(prepared)
             return

@@ -1,7 +1,8 @@
 """Check a gRPC ModelInferRequest against its version, walking the wire without copying tensor bytes.
 
-Top-level fields are walked with `protowire`; the small per-tensor messages (name, datatype, shape,
-parameters, typed contents) are parsed by protobuf; `raw_input_contents` are only measured.
+Top-level fields are walked once with `protowire` (the same walk finds the model's name); the small
+per-tensor messages (name, datatype, shape, parameters, typed contents) are parsed by protobuf;
+`raw_input_contents` are only measured.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from control_plane.dataplane import protowire
 from control_plane.dataplane.contract import (
+    INLINE_BYTES_ELEMENTS,
     ITEM_SIZES,
     SHARED_MEMORY_KEYS,
     Contract,
@@ -32,13 +34,48 @@ _Output = pb.ModelInferRequest.InferRequestedOutputTensor
 _ParameterEntry = _Input.ParametersEntry
 
 
+REQUEST_FIELDS = frozenset({_PARAMETERS, _INPUTS, _OUTPUTS, _RAW})  # the fields the check reads
+
+
 def check_infer_request(request: bytes, contract: Contract) -> None:
     """Rejected unless every input and output of the request fits the version's contract."""
+    walked = protowire.walk(request, keep=REQUEST_FIELDS)
+    assert walked is not None  # no limit
+    check_walked(request, walked, contract)
+
+
+def check_large_request(request: bytes, contract: Contract, body: int) -> None:
+    """`check_infer_request` for a request of many fields, checked in a worker process after it was
+    resolved by the name and version leading it (`protowire.leading`, ending at `body`): refused
+    unless those are its only fields 1 and 2, as every serializer writes them (a parser keeps the
+    last, so another would name a different model than the one checked)."""
+    walked = protowire.walk(request, keep=REQUEST_FIELDS)
+    assert walked is not None
+    if walked.head != body:
+        raise Rejected(
+            "model_name and model_version must lead the request, once each, as protobuf serializers "
+            "write them (a request of this many fields is not read any other way)"
+        )
+    check_walked(request, walked, contract)
+
+
+def inline_sized(walked: protowire.Walked, limit: int) -> bool:
+    """Whether the request's typed fields (parameters, inputs with their shapes and contents, outputs:
+    what protobuf parses and Python walks) are at most `limit` bytes; raw contents are only measured."""
+    return sum(end - start for number, start, end in walked.spans if number != _RAW) <= limit
+
+
+def check_walked(
+    request: bytes, walked: protowire.Walked, contract: Contract, *, inline: bool = False
+) -> None:
+    """`check_infer_request` of a request already walked; `inline` (on the event loop): CheckLater past
+    INLINE_BYTES_ELEMENTS elements of a raw BYTES input."""
+    limit = INLINE_BYTES_ELEMENTS if inline else None
     inputs: list[Any] = []
     outputs: list[str] = []
     raw: list[tuple[int, int]] = []  # (start, end) of each raw_input_contents entry
     view = memoryview(request)
-    for number, start, end in _fields(request):
+    for number, start, end in walked.spans:
         if number == _INPUTS:
             inputs.append(_Input.FromString(view[start:end]))
         elif number == _OUTPUTS:
@@ -47,18 +84,18 @@ def check_infer_request(request: bytes, contract: Contract) -> None:
             outputs.append(output.name)
         elif number == _RAW:
             raw.append((start, end))
-        elif number == _PARAMETERS and _ParameterEntry.FromString(view[start:end]).key in SHARED_MEMORY_KEYS:
+        elif _ParameterEntry.FromString(view[start:end]).key in SHARED_MEMORY_KEYS:  # _PARAMETERS
             raise Rejected("shared memory is not available through this endpoint; send the data")
     if not inputs:
         raise Rejected(f"the request has no inputs; the model takes {contract.expected()}")
     if raw and len(raw) != len(inputs):
         raise Rejected(f"the request has {len(inputs)} inputs but {len(raw)} raw_input_contents")
     for index, tensor in enumerate(inputs):
-        _check_input(tensor, contract, view[raw[index][0] : raw[index][1]] if raw else None)
+        _check_input(tensor, contract, view[raw[index][0] : raw[index][1]] if raw else None, limit)
     contract.check_names([tensor.name for tensor in inputs], outputs)
 
 
-def _check_input(tensor: Any, contract: Contract, raw: memoryview | None) -> None:
+def _check_input(tensor: Any, contract: Contract, raw: memoryview | None, limit: int | None) -> None:
     name, datatype = tensor.name, tensor.datatype
     if datatype not in ITEM_SIZES:
         raise Rejected(f"input '{name}' has an unknown datatype {datatype!r}")
@@ -71,7 +108,7 @@ def _check_input(tensor: Any, contract: Contract, raw: memoryview | None) -> Non
     if raw is not None:
         if used:
             raise Rejected(f"input '{name}' has both contents and raw_input_contents")
-        found = _raw_elements(raw, name, datatype)
+        found = _raw_elements(raw, name, datatype, limit)
     else:
         expected = _CONTENTS.get(datatype)
         if expected is None:
@@ -83,10 +120,10 @@ def _check_input(tensor: Any, contract: Contract, raw: memoryview | None) -> Non
         raise Rejected(f"input '{name}' has shape {shape}, which needs {elements} values; it has {found}")
 
 
-def _raw_elements(raw: memoryview, name: str, datatype: str) -> int:
+def _raw_elements(raw: memoryview, name: str, datatype: str, limit: int | None) -> int:
     item = ITEM_SIZES[datatype]
     if item == 0:
-        return bytes_elements(raw, name)
+        return bytes_elements(raw, name, limit)
     if len(raw) % item:
         raise Rejected(f"input '{name}' has {len(raw)} raw bytes, not a whole number of {datatype} values")
     return len(raw) // item
@@ -95,24 +132,3 @@ def _raw_elements(raw: memoryview, name: str, datatype: str) -> int:
 def _check_parameters(where: str, parameters: Any) -> None:
     if not SHARED_MEMORY_KEYS.isdisjoint(parameters.keys()):
         raise Rejected(f"{where}: shared memory is not available through this endpoint; send the data")
-
-
-def _fields(buf: bytes) -> list[tuple[int, int, int]]:
-    """(field number, payload start, payload end) of the length-delimited top-level fields 4 to 7."""
-    found = []
-    pos, end = 0, len(buf)
-    while pos < end:
-        tag, pos = protowire.read_varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if number == 0:
-            raise protowire.WireError("field number 0")
-        if wire == protowire.WIRE_LEN:
-            length, start = protowire.read_varint(buf, pos)
-            pos = start + length
-            if pos > end:
-                raise protowire.WireError("truncated field")
-            if _PARAMETERS <= number <= _RAW:
-                found.append((number, start, pos))
-        else:
-            pos = protowire.skip_field(buf, pos, wire)
-    return found

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
 _MAX_VARINT_SHIFT = 63
+# C++ protobuf (Triton's parser) reads a tag of up to 5 bytes and keeps its low 32 bits: a longer one
+# read as a varint would be another field to us (8A 80 80 80 10 is field 1 to Triton, 536870913 to a
+# 64-bit read), so a name or an input could pass the check and the rewrite unseen. Refused.
+MAX_TAG = 0xFFFFFFFF
 
 
 class WireError(ValueError):
@@ -78,44 +82,122 @@ def skip_field(buf: bytes, pos: int, wire_type: int) -> int:
     return pos
 
 
-def read_head(buf: bytes) -> Head | None:
-    """Fields 1 and 2 when they lead the message; None when either also appears after another field.
+@dataclass(frozen=True, slots=True)
+class Walked:
+    """A message's top-level fields, walked once with their payloads skipped.
 
-    The rest of the message is walked too (field headers only, payloads are skipped): a parser
-    lets the last occurrence of a field win, so a second `model_name` near the end must not slip
-    past a rewrite of the first. None means: let a real protobuf parser handle this message.
-    Raises WireError for malformed bytes.
+    `name` and `version` are the last length-delimited fields 1 and 2, as a parser reads them;
+    `names` where every field 1 or 2 lies (tag included, any wire type); `head` the offset where the
+    other fields begin when fields 1 and 2 only lead the message (as every serializer writes them),
+    else None; `spans` (number, payload start, payload end) of the length-delimited fields asked for.
     """
+
+    name: bytes
+    version: bytes
+    names: list[tuple[int, int]]
+    head: int | None
+    spans: list[tuple[int, int, int]]
+
+
+_NO_FIELDS: frozenset[int] = frozenset()
+
+
+def walk(buf: bytes, *, keep: frozenset[int] = _NO_FIELDS, limit: int | None = None) -> Walked | None:
+    """The message's fields (see `Walked`); None when it has more than `limit` of them (the walk
+    stops there: a caller bounds its work). Raises WireError for malformed bytes."""
     values = [b"", b""]
+    names: list[tuple[int, int]] = []
+    spans: list[tuple[int, int, int]] = []
+    first_other = -1  # where the first field other than 1 and 2 begins
+    leading = True  # fields 1 and 2 only before any other
     end = len(buf)
-    pos = 0
+    pos = count = 0
     while pos < end:
-        tag = buf[pos]  # fields 1 and 2 have one-byte tags
-        if tag not in (0x0A, 0x12):
-            break
-        length, start = read_varint(buf, pos + 1)
-        pos = start + length
-        if pos > end:
-            raise WireError("truncated field")
-        values[tag >> 4] = buf[start:pos]  # 0x0A >> 4 == 0, 0x12 >> 4 == 1
-    body = pos
-    while pos < end:
+        count += 1
+        if limit is not None and count > limit:
+            return None
+        at = pos
         tag = buf[pos]
         if tag < 0x80:  # one-byte tag (fields 1-15): the usual case, inlined
             pos += 1
         else:
             tag, pos = read_varint(buf, pos)
-        if tag < 0x08:
+            if tag > MAX_TAG or pos - at > 5:
+                raise WireError("field tag longer than 32 bits")
+        number = tag >> 3
+        if number == 0:
             raise WireError("field number 0")
-        if tag < 0x18:  # fields 1 and 2, any wire type
-            return None
-        if tag & 7 == WIRE_LEN and pos < end and buf[pos] < 0x80:  # short length, inlined
-            pos += 1 + buf[pos]
+        if tag & 7 == WIRE_LEN:
+            if pos < end and buf[pos] < 0x80:  # short length, inlined
+                start = pos + 1
+                pos = start + buf[pos]
+            else:
+                length, start = read_varint(buf, pos)
+                pos = start + length
             if pos > end:
                 raise WireError("truncated field")
+            if number <= 2:
+                values[number - 1] = buf[start:pos]
+            elif number in keep:
+                spans.append((number, start, pos))
         else:
             pos = skip_field(buf, pos, tag & 7)
-    return Head(field1=values[0], field2=values[1], body=body)
+            if number <= 2:  # a parser skips it as unknown; it is still not where a name belongs
+                leading = False
+        if number <= 2:
+            names.append((at, pos))
+            if first_other >= 0:
+                leading = False
+        elif first_other < 0:
+            first_other = at
+    head = (end if first_other < 0 else first_other) if leading else None
+    return Walked(values[0], values[1], names, head, spans)
+
+
+def read_head(buf: bytes) -> Head | None:
+    """Fields 1 and 2 when they lead the message; None when either also appears after another field.
+
+    The rest of the message is walked too (field headers only, payloads are skipped): a parser
+    lets the last occurrence of a field win, so a second `model_name` near the end must not slip
+    past a rewrite of the first. Raises WireError for malformed bytes.
+    """
+    walked = walk(buf)
+    assert walked is not None  # no limit
+    if walked.head is None:
+        return None
+    return Head(field1=walked.name, field2=walked.version, body=walked.head)
+
+
+def leading(buf: bytes) -> Head:
+    """Fields 1 and 2 as a serializer writes them, without walking the rest: field 1, then field 2,
+    each at most once, at the start (empty where absent). Whether no other field 1 or 2 follows is
+    for `walk` to say: its `head` equals this `body` only then. Raises WireError for a cut field."""
+    values = [b"", b""]
+    end = len(buf)
+    pos = 0
+    for tag in (0x0A, 0x12):  # fields 1 and 2 have one-byte tags
+        if pos < end and buf[pos] == tag:
+            length, start = read_varint(buf, pos + 1)
+            pos = start + length
+            if pos > end:
+                raise WireError("truncated field")
+            values[tag >> 4] = buf[start:pos]  # 0x0A >> 4 == 0, 0x12 >> 4 == 1
+    return Head(field1=values[0], field2=values[1], body=pos)
+
+
+def with_head(buf: bytes, head: bytes, names: list[tuple[int, int]]) -> bytes:
+    """`head` followed by `buf` without its fields 1 and 2 (`Walked.names`), in one copy."""
+    if not names:
+        return head + buf if head else buf
+    view = memoryview(buf)
+    parts: list[bytes | memoryview] = [head]
+    pos = 0
+    for start, end in names:
+        if start > pos:
+            parts.append(view[pos:start])
+        pos = end
+    parts.append(view[pos:])
+    return b"".join(parts)
 
 
 def replace_head(buf: bytes, head: bytes, body: int) -> bytes:

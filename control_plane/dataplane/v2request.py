@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from control_plane.dataplane.contract import (
+    INLINE_BYTES_ELEMENTS,
     ITEM_SIZES,
     Contract,
     Rejected,
@@ -111,13 +112,18 @@ def paused_gc() -> Iterator[None]:
         gc.enable()
 
 
-def prepare(body: bytes, *, header_length: int | None, contract: Contract) -> tuple[bytes, int | None]:
-    """The body to forward and its new header length (None for plain JSON); Rejected if invalid."""
+def prepare(
+    body: bytes, *, header_length: int | None, contract: Contract, inline: bool = False
+) -> tuple[bytes, int | None]:
+    """The body to forward and its new header length (None for plain JSON); Rejected if invalid.
+    `inline` (on the event loop): CheckLater past INLINE_BYTES_ELEMENTS elements of a binary BYTES input."""
     with paused_gc():
-        return _prepare(body, header_length, contract)
+        return _prepare(body, header_length, contract, INLINE_BYTES_ELEMENTS if inline else None)
 
 
-def _prepare(body: bytes, header_length: int | None, contract: Contract) -> tuple[bytes, int | None]:
+def _prepare(
+    body: bytes, header_length: int | None, contract: Contract, elements_limit: int | None
+) -> tuple[bytes, int | None]:
     view = memoryview(body)
     end = len(body) if header_length is None else header_length
     try:
@@ -127,7 +133,7 @@ def _prepare(body: bytes, header_length: int | None, contract: Contract) -> tupl
     if not isinstance(document, dict):
         raise Rejected('the request must be a JSON object with "inputs"')
     tail = view[end:]
-    used = _check_inputs(document.get("inputs"), tail, contract)
+    used = _check_inputs(document.get("inputs"), tail, contract, elements_limit)
     if used != len(tail):
         raise Rejected(f"the binary data is {len(tail)} bytes but the inputs declare {used}")
     outputs = _check_outputs(document.get("outputs"))
@@ -153,7 +159,7 @@ def _too_deep(document: dict[str, Any]) -> Rejected:
     return Rejected("the request nests too deeply (over 250 levels of JSON)")
 
 
-def _check_inputs(inputs: Any, tail: memoryview, contract: Contract) -> int:
+def _check_inputs(inputs: Any, tail: memoryview, contract: Contract, elements_limit: int | None) -> int:
     if not isinstance(inputs, list) or not inputs:
         raise Rejected(
             f'the request needs "inputs": a list of tensors; the model takes {contract.expected()}'
@@ -177,7 +183,7 @@ def _check_inputs(inputs: Any, tail: memoryview, contract: Contract) -> int:
         if size is None:
             found = json_values(tensor.get("data"), name, datatype, depth=len(shape) or 1)
         else:
-            found = _binary_elements(size, tail, offset, name, datatype, "data" in tensor)
+            found = _binary_elements(size, tail, offset, name, datatype, "data" in tensor, elements_limit)
             offset += size  # type: ignore[operator]
         if found != elements:
             raise Rejected(f"input '{name}' has shape {shape}, which needs {elements} values; it has {found}")
@@ -185,7 +191,7 @@ def _check_inputs(inputs: Any, tail: memoryview, contract: Contract) -> int:
 
 
 def _binary_elements(
-    size: object, tail: memoryview, offset: int, name: str, datatype: str, data: bool
+    size: object, tail: memoryview, offset: int, name: str, datatype: str, data: bool, limit: int | None
 ) -> int:
     if type(size) is not int or size < 0:
         raise Rejected(f"input '{name}' has an invalid binary_data_size {size!r}")
@@ -195,7 +201,7 @@ def _binary_elements(
         raise Rejected(f"input '{name}' declares {size} binary bytes but the body ends before them")
     item = ITEM_SIZES[datatype]
     if item == 0:
-        return bytes_elements(tail[offset : offset + size], name)
+        return bytes_elements(tail[offset : offset + size], name, limit)
     if size % item:
         raise Rejected(f"input '{name}' has {size} binary bytes, not a whole number of {datatype} values")
     return size // item

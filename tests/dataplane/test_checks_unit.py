@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 
-from control_plane.dataplane import predict_codec
+from control_plane.dataplane import predict_codec, protowire
 from control_plane.dataplane.checks import RequestChecks, as_app_error
-from control_plane.dataplane.contract import Contract, Rejected, TensorRule
+from control_plane.dataplane.contract import CheckLater, Contract, Rejected, TensorRule
 from control_plane.dataplane.decode import decode_infer_response
 from control_plane.dataplane.exchange import Exchange
-from control_plane.dataplane.grpc_check import check_infer_request
+from control_plane.dataplane.grpc_check import REQUEST_FIELDS, check_infer_request, check_walked, inline_sized
 from control_plane.dataplane.protowire import WireError
 from control_plane.dataplane.v2request import decompress, header_length_of, prepare, prepare_http
 from control_plane.routing.contracts import contract_from_config
@@ -553,3 +553,52 @@ def test_the_requests_own_parameters_are_scalars_as_triton_takes_them() -> None:
         _x([1, 4], [1, 2, 3, 4], parameters={"p": [1]}), outputs=[{"name": "y", "parameters": {"q": {}}}]
     )
     prepare(tensor_level, header_length=None, contract=MLP)
+
+
+def test_a_large_grpc_request_is_checked_as_resolved_by_its_leading_name() -> None:
+    """Checked in a worker after being resolved by the name leading it: a second name anywhere (a
+    parser keeps the last) would be another model than the one checked, so it is refused."""
+    from control_plane.dataplane.grpc_check import check_large_request
+
+    stock = _grpc(_gx([1, 4]), raw=[b"\0" * 16]) + b"\x78\x01" * 3000  # unknown fields, skipped
+    check_large_request(stock, MLP, protowire.leading(stock).body)
+    smuggled = stock + protowire.string_field(1, b"t--other--v1")
+    with pytest.raises(Rejected, match="model_name and model_version must lead the request"):
+        check_large_request(smuggled, MLP, protowire.leading(smuggled).body)
+    with pytest.raises(Rejected, match="max_batch_size"):
+        big = _grpc(_gx([10**12, 4]), raw=[b"\0" * 16]) + b"\x78\x01" * 3000
+        check_large_request(big, MLP, protowire.leading(big).body)
+
+
+def test_thousands_of_bytes_elements_are_counted_in_a_worker() -> None:
+    """256 KiB of empty BYTES elements is 65k length prefixes, counted one by one (30 ms inline)."""
+    text = Contract({"t": TensorRule("t", "BYTES", (-1,))}, frozenset({"o"}), 0)
+    few = struct.pack("<I", 5) + b"hello"
+    many = b"\0\0\0\0" * 65536
+    for tail, inline in ((few, True), (many, False)):
+        count = 1 if inline else 65536
+        t = {
+            "name": "t",
+            "shape": [count],
+            "datatype": "BYTES",
+            "parameters": {"binary_data_size": len(tail)},
+        }
+        body, length = _binary({"inputs": [t]}, tail)
+        workers = _Workers()
+        checks = RequestChecks(workers, limit=1 << 20, inline_bytes=256 * 1024)  # type: ignore[arg-type]
+        ex = Exchange({b"inference-header-content-length": str(length).encode()})
+        ex.caller, ex.resolved = SimpleNamespace(tenant_id=1), SimpleNamespace(contract=text)  # type: ignore[assignment]
+        outcome: list[Any] = []
+        checks.start_http(ex, body, outcome.append)
+        assert (workers.submitted == []) is inline
+        assert outcome[0][0][outcome[0][1] :] == tail
+    raw = pb.ModelInferRequest.InferInputTensor(name="t", datatype="BYTES", shape=[65536])
+    request = _grpc(raw, raw=[many])
+    walked = protowire.walk(request, keep=REQUEST_FIELDS)
+    assert walked is not None and inline_sized(walked, 256 * 1024)
+    with pytest.raises(CheckLater):
+        check_walked(request, walked, text, inline=True)
+    check_walked(request, walked, text)  # in the worker: counted in full
+    shaped = _grpc(_gx([1] * 300_000), raw=[b"\0" * 16])  # typed fields past the inline bytes
+    walked = protowire.walk(shaped, keep=REQUEST_FIELDS)
+    assert walked is not None and not inline_sized(walked, 256 * 1024)

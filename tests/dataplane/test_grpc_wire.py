@@ -219,3 +219,88 @@ def test_string_field_matches_protobuf() -> None:
 def test_replace_head_without_changes_returns_the_same_bytes() -> None:
     raw = pb.ModelInferRequest(id="i").SerializeToString()
     assert replace_head(raw, b"", 0) is raw
+
+
+def test_a_walk_stops_past_its_limit() -> None:
+    raw = pb.ModelInferRequest(model_name="m", id="i").SerializeToString() + b"\x78\x01" * 8  # 10 fields
+    assert protowire.walk(raw, limit=9) is None
+    walked = protowire.walk(raw, limit=10)
+    assert walked is not None and walked.name == b"m" and walked.head == 3
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_a_rewrite_drops_every_name_field_wherever_it_lies(seed: int) -> None:
+    """Names smuggled anywhere, of any wire type: the walk reads what a parser reads (the last
+    length-delimited one), and the rewrite leaves only the new head."""
+    rng = random.Random(5000 + seed)
+    fields = []
+    raw = random_request(rng).SerializeToString()
+    walked = protowire.walk(raw)
+    assert walked is not None
+    pos = 0
+    for start, end in walked.names:  # split the stock message into its fields, names apart
+        fields.append(raw[pos:start])
+        fields.append(raw[start:end])
+        pos = end
+    rest, pos = raw[pos:], 0
+    while pos < len(rest):
+        tag, after = read_varint(rest, pos)
+        end = protowire.skip_field(rest, after, tag & 7)
+        fields.append(rest[pos:end])
+        pos = end
+    for _ in range(rng.randint(1, 4)):
+        number = rng.choice([1, 2])
+        smuggled = (
+            protowire.string_field(number, _text(rng, 1).encode())
+            if rng.random() < 0.8
+            else encode_varint(number << 3) + encode_varint(rng.randint(0, 2**40))
+        )
+        fields.insert(rng.randint(0, len(fields)), smuggled)
+    crafted = b"".join(fields)
+    parsed = pb.ModelInferRequest.FromString(crafted)
+
+    walked = protowire.walk(crafted)
+
+    assert walked is not None
+    assert (walked.name, walked.version) == (parsed.model_name.encode(), parsed.model_version.encode())
+    new = protowire.string_field(1, b"internal")
+    rewritten = protowire.with_head(crafted, new, walked.names)
+    assert protowire.walk(rewritten).names == [(0, len(new))]  # type: ignore[union-attr]
+    expected = pb.ModelInferRequest()
+    expected.CopyFrom(parsed)
+    expected.model_name, expected.model_version = "internal", ""
+    again = pb.ModelInferRequest.FromString(rewritten)
+    again.DiscardUnknownFields()
+    expected.DiscardUnknownFields()  # a name of the wrong wire type is an unknown field to protobuf
+    assert again == expected
+
+
+def test_leading_reads_field_1_then_field_2_once_each() -> None:
+    stock = pb.ModelInferRequest(model_name="m", model_version="2", id="i").SerializeToString()
+    lead = protowire.leading(stock)
+    assert (lead.field1, lead.field2) == (b"m", b"2")
+    assert protowire.walk(stock).head == lead.body  # type: ignore[union-attr]
+    doubled = protowire.string_field(1, b"mine") + protowire.string_field(1, b"theirs") + stock[3:]
+    lead = protowire.leading(doubled)
+    assert lead.field1 == b"mine" and protowire.walk(doubled).head != lead.body  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("tag", [0x0A, 0x2A])  # model_name; an input
+def test_a_tag_past_32_bits_is_refused_not_read_as_another_field(tag: int) -> None:
+    """C++ protobuf (Triton's parser) reads a tag of up to 5 bytes and keeps its low 32 bits, so
+    `8A 80 80 80 10` is field 1 to Triton but field 536870913 to a 64-bit varint read: a second
+    model_name (another tenant's model) or an input with shared-memory parameters passed the check and
+    the rewrite unseen (found by review against libprotobuf's cpp backend)."""
+    stock = pb.ModelInferRequest(model_name="mlp", id="i").SerializeToString()
+    for hidden in (
+        bytes([0x80 | tag, 0x80, 0x80, 0x80, 0x10]),
+        bytes([0x80 | tag, 0x80, 0x80, 0x80, 0x80, 0x00]),
+    ):
+        with pytest.raises(WireError, match="tag longer than 32 bits"):
+            protowire.walk(stock + hidden + b"\x03abc")
+    five = bytes([0x80 | tag, 0x80, 0x80, 0x80, 0x00])  # tag within 32 bits, 5 bytes: read as is
+    walked = protowire.walk(stock + five + b"\x03abc", keep=frozenset({5}))
+    assert walked is not None
+    assert (walked.name, len(walked.names), walked.spans) == (
+        (b"abc", 2, []) if tag == 0x0A else (b"mlp", 1, [(5, len(stock) + 6, len(stock) + 9)])
+    )
