@@ -418,6 +418,18 @@ def _checked(body: bytes, encoding: str | None, *, inline_bytes: int = 4096) -> 
     return outcome[0], workers
 
 
+def _checked_binary(binary: tuple[bytes, int], contract: Contract) -> tuple[Any, _Workers]:
+    """What `RequestChecks.start_http` hands on for a binary-tensor body, and what went to a worker."""
+    body, length = binary
+    workers = _Workers()
+    checks = RequestChecks(workers, limit=1 << 20, inline_bytes=256 * 1024)  # type: ignore[arg-type]
+    ex = Exchange({b"inference-header-content-length": str(length).encode()})
+    ex.caller, ex.resolved = SimpleNamespace(tenant_id=1), SimpleNamespace(contract=contract)  # type: ignore[assignment]
+    outcome: list[Any] = []
+    checks.start_http(ex, body, outcome.append)
+    return outcome[0], workers
+
+
 def test_small_compressed_bodies_are_checked_inline_and_big_ones_in_a_worker() -> None:
     """A client that compresses every request (tritonclient's request_compression_algorithm) held one
     worker slot of its tenant per request: past CP_CHECK_PER_TENANT at once it got 429."""
@@ -479,14 +491,8 @@ def test_bodies_of_many_nested_lists_go_to_a_worker_not_the_event_loop() -> None
     # In a binary-tensor body only the JSON header counts: its tensor bytes may hold any '['.
     vector = Contract({"v": TensorRule("v", "FP32", (-1,))}, frozenset({"y"}), 0)
     v = {"name": "v", "shape": [2000], "datatype": "FP32", "parameters": {"binary_data_size": 8000}}
-    body, length = _binary({"inputs": [v]}, b"[" * 8000)
-    workers = _Workers()
-    checks = RequestChecks(workers, limit=1 << 20, inline_bytes=256 * 1024)  # type: ignore[arg-type]
-    ex = Exchange({b"inference-header-content-length": str(length).encode()})
-    ex.caller, ex.resolved = SimpleNamespace(tenant_id=1), SimpleNamespace(contract=vector)  # type: ignore[assignment]
-    outcome: list[Any] = []
-    checks.start_http(ex, body, outcome.append)
-    assert workers.submitted == [] and outcome[0][0][outcome[0][1] :] == b"[" * 8000
+    forwarded, workers = _checked_binary(_binary({"inputs": [v]}, b"[" * 8000), vector)
+    assert workers.submitted == [] and forwarded[0][forwarded[1] :] == b"[" * 8000
 
 
 def test_predict_bodies_of_many_nested_lists_go_to_a_worker() -> None:
@@ -583,15 +589,9 @@ def test_thousands_of_bytes_elements_are_counted_in_a_worker() -> None:
             "datatype": "BYTES",
             "parameters": {"binary_data_size": len(tail)},
         }
-        body, length = _binary({"inputs": [t]}, tail)
-        workers = _Workers()
-        checks = RequestChecks(workers, limit=1 << 20, inline_bytes=256 * 1024)  # type: ignore[arg-type]
-        ex = Exchange({b"inference-header-content-length": str(length).encode()})
-        ex.caller, ex.resolved = SimpleNamespace(tenant_id=1), SimpleNamespace(contract=text)  # type: ignore[assignment]
-        outcome: list[Any] = []
-        checks.start_http(ex, body, outcome.append)
+        forwarded, workers = _checked_binary(_binary({"inputs": [t]}, tail), text)
         assert (workers.submitted == []) is inline
-        assert outcome[0][0][outcome[0][1] :] == tail
+        assert forwarded[0][forwarded[1] :] == tail
     raw = pb.ModelInferRequest.InferInputTensor(name="t", datatype="BYTES", shape=[65536])
     request = _grpc(raw, raw=[many])
     walked = protowire.walk(request, keep=REQUEST_FIELDS)
