@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from control_plane.dataplane import predict_codec
-from control_plane.dataplane.contract import CheckLater, Rejected
+from control_plane.dataplane.contract import INLINE_BYTES_ELEMENTS, CheckLater, Rejected
 from control_plane.dataplane.exchange import Exchange
 from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.upstream import BadGateway
@@ -131,11 +131,17 @@ class RequestChecks:
             plain = self._inline(body, encoding)
         except Rejected as exc:
             raise as_app_error(exc) from None
-        inline = plain is not None and _containers(plain, None) <= INLINE_CONTAINERS
-        if plain is not None and inline:
-            body, encoding = plain, None
+        convert = predict_codec.to_v2_request
+        if plain is not None and _containers(plain, None) <= INLINE_CONTAINERS:
+            try:
+                inline: tuple[bytes, int] = await self._run(
+                    ex, True, convert, plain, contract, None, self.limit, INLINE_BYTES_ELEMENTS
+                )
+                return inline
+            except CheckLater:  # thousands of strings to convert one by one: a worker's
+                pass
         prepared: tuple[bytes, int] = await self._run(
-            ex, inline, predict_codec.to_v2_request, body, contract, encoding, self.limit
+            ex, False, convert, body, contract, encoding, self.limit
         )
         return prepared
 
@@ -143,7 +149,11 @@ class RequestChecks:
         """Triton's answer as /v1/predict's JSON outputs."""
         assert ex.resolved is not None
         model, version = ex.resolved.model, ex.resolved.version
-        inline = len(body) <= self.inline_bytes  # Triton's answer: its JSON is its own
+        # Triton's answer (its JSON is its own; the model's BYTES outputs are decoded one by one, so a
+        # model answering thousands of strings is a worker's)
+        inline = len(body) <= self.inline_bytes and (
+            len(body) <= INLINE_BYTES_ELEMENTS or body.find(b'"BYTES"', 0, header_length) < 0
+        )
         document: bytes = await self._run(
             ex, inline, predict_codec.to_predict_response, body, header_length, model, version
         )

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from control_plane.dataplane.contract import NUMPY_NAMES, Contract, Rejected
+from control_plane.dataplane.contract import NUMPY_NAMES, CheckLater, Contract, Rejected
 from control_plane.dataplane.decode import decode_infer_response
 from control_plane.dataplane.v2request import decompress, json_values, paused_gc
 
@@ -29,16 +29,21 @@ _WIDE: dict[str, type] = {
 
 
 def to_v2_request(
-    body: bytes, contract: Contract, encoding: str | None = None, limit: int = 1 << 26
+    body: bytes,
+    contract: Contract,
+    encoding: str | None = None,
+    limit: int = 1 << 26,
+    strings_limit: int | None = None,
 ) -> tuple[bytes, int]:
-    """A KServe v2 binary-tensor request (body, header length) for `{"inputs": {name: nested list}}`."""
+    """A KServe v2 binary-tensor request (body, header length) for `{"inputs": {name: nested list}}`;
+    CheckLater past `strings_limit` elements of a BYTES input (each is checked and encoded in Python)."""
     if encoding is not None:
         body = decompress(body, encoding, limit=limit)
     with paused_gc():
-        return _to_v2_request(body, contract)
+        return _to_v2_request(body, contract, strings_limit)
 
 
-def _to_v2_request(body: bytes, contract: Contract) -> tuple[bytes, int]:
+def _to_v2_request(body: bytes, contract: Contract, strings_limit: int | None) -> tuple[bytes, int]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -54,7 +59,7 @@ def _to_v2_request(body: bytes, contract: Contract) -> tuple[bytes, int]:
         if rule is None:
             contract.check_input(name, "", [])  # raises: unknown input, naming the model's inputs
             continue
-        array = typed_array(name, value, rule.datatype)
+        array = typed_array(name, value, rule.datatype, strings_limit)
         if array.ndim == 0 and rule.dims == (1,):
             array = array.reshape(1)  # a model's 0-d input is [1] in Triton's config
         contract.check_input(name, rule.datatype, list(array.shape))
@@ -74,8 +79,9 @@ def _to_v2_request(body: bytes, contract: Contract) -> tuple[bytes, int]:
     return b"".join((head, *blobs)), len(head)
 
 
-def typed_array(name: str, value: Any, datatype: str) -> Array:
-    """`value` as an array of `datatype`; Rejected if that would lose or change a value."""
+def typed_array(name: str, value: Any, datatype: str, strings_limit: int | None = None) -> Array:
+    """`value` as an array of `datatype`; Rejected if that would lose or change a value, CheckLater
+    if it is BYTES of more than `strings_limit` elements."""
     json_values(value if isinstance(value, list) else [value], name, datatype, depth=32)  # kinds of values
     try:
         array: Array = np.asarray(value, dtype=_WIDE[datatype[:2]])
@@ -84,6 +90,8 @@ def typed_array(name: str, value: Any, datatype: str) -> Array:
     except (ValueError, TypeError, RecursionError) as exc:
         raise Rejected(f"input '{name}' is not a rectangular array: {_first_line(exc)}") from None
     if datatype == "BYTES":
+        if strings_limit is not None and array.size > strings_limit:
+            raise CheckLater()
         return _strings(name, array)
     if datatype == "BOOL" or array.size == 0:
         return array.astype(NUMPY_NAMES[datatype])

@@ -602,3 +602,33 @@ def test_thousands_of_bytes_elements_are_counted_in_a_worker() -> None:
     shaped = _grpc(_gx([1] * 300_000), raw=[b"\0" * 16])  # typed fields past the inline bytes
     walked = protowire.walk(shaped, keep=REQUEST_FIELDS)
     assert walked is not None and not inline_sized(walked, 256 * 1024)
+
+
+def test_predict_strings_by_the_thousand_are_converted_in_a_worker() -> None:
+    """64k short strings in a 250 KiB /v1/predict body took 25 ms to check and encode one by one inline;
+    a model answering thousands of strings is decoded in a worker too."""
+    text = Contract({"t": TensorRule("t", "BYTES", (-1,))}, frozenset({"t"}), 0)
+    workers = _Workers()
+    checks = RequestChecks(workers, limit=1 << 20, inline_bytes=256 * 1024)  # type: ignore[arg-type]
+    ex = Exchange({})
+    ex.caller = SimpleNamespace(tenant_id=1)  # type: ignore[assignment]
+    ex.resolved = SimpleNamespace(contract=text, model="m", version=1)  # type: ignore[assignment]
+    few = orjson.dumps({"inputs": {"t": ["hello", "world"]}})
+    asyncio.run(checks.predict_request(ex, few))
+    assert workers.submitted == []
+    many = orjson.dumps({"inputs": {"t": ["a"] * 5000}})
+    body, length = asyncio.run(checks.predict_request(ex, many))
+    assert workers.submitted == [many] and orjson.loads(body[:length])["inputs"][0]["shape"] == [5000]
+    for count, inline in ((2, True), (5000, False)):
+        workers.submitted.clear()
+        tail = b"".join(struct.pack("<I", 1) + b"a" for _ in range(count))
+        output = {
+            "name": "t",
+            "datatype": "BYTES",
+            "shape": [count],
+            "parameters": {"binary_data_size": len(tail)},
+        }
+        head = orjson.dumps({"outputs": [output]})
+        answer = asyncio.run(checks.predict_response(ex, head + tail, len(head)))
+        assert orjson.loads(answer)["outputs"]["t"] == ["a"] * count
+        assert (workers.submitted == []) is inline
