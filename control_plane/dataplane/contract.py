@@ -116,9 +116,12 @@ class Contract:
             requested.add(name)
 
 
+MAX_RANK = 64  # dimensions of a request's shape (Triton's own limit is far larger; no model needs more)
+
+
 def check_shape(name: str, shape: object) -> list[int]:
-    """A request shape: a list of non-negative integers (at most 64 of them)."""
-    if type(shape) is not list or len(shape) > 64:
+    """A request shape: a list of non-negative integers (at most MAX_RANK of them)."""
+    if type(shape) is not list or len(shape) > MAX_RANK:
         raise Rejected(f"input '{name}' needs 'shape': a list of non-negative integers")
     for dim in shape:
         if type(dim) is not int or dim < 0:

@@ -15,6 +15,7 @@ from control_plane.dataplane import protowire
 from control_plane.dataplane.contract import (
     INLINE_BYTES_ELEMENTS,
     ITEM_SIZES,
+    MAX_RANK,
     SHARED_MEMORY_KEYS,
     Contract,
     Rejected,
@@ -69,7 +70,7 @@ def check_walked(
     request: bytes, walked: protowire.Walked, contract: Contract, *, inline: bool = False
 ) -> None:
     """`check_infer_request` of a request already walked; `inline` (on the event loop): CheckLater past
-    INLINE_BYTES_ELEMENTS elements of a raw BYTES input."""
+    INLINE_BYTES_ELEMENTS elements of raw BYTES inputs, all inputs together."""
     limit = INLINE_BYTES_ELEMENTS if inline else None
     inputs: list[Any] = []
     outputs: list[str] = []
@@ -90,15 +91,20 @@ def check_walked(
         raise Rejected(f"the request has no inputs; the model takes {contract.expected()}")
     if raw and len(raw) != len(inputs):
         raise Rejected(f"the request has {len(inputs)} inputs but {len(raw)} raw_input_contents")
+    contract.check_names([tensor.name for tensor in inputs], outputs)  # before counting: no repeats
     for index, tensor in enumerate(inputs):
-        _check_input(tensor, contract, view[raw[index][0] : raw[index][1]] if raw else None, limit)
-    contract.check_names([tensor.name for tensor in inputs], outputs)
+        found = _check_input(tensor, contract, view[raw[index][0] : raw[index][1]] if raw else None, limit)
+        if limit is not None and tensor.datatype == "BYTES":
+            limit -= found
 
 
-def _check_input(tensor: Any, contract: Contract, raw: memoryview | None, limit: int | None) -> None:
+def _check_input(tensor: Any, contract: Contract, raw: memoryview | None, limit: int | None) -> int:
+    """The input's element count, checked against the version's contract."""
     name, datatype = tensor.name, tensor.datatype
     if datatype not in ITEM_SIZES:
         raise Rejected(f"input '{name}' has an unknown datatype {datatype!r}")
+    if len(tensor.shape) > MAX_RANK:
+        raise Rejected(f"input '{name}' has a shape of {len(tensor.shape)} dimensions; at most {MAX_RANK}")
     shape = list(tensor.shape)
     if any(dim < 0 for dim in shape):
         raise Rejected(f"input '{name}' has a negative dimension in shape {shape}")
@@ -118,6 +124,7 @@ def _check_input(tensor: Any, contract: Contract, raw: memoryview | None, limit:
         found = len(getattr(tensor.contents, expected))
     if found != elements:
         raise Rejected(f"input '{name}' has shape {shape}, which needs {elements} values; it has {found}")
+    return found
 
 
 def _raw_elements(raw: memoryview, name: str, datatype: str, limit: int | None) -> int:

@@ -65,6 +65,10 @@ _NOT_FOUND = Code.NOT_FOUND.value[0]
 # ModelInfer fields walked on the event loop (a few ms at most); more are a worker's. A request of 500
 # inputs sent raw has ~1000.
 INLINE_FIELDS = 2048
+# Typed fields (names, shapes, parameters, typed contents; not raw contents) checked on the event loop: up
+# to a quarter of CP_INLINE_CHECK_BYTES. Protobuf and Python cost ~0.6 us per parameter entry (27k of them
+# in 256 KiB took 17 ms); a stock client's are a few hundred bytes.
+TYPED_INLINE_SHARE = 4
 # The other calls' requests carry a name and a version: protobuf parses past this on the event loop
 # (64 MB of empty fields in a ServerLive, which needs no key, took 0.4 s) are refused unread.
 TYPED_MAX_BYTES = 64 * 1024
@@ -245,9 +249,9 @@ class GrpcProxy:
 
         The check runs on the event loop when its work is small: up to `INLINE_FIELDS` top-level fields
         (each costs about a microsecond of Python: 4M empty ones in 8 MB took 3.5 s, every tenant's),
-        typed fields within `CP_INLINE_CHECK_BYTES`, and few BYTES elements to count. Otherwise in a
-        worker, under its tenant's share; past `INLINE_FIELDS` the request is resolved by the name
-        and version leading it, and refused there if another follows (`check_large_request`).
+        typed fields within a quarter of `CP_INLINE_CHECK_BYTES`, and few BYTES elements to count.
+        Otherwise in a worker, under its tenant's share; past `INLINE_FIELDS` the request is resolved by
+        the name and version leading it, and refused there if another follows (`check_large_request`).
         """
         walked = protowire.walk(message, keep=REQUEST_FIELDS, limit=INLINE_FIELDS)
         if walked is None:  # too long to walk here: resolved by the name leading it
@@ -258,8 +262,9 @@ class GrpcProxy:
         begin(self.state, ex, model=name.decode(), version=_version_number(version.decode()))
         resolved, caller = ex.resolved, ex.caller
         assert resolved is not None and caller is not None
+        check_rate(self.state, ex)  # before any check spends time on it, as over HTTP
         head = _head(resolved.triton_name, "")
-        if walked is not None and inline_sized(walked, self.state.checks.inline_bytes):
+        if walked is not None and inline_sized(walked, self.state.checks.inline_bytes // TYPED_INLINE_SHARE):
             try:
                 check_walked(message, walked, resolved.contract, inline=True)
             except Rejected as exc:
@@ -267,10 +272,8 @@ class GrpcProxy:
             except CheckLater:
                 pass
             else:
-                check_rate(self.state, ex)
                 then(protowire.with_head(message, head, names))
                 return
-        check_rate(self.state, ex)  # before a worker spends time on it
         args: tuple[Any, ...] = (check_infer_request, message, resolved.contract)
         if walked is None:
             args = (check_large_request, message, resolved.contract, names[0][1])

@@ -88,7 +88,15 @@ class HeavyWork:
         """Run `fn(*args)` in a worker, if `admit` lets it."""
         self.admit(tenant_id)
         loop = asyncio.get_running_loop()
-        future = self._executor().submit(fn, *args)
+        try:
+            future = self._executor().submit(fn, *args)
+        except BrokenProcessPool:  # a worker died while idle (the OOM killer, say): the pool is spent
+            log.error("a request-preparation worker died; starting new ones")
+            self._reset()
+            try:
+                future = self._executor().submit(fn, *args)
+            except BrokenProcessPool:
+                raise ServiceUnavailable("the request could not be prepared; retry", retry_after=1) from None
         self._pending += 1
         self._by_tenant[tenant_id] += 1
 

@@ -185,6 +185,8 @@ def _check_inputs(inputs: Any, tail: memoryview, contract: Contract, elements_li
         else:
             found = _binary_elements(size, tail, offset, name, datatype, "data" in tensor, elements_limit)
             offset += size  # type: ignore[operator]
+            if elements_limit is not None and datatype == "BYTES":  # one budget for all the inputs
+                elements_limit -= found
         if found != elements:
             raise Rejected(f"input '{name}' has shape {shape}, which needs {elements} values; it has {found}")
     return offset

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
+import os
 import pickle
+import signal
 import struct
 import zlib
 from types import SimpleNamespace
@@ -25,6 +27,7 @@ from control_plane.dataplane.contract import CheckLater, Contract, Rejected, Ten
 from control_plane.dataplane.decode import decode_infer_response
 from control_plane.dataplane.exchange import Exchange
 from control_plane.dataplane.grpc_check import REQUEST_FIELDS, check_infer_request, check_walked, inline_sized
+from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.protowire import WireError
 from control_plane.dataplane.v2request import decompress, header_length_of, prepare, prepare_http
 from control_plane.routing.contracts import contract_from_config
@@ -632,3 +635,57 @@ def test_predict_strings_by_the_thousand_are_converted_in_a_worker() -> None:
         answer = asyncio.run(checks.predict_response(ex, head + tail, len(head)))
         assert orjson.loads(answer)["outputs"]["t"] == ["a"] * count
         assert (workers.submitted == []) is inline
+
+
+def test_the_check_workers_come_back_after_one_dies_while_idle() -> None:
+    """A pool whose idle worker was killed (the OOM killer, say) refused every later submit with
+    BrokenProcessPool: every big, compressed or /v1/predict request failed until a restart."""
+
+    async def run() -> list[int]:
+        heavy = HeavyWork(workers=1, per_tenant=4, queue_limit=8)
+        try:
+            first = await heavy.run(1, os.getpid)
+            os.kill(first, signal.SIGKILL)
+            for _ in range(100):  # until the pool has seen its worker die
+                await asyncio.sleep(0.05)
+                if heavy._pool is not None and heavy._pool._broken:  # type: ignore[attr-defined]
+                    break
+            return [first, await heavy.run(1, os.getpid), await heavy.run(1, os.getpid)]
+        finally:
+            heavy.close()
+
+    first, second, third = asyncio.run(run())
+    assert second != first and third == second
+
+
+def test_one_budget_of_bytes_elements_per_request_and_no_counting_for_repeated_inputs() -> None:
+    """The inline bound on BYTES elements was per input: 1023 inputs named alike, 4096 empty elements
+    each, were all counted on the event loop (1.7 s) before the repeated name was refused."""
+    pair = Contract(
+        {"a": TensorRule("a", "BYTES", (-1,)), "b": TensorRule("b", "BYTES", (-1,))}, frozenset({"o"}), 0
+    )
+    half = b"\0\0\0\0" * 3000  # 3000 empty elements: under the bound alone, over it together
+    tensors = [
+        {"name": n, "shape": [3000], "datatype": "BYTES", "parameters": {"binary_data_size": len(half)}}
+        for n in ("a", "b")
+    ]
+    forwarded, workers = _checked_binary(_binary({"inputs": tensors}, half + half), pair)
+    assert len(workers.submitted) == 1 and forwarded[0][forwarded[1] :] == half + half
+    grpc_pair = [pb.ModelInferRequest.InferInputTensor(name=n, datatype="BYTES", shape=[3000]) for n in "ab"]
+    request = _grpc(*grpc_pair, raw=[half, half])
+    walked = protowire.walk(request, keep=REQUEST_FIELDS)
+    assert walked is not None
+    with pytest.raises(CheckLater):
+        check_walked(request, walked, pair, inline=True)
+    check_walked(request, walked, pair)
+    twice = [pb.ModelInferRequest.InferInputTensor(name="a", datatype="BYTES", shape=[3000])] * 2
+    repeated = _grpc(*twice, raw=[half, half])
+    walked = protowire.walk(repeated, keep=REQUEST_FIELDS)
+    assert walked is not None
+    with pytest.raises(Rejected, match="input 'a' appears more than once"):  # before any counting
+        check_walked(repeated, walked, pair, inline=True)
+
+
+def test_a_grpc_shape_has_at_most_64_dimensions_as_over_http() -> None:
+    with pytest.raises(Rejected, match="input 'x' has a shape of 255000 dimensions; at most 64"):
+        check_infer_request(_grpc(_gx([1] * 255_000), raw=[b"\0" * 16]), MLP)
