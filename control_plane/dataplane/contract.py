@@ -95,25 +95,22 @@ class Contract:
         return elements
 
     def check_names(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
-        """Every required input present, each at most once, and only known outputs requested."""
+        """Every required input present, each at most once, and only known outputs requested (an output
+        may be asked for twice: Triton answers it once)."""
         seen = set(inputs)
         if len(seen) != len(inputs):
-            twice = next(name for name in inputs if inputs.count(name) > 1)
-            raise Rejected(f"input '{twice}' appears more than once")
+            met: set[str] = set()
+            for name in inputs:
+                if name in met:
+                    raise Rejected(f"input '{name}' appears more than once")
+                met.add(name)
         if not self.required <= seen:
             missing = [name for name in self.inputs if name in self.required and name not in seen]
             raise Rejected(f"missing input {_names(missing)}; the model's inputs are {_names(self.inputs)}")
-        if outputs:
-            self._check_outputs(outputs)
-
-    def _check_outputs(self, outputs: Sequence[str]) -> None:
-        requested: set[str] = set()
-        for name in outputs:
-            if name not in self.outputs:
-                raise Rejected(f"unknown output '{name}'; the model's outputs are {_names(self.outputs)}")
-            if name in requested:
-                raise Rejected(f"output '{name}' is requested more than once")
-            requested.add(name)
+        unknown = set(outputs) - self.outputs
+        if unknown:
+            name = next(name for name in outputs if name in unknown)
+            raise Rejected(f"unknown output '{name}'; the model's outputs are {_names(self.outputs)}")
 
 
 MAX_RANK = 64  # dimensions of a request's shape (Triton's own limit is far larger; no model needs more)

@@ -133,3 +133,28 @@ def test_grpc_clients_with_compression(served: Api, deployed: Deployed, compress
 
     for found in asyncio.run(run()):
         np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_an_output_asked_for_twice_is_answered_once_as_triton_does(
+    served: Api, deployed: Deployed, binary: bool
+) -> None:
+    """Triton answers an output requested twice once; the proxy refused it with a 400 (HTTP) or
+    INVALID_ARGUMENT (gRPC), so a client that worked against Triton failed through us."""
+    expected = _expected(served, deployed)
+    with triton_http.InferenceServerClient(served.client.base_url.netloc.decode()) as client:
+        tensor = triton_http.InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X, binary_data=binary)
+        outputs = [triton_http.InferRequestedOutput("y", binary_data=binary) for _ in range(2)]
+        result = client.infer(deployed.model, [tensor], outputs=outputs, headers=_headers(deployed))
+        assert [o["name"] for o in result.get_response()["outputs"]] == ["y"]
+        np.testing.assert_array_equal(result.as_numpy("y"), expected)
+    target = f"127.0.0.1:{served.settings.grpc_port}"
+    with triton_grpc.InferenceServerClient(target) as grpc_client:
+        grpc_tensor = triton_grpc.InferInput("x", list(X.shape), "FP32")
+        grpc_tensor.set_data_from_numpy(X)
+        grpc_outputs = [triton_grpc.InferRequestedOutput("y") for _ in range(2)]
+        metadata = {"authorization": f"Bearer {deployed.consumer_key}"}
+        answer = grpc_client.infer(deployed.model, [grpc_tensor], outputs=grpc_outputs, headers=metadata)
+        assert [o.name for o in answer.get_response().outputs] == ["y"]
+        np.testing.assert_array_equal(answer.as_numpy("y"), expected)
