@@ -30,6 +30,12 @@ MAX_STREAMS = 256  # concurrent calls per connection, answering upstream include
 WINDOW = 4 * 1024 * 1024  # receive window per stream and (x4) per connection
 RESET_ALLOWANCE = 100  # resets beyond completed calls before the connection is ended
 EMPTY_FRAME_ALLOWANCE = 1000
+# Control frames (SETTINGS entries, PINGs, PRIORITY, WINDOW_UPDATEs, unknown frames) a connection may send
+# beyond CONTROL_PER_CALL per completed call (keepalive and BDP pings, window settings) and 2 per DATA frame
+# it was sent (the windows it opens again); past that it is ended. Each frame costs the event loop a
+# microsecond or more: floods of 256 KiB cost 15-70 ms each, with no end.
+CONTROL_FRAME_ALLOWANCE = 1000
+CONTROL_PER_CALL = 10
 HARD_CAP_FACTOR = 4  # header blocks up to this many times the limit are read (and refused)
 IDLE_S = 300.0  # a connection with no calls this long is closed (grpc's max_connection_idle)
 _CONTENT_TYPE = b"application/grpc"
@@ -145,7 +151,7 @@ class GrpcServerConnection(H2Connection):
         self._last_stream_id = 0
         self._recv_window = WINDOW * 4
         self._recv_unacked = 0
-        self._completed = self._resets = self._empty = 0
+        self._completed = self._resets = self._empty = self._control = 0
         self._connected = self._last_active = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._goaway = False  # the client said goodbye or we are shutting down: no new calls
@@ -233,6 +239,11 @@ class GrpcServerConnection(H2Connection):
             if not self._calls:
                 self._close()
         else:
+            self._control += max(1, len(payload) // 6) if kind == h2.SETTINGS else 1
+            if self._control > CONTROL_FRAME_ALLOWANCE + CONTROL_PER_CALL * self._completed + (
+                2 * self.data_frames_sent
+            ):
+                raise ConnectionFailure(h2.ENHANCE_YOUR_CALM, "too many control frames")
             if kind == h2.SETTINGS and self._last_stream_id == 0 and flags & h2.ACK == 0:
                 self._last_active = self.loop.time()
             super().on_frame(kind, flags, stream_id, payload)

@@ -243,3 +243,57 @@ def test_unserved_methods_and_compressed_calls(setup: tuple[Api, Deployed]) -> N
         infer = channel.unary_unary(INFER.decode(), response_deserializer=pb.ModelInferResponse.FromString)
         answer = infer(message(d.model)[5:], metadata=metadata, timeout=5, compression=grpc.Compression.Gzip)
     assert answer.model_name == d.model and len(answer.raw_output_contents[0]) == 12
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        h2.frame(h2.SETTINGS, 0, 0),  # empty SETTINGS: each asks for an ACK
+        h2.frame(h2.PING, 0, 0, b"\0" * 8),  # each asks for a PING ACK
+        h2.window_update(0, 1),
+        h2.frame(h2.PRIORITY, 0, 1, b"\0" * 5),
+        h2.frame(0x2A, 0, 0, b""),  # an unknown type, ignored by the protocol
+    ],
+    ids=["settings", "ping", "window-update", "priority", "unknown"],
+)
+def test_a_control_frame_flood_ends_the_connection(
+    setup: tuple[Api, Deployed], raw: Callable[..., Raw], flood: bytes
+) -> None:
+    """Floods of frames that ask nothing of a call cost the event loop a microsecond or more each, with
+    no end (256 KiB of empty SETTINGS: 71 ms, PINGs 31 ms, per read): past an allowance the connection
+    is ended."""
+    api, d = setup
+    attacker = raw()
+    sent = 0
+    while sent < 4 << 20 and attacker.send(flood * 4096):
+        sent += len(flood) * 4096
+    frames, _ = attacker.frames(until=lambda f: goaway_code(f) is not None)
+    assert goaway_code(frames) == h2.ENHANCE_YOUR_CALM
+    served(api, d)
+
+
+def test_one_settings_frame_moves_the_open_streams_windows_once(
+    setup: tuple[Api, Deployed], raw: Callable[..., Raw]
+) -> None:
+    """A SETTINGS frame of thousands of INITIAL_WINDOW_SIZE entries, with 256 streams open, moved every
+    stream's window once per entry (0.5 s a frame); now it is ended, and a legitimate change of the
+    window still applies to a stream waiting for room."""
+    api, d = setup
+    attacker = raw()
+    for stream_id in range(1, 513, 2):
+        attacker.send(attacker.headers(stream_id, d.consumer_key))  # open, no message yet
+    entries = b"".join(
+        h2.INITIAL_WINDOW_SIZE.to_bytes(2, "big") + (65535 + i % 2).to_bytes(4, "big") for i in range(2730)
+    )
+    attacker.send(h2.frame(h2.SETTINGS, 0, 0, entries))
+    frames, _ = attacker.frames(until=lambda f: goaway_code(f) is not None)
+    assert goaway_code(frames) == h2.ENHANCE_YOUR_CALM
+    stalled = raw(settings=((h2.INITIAL_WINDOW_SIZE, 0),))  # grants no room for answers
+    stalled.send(stalled.headers(1, d.consumer_key) + h2.frame(h2.DATA, h2.END_STREAM, 1, message(d.model)))
+    frames, _ = stalled.frames(until=lambda f: any(k == h2.DATA for k, *_ in f), within=1.0)
+    assert not any(kind == h2.DATA for kind, *_ in frames)
+    stalled.send(h2.settings_frame(((h2.INITIAL_WINDOW_SIZE, 1 << 20),)))  # room, by SETTINGS this time
+    frames, _ = stalled.frames(until=lambda f: any(k == h2.HEADERS and fl & h2.END_STREAM for k, fl, *_ in f))
+    trailers = [p for kind, flags, _, p in frames if kind == h2.HEADERS and flags & h2.END_STREAM]
+    assert trailers and (b"grpc-status", b"0") in list(hpack.Decoder().decode(trailers[-1], raw=True))
+    served(api, d)
