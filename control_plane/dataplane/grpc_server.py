@@ -143,6 +143,7 @@ class GrpcServerConnection(H2Connection):
         # past max_header_bytes; beyond the hard cap the connection ends.
         self._hard_cap = HARD_CAP_FACTOR * limits.max_header_bytes
         self._decoder = h2.CachedDecoder(self._hard_cap)
+        self._max_fields = HARD_CAP_FACTOR * limits.max_header_count  # past it, not decoded at all
         self._calls: dict[int, ServerCall] = {}
         self._preface = True  # the client's preface is still due
         self._block: bytearray | None = None  # a header block awaiting CONTINUATION
@@ -288,8 +289,8 @@ class GrpcServerConnection(H2Connection):
         self._block = self._block_call = None
         assert block is not None and call is not None
         try:
-            headers = self._decoder.decode(bytes(block))
-        except hpack.OversizedHeaderListError:
+            headers = self._decoder.decode(bytes(block), max_fields=self._max_fields)
+        except (hpack.OversizedHeaderListError, h2.TooManyFields):
             raise ConnectionFailure(h2.ENHANCE_YOUR_CALM, "header list over the limit") from None
         except hpack.HPACKError:
             raise ConnectionFailure(h2.COMPRESSION_ERROR, "bad header block") from None

@@ -348,37 +348,52 @@ class CachedDecoder:
         self._cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
         self._size = size
 
-    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """The (name, value) pairs of a header block (raw bytes); hpack's errors pass through."""
+    def decode(self, block: bytes, *, max_fields: int | None = None) -> list[tuple[bytes, bytes]]:
+        """The (name, value) pairs of a header block (raw bytes); hpack's errors pass through, and
+        TooManyFields, before anything is decoded, for a block of more than `max_fields` fields (each
+        costs hpack several microseconds: 7800 tiny literals in 31 KiB took 22-62 ms)."""
         cached = self._cache.get(block)
         if cached is not None:
             return cached
+        fields, changes_table = _walk(block)
+        if max_fields is not None and fields > max_fields:
+            raise TooManyFields(f"a header block of more than {max_fields} fields")
         headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
-        if _changes_table(block):
+        if changes_table:
             self._cache.clear()
         elif len(self._cache) < self._size:
             self._cache[block] = headers
         return headers
 
 
-def _changes_table(block: bytes) -> bool:
-    """Whether a header block inserts into or resizes the dynamic table (or cannot be walked)."""
-    pos, end = 0, len(block)
+class TooManyFields(Exception):
+    """A header block with more fields than its reader takes (the HPACK state is then unknown)."""
+
+
+def _walk(block: bytes) -> tuple[int, bool]:
+    """How many fields a header block holds (walked, not decoded), and whether it inserts into or
+    resizes the dynamic table (or cannot be walked: then it is left to the decoder to refuse)."""
+    pos, end, fields, changes = 0, len(block), 0, False
     try:
         while pos < end:
+            fields += 1
             first = block[pos]
             if first & 0x80:  # indexed field
                 _, pos = _int(block, pos, 7)
-            elif first & 0xC0 == 0x40 or first & 0xE0 == 0x20:  # incremental indexing, size update
-                return True
-            else:  # literal without indexing / never indexed
-                index, pos = _int(block, pos, 4)
+            elif first & 0xE0 == 0x20:  # dynamic table size update
+                changes = True
+                fields -= 1
+                _, pos = _int(block, pos, 5)
+            else:  # literal: with incremental indexing (6-bit index), without or never indexed (4-bit)
+                indexing = first & 0xC0 == 0x40
+                changes = changes or indexing
+                index, pos = _int(block, pos, 6 if indexing else 4)
                 if index == 0:
                     pos = _skip_string(block, pos)
                 pos = _skip_string(block, pos)
     except IndexError:
-        return True
-    return pos != end
+        return fields, True
+    return fields, changes or pos != end
 
 
 def _int(block: bytes, pos: int, bits: int) -> tuple[int, int]:

@@ -297,3 +297,31 @@ def test_one_settings_frame_moves_the_open_streams_windows_once(
     trailers = [p for kind, flags, _, p in frames if kind == h2.HEADERS and flags & h2.END_STREAM]
     assert trailers and (b"grpc-status", b"0") in list(hpack.Decoder().decode(trailers[-1], raw=True))
     served(api, d)
+
+
+def test_a_header_block_of_thousands_of_fields_is_not_decoded(
+    setup: tuple[Api, Deployed], raw: Callable[..., Raw]
+) -> None:
+    """7800 tiny literals fit 31 KiB, under the block's byte cap: hpack decoded them all (22-62 ms) before
+    the count was checked, call after call on one connection. Past 4x the count limit the block is
+    refused undecoded and the connection ended (its HPACK state is unknown then)."""
+    api, d = setup
+    attacker = raw()
+    block = b"\x00\x01a\x00" * 4000  # literal without indexing, new name "a", empty value: 16 KB
+    attacker.send(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, block))
+    frames, _ = attacker.frames(until=lambda f: goaway_code(f) is not None)
+    assert goaway_code(frames) == h2.ENHANCE_YOUR_CALM
+    served(api, d)
+
+
+def test_metadata_over_the_count_limit_is_refused_per_call(setup: tuple[Api, Deployed]) -> None:
+    """Between the count limit and 4x it, the call is refused and the connection goes on."""
+    api, d = setup
+    many = [(f"x-h{i}", "v") for i in range(150)]
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{api.settings.grpc_port}") as client:
+        with pytest.raises(triton_grpc.InferenceServerException) as refused:
+            client.is_model_ready(
+                d.model, headers={"authorization": f"Bearer {d.consumer_key}", **dict(many)}
+            )
+        assert "RESOURCE_EXHAUSTED" in str(refused.value.status())
+        assert client.is_model_ready(d.model, headers={"authorization": f"Bearer {d.consumer_key}"})
