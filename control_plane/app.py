@@ -297,6 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_request_bytes,
+        api_limit=settings.max_api_body_bytes,
         upload_limit=settings.max_upload_bytes,
         upload_path=UPLOAD_PATH,
     )

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     grpc_port: int = 8081
     max_upload_bytes: int = 2 * 1024**3
     max_request_bytes: int = 64 * 1024**2
+    # JSON bodies of the management API (/v1, uploads apart): parsed on the event loop, before the key is
+    # checked (FastAPI); a model's spec of 1000 inputs is ~50 KB
+    max_api_body_bytes: int = 1024**2
 
     # Data-plane protection (see README "Limits"): who may read /metrics, connection-level limits,
     # and the worker processes that check big or compressed inference bodies off the event loop.

@@ -14,13 +14,23 @@ from control_plane.state import AppState
 ADMIN_TOKEN_PRINCIPAL = Principal(role=Role.ADMIN, tenant_id=None, key_id=None, label="admin-token")
 
 
-def bearer_token(request: Request) -> str:
-    """The key from `Authorization: Bearer <key>`, or 401."""
-    header = request.headers.get("authorization", "")
+NO_BEARER = "missing or malformed Authorization header; expected 'Bearer <key>'"
+
+
+def bearer_of(header: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` value; None if it is not one."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing or malformed Authorization header; expected 'Bearer <key>'")
+        return None
     return token.strip()
+
+
+def bearer_token(request: Request) -> str:
+    """The key from `Authorization: Bearer <key>`, or 401."""
+    token = bearer_of(request.headers.get("authorization", ""))
+    if token is None:
+        raise Unauthorized(NO_BEARER)
+    return token
 
 
 def principal_for_key(state: AppState, token: str) -> Principal | None:
