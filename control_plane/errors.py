@@ -57,6 +57,11 @@ class PayloadTooLarge(AppError):
     kind = "PayloadTooLarge"
 
 
+class URITooLong(AppError):
+    status_code = 414
+    kind = "URITooLong"
+
+
 class InvalidRequest(AppError):
     status_code = 422
     kind = "InvalidRequest"

@@ -178,3 +178,11 @@ def test_a_management_body_over_its_limit_is_413(api: Api) -> None:
         f"/v1/tenants/{tenant}/models", content=body[:2000] + b'"}', headers=api.headers()
     )
     assert response.status_code != 413
+
+
+def test_a_management_query_string_over_its_limit_is_414(api: Api) -> None:
+    """Query strings are parsed before the key is checked: 64 KB of them took 21-25 ms."""
+    response = api.client.get("/v1/tenants?" + "a&" * 3000)
+    assert response.status_code == 414, response.text
+    assert response.json()["error"] == "URITooLong"
+    assert api.client.get("/v1/tenants?limit=5", headers=api.headers()).status_code == 200
