@@ -496,7 +496,8 @@ def _hide_internal_name(message: Any, resolved: Resolved) -> Any:
 
 
 def _rewrite_response(response: bytes, resolved: Resolved) -> bytes:
-    """Triton's ModelInferResponse with the client's model name and our version number."""
-    walked = protowire.walk(response)
-    assert walked is not None  # no limit: Triton's answer
-    return protowire.with_head(response, _head(resolved.model, str(resolved.version)), walked.names)
+    """Triton's ModelInferResponse with the client's model name and our version number. Triton's
+    serializer writes the name and the version first, once each (no model can add top-level fields),
+    so the rest is not walked: a model answering a million empty outputs made a walk of 0.34 s."""
+    lead = protowire.leading(response)
+    return protowire.with_head(response, _head(resolved.model, str(resolved.version)), [(0, lead.body)])
