@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,6 +38,7 @@ def public_reason(message: str, triton_name: str, shown: str) -> str:
     return " ".join(head.split())[:500]
 
 
+@lru_cache(maxsize=1024)  # asked on every request to such a version: its rewrite is done once
 def load_failed_message(number: int, model: str | None, failure: str | None, triton_name: str) -> str:
     """What requests to a version whose load failed are told (the router's answer and a waiting request's
     alike): which version, in the caller's terms, and why (`public_reason`)."""
