@@ -91,12 +91,11 @@ class HeavyWork:
         try:
             future = self._executor().submit(fn, *args)
         except BrokenProcessPool:  # a worker died while idle (the OOM killer, say): the pool is spent
-            log.error("a request-preparation worker died; starting new ones")
-            self._reset()
+            self._broken()
             try:
                 future = self._executor().submit(fn, *args)
             except BrokenProcessPool:
-                raise ServiceUnavailable("the request could not be prepared; retry", retry_after=1) from None
+                raise self._broken() from None
         self._pending += 1
         self._by_tenant[tenant_id] += 1
 
@@ -117,12 +116,16 @@ class HeavyWork:
         try:
             outcome = future.result()
         except BrokenProcessPool:
-            log.error("a request-preparation worker died; starting new ones")
-            self._reset()
-            outcome = ServiceUnavailable("the request could not be prepared; retry", retry_after=1)
+            outcome = self._broken()
         except BaseException as exc:  # the work's own error, passed on as is
             outcome = exc
         done(outcome)
+
+    def _broken(self) -> ServiceUnavailable:
+        """A worker died: new ones are started for the next request; this one's error."""
+        log.error("a request-preparation worker died; starting new ones")
+        self._reset()
+        return ServiceUnavailable("the request could not be prepared; retry", retry_after=1)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
