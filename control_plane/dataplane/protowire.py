@@ -2,7 +2,8 @@
 
 `ModelInferRequest` and `ModelInferResponse` both start with `model_name = 1` and
 `model_version = 2`, and every protobuf serializer writes fields in number order, so the proxy can
-swap those two fields and copy the tensors through as opaque bytes.
+swap those two fields and copy the tensors through as opaque bytes. `walk` finds every field 1 and 2
+wherever it lies (a parser keeps the last), and `with_head` leaves none of them but the new ones.
 """
 
 from __future__ import annotations
@@ -154,20 +155,6 @@ def walk(buf: bytes, *, keep: frozenset[int] = _NO_FIELDS, limit: int | None = N
     return Walked(values[0], values[1], names, head, spans)
 
 
-def read_head(buf: bytes) -> Head | None:
-    """Fields 1 and 2 when they lead the message; None when either also appears after another field.
-
-    The rest of the message is walked too (field headers only, payloads are skipped): a parser
-    lets the last occurrence of a field win, so a second `model_name` near the end must not slip
-    past a rewrite of the first. Raises WireError for malformed bytes.
-    """
-    walked = walk(buf)
-    assert walked is not None  # no limit
-    if walked.head is None:
-        return None
-    return Head(field1=walked.name, field2=walked.version, body=walked.head)
-
-
 def leading(buf: bytes) -> Head:
     """Fields 1 and 2 as a serializer writes them, without walking the rest: field 1, then field 2,
     each at most once, at the start (empty where absent). Whether no other field 1 or 2 follows is
@@ -198,10 +185,3 @@ def with_head(buf: bytes, head: bytes, names: list[tuple[int, int]]) -> bytes:
         pos = end
     parts.append(view[pos:])
     return b"".join(parts)
-
-
-def replace_head(buf: bytes, head: bytes, body: int) -> bytes:
-    """`head` followed by `buf` from offset `body` on, in one copy."""
-    if not body and not head:
-        return buf
-    return b"".join((head, memoryview(buf)[body:]))

@@ -8,7 +8,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from control_plane.dataplane import protowire
-from control_plane.dataplane.protowire import WireError, encode_varint, read_head, read_varint, replace_head
+from control_plane.dataplane.protowire import Walked, WireError, encode_varint, read_varint
 
 DTYPES = ["FP32", "INT64", "BYTES", "UINT8", "FP16"]
 
@@ -63,12 +63,17 @@ def random_response(rng: random.Random) -> pb.ModelInferResponse:
     return response
 
 
+def walk(raw: bytes) -> Walked:
+    """The proxy's one walk of a message's fields (no limit)."""
+    walked = protowire.walk(raw)
+    assert walked is not None
+    return walked
+
+
 def rewrite(raw: bytes, name: str, version: str) -> bytes:
-    """What the proxy does: read the head, put new fields 1 and 2 in front of the untouched rest."""
-    head = read_head(raw)
-    assert head is not None
+    """What the proxy does: walk the fields, put new fields 1 and 2 in front of the untouched rest."""
     new = protowire.string_field(1, name.encode()) + protowire.string_field(2, version.encode())
-    return replace_head(raw, new, head.body)
+    return protowire.with_head(raw, new, walk(raw).names)
 
 
 @pytest.mark.parametrize("seed", range(300))
@@ -77,11 +82,11 @@ def test_request_round_trip(seed: int) -> None:
     request = random_request(rng)
     raw = request.SerializeToString()
 
-    head = read_head(raw)
+    head = walk(raw)
 
-    assert head is not None
-    assert head.field1 == request.model_name.encode()
-    assert head.field2 == request.model_version.encode()
+    assert head.head is not None
+    assert head.name == request.model_name.encode()
+    assert head.version == request.model_version.encode()
     new_name, new_version = _text(rng, 0, 200), rng.choice(["", "1", "42"])
     rewritten = pb.ModelInferRequest.FromString(rewrite(raw, new_name, new_version))
     expected = pb.ModelInferRequest()
@@ -118,8 +123,8 @@ def test_rewrite_is_byte_identical_to_protobuf_serialization() -> None:
 def test_missing_fields_are_inserted_and_empty_ones_dropped() -> None:
     request = pb.ModelInferRequest(id="only-an-id")
     raw = request.SerializeToString()
-    head = read_head(raw)
-    assert head == protowire.Head(field1=b"", field2=b"", body=0)
+    head = walk(raw)
+    assert (head.name, head.version, head.head) == (b"", b"", 0)
 
     assert pb.ModelInferRequest.FromString(rewrite(raw, "internal", "")).model_name == "internal"
     named = pb.ModelInferRequest(model_name="x", model_version="5", id="i").SerializeToString()
@@ -136,15 +141,15 @@ def test_leading_fields_in_any_order_and_repeated_follow_last_wins() -> None:
     )
     parsed = pb.ModelInferRequest.FromString(raw)
 
-    head = read_head(raw)
+    head = walk(raw)
 
-    assert head is not None
-    assert (head.field1, head.field2) == (parsed.model_name.encode(), parsed.model_version.encode())
+    assert head.head is not None
+    assert (head.name, head.version) == (parsed.model_name.encode(), parsed.model_version.encode())
     assert pb.ModelInferRequest.FromString(rewrite(raw, "z", "")).model_name == "z"
 
 
 @pytest.mark.parametrize("number", [1, 2])
-def test_a_name_field_after_other_fields_defers_to_the_parser(number: int) -> None:
+def test_a_name_field_after_other_fields_is_not_a_leading_one(number: int) -> None:
     # A parser lets the last occurrence win: a smuggled trailing model_name must not survive a rewrite.
     request = pb.ModelInferRequest(model_name="mine", id="i")
     request.raw_input_contents.append(b"\x0a\x05other")  # looks like field 1, but inside a payload
@@ -153,12 +158,12 @@ def test_a_name_field_after_other_fields_defers_to_the_parser(number: int) -> No
         getattr(pb.ModelInferRequest.FromString(raw), ["model_name", "model_version"][number - 1]) == "theirs"
     )
 
-    assert read_head(raw) is None
+    assert walk(raw).head is None
 
 
-def test_field_1_with_another_wire_type_defers_to_the_parser() -> None:
+def test_field_1_with_another_wire_type_is_not_a_leading_one() -> None:
     raw = pb.ModelInferRequest(id="i").SerializeToString() + b"\x08\x01"
-    assert read_head(raw) is None
+    assert walk(raw).head is None
 
 
 def test_unknown_fields_of_every_wire_type_are_skipped() -> None:
@@ -175,9 +180,9 @@ def test_unknown_fields_of_every_wire_type_are_skipped() -> None:
     )
     raw = pb.ModelInferRequest(model_name="m", id="i").SerializeToString() + unknown
 
-    head = read_head(raw)
+    head = walk(raw)
 
-    assert head is not None and head.field1 == b"m"
+    assert head.head is not None and head.name == b"m"
     assert pb.ModelInferRequest.FromString(rewrite(raw, "n", "")).id == "i"
 
 
@@ -198,7 +203,7 @@ def test_unknown_fields_of_every_wire_type_are_skipped() -> None:
 )
 def test_malformed_bytes_raise_wire_error(raw: bytes) -> None:
     with pytest.raises(WireError):
-        read_head(raw)
+        protowire.walk(raw)
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**31, 2**63 - 1, 2**64 - 1])
@@ -216,9 +221,9 @@ def test_string_field_matches_protobuf() -> None:
         )
 
 
-def test_replace_head_without_changes_returns_the_same_bytes() -> None:
+def test_a_rewrite_without_changes_returns_the_same_bytes() -> None:
     raw = pb.ModelInferRequest(id="i").SerializeToString()
-    assert replace_head(raw, b"", 0) is raw
+    assert protowire.with_head(raw, b"", walk(raw).names) is raw
 
 
 def test_a_walk_stops_past_its_limit() -> None:
