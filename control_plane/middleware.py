@@ -8,7 +8,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.auth.dependencies import NO_BEARER, bearer_of
-from control_plane.errors import PayloadTooLarge, Unauthorized, URITooLong, error_response
+from control_plane.errors import AppError, PayloadTooLarge, Unauthorized, URITooLong, error_response
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -27,7 +27,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        given = (_header(scope, b"x-request-id") or b"").decode("latin-1")
         request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         raw_id = request_id.encode()
@@ -70,25 +70,15 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        api = path.startswith("/v1/")
         limit = self.default_limit
         if self.upload_path.match(path):
             limit = self.upload_limit
-        elif path.startswith("/v1/"):
+        elif api:
             limit = self.api_limit
-        if path.startswith("/v1/") and len(scope.get("query_string", b"")) > API_QUERY_BYTES:
-            refusal = URITooLong(f"the query string is over the limit of {API_QUERY_BYTES} bytes")
+        refusal = _refusal(scope, api=api, limit=limit)
+        if refusal is not None:
             await error_response(refusal)(scope, receive, send)
-            return
-        if path.startswith("/v1/") and scope["method"] in _WITH_BODY:
-            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if bearer_of(header.decode("latin-1")) is None:
-                await error_response(Unauthorized(NO_BEARER))(scope, receive, send)
-                return
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await error_response(PayloadTooLarge(f"request body over the limit of {limit} bytes"))(
-                scope, receive, send
-            )
             return
         received = 0
 
@@ -102,3 +92,25 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+def _refusal(scope: Scope, *, api: bool, limit: int) -> AppError | None:
+    """What refuses a request before its body is read (414, 401, 413), if anything."""
+    if api and len(scope.get("query_string", b"")) > API_QUERY_BYTES:
+        return URITooLong(f"the query string is over the limit of {API_QUERY_BYTES} bytes")
+    if api and scope["method"] in _WITH_BODY and _bearer(scope) is None:
+        return Unauthorized(NO_BEARER)
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return PayloadTooLarge(f"request body over the limit of {limit} bytes")
+    return None
+
+
+def _bearer(scope: Scope) -> str | None:
+    """The key of the request's `Authorization: Bearer <key>` header, if it has one."""
+    return bearer_of((_header(scope, b"authorization") or b"").decode("latin-1"))
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's value (its first), as ASGI hands them over (names lower-cased)."""
+    return next((value for key, value in scope["headers"] if key == name), None)
