@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control_plane.audit import repository
+from control_plane.audit.repository import AuditFilter
 from control_plane.auth.principal import Principal
 from control_plane.db.models import AuditEvent
+from control_plane.paging import Listing, Page, cut
 
 
 def record(
@@ -43,26 +44,6 @@ def record(
     return event
 
 
-def query(
-    session: Session,
-    *,
-    tenant: str | None = None,
-    model: str | None = None,
-    action: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int = 100,
-) -> list[AuditEvent]:
-    """Audit events, newest first, filtered by whatever is given."""
-    stmt = select(AuditEvent).order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(limit)
-    if tenant is not None:
-        stmt = stmt.where(AuditEvent.tenant == tenant)
-    if model is not None:
-        stmt = stmt.where(AuditEvent.model == model)
-    if action is not None:
-        stmt = stmt.where(AuditEvent.action == action)
-    if since is not None:
-        stmt = stmt.where(AuditEvent.created_at >= since)
-    if until is not None:
-        stmt = stmt.where(AuditEvent.created_at < until)
-    return list(session.scalars(stmt))
+def query(session: Session, *, where: AuditFilter, page: Page[int]) -> Listing[AuditEvent]:
+    """A page of audit events, newest first, filtered by whatever `where` gives."""
+    return Listing(*cut(repository.events(session, where=where, page=page), page, key=lambda e: e.id))

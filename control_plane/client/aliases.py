@@ -44,8 +44,7 @@ class Aliases:
     def history(self, tenant: str, model: str, *, alias: str = "production") -> list[HistoryEntry]:
         """Every move of the alias, newest first."""
         return [
-            HistoryEntry.model_validate(h)
-            for h in self._conn.json("GET", _url(tenant, model, alias, "history"))
+            HistoryEntry.model_validate(h) for h in self._conn.listing(_url(tenant, model, alias, "history"))
         ]
 
 

@@ -57,7 +57,7 @@ class Connection:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             response = self.http.request(
-                method, url, json=json, params=query, headers=headers, content=content, **extra
+                method, url, json=json, params=query or None, headers=headers, content=content, **extra
             )
         except httpx.TimeoutException as exc:
             raise ConnectionFailed(f"no answer from {self.url} in time ({type(exc).__name__})") from exc
@@ -73,3 +73,31 @@ class Connection:
         """Send one request and return its JSON body (None for 204)."""
         response = self.request(method, url, **kwargs)
         return response.json() if response.content else None
+
+    def listing(
+        self, url: str, *, params: Mapping[str, Any] | None = None, most: int | None = None
+    ) -> list[Any]:
+        """Every item of a paged listing (or its first `most`), following its `Link: rel="next"` pages."""
+        items: list[Any] = []
+        followed: set[str] = set()
+        following: str | None = url
+        while following is not None and (most is None or len(items) < most):
+            response = self.request("GET", following, params=params)
+            items.extend(response.json())
+            followed.add(following)
+            following, params = _next_page(response), None  # the link carries the query
+            if following in followed:
+                raise ControlPlaneError(
+                    f"the control plane's page links go round in a circle at {following!r}"
+                )
+        return items if most is None else items[:most]
+
+
+def _next_page(response: httpx.Response) -> str | None:
+    """The path of the page after this one; only a path, so the key never goes to another host."""
+    link = response.links.get("next", {}).get("url")
+    if link is None:
+        return None
+    if not link.startswith("/") or link.startswith("//"):
+        raise ControlPlaneError(f"the control plane answered a page link that is not a path: {link!r}")
+    return link

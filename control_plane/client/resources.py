@@ -8,6 +8,8 @@ from typing import Any
 from control_plane.client.connection import Connection, path
 from control_plane.client.types import AuditEvent, CreatedKey, Instance, Key, Model, Tenant
 
+MAX_PAGE = 1000  # the most items the server gives in one page (`paging.MAX_LIMIT`)
+
 
 class Tenants:
     """`/v1/tenants`."""
@@ -21,7 +23,7 @@ class Tenants:
 
     def list(self) -> list[Tenant]:
         """The tenants the key may see (its own one for tenant keys)."""
-        return [Tenant.model_validate(t) for t in self._conn.json("GET", "/v1/tenants")]
+        return [Tenant.model_validate(t) for t in self._conn.listing("/v1/tenants")]
 
     def get(self, name: str) -> Tenant:
         """One tenant."""
@@ -43,7 +45,7 @@ class Keys:
 
     def list(self, tenant: str) -> list[Key]:
         """The tenant's keys, without secrets."""
-        return [Key.model_validate(k) for k in self._conn.json("GET", path("v1", "tenants", tenant, "keys"))]
+        return [Key.model_validate(k) for k in self._conn.listing(path("v1", "tenants", tenant, "keys"))]
 
     def revoke(self, tenant: str, key_id: int) -> Key:
         """Revoke a key: requests with it get 401 from then on."""
@@ -66,9 +68,7 @@ class Models:
 
     def list(self, tenant: str) -> list[Model]:
         """The tenant's models."""
-        return [
-            Model.model_validate(m) for m in self._conn.json("GET", path("v1", "tenants", tenant, "models"))
-        ]
+        return [Model.model_validate(m) for m in self._conn.listing(path("v1", "tenants", tenant, "models"))]
 
     def get(self, tenant: str, name: str) -> Model:
         """One model with its serving settings, versions and aliases."""
@@ -101,16 +101,17 @@ class Audit:
         until: datetime | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        """Audit events, newest first, filtered."""
+        """The newest `limit` audit events, newest first, filtered."""
         params = {
             "tenant": tenant,
             "model": model,
             "action": action,
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None,
-            "limit": limit,
+            "limit": min(limit, MAX_PAGE),
         }
-        return [AuditEvent.model_validate(e) for e in self._conn.json("GET", "/v1/audit", params=params)]
+        found = self._conn.listing("/v1/audit", params=params, most=limit)
+        return [AuditEvent.model_validate(e) for e in found]
 
 
 class Instances:

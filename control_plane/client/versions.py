@@ -55,7 +55,7 @@ class Versions:
 
     def list(self, tenant: str, model: str) -> list[Version]:
         """The model's versions, oldest first."""
-        return [Version.model_validate(v) for v in self._conn.json("GET", self._url(tenant, model))]
+        return [Version.model_validate(v) for v in self._conn.listing(self._url(tenant, model))]
 
     def get(self, tenant: str, model: str, number: int) -> Version:
         """One version: state and Triton's message, sha256, size, signature, config.pbtxt."""

@@ -144,7 +144,7 @@ def rollback(
             owner = tenants.visible(session, ctx=user.ctx, name=tenant)
             found = models.get_model(session, tenant=owner, name=model)
             current = traffic.get_traffic(session, state=state, tenant=owner, model=found, alias_name=alias)
-            history = lifecycle.history(session, model=found, alias_name=alias)
+            history = lifecycle.history(session, model=found, alias_name=alias).items
         back = target if target is not None else _previous_of(history, current.version)
         goes = f"v{back}" if back is not None else "its previous version (none is recorded: this will fail)"
         return _confirm(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import HTMLResponse
 
 from control_plane.audit import service as audit
+from control_plane.audit.repository import AuditFilter
 from control_plane.audit.schemas import AuditEventOut
 from control_plane.console.auth import ConsoleUser, app_state, current_user
 from control_plane.console.live import LiveStats
@@ -15,6 +16,7 @@ from control_plane.console.render import page
 from control_plane.db.session import transaction
 from control_plane.errors import Forbidden, InvalidRequest
 from control_plane.fleet import service as fleet
+from control_plane.paging import Page
 from control_plane.tenants import service as tenants
 
 router = APIRouter()
@@ -56,16 +58,15 @@ def audit_page(
     _admin(user)
     since_at, until_at = _moment(since, "since"), _moment(until, "until")
     with transaction(app_state(request).session_factory) as session:
-        found = audit.query(
-            session,
+        where = AuditFilter(
             tenant=_blank_none(tenant),
             model=_blank_none(model),
             action=_blank_none(action),
             since=since_at,
             until=until_at,
-            limit=limit,
         )
-        events = [AuditEventOut.model_validate(e) for e in found]
+        found = audit.query(session, where=where, page=Page(limit=limit))
+        events = [AuditEventOut.model_validate(e) for e in found.items]
     context = {
         "events": events,
         "filters": {"tenant": tenant, "model": model, "action": action, "since": since, "until": until},

@@ -11,11 +11,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import HTMLResponse, RedirectResponse
 
+from control_plane import paging
 from control_plane.console.auth import ConsoleUser, app_state, console_path, current_user
 from control_plane.console.render import page
 from control_plane.db.session import transaction
 from control_plane.lifecycle import service as lifecycle
 from control_plane.lifecycle import traffic
+from control_plane.paging import Listing, Page
 from control_plane.registry import service as models
 from control_plane.registry import versions
 from control_plane.registry.schemas import MAX_VERSION, VersionOut
@@ -41,24 +43,38 @@ def home(request: Request, user: ConsoleUser = Depends(current_user)) -> Redirec
 
 
 @router.get("/tenants", response_class=HTMLResponse)
-def tenants_page(request: Request, user: ConsoleUser = Depends(current_user)) -> HTMLResponse:
-    """The tenants the caller may see (admins: all; publishers: their own)."""
+def tenants_page(
+    request: Request, at: Page[str] = Depends(paging.by_name), user: ConsoleUser = Depends(current_user)
+) -> HTMLResponse:
+    """The tenants the caller may see (admins: all; publishers: their own), a page at a time."""
     with transaction(app_state(request).session_factory) as session:
-        visible = tenants.list_visible(session, ctx=user.ctx)
-        rows = [
-            (t, models.list_for(session, tenant=t, settings=app_state(request).settings)) for t in visible
-        ]
-    return page(request, "tenants.html", {"rows": rows})
+        visible = tenants.page_visible(session, ctx=user.ctx, page=at)
+        names = models.names_by_tenant(session, tenants=visible.items)
+    rows = [(t, names[t.id]) for t in visible.items]
+    return page(request, "tenants.html", {"rows": rows, "following": _following(request, visible, at)})
 
 
 @router.get("/tenants/{tenant}", response_class=HTMLResponse)
-def tenant_page(request: Request, tenant: str, user: ConsoleUser = Depends(current_user)) -> HTMLResponse:
-    """One tenant's models with their versions and aliases."""
+def tenant_page(
+    request: Request,
+    tenant: str,
+    at: Page[str] = Depends(paging.by_name),
+    user: ConsoleUser = Depends(current_user),
+) -> HTMLResponse:
+    """One tenant's models with their versions and aliases, a page at a time."""
     state = app_state(request)
     with transaction(state.session_factory) as session:
         owner = tenants.visible(session, ctx=user.ctx, name=tenant)
-        found = models.list_for(session, tenant=owner, settings=state.settings)
-    return page(request, "tenant.html", {"tenant": owner.name, "models": found})
+        found = models.page_for(session, tenant=owner, settings=state.settings, page=at)
+    context = {"tenant": owner.name, "models": found.items, "following": _following(request, found, at)}
+    return page(request, "tenant.html", context)
+
+
+def _following(request: Request, listing: Listing[Any], at: Page[str]) -> str | None:
+    """The link to the page after this one, relative to this page (None: this is the last)."""
+    if listing.after is None:
+        return None
+    return "?" + str(request.url.include_query_params(after=listing.after, limit=at.limit).query)
 
 
 @router.get("/tenants/{tenant}/models/{model}", response_class=HTMLResponse)
@@ -109,7 +125,7 @@ def _alias_context(
     with transaction(state.session_factory) as session:
         owner = tenants.visible(session, ctx=user.ctx, name=tenant)
         found = models.get_model(session, tenant=owner, name=model)
-        history = lifecycle.history(session, model=found, alias_name=alias)
+        history = lifecycle.history(session, model=found, alias_name=alias).items
         current = traffic.get_traffic(session, state=state, tenant=owner, model=found, alias_name=alias)
         listed = versions.list_for(session, model=found)
     return {

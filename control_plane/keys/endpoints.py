@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlalchemy.orm import Session
 
+from control_plane import paging
 from control_plane.auth.context import RequestContext, admin_context
 from control_plane.auth.principal import Role
 from control_plane.dependencies import get_session
 from control_plane.keys import service
 from control_plane.keys.schemas import KeyCreate, KeyCreated, KeyOut
+from control_plane.paging import Page
 from control_plane.tenants import service as tenants
 
 router = APIRouter(prefix="/v1/tenants/{tenant}/keys", tags=["keys"])
@@ -35,12 +37,16 @@ def create_key(
 @router.get("", response_model=list[KeyOut])
 def list_keys(
     tenant: str,
+    request: Request,
+    response: Response,
+    page: Page[int] = Depends(paging.by_id),
     ctx: RequestContext = Depends(admin_context),
     session: Session = Depends(get_session, scope="function"),
 ) -> list[KeyOut]:
-    """The tenant's keys, without secrets."""
+    """The tenant's keys without secrets, oldest first (paged: `limit`, `after`, `Link: rel="next"`)."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
-    return [KeyOut.model_validate(k) for k in service.list_for(session, tenant=owner)]
+    found = service.page_for(session, tenant=owner, page=page)
+    return paging.answer(request, response, found.map(KeyOut.model_validate), page)
 
 
 @router.delete("/{key_id}", response_model=KeyOut)

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import ApiKey
+from control_plane.paging import Page, keyset
 
 
 def by_prefix(session: Session, prefix: str) -> ApiKey | None:
@@ -16,9 +17,9 @@ def by_prefix(session: Session, prefix: str) -> ApiKey | None:
     return session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
 
 
-def for_tenant(session: Session, tenant_id: int) -> list[ApiKey]:
-    """All keys of a tenant, oldest first."""
-    return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.id)))
+def for_tenant(session: Session, tenant_id: int, *, page: Page[int] | None = None) -> list[ApiKey]:
+    """All keys of a tenant, oldest first (with `page`: its rows, see paging)."""
+    return list(session.scalars(keyset(select(ApiKey).where(ApiKey.tenant_id == tenant_id), page, ApiKey.id)))
 
 
 def get(session: Session, *, tenant_id: int, key_id: int) -> ApiKey | None:

@@ -12,6 +12,7 @@ from control_plane.auth.principal import Principal, Role
 from control_plane.db.models import ApiKey, Tenant
 from control_plane.errors import NotFound
 from control_plane.keys import repository, secrets
+from control_plane.paging import Listing, Page, cut
 
 if TYPE_CHECKING:  # auth.context imports this module
     from control_plane.auth.context import RequestContext
@@ -56,9 +57,9 @@ def create(
     return key, new.plaintext
 
 
-def list_for(session: Session, *, tenant: Tenant) -> list[ApiKey]:
-    """The tenant's keys (never their secrets)."""
-    return repository.for_tenant(session, tenant.id)
+def page_for(session: Session, *, tenant: Tenant, page: Page[int]) -> Listing[ApiKey]:
+    """A page of the tenant's keys, oldest first (never their secrets)."""
+    return Listing(*cut(repository.for_tenant(session, tenant.id, page=page), page, key=lambda k: k.id))
 
 
 def revoke(session: Session, *, ctx: RequestContext, tenant: Tenant, key_id: int) -> ApiKey:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
 
+from control_plane import paging
 from control_plane.auth.context import RequestContext, request_context
 from control_plane.db.models import Model, Tenant
 from control_plane.dependencies import get_session, get_state
 from control_plane.lifecycle import service, traffic
 from control_plane.lifecycle.schemas import AliasMove, HistoryEntry, Promote, Rollback, Traffic, TrafficOut
+from control_plane.paging import Page
 from control_plane.registry.service import get_model
 from control_plane.state import AppState
 from control_plane.tenants import service as tenants
@@ -76,12 +78,17 @@ def history(
     tenant: str,
     model: str,
     alias: str,
+    request: Request,
+    response: Response,
+    page: Page[int] = Depends(paging.by_id),
     ctx: RequestContext = Depends(request_context),
     session: Session = Depends(get_session, scope="function"),
 ) -> list[HistoryEntry]:
-    """Every move of the alias: from, to, who, when, why (newest first)."""
+    """Every move of the alias: from, to, who, when, why (newest first; paged: `limit`, `after`, `Link`)."""
     _, found = _owner(session, ctx, tenant, model)
-    return service.history(session, model=found, alias_name=alias)
+    return paging.answer(
+        request, response, service.history(session, model=found, alias_name=alias, page=page), page
+    )
 
 
 @router.put("/traffic", response_model=TrafficOut)

@@ -16,6 +16,7 @@ from control_plane.db.session import transaction
 from control_plane.fleet import repository as fleet_repository
 from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
 from control_plane.lifecycle.schemas import AliasMove, HistoryEntry
+from control_plane.paging import Listing, Page, cut
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
 from control_plane.registry.exceptions import AliasNotFound, VersionConflict
@@ -301,16 +302,20 @@ def release_after_commit(session: Session, *, state: AppState, version_ids: set[
     hooks.after_commit(session, release)
 
 
-def history(session: Session, *, model: Model, alias_name: str) -> list[HistoryEntry]:
-    """Every move of the alias, newest first."""
+def history(
+    session: Session, *, model: Model, alias_name: str, page: Page[int] | None = None
+) -> Listing[HistoryEntry]:
+    """The alias' moves, newest first: one page of them, or every one without `page`."""
     alias = repository.get_alias(session, model_id=model.id, name=alias_name)
     if alias is None:
         raise AliasNotFound(model.name, alias_name)
     numbers = {
         v.id: v.version for v in repository.list_versions(session, model_id=model.id, include_retired=True)
     }
-    rows = repository.alias_history(session, alias_id=alias.id)
-    return [
+    rows, after = cut(
+        repository.alias_history(session, alias_id=alias.id, page=page), page, key=lambda r: r.id
+    )
+    entries = [
         HistoryEntry(
             action=row.action,
             from_version=numbers.get(row.from_version_id) if row.from_version_id else None,
@@ -321,3 +326,4 @@ def history(session: Session, *, model: Model, alias_name: str) -> list[HistoryE
         )
         for row in rows
     ]
+    return Listing(entries, after)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from control_plane import paging
 from control_plane.auth.context import RequestContext, request_context
 from control_plane.dependencies import get_session, get_state
 from control_plane.errors import InvalidRequest
+from control_plane.paging import Page
 from control_plane.registry import service, versions
 from control_plane.registry.schemas import MAX_VERSION, ModelCreate, ModelOut, ModelPatch, VersionOut
 from control_plane.state import AppState
@@ -64,13 +66,18 @@ def create_model(
 @router.get("", response_model=list[ModelOut])
 def list_models(
     tenant: str,
+    request: Request,
+    response: Response,
+    page: Page[str] = Depends(paging.by_name),
     ctx: RequestContext = Depends(request_context),
     state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> list[ModelOut]:
-    """The tenant's models."""
+    """The tenant's models, by name (paged: `limit`, `after`, `Link: rel="next"`)."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
-    return service.list_for(session, tenant=owner, settings=state.settings)
+    return paging.answer(
+        request, response, service.page_for(session, tenant=owner, settings=state.settings, page=page), page
+    )
 
 
 @router.get("/{model}", response_model=ModelOut)
@@ -157,12 +164,16 @@ async def upload_version(
 def list_versions(
     tenant: str,
     model: str,
+    request: Request,
+    response: Response,
+    page: Page[int] = Depends(paging.by_version),
     ctx: RequestContext = Depends(request_context),
     session: Session = Depends(get_session, scope="function"),
 ) -> list[VersionOut]:
-    """The model's versions, oldest first."""
+    """The model's versions, oldest first (paged: `limit`, `after`, `Link: rel="next"`)."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
-    return versions.list_for(session, model=service.get_model(session, tenant=owner, name=model))
+    found = service.get_model(session, tenant=owner, name=model)
+    return paging.answer(request, response, versions.page_for(session, model=found, page=page), page)
 
 
 @router.get("/{model}/versions/{number}", response_model=VersionOut)

@@ -16,6 +16,7 @@ from control_plane.db.models import (
     Placement,
     TritonInstance,
 )
+from control_plane.paging import Page, keyset
 from control_plane.routing.changes import mark_routing_changed
 
 
@@ -27,13 +28,23 @@ def get_model(session: Session, *, tenant_id: int, name: str, lock: bool = False
     return session.scalar(stmt)
 
 
-def list_models(session: Session, *, tenant_id: int) -> list[Model]:
-    """Live models of a tenant, by name."""
-    return list(
-        session.scalars(
-            select(Model).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None)).order_by(Model.name)
-        )
+def list_models(session: Session, *, tenant_id: int, page: Page[str] | None = None) -> list[Model]:
+    """Live models of a tenant, by name (with `page`: its rows, see paging)."""
+    stmt = select(Model).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None))
+    return list(session.scalars(keyset(stmt, page, Model.name)))
+
+
+def model_names(session: Session, *, tenant_ids: list[int]) -> dict[int, list[str]]:
+    """The names of the live models of each of these tenants, by name."""
+    names: dict[int, list[str]] = {tenant_id: [] for tenant_id in tenant_ids}
+    rows = session.execute(
+        select(Model.tenant_id, Model.name)
+        .where(Model.tenant_id.in_(tenant_ids), Model.deleted_at.is_(None))
+        .order_by(Model.name)
     )
+    for tenant_id, name in rows:
+        names[tenant_id].append(name)
+    return names
 
 
 def next_version_number(session: Session, *, model_id: int) -> int:
@@ -53,12 +64,14 @@ def get_version(session: Session, *, model_id: int, number: int) -> ModelVersion
     )
 
 
-def list_versions(session: Session, *, model_id: int, include_retired: bool = False) -> list[ModelVersion]:
-    """A model's versions, oldest first."""
-    stmt = select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.version)
+def list_versions(
+    session: Session, *, model_id: int, include_retired: bool = False, page: Page[int] | None = None
+) -> list[ModelVersion]:
+    """A model's versions, oldest first (with `page`: its rows, see paging)."""
+    stmt = select(ModelVersion).where(ModelVersion.model_id == model_id)
     if not include_retired:
         stmt = stmt.where(ModelVersion.state != "retired")
-    return list(session.scalars(stmt))
+    return list(session.scalars(keyset(stmt, page, ModelVersion.version)))
 
 
 def aliases_of(session: Session, *, model_id: int) -> dict[str, int]:
@@ -87,13 +100,10 @@ def alias_routes(session: Session, *, alias_id: int) -> list[AliasRoute]:
     )
 
 
-def alias_history(session: Session, *, alias_id: int) -> list[AliasHistory]:
-    """Every move of an alias, newest first."""
-    return list(
-        session.scalars(
-            select(AliasHistory).where(AliasHistory.alias_id == alias_id).order_by(AliasHistory.id.desc())
-        )
-    )
+def alias_history(session: Session, *, alias_id: int, page: Page[int] | None = None) -> list[AliasHistory]:
+    """Every move of an alias, newest first (with `page`: its rows, see paging)."""
+    stmt = select(AliasHistory).where(AliasHistory.alias_id == alias_id)
+    return list(session.scalars(keyset(stmt, page, AliasHistory.id, newest_first=True)))
 
 
 def last_move_to(session: Session, *, alias_id: int, version_id: int) -> AliasHistory | None:

@@ -15,6 +15,7 @@ from control_plane.errors import Forbidden
 from control_plane.modelconfig.exceptions import InvalidModelSpec
 from control_plane.modelconfig.specs import Signature
 from control_plane.names import is_valid_name
+from control_plane.paging import Listing, Page, cut
 from control_plane.registry import repository
 from control_plane.registry.configgen import declared_signature
 from control_plane.registry.exceptions import ModelExists, ModelNotFound
@@ -148,12 +149,17 @@ def update(
     return model
 
 
-def list_for(session: Session, *, tenant: Tenant, settings: Settings) -> list[ModelOut]:
-    """All live models of a tenant."""
-    return [
-        describe(session, model=m, settings=settings)
-        for m in repository.list_models(session, tenant_id=tenant.id)
-    ]
+def names_by_tenant(session: Session, *, tenants: list[Tenant]) -> dict[int, list[str]]:
+    """Tenant id -> the names of its live models (a listing of many tenants needs no more)."""
+    return repository.model_names(session, tenant_ids=[t.id for t in tenants])
+
+
+def page_for(session: Session, *, tenant: Tenant, settings: Settings, page: Page[str]) -> Listing[ModelOut]:
+    """One page of a tenant's live models, by name."""
+    rows, after = cut(
+        repository.list_models(session, tenant_id=tenant.id, page=page), page, key=lambda m: m.name
+    )
+    return Listing([describe(session, model=m, settings=settings) for m in rows], after)
 
 
 def mark_deleted(

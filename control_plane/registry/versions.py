@@ -20,6 +20,7 @@ from control_plane.fleet.loader import NO_ROOM, NO_ROOM_DETAIL
 from control_plane.modelconfig.config import artifact_filename
 from control_plane.modelconfig.specs import Signature
 from control_plane.names import triton_model_name
+from control_plane.paging import Listing, Page, cut
 from control_plane.registry import repository
 from control_plane.registry.configgen import declared_signature, generate_config
 from control_plane.registry.exceptions import VersionConflict, VersionNotFound
@@ -205,6 +206,12 @@ def get_version(session: Session, *, model: Model, number: int) -> ModelVersion:
 def list_for(session: Session, *, model: Model) -> list[VersionOut]:
     """The model's non-retired versions, oldest first."""
     return [describe(v, model=model.name) for v in repository.list_versions(session, model_id=model.id)]
+
+
+def page_for(session: Session, *, model: Model, page: Page[int]) -> Listing[VersionOut]:
+    """One page of the model's non-retired versions, oldest first."""
+    rows = repository.list_versions(session, model_id=model.id, page=page)
+    return Listing(*cut(rows, page, key=lambda v: v.version)).map(lambda v: describe(v, model=model.name))
 
 
 def public_state_message(version: ModelVersion, model: str) -> str | None:

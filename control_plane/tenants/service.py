@@ -8,6 +8,7 @@ from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
 from control_plane.db.models import Tenant
 from control_plane.names import is_valid_name
+from control_plane.paging import Listing, Page, cut
 from control_plane.tenants import repository
 from control_plane.tenants.exceptions import TenantExists, TenantNotFound
 
@@ -42,7 +43,14 @@ def visible(session: Session, *, ctx: RequestContext, name: str) -> Tenant:
     return tenant
 
 
-def list_visible(session: Session, *, ctx: RequestContext) -> list[Tenant]:
-    """All tenants for admins, the own tenant for everyone else."""
+def list_visible(session: Session, *, ctx: RequestContext, page: Page[str] | None = None) -> list[Tenant]:
+    """All tenants for admins, the own tenant for everyone else (with `page`: its rows, see paging)."""
     principal = ctx.principal
-    return repository.list_all(session, only_id=None if principal.is_admin else principal.tenant_id)
+    return repository.list_all(
+        session, only_id=None if principal.is_admin else principal.tenant_id, page=page
+    )
+
+
+def page_visible(session: Session, *, ctx: RequestContext, page: Page[str]) -> Listing[Tenant]:
+    """One page of `list_visible`."""
+    return Listing(*cut(list_visible(session, ctx=ctx, page=page), page, key=lambda t: t.name))

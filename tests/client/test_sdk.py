@@ -15,6 +15,7 @@ from control_plane.client import (
     NotFound,
     Unauthorized,
 )
+from control_plane.paging import DEFAULT_LIMIT
 from tests.support import model_files
 from tests.support.api import Api
 from tests.support.builders import unique_name
@@ -93,3 +94,18 @@ def test_wait_ready_raises_with_tritons_message(stack: Api, base_url: str, tmp_p
 
     assert failed.value.state == "failed"
     assert "weights are missing: w.bin" in (failed.value.state_message or "")
+
+
+def test_listings_longer_than_a_page_come_whole(stack: Api, base_url: str) -> None:
+    admin = ControlPlane(base_url, stack.admin_token)
+    tenant = admin.tenants.create(unique_name("sdk")).name
+    names = sorted(f"m{i:03d}" for i in range(DEFAULT_LIMIT + 3))
+    for name in names:
+        admin.models.create(tenant, name=name, format="onnx")
+
+    first = stack.client.get(f"/v1/tenants/{tenant}/models", headers=stack.headers())
+    assert len(first.json()) == DEFAULT_LIMIT and f"after={names[99]}&" in first.links["next"]["url"]
+    assert [m.name for m in admin.models.list(tenant)] == names
+    assert (
+        len(admin.audit.list(tenant=tenant, limit=DEFAULT_LIMIT + 5)) == DEFAULT_LIMIT + 4
+    )  # and tenant.create

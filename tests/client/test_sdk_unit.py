@@ -184,3 +184,68 @@ def test_json_output_keeps_the_apis_timestamps() -> None:
     cp = client(lambda request: httpx.Response(200, json=[{"name": "acme", "created_at": stamp}]))
 
     assert cp.tenants.list()[0].to_json() == {"name": "acme", "created_at": stamp}
+
+
+def test_listings_follow_the_next_links_and_never_send_the_key_to_another_host() -> None:
+    stamp = "2026-12-01T09:26:56.280067+00:00"
+    seen: list[str] = []
+
+    def pages(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.params.get("after") is None:
+            return httpx.Response(
+                200,
+                json=[{"name": "a", "created_at": stamp}],
+                headers={"Link": '</v1/tenants?after=a>; rel="next"'},
+            )
+        return httpx.Response(200, json=[{"name": "b", "created_at": stamp}])
+
+    assert [t.name for t in client(pages).tenants.list()] == ["a", "b"]
+    assert seen == ["http://cp.test/v1/tenants", "http://cp.test/v1/tenants?after=a"]
+
+    for hostile, refusal in (
+        ("http://evil.test/v1/tenants?after=a", "not a path"),
+        ("//evil.test/v1/tenants", "not a path"),
+        ("/v1/tenants", "in a circle"),
+    ):
+        sent: list[httpx.Request] = []
+
+        def elsewhere(
+            request: httpx.Request, link: str = hostile, sent: list[httpx.Request] = sent
+        ) -> httpx.Response:
+            sent.append(request)
+            return httpx.Response(200, json=[], headers={"Link": f'<{link}>; rel="next"'})
+
+        with pytest.raises(ControlPlaneError, match=refusal):
+            client(elsewhere).tenants.list()
+        assert [r.url.host for r in sent] == ["cp.test"]
+
+
+def test_audit_reads_as_many_pages_as_its_limit_needs() -> None:
+    asked: list[dict[str, str]] = []
+
+    def events(request: httpx.Request) -> httpx.Response:
+        asked.append(dict(request.url.params))
+        start = int(request.url.params.get("after", 0))
+        size = int(request.url.params["limit"])
+        body = [audit_event(start + i + 1) for i in range(size)]
+        link = f'</v1/audit?after={start + size}&limit={size}>; rel="next"'
+        return httpx.Response(200, json=body, headers={"Link": link})
+
+    found = client(events).audit.list(limit=2500)
+
+    assert [e.id for e in found] == list(range(1, 2501))
+    assert [a.get("after") for a in asked] == [None, "1000", "2000"] and asked[0]["limit"] == "1000"
+
+
+def audit_event(number: int) -> dict[str, object]:
+    """An audit event as the API answers it."""
+    stamp = "2026-12-01T09:26:56.280067+00:00"
+    return {
+        "id": number,
+        "created_at": stamp,
+        "actor": "admin",
+        "action": "a",
+        "target": "t",
+        "outcome": "success",
+    }

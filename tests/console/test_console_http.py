@@ -13,6 +13,7 @@ from control_plane.client import ControlPlane
 from control_plane.console.cookies import COOKIE
 from tests.console.conftest import World
 from tests.support.api import ADMIN_TOKEN
+from tests.support.builders import unique_name
 
 
 @contextmanager
@@ -144,3 +145,30 @@ def test_pages_carry_a_strict_content_security_policy(world: World, admin: httpx
         assert "img-src 'self' data:" in httpx.get(world.url + docs).headers["content-security-policy"]
     missing = admin.get("/console/no-such-page")
     assert missing.status_code == 404 and "no such page" in missing.text
+
+
+def test_tenant_and_model_listings_come_a_page_at_a_time(world: World, admin: httpx.Client) -> None:
+    with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
+        tenant = sdk.tenants.create(unique_name("pages")).name
+        for name in ("a", "b", "c"):
+            sdk.models.create(tenant, name=name, format="onnx")
+
+    first = admin.get(f"/console/tenants/{tenant}?limit=2")
+    assert first.status_code == 200
+    assert re.findall(r'/models/([abc])">', first.text) == ["a", "b"]
+    following = re.search(r'id="next-page" href="([^"]+)"', first.text)
+    assert following is not None and following.group(1) == "?after=b&amp;limit=2"
+    last = admin.get(f"/console/tenants/{tenant}?after=b&limit=2")
+    assert re.findall(r'/models/([abc])">', last.text) == ["c"] and "next-page" not in last.text
+
+    # The tenants page names each tenant's models; paging through it finds this tenant once.
+    seen: list[str] = []
+    url: str | None = "/console/tenants?limit=2"
+    while url is not None:
+        answer = admin.get(url)
+        assert answer.status_code == 200
+        seen += re.findall(r'<td><a href="/console/tenants/([^"/]+)">', answer.text)
+        step = re.search(r'id="next-page" href="\?([^"]+)"', answer.text)
+        url = "/console/tenants?" + step.group(1).replace("&amp;", "&") if step else None
+    assert seen.count(tenant) == 1 and seen == sorted(seen)
+    assert admin.get("/console/tenants?limit=0").status_code == 422

@@ -1,0 +1,46 @@
+"""SQL for audit events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from control_plane.db.models import AuditEvent
+from control_plane.paging import Page
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which events: each field given narrows the query (`until` is exclusive)."""
+
+    tenant: str | None = None
+    model: str | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def events(session: Session, *, where: AuditFilter, page: Page[int]) -> list[AuditEvent]:
+    """Events newest first, the page's rows and one more; `page.after` is the id of the event before them."""
+    stmt = select(AuditEvent).order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(page.fetch)
+    for column, value in (
+        (AuditEvent.tenant, where.tenant),
+        (AuditEvent.model, where.model),
+        (AuditEvent.action, where.action),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if where.since is not None:
+        stmt = stmt.where(AuditEvent.created_at >= where.since)
+    if where.until is not None:
+        stmt = stmt.where(AuditEvent.created_at < where.until)
+    if page.after is not None:
+        # Keyset on (created_at, id): the cursor event's time, read in the same statement.
+        at = select(AuditEvent.created_at).where(AuditEvent.id == page.after).scalar_subquery()
+        stmt = stmt.where(
+            or_(AuditEvent.created_at < at, and_(AuditEvent.created_at == at, AuditEvent.id < page.after))
+        )
+    return list(session.scalars(stmt))
