@@ -1,11 +1,11 @@
-"""Keyset pagination for the `/v1` listings: `?limit=&after=` in, a `Link: <...>; rel="next"` header out.
+"""Keyset pagination for the `/v1` listings: `?limit=&after=` in, a `Link: <?...>; rel="next"` header out.
 
 A listing answers at most `limit` items (default 100, at most 1000), in its own fixed order. When more
-follow, the answer carries `Link: </v1/...?after=K&limit=N>; rel="next"` (RFC 8288, as GitHub does), where
-K is the key of the last item given: a name, a version number or a row id. Keys rather than offsets, so a
-page never repeats or skips an item because another was created or deleted meanwhile, and each page is one
-indexed range read however deep it lies. The SDK and the CLI follow the links; a listing without them is
-only its first page.
+follow, the answer carries `Link: <?after=K&limit=N>; rel="next"` (RFC 8288; the query alone, relative to the
+URL asked for), where K is the key of the last item given: a name, a version number or a row id. Keys rather
+than offsets, so a page never repeats or skips an item because another was created or deleted meanwhile, and
+each page is one indexed range read however deep it lies. The SDK and the CLI follow the links; a listing
+without them is only its first page.
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ def cut(rows: Sequence[T], page: Page[K] | None, key: Callable[[T], K]) -> tuple
 def answer(request: Request, response: Response, listing: Listing[T], page: Page[K]) -> list[T]:
     """The page's items; a `Link` header to the page after them when there is one."""
     if listing.after is not None:
+        # Only the query: resolved against the URL the client asked for (RFC 3986), so the link is right
+        # behind a proxy that strips or adds a path prefix, which the app cannot see.
         following = request.url.include_query_params(after=listing.after, limit=page.limit)
-        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+        response.headers["Link"] = f'<?{following.query}>; rel="next"'
     return listing.items

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import AuditEvent
@@ -38,9 +38,7 @@ def events(session: Session, *, where: AuditFilter, page: Page[int]) -> list[Aud
     if where.until is not None:
         stmt = stmt.where(AuditEvent.created_at < where.until)
     if page.after is not None:
-        # Keyset on (created_at, id): the cursor event's time, read in the same statement.
+        # Keyset on (created_at, id), one index range: the cursor event's time, read in the same statement.
         at = select(AuditEvent.created_at).where(AuditEvent.id == page.after).scalar_subquery()
-        stmt = stmt.where(
-            or_(AuditEvent.created_at < at, and_(AuditEvent.created_at == at, AuditEvent.id < page.after))
-        )
+        stmt = stmt.where(tuple_(AuditEvent.created_at, AuditEvent.id) < tuple_(at, page.after))
     return list(session.scalars(stmt))

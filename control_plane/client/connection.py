@@ -83,9 +83,10 @@ class Connection:
         following: str | None = url
         while following is not None and (most is None or len(items) < most):
             response = self.request("GET", following, params=params)
-            items.extend(response.json())
-            followed.add(following)
-            following, params = _next_page(response), None  # the link carries the query
+            page = response.json()
+            items.extend(page)
+            followed.add(str(response.url))
+            following, params = (_next_page(response) if page else None), None  # the link carries the query
             if following in followed:
                 raise ControlPlaneError(
                     f"the control plane's page links go round in a circle at {following!r}"
@@ -94,10 +95,23 @@ class Connection:
 
 
 def _next_page(response: httpx.Response) -> str | None:
-    """The path of the page after this one; only a path, so the key never goes to another host."""
+    """The URL of the page after this one: the same listing (scheme, host, port and path), so the key
+    never goes anywhere else, whatever the link says."""
     link = response.links.get("next", {}).get("url")
     if link is None:
         return None
-    if not link.startswith("/") or link.startswith("//"):
-        raise ControlPlaneError(f"the control plane answered a page link that is not a path: {link!r}")
-    return link
+    try:
+        following = response.url.join(link)
+    except httpx.InvalidURL as exc:
+        raise ControlPlaneError(
+            f"the control plane answered a page link that is not a URL: {link!r}"
+        ) from exc
+    here = response.url
+    if (following.scheme, following.host, following.port, following.path) != (
+        here.scheme,
+        here.host,
+        here.port,
+        here.path,
+    ):
+        raise ControlPlaneError(f"the control plane answered a page link to another place: {link!r}")
+    return str(following)

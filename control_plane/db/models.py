@@ -197,6 +197,7 @@ class AuditEvent(Base):
         CheckConstraint(_in("outcome", ("success", "failure")), name="outcome"),
         Index("ix_audit_events_tenant_created_at", "tenant", "created_at"),
         Index("ix_audit_events_action_created_at", "action", "created_at"),
+        Index("ix_audit_events_created_at_id", "created_at", "id"),  # the listing's order and cursor
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

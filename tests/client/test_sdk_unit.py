@@ -186,7 +186,7 @@ def test_json_output_keeps_the_apis_timestamps() -> None:
     assert cp.tenants.list()[0].to_json() == {"name": "acme", "created_at": stamp}
 
 
-def test_listings_follow_the_next_links_and_never_send_the_key_to_another_host() -> None:
+def test_listings_follow_the_next_links_and_never_send_the_key_to_another_place() -> None:
     stamp = "2026-12-01T09:26:56.280067+00:00"
     seen: list[str] = []
 
@@ -194,18 +194,31 @@ def test_listings_follow_the_next_links_and_never_send_the_key_to_another_host()
         seen.append(str(request.url))
         if request.url.params.get("after") is None:
             return httpx.Response(
-                200,
-                json=[{"name": "a", "created_at": stamp}],
-                headers={"Link": '</v1/tenants?after=a>; rel="next"'},
+                200, json=[{"name": "a", "created_at": stamp}], headers={"Link": '<?after=a>; rel="next"'}
             )
-        return httpx.Response(200, json=[{"name": "b", "created_at": stamp}])
+        more = {"Link": '<?after=b>; rel="next"'}  # an empty page ends the listing, whatever it links
+        return httpx.Response(
+            200,
+            json=[{"name": "b", "created_at": stamp}] if request.url.params["after"] == "a" else [],
+            headers=more,
+        )
 
-    assert [t.name for t in client(pages).tenants.list()] == ["a", "b"]
-    assert seen == ["http://cp.test/v1/tenants", "http://cp.test/v1/tenants?after=a"]
+    behind = ControlPlane(
+        "http://cp.test/cp", "secret", transport=httpx.MockTransport(pages)
+    )  # a path prefix
+    assert [t.name for t in behind.tenants.list()] == ["a", "b"]
+    assert seen == [
+        "http://cp.test/cp/v1/tenants",
+        "http://cp.test/cp/v1/tenants?after=a",
+        "http://cp.test/cp/v1/tenants?after=b",
+    ]
 
     for hostile, refusal in (
-        ("http://evil.test/v1/tenants?after=a", "not a path"),
-        ("//evil.test/v1/tenants", "not a path"),
+        ("http://evil.test/v1/tenants?after=a", "another place"),
+        ("//evil.test/v1/tenants", "another place"),
+        ("/./../..//evil.test", "another place"),
+        ("/v1/keys", "another place"),
+        ("?after=a\tb", "not a URL"),
         ("/v1/tenants", "in a circle"),
     ):
         sent: list[httpx.Request] = []
@@ -214,11 +227,13 @@ def test_listings_follow_the_next_links_and_never_send_the_key_to_another_host()
             request: httpx.Request, link: str = hostile, sent: list[httpx.Request] = sent
         ) -> httpx.Response:
             sent.append(request)
-            return httpx.Response(200, json=[], headers={"Link": f'<{link}>; rel="next"'})
+            return httpx.Response(
+                200, json=[{"name": "a", "created_at": stamp}], headers={"Link": f'<{link}>; rel="next"'}
+            )
 
         with pytest.raises(ControlPlaneError, match=refusal):
             client(elsewhere).tenants.list()
-        assert [r.url.host for r in sent] == ["cp.test"]
+        assert [r.url.host for r in sent] == ["cp.test"], hostile
 
 
 def test_audit_reads_as_many_pages_as_its_limit_needs() -> None:

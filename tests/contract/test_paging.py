@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from control_plane.db.models import AuditEvent
+from control_plane.db.session import transaction
 from tests.support.api import Api
 from tests.support.builders import unique_name
 from tests.support.deploy import deploy_onnx
@@ -21,10 +24,12 @@ def walk(api: Api, url: str, *, key: str | None = None) -> tuple[list[Any], list
         response = api.client.get(following, headers=api.headers(key))
         assert response.status_code == 200, response.text
         items.extend(response.json())
-        following = response.links.get("next", {}).get("url")
-        if following is not None:
-            assert following.startswith("/v1/"), following  # a path, never another host
-            links.append(following)
+        link = response.links.get("next", {}).get("url")
+        following = None
+        if link is not None:
+            assert link.startswith("?"), link  # the query alone: the same listing, behind any proxy prefix
+            links.append(link)
+            following = url.split("?")[0] + link
     return items, links
 
 
@@ -37,10 +42,7 @@ def test_models_come_in_pages_by_name_and_the_first_page_is_the_default_listing(
     items, links = walk(api, f"/v1/tenants/{tenant}/models?limit=3")
 
     assert [m["name"] for m in items] == names
-    assert links == [
-        f"/v1/tenants/{tenant}/models?after=m02&limit=3",
-        f"/v1/tenants/{tenant}/models?after=m05&limit=3",
-    ]
+    assert links == ["?after=m02&limit=3", "?after=m05&limit=3"]
     whole = api.client.get(f"/v1/tenants/{tenant}/models", headers=api.headers())
     assert [m["name"] for m in whole.json()] == names and "link" not in whole.headers
     exact = api.client.get(f"/v1/tenants/{tenant}/models?limit=7", headers=api.headers())
@@ -58,7 +60,7 @@ def test_a_page_neither_repeats_nor_skips_what_changed_before_it(api: Api) -> No
     for name in ("a", "e"):
         assert api.create_model(tenant, name=name, format="onnx").status_code == 201
     assert api.client.delete(f"/v1/tenants/{tenant}/models/f", headers=api.headers()).status_code == 204
-    rest, _ = walk(api, first.links["next"]["url"])
+    rest, _ = walk(api, f"/v1/tenants/{tenant}/models" + first.links["next"]["url"])
 
     assert [m["name"] for m in rest] == ["e", "h"]
 
@@ -76,7 +78,8 @@ def test_tenants_keys_and_audit_page_through_everything_once(api: Api) -> None:
 
     tenants, _ = walk(api, "/v1/tenants?limit=50")
     names = [t["name"] for t in tenants]
-    assert names == sorted(names) and len(set(names)) == len(names) and tenant in names
+    whole = api.client.get("/v1/tenants?limit=1000", headers=api.headers()).json()
+    assert names == [t["name"] for t in whole] and tenant in names  # in the database's collation
 
     events, links = walk(api, f"/v1/audit?tenant={tenant}&limit=2")
     assert [e["action"] for e in events] == ["key.create"] * 5 + ["tenant.create"]
@@ -94,7 +97,7 @@ def test_versions_and_alias_history_page(api: Api, tmp_path: Path) -> None:
         deploy_onnx(api, tmp_path, tenant=tenant, seed=seed)  # v1, v2, v3, each promoted
     versions, links = walk(api, f"/v1/tenants/{tenant}/models/mlp/versions?limit=2")
     assert [v["version"] for v in versions] == [1, 2, 3]
-    assert links == [f"/v1/tenants/{tenant}/models/mlp/versions?after=2&limit=2"]
+    assert links == ["?after=2&limit=2"]
 
     for number in (1, 2):
         moved = api.client.put(
@@ -170,3 +173,16 @@ def test_the_openapi_document_lists_the_page_parameters() -> None:
     ):
         names = {p["name"] for p in document["paths"][route]["get"]["parameters"]}
         assert {"limit", "after"} <= names, route
+
+
+def test_audit_events_of_one_instant_page_by_id(api: Api) -> None:
+    tenant = api.tenant()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with transaction(api.state.session_factory) as session:
+        for n in range(5):
+            session.add(AuditEvent(actor="t", action=f"tie.{n}", target="t", tenant=tenant, created_at=at))
+
+    events, links = walk(api, f"/v1/audit?tenant={tenant}&limit=1")
+
+    assert [e["action"] for e in events] == ["tenant.create"] + [f"tie.{n}" for n in reversed(range(5))]
+    assert len(links) == 5
