@@ -74,6 +74,33 @@ def list_versions(
     return list(session.scalars(keyset(stmt, page, ModelVersion.version)))
 
 
+def versions_of_models(session: Session, *, model_ids: list[int]) -> dict[int, list[ModelVersion]]:
+    """Model id -> its non-retired versions, oldest first, for many models in one query."""
+    found: dict[int, list[ModelVersion]] = {model_id: [] for model_id in model_ids}
+    stmt = (
+        select(ModelVersion)
+        .where(ModelVersion.model_id.in_(model_ids), ModelVersion.state != "retired")
+        .order_by(ModelVersion.model_id, ModelVersion.version)
+    )
+    for version in session.scalars(stmt):
+        found[version.model_id].append(version)
+    return found
+
+
+def aliases_of_models(session: Session, *, model_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Model id -> alias name -> version number, for many models in one query."""
+    found: dict[int, dict[str, int]] = {model_id: {} for model_id in model_ids}
+    rows = session.execute(
+        select(Alias.model_id, Alias.name, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.id == Alias.version_id)
+        .where(Alias.model_id.in_(model_ids))
+        .order_by(Alias.model_id, Alias.name)
+    )
+    for model_id, name, number in rows:
+        found[model_id][name] = number
+    return found
+
+
 def aliases_of(session: Session, *, model_id: int) -> dict[str, int]:
     """Alias name -> version number for a model."""
     rows = session.execute(

@@ -19,7 +19,14 @@ from control_plane.paging import Listing, Page, cut
 from control_plane.registry import repository
 from control_plane.registry.configgen import declared_signature
 from control_plane.registry.exceptions import ModelExists, ModelNotFound
-from control_plane.registry.schemas import ModelCreate, ModelOut, ModelPatch, ModelSpec, VersionSummary
+from control_plane.registry.schemas import (
+    ModelCreate,
+    ModelOut,
+    ModelPatch,
+    ModelSpec,
+    Serving,
+    VersionSummary,
+)
 from control_plane.registry.serving import check_spec, model_serving
 from control_plane.settings import Settings
 from control_plane.state import AppState
@@ -83,27 +90,44 @@ def create(
 
 def describe(session: Session, *, model: Model, settings: Settings) -> ModelOut:
     """A model with its effective settings, versions and aliases."""
-    versions = repository.list_versions(session, model_id=model.id)
-    spec = spec_of(model)
-    return ModelOut(
-        name=model.name,
-        format=model.format,  # type: ignore[arg-type]
-        serving=model_serving(
-            model_format=model.format,
-            spec=spec,
-            signature=_latest_signature(spec, versions),
-            settings=settings,
-        ),
-        max_batch_size_auto=spec.max_batch_size is None,
-        inputs=spec.inputs,
-        outputs=spec.outputs,
-        warmup=spec.warmup,
-        created_at=model.created_at,
-        versions=[
-            VersionSummary(version=v.version, state=v.state, created_at=v.created_at) for v in versions
-        ],
-        aliases=repository.aliases_of(session, model_id=model.id),
+    return describe_many(session, models=[model], settings=settings)[0]
+
+
+def describe_many(session: Session, *, models: list[Model], settings: Settings) -> list[ModelOut]:
+    """`describe` of each model: two queries in all, and each distinct serving spec worked out once
+    (it builds and parses a config.pbtxt, ~2 ms)."""
+    ids = [m.id for m in models]
+    versions, aliases = (
+        repository.versions_of_models(session, model_ids=ids),
+        repository.aliases_of_models(session, model_ids=ids),
     )
+    serving: dict[tuple[str, str, str | None], Serving] = {}
+    described = []
+    for model in models:
+        spec, listed = spec_of(model), versions[model.id]
+        signature = _latest_signature(spec, listed)
+        key = (model.format, spec.model_dump_json(), signature.model_dump_json() if signature else None)
+        if key not in serving:
+            serving[key] = model_serving(
+                model_format=model.format, spec=spec, signature=signature, settings=settings
+            )
+        described.append(
+            ModelOut(
+                name=model.name,
+                format=model.format,  # type: ignore[arg-type]
+                serving=serving[key],
+                max_batch_size_auto=spec.max_batch_size is None,
+                inputs=spec.inputs,
+                outputs=spec.outputs,
+                warmup=spec.warmup,
+                created_at=model.created_at,
+                versions=[
+                    VersionSummary(version=v.version, state=v.state, created_at=v.created_at) for v in listed
+                ],
+                aliases=aliases[model.id],
+            )
+        )
+    return described
 
 
 def _latest_signature(spec: ModelSpec, versions: list[ModelVersion]) -> Signature | None:
@@ -159,7 +183,7 @@ def page_for(session: Session, *, tenant: Tenant, settings: Settings, page: Page
     rows, after = cut(
         repository.list_models(session, tenant_id=tenant.id, page=page), page, key=lambda m: m.name
     )
-    return Listing([describe(session, model=m, settings=settings) for m in rows], after)
+    return Listing(describe_many(session, models=rows, settings=settings), after)
 
 
 def mark_deleted(

@@ -186,3 +186,32 @@ def test_audit_events_of_one_instant_page_by_id(api: Api) -> None:
 
     assert [e["action"] for e in events] == ["tenant.create"] + [f"tie.{n}" for n in reversed(range(5))]
     assert len(links) == 5
+
+
+def test_a_page_describes_each_model_as_its_own_get_does(api: Api, tmp_path: Path) -> None:
+    tenant = api.tenant()
+    deploy_onnx(api, tmp_path, tenant=tenant, model="served")  # a version, signature and alias of its own
+    deploy_onnx(api, tmp_path, tenant=tenant, model="served", seed=1, alias="staging")
+    declared = {
+        "inputs": [{"name": "a", "datatype": "INT64", "shape": [-1, 7]}],
+        "outputs": [{"name": "b", "datatype": "FP32", "shape": [-1, 2]}],
+    }
+    for name, spec in (
+        ("plain", {}),
+        ("same-as-plain", {}),
+        ("unbatched", {"max_batch_size": 0}),
+        ("declared", declared),
+        ("wide", {"max_batch_size": 32, "instance_group": {"count": 2}}),
+    ):
+        assert api.create_model(tenant, name=name, format="onnx", **spec).status_code == 201, name
+
+    listed, _ = walk(api, f"/v1/tenants/{tenant}/models?limit=2")
+
+    one_by_one = [
+        api.client.get(f"/v1/tenants/{tenant}/models/{m['name']}", headers=api.headers()).json()
+        for m in listed
+    ]
+    assert listed == one_by_one
+    served = next(m for m in listed if m["name"] == "served")
+    assert served["aliases"] == {"production": 1, "staging": 2} and len(served["versions"]) == 2
+    assert len({str(m["serving"]) for m in listed}) >= 3
