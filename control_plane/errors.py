@@ -7,7 +7,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,33 @@ async def _unstorable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "InvalidRequest", "detail": detail}, status_code=422)
 
 
+def _unique_violation(exc: IntegrityError) -> bool:
+    """Whether the database refused a row because another one already holds its unique key (Postgres
+    SQLSTATE 23505, SQLite's UNIQUE constraint message)."""
+    return getattr(exc.orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(exc.orig)
+
+
+async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    """A concurrent request created the same thing first (both passed the existence check; the unique
+    key caught the second): a 409, as when it comes second. Other integrity errors are our own bugs."""
+    assert isinstance(exc, IntegrityError)
+    if not _unique_violation(exc):
+        return await _unexpected(_, exc)
+    log.info("a concurrent request created the same thing first: %s", str(exc.orig).splitlines()[0][:300])
+    detail = "another request created or changed the same thing at the same time; read it again and retry"
+    return JSONResponse({"error": "Conflict", "detail": detail}, status_code=409)
+
+
+async def _pool_exhausted(_: Request, exc: Exception) -> JSONResponse:
+    """Every database connection stayed busy past the pool's timeout: the registry is overloaded, not
+    broken; a 503 the client may retry."""
+    log.warning("no database connection within the pool timeout: %s", str(exc).splitlines()[0][:300])
+    detail = "the registry is busy: no database connection was free in time; retry shortly"
+    return JSONResponse(
+        {"error": "ServiceUnavailable", "detail": detail}, status_code=503, headers={"Retry-After": "2"}
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse({"error": "InternalError", "detail": "internal error"}, status_code=500)
@@ -138,4 +166,6 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DataError, _unstorable)
+    app.add_exception_handler(IntegrityError, _conflict)
+    app.add_exception_handler(SQLAlchemyTimeout, _pool_exhausted)
     app.add_exception_handler(Exception, _unexpected)

@@ -22,9 +22,12 @@ def for_tenant(session: Session, tenant_id: int, *, page: Page[int] | None = Non
     return list(session.scalars(keyset(select(ApiKey).where(ApiKey.tenant_id == tenant_id), page, ApiKey.id)))
 
 
-def get(session: Session, *, tenant_id: int, key_id: int) -> ApiKey | None:
-    """One key of a tenant."""
-    return session.scalar(select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id))
+def get(session: Session, *, tenant_id: int, key_id: int, lock: bool = False) -> ApiKey | None:
+    """One key of a tenant, optionally locked for update and read afresh."""
+    stmt = select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return session.scalar(stmt)
 
 
 def record_last_used(session: Session, used: Mapping[int, datetime]) -> None:

@@ -63,8 +63,8 @@ def page_for(session: Session, *, tenant: Tenant, page: Page[int]) -> Listing[Ap
 
 
 def revoke(session: Session, *, ctx: RequestContext, tenant: Tenant, key_id: int) -> ApiKey:
-    """Revoke a key; revoking twice is harmless."""
-    key = repository.get(session, tenant_id=tenant.id, key_id=key_id)
+    """Revoke a key; revoking twice is harmless (and audited once, however close the two are)."""
+    key = repository.get(session, tenant_id=tenant.id, key_id=key_id, lock=True)
     if key is None:
         raise NotFound(f"key {key_id} not found")
     if key.revoked_at is None:

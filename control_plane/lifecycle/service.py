@@ -6,6 +6,7 @@ import logging
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 
+from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from control_plane.audit import service as audit
@@ -41,7 +42,11 @@ def promote(
 ) -> AliasMove:
     """Load the version if needed, wait until ready, then point the alias at it (clearing a canary split)."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
-    lock_model(session, model)
+    target = f"{tenant.name}/{model.name}@{alias_name}"
+    _load_unlocked(
+        session, state=state, ctx=ctx, version=get_version(session, model=model, number=number), target=target
+    )
+    repository.lock_model(session, model)
     version = get_version(session, model=model, number=number)
     return _move(
         session,
@@ -69,14 +74,11 @@ def rollback(
 ) -> AliasMove:
     """Back to the version the alias had before (or `to_version`), reloading it first if it was unloaded."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
-    lock_model(session, model)
-    alias = repository.get_alias(session, model_id=model.id, name=alias_name)
-    if alias is None:
-        raise AliasNotFound(model.name, alias_name)
-    if to_version is not None:
-        version = get_version(session, model=model, number=to_version)
-    else:
-        version = _previous(session, alias)
+    target = f"{tenant.name}/{model.name}@{alias_name}"
+    version = _rollback_target(session, model=model, alias_name=alias_name, to_version=to_version)
+    _load_unlocked(session, state=state, ctx=ctx, version=version, target=target, action="alias.rollback")
+    repository.lock_model(session, model)
+    version = _rollback_target(session, model=model, alias_name=alias_name, to_version=to_version)
     return _move(
         session,
         ctx=ctx,
@@ -88,6 +90,40 @@ def rollback(
         action="rollback",
         reason=reason,
     )
+
+
+def _rollback_target(
+    session: Session, *, model: Model, alias_name: str, to_version: int | None
+) -> ModelVersion:
+    """The version a rollback of the alias goes to: `to_version`, else the one it had before."""
+    alias = repository.get_alias(session, model_id=model.id, name=alias_name)
+    if alias is None:
+        raise AliasNotFound(model.name, alias_name)
+    if to_version is not None:
+        return get_version(session, model=model, number=to_version)
+    return _previous(session, alias)
+
+
+def _load_unlocked(
+    session: Session,
+    *,
+    state: AppState,
+    ctx: RequestContext,
+    version: ModelVersion,
+    target: str,
+    action: str = "alias.promote",
+) -> None:
+    """Load the version an alias is about to move onto before the model's lock is taken.
+
+    A load takes seconds (up to `CP_TRITON_LOAD_TIMEOUT_S`). Held through it, the model's lock queued every
+    other change of the model behind it, each holding a database connection, until the pool ran dry for
+    every tenant. So the transaction is ended first (no lock, snapshot or connection held while Triton
+    loads), and the move locks the model afterwards and finds the version ready.
+    """
+    if version.state == "ready" and _served(state, version.triton_name):
+        return
+    session.rollback()
+    _load_or_refuse(session, state=state, ctx=ctx, version=version, target=target, action=action)
 
 
 def _move(
@@ -133,11 +169,6 @@ def _previous(session: Session, alias: Alias) -> ModelVersion:
     return previous
 
 
-def lock_model(session: Session, model: Model) -> None:
-    """Serialize alias and traffic changes of one model (taken first: model, then versions)."""
-    session.get(Model, model.id, with_for_update={"key_share": True}, populate_existing=True)
-
-
 def ensure_ready_locked(
     session: Session, *, state: AppState, ctx: RequestContext, version: ModelVersion, target: str, action: str
 ) -> ModelVersion:
@@ -149,16 +180,7 @@ def ensure_ready_locked(
     """
     for _ in range(ATTEMPTS):
         if version.state != "ready" or not _served(state, version.triton_name):
-            timeout, why = state.settings.triton_load_timeout_s, None
-            try:
-                outcome = state.loader.submit_load(version.id).result(timeout=timeout)
-            except FutureTimeout:
-                outcome, why = "timeout", f"its load did not finish within {timeout:g} s"
-            if outcome == NO_ROOM:
-                why = NO_ROOM_DETAIL
-            session.refresh(version)
-            if outcome != "ready" or version.state != "ready":
-                _refuse(state, ctx=ctx, version=version, target=target, action=action, why=why)
+            _load_or_refuse(session, state=state, ctx=ctx, version=version, target=target, action=action)
         savepoint = session.begin_nested()
         locked = session.get(
             ModelVersion, version.id, with_for_update={"key_share": True}, populate_existing=True
@@ -169,6 +191,24 @@ def ensure_ready_locked(
         savepoint.rollback()
         session.refresh(version)
     raise VersionConflict(f"version {version.version} was unloaded while being promoted; retry")
+
+
+def _load_or_refuse(
+    session: Session, *, state: AppState, ctx: RequestContext, version: ModelVersion, target: str, action: str
+) -> None:
+    """Load the version and wait until it is ready; a failed load is audited and refused."""
+    timeout, why = state.settings.triton_load_timeout_s, None
+    identity = inspect(version).identity  # the id without loading the row (it may be expired): the wait
+    assert identity is not None  # below must hold no connection
+    try:
+        outcome = state.loader.submit_load(identity[0]).result(timeout=timeout)
+    except FutureTimeout:
+        outcome, why = "timeout", f"its load did not finish within {timeout:g} s"
+    if outcome == NO_ROOM:
+        why = NO_ROOM_DETAIL
+    session.refresh(version)
+    if outcome != "ready" or version.state != "ready":
+        _refuse(state, ctx=ctx, version=version, target=target, action=action, why=why)
 
 
 def _served(state: AppState, triton_name: str) -> bool:
@@ -294,7 +334,7 @@ def release_after_commit(session: Session, *, state: AppState, version_ids: set[
 
     def release() -> None:
         with transaction(state.session_factory) as own:
-            for version_id in version_ids:
+            for version_id in sorted(version_ids):  # the order moves lock versions in: no deadlock
                 version = own.get(ModelVersion, version_id)
                 if version is not None and not repository.aliases_referencing(own, version_id=version_id):
                     version.released_at = now

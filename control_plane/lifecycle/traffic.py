@@ -8,7 +8,7 @@ from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
 from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion, Tenant
 from control_plane.lifecycle.schemas import Route, Shadow, Traffic, TrafficOut
-from control_plane.lifecycle.service import ensure_ready_locked, lock_model, release_after_commit
+from control_plane.lifecycle.service import ensure_ready_locked, release_after_commit
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
 from control_plane.registry.exceptions import AliasNotFound
@@ -35,7 +35,7 @@ def set_traffic(
 ) -> TrafficOut:
     """Replace the alias' canary routes and shadow; every version named is loaded and ready first."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
-    lock_model(session, model)
+    repository.lock_model(session, model)
     _alias(session, model=model, alias_name=alias_name)
     target = f"{tenant.name}/{model.name}@{alias_name}"
     wanted = [(r.version, "weighted", r.weight) for r in body.routes]

@@ -125,7 +125,7 @@ def delete_model(
 ) -> None:
     """Delete a model: its versions are unloaded and retired; the audit trail stays."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
-    found = service.get_model(session, tenant=owner, name=model)
+    found = service.get_model(session, tenant=owner, name=model, lock=True)  # no upload or delete beside
     service.mark_deleted(session, ctx=ctx, state=state, tenant=owner, model=found)
 
 

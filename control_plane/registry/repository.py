@@ -21,11 +21,18 @@ from control_plane.routing.changes import mark_routing_changed
 
 
 def get_model(session: Session, *, tenant_id: int, name: str, lock: bool = False) -> Model | None:
-    """The live model `name` of a tenant, optionally locked for update."""
+    """The live model `name` of a tenant, optionally locked for update (and then read afresh: a change
+    committed while we waited for the lock is what we see, and a model deleted meanwhile is None)."""
     stmt = select(Model).where(Model.tenant_id == tenant_id, Model.name == name, Model.deleted_at.is_(None))
     if lock:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.scalar(stmt)
+
+
+def lock_model(session: Session, model: Model) -> None:
+    """Serialize the changes of one model's aliases, traffic and versions (taken first: model, then
+    versions); `model` is read afresh."""
+    session.get(Model, model.id, with_for_update={"key_share": True}, populate_existing=True)
 
 
 def list_models(session: Session, *, tenant_id: int, page: Page[str] | None = None) -> list[Model]:

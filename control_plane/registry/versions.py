@@ -21,7 +21,7 @@ from control_plane.modelconfig.config import artifact_filename
 from control_plane.modelconfig.specs import Signature
 from control_plane.names import triton_model_name
 from control_plane.paging import Listing, Page, cut
-from control_plane.registry import repository
+from control_plane.registry import artifact_guard, repository
 from control_plane.registry.configgen import declared_signature, generate_config
 from control_plane.registry.exceptions import VersionConflict, VersionNotFound
 from control_plane.registry.schemas import VersionOut
@@ -67,6 +67,7 @@ def upload(
         generate_config(
             name="validation", model_format=model.format, spec=spec, signature=signature, settings=settings
         )
+        artifact_guard.hold(session, staged.sha256)
         existed = state.artifacts.exists(staged.sha256)
         with staged.path.open("rb") as artifact:
             stored = state.artifacts.put(artifact, max_bytes=settings.max_upload_bytes)
@@ -118,8 +119,10 @@ def register(
     audit_extra: dict[str, Any],
 ) -> ModelVersion:
     """The next version for a stored artifact, configured from the model's spec; it loads after commit."""
+    # The lock serializes version numbering, and reads the model afresh: a PATCH that committed while this
+    # upload ran configures this version too, and a model deleted meanwhile is 404.
+    get_model(session, tenant=tenant, name=model.name, lock=True)
     spec, settings = spec_of(model), state.settings
-    get_model(session, tenant=tenant, name=model.name, lock=True)  # serializes version numbering
     number = repository.next_version_number(session, model_id=model.id)
     name = triton_model_name(tenant=tenant.name, model=model.name, model_id=model.id, version=number)
     version = ModelVersion(
@@ -165,9 +168,10 @@ def register(
 
 
 def _drop_if_orphan(state: AppState, sha256: str) -> None:
-    """Delete an artifact stored for a transaction that rolled back, unless something else uses it."""
+    """Delete an artifact stored for a transaction that rolled back, unless something else uses it or an
+    upload of the same bytes is under way (`artifact_guard`)."""
     with state.session_factory() as session:
-        if not repository.sha_in_use(session, sha256):
+        if artifact_guard.may_drop(session, sha256) and not repository.sha_in_use(session, sha256):
             state.artifacts.delete(sha256)
 
 
@@ -249,6 +253,7 @@ def retire(
     session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant, model: Model, number: int
 ) -> ModelVersion:
     """Retire a version no alias uses; it is unloaded and its repository entry removed after commit."""
+    repository.lock_model(session, model)  # as a promote does: no alias moves onto it while we look
     version = get_version(session, model=model, number=number)
     users = repository.aliases_referencing(session, version_id=version.id)
     if users:

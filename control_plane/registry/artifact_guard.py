@@ -1,0 +1,53 @@
+"""Uploads of the same bytes and the clean-up of a failed one, kept apart.
+
+Artifacts are stored by sha256, so two uploads of one file share one object. When one of them rolls back
+it deletes the object unless a version uses it; the other may not have committed its version yet, and its
+object would go with the first's clean-up. So an upload holds the artifact from before it stores the object
+until its transaction ends, and the clean-up waits for that: on Postgres with a transaction-scoped advisory
+lock on the sha256 (every replica), and in this process by counting the uploads under way (SQLite too).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from control_plane.db import hooks
+
+_under_way: Counter[str] = Counter()
+_guard = threading.Lock()
+
+
+def _lock(session: Session, sha256: str) -> None:
+    """On Postgres: until this transaction ends, no other transaction holds `sha256`'s lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def hold(session: Session, sha256: str) -> None:
+    """Hold the artifact for an upload until the session's transaction commits or rolls back (call it
+    before the object is stored, and before any hook that cleans it up is added)."""
+    _lock(session, sha256)
+    with _guard:
+        _under_way[sha256] += 1
+
+    def release() -> None:
+        with _guard:
+            _under_way[sha256] -= 1
+            if _under_way[sha256] <= 0:
+                del _under_way[sha256]
+
+    hooks.after_commit(session, release)
+    hooks.on_rollback(session, release)
+
+
+def may_drop(session: Session, sha256: str) -> bool:
+    """Whether no upload of `sha256` is under way (taking the lock, in `session`'s transaction, so one
+    that commits meanwhile is seen by the query that follows)."""
+    _lock(session, sha256)
+    with _guard:
+        return _under_way[sha256] == 0

@@ -1,0 +1,215 @@
+"""Management requests that race each other, served by a real uvicorn on Postgres: a conflict is a 409, never
+a 500; a change is audited once; an alias never names a retired version; and an artifact a committed version
+uses is never cleaned up by an upload of the same bytes that failed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from control_plane.db import hooks
+from control_plane.db.models import Alias, Model, ModelVersion, Tenant
+from control_plane.registry import artifact_guard, versions
+from tests.support import model_files
+from tests.support.api import Api
+from tests.support.builders import unique_name
+from tests.support.deploy import deploy_onnx
+from tests.support.triton_models import MODEL
+
+RACERS = 10
+
+
+def together(api: Api, calls: list[Callable[[httpx.Client], httpx.Response]]) -> list[httpx.Response]:
+    """Each call on its own connection, all released at once."""
+    start = threading.Barrier(len(calls))
+
+    def run(call: Callable[[httpx.Client], httpx.Response]) -> httpx.Response:
+        with httpx.Client(base_url=str(api.client.base_url), headers=api.headers(), timeout=120) as client:
+            start.wait()
+            return call(client)
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def statuses(answers: list[httpx.Response]) -> Counter[int]:
+    return Counter(a.status_code for a in answers)
+
+
+def audited(api: Api, tenant: str, action: str) -> int:
+    events = api.client.get(
+        "/v1/audit", params={"tenant": tenant, "limit": 1000}, headers=api.headers()
+    ).json()
+    return sum(e["action"] == action for e in events)
+
+
+@pytest.fixture
+def served(make_served: Callable[..., Api]) -> Api:
+    return make_served()
+
+
+def test_creating_the_same_tenant_or_model_at_once_is_one_201_and_409s(served: Api) -> None:
+    name = unique_name("race")
+    tenants = together(served, [lambda c: c.post("/v1/tenants", json={"name": name})] * RACERS)
+    models = together(
+        served,
+        [lambda c: c.post(f"/v1/tenants/{name}/models", json={"name": "m", "format": "onnx"})] * RACERS,
+    )
+
+    for answers in (tenants, models):
+        assert statuses(answers)[201] == 1 and statuses(answers)[409] == RACERS - 1, statuses(answers)
+        assert all(
+            a.json()["error"] in ("Conflict", "TenantExists", "ModelExists")
+            for a in answers
+            if a.status_code == 409
+        )
+    assert audited(served, name, "tenant.create") == 1 and audited(served, name, "model.create") == 1
+
+
+def test_deleting_a_model_or_revoking_a_key_at_once_is_done_and_audited_once(served: Api) -> None:
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    key_id = served.client.post(
+        f"/v1/tenants/{tenant}/keys", json={"role": "consumer"}, headers=served.headers()
+    ).json()["id"]
+
+    deletes = together(served, [lambda c: c.delete(f"/v1/tenants/{tenant}/models/m")] * RACERS)
+    revokes = together(served, [lambda c: c.delete(f"/v1/tenants/{tenant}/keys/{key_id}")] * RACERS)
+
+    assert statuses(deletes) == {204: 1, 404: RACERS - 1}
+    assert statuses(revokes) == {200: RACERS}  # revoking twice is harmless ...
+    assert audited(served, tenant, "model.delete") == 1
+    assert audited(served, tenant, "key.revoke") == 1  # ... and audited once
+
+
+def test_a_version_deleted_while_an_alias_moves_onto_it_is_refused_and_the_alias_stays_valid(
+    served: Api, tmp_path: Path
+) -> None:
+    live = deploy_onnx(served, tmp_path)  # v1 in production
+    number = served.upload(
+        live.tenant, live.model, model_files.onnx_mlp(tmp_path / "v2.onnx", seed=2)
+    ).json()["version"]
+    answers: list[httpx.Response] = []
+    # A promote as it stands while it loads the version: the model locked (`repository.lock_model`),
+    # the alias about to move onto it.
+    with served.state.session_factory() as promote:
+        model = promote.scalars(
+            select(Model).join(Tenant).where(Tenant.name == live.tenant, Model.name == live.model)
+        ).one()
+        promote.get(Model, model.id, with_for_update={"key_share": True})
+        deleting = threading.Thread(
+            target=lambda: answers.append(
+                served.client.delete(
+                    f"/v1/tenants/{live.tenant}/models/{live.model}/versions/{number}",
+                    headers=served.headers(),
+                )
+            )
+        )
+        deleting.start()
+        time.sleep(0.5)
+        target = promote.scalars(
+            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == number)
+        ).one()
+        alias = promote.scalars(
+            select(Alias).where(Alias.model_id == model.id, Alias.name == "production")
+        ).one()
+        alias.version_id = target.id
+        promote.commit()
+    deleting.join(timeout=60)
+
+    assert answers and answers[0].status_code == 409, answers and answers[0].text
+    assert "production" in answers[0].json()["detail"]
+    assert served.version(live.tenant, live.model, number)["state"] != "retired"
+
+
+def test_the_clean_up_of_a_failed_upload_waits_for_an_upload_of_the_same_bytes(
+    served: Api, tmp_path: Path
+) -> None:
+    state = served.state
+    artifact = tmp_path / "same.onnx"
+    artifact.write_bytes(unique_name("bytes no version of this session has").encode())
+    with artifact.open("rb") as f:
+        stored = state.artifacts.put(f, max_bytes=10**8)
+    uploading = state.session_factory()
+    uploading.execute(text("SELECT 1"))  # its transaction, as an upload's request has one
+    artifact_guard.hold(uploading, stored.sha256)
+    cleanup = threading.Thread(target=versions._drop_if_orphan, args=(state, stored.sha256))
+    cleanup.start()
+    time.sleep(0.5)
+
+    try:
+        assert cleanup.is_alive()  # waits for the upload's transaction, on Postgres's advisory lock
+        assert state.artifacts.exists(stored.sha256)
+    finally:
+        uploading.commit()  # (a version would now name it; this upload names nothing)
+        hooks.committed(uploading)
+        uploading.close()
+    cleanup.join(timeout=30)
+    assert not cleanup.is_alive() and not state.artifacts.exists(stored.sha256)  # nothing uses it: gone
+
+
+def test_an_upload_that_waits_for_a_settings_change_is_configured_by_it(served: Api, tmp_path: Path) -> None:
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    artifact = model_files.onnx_mlp(tmp_path / "m.onnx")
+    answers: list[httpx.Response] = []
+    # A PATCH as it stands before it commits: the model locked, its max_batch_size changed.
+    with served.state.session_factory() as patch:
+        model = patch.scalars(
+            select(Model).join(Tenant).where(Tenant.name == tenant, Model.name == "m")
+        ).one()
+        patch.get(Model, model.id, with_for_update=True)
+        uploading = threading.Thread(target=lambda: answers.append(served.upload(tenant, "m", artifact)))
+        uploading.start()
+        time.sleep(1.5)  # the upload is validated and waits for the model's lock to number its version
+        model.spec = {**(model.spec or {}), "max_batch_size": 4}
+        patch.commit()
+    uploading.join(timeout=60)
+
+    assert answers and answers[0].status_code == 201, answers and answers[0].text
+    assert "max_batch_size: 4" in served.version(tenant, "m", answers[0].json()["version"])["config"]
+
+
+SLOW_LOAD_S = 4.0
+PYTHON_SPEC: dict[str, Any] = {
+    "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
+    "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
+    "max_batch_size": 0,
+}
+
+
+def test_a_promote_holds_nothing_while_its_version_loads(served: Api, tmp_path: Path) -> None:
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="slow", format="python", **PYTHON_SPEC).status_code == 201
+    source = tmp_path / "model.py"
+    source.write_text(MODEL.format(init=f"import time; time.sleep({SLOW_LOAD_S})", scale=2.0, offset=0.0))
+    assert served.upload(tenant, "slow", source).status_code == 201
+    answers: dict[str, Any] = {}
+
+    def promote() -> None:
+        answers["promote"] = served.client.put(
+            f"/v1/tenants/{tenant}/models/slow/aliases/production",
+            json={"version": 1},
+            headers=served.headers(),
+        )
+
+    promoting = threading.Thread(target=promote)
+    promoting.start()
+    time.sleep(1.0)  # the version is loading (its initialize sleeps SLOW_LOAD_S)
+    started = time.monotonic()
+    answers["upload"] = served.upload(tenant, "slow", source)  # numbering a version locks the model
+    answers["upload_s"] = time.monotonic() - started
+    promoting.join(timeout=120)
+
+    assert answers["promote"].status_code == 200, answers["promote"].text
+    assert answers["upload"].status_code == 201, answers["upload"].text
+    assert answers["upload_s"] < SLOW_LOAD_S - 1.5, answers["upload_s"]  # not queued behind the load
