@@ -191,6 +191,8 @@ def load(session: Session, *, state: AppState, model: Model, number: int) -> Ver
             f"version {number} is not loaded yet: its load did not finish within {timeout:g} s"
         )
     fresh = session.get_one(ModelVersion, version_id, populate_existing=True)
+    if fresh.state == "retired":  # deleted while it loaded: gone, as it is for every other request
+        raise VersionNotFound(model.name, number)
     return describe(fresh, model=model.name, resident_on=resident_on(session, version_id))
 
 

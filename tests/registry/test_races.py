@@ -213,3 +213,28 @@ def test_a_promote_holds_nothing_while_its_version_loads(served: Api, tmp_path: 
     assert answers["promote"].status_code == 200, answers["promote"].text
     assert answers["upload"].status_code == 201, answers["upload"].text
     assert answers["upload_s"] < SLOW_LOAD_S - 1.5, answers["upload_s"]  # not queued behind the load
+
+
+def test_a_load_of_a_version_deleted_while_it_loads_is_404(served: Api, tmp_path: Path) -> None:
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="slow", format="python", **PYTHON_SPEC).status_code == 201
+    source = tmp_path / "model.py"
+    source.write_text(MODEL.format(init=f"import time; time.sleep({SLOW_LOAD_S})", scale=2.0, offset=0.0))
+    assert served.upload(tenant, "slow", source).status_code == 201
+    answers: dict[str, httpx.Response] = {}
+
+    def load() -> None:
+        answers["load"] = served.client.post(
+            f"/v1/tenants/{tenant}/models/slow/versions/1/load", headers=served.headers()
+        )
+
+    loading = threading.Thread(target=load)
+    loading.start()
+    time.sleep(1.0)  # the version is loading
+    answers["delete"] = served.client.delete(
+        f"/v1/tenants/{tenant}/models/slow/versions/1", headers=served.headers()
+    )
+    loading.join(timeout=120)
+
+    assert answers["delete"].status_code == 200, answers["delete"].text
+    assert answers["load"].status_code == 404, answers["load"].text  # not a 200 describing a retired version
