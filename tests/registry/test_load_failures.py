@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tests.support import model_files
 from tests.support.api import Api, infer_direct
-from tests.support.triton_models import MODEL
+from tests.support.triton_models import MODEL, PYTHON_SPEC
 
-SPEC: dict[str, Any] = {
-    "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
-    "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
-    "max_batch_size": 0,
-}
+SPEC = PYTHON_SPEC
 
 
 def test_failed_load_keeps_tritons_message_and_others_still_load(api: Api, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +17,13 @@ input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
 output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
 instance_group [ {{ kind: KIND_CPU count: 1 }} ]
 """
+
+# The registry's spec of a model of MODEL's signature (a Python-backend model; admins register these).
+PYTHON_SPEC: dict[str, Any] = {
+    "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1]}],
+    "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1]}],
+    "max_batch_size": 0,
+}
 
 MODEL = """\
 import numpy as np
