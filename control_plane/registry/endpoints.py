@@ -141,6 +141,9 @@ async def upload_version(
     """Upload an artifact as the model's next version (multipart field `file`); it loads in the background."""
     owner = await run_in_threadpool(tenants.visible, session, ctx=ctx, name=tenant)
     found = await run_in_threadpool(service.get_model, session, tenant=owner, name=model)
+    # The body may take minutes to arrive: hold no transaction (nor its pooled connection) while it does.
+    # The upload reads the model again, under its lock, when it numbers the version.
+    await run_in_threadpool(session.rollback)
     async with request.form(max_files=2, max_fields=8) as form:
         upload, example = form.get("file"), form.get("example")
         if not isinstance(upload, UploadFile):

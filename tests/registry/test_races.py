@@ -4,6 +4,7 @@ uses is never cleaned up by an upload of the same bytes that failed."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -241,3 +242,29 @@ def test_a_load_of_a_version_deleted_while_it_loads_is_404(served: Api, tmp_path
 
     assert answers["delete"].status_code == 200, answers["delete"].text
     assert answers["load"].status_code == 404, answers["load"].text  # not a 200 describing a retired version
+
+
+def test_an_upload_whose_body_is_slow_holds_no_database_connection(served: Api, tmp_path: Path) -> None:
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    artifact = model_files.onnx_mlp(tmp_path / "m.onnx").read_bytes()
+    boundary = "cpboundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n\r\n'.encode()
+    body = head + artifact + f"\r\n--{boundary}--\r\n".encode()
+    url = httpx.URL(str(served.client.base_url))
+    pool = served.state.engine.pool
+    with socket.create_connection((url.host, url.port), timeout=30) as conn:
+        conn.sendall(
+            f"POST /v1/tenants/{tenant}/models/m/versions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {served.admin_token}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:100]
+        )
+        time.sleep(1.0)  # the client is slow: the rest of the body has not come
+        held = pool.checkedout()  # type: ignore[attr-defined]
+        conn.sendall(body[100:])
+        answer = conn.recv(65536)
+
+    assert held == 0
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
