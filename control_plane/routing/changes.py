@@ -22,7 +22,7 @@ from itertools import chain
 from typing import Any, NamedTuple
 
 from sqlalchemy import event, inspect, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from control_plane.db.models import (
     Alias,
@@ -44,6 +44,7 @@ ROUTING = "routing"  # anything else the routing table is built from
 _FLAG = "cp_registry_changed"
 _DESIRED_FLAG = "cp_desired_changed"
 _PLACEMENTS_FLAG = "cp_placements_changed"  # only placements' rows changed (a load, an unload)
+_COMMITTED = "cp_registry_committed"  # committed: the callbacks wait for the transaction to end
 ROUTING_TABLES = (Tenant, ApiKey, Model, ModelVersion, Alias, AliasRoute, Placement, TritonInstance)
 DESIRED_TABLES = (Model, ModelVersion, Alias, AliasRoute, ModelReplicas, TritonInstance)
 _VERSION_ROUTED = ("model_id", "version", "triton_name", "config_text")  # read by the table, beside state
@@ -151,6 +152,14 @@ def install(
             )
 
     def committed(session: Session) -> None:
+        # SQLAlchemy calls this while the session still holds its connection: the callbacks (the table's
+        # rebuild reads the registry, with a connection of its own) run once the transaction has ended and
+        # given it back, so a burst of commits never needs two connections each from the pool.
+        session.info[_COMMITTED] = True
+
+    def ended(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is not None or not session.info.pop(_COMMITTED, False):
+            return
         desired = session.info.pop(_DESIRED_FLAG, False)
         placements = session.info.pop(_PLACEMENTS_FLAG, False)
         if desired and on_desired is not None:
@@ -161,11 +170,12 @@ def install(
             (on_placements or on_change)()
 
     def rolled_back(session: Session) -> None:
-        for flag in (_FLAG, _DESIRED_FLAG, _PLACEMENTS_FLAG):
+        for flag in (_FLAG, _DESIRED_FLAG, _PLACEMENTS_FLAG, _COMMITTED):
             session.info.pop(flag, None)
 
     event.listen(session_factory, "before_flush", mark)
     event.listen(session_factory, "before_commit", notify)
     event.listen(session_factory, "after_commit", committed)
+    event.listen(session_factory, "after_transaction_end", ended)
     event.listen(session_factory, "after_rollback", rolled_back)
     return origin

@@ -275,3 +275,27 @@ def test_placements_and_replicas_are_no_rebuild(watched: tuple[sessionmaker[Sess
         session.add(ModelReplicas(model_id=version.model_id, replicas=2))
 
     assert _change(factory, seen, replicas) == Counter(["loop"])
+
+
+def test_a_commits_callbacks_run_once_its_connection_is_back_in_the_pool(database_url: str) -> None:
+    """The router's rebuild reads the registry with a connection of its own: a committer that still held
+    its own meanwhile needed two, and a burst of commits ran the pool dry (every tenant waited)."""
+    factory = _factory(database_url)  # a pool of one connection
+    pool = factory.kw["bind"].pool
+    held: list[int] = []
+    install(
+        factory,
+        on_change=lambda: held.append(pool.checkedout()),
+        on_desired=lambda: held.append(pool.checkedout()),
+    )
+    try:
+        _commit(factory, mark_routing_changed)
+        _commit(factory, lambda session: mark_routing_changed(session, desired=True))
+        with factory() as session:  # a savepoint's end is no commit: nothing runs for it
+            mark_routing_changed(session)
+            session.begin_nested().commit()
+            session.rollback()
+    finally:
+        factory.kw["bind"].dispose()
+
+    assert held == [0, 0, 0]  # reload, then desired and reload: none while the session held its connection
