@@ -22,7 +22,6 @@ from control_plane.names import MAX_NAME_LENGTH, NAME_RE
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_ROW_ID = 2**63 - 1  # a BIGINT column
-MAX_VERSION = 2**31 - 1  # an INTEGER column (`registry.schemas.MAX_VERSION`)
 
 K = TypeVar("K", str, int)
 T = TypeVar("T")
@@ -59,24 +58,23 @@ def by_name(
     return Page(limit=limit, after=after)
 
 
-def by_id(
-    limit: int = _LIMIT,
-    after: int | None = Query(
-        None, ge=0, le=MAX_ROW_ID, description="the id the previous page ended with (its Link)"
-    ),
-) -> Page[int]:
-    """A page of a listing ordered by row id (a BIGINT)."""
-    return Page(limit=limit, after=after)
+def by_number(most: int, what: str) -> Callable[..., Page[int]]:
+    """The dependency of a listing ordered by a number of at most `most` (its column's range): a row id
+    or a version number, `what` the API calls it."""
+
+    def page(
+        limit: int = _LIMIT,
+        after: int | None = Query(
+            None, ge=0, le=most, description=f"the {what} the previous page ended with (its Link)"
+        ),
+    ) -> Page[int]:
+        """A page of a listing ordered by that number."""
+        return Page(limit=limit, after=after)
+
+    return page
 
 
-def by_version(
-    limit: int = _LIMIT,
-    after: int | None = Query(
-        None, ge=0, le=MAX_VERSION, description="the version the previous page ended with (its Link)"
-    ),
-) -> Page[int]:
-    """A page of a listing ordered by version number (an INTEGER)."""
-    return Page(limit=limit, after=after)
+by_id = by_number(MAX_ROW_ID, "id")  # a BIGINT
 
 
 @dataclass(frozen=True)
@@ -101,20 +99,27 @@ def keyset(stmt: Select[R], page: Page[K] | None, column: Any, *, newest_first: 
     return stmt.limit(page.fetch)
 
 
-def cut(rows: Sequence[T], page: Page[K] | None, key: Callable[[T], K]) -> tuple[list[T], K | None]:
+def cut(rows: Sequence[T], page: Page[K] | None, key: Callable[[T], K]) -> Listing[T]:
     """The page's rows out of the `page.fetch` read, and the last one's key when another page follows
     (no `page`: every row, and None)."""
     if page is None or len(rows) <= page.limit:
-        return list(rows), None
+        return Listing(list(rows))
     given = list(rows[: page.limit])
-    return given, key(given[-1])
+    return Listing(given, key(given[-1]))
+
+
+def next_query(request: Request, listing: Listing[T], page: Page[K]) -> str | None:
+    """`?after=K&limit=N` (the request's other parameters kept) for the page after this one; None for the
+    last. Only the query: resolved against the URL the client asked for (RFC 3986), a link to it is right
+    behind a proxy that strips or adds a path prefix, which the app cannot see."""
+    if listing.after is None:
+        return None
+    return "?" + str(request.url.include_query_params(after=listing.after, limit=page.limit).query)
 
 
 def answer(request: Request, response: Response, listing: Listing[T], page: Page[K]) -> list[T]:
     """The page's items; a `Link` header to the page after them when there is one."""
-    if listing.after is not None:
-        # Only the query: resolved against the URL the client asked for (RFC 3986), so the link is right
-        # behind a proxy that strips or adds a path prefix, which the app cannot see.
-        following = request.url.include_query_params(after=listing.after, limit=page.limit)
-        response.headers["Link"] = f'<?{following.query}>; rel="next"'
+    following = next_query(request, listing, page)
+    if following is not None:
+        response.headers["Link"] = f'<{following}>; rel="next"'
     return listing.items

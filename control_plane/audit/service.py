@@ -46,4 +46,4 @@ def record(
 
 def query(session: Session, *, where: AuditFilter, page: Page[int]) -> Listing[AuditEvent]:
     """A page of audit events, newest first, filtered by whatever `where` gives."""
-    return Listing(*cut(repository.events(session, where=where, page=page), page, key=lambda e: e.id))
+    return cut(repository.events(session, where=where, page=page), page, key=lambda e: e.id)

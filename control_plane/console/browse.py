@@ -17,7 +17,7 @@ from control_plane.console.render import page
 from control_plane.db.session import transaction
 from control_plane.lifecycle import service as lifecycle
 from control_plane.lifecycle import traffic
-from control_plane.paging import Listing, Page
+from control_plane.paging import Page
 from control_plane.registry import service as models
 from control_plane.registry import versions
 from control_plane.registry.schemas import MAX_VERSION, VersionOut
@@ -51,7 +51,7 @@ def tenants_page(
         visible = tenants.page_visible(session, ctx=user.ctx, page=at)
         names = models.names_by_tenant(session, tenants=visible.items)
     rows = [(t, names[t.id]) for t in visible.items]
-    return page(request, "tenants.html", {"rows": rows, "following": _following(request, visible, at)})
+    return page(request, "tenants.html", {"rows": rows, "following": paging.next_query(request, visible, at)})
 
 
 @router.get("/tenants/{tenant}", response_class=HTMLResponse)
@@ -66,15 +66,12 @@ def tenant_page(
     with transaction(state.session_factory) as session:
         owner = tenants.visible(session, ctx=user.ctx, name=tenant)
         found = models.page_for(session, tenant=owner, settings=state.settings, page=at)
-    context = {"tenant": owner.name, "models": found.items, "following": _following(request, found, at)}
+    context = {
+        "tenant": owner.name,
+        "models": found.items,
+        "following": paging.next_query(request, found, at),
+    }
     return page(request, "tenant.html", context)
-
-
-def _following(request: Request, listing: Listing[Any], at: Page[str]) -> str | None:
-    """The link to the page after this one, relative to this page (None: this is the last)."""
-    if listing.after is None:
-        return None
-    return "?" + str(request.url.include_query_params(after=listing.after, limit=at.limit).query)
 
 
 @router.get("/tenants/{tenant}/models/{model}", response_class=HTMLResponse)

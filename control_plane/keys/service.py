@@ -59,7 +59,7 @@ def create(
 
 def page_for(session: Session, *, tenant: Tenant, page: Page[int]) -> Listing[ApiKey]:
     """A page of the tenant's keys, oldest first (never their secrets)."""
-    return Listing(*cut(repository.for_tenant(session, tenant.id, page=page), page, key=lambda k: k.id))
+    return cut(repository.for_tenant(session, tenant.id, page=page), page, key=lambda k: k.id)
 
 
 def revoke(session: Session, *, ctx: RequestContext, tenant: Tenant, key_id: int) -> ApiKey:

@@ -352,11 +352,9 @@ def history(
     numbers = {
         v.id: v.version for v in repository.list_versions(session, model_id=model.id, include_retired=True)
     }
-    rows, after = cut(
-        repository.alias_history(session, alias_id=alias.id, page=page), page, key=lambda r: r.id
-    )
-    entries = [
-        HistoryEntry(
+    rows = cut(repository.alias_history(session, alias_id=alias.id, page=page), page, key=lambda r: r.id)
+    return rows.map(
+        lambda row: HistoryEntry(
             action=row.action,
             from_version=numbers.get(row.from_version_id) if row.from_version_id else None,
             to_version=numbers[row.to_version_id],
@@ -364,6 +362,4 @@ def history(
             reason=row.reason,
             at=row.created_at,
         )
-        for row in rows
-    ]
-    return Listing(entries, after)
+    )

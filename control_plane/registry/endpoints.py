@@ -20,6 +20,7 @@ from control_plane.state import AppState
 from control_plane.tenants import service as tenants
 
 router = APIRouter(prefix="/v1/tenants/{tenant}/models", tags=["models"])
+BY_VERSION = paging.by_number(MAX_VERSION, "version")  # an INTEGER
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -169,7 +170,7 @@ def list_versions(
     model: str,
     request: Request,
     response: Response,
-    page: Page[int] = Depends(paging.by_version),
+    page: Page[int] = Depends(BY_VERSION),
     ctx: RequestContext = Depends(request_context),
     session: Session = Depends(get_session, scope="function"),
 ) -> list[VersionOut]:

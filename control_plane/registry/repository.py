@@ -108,17 +108,6 @@ def aliases_of_models(session: Session, *, model_ids: list[int]) -> dict[int, di
     return found
 
 
-def aliases_of(session: Session, *, model_id: int) -> dict[str, int]:
-    """Alias name -> version number for a model."""
-    rows = session.execute(
-        select(Alias.name, ModelVersion.version)
-        .join(ModelVersion, ModelVersion.id == Alias.version_id)
-        .where(Alias.model_id == model_id)
-        .order_by(Alias.name)
-    )
-    return {name: number for name, number in rows}
-
-
 def get_alias(session: Session, *, model_id: int, name: str, lock: bool = False) -> Alias | None:
     """One alias of a model, optionally locked for update."""
     stmt = select(Alias).where(Alias.model_id == model_id, Alias.name == name)

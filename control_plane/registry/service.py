@@ -180,10 +180,8 @@ def names_by_tenant(session: Session, *, tenants: list[Tenant]) -> dict[int, lis
 
 def page_for(session: Session, *, tenant: Tenant, settings: Settings, page: Page[str]) -> Listing[ModelOut]:
     """One page of a tenant's live models, by name."""
-    rows, after = cut(
-        repository.list_models(session, tenant_id=tenant.id, page=page), page, key=lambda m: m.name
-    )
-    return Listing(describe_many(session, models=rows, settings=settings), after)
+    rows = cut(repository.list_models(session, tenant_id=tenant.id, page=page), page, key=lambda m: m.name)
+    return Listing(describe_many(session, models=rows.items, settings=settings), rows.after)
 
 
 def mark_deleted(
@@ -193,7 +191,7 @@ def mark_deleted(
     versions = repository.list_versions(session, model_id=model.id)
     before = {
         "versions": [v.version for v in versions],
-        "aliases": repository.aliases_of(session, model_id=model.id),
+        "aliases": repository.aliases_of_models(session, model_ids=[model.id])[model.id],
     }
     for version in versions:
         version.state = "retired"

@@ -217,7 +217,7 @@ def list_for(session: Session, *, model: Model) -> list[VersionOut]:
 def page_for(session: Session, *, model: Model, page: Page[int]) -> Listing[VersionOut]:
     """One page of the model's non-retired versions, oldest first."""
     rows = repository.list_versions(session, model_id=model.id, page=page)
-    return Listing(*cut(rows, page, key=lambda v: v.version)).map(lambda v: describe(v, model=model.name))
+    return cut(rows, page, key=lambda v: v.version).map(lambda v: describe(v, model=model.name))
 
 
 def public_state_message(version: ModelVersion, model: str) -> str | None:

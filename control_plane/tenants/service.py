@@ -53,4 +53,4 @@ def list_visible(session: Session, *, ctx: RequestContext, page: Page[str] | Non
 
 def page_visible(session: Session, *, ctx: RequestContext, page: Page[str]) -> Listing[Tenant]:
     """One page of `list_visible`."""
-    return Listing(*cut(list_visible(session, ctx=ctx, page=page), page, key=lambda t: t.name))
+    return cut(list_visible(session, ctx=ctx, page=page), page, key=lambda t: t.name)
