@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp
 
@@ -64,10 +65,27 @@ log = logging.getLogger(__name__)
 UPLOAD_PATH = re.compile(r"^/v1/tenants/[^/]+/models/[^/]+/versions/?$")
 
 
+def _engines(settings: Settings) -> tuple[Engine, Engine]:
+    """The engine of the management API's requests, and the engine of the process's own work: routing,
+    on-demand loads, the reconcile loop, keep-warm releases, key usage. Each has its own pool, so management
+    requests holding every connection of theirs (a burst of them queued on one model's row lock, say) hold
+    up neither inference nor self-healing, and get a 503 after `database_pool_timeout_s`. SQLite (one
+    process, for development) has one engine for both."""
+    requests = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        pool_timeout_s=settings.database_pool_timeout_s,
+    )
+    if requests.dialect.name == "sqlite":
+        return requests, requests
+    return requests, make_engine(settings.database_url, pool_size=settings.database_internal_pool_size)
+
+
 def build_state(settings: Settings) -> AppState:
     """Create the engine, stores, Triton clients and loader (and the embedded Triton if asked)."""
-    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    engine, internal_engine = _engines(settings)
     session_factory = make_session_factory(engine)
+    internal = make_session_factory(internal_engine)
     artifacts = build_artifact_store(settings)
     repository = build_model_repository(settings)
     tritons = endpoints_from_urls(
@@ -78,13 +96,13 @@ def build_state(settings: Settings) -> AppState:
         health_timeout_s=settings.triton_health_timeout_s,
         names=settings.triton_names,
     )
-    router = Router(session_factory)
+    router = Router(internal)
     metrics = DataPlaneMetrics()
     upstream = Upstream(tritons, timeout_s=settings.upstream_timeout_s)
     router.listeners.append(lambda table: upstream.route(table.placements))
     inflight: Counter[str] = Counter()
     residency = Residency(
-        session_factory=session_factory,
+        session_factory=internal,
         inflight=inflight,
         wait_s=settings.cold_start_wait_s,
         load_timeout_s=settings.triton_load_timeout_s,
@@ -97,10 +115,12 @@ def build_state(settings: Settings) -> AppState:
         settings=settings,
         engine=engine,
         session_factory=session_factory,
+        internal_engine=internal_engine,
+        internal_session_factory=internal,
         artifacts=artifacts,
         repository=repository,
         loader=VersionLoader(
-            session_factory=session_factory, artifacts=artifacts, repository=repository, tritons=tritons
+            session_factory=internal, artifacts=artifacts, repository=repository, tritons=tritons
         ),
         router=router,
         limits=TenantLimits(
@@ -109,7 +129,7 @@ def build_state(settings: Settings) -> AppState:
             max_concurrency=settings.tenant_max_concurrency,
         ),
         metrics=metrics,
-        key_usage=KeyUsage(session_factory),
+        key_usage=KeyUsage(internal),
         upstream=upstream,
         shadow=ShadowMirror(upstream=upstream, registry=metrics.registry),
         checks=RequestChecks(
@@ -136,11 +156,12 @@ def build_state(settings: Settings) -> AppState:
             state.embedded_triton.grpc_url,
         )
         tritons.append(embedded_endpoint(settings, state.embedded_triton))
-    with transaction(session_factory) as session:
+    with transaction(internal) as session:
         register_instances(session, [t for t in tritons if t.name != EMBEDDED])
         register_instances(session, [t for t in tritons if t.name == EMBEDDED], origin="embedded")
     origin = install_change_hooks(
         session_factory,
+        internal,
         on_change=router.reload,
         on_desired=state.reconcile_soon,
         on_placements=router.refresh_placements,
@@ -158,7 +179,7 @@ def build_state(settings: Settings) -> AppState:
     state.watcher.start()
     state.key_usage.start()
     state.janitor = KeepWarmJanitor(
-        session_factory=session_factory,
+        session_factory=internal,
         loader=state.loader,
         inflight=state.inflight,
         keep_warm_s=settings.keep_warm_s,
@@ -173,7 +194,7 @@ def _start_reconciler(state: AppState) -> None:
     """Reconcile every instance once (loading what the registry serves) before serving, then keep at it."""
     settings = state.settings
     state.reconciler = reconciler = Reconciler(
-        session_factory=state.session_factory,
+        session_factory=state.internal_session_factory,
         loader=state.loader,
         tritons=state.tritons,
         database_url=settings.database_url,
@@ -220,7 +241,7 @@ def _start_reconciler(state: AppState) -> None:
             AfterRestart(
                 settings=settings,
                 tritons=state.tritons,
-                session_factory=state.session_factory,
+                session_factory=state.internal_session_factory,
                 reconciler=state.reconciler,
             )
         )
@@ -244,6 +265,8 @@ def close_state(state: AppState) -> None:
     if state.supervisor is not None:
         state.supervisor.stop()
     state.engine.dispose()
+    if state.internal_engine is not state.engine:
+        state.internal_engine.dispose()
 
 
 class ControlPlaneApp(FastAPI):

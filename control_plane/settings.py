@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///var/control-plane.db"
     database_pool_size: int = 10
+    database_pool_timeout_s: float = Field(default=10.0, gt=0)
+    database_internal_pool_size: int = Field(default=5, ge=1)
 
     artifact_store: ArtifactBackend = ArtifactBackend.LOCAL
     artifact_dir: Path = Path("var/artifacts")

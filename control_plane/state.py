@@ -33,8 +33,10 @@ class AppState:
     """Process-wide resources, reachable as `request.app.state.cp`."""
 
     settings: Settings
-    engine: Engine
+    engine: Engine  # the management API's requests
     session_factory: sessionmaker[Session]
+    internal_engine: Engine  # the process's own work (routing, loads, loops): a pool of its own
+    internal_session_factory: sessionmaker[Session]
     artifacts: ArtifactStore
     repository: ModelRepository
     loader: VersionLoader

@@ -18,14 +18,18 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for Postgres (psycopg 3) or SQLite, with foreign keys enforced on SQLite."""
+def make_engine(url: str, *, pool_size: int = 10, pool_timeout_s: float = 30.0) -> Engine:
+    """An engine for Postgres (psycopg 3) or SQLite, with foreign keys enforced on SQLite. A checkout that
+    finds every connection of the pool (`pool_size` plus as many again) busy for `pool_timeout_s` raises
+    SQLAlchemy's TimeoutError."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout_s, pool_pre_ping=True
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:

@@ -118,13 +118,12 @@ def routes_differently(session: Session, row: object) -> bool:
 
 
 def install(
-    session_factory: sessionmaker[Session],
-    *,
+    *session_factories: sessionmaker[Session],
     on_change: Callable[[], None],
     on_desired: Callable[[], None] | None = None,
     on_placements: Callable[[], None] | None = None,
 ) -> str:
-    """Watch every session of the factory: a commit touching routing data NOTIFYs and calls on_change
+    """Watch every session of the factories: a commit touching routing data NOTIFYs and calls on_change
     (on_placements instead when only placements' rows changed, the loop's loads and unloads: the
     table's placements are read again, not the whole registry); one touching the desired state also
     calls on_desired. Returns the origin its notifications carry (its watcher skips them)."""
@@ -173,9 +172,10 @@ def install(
         for flag in (_FLAG, _DESIRED_FLAG, _PLACEMENTS_FLAG, _COMMITTED):
             session.info.pop(flag, None)
 
-    event.listen(session_factory, "before_flush", mark)
-    event.listen(session_factory, "before_commit", notify)
-    event.listen(session_factory, "after_commit", committed)
-    event.listen(session_factory, "after_transaction_end", ended)
-    event.listen(session_factory, "after_rollback", rolled_back)
+    for session_factory in session_factories:
+        event.listen(session_factory, "before_flush", mark)
+        event.listen(session_factory, "before_commit", notify)
+        event.listen(session_factory, "after_commit", committed)
+        event.listen(session_factory, "after_transaction_end", ended)
+        event.listen(session_factory, "after_rollback", rolled_back)
     return origin
