@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     tenant_rate_limit: float = 0.0  # requests/s per tenant; 0 = unlimited
     tenant_burst: int = 100
     tenant_max_concurrency: int = 0  # in-flight requests per tenant; 0 = unlimited
+    # Quotas of every tenant without its own (PATCH /v1/tenants/{t}); 0 = unlimited. Live models, live
+    # versions, and the bytes of the distinct artifacts its live versions use.
+    tenant_max_models: int = Field(default=0, ge=0)
+    tenant_max_versions: int = Field(default=0, ge=0)
+    tenant_max_artifact_bytes: int = Field(default=0, ge=0)
     upstream_timeout_s: float = 60.0
 
     # Residency (issue 12): memory budget per Triton instance (0: none; the instances API sets one

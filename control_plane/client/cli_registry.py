@@ -6,9 +6,9 @@ from typing import Any
 
 import typer
 
-from control_plane.client.output import Format, OutputOption, emit, handled, table
+from control_plane.client.output import Format, OutputOption, cell, emit, handled, table
 from control_plane.client.session import TenantOption, connect, tenant_for
-from control_plane.client.types import Model
+from control_plane.client.types import Model, Tenant
 
 tenants_app = typer.Typer(help="Tenants (admins create them).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys of a tenant (admins).", no_args_is_help=True)
@@ -34,9 +34,58 @@ def tenants_create(name: str, output: Format = OutputOption) -> None:
 @tenants_app.command("get")
 @handled
 def tenants_get(name: str, output: Format = OutputOption) -> None:
-    """One tenant."""
+    """One tenant, with its quotas and what it holds."""
     found = connect().tenants.get(name)
-    emit(found, output, lambda: table(["NAME", "CREATED"], [(found.name, found.created_at)]))
+    emit(found, output, lambda: _quota_table(found))
+
+
+def _quota_table(tenant: Tenant) -> None:
+    title = f"{tenant.name} (created {cell(tenant.created_at)})"
+    limits, used = tenant.quota, tenant.usage
+    if limits is None or used is None:  # a server older than quotas
+        table(["NAME", "CREATED"], [(tenant.name, tenant.created_at)])
+        return
+    rows = [
+        ("models", used.models, limits.max_models),
+        ("versions", used.versions, limits.max_versions),
+        ("artifact bytes", used.artifact_bytes, limits.max_artifact_bytes),
+    ]
+    shown = [(what, held, "unlimited" if most is None else most) for what, held, most in rows]
+    table(["", "HOLDS", "QUOTA"], shown, title=title)
+
+
+def _limit(value: str | None, option: str) -> int | None:
+    if value == "default":
+        return None
+    try:
+        return int(value or "")
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes a whole number, or 'default'") from None
+
+
+@tenants_app.command("quota")
+@handled
+def tenants_quota(
+    name: str,
+    max_models: str | None = typer.Option(None, help="Live models; 'default' for the server's default."),
+    max_versions: str | None = typer.Option(None, help="Live versions of all its models together."),
+    max_artifact_bytes: str | None = typer.Option(None, help="Bytes of the distinct artifacts it uses."),
+    output: Format = OutputOption,
+) -> None:
+    """Set a tenant's quotas (admins); an option left out keeps its value."""
+    given = {
+        key: _limit(value, "--" + key.replace("_", "-"))
+        for key, value in {
+            "max_models": max_models,
+            "max_versions": max_versions,
+            "max_artifact_bytes": max_artifact_bytes,
+        }.items()
+        if value is not None
+    }
+    if not given:
+        raise typer.BadParameter("give --max-models, --max-versions or --max-artifact-bytes")
+    found = connect().tenants.set_quota(name, **given)
+    emit(found, output, lambda: _quota_table(found))
 
 
 @keys_app.command("list")

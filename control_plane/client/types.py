@@ -15,15 +15,34 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (timestamps as ISO 8601 strings)."""
-        return self.model_dump(mode="json")
+        """A JSON-ready dict of what the server gave (timestamps as ISO 8601 strings; a field an older
+        server did not send is not made up)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class TenantQuota(_Out):
+    """A tenant's quotas in force; None: unlimited."""
+
+    max_models: int | None
+    max_versions: int | None
+    max_artifact_bytes: int | None
+
+
+class TenantUsage(_Out):
+    """What a tenant holds, as its quotas count it."""
+
+    models: int
+    versions: int
+    artifact_bytes: int
 
 
 class Tenant(_Out):
-    """A tenant."""
+    """A tenant, with its quotas and what it holds (None from a server older than quotas)."""
 
     name: str
     created_at: Timestamp
+    quota: TenantQuota | None = None
+    usage: TenantUsage | None = None
 
 
 class Key(_Out):

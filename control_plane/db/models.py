@@ -46,6 +46,11 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime] = utcnow_column()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Quotas (tenants/quota.py): the most live models, live versions and distinct artifact bytes; NULL
+    # takes the settings' default.
+    max_models: Mapped[int | None] = mapped_column()
+    max_versions: Mapped[int | None] = mapped_column()
+    max_artifact_bytes: Mapped[int | None] = mapped_column(BigId)
 
     models: Mapped[list[Model]] = relationship(back_populates="tenant", lazy="raise")
 

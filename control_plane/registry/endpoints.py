@@ -17,6 +17,7 @@ from control_plane.paging import Page
 from control_plane.registry import service, versions
 from control_plane.registry.schemas import MAX_VERSION, ModelCreate, ModelOut, ModelPatch, VersionOut
 from control_plane.state import AppState
+from control_plane.tenants import quota
 from control_plane.tenants import service as tenants
 
 router = APIRouter(prefix="/v1/tenants/{tenant}/models", tags=["models"])
@@ -142,6 +143,10 @@ async def upload_version(
     """Upload an artifact as the model's next version (multipart field `file`); it loads in the background."""
     owner = await run_in_threadpool(tenants.visible, session, ctx=ctx, name=tenant)
     found = await run_in_threadpool(service.get_model, session, tenant=owner, name=model)
+    # A tenant whose quota has no room left is refused before its body arrives.
+    await run_in_threadpool(
+        quota.check_version, session, tenant=owner, settings=state.settings, sha256=None, lock=False
+    )
     # The body may take minutes to arrive: hold no transaction (nor its pooled connection) while it does.
     # The upload reads the model again, under its lock, when it numbers the version.
     await run_in_threadpool(session.rollback)

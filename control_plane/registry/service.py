@@ -30,6 +30,7 @@ from control_plane.registry.schemas import (
 from control_plane.registry.serving import check_spec, model_serving
 from control_plane.settings import Settings
 from control_plane.state import AppState
+from control_plane.tenants import quota
 
 
 def get_model(session: Session, *, tenant: Tenant, name: str, lock: bool = False) -> Model:
@@ -57,6 +58,7 @@ def create(
         raise Forbidden("Python-backend models run arbitrary code: only admins may register them")
     if repository.get_model(session, tenant_id=tenant.id, name=body.name) is not None:
         raise ModelExists(tenant.name, body.name)
+    quota.check_model(session, tenant=tenant, settings=settings)
     spec = ModelSpec.model_validate(body.model_dump(exclude={"name", "format"}))
     declared = declared_signature(spec)
     if body.format == "python" and declared is None:

@@ -30,6 +30,7 @@ from control_plane.registry.serving import serving_of_config
 from control_plane.registry.staging import inspect_artifact, stage_upload
 from control_plane.routing.table import public_reason
 from control_plane.state import AppState
+from control_plane.tenants import quota
 
 
 def upload(
@@ -66,6 +67,15 @@ def upload(
         )
         generate_config(
             name="validation", model_format=model.format, spec=spec, signature=signature, settings=settings
+        )
+        # The quota, before the bytes are stored (and again, locked, when they are registered).
+        quota.check_version(
+            session,
+            tenant=tenant,
+            settings=settings,
+            sha256=staged.sha256,
+            size_bytes=staged.size_bytes,
+            lock=False,
         )
         artifact_guard.hold(session, staged.sha256)
         existed = state.artifacts.exists(staged.sha256)
@@ -119,6 +129,15 @@ def register(
     audit_extra: dict[str, Any],
 ) -> ModelVersion:
     """The next version for a stored artifact, configured from the model's spec; it loads after commit."""
+    # The quota locks the tenant when it has a limit: before the model, and then no upload of the tenant's
+    # passes its check beside this one.
+    quota.check_version(
+        session,
+        tenant=tenant,
+        settings=state.settings,
+        sha256=artifact.sha256,
+        size_bytes=artifact.size_bytes,
+    )
     # The lock serializes version numbering, and reads the model afresh: a PATCH that committed while this
     # upload ran configures this version too, and a model deleted meanwhile is 404.
     get_model(session, tenant=tenant, name=model.name, lock=True)

@@ -7,10 +7,11 @@ from sqlalchemy.orm import Session
 
 from control_plane import paging
 from control_plane.auth.context import RequestContext, admin_context, request_context
-from control_plane.dependencies import get_session
+from control_plane.dependencies import get_session, get_state
 from control_plane.paging import Page
+from control_plane.state import AppState
 from control_plane.tenants import service
-from control_plane.tenants.schemas import TenantCreate, TenantOut
+from control_plane.tenants.schemas import TenantCreate, TenantOut, TenantPatch
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
@@ -19,10 +20,12 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 def create_tenant(
     body: TenantCreate,
     ctx: RequestContext = Depends(admin_context),
+    state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> TenantOut:
     """Create a tenant (admins only)."""
-    return TenantOut.model_validate(service.create(session, ctx=ctx, name=body.name))
+    tenant = service.create(session, ctx=ctx, name=body.name)
+    return service.describe(session, tenant, settings=state.settings)
 
 
 @router.get("", response_model=list[TenantOut])
@@ -31,18 +34,38 @@ def list_tenants(
     response: Response,
     page: Page[str] = Depends(paging.by_name),
     ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> list[TenantOut]:
-    """Tenants the caller may see, by name (paged: `limit`, `after`, `Link: rel="next"`)."""
+    """Tenants the caller may see, by name, with quotas and usage (paged: `limit`, `after`,
+    `Link: rel="next"`)."""
     found = service.page_visible(session, ctx=ctx, page=page)
-    return paging.answer(request, response, found.map(TenantOut.model_validate), page)
+    described = service.describe_many(session, found.items, settings=state.settings)
+    return paging.answer(request, response, paging.Listing(described, found.after), page)
 
 
 @router.get("/{tenant}", response_model=TenantOut)
 def get_tenant(
     tenant: str,
     ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> TenantOut:
-    """One tenant (404 for other tenants' keys)."""
-    return TenantOut.model_validate(service.visible(session, ctx=ctx, name=tenant))
+    """One tenant with its quotas and what it holds (404 for other tenants' keys)."""
+    found = service.visible(session, ctx=ctx, name=tenant)
+    return service.describe(session, found, settings=state.settings)
+
+
+@router.patch("/{tenant}", response_model=TenantOut)
+def update_tenant(
+    tenant: str,
+    body: TenantPatch,
+    ctx: RequestContext = Depends(admin_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> TenantOut:
+    """Set a tenant's quotas (admins only): the most live models, live versions and artifact bytes it may
+    hold. A field left out keeps its value; null sets it back to the default (`CP_TENANT_MAX_*`)."""
+    found = service.visible(session, ctx=ctx, name=tenant)
+    service.set_quota(session, ctx=ctx, tenant=found, patch=body.quota)
+    return service.describe(session, found, settings=state.settings)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import Tenant
+from control_plane.db.models import Model, ModelVersion, Tenant
 from control_plane.paging import Page, keyset
 
 
@@ -25,3 +25,60 @@ def list_all(session: Session, *, only_id: int | None = None, page: Page[str] | 
 def exists_named(session: Session, name: str) -> bool:
     """Whether any tenant row (live or deleted) holds `name`."""
     return session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None
+
+
+def lock(session: Session, tenant: Tenant) -> None:
+    """Serialize the changes that count against the tenant's quotas (taken before any model's lock);
+    `tenant` is read afresh, its quotas included."""
+    session.get(Tenant, tenant.id, with_for_update={"key_share": True}, populate_existing=True)
+
+
+def counts(session: Session, tenant_ids: list[int]) -> dict[int, tuple[int, int, int]]:
+    """Tenant id -> (live models, live versions, bytes of the distinct artifacts live versions use), for
+    the tenants with any model (two queries, whatever the number of tenants)."""
+    if not tenant_ids:
+        return {}
+    models = {
+        tenant_id: int(count)
+        for tenant_id, count in session.execute(
+            select(Model.tenant_id, func.count())
+            .where(Model.tenant_id.in_(tenant_ids), Model.deleted_at.is_(None))
+            .group_by(Model.tenant_id)
+        )
+    }
+    live = (
+        select(Model.tenant_id, ModelVersion.sha256, ModelVersion.size_bytes)
+        .join(Model, ModelVersion.model_id == Model.id)
+        .where(Model.tenant_id.in_(tenant_ids), Model.deleted_at.is_(None), ModelVersion.state != "retired")
+        .subquery()
+    )
+    artifacts = (  # one row per distinct artifact: how many versions use it, and its size
+        select(live.c.tenant_id, func.count().label("uses"), func.max(live.c.size_bytes).label("size"))
+        .group_by(live.c.tenant_id, live.c.sha256)
+        .subquery()
+    )
+    versions = {
+        tenant_id: (int(uses), int(size))
+        for tenant_id, uses, size in session.execute(
+            select(artifacts.c.tenant_id, func.sum(artifacts.c.uses), func.sum(artifacts.c.size)).group_by(
+                artifacts.c.tenant_id
+            )
+        )
+    }
+    return {tenant_id: (count, *versions.get(tenant_id, (0, 0))) for tenant_id, count in models.items()}
+
+
+def holds_artifact(session: Session, tenant_id: int, sha256: str) -> bool:
+    """Whether a live version of the tenant uses the artifact `sha256` already (it costs no more bytes)."""
+    found = session.scalar(
+        select(ModelVersion.id)
+        .join(Model, ModelVersion.model_id == Model.id)
+        .where(
+            Model.tenant_id == tenant_id,
+            Model.deleted_at.is_(None),
+            ModelVersion.sha256 == sha256,
+            ModelVersion.state != "retired",
+        )
+        .limit(1)
+    )
+    return found is not None

@@ -139,6 +139,30 @@ def test_a_failed_load_exits_non_zero_with_tritons_message(stack: Api, run: Run,
     assert waited.exit_code == 4 and "weights are missing" in waited.stderr
 
 
+def test_an_admin_sets_quotas_and_a_create_past_one_exits_non_zero_naming_it(stack: Api, run: Run) -> None:
+    admin = stack.admin_token
+    tenant = unique_name("cli")
+    ok(run("tenants", "create", tenant, key=admin))
+    created = run("keys", "create", "--role", "publisher", "-o", "json", "-t", tenant, key=admin)
+    publisher = as_json(created)["key"]
+
+    shown = as_json(
+        run("tenants", "quota", tenant, "--max-models", "1", "--max-versions", "5", "-o", "json", key=admin)
+    )
+    ok(run("models", "create", "a", "-f", "onnx", "-t", tenant, key=publisher))
+    refused = run("models", "create", "b", "-f", "onnx", "-t", tenant, key=publisher)
+    table = ok(run("tenants", "get", tenant, key=publisher))
+    reset = as_json(run("tenants", "quota", tenant, "--max-models", "default", "-o", "json", key=admin))
+    bad = run("tenants", "quota", tenant, "--max-models", "many", key=admin)
+
+    assert shown["quota"] == {"max_models": 1, "max_versions": 5, "max_artifact_bytes": None}
+    assert refused.exit_code != 0 and "max_models" in refused.stderr, refused.output
+    assert "models" in table and "unlimited" in table  # HOLDS 1 of QUOTA 1; bytes unlimited
+    assert reset["quota"]["max_models"] is None and reset["usage"]["models"] == 1
+    assert bad.exit_code != 0 and "whole number" in bad.output
+    assert run("tenants", "quota", tenant, "--max-models", "9", key=publisher).exit_code != 0  # admins only
+
+
 def test_a_bad_key_or_no_configuration_exits_with_a_clear_message(run: Run) -> None:
     refused = run("models", "list", "-t", "acme", key="not-a-key")
     unconfigured = run("models", "list", env={"CP_URL": ""})

@@ -74,6 +74,7 @@ GRPC_CASES = [(method, credential) for method in GRPC_METHODS for credential in 
 # A valid request body per route name, so that a refusal is about who asks, not about the body.
 BODIES: dict[str, Any] = {
     "create_tenant": {"json": {"name": f"iso-new-{RUN}"}},
+    "update_tenant": {"json": {"quota": {"max_models": 1}}},
     "create_key": {"json": {"role": "publisher"}},
     "create_model": {"json": {"name": f"new-{RUN}", "format": "onnx"}},
     "promote": {"json": {"version": 2}},

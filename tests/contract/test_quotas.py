@@ -1,0 +1,246 @@
+"""Tenant quotas, served by a real uvicorn on Postgres with artifacts in the S3 server: the most live models,
+live versions and artifact bytes a tenant may hold. What a tenant holds is shown beside its quotas; a
+create or upload past one is a 403 `QuotaExceeded` that says which quota and what to do, and stores
+nothing; deletes make room; concurrent creates and uploads cannot together pass a limit; only admins set
+quotas, and each change is audited."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from minio import Minio
+from minio.error import S3Error
+
+from control_plane.artifacts.base import content_key
+from tests.support import model_files
+from tests.support.api import Api
+from tests.support.builders import unique_name
+
+RACERS = 8
+
+
+@pytest.fixture
+def served(make_served: Callable[..., Api]) -> Api:
+    return make_served()
+
+
+def onnx(tmp_path: Path, seed: int) -> Path:
+    """A small ONNX model; another seed gives other bytes."""
+    return model_files.onnx_mlp(tmp_path / f"m{seed}.onnx", seed=seed)
+
+
+def tenant_of(api: Api, tenant: str, key: str | None = None) -> dict[str, Any]:
+    answer = api.client.get(f"/v1/tenants/{tenant}", headers=api.headers(key))
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def set_quota(api: Api, tenant: str, key: str | None = None, **quota: Any) -> httpx.Response:
+    response: httpx.Response = api.client.patch(
+        f"/v1/tenants/{tenant}", json={"quota": quota}, headers=api.headers(key)
+    )
+    return response
+
+
+def refused(answer: httpx.Response, quota: str) -> bool:
+    """A 403 QuotaExceeded naming the quota it hit."""
+    return (
+        answer.status_code == 403
+        and answer.json()["error"] == "QuotaExceeded"
+        and quota in answer.json()["detail"]
+    )
+
+
+def together(api: Api, calls: list[Callable[[httpx.Client], httpx.Response]]) -> Counter[int]:
+    """Each call on its own connection, all released at once: how many got each status."""
+    start = threading.Barrier(len(calls))
+
+    def run(call: Callable[[httpx.Client], httpx.Response]) -> int:
+        with httpx.Client(base_url=str(api.client.base_url), headers=api.headers(), timeout=120) as client:
+            start.wait()
+            return call(client).status_code
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return Counter(pool.map(run, calls))
+
+
+def test_a_tenant_shows_what_it_holds_and_the_same_bytes_twice_count_once(
+    served: Api, tmp_path: Path
+) -> None:
+    tenant = served.tenant()
+    publisher = served.key(tenant, "publisher")
+    fresh = tenant_of(served, tenant)
+    assert fresh["quota"] == {"max_models": None, "max_versions": None, "max_artifact_bytes": None}
+    assert fresh["usage"] == {"models": 0, "versions": 0, "artifact_bytes": 0}
+
+    artifact = onnx(tmp_path, 1)
+    assert served.create_model(tenant, name="m", format="onnx", key=publisher).status_code == 201
+    assert served.upload(tenant, "m", artifact, key=publisher).status_code == 201
+    assert served.upload(tenant, "m", artifact, key=publisher).status_code == 201  # the same bytes again
+    size = artifact.stat().st_size
+    assert tenant_of(served, tenant, publisher)["usage"] == {
+        "models": 1,
+        "versions": 2,
+        "artifact_bytes": size,
+    }
+
+    assert served.client.delete(
+        f"/v1/tenants/{tenant}/models/m/versions/1", headers=served.headers()
+    ).is_success
+    assert tenant_of(served, tenant)["usage"] == {"models": 1, "versions": 1, "artifact_bytes": size}
+    assert served.client.delete(f"/v1/tenants/{tenant}/models/m", headers=served.headers()).is_success
+    assert tenant_of(served, tenant)["usage"] == {"models": 0, "versions": 0, "artifact_bytes": 0}
+    listed = served.client.get(
+        "/v1/tenants", params={"after": tenant[:-1], "limit": 5}, headers=served.headers()
+    )
+    assert next(t for t in listed.json() if t["name"] == tenant)["usage"]["models"] == 0
+
+
+def test_each_quota_refuses_in_the_users_terms_stores_nothing_and_deletes_make_room(
+    served: Api, tmp_path: Path, minio_client: Minio
+) -> None:
+    tenant = served.tenant()
+    publisher = served.key(tenant, "publisher")
+    assert served.create_model(tenant, name="a", format="onnx", key=publisher).status_code == 201
+    first = onnx(tmp_path, 1)
+    assert served.upload(tenant, "a", first, key=publisher).status_code == 201
+
+    assert set_quota(served, tenant, max_models=1).status_code == 200
+    assert refused(served.create_model(tenant, name="b", format="onnx", key=publisher), "max_models")
+
+    assert set_quota(served, tenant, max_versions=1).status_code == 200
+    assert refused(served.upload(tenant, "a", onnx(tmp_path, 2), key=publisher), "max_versions")
+    assert (
+        served.client.post(
+            f"/v1/tenants/{tenant}/models/a/versions/1/redeploy", headers=served.headers()
+        ).status_code
+        == 403
+    )  # a redeploy is a version too
+
+    size = first.stat().st_size
+    other = onnx(tmp_path, 3)
+    assert set_quota(served, tenant, max_versions=None, max_artifact_bytes=size + 10).status_code == 200
+    too_big = served.upload(tenant, "a", other, key=publisher)
+    assert (
+        refused(too_big, "max_artifact_bytes") and f"{other.stat().st_size} bytes" in too_big.json()["detail"]
+    )
+    assert served.upload(tenant, "a", first, key=publisher).status_code == 201  # the same bytes: no more room
+    with pytest.raises(S3Error):  # the refused artifact was never stored
+        minio_client.stat_object(served.settings.s3_bucket, _object_of(other))
+
+    # Deleting makes room: the model quota and the bytes of the first artifact once no version uses it.
+    for number in (1, 2):
+        assert served.client.delete(
+            f"/v1/tenants/{tenant}/models/a/versions/{number}", headers=served.headers()
+        ).is_success
+    assert served.upload(tenant, "a", other, key=publisher).status_code == 201
+    assert served.client.delete(f"/v1/tenants/{tenant}/models/a", headers=served.headers()).is_success
+    assert served.create_model(tenant, name="b", format="onnx", key=publisher).status_code == 201
+
+
+def _object_of(artifact: Path) -> str:
+    """The object an artifact is stored as (content-addressed by its sha256)."""
+    return content_key(hashlib.sha256(artifact.read_bytes()).hexdigest())
+
+
+def test_a_tenant_at_its_byte_quota_is_refused_before_its_upload_body_arrives(
+    served: Api, tmp_path: Path
+) -> None:
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    artifact = onnx(tmp_path, 1)
+    assert served.upload(tenant, "m", artifact).status_code == 201
+    assert set_quota(served, tenant, max_artifact_bytes=artifact.stat().st_size).status_code == 200
+
+    url = httpx.URL(str(served.client.base_url))
+    with socket.create_connection((url.host, url.port), timeout=30) as conn:
+        conn.sendall(  # a body of 100 MB announced, 10 bytes sent
+            f"POST /v1/tenants/{tenant}/models/m/versions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {served.admin_token}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {100 * 1024**2}\r\n\r\n--b\r\nCont".encode()
+        )
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:300]
+    assert b"QuotaExceeded" in answer and b"max_artifact_bytes" in answer
+
+
+def test_concurrent_creates_and_uploads_cannot_together_pass_a_quota(served: Api, tmp_path: Path) -> None:
+    tenant = served.tenant()
+    assert set_quota(served, tenant, max_models=3, max_versions=4).status_code == 200
+
+    def create(name: str) -> Callable[[httpx.Client], httpx.Response]:
+        return lambda c: c.post(f"/v1/tenants/{tenant}/models", json={"name": name, "format": "onnx"})
+
+    assert together(served, [create(f"m{i}") for i in range(RACERS)]) == Counter({201: 3, 403: RACERS - 3})
+    [model, *_] = [
+        m["name"] for m in served.client.get(f"/v1/tenants/{tenant}/models", headers=served.headers()).json()
+    ]
+    artifacts = [onnx(tmp_path, seed).read_bytes() for seed in range(RACERS)]
+
+    def upload(data: bytes) -> Callable[[httpx.Client], httpx.Response]:
+        files = {"file": ("m.onnx", data, "application/octet-stream")}
+        return lambda c: c.post(f"/v1/tenants/{tenant}/models/{model}/versions", files=files)
+
+    assert together(served, [upload(a) for a in artifacts]) == Counter({201: 4, 403: RACERS - 4})
+    assert tenant_of(served, tenant)["usage"]["versions"] == 4
+
+
+def test_only_admins_set_quotas_with_valid_values_and_each_change_is_audited(
+    make_served: Callable[..., Api],
+) -> None:
+    served = make_served(tenant_max_models=5)
+    tenant = served.tenant()
+    publisher = served.key(tenant, "publisher")
+    assert tenant_of(served, tenant)["quota"]["max_models"] == 5  # the default
+
+    assert set_quota(served, tenant, publisher, max_models=100).status_code == 403
+    for bad in (
+        {"max_models": 0},
+        {"max_models": "7"},
+        {"max_models": True},
+        {"max_gpus": 1},
+        {"max_artifact_bytes": 2**63},
+        {"max_versions": -1},
+    ):
+        answer = set_quota(served, tenant, **bad)
+        assert answer.status_code == 422, (bad, answer.text)
+    assert (
+        served.client.patch(
+            f"/v1/tenants/{tenant}", json={"max_models": 1}, headers=served.headers()
+        ).status_code
+        == 422
+    )  # the quota object is required, nothing else is taken
+    assert set_quota(served, unique_name("nobody"), max_models=1).status_code == 404
+
+    assert set_quota(served, tenant, max_models=2).json()["quota"]["max_models"] == 2
+    assert set_quota(served, tenant, max_versions=9).json()["quota"] == {
+        "max_models": 2,  # left out: kept
+        "max_versions": 9,
+        "max_artifact_bytes": None,
+    }
+    assert (
+        set_quota(served, tenant, max_models=None).json()["quota"]["max_models"] == 5
+    )  # back to the default
+
+    events = served.client.get(
+        "/v1/audit", params={"tenant": tenant, "action": "tenant.quota"}, headers=served.headers()
+    ).json()
+    changes = [(e["before"], e["after"]) for e in events if e["action"] == "tenant.quota"]
+    assert sorted(changes, key=str) == sorted(
+        [
+            ({"max_models": None}, {"max_models": 2}),
+            ({"max_versions": None}, {"max_versions": 9}),
+            ({"max_models": 2}, {"max_models": None}),
+        ],
+        key=str,
+    )
