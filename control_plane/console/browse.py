@@ -66,8 +66,10 @@ def tenant_page(
     with transaction(state.session_factory) as session:
         owner = tenants.visible(session, ctx=user.ctx, name=tenant)
         found = models.page_for(session, tenant=owner, settings=state.settings, page=at)
+        holding = tenants.describe(session, owner, settings=state.settings)
     context = {
         "tenant": owner.name,
+        "holding": holding,
         "models": found.items,
         "following": paging.next_query(request, found, at),
     }

@@ -174,3 +174,20 @@ def test_tenant_and_model_listings_come_a_page_at_a_time(world: World, admin: ht
         listed = [t.name for t in sdk.tenants.list()]  # the API's order, the database's collation
     assert seen.count(tenant) == 1 and seen == listed
     assert admin.get("/console/tenants?limit=0").status_code == 422
+
+
+def test_a_tenants_page_shows_what_it_holds_against_its_quotas(world: World, admin: httpx.Client) -> None:
+    with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
+        tenant = sdk.tenants.create(unique_name("quota")).name
+        sdk.models.create(tenant, name="a", format="onnx")
+        unlimited = admin.get(f"/console/tenants/{tenant}").text
+        sdk.tenants.set_quota(tenant, max_models=3, max_artifact_bytes=2 * 1024**2)
+    limited = admin.get(f"/console/tenants/{tenant}").text
+
+    def line(html: str) -> str:
+        found = re.search(r'<p id="quota"[^>]*>(.*?)</p>', html, re.S)
+        assert found is not None, html
+        return " ".join(found.group(1).split())
+
+    assert line(unlimited) == "Holds 1 model(s), 0 live version(s) and 0 Bytes of artifacts; no quota."
+    assert line(limited) == "Holds 1 model(s) of 3, 0 live version(s) and 0 Bytes of artifacts of 2.0 MiB."
