@@ -1,10 +1,13 @@
-"""Uploads of the same bytes and the clean-up of a failed one, kept apart.
+"""Uploads of the same bytes and the clean-up of a failed one (or of deleted versions), kept apart.
 
 Artifacts are stored by sha256, so two uploads of one file share one object. When one of them rolls back
 it deletes the object unless a version uses it; the other may not have committed its version yet, and its
 object would go with the first's clean-up. So an upload holds the artifact from before it stores the object
 until its transaction ends, and the clean-up waits for that: on Postgres with a transaction-scoped advisory
 lock on the sha256 (every replica), and in this process by counting the uploads under way (SQLite too).
+Deleting versions (or their model) drops the artifacts no live version uses any more the same way: a
+deleted version's artifact is garbage (no request, alias or redeploy reaches a retired version), and the
+tenant's artifact-bytes quota no longer counts it.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import threading
 from collections import Counter
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.artifacts import ArtifactStore
 from control_plane.db import hooks
+from control_plane.registry import repository
 
 _under_way: Counter[str] = Counter()
 _guard = threading.Lock()
@@ -51,3 +56,10 @@ def may_drop(session: Session, sha256: str) -> bool:
     _lock(session, sha256)
     with _guard:
         return _under_way[sha256] == 0
+
+
+def drop_if_unused(sessions: sessionmaker[Session], artifacts: ArtifactStore, sha256: str) -> None:
+    """Delete the artifact `sha256` unless a live version uses it or an upload of it is under way."""
+    with sessions() as session:
+        if may_drop(session, sha256) and not repository.sha_in_use(session, sha256):
+            artifacts.delete(sha256)

@@ -177,8 +177,9 @@ def aliases_referencing(session: Session, *, version_id: int) -> list[str]:
 
 
 def sha_in_use(session: Session, sha256: str) -> bool:
-    """Whether any version row references the artifact."""
-    return session.scalar(select(ModelVersion.id).where(ModelVersion.sha256 == sha256).limit(1)) is not None
+    """Whether a version that is not retired uses the artifact."""
+    stmt = select(ModelVersion.id).where(ModelVersion.sha256 == sha256, ModelVersion.state != "retired")
+    return session.scalar(stmt.limit(1)) is not None
 
 
 def resident_on(session: Session, *, version_id: int) -> list[str]:

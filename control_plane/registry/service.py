@@ -16,7 +16,7 @@ from control_plane.modelconfig.exceptions import InvalidModelSpec
 from control_plane.modelconfig.specs import Signature
 from control_plane.names import is_valid_name
 from control_plane.paging import Listing, Page, cut
-from control_plane.registry import repository
+from control_plane.registry import artifact_guard, repository
 from control_plane.registry.configgen import declared_signature
 from control_plane.registry.exceptions import ModelExists, ModelNotFound
 from control_plane.registry.schemas import (
@@ -213,3 +213,6 @@ def mark_deleted(
     )
     for version in versions:
         hooks.after_commit(session, functools.partial(state.loader.submit_retire, version.id))
+    drop = functools.partial(artifact_guard.drop_if_unused, state.internal_session_factory, state.artifacts)
+    for sha256 in sorted({v.sha256 for v in versions}):  # what no live version uses any more
+        hooks.after_commit(session, functools.partial(drop, sha256))

@@ -82,7 +82,7 @@ def upload(
         with staged.path.open("rb") as artifact:
             stored = state.artifacts.put(artifact, max_bytes=settings.max_upload_bytes)
     if not existed:
-        hooks.on_rollback(session, lambda: _drop_if_orphan(state, stored.sha256))
+        hooks.on_rollback(session, lambda: drop_artifact_if_unused(state, stored.sha256))
     return register(
         session,
         ctx=ctx,
@@ -129,8 +129,12 @@ def register(
     audit_extra: dict[str, Any],
 ) -> ModelVersion:
     """The next version for a stored artifact, configured from the model's spec; it loads after commit."""
-    # The quota locks the tenant when it has a limit: before the model, and then no upload of the tenant's
-    # passes its check beside this one.
+    # The lock serializes version numbering, and reads the model afresh: a PATCH that committed while this
+    # upload ran configures this version too, and a model deleted meanwhile is 404.
+    get_model(session, tenant=tenant, name=model.name, lock=True)
+    # Then the quota, locking the tenant when it has a limit: no other upload of the tenant passes its check
+    # beside this one. After the model's lock, so that waiting for a model held long (a canary change
+    # loading its versions) holds up no other model of the tenant.
     quota.check_version(
         session,
         tenant=tenant,
@@ -138,9 +142,6 @@ def register(
         sha256=artifact.sha256,
         size_bytes=artifact.size_bytes,
     )
-    # The lock serializes version numbering, and reads the model afresh: a PATCH that committed while this
-    # upload ran configures this version too, and a model deleted meanwhile is 404.
-    get_model(session, tenant=tenant, name=model.name, lock=True)
     spec, settings = spec_of(model), state.settings
     number = repository.next_version_number(session, model_id=model.id)
     name = triton_model_name(tenant=tenant.name, model=model.name, model_id=model.id, version=number)
@@ -186,12 +187,10 @@ def register(
     return version
 
 
-def _drop_if_orphan(state: AppState, sha256: str) -> None:
-    """Delete an artifact stored for a transaction that rolled back, unless something else uses it or an
-    upload of the same bytes is under way (`artifact_guard`)."""
-    with state.session_factory() as session:
-        if artifact_guard.may_drop(session, sha256) and not repository.sha_in_use(session, sha256):
-            state.artifacts.delete(sha256)
+def drop_artifact_if_unused(state: AppState, sha256: str) -> None:
+    """Delete an artifact no live version uses (stored for a transaction that rolled back, or of versions
+    deleted), unless an upload of the same bytes is under way (`artifact_guard`)."""
+    artifact_guard.drop_if_unused(state.internal_session_factory, state.artifacts, sha256)
 
 
 def load(session: Session, *, state: AppState, model: Model, number: int) -> VersionOut:
@@ -294,6 +293,7 @@ def retire(
         after={"state": "retired"},
         request_id=ctx.request_id,
     )
-    version_id = version.id
+    version_id, sha256 = version.id, version.sha256
     hooks.after_commit(session, lambda: state.loader.submit_retire(version_id))
+    hooks.after_commit(session, lambda: drop_artifact_if_unused(state, sha256))
     return version

@@ -22,13 +22,14 @@ from control_plane.status.schemas import (
 
 
 def database_status(state: AppState) -> ComponentStatus:
-    """Whether the registry database answers a trivial query."""
+    """Whether the registry database answers a trivial query, through the pool of the process's own work
+    (readiness must not fail because management requests hold every connection of theirs)."""
     try:
-        with state.engine.connect() as conn:
+        with state.internal_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         return ComponentStatus(ok=False, detail=type(exc).__name__)
-    return ComponentStatus(ok=True, detail=state.engine.dialect.name)
+    return ComponentStatus(ok=True, detail=state.internal_engine.dialect.name)
 
 
 def artifact_status(state: AppState) -> ComponentStatus:

@@ -6,8 +6,11 @@ A tenant's own limit (set by admins, PATCH /v1/tenants/{t}) wins; without one, t
 versions use: a redeploy, or the same bytes uploaded again, costs a version and no bytes. A limit set
 below what the tenant holds refuses new models or versions and removes nothing.
 
-A check that may refuse locks the tenant's row first (before any model's lock), so concurrent creates
-and uploads of one tenant cannot together pass a limit; with no limit to check, nothing is locked.
+A check that may refuse locks the tenant's row, so concurrent creates and uploads of one tenant cannot
+together pass a limit; with no limit to check, nothing is locked. An upload takes it after its model's
+lock (nothing takes a model's lock while holding the tenant's), so a model held long holds up no other.
+A refusal is no security denial: it is not audited as one (`audit.denials` audits 401s and 403s of
+`Unauthorized` and `Forbidden`), and a tenant retrying against its quota cannot crowd those out.
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Tenant
-from control_plane.errors import Forbidden
+from control_plane.errors import AppError
 from control_plane.settings import Settings
 from control_plane.tenants import repository
 
 LIMITS = ("max_models", "max_versions", "max_artifact_bytes")
 
 
-class QuotaExceeded(Forbidden):
+class QuotaExceeded(AppError):
     """A model or version the tenant's quota has no room for."""
 
+    status_code = 403
     kind = "QuotaExceeded"
 
 
@@ -91,7 +95,7 @@ def check_version(
     lock: bool = True,
 ) -> None:
     """Refuse a new version of the artifact `sha256` (`size_bytes` long) that the tenant's quota has no
-    room for. With `sha256` None (the bytes not yet known), refuse only when there is no room at all. With
+    room for. With `sha256` None (the bytes not yet known), refuse only what no bytes could fit. With
     `lock`, the tenant is locked first when it has a limit: the final check, in the transaction that
     registers the version. Without, an early refusal that holds nothing."""
     first = limits(tenant, settings)
@@ -112,8 +116,8 @@ def check_version(
     held = (
         f"tenant '{tenant.name}' holds {used.artifact_bytes} bytes of artifacts and its quota allows {most}"
     )
-    if sha256 is None:
-        if used.artifact_bytes >= most:
+    if sha256 is None:  # at its limit the tenant may still upload bytes it holds: refused when over it
+        if used.artifact_bytes > most:
             raise QuotaExceeded(f"{held} (max_artifact_bytes): {advice}")
         return
     adds = 0 if repository.holds_artifact(session, tenant.id, sha256) else size_bytes

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ import httpx
 import pytest
 from minio import Minio
 from minio.error import S3Error
+from sqlalchemy import text
 
 from control_plane.artifacts.base import content_key
 from tests.support import model_files
@@ -34,8 +37,10 @@ def served(make_served: Callable[..., Api]) -> Api:
 
 
 def onnx(tmp_path: Path, seed: int) -> Path:
-    """A small ONNX model; another seed gives other bytes."""
-    return model_files.onnx_mlp(tmp_path / f"m{seed}.onnx", seed=seed)
+    """A small ONNX model of bytes no other test uploads (the session's database is shared, and an artifact
+    any live version uses stays); another seed gives other bytes."""
+    name = f"x_{uuid.uuid4().hex[:12]}"
+    return model_files.onnx_mlp(tmp_path / f"m{seed}.onnx", seed=seed, input_name=name)
 
 
 def tenant_of(api: Api, tenant: str, key: str | None = None) -> dict[str, Any]:
@@ -152,14 +157,18 @@ def _object_of(artifact: Path) -> str:
     return content_key(hashlib.sha256(artifact.read_bytes()).hexdigest())
 
 
-def test_a_tenant_at_its_byte_quota_is_refused_before_its_upload_body_arrives(
+def test_a_tenant_over_its_byte_quota_is_refused_before_its_upload_body_arrives(
     served: Api, tmp_path: Path
 ) -> None:
     tenant = served.tenant()
     assert served.create_model(tenant, name="m", format="onnx").status_code == 201
     artifact = onnx(tmp_path, 1)
     assert served.upload(tenant, "m", artifact).status_code == 201
-    assert set_quota(served, tenant, max_artifact_bytes=artifact.stat().st_size).status_code == 200
+    size = artifact.stat().st_size
+    assert set_quota(served, tenant, max_artifact_bytes=size).status_code == 200
+    assert served.upload(tenant, "m", artifact).status_code == 201  # at its limit: bytes it holds still go
+    assert refused(served.upload(tenant, "m", onnx(tmp_path, 2)), "max_artifact_bytes")
+    assert set_quota(served, tenant, max_artifact_bytes=size - 1).status_code == 200  # below what it holds
 
     url = httpx.URL(str(served.client.base_url))
     with socket.create_connection((url.host, url.port), timeout=30) as conn:
@@ -244,3 +253,86 @@ def test_only_admins_set_quotas_with_valid_values_and_each_change_is_audited(
         ],
         key=str,
     )
+
+
+def test_deleted_versions_give_their_artifacts_back_unless_a_live_version_uses_them(
+    served: Api, tmp_path: Path, minio_client: Minio
+) -> None:
+    """Otherwise upload-and-delete in a loop would fill the shared store while usage stayed under quota."""
+    tenant, other = served.tenant(), served.tenant()
+    for owner in (tenant, other):
+        assert served.create_model(owner, name="m", format="onnx").status_code == 201
+    own, shared = onnx(tmp_path, 1), onnx(tmp_path, 2)
+    for owner, artifact in ((tenant, own), (tenant, shared), (other, shared)):
+        assert served.upload(owner, "m", artifact).status_code == 201
+    bucket = served.settings.s3_bucket
+    models = f"/v1/tenants/{tenant}/models"
+
+    assert served.client.delete(f"{models}/m/versions/1", headers=served.headers()).is_success
+    with pytest.raises(S3Error):
+        minio_client.stat_object(bucket, _object_of(own))
+    assert served.client.delete(f"{models}/m", headers=served.headers()).is_success
+    minio_client.stat_object(bucket, _object_of(shared))  # the other tenant's live version uses it
+    assert served.version(other, "m", 1)["sha256"] == hashlib.sha256(shared.read_bytes()).hexdigest()
+    assert served.client.delete(
+        f"/v1/tenants/{other}/models/m/versions/1", headers=served.headers()
+    ).is_success
+    with pytest.raises(S3Error):
+        minio_client.stat_object(bucket, _object_of(shared))
+
+
+def test_an_upload_waiting_for_a_busy_model_holds_up_no_other_model_of_its_tenant(
+    served: Api, tmp_path: Path
+) -> None:
+    """A canary change holds its model's lock while it loads versions; an upload to that model waits for it,
+    and must not hold the tenant's quota lock meanwhile."""
+    tenant = served.tenant()
+    assert set_quota(served, tenant, max_models=10, max_versions=10).status_code == 200
+    for name in ("busy", "free"):
+        assert served.create_model(tenant, name=name, format="onnx").status_code == 201
+    with served.state.engine.connect() as conn:
+        model_id = conn.execute(
+            text(
+                "SELECT m.id FROM models m JOIN tenants t ON t.id = m.tenant_id"
+                " WHERE t.name = :tenant AND m.name = 'busy'"
+            ),
+            {"tenant": tenant},
+        ).scalar_one()
+    answers: dict[str, Any] = {}
+    with served.state.engine.connect() as holder:  # what the canary change's transaction holds
+        holder.execute(text("SELECT id FROM models WHERE id = :id FOR NO KEY UPDATE"), {"id": model_id})
+
+        def upload_to_busy() -> None:
+            answers["busy"] = served.upload(tenant, "busy", onnx(tmp_path, 1))
+
+        waiting = threading.Thread(target=upload_to_busy)
+        waiting.start()
+        time.sleep(1.0)  # it waits for the model's lock
+        started = time.monotonic()
+        answers["free"] = served.upload(tenant, "free", onnx(tmp_path, 2))
+        answers["create"] = served.create_model(tenant, name="new", format="onnx")
+        answers["patch"] = set_quota(served, tenant, max_models=11)
+        took = time.monotonic() - started
+        assert waiting.is_alive()
+        holder.rollback()
+    waiting.join(timeout=60)
+
+    assert [answers[k].status_code for k in ("free", "create", "patch", "busy")] == [201, 201, 200, 201]
+    assert took < 3.0, took  # not queued behind the busy model
+
+
+def test_a_quota_refusal_is_no_security_denial_and_crowds_none_out(served: Api) -> None:
+    """Denied calls (401, 403) are audited up to a cap; a tenant retrying against its quota must not use it up
+    and hide a probe with bad keys."""
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="a", format="onnx").status_code == 201
+    assert set_quota(served, tenant, max_models=1).status_code == 200
+    for i in range(70):
+        assert refused(served.create_model(tenant, name=f"b{i}", format="onnx"), "max_models")
+    bad = served.client.get(f"/v1/tenants/{tenant}", headers={"Authorization": "Bearer cp_nothing_here"})
+    assert bad.status_code == 401
+
+    events = served.client.get("/v1/audit", params={"limit": 200}, headers=served.headers()).json()
+    denied = [e for e in events if e["action"] == "request.denied"]
+    assert not [e for e in denied if e.get("tenant") == tenant and e["after"]["status"] == 403]
+    assert any(e["after"]["status"] == 401 for e in denied)

@@ -1,7 +1,7 @@
 """The management API's requests and the process's own work (routing, on-demand loads, the reconcile loop)
 draw database connections from pools of their own, on Postgres behind a real uvicorn and the bundled
 Triton: management requests holding every connection of theirs (a burst queued on one model's row lock)
-get a 503 the client may retry, and inference, cold loads included, goes on."""
+get a 503 the client may retry, and inference, cold loads included, goes on, as does the readiness probe."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def test_management_requests_holding_every_connection_stall_no_inference_and_get
         started = time.monotonic()
         busy = served.client.get(models, headers=served.headers())
         waited_s = time.monotonic() - started
+        ready = served.client.get("/v2/health/ready")  # the readiness probe: no pod taken out of service
         answer = served.client.post(
             "/v2/models/cold/versions/1/infer",
             json=BODY,
@@ -47,6 +48,7 @@ def test_management_requests_holding_every_connection_stall_no_inference_and_get
     assert (busy.status_code, busy.headers.get("retry-after")) == (503, "2"), busy.text
     assert busy.json()["error"] == "ServiceUnavailable"
     assert TIMEOUT_S <= waited_s < TIMEOUT_S + 5, waited_s  # the setting's wait, not SQLAlchemy's 30 s
+    assert ready.status_code == 200, ready.text
     assert answer.status_code == 200, answer.text  # a cold load: placement, load and routing all wrote
     assert answer.json()["outputs"][0]["data"] == [2.0, 4.0]
     assert served.client.get(models, headers=served.headers()).status_code == 200

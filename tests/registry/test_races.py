@@ -143,7 +143,7 @@ def test_the_clean_up_of_a_failed_upload_waits_for_an_upload_of_the_same_bytes(
     uploading = state.session_factory()
     uploading.execute(text("SELECT 1"))  # its transaction, as an upload's request has one
     artifact_guard.hold(uploading, stored.sha256)
-    cleanup = threading.Thread(target=versions._drop_if_orphan, args=(state, stored.sha256))
+    cleanup = threading.Thread(target=versions.drop_artifact_if_unused, args=(state, stored.sha256))
     cleanup.start()
     time.sleep(0.5)
 
@@ -158,7 +158,7 @@ def test_the_clean_up_of_a_failed_upload_waits_for_an_upload_of_the_same_bytes(
     assert not cleanup.is_alive()
     # It may have run before the upload's own after-commit hooks and kept the object (a leak, never a loss);
     # with no upload under way, the clean-up deletes it, as nothing uses it.
-    versions._drop_if_orphan(state, stored.sha256)
+    versions.drop_artifact_if_unused(state, stored.sha256)
     assert not state.artifacts.exists(stored.sha256)
 
 
