@@ -102,6 +102,8 @@ def redeploy(
     """Admins: a new version of an existing version's artifact and signature, with today's settings."""
     if not ctx.principal.is_admin:
         raise Forbidden("only admins may re-deploy a version with new settings")
+    # Locked before the source is read: a delete of it cannot commit (and drop its artifact) in between.
+    repository.lock_model(session, model)
     source = get_version(session, model=model, number=number)
     return register(
         session,

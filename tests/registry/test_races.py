@@ -268,3 +268,51 @@ def test_an_upload_whose_body_is_slow_holds_no_database_connection(served: Api, 
 
     assert held == 0
     assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+
+
+def test_a_redeploy_racing_the_delete_of_its_source_never_names_a_deleted_artifact(
+    served: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete gives back the artifacts no live version uses; a redeploy that read its source before the
+    delete committed would then register a version of bytes already deleted."""
+    checked = versions.quota.check_version
+
+    def slow_check(*args: Any, **kwargs: Any) -> None:  # a registration slower than the delete's clean-up
+        time.sleep(1.0)
+        checked(*args, **kwargs)
+
+    monkeypatch.setattr(versions.quota, "check_version", slow_check)
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    artifact = model_files.onnx_mlp(tmp_path / "m.onnx", input_name=f"x_{unique_name('r')[-8:]}")
+    assert served.upload(tenant, "m", artifact).status_code == 201
+    versions_path = f"/v1/tenants/{tenant}/models/m/versions"
+    answers: dict[str, httpx.Response] = {}
+
+    def call(name: str, method: str, path: str) -> threading.Thread:
+        def run() -> None:
+            answers[name] = served.client.request(method, path, headers=served.headers())
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(0.5)  # queued on the model's lock before the next one
+        return thread
+
+    with served.state.engine.connect() as holder:  # the model held, so that the delete queues first
+        model_id = holder.execute(
+            select(Model.id).join(Tenant, Tenant.id == Model.tenant_id).where(Tenant.name == tenant)
+        ).scalar_one()
+        holder.execute(text("SELECT id FROM models WHERE id = :id FOR NO KEY UPDATE"), {"id": model_id})
+        threads = [
+            call("delete", "DELETE", f"{versions_path}/1"),
+            call("redeploy", "POST", f"{versions_path}/1/redeploy"),
+        ]
+        holder.rollback()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert answers["delete"].status_code == 200, answers["delete"].text
+    if answers["redeploy"].status_code == 201:  # had it come first, its version must keep the bytes
+        assert served.state.artifacts.exists(answers["redeploy"].json()["sha256"])
+    else:
+        assert answers["redeploy"].status_code == 404, answers["redeploy"].text
