@@ -20,6 +20,7 @@ from sqlalchemy import select, text
 from control_plane.db import hooks
 from control_plane.db.models import Alias, Model, ModelVersion, Tenant
 from control_plane.registry import artifact_guard, versions
+from control_plane.tenants import quota
 from tests.support import model_files
 from tests.support.api import Api
 from tests.support.builders import unique_name
@@ -275,13 +276,13 @@ def test_a_redeploy_racing_the_delete_of_its_source_never_names_a_deleted_artifa
 ) -> None:
     """A delete gives back the artifacts no live version uses; a redeploy that read its source before the
     delete committed would then register a version of bytes already deleted."""
-    checked = versions.quota.check_version
+    checked = quota.check_version
 
     def slow_check(*args: Any, **kwargs: Any) -> None:  # a registration slower than the delete's clean-up
         time.sleep(1.0)
         checked(*args, **kwargs)
 
-    monkeypatch.setattr(versions.quota, "check_version", slow_check)
+    monkeypatch.setattr(quota, "check_version", slow_check)
     tenant = served.tenant()
     assert served.create_model(tenant, name="m", format="onnx").status_code == 201
     artifact = model_files.onnx_mlp(tmp_path / "m.onnx", input_name=f"x_{unique_name('r')[-8:]}")
