@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from control_plane.artifacts import ArtifactStore
 from control_plane.db import hooks
 from control_plane.registry import repository
+
+if TYPE_CHECKING:
+    from control_plane.state import AppState
 
 _under_way: Counter[str] = Counter()
 _guard = threading.Lock()
@@ -58,8 +61,9 @@ def may_drop(session: Session, sha256: str) -> bool:
         return _under_way[sha256] == 0
 
 
-def drop_if_unused(sessions: sessionmaker[Session], artifacts: ArtifactStore, sha256: str) -> None:
-    """Delete the artifact `sha256` unless a live version uses it or an upload of it is under way."""
-    with sessions() as session:
+def drop_if_unused(state: AppState, sha256: str) -> None:
+    """Delete the artifact `sha256` unless a live version uses it or an upload of it is under way (stored
+    for a transaction that rolled back, or of versions deleted); through the process's own pool."""
+    with state.internal_session_factory() as session:
         if may_drop(session, sha256) and not repository.sha_in_use(session, sha256):
-            artifacts.delete(sha256)
+            state.artifacts.delete(sha256)

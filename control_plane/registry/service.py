@@ -213,6 +213,5 @@ def mark_deleted(
     )
     for version in versions:
         hooks.after_commit(session, functools.partial(state.loader.submit_retire, version.id))
-    drop = functools.partial(artifact_guard.drop_if_unused, state.internal_session_factory, state.artifacts)
     for sha256 in sorted({v.sha256 for v in versions}):  # what no live version uses any more
-        hooks.after_commit(session, functools.partial(drop, sha256))
+        hooks.after_commit(session, functools.partial(artifact_guard.drop_if_unused, state, sha256))

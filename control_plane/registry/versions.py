@@ -82,7 +82,7 @@ def upload(
         with staged.path.open("rb") as artifact:
             stored = state.artifacts.put(artifact, max_bytes=settings.max_upload_bytes)
     if not existed:
-        hooks.on_rollback(session, lambda: drop_artifact_if_unused(state, stored.sha256))
+        hooks.on_rollback(session, lambda: artifact_guard.drop_if_unused(state, stored.sha256))
     return register(
         session,
         ctx=ctx,
@@ -189,12 +189,6 @@ def register(
     return version
 
 
-def drop_artifact_if_unused(state: AppState, sha256: str) -> None:
-    """Delete an artifact no live version uses (stored for a transaction that rolled back, or of versions
-    deleted), unless an upload of the same bytes is under way (`artifact_guard`)."""
-    artifact_guard.drop_if_unused(state.internal_session_factory, state.artifacts, sha256)
-
-
 def load(session: Session, *, state: AppState, model: Model, number: int) -> VersionOut:
     """Load a version and wait until it is resident or failed (or the load wait is over)."""
     version = get_version(session, model=model, number=number)
@@ -297,5 +291,5 @@ def retire(
     )
     version_id, sha256 = version.id, version.sha256
     hooks.after_commit(session, lambda: state.loader.submit_retire(version_id))
-    hooks.after_commit(session, lambda: drop_artifact_if_unused(state, sha256))
+    hooks.after_commit(session, lambda: artifact_guard.drop_if_unused(state, sha256))
     return version

@@ -24,8 +24,6 @@ from control_plane.errors import AppError
 from control_plane.settings import Settings
 from control_plane.tenants import repository
 
-LIMITS = ("max_models", "max_versions", "max_artifact_bytes")
-
 
 class QuotaExceeded(AppError):
     """A model or version the tenant's quota has no room for."""

@@ -28,8 +28,8 @@ def exists_named(session: Session, name: str) -> bool:
 
 
 def lock(session: Session, tenant: Tenant) -> None:
-    """Serialize the changes that count against the tenant's quotas (taken before any model's lock);
-    `tenant` is read afresh, its quotas included."""
+    """Serialize the changes that count against the tenant's quotas (an upload takes it after its model's
+    lock; nothing takes a model's lock while holding it); `tenant` is read afresh, its quotas included."""
     session.get(Tenant, tenant.id, with_for_update={"key_share": True}, populate_existing=True)
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 
 from control_plane.db import hooks
 from control_plane.db.models import Alias, Model, ModelVersion, Tenant
-from control_plane.registry import artifact_guard, versions
+from control_plane.registry import artifact_guard
 from control_plane.tenants import quota
 from tests.support import model_files
 from tests.support.api import Api
@@ -144,7 +144,7 @@ def test_the_clean_up_of_a_failed_upload_waits_for_an_upload_of_the_same_bytes(
     uploading = state.session_factory()
     uploading.execute(text("SELECT 1"))  # its transaction, as an upload's request has one
     artifact_guard.hold(uploading, stored.sha256)
-    cleanup = threading.Thread(target=versions.drop_artifact_if_unused, args=(state, stored.sha256))
+    cleanup = threading.Thread(target=artifact_guard.drop_if_unused, args=(state, stored.sha256))
     cleanup.start()
     time.sleep(0.5)
 
@@ -159,7 +159,7 @@ def test_the_clean_up_of_a_failed_upload_waits_for_an_upload_of_the_same_bytes(
     assert not cleanup.is_alive()
     # It may have run before the upload's own after-commit hooks and kept the object (a leak, never a loss);
     # with no upload under way, the clean-up deletes it, as nothing uses it.
-    versions.drop_artifact_if_unused(state, stored.sha256)
+    artifact_guard.drop_if_unused(state, stored.sha256)
     assert not state.artifacts.exists(stored.sha256)
 
 
