@@ -9,8 +9,10 @@ import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -38,6 +40,15 @@ class StoredArtifact:
     size_bytes: int
 
 
+@dataclass(frozen=True)
+class ListedArtifact:
+    """One artifact as a listing of the store finds it."""
+
+    sha256: str
+    size_bytes: int
+    modified: datetime  # aware, UTC
+
+
 def validate_sha256(sha256: str) -> str:
     """Return `sha256` if it is 64 lowercase hex characters, else raise ValueError."""
     if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
@@ -49,6 +60,12 @@ def content_key(sha256: str) -> str:
     """The relative key (object name or path) of an artifact: `sha256/ab/<hex>`."""
     validate_sha256(sha256)
     return f"sha256/{sha256[:2]}/{sha256}"
+
+
+def sha256_of_key(key: str) -> str | None:
+    """The sha256 whose content key (`sha256/ab/<hex>`) `key` is, else None (not an artifact)."""
+    sha256 = key.rsplit("/", 1)[-1]
+    return sha256 if _SHA256_RE.fullmatch(sha256) and key == content_key(sha256) else None
 
 
 class HashingReader:
@@ -149,6 +166,14 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete(self, sha256: str) -> None:
         """Remove the artifact; no error if it is already gone."""
+
+    @abstractmethod
+    def listing(self) -> Iterator[ListedArtifact]:
+        """Every stored artifact, in ascending sha256 order (what is not an artifact's key is skipped)."""
+
+    @abstractmethod
+    def remove_leftovers(self, older_than: datetime) -> int:
+        """Remove what uploads left behind (their process ended) from before `older_than`; how many."""
 
     @abstractmethod
     def check(self) -> None:

@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,8 +15,10 @@ from control_plane.artifacts.base import (
     ArtifactReader,
     ArtifactStore,
     HashingReader,
+    ListedArtifact,
     StoredArtifact,
     content_key,
+    sha256_of_key,
 )
 from control_plane.artifacts.exceptions import ArtifactNotFound, ArtifactStoreUnavailable
 
@@ -26,6 +29,15 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _entries(path: Path) -> list[os.DirEntry[str]]:
+    """The directory's entries in name order (none if it is gone)."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return []
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -91,6 +103,34 @@ class LocalArtifactStore(ArtifactStore):
     def delete(self, sha256: str) -> None:
         """Remove the file if present."""
         self._path(sha256).unlink(missing_ok=True)
+
+    def listing(self) -> Iterator[ListedArtifact]:
+        """The files `sha256/ab/<hex>`, directory by directory in name order (which is the hex's)."""
+        for prefix in _entries(self.root / "sha256"):
+            if not prefix.is_dir(follow_symlinks=False):
+                continue
+            for entry in _entries(Path(prefix.path)):
+                sha256 = sha256_of_key(f"sha256/{prefix.name}/{entry.name}")
+                if sha256 is None or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # deleted since the directory was read
+                    continue
+                modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                yield ListedArtifact(sha256=sha256, size_bytes=stat.st_size, modified=modified)
+
+    def remove_leftovers(self, older_than: datetime) -> int:
+        """Temp files in `tmp/` that no upload renamed or removed (its process ended meanwhile)."""
+        removed = 0
+        for entry in _entries(self.tmp_dir):
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < older_than.timestamp():
+                    Path(entry.path).unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def check(self) -> None:
         """Raise ArtifactStoreUnavailable unless the directory exists and is writable."""

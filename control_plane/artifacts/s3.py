@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
@@ -20,8 +21,10 @@ from control_plane.artifacts.base import (
     ArtifactReader,
     ArtifactStore,
     HashingReader,
+    ListedArtifact,
     StoredArtifact,
     content_key,
+    sha256_of_key,
 )
 from control_plane.artifacts.exceptions import ArtifactNotFound, ArtifactStoreUnavailable
 
@@ -32,6 +35,7 @@ MiB = 1024 * 1024
 # one-byte-shorter slice), so 8 MiB parts keep an upload near 35 MB of RSS; 16 MiB parts reach ~65 MB.
 DEFAULT_PART_SIZE = 8 * MiB
 UPLOAD_PREFIX = "uploads/"
+CONTENT_PREFIX = "sha256/"
 SHA256_META = "x-amz-meta-sha256"
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
 
@@ -202,6 +206,56 @@ class S3ArtifactStore(ArtifactStore):
         """Remove the object (S3 deletes are idempotent)."""
         with _translated(f"artifact {sha256}"):
             self._client.remove_object(self._bucket, content_key(sha256))
+
+    def listing(self) -> Iterator[ListedArtifact]:
+        """The objects under `sha256/` (S3 lists keys in ascending order, and a key's order is its hex's)."""
+        with _translated(f"listing of bucket {self._bucket}"):
+            for obj in self._client.list_objects(self._bucket, prefix=CONTENT_PREFIX, recursive=True):
+                sha256 = sha256_of_key(obj.object_name or "")
+                if sha256 is not None:
+                    modified = obj.last_modified or datetime.now(UTC)
+                    yield ListedArtifact(sha256=sha256, size_bytes=int(obj.size or 0), modified=modified)
+
+    def remove_leftovers(self, older_than: datetime) -> int:
+        """Objects under `uploads/` that no upload promoted or removed, and multipart uploads there neither
+        completed nor aborted (their process ended meanwhile; the store bills their parts)."""
+        removed = 0
+        with _translated(f"listing of bucket {self._bucket}"):
+            stale = [
+                obj.object_name
+                for obj in self._client.list_objects(self._bucket, prefix=UPLOAD_PREFIX, recursive=True)
+                if obj.object_name and obj.last_modified is not None and obj.last_modified < older_than
+            ]
+        for key in stale:
+            with _translated(f"leftover {key}"):
+                self._client.remove_object(self._bucket, key)
+            removed += 1
+        for key, upload_id in self._stale_multipart_uploads(older_than):
+            with _translated(f"multipart upload of {key}"):
+                self._client._abort_multipart_upload(self._bucket, key, upload_id)
+            removed += 1
+        return removed
+
+    def _stale_multipart_uploads(self, older_than: datetime) -> list[tuple[str, str]]:
+        stale: list[tuple[str, str]] = []
+        key_marker: str | None = None
+        upload_id_marker: str | None = None
+        with _translated(f"multipart uploads of bucket {self._bucket}"):
+            while True:
+                result = self._client._list_multipart_uploads(
+                    self._bucket,
+                    prefix=UPLOAD_PREFIX,
+                    key_marker=key_marker,
+                    upload_id_marker=upload_id_marker,
+                )
+                stale += [
+                    (upload.object_name, upload.upload_id)
+                    for upload in result.uploads
+                    if upload.upload_id and upload.initiated_time and upload.initiated_time < older_than
+                ]
+                if not result.is_truncated or not result.next_key_marker:
+                    return stale
+                key_marker, upload_id_marker = result.next_key_marker, result.next_upload_id_marker
 
     def check(self) -> None:
         """Raise ArtifactStoreUnavailable unless the bucket answers."""
