@@ -49,7 +49,9 @@ from control_plane.lifecycle.shadow import ShadowMirror
 from control_plane.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from control_plane.modelrepo import build_model_repository
 from control_plane.openapi import install_openapi
+from control_plane.registry.artifact_sweep import ArtifactSweeper
 from control_plane.registry.endpoints import router as registry_router
+from control_plane.registry.sweep_endpoints import router as artifacts_router
 from control_plane.residency.budget import Budgets
 from control_plane.residency.manager import Residency
 from control_plane.residency.metrics import register as register_residency_metrics
@@ -185,8 +187,16 @@ def build_state(settings: Settings) -> AppState:
         keep_warm_s=settings.keep_warm_s,
         interval_s=settings.janitor_interval_s,
         database_url=settings.database_url,
+        lock_timeout_s=settings.leader_lock_timeout_s,
     )
     state.janitor.start()
+    state.artifact_sweeper = ArtifactSweeper(
+        state,
+        interval_s=settings.artifact_sweep_interval_s,
+        grace_s=settings.artifact_sweep_grace_s,
+        lock_timeout_s=settings.leader_lock_timeout_s,
+    )
+    state.artifact_sweeper.start()
     return state
 
 
@@ -256,6 +266,8 @@ def close_state(state: AppState) -> None:
     state.residency.stop()
     if state.janitor is not None:
         state.janitor.stop()
+    if state.artifact_sweeper is not None:
+        state.artifact_sweeper.stop()
     if state.watcher is not None:
         state.watcher.stop()
     state.key_usage.stop()
@@ -313,6 +325,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle_router,
         audit_router,
         fleet_router,
+        artifacts_router,
     ):
         app.include_router(router)
     install_openapi(app)

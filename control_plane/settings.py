@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     load_on_upload: bool = False
     keep_warm_s: float = 600.0  # how long a replaced version stays loaded (instant rollback)
     janitor_interval_s: float = 10.0
+    # The artifact store's garbage sweep, on one replica every this many seconds (0: only when an admin
+    # asks, POST /v1/artifacts/sweep): objects no live version uses, older than the grace period, go.
+    artifact_sweep_interval_s: float = Field(3600.0, ge=0)
+    artifact_sweep_grace_s: float = Field(3600.0, ge=0)
 
     protected_aliases: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["production"])
 

@@ -20,6 +20,7 @@ from control_plane.fleet.reconciler import Reconciler
 from control_plane.lifecycle.janitor import KeepWarmJanitor
 from control_plane.lifecycle.shadow import ShadowMirror
 from control_plane.modelrepo import ModelRepository
+from control_plane.registry.artifact_sweep import ArtifactSweeper
 from control_plane.residency.manager import Residency
 from control_plane.routing.router import Router
 from control_plane.routing.watcher import RegistryWatcher
@@ -56,6 +57,7 @@ class AppState:
     reconciler: Reconciler | None = None  # its `observed` has each instance's health and loaded models
     watcher: RegistryWatcher | None = None
     janitor: KeepWarmJanitor | None = None
+    artifact_sweeper: ArtifactSweeper | None = None
 
     def reconcile_soon(self) -> None:
         """The fleet's desired state changed: run a reconcile pass now (once the loop exists)."""

@@ -12,7 +12,7 @@ from control_plane.client.aliases import Aliases, TrafficSplits
 from control_plane.client.connection import Connection
 from control_plane.client.errors import ControlPlaneError
 from control_plane.client.inference import Inference
-from control_plane.client.resources import Audit, Instances, Keys, Models, Tenants
+from control_plane.client.resources import Artifacts, Audit, Instances, Keys, Models, Tenants
 from control_plane.client.types import Prediction, Status
 from control_plane.client.versions import Versions
 
@@ -47,6 +47,7 @@ class ControlPlane:
         self.traffic = TrafficSplits(self.connection)
         self.audit = Audit(self.connection)
         self.instances = Instances(self.connection)
+        self.artifacts = Artifacts(self.connection)
         self.inference = Inference(self.connection)
 
     @property

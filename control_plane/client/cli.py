@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from control_plane.client.cli_admin import audit_app, instances_app, login, logout, status
+from control_plane.client.cli_admin import artifacts_app, audit_app, instances_app, login, logout, status
 from control_plane.client.cli_registry import keys_app, models_app, tenants_app
 from control_plane.client.cli_serving import aliases_app, predict, traffic_app
 from control_plane.client.cli_versions import versions_app
@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         ("traffic", traffic_app),
         ("audit", audit_app),
         ("instances", instances_app),
+        ("artifacts", artifacts_app),
     ):
         app.add_typer(group, name=name)
     app.command("status")(status)

@@ -13,6 +13,7 @@ from control_plane.client.session import connect
 
 audit_app = typer.Typer(help="The audit log (admins).", no_args_is_help=True)
 instances_app = typer.Typer(help="Triton instances of the fleet (admins).", no_args_is_help=True)
+artifacts_app = typer.Typer(help="The artifact store (admins).", no_args_is_help=True)
 
 
 @handled
@@ -85,6 +86,39 @@ def instances_get(name: str, output: Format = OutputOption) -> None:
         table(["TENANT", "MODEL", "VERSION", "DESIRED", "OBSERVED", "MESSAGE"], rows)
 
     emit(found, output, render)
+
+
+@artifacts_app.command("sweep")
+@handled
+def artifacts_sweep(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be deleted; delete nothing."),
+    grace_s: float | None = typer.Option(
+        None, "--grace-s", min=0, help="Keep unused artifacts stored more recently (server default)."
+    ),
+    output: Format = OutputOption,
+) -> None:
+    """Delete the artifacts no live version uses; name live versions whose artifact is missing (exit 1)."""
+    found = connect().artifacts.sweep(dry_run=dry_run, grace_s=grace_s)
+
+    def render() -> None:
+        figures = [
+            ("listed", found.listed, found.listed_bytes),
+            ("in use", found.in_use, None),
+            ("unused", found.unused, found.unused_bytes),
+            ("kept: recent", found.recent, None),
+            ("kept: taken meanwhile", found.taken, None),
+            ("deleted (dry run)" if found.dry_run else "deleted", found.deleted, found.deleted_bytes),
+            ("upload leftovers removed", found.leftovers_removed, None),
+            ("missing", found.missing, None),
+        ]
+        table(["ARTIFACTS", "COUNT", "BYTES"], figures, title=f"sweep in {found.seconds:.1f} s")
+        if found.missing_versions:
+            rows = [(m.tenant, m.model, m.version, m.sha256) for m in found.missing_versions]
+            table(["TENANT", "MODEL", "VERSION", "MISSING ARTIFACT"], rows)
+
+    emit(found, output, render)
+    if found.missing:
+        raise typer.Exit(1)
 
 
 @handled

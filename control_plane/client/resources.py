@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from control_plane.client.connection import Connection, path
-from control_plane.client.types import AuditEvent, CreatedKey, Instance, Key, Model, Tenant
+from control_plane.client.types import AuditEvent, CreatedKey, Instance, Key, Model, Sweep, Tenant
 
 MAX_PAGE = 1000  # the most items the server gives in one page (`paging.MAX_LIMIT`)
 
@@ -160,3 +160,19 @@ class Instances:
         url = path("v1", "tenants", tenant, "models", model, "placement")
         result: dict[str, Any] = self._conn.json("PUT", url, json={"replicas": replicas})
         return result
+
+
+class Artifacts:
+    """`/v1/artifacts` (admins): the artifact store."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    def sweep(self, *, dry_run: bool = False, grace_s: float | None = None, timeout: float = 600.0) -> Sweep:
+        """Delete the stored artifacts no live version uses, older than `grace_s` (the server's default when
+        None); `dry_run` deletes nothing. Also names live versions whose artifact is missing."""
+        body: dict[str, Any] = {"dry_run": dry_run}
+        if grace_s is not None:
+            body["grace_s"] = grace_s
+        answer = self._conn.json("POST", "/v1/artifacts/sweep", json=body, timeout=timeout)
+        return Sweep.model_validate(answer)

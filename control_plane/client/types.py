@@ -212,6 +212,36 @@ class Status(_Out):
     instances: list[Instance] = []
 
 
+class MissingArtifact(_Out):
+    """A live version whose artifact the store lacks."""
+
+    tenant: str
+    model: str
+    version: int
+    sha256: str
+
+
+class Sweep(_Out):
+    """What a sweep of the artifact store found and did (`POST /v1/artifacts/sweep`)."""
+
+    dry_run: bool
+    grace_s: float
+    started_at: Timestamp
+    seconds: float
+    listed: int
+    listed_bytes: int
+    in_use: int
+    unused: int
+    unused_bytes: int
+    recent: int
+    deleted: int
+    deleted_bytes: int
+    taken: int
+    leftovers_removed: int
+    missing: int
+    missing_versions: list[MissingArtifact] = []
+
+
 class Prediction(_Out):
     """The answer of `/v1/predict`: which version answered and its outputs as nested lists."""
 

@@ -25,8 +25,9 @@ from control_plane.registry import repository
 if TYPE_CHECKING:
     from control_plane.state import AppState
 
-_under_way: Counter[str] = Counter()
-_guard = threading.Lock()
+_under_way: Counter[str] = Counter()  # uploads holding each artifact in this process
+_dropping: set[str] = set()  # artifacts this process is deciding about deleting (or deleting)
+_guard = threading.Condition()
 
 
 def _lock(session: Session, sha256: str) -> None:
@@ -38,9 +39,11 @@ def _lock(session: Session, sha256: str) -> None:
 
 def hold(session: Session, sha256: str) -> None:
     """Hold the artifact for an upload until the session's transaction commits or rolls back (call it
-    before the object is stored, and before any hook that cleans it up is added)."""
+    before the object is stored, and before any hook that cleans it up is added). A clean-up of the same
+    artifact that is deciding or deleting is waited for: after it, the upload finds the object gone."""
     _lock(session, sha256)
     with _guard:
+        _guard.wait_for(lambda: sha256 not in _dropping)
         _under_way[sha256] += 1
 
     def release() -> None:
@@ -53,17 +56,27 @@ def hold(session: Session, sha256: str) -> None:
     hooks.on_rollback(session, release)
 
 
-def may_drop(session: Session, sha256: str) -> bool:
-    """Whether no upload of `sha256` is under way (taking the lock, in `session`'s transaction, so one
-    that commits meanwhile is seen by the query that follows)."""
-    _lock(session, sha256)
-    with _guard:
-        return _under_way[sha256] == 0
-
-
-def drop_if_unused(state: AppState, sha256: str) -> None:
+def drop_if_unused(state: AppState, sha256: str) -> bool:
     """Delete the artifact `sha256` unless a live version uses it or an upload of it is under way (stored
-    for a transaction that rolled back, or of versions deleted); through the process's own pool."""
+    for a transaction that rolled back, of versions deleted, or found by the garbage sweep); through the
+    process's own pool. Whether it was deleted.
+
+    Across processes the transaction-scoped lock keeps uploads of the same bytes out until the decision
+    and the delete are done; in this process (SQLite's only one) `_dropping` does, and an upload holding
+    the artifact already keeps it. The query that decides runs after both, so it sees every version an
+    upload committed before."""
     with state.internal_session_factory() as session:
-        if may_drop(session, sha256) and not repository.sha_in_use(session, sha256):
+        _lock(session, sha256)
+        with _guard:
+            if _under_way[sha256] or sha256 in _dropping:
+                return False
+            _dropping.add(sha256)
+        try:
+            if repository.sha_in_use(session, sha256):
+                return False
             state.artifacts.delete(sha256)
+            return True
+        finally:
+            with _guard:
+                _dropping.discard(sha256)
+                _guard.notify_all()

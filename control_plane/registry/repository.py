@@ -14,6 +14,7 @@ from control_plane.db.models import (
     Model,
     ModelVersion,
     Placement,
+    Tenant,
     TritonInstance,
 )
 from control_plane.paging import Page, keyset
@@ -180,6 +181,41 @@ def sha_in_use(session: Session, sha256: str) -> bool:
     """Whether a version that is not retired uses the artifact."""
     stmt = select(ModelVersion.id).where(ModelVersion.sha256 == sha256, ModelVersion.state != "retired")
     return session.scalar(stmt.limit(1)) is not None
+
+
+def live_digests(session: Session, *, after: str, limit: int) -> list[str]:
+    """The distinct artifacts versions that are not retired use, ascending from after `after`."""
+    stmt = (
+        select(ModelVersion.sha256)
+        .distinct()
+        .where(ModelVersion.state != "retired", ModelVersion.sha256 > after)
+        .order_by(ModelVersion.sha256)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def digests_registered_since(session: Session, *, digests: list[str], since: datetime) -> list[str]:
+    """Those of `digests` that a version registered at or after `since` uses."""
+    stmt = (
+        select(ModelVersion.sha256)
+        .distinct()
+        .where(ModelVersion.sha256.in_(digests), ModelVersion.created_at >= since)
+    )
+    return list(session.scalars(stmt))
+
+
+def live_versions_of(session: Session, *, digests: list[str], limit: int) -> list[tuple[str, str, int, str]]:
+    """(tenant, model, version, sha256) of versions that are not retired using one of `digests`."""
+    stmt = (
+        select(Tenant.name, Model.name, ModelVersion.version, ModelVersion.sha256)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .join(Tenant, Tenant.id == Model.tenant_id)
+        .where(ModelVersion.sha256.in_(digests), ModelVersion.state != "retired")
+        .order_by(Tenant.name, Model.name, ModelVersion.version)
+        .limit(limit)
+    )
+    return [(tenant, model, version, sha256) for tenant, model, version, sha256 in session.execute(stmt)]
 
 
 def resident_on(session: Session, *, version_id: int) -> list[str]:

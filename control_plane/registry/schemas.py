@@ -159,3 +159,53 @@ class ModelOut(BaseModel):
     created_at: UtcDateTime
     versions: list[VersionSummary] = []
     aliases: dict[str, int] = {}
+
+
+MAX_SWEEP_GRACE_S = 365 * 24 * 3600.0
+
+
+class SweepRequest(BaseModel):
+    """Body of POST /v1/artifacts/sweep (optional)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"dry_run": True}]})
+
+    dry_run: bool = Field(False, strict=True, description="Report what would go; delete nothing.")
+    grace_s: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_SWEEP_GRACE_S,
+        allow_inf_nan=False,
+        description="Keep unused artifacts stored less than this long ago (default "
+        "CP_ARTIFACT_SWEEP_GRACE_S). Uploads under way are safe at 0 too: each delete is decided again "
+        "under the artifact's lock.",
+    )
+
+
+class MissingArtifactOut(BaseModel):
+    """A live version whose artifact the store does not hold: it cannot be loaded where it is not already."""
+
+    tenant: str
+    model: str
+    version: int
+    sha256: str
+
+
+class SweepOut(BaseModel):
+    """What a sweep of the artifact store found and did."""
+
+    dry_run: bool
+    grace_s: float
+    started_at: UtcDateTime
+    seconds: float
+    listed: int = Field(description="Artifacts in the store.")
+    listed_bytes: int
+    in_use: int = Field(description="Listed artifacts a live version uses.")
+    unused: int = Field(description="Listed artifacts no live version uses (deleted unless recent).")
+    unused_bytes: int
+    recent: int = Field(description="Unused, but stored within the grace period: kept for now.")
+    deleted: int
+    deleted_bytes: int
+    taken: int = Field(description="Unused when listed, taken by an upload or version before the delete.")
+    leftovers_removed: int = Field(description="Temporary objects of uploads whose process ended.")
+    missing: int = Field(description="Artifacts live versions use that the store lacks.")
+    missing_versions: list[MissingArtifactOut] = Field(description="Some of those versions (at most 100).")

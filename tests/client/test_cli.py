@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,3 +193,26 @@ def test_login_keeps_url_and_key_private_and_env_overrides(
     assert overridden.exit_code == 3
     assert "logged out" in ok(run("logout"))
     assert not saved.exists()
+
+
+def test_an_admin_sweeps_the_artifact_store_and_missing_artifacts_exit_non_zero(stack: Api, run: Run) -> None:
+    """The session's database names other tests' versions whose artifacts are in other buckets: to this
+    stack's store they are missing, so the sweep names them and exits 1, as a cron job would want."""
+    admin = stack.admin_token
+    garbage = stack.state.artifacts.put(io.BytesIO(b"garbage of the cli test " + uuid.uuid4().bytes))
+
+    dry = run("artifacts", "sweep", "--dry-run", "--grace-s", "0", "-o", "json", key=admin)
+    report = json.loads(dry.stdout)  # (as_json wants exit 0)
+    assert report["dry_run"] is True and report["unused"] >= 1 and report["deleted"] == 0
+    assert dry.exit_code == (1 if report["missing"] else 0), dry.output
+    assert stack.state.artifacts.exists(garbage.sha256)
+
+    swept = run("artifacts", "sweep", "--grace-s", "0", key=admin)
+    assert swept.exit_code in (0, 1), swept.output
+    assert "deleted" in swept.stdout and "listed" in swept.stdout
+    assert not stack.state.artifacts.exists(garbage.sha256)
+    tenant = unique_name("cli")
+    ok(run("tenants", "create", tenant, key=admin))
+    created = run("keys", "create", "--role", "publisher", "-o", "json", "-t", tenant, key=admin)
+    refused = run("artifacts", "sweep", "--dry-run", key=as_json(created)["key"])
+    assert refused.exit_code != 0 and "admin" in refused.stderr, refused.output

@@ -86,6 +86,7 @@ BODIES: dict[str, Any] = {
     "create_instance": {"json": {"name": f"iso-{RUN}", "http_url": "http://127.0.0.1:9"}},
     "update_instance": {"json": {"http_url": "http://127.0.0.1:9"}},
     "set_placement": {"json": {"replicas": 2}},
+    "sweep_artifacts": {"json": {"dry_run": True}},
     "infer": {"json": {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X4}]}},
 }
 PREDICT_BODY = {"json": {"inputs": {"x": [X4]}}}

@@ -1,0 +1,290 @@
+"""The artifact store's garbage sweep, served by a real uvicorn on a Postgres database of its own (the
+session's holds other tests' versions, whose artifacts are in other buckets) with artifacts in the S3
+server through the minio SDK: objects no live version uses go once older than the grace period, what a
+live version uses stays and still loads on the session's Triton, objects that are not artifacts are not
+touched, live versions whose artifact is gone are named, an upload of the same bytes under way keeps its
+object, one sweep runs at a time, the replica holding the lease sweeps by itself, and only admins ask."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from minio import Minio
+
+from control_plane.artifacts.base import ListedArtifact, content_key
+from control_plane.db import hooks, migrate
+from control_plane.registry import artifact_guard, artifact_sweep
+from control_plane.tenants import quota
+from tests.support import model_files
+from tests.support.api import Api
+
+SWEEP = "/v1/artifacts/sweep"
+
+
+@pytest.fixture(scope="module")
+def sweep_database(create_database: Callable[[], str]) -> str:
+    url = create_database()
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def served(make_served: Callable[..., Api], sweep_database: str) -> Api:
+    return make_served(database_url=sweep_database, artifact_sweep_interval_s=0)
+
+
+def onnx(tmp_path: Path, seed: int) -> Path:
+    """A small ONNX model of bytes of its own."""
+    name = f"x_{uuid.uuid4().hex[:12]}"
+    return model_files.onnx_mlp(tmp_path / f"m{seed}.onnx", seed=seed, input_name=name)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sweep(api: Api, key: str | None = None, **body: Any) -> httpx.Response:
+    response: httpx.Response = api.client.post(SWEEP, json=body, headers=api.headers(key), timeout=60)
+    return response
+
+
+def keys(minio_client: Minio, bucket: str) -> set[str]:
+    return {o.object_name or "" for o in minio_client.list_objects(bucket, recursive=True)}
+
+
+def put_raw(minio_client: Minio, bucket: str, key: str, data: bytes) -> None:
+    minio_client.put_object(bucket, key, io.BytesIO(data), len(data))
+
+
+def test_the_sweep_deletes_what_no_live_version_uses_and_names_live_versions_whose_artifact_is_gone(
+    served: Api, tmp_path: Path, minio_client: Minio
+) -> None:
+    bucket = served.settings.s3_bucket
+    tenant, other = served.tenant(), served.tenant()
+    for owner in (tenant, other):
+        assert served.create_model(owner, name="m", format="onnx").status_code == 201
+    own, shared, lost = onnx(tmp_path, 1), onnx(tmp_path, 2), onnx(tmp_path, 3)
+    for owner, artifact in ((tenant, own), (tenant, shared), (other, shared), (other, lost)):
+        assert served.upload(owner, "m", artifact).status_code == 201
+    # Garbage as the store holds it after versions deleted before deletes gave artifacts back, or a clean-up
+    # the store refused: artifacts nobody registered.
+    orphans = [onnx(tmp_path, 10 + i).read_bytes() for i in range(3)]
+    for data in orphans:
+        served.state.artifacts.put(io.BytesIO(data))
+    leftover = f"uploads/{uuid.uuid4().hex}"  # an upload whose process ended before it promoted its object
+    put_raw(minio_client, bucket, leftover, b"half an upload")
+    strangers = {"backups/registry.dump": b"another tool's", "sha256/zz/readme": b"not an artifact"}
+    for key, data in strangers.items():
+        put_raw(minio_client, bucket, key, data)
+    minio_client.remove_object(bucket, content_key(digest(lost)))  # lost behind the registry's back
+    everything = keys(minio_client, bucket)
+    orphan_keys = {content_key(hashlib.sha256(d).hexdigest()) for d in orphans}
+    live_keys = {content_key(digest(p)) for p in (own, shared)}
+    assert orphan_keys | live_keys | {leftover} | set(strangers) == everything
+
+    dry = sweep(served, dry_run=True, grace_s=0)
+    assert dry.status_code == 200, dry.text
+    report = dry.json()
+    assert report["dry_run"] is True
+    assert (report["listed"], report["in_use"], report["unused"], report["deleted"]) == (5, 2, 3, 0)
+    assert report["unused_bytes"] == sum(len(d) for d in orphans)
+    assert report["missing"] == 1
+    assert report["missing_versions"] == [
+        {"tenant": other, "model": "m", "version": 2, "sha256": digest(lost)}
+    ]
+    assert keys(minio_client, bucket) == everything
+
+    recent = sweep(served).json()  # the default grace period (an hour) keeps what was just stored
+    assert (recent["unused"], recent["recent"], recent["deleted"], recent["leftovers_removed"]) == (
+        3,
+        3,
+        0,
+        0,
+    )
+    assert keys(minio_client, bucket) == everything
+
+    done = sweep(served, grace_s=0)
+    assert done.status_code == 200, done.text
+    report = done.json()
+    assert (report["deleted"], report["deleted_bytes"]) == (3, sum(len(d) for d in orphans))
+    assert (report["taken"], report["leftovers_removed"], report["missing"]) == (0, 1, 1)
+    assert keys(minio_client, bucket) == live_keys | set(strangers)
+
+    # What live versions use still loads, from the store, on the real Triton.
+    for owner, number in ((tenant, 1), (tenant, 2), (other, 1)):
+        assert served.load(owner, "m", number)["state"] == "ready"
+    audit = served.client.get("/v1/audit", params={"action": "artifacts.sweep"}, headers=served.headers())
+    assert audit.status_code == 200, audit.text
+    figures = [event["after"] for event in audit.json()]
+    assert {(f["dry_run"], f["deleted"]) for f in figures} >= {(True, 0), (False, 3)}
+    again = sweep(served, grace_s=0).json()
+    assert (again["unused"], again["deleted"], again["listed"]) == (0, 0, 2)
+
+
+def test_an_upload_of_the_same_bytes_under_way_keeps_its_object(
+    served: Api, tmp_path: Path, minio_client: Minio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Garbage until the upload registers its version: the upload found the object stored and did not
+    store it again, so a sweep deleting it meanwhile would leave the new version without its bytes."""
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    artifact = onnx(tmp_path, 1)
+    served.state.artifacts.put(io.BytesIO(artifact.read_bytes()))  # garbage: nobody registered it
+    registering = threading.Event()
+    check_version = quota.check_version
+
+    def slow_check(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("lock", True):  # the check as the version is registered, the object stored
+            registering.set()
+            time.sleep(1.5)
+        check_version(*args, **kwargs)
+
+    monkeypatch.setattr(quota, "check_version", slow_check)
+    answers: list[httpx.Response] = []
+    upload = threading.Thread(target=lambda: answers.append(served.upload(tenant, "m", artifact)))
+    upload.start()
+    assert registering.wait(timeout=60)
+
+    report = sweep(served, grace_s=0)
+    upload.join(timeout=60)
+
+    assert report.status_code == 200, report.text
+    assert answers and answers[0].status_code == 201, answers and answers[0].text
+    assert (report.json()["unused"], report.json()["taken"], report.json()["deleted"]) == (1, 1, 0)
+    minio_client.stat_object(served.settings.s3_bucket, content_key(digest(artifact)))
+    assert served.load(tenant, "m", 1)["state"] == "ready"
+
+
+def test_one_sweep_runs_at_a_time_across_replicas(served: Api, sweep_database: str) -> None:
+    conninfo = "postgresql://" + sweep_database.split("://", 1)[1]
+    with psycopg.connect(conninfo, autocommit=True) as other_replica:
+        other_replica.execute("SELECT pg_advisory_lock(%s)", (artifact_sweep.SWEEP_LOCK,))
+        busy = sweep(served, grace_s=0)
+        assert busy.status_code == 409, busy.text
+        assert "under way" in busy.json()["detail"]
+    assert sweep(served, dry_run=True).status_code == 200
+
+
+def test_the_replica_holding_the_lease_sweeps_by_itself(
+    make_served: Callable[..., Api], sweep_database: str, minio_client: Minio
+) -> None:
+    api = make_served(database_url=sweep_database, artifact_sweep_interval_s=0.3, artifact_sweep_grace_s=0)
+    stored = api.state.artifacts.put(io.BytesIO(uuid.uuid4().bytes * 100))
+    deadline = time.monotonic() + 30
+    while api.state.artifacts.exists(stored.sha256) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not api.state.artifacts.exists(stored.sha256)
+    metrics = api.client.get("/metrics", headers=api.headers()).text
+    swept = [line for line in metrics.splitlines() if line.startswith("cp_artifacts_swept_total ")]
+    assert swept and float(swept[0].split()[1]) >= 1, swept
+    assert "cp_artifact_sweep_last_success_timestamp_seconds" in metrics
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"dry_run": "yes"}', '{"grace_s": -1}', '{"grace_s": 1e400}', '{"grace_s": NaN}', '{"x": 1}', "["],
+)
+def test_bad_bodies_are_422(served: Api, body: str) -> None:
+    headers = {**served.headers(), "content-type": "application/json"}
+    answer = served.client.post(SWEEP, content=body, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert sorted(answer.json()) == ["detail", "error"], answer.text
+
+
+def test_only_admins_sweep(served: Api) -> None:
+    tenant = served.tenant()
+    for role in ("admin", "publisher", "consumer"):
+        key = served.key(tenant, role) if role != "admin" else None
+        answer = sweep(served, key, dry_run=True)
+        assert answer.status_code == (200 if role == "admin" else 403), (role, answer.text)
+    assert served.client.post(SWEEP, json={}).status_code == 401
+
+
+def test_the_store_down_is_a_503(served: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from control_plane.artifacts.exceptions import ArtifactStoreUnavailable
+
+    def down() -> Iterator[ListedArtifact]:
+        raise ArtifactStoreUnavailable("S3 does not answer for listing of bucket b: connection refused")
+
+    monkeypatch.setattr(served.state.artifacts, "listing", down)
+    answer = sweep(served, grace_s=0)
+    assert answer.status_code == 503, answer.text
+    assert sweep(served, dry_run=True).status_code == 503  # and the failed one let go of its lock
+
+
+def _listed(digests: set[str]) -> Iterator[ListedArtifact]:
+    for sha256 in sorted(digests):
+        yield ListedArtifact(sha256=sha256, size_bytes=1, modified=datetime.now(UTC))
+
+
+HEX = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+
+
+@given(stored=st.sets(HEX, max_size=30), live=st.sets(HEX, max_size=30), shared=st.sets(HEX, max_size=10))
+def test_the_merge_pairs_each_digest_once(stored: set[str], live: set[str], shared: set[str]) -> None:
+    stored, live = stored | shared, live | shared
+    merged = list(artifact_sweep._merged(_listed(stored), iter(sorted(live))))
+    assert {s.sha256 for s, d in merged if s is not None and d is None} == stored - live
+    assert {d for s, d in merged if s is None} == live - stored
+    assert {d for s, d in merged if s is not None and d is not None} == stored & live
+    assert all(s is None or d is None or s.sha256 == d for s, d in merged)
+    assert len(merged) == len(stored | live)
+
+
+def test_a_listing_out_of_order_stops_the_sweep() -> None:
+    listing = iter(
+        [ListedArtifact("b" * 64, 1, datetime.now(UTC)), ListedArtifact("a" * 64, 1, datetime.now(UTC))]
+    )
+    with pytest.raises(artifact_sweep.SweepFailed):
+        list(artifact_sweep._merged(listing, iter([])))
+
+
+def test_on_sqlite_an_upload_waits_for_a_delete_of_its_bytes_under_way(
+    make_api: Callable[..., Api], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process, no advisory locks: an upload of bytes whose object is being deleted waits for the
+    delete, then finds the object gone and stores it again (instead of finding it, and losing it)."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    migrate.upgrade(url)
+    api = make_api(database_url=url, artifact_store="local", artifact_dir=str(tmp_path / "artifacts"))
+    state = api.state
+    stored = state.artifacts.put(io.BytesIO(b"garbage " + uuid.uuid4().bytes))
+    deleting, delete = threading.Event(), state.artifacts.delete
+
+    def slow_delete(sha256: str) -> None:
+        deleting.set()
+        time.sleep(1.0)
+        delete(sha256)
+
+    monkeypatch.setattr(state.artifacts, "delete", slow_delete)
+    dropped: list[bool] = []
+    sweeper = threading.Thread(
+        target=lambda: dropped.append(artifact_guard.drop_if_unused(state, stored.sha256))
+    )
+    sweeper.start()
+    assert deleting.wait(timeout=10)
+    with state.session_factory() as uploading:
+        started = time.monotonic()
+        artifact_guard.hold(uploading, stored.sha256)
+        waited = time.monotonic() - started
+        found = state.artifacts.exists(stored.sha256)
+        uploading.rollback()
+        hooks.rolled_back(uploading)
+    sweeper.join(timeout=10)
+
+    assert dropped == [True]
+    assert waited > 0.5, waited
+    assert not found  # so the upload stores its bytes again
