@@ -1,7 +1,7 @@
 """Keep-warm: a replaced version stays loaded for a while (instant rollback), then is unloaded.
 
-One process sweeps at a time (a Postgres advisory lock); each sweep claims a version in a transaction
-that re-checks, under the row lock promotions also take, that nothing references it.
+One replica sweeps (it holds a Postgres advisory lock, `fleet.leader`); each sweep claims a version in a
+transaction that re-checks, under the row lock promotions also take, that nothing references it.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import ModelVersion
 from control_plane.db.session import transaction
+from control_plane.fleet.leader import LeaderLease
 from control_plane.fleet.loader import VersionLoader
 from control_plane.registry import repository
 
@@ -40,13 +40,15 @@ class KeepWarmJanitor:
         keep_warm_s: float,
         interval_s: float,
         database_url: str,
+        lock_timeout_s: float = 10.0,
     ):
         self.session_factory = session_factory
         self.loader = loader
         self.inflight = inflight
         self.keep_warm = timedelta(seconds=keep_warm_s)
         self.interval_s = interval_s
-        self.database_url = database_url
+        # One replica sweeps (SQLite: the one process); a leader that dies or hangs hands over (keepalives).
+        self._lease = LeaderLease(database_url, LEADER_LOCK, timeout_s=lock_timeout_s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cp-keep-warm", daemon=True)
 
@@ -55,9 +57,10 @@ class KeepWarmJanitor:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop sweeping."""
+        """Stop sweeping; give up leadership."""
         self._stop.set()
         self._thread.join(timeout=10)
+        self._lease.release()
 
     def sweep(self) -> list[int]:
         """Unload every version whose keep-warm period is over; returns their ids."""
@@ -87,21 +90,9 @@ class KeepWarmJanitor:
             return True
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval_s):
             try:
-                if self.database_url.startswith(("postgresql", "postgres")):
-                    self._lead()
-                else:
-                    self._stop.wait(self.interval_s)
+                if self._lease.acquire():
                     self.sweep()
             except Exception:
                 log.exception("keep-warm sweep failed; retrying")
-                self._stop.wait(self.interval_s)
-
-    def _lead(self) -> None:
-        conninfo = "postgresql://" + self.database_url.split("://", 1)[1]
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            while not self._stop.wait(self.interval_s):
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
-                if row and row[0]:  # held by this connection from now on; re-asking is harmless
-                    self.sweep()
