@@ -42,6 +42,7 @@ from control_plane.fleet.loader import VersionLoader
 from control_plane.fleet.metrics import register as register_fleet_metrics
 from control_plane.fleet.reconciler import Reconciler
 from control_plane.fleet.wiring import wire_data_plane
+from control_plane.keys.endpoints import admin_router as admin_keys_router
 from control_plane.keys.endpoints import router as keys_router
 from control_plane.lifecycle.endpoints import router as lifecycle_router
 from control_plane.lifecycle.janitor import KeepWarmJanitor
@@ -321,6 +322,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status_router,
         tenants_router,
         keys_router,
+        admin_keys_router,
         registry_router,
         lifecycle_router,
         audit_router,

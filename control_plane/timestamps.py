@@ -32,8 +32,6 @@ UtcDateTime = Annotated[
     datetime,
     AfterValidator(as_utc),
     PlainSerializer(format_utc, return_type=str, when_used="json"),
-    WithJsonSchema(
-        {"type": "string", "format": "date-time", "examples": [EXAMPLE]},
-        mode="serialization",
-    ),
+    # In requests too (a key's `expires_at`, the audit's `since`): ISO 8601, an offset or UTC.
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": [EXAMPLE]}),
 ]

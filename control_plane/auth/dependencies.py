@@ -34,7 +34,8 @@ def bearer_token(request: Request) -> str:
 
 
 def principal_for_key(state: AppState, token: str) -> Principal | None:
-    """The caller a key stands for (bootstrap admin token or a stored key), None if invalid or revoked."""
+    """The caller a key stands for (bootstrap admin token or a stored key), None if invalid or revoked;
+    KeyExpired (a 401 that says so) for an expired one."""
     admin_token = state.settings.admin_token
     if admin_token is not None and hmac.compare_digest(
         token.encode(), admin_token.get_secret_value().encode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import typer
@@ -90,29 +92,54 @@ def tenants_quota(
 
 @keys_app.command("list")
 @handled
-def keys_list(tenant: str | None = TenantOption, output: Format = OutputOption) -> None:
-    """The tenant's keys (no secrets)."""
+def keys_list(
+    tenant: str | None = TenantOption,
+    admin: bool = typer.Option(False, "--admin", help="The admin keys (bound to no tenant) instead."),
+    output: Format = OutputOption,
+) -> None:
+    """The tenant's keys, or the admin keys (no secrets)."""
     cp = connect()
-    found = cp.keys.list(tenant_for(cp, tenant))
-    columns = ["ID", "PREFIX", "ROLE", "DESCRIPTION", "CREATED", "LAST USED", "REVOKED"]
+    found = cp.keys.list_admin() if admin else cp.keys.list(tenant_for(cp, tenant))
+    columns = ["ID", "PREFIX", "ROLE", "DESCRIPTION", "CREATED", "LAST USED", "EXPIRES", "REVOKED"]
     rows = [
-        (k.id, k.prefix, k.role, k.description, k.created_at, k.last_used_at, k.revoked_at) for k in found
+        (k.id, k.prefix, k.role, k.description, k.created_at, k.last_used_at, k.expires_at, k.revoked_at)
+        for k in found
     ]
     emit(found, output, lambda: table(columns, rows))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> timedelta:
+    """`90d`, `12h`, `30m`, `3600s` or `3600` as a timedelta; a clear error for anything else."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text)
+    if match is None or int(match.group(1)) == 0:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 90d, 12h, 30m or 3600s")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2) or "s"])
 
 
 @keys_app.command("create")
 @handled
 def keys_create(
-    role: str = typer.Option(..., "--role", "-r", help="publisher or consumer."),
+    role: str = typer.Option(..., "--role", "-r", help="publisher or consumer; admin: bound to no tenant."),
     description: str | None = typer.Option(None, "--description", "-d"),
+    expires_in: str | None = typer.Option(
+        None, "--expires-in", help="The key stops working after this long: 90d, 12h, 30m, 3600s."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the secret."),
     tenant: str | None = TenantOption,
     output: Format = OutputOption,
 ) -> None:
     """Create a key; its secret is shown this one time."""
+    expires_at = datetime.now(UTC) + duration(expires_in) if expires_in is not None else None
     cp = connect()
-    created = cp.keys.create(tenant_for(cp, tenant), role=role, description=description)
+    if role == "admin":
+        created = cp.keys.create_admin(description=description, expires_at=expires_at)
+    else:
+        created = cp.keys.create(
+            tenant_for(cp, tenant), role=role, description=description, expires_at=expires_at
+        )
     if quiet:
         typer.echo(created.key)
         return
@@ -125,10 +152,15 @@ def keys_create(
 
 @keys_app.command("revoke")
 @handled
-def keys_revoke(key_id: int, tenant: str | None = TenantOption, output: Format = OutputOption) -> None:
+def keys_revoke(
+    key_id: int,
+    tenant: str | None = TenantOption,
+    admin: bool = typer.Option(False, "--admin", help="An admin key (bound to no tenant)."),
+    output: Format = OutputOption,
+) -> None:
     """Revoke a key by id."""
     cp = connect()
-    revoked = cp.keys.revoke(tenant_for(cp, tenant), key_id)
+    revoked = cp.keys.revoke_admin(key_id) if admin else cp.keys.revoke(tenant_for(cp, tenant), key_id)
     emit(revoked, output, lambda: typer.echo(f"key {revoked.id} ({revoked.prefix}) revoked"))
 
 

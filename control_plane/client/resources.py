@@ -37,17 +37,36 @@ class Tenants:
 
 
 class Keys:
-    """`/v1/tenants/{t}/keys` (admins)."""
+    """`/v1/tenants/{t}/keys`, and `/v1/keys` for admin keys (admins)."""
 
     def __init__(self, conn: Connection):
         self._conn = conn
 
-    def create(self, tenant: str, *, role: str, description: str | None = None) -> CreatedKey:
-        """A new `publisher` or `consumer` key bound to the tenant; its secret is in `.key` only now."""
-        body = {"role": role, "description": description}
+    def create(
+        self, tenant: str, *, role: str, description: str | None = None, expires_at: datetime | None = None
+    ) -> CreatedKey:
+        """A new `publisher` or `consumer` key bound to the tenant; its secret is in `.key` only now. It
+        works until `expires_at` (an aware datetime; None: never, or the server's longest key life)."""
+        body = _key_body(description, expires_at, role=role)
         return CreatedKey.model_validate(
             self._conn.json("POST", path("v1", "tenants", tenant, "keys"), json=body)
         )
+
+    def create_admin(
+        self, *, description: str | None = None, expires_at: datetime | None = None
+    ) -> CreatedKey:
+        """A new admin key, bound to no tenant (one per operator or system: the audit tells them apart)."""
+        return CreatedKey.model_validate(
+            self._conn.json("POST", "/v1/keys", json=_key_body(description, expires_at))
+        )
+
+    def list_admin(self) -> list[Key]:
+        """The admin keys, without secrets (not the bootstrap CP_ADMIN_TOKEN)."""
+        return [Key.model_validate(k) for k in self._conn.listing("/v1/keys")]
+
+    def revoke_admin(self, key_id: int) -> Key:
+        """Revoke an admin key."""
+        return Key.model_validate(self._conn.json("DELETE", path("v1", "keys", key_id)))
 
     def list(self, tenant: str) -> list[Key]:
         """The tenant's keys, without secrets."""
@@ -56,6 +75,15 @@ class Keys:
     def revoke(self, tenant: str, key_id: int) -> Key:
         """Revoke a key: requests with it get 401 from then on."""
         return Key.model_validate(self._conn.json("DELETE", path("v1", "tenants", tenant, "keys", key_id)))
+
+
+def _key_body(description: str | None, expires_at: datetime | None, **fields: str) -> dict[str, Any]:
+    body: dict[str, Any] = {**fields, "description": description}
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise ValueError("expires_at must be timezone-aware: datetime.now(UTC) + timedelta(days=30)")
+        body["expires_at"] = expires_at.isoformat()
+    return body
 
 
 class Models:

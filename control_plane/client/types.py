@@ -55,6 +55,7 @@ class Key(_Out):
     created_at: Timestamp
     revoked_at: Timestamp | None = None
     last_used_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
 
 
 class CreatedKey(Key):

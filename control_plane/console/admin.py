@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import HTMLResponse
@@ -18,6 +18,7 @@ from control_plane.errors import Forbidden, InvalidRequest
 from control_plane.fleet import service as fleet
 from control_plane.paging import Page
 from control_plane.tenants import service as tenants
+from control_plane.timestamps import as_utc
 
 router = APIRouter()
 POLL_S = 2
@@ -36,7 +37,7 @@ def _moment(value: str | None, what: str) -> datetime | None:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise InvalidRequest(f"{what}: expected a date or time like 2026-11-21 or 2026-11-21T10:04") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return as_utc(moment)
 
 
 def _blank_none(value: str | None) -> str | None:

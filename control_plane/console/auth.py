@@ -19,6 +19,7 @@ from control_plane.auth.dependencies import principal_for_key
 from control_plane.auth.principal import Principal, Role
 from control_plane.console.cookies import COOKIE, ConsoleSession, SessionCodec
 from control_plane.errors import AppError, Forbidden
+from control_plane.keys.service import KeyExpired
 from control_plane.state import AppState
 
 CONSUMER_REFUSED = "consumer keys may only call inference endpoints; sign in with a publisher or admin key"
@@ -59,7 +60,10 @@ def codec(request: Request) -> SessionCodec:
 
 def check_key(state: AppState, key: str) -> Principal:
     """The principal of a key typed at sign-in; 401 if unknown or revoked, 403 for consumer keys."""
-    principal = principal_for_key(state, key) if key and len(key) <= 512 else None
+    try:
+        principal = principal_for_key(state, key) if key and len(key) <= 512 else None
+    except KeyExpired as exc:
+        raise SignInRequired(exc.message) from None
     if principal is None:
         raise SignInRequired("invalid or revoked API key")
     if principal.role is Role.CONSUMER:
@@ -72,7 +76,10 @@ def current_user(request: Request) -> ConsoleUser:
     session = codec(request).open(request.cookies.get(COOKIE))
     if session is None:
         raise SignInRequired("sign in with an API key")
-    principal = principal_for_key(app_state(request), session.key)
+    try:
+        principal = principal_for_key(app_state(request), session.key)
+    except KeyExpired:
+        raise SignInRequired("the key of this session expired; sign in with a new one") from None
     if principal is None or principal.role is Role.CONSUMER:
         raise SignInRequired("the key of this session is no longer valid; sign in again")
     user = ConsoleUser(

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane.errors import Forbidden, NotFound, Unauthorized
 from control_plane.keys import repository as keys
 from control_plane.keys.secrets import hash_key, prefix_of
+from control_plane.keys.service import expired_message
 from control_plane.routing.table import KeyEntry, RoutingTable
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ def _key_entry(table: RoutingTable, token: str) -> KeyEntry:
     entry = table.keys.get(prefix) if prefix else None
     if entry is None or not hmac.compare_digest(hash_key(token), entry.key_hash):
         raise Unauthorized("invalid or revoked API key")
+    expires_at = entry.expires_at
+    if expires_at is not None and expires_at <= time.time():
+        raise Unauthorized(expired_message(datetime.fromtimestamp(expires_at, UTC)))
     return entry
 
 

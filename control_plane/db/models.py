@@ -73,6 +73,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = utcnow_column()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: never
 
 
 class Model(Base):

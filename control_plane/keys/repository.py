@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import ApiKey
@@ -17,14 +17,19 @@ def by_prefix(session: Session, prefix: str) -> ApiKey | None:
     return session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
 
 
-def for_tenant(session: Session, tenant_id: int, *, page: Page[int] | None = None) -> list[ApiKey]:
-    """All keys of a tenant, oldest first (with `page`: its rows, see paging)."""
-    return list(session.scalars(keyset(select(ApiKey).where(ApiKey.tenant_id == tenant_id), page, ApiKey.id)))
+def _owned_by(tenant_id: int | None) -> ColumnElement[bool]:
+    """Keys of a tenant; of none (admin keys) for None."""
+    return ApiKey.tenant_id.is_(None) if tenant_id is None else ApiKey.tenant_id == tenant_id
 
 
-def get(session: Session, *, tenant_id: int, key_id: int, lock: bool = False) -> ApiKey | None:
-    """One key of a tenant, optionally locked for update and read afresh."""
-    stmt = select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id)
+def for_tenant(session: Session, tenant_id: int | None, *, page: Page[int] | None = None) -> list[ApiKey]:
+    """All keys of a tenant (None: the admin keys, bound to none), oldest first (with `page`: its rows)."""
+    return list(session.scalars(keyset(select(ApiKey).where(_owned_by(tenant_id)), page, ApiKey.id)))
+
+
+def get(session: Session, *, tenant_id: int | None, key_id: int, lock: bool = False) -> ApiKey | None:
+    """One key of a tenant (None: an admin key), optionally locked for update and read afresh."""
+    stmt = select(ApiKey).where(_owned_by(tenant_id), ApiKey.id == key_id)
     if lock:
         stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.scalar(stmt)

@@ -9,13 +9,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from control_plane.timestamps import UtcDateTime
 
 
-class KeyCreate(BaseModel):
-    """Body of POST /v1/tenants/{t}/keys."""
+class AdminKeyCreate(BaseModel):
+    """Body of POST /v1/keys: an admin key, bound to no tenant."""
 
     model_config = ConfigDict(extra="forbid")
 
+    description: str | None = Field(None, max_length=200, description="Who or what holds the key.")
+    expires_at: UtcDateTime | None = Field(
+        None,
+        description="When the key stops working (ISO 8601, in the future). Left out: never, or at the "
+        "longest CP_KEY_MAX_TTL_S allows when that is set.",
+    )
+
+
+class KeyCreate(AdminKeyCreate):
+    """Body of POST /v1/tenants/{t}/keys."""
+
     role: Literal["publisher", "consumer"]
-    description: str | None = Field(None, max_length=200)
 
 
 class KeyOut(BaseModel):
@@ -30,6 +40,7 @@ class KeyOut(BaseModel):
     created_at: UtcDateTime
     revoked_at: UtcDateTime | None
     last_used_at: UtcDateTime | None
+    expires_at: UtcDateTime | None = None
 
 
 class KeyCreated(KeyOut):

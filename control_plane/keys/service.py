@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
@@ -10,16 +10,29 @@ from sqlalchemy.orm import Session
 from control_plane.audit import service as audit
 from control_plane.auth.principal import Principal, Role
 from control_plane.db.models import ApiKey, Tenant
-from control_plane.errors import NotFound
+from control_plane.errors import InvalidRequest, NotFound, Unauthorized
 from control_plane.keys import repository, secrets
 from control_plane.paging import Listing, Page, cut
+from control_plane.timestamps import as_utc, format_utc
 
 if TYPE_CHECKING:  # auth.context imports this module
     from control_plane.auth.context import RequestContext
 
 
+class KeyExpired(Unauthorized):
+    """The key is right, and expired: its holder is told so (they hold the secret)."""
+
+    def __init__(self, expires_at: datetime):
+        super().__init__(expired_message(expires_at))
+
+
+def expired_message(expires_at: datetime) -> str:
+    """What the holder of an expired key is told (management API, console and data plane alike)."""
+    return f"API key expired at {format_utc(expires_at)}; ask an admin for a new one"
+
+
 def verify(session: Session, token: str) -> Principal | None:
-    """The principal of a valid, unrevoked key; None for anything else."""
+    """The principal of a valid, unrevoked key; None for anything else; KeyExpired for an expired one."""
     prefix = secrets.prefix_of(token)
     if prefix is None:
         return None
@@ -28,20 +41,48 @@ def verify(session: Session, token: str) -> Principal | None:
         return None
     if key.revoked_at is not None or not secrets.matches(token, key.key_hash):
         return None
+    if key.expires_at is not None and as_utc(key.expires_at) <= datetime.now(UTC):
+        raise KeyExpired(key.expires_at)
     return Principal(role=Role(key.role), tenant_id=key.tenant_id, key_id=key.id, label=f"key:{key.prefix}")
 
 
+def expiry(expires_at: datetime | None, *, max_ttl_s: float, now: datetime) -> datetime | None:
+    """When a new key expires: as asked (in the future, and within `max_ttl_s` when that is set), or at
+    the longest allowed when not asked (never, without a `max_ttl_s`)."""
+    latest = now + timedelta(seconds=max_ttl_s) if max_ttl_s > 0 else None
+    if expires_at is None:
+        return latest
+    if expires_at <= now:
+        raise InvalidRequest(f"expires_at {expires_at.isoformat()} is not in the future")
+    if latest is not None and expires_at > latest:
+        raise InvalidRequest(
+            f"expires_at {expires_at.isoformat()} is past the longest a key may live here "
+            f"(CP_KEY_MAX_TTL_S = {max_ttl_s:g} s, so {latest.isoformat()} at the latest)"
+        )
+    return expires_at
+
+
 def create(
-    session: Session, *, ctx: RequestContext, tenant: Tenant, role: Role, description: str | None
+    session: Session,
+    *,
+    ctx: RequestContext,
+    tenant: Tenant | None,
+    role: Role,
+    description: str | None,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key bound to `tenant`; the plaintext is returned once and never stored."""
+    """A new key bound to `tenant` (None: an admin key, bound to none); the plaintext is returned once and
+    never stored."""
+    if (tenant is None) != (role is Role.ADMIN):
+        raise ValueError("admin keys, and only they, are bound to no tenant")
     new = secrets.generate()
     key = ApiKey(
-        tenant_id=tenant.id,
+        tenant_id=tenant.id if tenant is not None else None,
         role=role.value,
         prefix=new.prefix,
         key_hash=new.key_hash,
         description=description,
+        expires_at=expires_at,
     )
     session.add(key)
     session.flush()
@@ -50,21 +91,29 @@ def create(
         actor=ctx.principal,
         action="key.create",
         target=f"key/{key.prefix}",
-        tenant=tenant.name,
-        after={"id": key.id, "role": key.role, "prefix": key.prefix},
+        tenant=tenant.name if tenant is not None else None,
+        after={
+            "id": key.id,
+            "role": key.role,
+            "prefix": key.prefix,
+            "expires_at": expires_at.isoformat() if expires_at is not None else None,
+        },
         request_id=ctx.request_id,
     )
     return key, new.plaintext
 
 
-def page_for(session: Session, *, tenant: Tenant, page: Page[int]) -> Listing[ApiKey]:
-    """A page of the tenant's keys, oldest first (never their secrets)."""
-    return cut(repository.for_tenant(session, tenant.id, page=page), page, key=lambda k: k.id)
+def page_for(session: Session, *, tenant: Tenant | None, page: Page[int]) -> Listing[ApiKey]:
+    """A page of the tenant's keys (None: the admin keys), oldest first (never their secrets)."""
+    owner = tenant.id if tenant is not None else None
+    return cut(repository.for_tenant(session, owner, page=page), page, key=lambda k: k.id)
 
 
-def revoke(session: Session, *, ctx: RequestContext, tenant: Tenant, key_id: int) -> ApiKey:
-    """Revoke a key; revoking twice is harmless (and audited once, however close the two are)."""
-    key = repository.get(session, tenant_id=tenant.id, key_id=key_id, lock=True)
+def revoke(session: Session, *, ctx: RequestContext, tenant: Tenant | None, key_id: int) -> ApiKey:
+    """Revoke a key of the tenant (None: an admin key); revoking twice is harmless (and audited once,
+    however close the two are)."""
+    owner = tenant.id if tenant is not None else None
+    key = repository.get(session, tenant_id=owner, key_id=key_id, lock=True)
     if key is None:
         raise NotFound(f"key {key_id} not found")
     if key.revoked_at is None:
@@ -75,7 +124,7 @@ def revoke(session: Session, *, ctx: RequestContext, tenant: Tenant, key_id: int
             actor=ctx.principal,
             action="key.revoke",
             target=f"key/{key.prefix}",
-            tenant=tenant.name,
+            tenant=tenant.name if tenant is not None else None,
             before={"revoked": False},
             after={"revoked": True},
             request_id=ctx.request_id,

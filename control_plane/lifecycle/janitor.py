@@ -18,14 +18,10 @@ from control_plane.db.session import transaction
 from control_plane.fleet.leader import LeaderLease
 from control_plane.fleet.loader import VersionLoader
 from control_plane.registry import repository
+from control_plane.timestamps import as_utc
 
 log = logging.getLogger(__name__)
 LEADER_LOCK = 0x63705F6A616E  # "cp_jan"
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite gives naive datetimes back; they are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class KeepWarmJanitor:
@@ -81,7 +77,7 @@ class KeepWarmJanitor:
                 or version.released_at is None
                 or version.released_at >= cutoff
                 # Loaded again since (a rollback or promote on its way to referencing it): warm anew.
-                or _aware(version.updated_at) >= cutoff
+                or as_utc(version.updated_at) >= cutoff
                 or self.inflight.get(version.triton_name, 0) > 0
                 or repository.aliases_referencing(session, version_id=version_id)
             ):

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache, partial
 
 from sqlalchemy.orm import Session
@@ -28,6 +28,7 @@ from control_plane.fleet.observed import InstanceObservation
 from control_plane.residency import repository, sizes
 from control_plane.residency.metrics import ResidencyStats
 from control_plane.residency.policy import Entry, decide
+from control_plane.timestamps import as_utc
 
 log = logging.getLogger(__name__)
 PRESENT = ("READY", "LOADING")
@@ -511,4 +512,4 @@ def _replace_used(entry: Entry, last_used: float) -> Entry:
 def _ts(moment: datetime | None) -> float:
     if moment is None:
         return 0.0
-    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+    return as_utc(moment).timestamp()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 
 from sqlalchemy import select
@@ -22,6 +23,7 @@ from control_plane.db.models import (
     TritonInstance,
 )
 from control_plane.routing.contracts import UNCHECKABLE, contract_from_config
+from control_plane.timestamps import as_utc
 
 # What the loader and Triton put before the reason itself, naming the model twice and Triton's own
 # version folder (always 1 here, whatever version the caller asked for).
@@ -92,6 +94,7 @@ class KeyEntry:
     role: str
     tenant_id: int | None
     prefix: str
+    expires_at: float | None = None  # epoch seconds; None: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,12 @@ def build_table(session: Session) -> RoutingTable:
     }
     keys = {
         k.prefix: KeyEntry(
-            key_id=k.id, key_hash=k.key_hash, role=k.role, tenant_id=k.tenant_id, prefix=k.prefix
+            key_id=k.id,
+            key_hash=k.key_hash,
+            role=k.role,
+            tenant_id=k.tenant_id,
+            prefix=k.prefix,
+            expires_at=_epoch(k.expires_at),
         )
         for k in session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))
         if k.tenant_id is None or k.tenant_id in tenants
@@ -180,6 +188,13 @@ def build_table(session: Session) -> RoutingTable:
         placements=ready_placements(session),
         resident=resident_names(session),
     )
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    """Epoch seconds of a stored time (SQLite's come back naive, in UTC)."""
+    if moment is None:
+        return None
+    return as_utc(moment).timestamp()
 
 
 def resident_names(session: Session) -> frozenset[str]:

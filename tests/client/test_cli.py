@@ -7,6 +7,7 @@ import json
 import stat
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,21 @@ def test_an_admin_sweeps_the_artifact_store_and_missing_artifacts_exit_non_zero(
     created = run("keys", "create", "--role", "publisher", "-o", "json", "-t", tenant, key=admin)
     refused = run("artifacts", "sweep", "--dry-run", key=as_json(created)["key"])
     assert refused.exit_code != 0 and "admin" in refused.stderr, refused.output
+
+
+def test_a_key_created_with_an_expiry_lists_it_and_a_bad_duration_is_refused(stack: Api, run: Run) -> None:
+    admin = stack.admin_token
+    tenant = unique_name("cli")
+    ok(run("tenants", "create", tenant, key=admin))
+    before = datetime.now(UTC)
+
+    created = as_json(
+        run("keys", "create", "-r", "consumer", "--expires-in", "30d", "-o", "json", "-t", tenant, key=admin)
+    )
+    bad = run("keys", "create", "-r", "consumer", "--expires-in", "soon", "-t", tenant, key=admin)
+
+    expires = datetime.fromisoformat(created["expires_at"])
+    assert before + timedelta(days=30) <= expires <= datetime.now(UTC) + timedelta(days=30)
+    assert bad.exit_code == 2 and "not a duration" in bad.output, bad.output
+    listed = ok(run("keys", "list", "-t", tenant, key=admin))
+    assert "EXPIRES" in listed and expires.strftime("%Y-%m-%d") in listed

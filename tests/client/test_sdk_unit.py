@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -264,3 +265,23 @@ def audit_event(number: int) -> dict[str, object]:
         "target": "t",
         "outcome": "success",
     }
+
+
+def test_a_key_with_an_expiry_sends_it_as_iso_8601_and_a_naive_time_is_refused() -> None:
+    sent: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        now = "2026-01-01T00:00:00+00:00"
+        body = {"id": 1, "prefix": "abc", "role": "consumer", "created_at": now, "key": "cp_abc_x"}
+        return httpx.Response(201, json={**body, "expires_at": sent[-1].get("expires_at")})
+
+    cp = client(handler)
+    when = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
+    created = cp.keys.create("acme", role="consumer", expires_at=when)
+    assert sent[-1]["expires_at"] == "2027-01-01T12:00:00+00:00" and created.expires_at == when
+    cp.keys.create("acme", role="consumer")
+    assert "expires_at" not in sent[-1]  # the server's default (its longest key life, if any)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        cp.keys.create("acme", role="consumer", expires_at=datetime(2027, 1, 1))
+    assert len(sent) == 2

@@ -76,6 +76,7 @@ BODIES: dict[str, Any] = {
     "create_tenant": {"json": {"name": f"iso-new-{RUN}"}},
     "update_tenant": {"json": {"quota": {"max_models": 1}}},
     "create_key": {"json": {"role": "publisher"}},
+    "create_admin_key": {"json": {"description": "isolation"}},
     "create_model": {"json": {"name": f"new-{RUN}", "format": "onnx"}},
     "promote": {"json": {"version": 2}},
     "update_model": {"json": {"instance_group": {"count": 1}}},
