@@ -133,8 +133,8 @@ class Settings(BaseSettings):
     janitor_interval_s: float = 10.0
     # The artifact store's garbage sweep, on one replica every this many seconds (0: only when an admin
     # asks, POST /v1/artifacts/sweep): objects no live version uses, older than the grace period, go.
-    artifact_sweep_interval_s: float = Field(3600.0, ge=0)
-    artifact_sweep_grace_s: float = Field(3600.0, ge=0)
+    artifact_sweep_interval_s: float = Field(3600.0, ge=0, le=30 * 86400, allow_inf_nan=False)
+    artifact_sweep_grace_s: float = Field(3600.0, ge=0, le=365 * 86400, allow_inf_nan=False)
 
     protected_aliases: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["production"])
 

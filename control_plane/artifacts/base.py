@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 CHUNK_SIZE = 1024 * 1024
+OWNER_KEY = "control-plane/registry-id"  # the marker naming the registry a store belongs to
+MAX_OWNER_BYTES = 64
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -166,6 +168,14 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete(self, sha256: str) -> None:
         """Remove the artifact; no error if it is already gone."""
+
+    @abstractmethod
+    def read_owner(self) -> str | None:
+        """The id of the registry the store belongs to (its marker, `OWNER_KEY`); None: not marked yet."""
+
+    @abstractmethod
+    def write_owner(self, registry_id: str) -> None:
+        """Mark the store as the registry's."""
 
     @abstractmethod
     def listing(self) -> Iterator[ListedArtifact]:

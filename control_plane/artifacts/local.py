@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import BinaryIO
 
 from control_plane.artifacts.base import (
     CHUNK_SIZE,
+    MAX_OWNER_BYTES,
+    OWNER_KEY,
     ArtifactReader,
     ArtifactStore,
     HashingReader,
@@ -31,6 +34,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_PREFIX = re.compile(r"[0-9a-f]{2}")
+
+
 def _entries(path: Path) -> list[os.DirEntry[str]]:
     """The directory's entries in name order (none if it is gone)."""
     try:
@@ -38,6 +44,20 @@ def _entries(path: Path) -> list[os.DirEntry[str]]:
             return sorted(it, key=lambda entry: entry.name)
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise _unavailable(path, exc) from exc
+
+
+def _is(test: Callable[[], bool]) -> bool:
+    """`DirEntry.is_dir`/`is_file` (following links): False for a dangling link or a vanished entry."""
+    try:
+        return test()
+    except OSError:
+        return False
+
+
+def _unavailable(path: Path, exc: OSError) -> ArtifactStoreUnavailable:
+    return ArtifactStoreUnavailable(f"artifact directory: cannot read {path}: {exc.strerror}")
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -104,32 +124,60 @@ class LocalArtifactStore(ArtifactStore):
         """Remove the file if present."""
         self._path(sha256).unlink(missing_ok=True)
 
+    def read_owner(self) -> str | None:
+        """The marker file's text; None when there is none."""
+        try:
+            with (self.root / OWNER_KEY).open("rb") as marker:
+                return marker.read(MAX_OWNER_BYTES + 1).decode("utf-8", "replace").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ArtifactStoreUnavailable(f"artifact directory {self.root}: {exc.strerror}") from exc
+
+    def write_owner(self, registry_id: str) -> None:
+        """Write the marker file (through a temp file and a rename)."""
+        path = self.root / OWNER_KEY
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(registry_id)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ArtifactStoreUnavailable(f"artifact directory {self.root}: {exc.strerror}") from exc
+
     def listing(self) -> Iterator[ListedArtifact]:
-        """The files `sha256/ab/<hex>`, directory by directory in name order (which is the hex's)."""
+        """The files `sha256/ab/<hex>`, directory by directory in name order (which is the hex's); links are
+        followed, as `open` and `exists` follow them."""
         for prefix in _entries(self.root / "sha256"):
-            if not prefix.is_dir(follow_symlinks=False):
+            if not (_PREFIX.fullmatch(prefix.name) and _is(prefix.is_dir)):
                 continue
             for entry in _entries(Path(prefix.path)):
                 sha256 = sha256_of_key(f"sha256/{prefix.name}/{entry.name}")
-                if sha256 is None or not entry.is_file(follow_symlinks=False):
+                if sha256 is None or not _is(entry.is_file):
                     continue
                 try:
-                    stat = entry.stat(follow_symlinks=False)
+                    stat = entry.stat()
                 except FileNotFoundError:  # deleted since the directory was read
                     continue
+                except OSError as exc:
+                    raise _unavailable(Path(entry.path), exc) from exc
                 modified = datetime.fromtimestamp(stat.st_mtime, UTC)
                 yield ListedArtifact(sha256=sha256, size_bytes=stat.st_size, modified=modified)
 
     def remove_leftovers(self, older_than: datetime) -> int:
-        """Temp files in `tmp/` that no upload renamed or removed (its process ended meanwhile)."""
+        """`put`'s temp files (`tmp/upload-*`) that no upload renamed or removed (its process ended)."""
         removed = 0
         for entry in _entries(self.tmp_dir):
+            if not entry.name.startswith("upload-"):
+                continue
             try:
                 if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < older_than.timestamp():
                     Path(entry.path).unlink()
                     removed += 1
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                raise _unavailable(Path(entry.path), exc) from exc
         return removed
 
     def check(self) -> None:

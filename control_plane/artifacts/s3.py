@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from minio.error import MinioException, S3Error
 from minio.helpers import MAX_PART_SIZE, DictType
 
 from control_plane.artifacts.base import (
+    MAX_OWNER_BYTES,
+    OWNER_KEY,
     ArtifactReader,
     ArtifactStore,
     HashingReader,
@@ -35,6 +39,7 @@ MiB = 1024 * 1024
 # one-byte-shorter slice), so 8 MiB parts keep an upload near 35 MB of RSS; 16 MiB parts reach ~65 MB.
 DEFAULT_PART_SIZE = 8 * MiB
 UPLOAD_PREFIX = "uploads/"
+_UPLOAD_NAME = re.compile(r"uploads/[0-9a-f]{32}")  # `put`'s temp objects; others under uploads/ are not ours
 CONTENT_PREFIX = "sha256/"
 SHA256_META = "x-amz-meta-sha256"
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
@@ -207,6 +212,26 @@ class S3ArtifactStore(ArtifactStore):
         with _translated(f"artifact {sha256}"):
             self._client.remove_object(self._bucket, content_key(sha256))
 
+    def read_owner(self) -> str | None:
+        """The marker object's text; None when there is none."""
+        try:
+            with _translated(f"marker {OWNER_KEY}"):
+                response = self._client.get_object(self._bucket, OWNER_KEY)
+                try:
+                    data = response.read(MAX_OWNER_BYTES + 1)
+                finally:
+                    response.close()
+                    response.release_conn()
+        except ArtifactNotFound:
+            return None
+        return data.decode("utf-8", "replace").strip()
+
+    def write_owner(self, registry_id: str) -> None:
+        """Write the marker object."""
+        data = registry_id.encode()
+        with _translated(f"marker {OWNER_KEY}"):
+            self._client.put_object(self._bucket, OWNER_KEY, io.BytesIO(data), len(data))
+
     def listing(self) -> Iterator[ListedArtifact]:
         """The objects under `sha256/` (S3 lists keys in ascending order, and a key's order is its hex's)."""
         with _translated(f"listing of bucket {self._bucket}"):
@@ -217,14 +242,17 @@ class S3ArtifactStore(ArtifactStore):
                     yield ListedArtifact(sha256=sha256, size_bytes=int(obj.size or 0), modified=modified)
 
     def remove_leftovers(self, older_than: datetime) -> int:
-        """Objects under `uploads/` that no upload promoted or removed, and multipart uploads there neither
-        completed nor aborted (their process ended meanwhile; the store bills their parts)."""
+        """`put`'s temp objects (`uploads/<32 hex>`) that no upload promoted or removed, and multipart
+        uploads of such names neither completed nor aborted (their process ended meanwhile; the store bills
+        their parts). Other objects under `uploads/` are not ours, and are left alone."""
         removed = 0
         with _translated(f"listing of bucket {self._bucket}"):
             stale = [
                 obj.object_name
                 for obj in self._client.list_objects(self._bucket, prefix=UPLOAD_PREFIX, recursive=True)
-                if obj.object_name and obj.last_modified is not None and obj.last_modified < older_than
+                if _UPLOAD_NAME.fullmatch(obj.object_name or "")
+                and obj.last_modified is not None
+                and obj.last_modified < older_than
             ]
         for key in stale:
             with _translated(f"leftover {key}"):
@@ -251,7 +279,10 @@ class S3ArtifactStore(ArtifactStore):
                 stale += [
                     (upload.object_name, upload.upload_id)
                     for upload in result.uploads
-                    if upload.upload_id and upload.initiated_time and upload.initiated_time < older_than
+                    if _UPLOAD_NAME.fullmatch(upload.object_name)
+                    and upload.upload_id
+                    and upload.initiated_time
+                    and upload.initiated_time < older_than
                 ]
                 if not result.is_truncated or not result.next_key_marker:
                     return stale

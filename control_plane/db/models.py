@@ -280,3 +280,13 @@ class ModelReplicas(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
     replicas: Mapped[int] = mapped_column()
     updated_at: Mapped[datetime] = utcnow_column()
+
+
+class RegistryIdentity(Base):
+    """The registry's random id (one row, written by its migration): the artifact store's marker names
+    the registry it belongs to, so no other registry's sweep or clean-up deletes from it."""
+
+    __tablename__ = "registry_identity"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = utcnow_column()

@@ -68,6 +68,26 @@ class LeaderLease:
         ):
             conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(value)))
 
+    def held(self) -> bool:
+        """Whether this process holds the lock now: its connection alive and the lock granted to it (a
+        connection cut off, or ended by the server, has lost it, and another may hold it)."""
+        if not self._postgres:
+            return True
+        if self._conn is None or self._conn.closed:
+            return False
+        high, low = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF  # pg_locks splits a bigint key
+        try:
+            row = self._conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = pg_backend_pid() AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)",
+                (high, low),
+            ).fetchone()
+        except psycopg.Error as exc:
+            log.warning("leader lock %#x lost: %s", self.key, exc)
+            self.release()
+            return False
+        return bool(row and row[0])
+
     def release(self) -> None:
         """Give up leadership (closing the connection releases the lock)."""
         conn, self._conn = self._conn, None

@@ -12,6 +12,7 @@ tenant's artifact-bytes quota no longer counts it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -19,12 +20,16 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from control_plane.artifacts.base import OWNER_KEY
+from control_plane.artifacts.exceptions import ArtifactError
 from control_plane.db import hooks
+from control_plane.errors import Conflict
 from control_plane.registry import repository
 
 if TYPE_CHECKING:
     from control_plane.state import AppState
 
+log = logging.getLogger(__name__)
 _under_way: Counter[str] = Counter()  # uploads holding each artifact in this process
 _dropping: set[str] = set()  # artifacts this process is deciding about deleting (or deleting)
 _guard = threading.Condition()
@@ -56,7 +61,45 @@ def hold(session: Session, sha256: str) -> None:
     hooks.on_rollback(session, release)
 
 
-def drop_if_unused(state: AppState, sha256: str) -> bool:
+class StoreOwned(Conflict):
+    """The artifact store's marker names another registry: deleting from it could lose that one's data."""
+
+
+def claim_store(state: AppState, *, mark: bool = True) -> None:
+    """Make sure the artifact store is this registry's: mark it when it has no marker yet (unless not
+    `mark`: a dry run writes nothing); StoreOwned when its marker names another registry (a bucket shared
+    by two registries, or a process pointed at the wrong database); ArtifactStoreUnavailable when the
+    store does not answer."""
+    with state.internal_session_factory() as session:
+        ours = repository.registry_id(session)
+    if ours is None:
+        raise StoreOwned("the registry has no identity (its database is not migrated): nothing is deleted")
+    owner = state.artifacts.read_owner()
+    if owner is None:
+        if not mark:
+            return
+        state.artifacts.write_owner(ours)
+        owner = state.artifacts.read_owner()
+    if owner != ours:
+        raise StoreOwned(
+            f"the artifact store belongs to another registry: its marker {OWNER_KEY} names {owner!r}, this "
+            f"registry is {ours!r}. A store serves one registry, or deleting what this one does not use "
+            "would lose the other's artifacts, so nothing was deleted. Give this registry a bucket (or "
+            "folder) of its own; if the other registry is gone for good, delete the marker."
+        )
+
+
+def owns_store(state: AppState) -> bool:
+    """`claim_store` as a yes or no (a no is logged): deletes happen only on a yes."""
+    try:
+        claim_store(state)
+    except (StoreOwned, ArtifactError) as exc:
+        log.warning("artifacts are not deleted: %s", exc.message)
+        return False
+    return True
+
+
+def drop_if_unused(state: AppState, sha256: str, *, claimed: bool = False) -> bool:
     """Delete the artifact `sha256` unless a live version uses it or an upload of it is under way (stored
     for a transaction that rolled back, of versions deleted, or found by the garbage sweep); through the
     process's own pool. Whether it was deleted.
@@ -64,7 +107,10 @@ def drop_if_unused(state: AppState, sha256: str) -> bool:
     Across processes the transaction-scoped lock keeps uploads of the same bytes out until the decision
     and the delete are done; in this process (SQLite's only one) `_dropping` does, and an upload holding
     the artifact already keeps it. The query that decides runs after both, so it sees every version an
-    upload committed before."""
+    upload committed before. Nothing is deleted from a store this registry does not own (`claimed`: the
+    caller just made sure it does)."""
+    if not claimed and not owns_store(state):
+        return False
     with state.internal_session_factory() as session:
         _lock(session, sha256)
         with _guard:

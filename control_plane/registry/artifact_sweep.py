@@ -11,8 +11,16 @@ of the same bytes under way (on any replica) keeps it. A digest the listing lack
 (an upload may have stored it after the listing passed) and reported with its versions: those versions
 cannot be loaded on a Triton that does not already hold them.
 
-One sweep runs at a time across replicas (a Postgres advisory lock; a lock in the process on SQLite):
-periodically on the replica that holds the lease, or when an admin asks (`POST /v1/artifacts/sweep`).
+A store belongs to one registry: its marker (`control-plane/registry-id`) names the registry's id, written
+by the first sweep or clean-up that finds none; a registry whose id it does not name deletes nothing there
+(two registries on one bucket would otherwise delete each other's artifacts, and a process pointed at the
+wrong database the whole bucket). Uploads' leftover temp objects go only once a day old, whatever the
+grace: an upload under way keeps its own.
+
+One sweep runs at a time across replicas (a Postgres advisory lock on a connection of its own, checked
+before each delete; a lock in the process on SQLite): periodically on the replica that holds the lease,
+or when an admin asks (`POST /v1/artifacts/sweep`). Each sweep is audited (`artifacts.sweep`, by the admin
+who asked or by `system:artifact-sweep`), the deletes of one that failed midway too.
 """
 
 from __future__ import annotations
@@ -22,16 +30,18 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import text
 
 from control_plane.artifacts.base import ListedArtifact
-from control_plane.errors import AppError, Conflict
-from control_plane.fleet.leader import LeaderLease, is_postgres
+from control_plane.audit import service as audit
+from control_plane.auth.principal import Principal, Role
+from control_plane.db.session import transaction
+from control_plane.errors import AppError, Conflict, ServiceUnavailable
+from control_plane.fleet.leader import LeaderLease
 from control_plane.registry import artifact_guard, repository
 
 if TYPE_CHECKING:
@@ -42,8 +52,9 @@ SWEEP_LOCK = 0x63705F737765  # "cp_swe": one sweep at a time, whoever runs it
 LEADER_LOCK = 0x63705F737770  # "cp_swp": the replica that sweeps periodically
 PAGE = 1000  # live digests read from the registry at a time
 MAX_VERIFIED = 1000  # digests the listing lacked that are checked again (the rest are counted as they are)
-CLOCK_SKEW_S = 60.0
-MAX_REPORTED = 100  # versions named in a report
+MAX_REPORTED = 100  # versions named in a report, digests named in its audit event
+LEFTOVER_MIN_AGE = timedelta(hours=24)  # an upload's temp object is never younger than this when removed
+SYSTEM = Principal(role=Role.ADMIN, tenant_id=None, key_id=None, label="system:artifact-sweep")
 
 
 class SweepBusy(Conflict):
@@ -55,6 +66,10 @@ class SweepFailed(AppError):
 
     status_code = 500
     kind = "SweepFailed"
+
+
+class SweepInterrupted(ServiceUnavailable):
+    """The sweep stopped before its end: the process is stopping, or it lost its lock."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,7 @@ class SweepReport:
     leftovers_removed: int = 0  # temp objects of uploads whose process ended
     missing: int = 0  # live digests the store lacks
     missing_versions: list[MissingArtifact] = field(default_factory=list)
+    deleted_digests: list[str] = field(default_factory=list)  # the first MAX_REPORTED (audited, not answered)
 
 
 class SweepMetrics:
@@ -104,7 +120,7 @@ class SweepMetrics:
         )
         self.missing = Gauge(
             "cp_artifacts_missing",
-            "Artifacts live versions use that the store lacked at this process's last sweep",
+            "Artifacts live versions use that the store lacked at this process's last complete sweep",
             registry=registry,
         )
         self.last_success = Gauge(
@@ -112,15 +128,6 @@ class SweepMetrics:
             "When this process's last sweep ended well (0: none yet)",
             registry=registry,
         )
-
-    def record(self, report: SweepReport) -> None:
-        """Count a finished sweep."""
-        self.sweeps.labels(result="ok").inc()
-        if not report.dry_run:
-            self.deleted.inc(report.deleted)
-            self.deleted_bytes.inc(report.deleted_bytes)
-        self.missing.set(report.missing)
-        self.last_success.set_to_current_time()
 
 
 class ArtifactSweeper:
@@ -132,6 +139,7 @@ class ArtifactSweeper:
         self.state = state
         self.interval_s = interval_s
         self.grace_s = grace_s
+        self.lock_timeout_s = lock_timeout_s
         self.metrics = SweepMetrics(state.metrics.registry)
         self._local = threading.Lock()
         self._lease = LeaderLease(state.settings.database_url, LEADER_LOCK, timeout_s=lock_timeout_s)
@@ -150,16 +158,32 @@ class ArtifactSweeper:
             self._thread.join(timeout=30)
         self._lease.release()
 
-    def sweep(self, *, grace_s: float | None = None, dry_run: bool = False) -> SweepReport:
-        """Sweep now (SweepBusy if one is under way anywhere)."""
+    def sweep(
+        self,
+        *,
+        grace_s: float | None = None,
+        dry_run: bool = False,
+        actor: Principal = SYSTEM,
+        request_id: str | None = None,
+    ) -> SweepReport:
+        """Sweep now (SweepBusy if one is under way anywhere), audited as `actor`'s, failed or not."""
         grace = self.grace_s if grace_s is None else grace_s
-        with self._exclusive():
+        report = SweepReport(dry_run=dry_run, grace_s=grace, started_at=datetime.now(UTC))
+        started = time.monotonic()
+        with self._exclusive() as still_held:
             try:
-                report = _sweep(self.state, grace_s=grace, dry_run=dry_run, stop=self._stop)
-            except Exception:
+                artifact_guard.claim_store(self.state, mark=not dry_run)
+                _sweep(self.state, report, stop=self._stop, held=still_held, metrics=self.metrics)
+            except Exception as exc:
+                report.seconds = time.monotonic() - started
                 self.metrics.sweeps.labels(result="failed").inc()
+                self._audit(report, actor, request_id, error=exc)
                 raise
-        self.metrics.record(report)
+        report.seconds = time.monotonic() - started
+        self.metrics.sweeps.labels(result="ok").inc()
+        self.metrics.missing.set(report.missing)
+        self.metrics.last_success.set_to_current_time()
+        self._audit(report, actor, request_id, error=None)
         log.info(
             "artifact sweep%s: %d listed, %d in use, %d deleted (%d bytes), %d recent, %d missing, %.1f s",
             " (dry run)" if dry_run else "",
@@ -175,31 +199,40 @@ class ArtifactSweeper:
             log.warning("%d live artifacts not in the store: %s", report.missing, report.missing_versions)
         return report
 
+    def _audit(
+        self, report: SweepReport, actor: Principal, request_id: str | None, *, error: Exception | None
+    ) -> None:
+        figures: dict[str, Any] = asdict(report)
+        figures.pop("missing_versions")
+        figures["started_at"] = report.started_at.isoformat()
+        if error is not None:
+            figures["error"] = error.message if isinstance(error, AppError) else type(error).__name__
+        try:
+            with transaction(self.state.internal_session_factory) as session:
+                audit.record(
+                    session,
+                    actor=actor,
+                    action="artifacts.sweep",
+                    target="artifacts",
+                    after=figures,
+                    outcome="success" if error is None else "failure",
+                    request_id=request_id,
+                )
+        except Exception:
+            log.exception("the artifact sweep's audit event could not be written: %s", figures)
+
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> Iterator[LeaderLease]:
+        """This process's lock, then the replicas' (on a connection of its own, with keepalives)."""
         if not self._local.acquire(blocking=False):
             raise SweepBusy("an artifact sweep is under way in this process; try again when it is done")
+        lock = LeaderLease(self.state.settings.database_url, SWEEP_LOCK, timeout_s=self.lock_timeout_s)
         try:
-            if not is_postgres(self.state.settings.database_url):
-                yield
-                return
-            # A session-level lock (it outlives the transaction, so the connection is not left idle in one);
-            # a connection whose unlock failed is thrown away, not pooled with the lock still held.
-            with self.state.internal_engine.connect() as conn:
-                got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": SWEEP_LOCK}).scalar()
-                conn.commit()
-                if not got:
-                    raise SweepBusy("an artifact sweep is under way on another replica; try again later")
-                try:
-                    yield
-                finally:
-                    try:
-                        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SWEEP_LOCK})
-                        conn.commit()
-                    except Exception:
-                        conn.invalidate()
-                        raise
+            if not lock.acquire():
+                raise SweepBusy("an artifact sweep is under way on another replica; try again later")
+            yield lock
         finally:
+            lock.release()  # closing its connection lets the lock go, whatever became of it
             self._local.release()
 
     def _run(self) -> None:
@@ -213,15 +246,16 @@ class ArtifactSweeper:
                 log.exception("artifact sweep failed; next one in %.0f s", self.interval_s)
 
 
-def _sweep(state: AppState, *, grace_s: float, dry_run: bool, stop: threading.Event) -> SweepReport:
-    started = time.monotonic()
-    now = datetime.now(UTC)
-    cutoff = now - timedelta(seconds=grace_s)
-    report = SweepReport(dry_run=dry_run, grace_s=grace_s, started_at=now)
+def _sweep(
+    state: AppState, report: SweepReport, *, stop: threading.Event, held: LeaderLease, metrics: SweepMetrics
+) -> None:
+    cutoff = report.started_at - timedelta(seconds=report.grace_s)
+    with state.internal_session_factory() as session:
+        horizon = repository.last_version_id(session)  # versions above it may have stored after the listing
     absent: list[str] = []  # live digests the listing lacked (the first MAX_VERIFIED of them)
     for stored, live in _merged(state.artifacts.listing(), _live_digests(state)):
         if stop.is_set():
-            break
+            raise SweepInterrupted("the process is stopping: the sweep ended early", retry_after=5)
         if stored is None:
             report.missing += 1
             if len(absent) < MAX_VERIFIED:
@@ -236,18 +270,24 @@ def _sweep(state: AppState, *, grace_s: float, dry_run: bool, stop: threading.Ev
         report.unused_bytes += stored.size_bytes
         if stored.modified > cutoff:
             report.recent += 1
-        elif dry_run:
+        elif report.dry_run:
             continue
-        elif artifact_guard.drop_if_unused(state, stored.sha256):
+        elif not held.held():
+            raise SweepInterrupted("the sweep lost its lock (its connection); it stopped", retry_after=5)
+        elif artifact_guard.drop_if_unused(state, stored.sha256, claimed=True):
             report.deleted += 1
             report.deleted_bytes += stored.size_bytes
+            metrics.deleted.inc()
+            metrics.deleted_bytes.inc(stored.size_bytes)
+            if len(report.deleted_digests) < MAX_REPORTED:
+                report.deleted_digests.append(stored.sha256)
         else:
             report.taken += 1
-    if not dry_run and not stop.is_set():
-        report.leftovers_removed = state.artifacts.remove_leftovers(cutoff)
-    _report_missing(state, report, absent)
-    report.seconds = time.monotonic() - started
-    return report
+    if not report.dry_run:
+        report.leftovers_removed = state.artifacts.remove_leftovers(
+            min(cutoff, report.started_at - LEFTOVER_MIN_AGE)
+        )
+    _report_missing(state, report, absent, horizon)
 
 
 def _live_digests(state: AppState) -> Iterator[str]:
@@ -295,15 +335,15 @@ def _merged(
             s, d = next(stored, None), next(digests, None)
 
 
-def _report_missing(state: AppState, report: SweepReport, absent: list[str]) -> None:
-    """Of the digests the listing lacked, a version registered since the sweep began (a clock's skew
-    allowed for) may have stored its object after the listing passed: those are looked up again. Others
-    were stored before their version, so before the listing began. Some missing ones' versions are named."""
+def _report_missing(state: AppState, report: SweepReport, absent: list[str], horizon: int) -> None:
+    """Of the digests the listing lacked, those of versions registered since the sweep began (ids above
+    `horizon`) may have been stored after the listing passed them: those are looked up again. A version
+    registered before stored its artifact before, so before the listing began. Some missing ones'
+    versions are named."""
     if not absent:
         return
-    since = report.started_at - timedelta(seconds=CLOCK_SKEW_S)
     with state.internal_session_factory() as session:
-        recent = repository.digests_registered_since(session, digests=absent, since=since)
+        recent = repository.digests_registered_after(session, digests=absent, version_id=horizon)
     stored_since = [sha256 for sha256 in recent if state.artifacts.exists(sha256)]
     report.missing -= len(stored_since)
     missing = sorted(set(absent) - set(stored_since))[:MAX_REPORTED]

@@ -14,6 +14,7 @@ from control_plane.db.models import (
     Model,
     ModelVersion,
     Placement,
+    RegistryIdentity,
     Tenant,
     TritonInstance,
 )
@@ -183,6 +184,16 @@ def sha_in_use(session: Session, sha256: str) -> bool:
     return session.scalar(stmt.limit(1)) is not None
 
 
+def registry_id(session: Session) -> str | None:
+    """The registry's random id (written by its migration)."""
+    return session.scalar(select(RegistryIdentity.id).limit(1))
+
+
+def last_version_id(session: Session) -> int:
+    """The highest version id committed so far (0: none)."""
+    return session.scalar(select(func.max(ModelVersion.id))) or 0
+
+
 def live_digests(session: Session, *, after: str, limit: int) -> list[str]:
     """The distinct artifacts versions that are not retired use, ascending from after `after`."""
     stmt = (
@@ -195,12 +206,12 @@ def live_digests(session: Session, *, after: str, limit: int) -> list[str]:
     return list(session.scalars(stmt))
 
 
-def digests_registered_since(session: Session, *, digests: list[str], since: datetime) -> list[str]:
-    """Those of `digests` that a version registered at or after `since` uses."""
+def digests_registered_after(session: Session, *, digests: list[str], version_id: int) -> list[str]:
+    """Those of `digests` that a version with an id above `version_id` uses."""
     stmt = (
         select(ModelVersion.sha256)
         .distinct()
-        .where(ModelVersion.sha256.in_(digests), ModelVersion.created_at >= since)
+        .where(ModelVersion.sha256.in_(digests), ModelVersion.id > version_id)
     )
     return list(session.scalars(stmt))
 

@@ -172,12 +172,13 @@ class SweepRequest(BaseModel):
     dry_run: bool = Field(False, strict=True, description="Report what would go; delete nothing.")
     grace_s: float | None = Field(
         None,
+        strict=True,
         ge=0,
         le=MAX_SWEEP_GRACE_S,
         allow_inf_nan=False,
         description="Keep unused artifacts stored less than this long ago (default "
         "CP_ARTIFACT_SWEEP_GRACE_S). Uploads under way are safe at 0 too: each delete is decided again "
-        "under the artifact's lock.",
+        "under the artifact's lock, and uploads' temp objects go only once a day old.",
     )
 
 

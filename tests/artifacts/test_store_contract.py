@@ -13,6 +13,7 @@ from control_plane.artifacts import (
     ArtifactCorrupted,
     ArtifactNotFound,
     ArtifactTooLarge,
+    LocalArtifactStore,
     StoredArtifact,
 )
 from control_plane.artifacts.base import content_key
@@ -220,21 +221,51 @@ def test_an_empty_store_lists_nothing(backend: Backend) -> None:
 
 def test_leftovers_of_uploads_older_than_asked_are_removed_and_artifacts_never(backend: Backend) -> None:
     stored = backend.store.put(io.BytesIO(b"an artifact"))
-    leftover = "uploads/0123abcd" if backend.client is not None else "tmp/upload-0123abcd"
+    leftover = f"uploads/{'0123abcd' * 4}" if backend.client is not None else "tmp/upload-0123abcd"
     _put_raw(backend, leftover, b"half an upload")
+    # Not an upload's: another tool's object under `uploads/`, a file in `tmp/` not named as ours.
+    strangers = (
+        ["uploads/2026/invoices.csv", "uploads/0123abcd"] if backend.client is not None else ["tmp/notes"]
+    )
+    for key in strangers:
+        _put_raw(backend, key, b"not ours")
 
     assert backend.store.remove_leftovers(datetime.now(UTC) - timedelta(hours=1)) == 0  # too recent
     assert leftover in set(backend.keys())
     abandoned = 0
     if backend.client is not None:  # a multipart upload its process never completed nor aborted (moto
         # dates every one 2010-11-10, so its "too recent" case cannot be tried here)
-        backend.client._create_multipart_upload(backend.bucket, "uploads/abandoned", {})
+        backend.client._create_multipart_upload(backend.bucket, f"uploads/{'fe' * 16}", {})
         abandoned = 1
         assert len(backend.incomplete_uploads()) == 1
     assert backend.store.remove_leftovers(datetime.now(UTC) + timedelta(seconds=5)) == 1 + abandoned
 
-    assert backend.keys() == [content_key(stored.sha256)]
+    assert backend.keys() == sorted([content_key(stored.sha256), *strangers])
     assert backend.incomplete_uploads() == []
+
+
+def test_the_owner_marker_round_trips_and_is_no_artifact(backend: Backend) -> None:
+    assert backend.store.read_owner() is None
+    backend.store.write_owner("0f" * 16)
+    backend.store.write_owner("ab" * 16)  # written over
+    assert backend.store.read_owner() == "ab" * 16
+    assert list(backend.store.listing()) == []
+
+
+def test_a_linked_prefix_folder_of_the_local_store_is_listed(tmp_path: Path) -> None:
+    """`open` and `exists` follow links (a prefix folder moved to another disk and linked back), so the
+    listing does too: otherwise its artifacts would be reported missing and never swept."""
+    store = LocalArtifactStore(tmp_path / "store")
+    data = b"an artifact on another disk"
+    sha = hashlib.sha256(data).hexdigest()
+    elsewhere = tmp_path / "other-disk" / sha[:2]
+    elsewhere.mkdir(parents=True)
+    (elsewhere / sha).write_bytes(data)
+    (tmp_path / "store" / "sha256" / sha[:2]).symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "store" / "sha256" / "not-a-prefix").mkdir()
+
+    assert store.exists(sha)
+    assert [a.sha256 for a in store.listing()] == [sha]
 
 
 def _put_raw(backend: Backend, key: str, data: bytes) -> None:

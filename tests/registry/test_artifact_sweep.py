@@ -23,10 +23,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from minio import Minio
+from pydantic import ValidationError
 
-from control_plane.artifacts.base import ListedArtifact, content_key
+from control_plane.artifacts.base import OWNER_KEY, ListedArtifact, content_key
+from control_plane.artifacts.exceptions import ArtifactStoreUnavailable
 from control_plane.db import hooks, migrate
 from control_plane.registry import artifact_guard, artifact_sweep
+from control_plane.settings import Settings
 from control_plane.tenants import quota
 from tests.support import model_files
 from tests.support.api import Api
@@ -84,9 +87,15 @@ def test_the_sweep_deletes_what_no_live_version_uses_and_names_live_versions_who
     orphans = [onnx(tmp_path, 10 + i).read_bytes() for i in range(3)]
     for data in orphans:
         served.state.artifacts.put(io.BytesIO(data))
-    leftover = f"uploads/{uuid.uuid4().hex}"  # an upload whose process ended before it promoted its object
+    # An upload's temp object: its upload may be under way, so it stays until a day old, whatever the grace
+    # (the store-contract tests remove old ones; moto cannot date an object back).
+    leftover = f"uploads/{uuid.uuid4().hex}"
     put_raw(minio_client, bucket, leftover, b"half an upload")
-    strangers = {"backups/registry.dump": b"another tool's", "sha256/zz/readme": b"not an artifact"}
+    strangers = {
+        "backups/registry.dump": b"another tool's",
+        "sha256/zz/readme": b"not an artifact",
+        "uploads/2026/invoices.csv": b"another tool's, under a name like ours",
+    }
     for key, data in strangers.items():
         put_raw(minio_client, bucket, key, data)
     minio_client.remove_object(bucket, content_key(digest(lost)))  # lost behind the registry's back
@@ -105,7 +114,7 @@ def test_the_sweep_deletes_what_no_live_version_uses_and_names_live_versions_who
     assert report["missing_versions"] == [
         {"tenant": other, "model": "m", "version": 2, "sha256": digest(lost)}
     ]
-    assert keys(minio_client, bucket) == everything
+    assert keys(minio_client, bucket) == everything  # a dry run writes nothing, not even the marker
 
     recent = sweep(served).json()  # the default grace period (an hour) keeps what was just stored
     assert (recent["unused"], recent["recent"], recent["deleted"], recent["leftovers_removed"]) == (
@@ -114,22 +123,28 @@ def test_the_sweep_deletes_what_no_live_version_uses_and_names_live_versions_who
         0,
         0,
     )
-    assert keys(minio_client, bucket) == everything
+    assert keys(minio_client, bucket) == everything | {OWNER_KEY}  # the store is this registry's now
 
     done = sweep(served, grace_s=0)
     assert done.status_code == 200, done.text
     report = done.json()
     assert (report["deleted"], report["deleted_bytes"]) == (3, sum(len(d) for d in orphans))
-    assert (report["taken"], report["leftovers_removed"], report["missing"]) == (0, 1, 1)
-    assert keys(minio_client, bucket) == live_keys | set(strangers)
+    assert (report["taken"], report["leftovers_removed"], report["missing"]) == (0, 0, 1)
+    assert keys(minio_client, bucket) == live_keys | {leftover, OWNER_KEY} | set(strangers)
 
     # What live versions use still loads, from the store, on the real Triton.
     for owner, number in ((tenant, 1), (tenant, 2), (other, 1)):
         assert served.load(owner, "m", number)["state"] == "ready"
     audit = served.client.get("/v1/audit", params={"action": "artifacts.sweep"}, headers=served.headers())
     assert audit.status_code == 200, audit.text
-    figures = [event["after"] for event in audit.json()]
-    assert {(f["dry_run"], f["deleted"]) for f in figures} >= {(True, 0), (False, 3)}
+    events = audit.json()
+    assert {(e["after"]["dry_run"], e["after"]["deleted"], e["outcome"]) for e in events} >= {
+        (True, 0, "success"),
+        (False, 3, "success"),
+    }
+    deleted = next(e["after"]["deleted_digests"] for e in events if e["after"]["deleted"] == 3)
+    assert sorted(deleted) == sorted(hashlib.sha256(d).hexdigest() for d in orphans)
+    assert {e["actor"] for e in events} == {"admin-token"}
     again = sweep(served, grace_s=0).json()
     assert (again["unused"], again["deleted"], again["listed"]) == (0, 0, 2)
 
@@ -199,11 +214,26 @@ def test_the_replica_holding_the_lease_sweeps_by_itself(
         line for line in metrics.splitlines() if line.startswith("cp_artifact_sweep_last_success_timestamp")
     ]
     assert last and float(last[0].split()[1]) > 0, last
+    while time.monotonic() < deadline:  # and audits itself, as the system, once it is over
+        audit = api.client.get("/v1/audit", params={"action": "artifacts.sweep"}, headers=api.headers())
+        if any(e["actor"] == "system:artifact-sweep" for e in audit.json()):
+            break
+        time.sleep(0.2)
+    assert any(e["actor"] == "system:artifact-sweep" and e["outcome"] == "success" for e in audit.json())
 
 
 @pytest.mark.parametrize(
     "body",
-    ['{"dry_run": "yes"}', '{"grace_s": -1}', '{"grace_s": 1e400}', '{"grace_s": NaN}', '{"x": 1}', "["],
+    [
+        '{"dry_run": "yes"}',
+        '{"grace_s": -1}',
+        '{"grace_s": 1e400}',
+        '{"grace_s": NaN}',
+        '{"grace_s": "5"}',
+        '{"grace_s": true}',
+        '{"x": 1}',
+        "[",
+    ],
 )
 def test_bad_bodies_are_422(served: Api, body: str) -> None:
     headers = {**served.headers(), "content-type": "application/json"}
@@ -231,6 +261,134 @@ def test_the_store_down_is_a_503(served: Api, monkeypatch: pytest.MonkeyPatch) -
     answer = sweep(served, grace_s=0)
     assert answer.status_code == 503, answer.text
     assert sweep(served, dry_run=True).status_code == 503  # and the failed one let go of its lock
+
+
+def test_a_store_another_registry_marked_is_never_swept_by_this_one(
+    make_served: Callable[..., Api],
+    served: Api,
+    create_database: Callable[[], str],
+    tmp_path: Path,
+    minio_client: Minio,
+) -> None:
+    """Two registries on one bucket (or a process pointed at the wrong database): each would take the
+    other's artifacts for garbage. The first to sweep marks the store; the other deletes nothing there."""
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    artifact = onnx(tmp_path, 1)
+    assert served.upload(tenant, "m", artifact).status_code == 201
+    assert sweep(served, grace_s=0).status_code == 200  # marks the store as this registry's
+    other_database = create_database()
+    migrate.upgrade(other_database)
+    intruder = make_served(database_url=other_database, s3_bucket=served.settings.s3_bucket)
+    bucket = served.settings.s3_bucket
+
+    refused = sweep(intruder, grace_s=0)
+    assert refused.status_code == 409, refused.text
+    assert "belongs to another registry" in refused.json()["detail"]
+    minio_client.stat_object(bucket, content_key(digest(artifact)))
+    # Nor does its clean-up of a deleted version: it uploads the same bytes, then deletes its version.
+    theirs = intruder.tenant()
+    assert intruder.create_model(theirs, name="m", format="onnx").status_code == 201
+    assert intruder.upload(theirs, "m", artifact).status_code == 201
+    assert intruder.client.delete(
+        f"/v1/tenants/{theirs}/models/m/versions/1", headers=intruder.headers()
+    ).is_success
+    minio_client.stat_object(bucket, content_key(digest(artifact)))
+    assert served.load(tenant, "m", 1)["state"] == "ready"
+    audit = intruder.client.get("/v1/audit", params={"action": "artifacts.sweep"}, headers=intruder.headers())
+    assert [e["outcome"] for e in audit.json()] == ["failure"]
+
+
+def test_a_version_registered_while_the_store_is_listed_is_not_missing(
+    served: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its upload stored the object after the listing had passed its place: looked up again, it is there."""
+    tenant = served.tenant()
+    assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    # (This module's database names other tests' versions, whose artifacts are in other buckets.)
+    before = sweep(served, dry_run=True).json()["missing"]
+    listing = served.state.artifacts.listing
+
+    def listed_before_the_upload() -> Iterator[ListedArtifact]:
+        before = list(listing())  # the listing as it stood, then the upload lands
+        assert served.upload(tenant, "m", onnx(tmp_path, 1)).status_code == 201
+        yield from before
+
+    monkeypatch.setattr(served.state.artifacts, "listing", listed_before_the_upload)
+    report = sweep(served, dry_run=True)
+    assert report.status_code == 200, report.text
+    assert report.json()["missing"] == before
+    assert tenant not in {v["tenant"] for v in report.json()["missing_versions"]}
+
+
+def test_a_sweep_that_fails_midway_is_audited_with_what_it_deleted(
+    served: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(3):
+        served.state.artifacts.put(io.BytesIO(onnx(tmp_path, 20 + i).read_bytes()))
+    delete, calls = served.state.artifacts.delete, []
+
+    def failing_delete(sha256: str) -> None:
+        calls.append(sha256)
+        if len(calls) > 1:
+            raise ArtifactStoreUnavailable("S3 does not answer for artifact: connection refused")
+        delete(sha256)
+
+    monkeypatch.setattr(served.state.artifacts, "delete", failing_delete)
+    answer = sweep(served, grace_s=0)
+    assert answer.status_code == 503, answer.text
+    audit = served.client.get("/v1/audit", params={"action": "artifacts.sweep"}, headers=served.headers())
+    failed = [e for e in audit.json() if e["outcome"] == "failure"]
+    assert (
+        failed and failed[0]["after"]["deleted"] == 1 and failed[0]["after"]["deleted_digests"] == calls[:1]
+    )
+    assert "S3 does not answer" in failed[0]["after"]["error"]
+    metrics = served.client.get("/metrics", headers=served.headers()).text
+    assert 'cp_artifact_sweeps_total{result="failed"}' in metrics
+
+
+def test_a_sweep_that_loses_its_lock_stops_before_its_next_delete(
+    served: Api, tmp_path: Path, sweep_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its connection cut (a proxy's idle timeout, a failover): another replica may sweep now."""
+    orphans = [served.state.artifacts.put(io.BytesIO(onnx(tmp_path, 30 + i).read_bytes())) for i in range(3)]
+    conninfo = "postgresql://" + sweep_database.split("://", 1)[1]
+    delete = served.state.artifacts.delete
+
+    def delete_then_cut(sha256: str) -> None:
+        delete(sha256)
+        high, low = artifact_sweep.SWEEP_LOCK >> 32, artifact_sweep.SWEEP_LOCK & 0xFFFFFFFF
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND classid = %s::oid AND objid = %s::oid",
+                (high, low),
+            )
+
+    monkeypatch.setattr(served.state.artifacts, "delete", delete_then_cut)
+    answer = sweep(served, grace_s=0)
+    assert answer.status_code == 503 and "lost its lock" in answer.json()["detail"], answer.text
+    assert sum(served.state.artifacts.exists(o.sha256) for o in orphans) == 2
+    monkeypatch.setattr(served.state.artifacts, "delete", delete)
+    assert sweep(served, grace_s=0).json()["deleted"] == 2  # the lock went with its connection
+
+
+def test_a_sweep_under_way_as_the_process_stops_ends_with_a_503(served: Api, tmp_path: Path) -> None:
+    served.state.artifacts.put(io.BytesIO(onnx(tmp_path, 40).read_bytes()))
+    sweeper = served.state.artifact_sweeper
+    assert sweeper is not None
+    sweeper._stop.set()
+    try:
+        answer = sweep(served, grace_s=0)
+    finally:
+        sweeper._stop.clear()
+    assert answer.status_code == 503 and "stopping" in answer.json()["detail"], answer.text
+
+
+@pytest.mark.parametrize("setting", ["artifact_sweep_interval_s", "artifact_sweep_grace_s"])
+def test_an_endless_period_or_grace_is_refused_at_start_up(setting: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings.model_validate({setting: float("inf")})
 
 
 def _listed(digests: set[str]) -> Iterator[ListedArtifact]:
