@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     tenant_max_versions: int = Field(default=0, ge=0)
     tenant_max_artifact_bytes: int = Field(default=0, ge=0)
     # The longest an API key may live (0: no limit); a key created without `expires_at` gets it.
-    key_max_ttl_s: float = Field(0.0, ge=0)
+    key_max_ttl_s: float = Field(0.0, ge=0, le=100 * 365 * 86400, allow_inf_nan=False)
     upstream_timeout_s: float = 60.0
 
     # Residency (issue 12): memory budget per Triton instance (0: none; the instances API sets one

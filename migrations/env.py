@@ -24,7 +24,9 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url is not None
-    engine = make_engine(url, pool_size=1)
+    # Without SQLite's foreign keys: a batch migration rebuilds a table (drop, create, copy), and the drop
+    # would fire ON DELETE SET NULL / CASCADE on the rows that point at it (audit links, keys).
+    engine = make_engine(url, pool_size=1, foreign_keys=False)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
@@ -34,6 +36,10 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration left rows whose foreign keys point nowhere: {broken[:10]}")
     engine.dispose()
 
 

@@ -116,7 +116,12 @@ def duration(text: str) -> timedelta:
     match = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text)
     if match is None or int(match.group(1)) == 0:
         raise typer.BadParameter(f"{text!r} is not a duration such as 90d, 12h, 30m or 3600s")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2) or "s"])
+    seconds = int(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds > 100 * 365 * 86400:
+        raise typer.BadParameter(
+            f"{text!r} is more than 100 years: leave it out for a key that does not expire"
+        )
+    return timedelta(seconds=seconds)
 
 
 @keys_app.command("create")

@@ -18,18 +18,40 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 10, pool_timeout_s: float = 30.0) -> Engine:
-    """An engine for Postgres (psycopg 3) or SQLite, with foreign keys enforced on SQLite. A checkout that
-    finds every connection of the pool (`pool_size` plus as many again) busy for `pool_timeout_s` raises
-    SQLAlchemy's TimeoutError."""
+def make_engine(
+    url: str, *, pool_size: int = 10, pool_timeout_s: float = 30.0, foreign_keys: bool = True
+) -> Engine:
+    """An engine for Postgres (psycopg 3) or SQLite, with foreign keys enforced on SQLite (unless not
+    `foreign_keys`: migrations rebuild tables, which would fire ON DELETE actions). A checkout that finds
+    every connection of the pool (`pool_size` plus as many again) busy for `pool_timeout_s` raises
+    SQLAlchemy's TimeoutError. Postgres sessions are in UTC whatever the server's zone: timestamps come
+    back as UTC (one far in the future, read in a zone east of UTC, would not fit a datetime)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas if foreign_keys else _sqlite_journal)
         return engine
-    return create_engine(
+    engine = create_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout_s, pool_pre_ping=True
     )
+    event.listen(engine, "connect", _postgres_utc)
+    return engine
+
+
+def _postgres_utc(dbapi_connection: object, _: object) -> None:
+    # Outside a transaction, so that no rollback undoes it.
+    autocommit = dbapi_connection.autocommit  # type: ignore[attr-defined]
+    dbapi_connection.autocommit = True  # type: ignore[attr-defined]
+    try:
+        dbapi_connection.execute("SET TIME ZONE 'UTC'")  # type: ignore[attr-defined]
+    finally:
+        dbapi_connection.autocommit = autocommit  # type: ignore[attr-defined]
+
+
+def _sqlite_journal(dbapi_connection: object, _: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
 
 
 def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:

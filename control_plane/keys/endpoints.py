@@ -109,8 +109,12 @@ def _create(
     role: Role,
     body: AdminKeyCreate,
 ) -> KeyCreated:
-    now = datetime.now(UTC)
-    expires_at = service.expiry(body.expires_at, max_ttl_s=state.settings.key_max_ttl_s, now=now)
+    expires_at = service.expiry(
+        body.expires_at,
+        max_ttl_s=state.settings.key_max_ttl_s,
+        now=datetime.now(UTC),
+        creator_expires_at=service.expires_at_of(session, ctx.principal.key_id),
+    )
     key, plaintext = service.create(
         session, ctx=ctx, tenant=owner, role=role, description=body.description, expires_at=expires_at
     )

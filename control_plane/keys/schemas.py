@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from control_plane.timestamps import UtcDateTime
+from control_plane.timestamps import AwareDateTime, UtcDateTime
 
 
 class AdminKeyCreate(BaseModel):
@@ -15,7 +15,7 @@ class AdminKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str | None = Field(None, max_length=200, description="Who or what holds the key.")
-    expires_at: UtcDateTime | None = Field(
+    expires_at: AwareDateTime | None = Field(
         None,
         description="When the key stops working (ISO 8601, in the future). Left out: never, or at the "
         "longest CP_KEY_MAX_TTL_S allows when that is set.",

@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # auth.context imports this module
     from control_plane.auth.context import RequestContext
 
 
+MAX_LIFE = timedelta(days=100 * 365)
+
+
 class KeyExpired(Unauthorized):
     """The key is right, and expired: its holder is told so (they hold the secret)."""
 
@@ -43,22 +46,50 @@ def verify(session: Session, token: str) -> Principal | None:
         return None
     if key.expires_at is not None and as_utc(key.expires_at) <= datetime.now(UTC):
         raise KeyExpired(key.expires_at)
-    return Principal(role=Role(key.role), tenant_id=key.tenant_id, key_id=key.id, label=f"key:{key.prefix}")
+    return Principal(role=Role(key.role), tenant_id=key.tenant_id, key_id=key.id, label=label_of(key))
 
 
-def expiry(expires_at: datetime | None, *, max_ttl_s: float, now: datetime) -> datetime | None:
-    """When a new key expires: as asked (in the future, and within `max_ttl_s` when that is set), or at
-    the longest allowed when not asked (never, without a `max_ttl_s`)."""
-    latest = now + timedelta(seconds=max_ttl_s) if max_ttl_s > 0 else None
+def label_of(key: ApiKey) -> str:
+    """How the audit log names a key's holder: `admin-key:<prefix>` or `key:<prefix>` (a tenant's)."""
+    return f"admin-key:{key.prefix}" if key.role == Role.ADMIN.value else f"key:{key.prefix}"
+
+
+def expires_at_of(session: Session, key_id: int | None) -> datetime | None:
+    """When the key `key_id` expires (None: never, or no stored key, as the bootstrap token)."""
+    if key_id is None:
+        return None
+    key = session.get(ApiKey, key_id)
+    return key.expires_at if key is not None else None
+
+
+def expiry(
+    expires_at: datetime | None,
+    *,
+    max_ttl_s: float,
+    now: datetime,
+    creator_expires_at: datetime | None = None,
+) -> datetime | None:
+    """When a new key expires: as asked (in the future, within `max_ttl_s` when that is set, and not after
+    the key that creates it, which a leaked short-lived key could otherwise outlive), or at the longest
+    allowed when not asked (never, without a `max_ttl_s` or an expiring creator)."""
+    latest: datetime | None = None
+    why = ""
+    if max_ttl_s > 0:
+        latest = now + timedelta(seconds=max_ttl_s)
+        why = f"the longest a key may live here (CP_KEY_MAX_TTL_S = {max_ttl_s:g} s)"
+    if creator_expires_at is not None and (latest is None or as_utc(creator_expires_at) < latest):
+        latest, why = as_utc(creator_expires_at), "when the key that creates it expires"
     if expires_at is None:
         return latest
     if expires_at <= now:
-        raise InvalidRequest(f"expires_at {expires_at.isoformat()} is not in the future")
-    if latest is not None and expires_at > latest:
+        raise InvalidRequest(f"expires_at {format_utc(expires_at)} is not in the future")
+    if expires_at > now + MAX_LIFE:
         raise InvalidRequest(
-            f"expires_at {expires_at.isoformat()} is past the longest a key may live here "
-            f"(CP_KEY_MAX_TTL_S = {max_ttl_s:g} s, so {latest.isoformat()} at the latest)"
+            f"expires_at {format_utc(expires_at)} is more than 100 years away: leave it out for a key that "
+            "does not expire"
         )
+    if latest is not None and expires_at > latest:
+        raise InvalidRequest(f"expires_at {format_utc(expires_at)} is after {why}: {format_utc(latest)}")
     return expires_at
 
 

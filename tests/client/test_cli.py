@@ -233,5 +233,7 @@ def test_a_key_created_with_an_expiry_lists_it_and_a_bad_duration_is_refused(sta
     expires = datetime.fromisoformat(created["expires_at"])
     assert before + timedelta(days=30) <= expires <= datetime.now(UTC) + timedelta(days=30)
     assert bad.exit_code == 2 and "not a duration" in bad.output, bad.output
+    endless = run("keys", "create", "-r", "consumer", "--expires-in", "99999999d", "-t", tenant, key=admin)
+    assert endless.exit_code == 2 and "more than 100 years" in endless.output, endless.output
     listed = ok(run("keys", "list", "-t", tenant, key=admin))
     assert "EXPIRES" in listed and expires.strftime("%Y-%m-%d") in listed

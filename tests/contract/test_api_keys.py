@@ -15,10 +15,14 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psycopg
 import pytest
 import tritonclient.grpc as triton_grpc
+from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException
 
+from control_plane.db.session import make_engine
+from control_plane.settings import Settings
 from control_plane.timestamps import format_utc
 from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
@@ -37,9 +41,9 @@ def make_keyed_api(make_api: Callable[..., Api], triton: RunningTriton) -> Calla
     return make
 
 
-def create_key(api: Api, tenant: str, **body: Any) -> httpx.Response:
+def create_key(api: Api, tenant: str, key: str | None = None, **body: Any) -> httpx.Response:
     response: httpx.Response = api.client.post(
-        f"/v1/tenants/{tenant}/keys", json={"role": "publisher", **body}, headers=api.headers()
+        f"/v1/tenants/{tenant}/keys", json={"role": "publisher", **body}, headers=api.headers(key)
     )
     return response
 
@@ -145,7 +149,7 @@ def test_admin_keys_are_told_apart_in_the_audit_and_revoked_alone(
     as_tenant = {**api.headers(ci["key"]), "X-Tenant": d.tenant}
     assert api.client.post(f"/v2/models/{d.model}/infer", json=BODY, headers=as_tenant).status_code == 200
     audit = api.client.get("/v1/audit", params={"action": "tenant.create"}, headers=api.headers()).json()
-    assert [e["actor"] for e in audit if e["target"].endswith(tenant)] == [f"key:{ci['prefix']}"]
+    assert [e["actor"] for e in audit if e["target"].endswith(tenant)] == [f"admin-key:{ci['prefix']}"]
     listed = api.client.get("/v1/keys", headers=api.headers()).json()
     assert ci["id"] in [k["id"] for k in listed] and {k["role"] for k in listed} == {"admin"}
 
@@ -167,3 +171,72 @@ def test_admin_keys_are_told_apart_in_the_audit_and_revoked_alone(
     assert api.client.get("/v1/tenants", headers=api.headers(ci["key"])).status_code == 401
     assert api.client.post(f"/v2/models/{d.model}/infer", json=BODY, headers=as_tenant).status_code == 401
     assert api.client.get("/v1/tenants", headers=api.headers()).status_code == 200  # the bootstrap key
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        "9999-12-31T23:59:59Z",  # "never": leave it out instead
+        "9999-12-31T23:59:59-14:00",  # past the year 9999 once in UTC
+        "0001-01-01T00:00:00+14:00",  # before the year 1 once in UTC
+        "2100-01-01T00:00:00",  # no offset
+        "2100-01-01",
+        4102444800,  # seconds or milliseconds?
+        "4102444800",
+        True,
+    ],
+)
+def test_an_expiry_is_an_iso_time_with_its_offset_within_a_century(
+    make_keyed_api: Callable[..., Api], expires_at: Any
+) -> None:
+    api = make_keyed_api()
+    answer = create_key(api, api.tenant(), expires_at=expires_at)
+    assert answer.status_code == 422, answer.text
+    assert sorted(answer.json()) == ["detail", "error"]
+
+
+def test_a_key_cannot_outlive_the_key_that_creates_it(make_keyed_api: Callable[..., Api]) -> None:
+    """A leaked short-lived admin key must not mint keys that never expire."""
+    api = make_keyed_api()
+    tenant = api.tenant()
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    short = api.client.post("/v1/keys", json={"expires_at": soon.isoformat()}, headers=api.headers()).json()
+
+    minted = create_key(api, tenant, key=short["key"])
+    later = (soon + timedelta(days=1)).isoformat()
+    too_late = api.client.post("/v1/keys", json={"expires_at": later}, headers=api.headers(short["key"]))
+
+    assert minted.status_code == 201 and minted.json()["expires_at"] == format_utc(soon), minted.text
+    assert too_late.status_code == 422 and "the key that creates it" in too_late.json()["detail"]
+    never = api.client.post("/v1/keys", json={}, headers=api.headers())  # the bootstrap token does not expire
+    assert never.status_code == 201 and never.json()["expires_at"] is None
+
+
+def test_postgres_sessions_are_in_utc_whatever_the_servers_zone(database_url: str) -> None:
+    """A far expiry read back in a zone east of UTC would not fit a datetime, and break the key table."""
+    berlin = f"{database_url}?options=-c%20timezone%3DEurope/Berlin"
+    engine = make_engine(berlin, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW TIME ZONE").scalar() == "UTC"
+            conn.rollback()
+            assert conn.exec_driver_sql("SHOW TIME ZONE").scalar() == "UTC"  # no rollback undoes it
+    finally:
+        engine.dispose()
+    plain = psycopg.connect("postgresql://" + berlin.split("://", 1)[1])
+    try:
+        assert plain.execute("SHOW TIME ZONE").fetchone() == ("Europe/Berlin",)  # the URL's zone holds
+    finally:
+        plain.close()
+
+
+def test_the_audit_filter_refuses_a_time_out_of_range(make_keyed_api: Callable[..., Api]) -> None:
+    api = make_keyed_api()
+    answer = api.client.get("/v1/audit", params={"since": "0001-01-01T00:00:00+14:00"}, headers=api.headers())
+    assert answer.status_code == 422, answer.text
+
+
+def test_an_endless_longest_key_life_is_refused_at_start_up() -> None:
+    for value in (float("inf"), 1e12):
+        with pytest.raises(ValidationError):
+            Settings.model_validate({"key_max_ttl_s": value})
