@@ -7,7 +7,8 @@ until its transaction ends, and the clean-up waits for that: on Postgres with a 
 lock on the sha256 (every replica), and in this process by counting the uploads under way (SQLite too).
 Deleting versions (or their model) drops the artifacts no live version uses any more the same way: a
 deleted version's artifact is garbage (no request, alias or redeploy reaches a retired version), and the
-tenant's artifact-bytes quota no longer counts it.
+tenant's artifact-bytes quota no longer counts it. Nothing is deleted from a store whose marker names
+another registry (`claim_store`): what this registry does not use, that one may.
 """
 
 from __future__ import annotations

@@ -229,7 +229,10 @@ class ArtifactSweeper:
         lock = LeaderLease(self.state.settings.database_url, SWEEP_LOCK, timeout_s=self.lock_timeout_s)
         try:
             if not lock.acquire():
-                raise SweepBusy("an artifact sweep is under way on another replica; try again later")
+                raise SweepBusy(
+                    "an artifact sweep is under way on another replica (or the database did not answer); "
+                    "try again later"
+                )
             yield lock
         finally:
             lock.release()  # closing its connection lets the lock go, whatever became of it
