@@ -173,26 +173,29 @@ def test_admin_keys_are_told_apart_in_the_audit_and_revoked_alone(
     assert api.client.get("/v1/tenants", headers=api.headers()).status_code == 200  # the bootstrap key
 
 
-@pytest.mark.parametrize(
-    "expires_at",
-    [
-        "9999-12-31T23:59:59Z",  # "never": leave it out instead
-        "9999-12-31T23:59:59-14:00",  # past the year 9999 once in UTC
-        "0001-01-01T00:00:00+14:00",  # before the year 1 once in UTC
-        "2100-01-01T00:00:00",  # no offset
-        "2100-01-01",
-        4102444800,  # seconds or milliseconds?
-        "4102444800",
-        True,
-    ],
-)
+BAD_EXPIRIES: list[Any] = [
+    "9999-12-31T23:59:59Z",  # "never": leave it out instead
+    "9999-12-31T23:59:59-14:00",  # past the year 9999 once in UTC
+    "0001-01-01T00:00:00+14:00",  # before the year 1 once in UTC
+    "2100-01-01T00:00:00",  # no offset
+    "2100-01-01",
+    4102444800,  # seconds or milliseconds?
+    "4102444800",
+    True,
+]
+
+
 def test_an_expiry_is_an_iso_time_with_its_offset_within_a_century(
-    make_keyed_api: Callable[..., Api], expires_at: Any
+    make_keyed_api: Callable[..., Api],
 ) -> None:
     api = make_keyed_api()
-    answer = create_key(api, api.tenant(), expires_at=expires_at)
-    assert answer.status_code == 422, answer.text
-    assert sorted(answer.json()) == ["detail", "error"]
+    tenant = api.tenant()
+    for expires_at in BAD_EXPIRIES:
+        answer = create_key(api, tenant, expires_at=expires_at)
+        assert answer.status_code == 422, (expires_at, answer.text)
+        assert sorted(answer.json()) == ["detail", "error"], (expires_at, answer.text)
+    answer = api.client.get("/v1/audit", params={"since": "0001-01-01T00:00:00+14:00"}, headers=api.headers())
+    assert answer.status_code == 422, answer.text  # the audit filter's times too
 
 
 def test_a_key_cannot_outlive_the_key_that_creates_it(make_keyed_api: Callable[..., Api]) -> None:
@@ -228,12 +231,6 @@ def test_postgres_sessions_are_in_utc_whatever_the_servers_zone(database_url: st
         assert plain.execute("SHOW TIME ZONE").fetchone() == ("Europe/Berlin",)  # the URL's zone holds
     finally:
         plain.close()
-
-
-def test_the_audit_filter_refuses_a_time_out_of_range(make_keyed_api: Callable[..., Api]) -> None:
-    api = make_keyed_api()
-    answer = api.client.get("/v1/audit", params={"since": "0001-01-01T00:00:00+14:00"}, headers=api.headers())
-    assert answer.status_code == 422, answer.text
 
 
 def test_an_endless_longest_key_life_is_refused_at_start_up() -> None:

@@ -222,24 +222,24 @@ def test_the_replica_holding_the_lease_sweeps_by_itself(
     assert any(e["actor"] == "system:artifact-sweep" and e["outcome"] == "success" for e in audit.json())
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        '{"dry_run": "yes"}',
-        '{"grace_s": -1}',
-        '{"grace_s": 1e400}',
-        '{"grace_s": NaN}',
-        '{"grace_s": "5"}',
-        '{"grace_s": true}',
-        '{"x": 1}',
-        "[",
-    ],
-)
-def test_bad_bodies_are_422(served: Api, body: str) -> None:
+BAD_BODIES = [
+    '{"dry_run": "yes"}',
+    '{"grace_s": -1}',
+    '{"grace_s": 1e400}',
+    '{"grace_s": NaN}',
+    '{"grace_s": "5"}',
+    '{"grace_s": true}',
+    '{"x": 1}',
+    "[",
+]
+
+
+def test_bad_bodies_are_422(served: Api) -> None:
     headers = {**served.headers(), "content-type": "application/json"}
-    answer = served.client.post(SWEEP, content=body, headers=headers)
-    assert answer.status_code == 422, answer.text
-    assert sorted(answer.json()) == ["detail", "error"], answer.text
+    for body in BAD_BODIES:
+        answer = served.client.post(SWEEP, content=body, headers=headers)
+        assert answer.status_code == 422, (body, answer.text)
+        assert sorted(answer.json()) == ["detail", "error"], (body, answer.text)
 
 
 def test_only_admins_sweep(served: Api) -> None:
