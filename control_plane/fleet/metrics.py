@@ -2,7 +2,9 @@
 
 The reconcile loop counts into `FleetStats` (plain numbers under a lock: a few updates per pass); a
 custom collector turns them into metric families at scrape time, on the data plane's registry, next
-to its own collector. The data plane's retries are read from the upstream when scraped.
+to its own collector. The data plane's retries are read from the upstream when scraped. A Triton
+instance is the label `triton`, not `instance`: Prometheus sets `instance` to the scrape target (and would
+rename ours `exported_instance`).
 """
 
 from __future__ import annotations
@@ -90,9 +92,9 @@ class FleetCollector:
                 buckets.append((le, acc))
             duration.add_metric((), buckets, s.pass_sum)
             loads = _counter(
-                "cp_reconcile_loads", "Loads started by the loop", ("instance", "outcome"), s.loads
+                "cp_reconcile_loads", "Loads started by the loop", ("triton", "outcome"), s.loads
             )
-            unloads = _counter("cp_reconcile_unloads", "Unloads by the loop", ("instance",), s.unloads)
+            unloads = _counter("cp_reconcile_unloads", "Unloads by the loop", ("triton",), s.unloads)
             drift = _gauge("cp_reconcile_drift", "Placements not as desired at the last pass", s.drift)
             ready = _gauge("cp_fleet_instance_ready", "1 when the instance answered ready", s.ready)
             leader = GaugeMetricFamily("cp_reconcile_leader", "1 when this process leads the shared fleet")
@@ -100,7 +102,7 @@ class FleetCollector:
         retries = _counter(
             "cp_upstream_retries",
             "Requests retried on another instance (the first failed before any answer)",
-            ("instance", "protocol"),
+            ("triton", "protocol"),
             dict(self._retries()),
         )
         return [passes, duration, loads, unloads, drift, ready, leader, retries]
@@ -114,7 +116,7 @@ def _counter(name: str, doc: str, labels: tuple[str, ...], values: Mapping[Any, 
 
 
 def _gauge(name: str, doc: str, values: Mapping[str, float | int | bool]) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=("instance",))
+    family = GaugeMetricFamily(name, doc, labels=("triton",))
     for instance, value in values.items():
         family.add_metric((instance,), float(value))
     return family

@@ -143,7 +143,7 @@ class _Collector:
             sum_value=total,
         )
         family = CounterMetricFamily(
-            "cp_residency_evictions", "versions evicted", labels=["instance", "reason"]
+            "cp_residency_evictions", "versions evicted", labels=["triton", "reason"]
         )
         for (instance, reason), count in sorted(evictions.items()):
             family.add_metric([instance, reason], count)
@@ -157,7 +157,7 @@ class _Collector:
             "measured bigger than counted)",
         }
         for name, values in per_instance.items():
-            gauge = GaugeMetricFamily(name, docs[name], labels=["instance"])
+            gauge = GaugeMetricFamily(name, docs[name], labels=["triton"])
             for instance, value in sorted(values.items()):
                 gauge.add_metric([instance], value)
             yield gauge

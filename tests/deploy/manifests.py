@@ -90,6 +90,12 @@ def load_dashboards() -> dict[str, dict[str, Any]]:
     return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
 
 
+def alert_rules() -> list[dict[str, Any]]:
+    """Every alerting rule of deploy/prometheus/alerts.yml."""
+    document = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"] if "alert" in rule]
+
+
 def metric_names(expr: str) -> set[str]:
     """Parse a (Grafana) PromQL expression and return the metric names it selects; raises if invalid."""
 

@@ -80,7 +80,7 @@ def test_prometheus_scrapes_the_services_compose_runs(compose: dict[str, Any]) -
     ]
 
 
-def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+def test_promtool_accepts_the_prometheus_config(compose: dict[str, Any], tmp_path: Path) -> None:
     """`promtool check config`, with the token file the compose entrypoint writes put where it points."""
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     token = tmp_path / "metrics_token"
@@ -88,6 +88,10 @@ def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
     for job in config["scrape_configs"]:
         if "authorization" in job:
             job["authorization"]["credentials_file"] = str(token)
+    # The rule files as compose mounts them (promtool checks them too).
+    mounted = mounts(compose["services"]["prometheus"])
+    config["rule_files"] = [mounted[path] for path in config["rule_files"]]
+    assert config["rule_files"] == [str(ROOT / "deploy/prometheus/alerts.yml")]
     checked_file = tmp_path / "prometheus.yml"
     checked_file.write_text(yaml.safe_dump(config))
     checked = subprocess.run(

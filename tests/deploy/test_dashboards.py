@@ -5,13 +5,20 @@ checked against the list below."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.deploy.manifests import dashboard_queries, exported_names, load_dashboards, metric_names
+from tests.deploy.manifests import (
+    alert_rules,
+    dashboard_queries,
+    exported_names,
+    load_dashboards,
+    metric_names,
+)
 from tests.fixtures_triton import RunningTriton
 from tests.support.api import ADMIN_TOKEN, Api
 from tests.support.deploy import deploy_onnx
@@ -91,10 +98,18 @@ def test_every_metric_is_exported_by_the_app_or_triton(
     triton_names = exported_names(triton_text)
     assert "nv_inference_request_success" in triton_names
     assert not TRITON_GPU_ONLY & triton_names, "this Triton has GPUs: check them against its own output"
+    alerts = [("alerts.yml", rule["alert"], rule["expr"]) for rule in alert_rules()]
     missing = {
         f"{dashboard} {where}: {name}"
-        for dashboard, where, expr in all_queries()
+        for dashboard, where, expr in [*all_queries(), *alerts]
         for name in metric_names(expr)
         if name not in app_names | triton_names | TRITON_GPU_ONLY
     }
     assert not missing, "metrics nobody exports:\n" + "\n".join(sorted(missing))
+
+
+def test_control_plane_panels_group_tritons_by_our_label_not_the_scrape_target() -> None:
+    """Prometheus sets `instance` to the scrape target (a control-plane replica); a Triton is `triton`."""
+    for dashboard, where, expr in all_queries():
+        if any(name.startswith("cp_") for name in metric_names(expr)):
+            assert not re.search(r"\binstance\b", expr), f"{dashboard} {where}: {expr}"

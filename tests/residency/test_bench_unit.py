@@ -59,14 +59,14 @@ def test_metric_sums_samples_and_metric_by_splits_them_by_a_label() -> None:
     text = "\n".join(
         [
             "# TYPE cp_residency_evictions_total counter",
-            'cp_residency_evictions_total{instance="a",reason="lru"} 3.0',
-            'cp_residency_evictions_total{instance="b",reason="lru"} 2.0',
-            'cp_residency_evictions_total{reason="idle",instance="a"} 1.0',
-            'cp_residency_evictions_created{instance="a",reason="lru"} 1.7e9',
-            'cp_residency_hits_total{instance="a"} 9.0',
+            'cp_residency_evictions_total{triton="a",reason="lru"} 3.0',
+            'cp_residency_evictions_total{triton="b",reason="lru"} 2.0',
+            'cp_residency_evictions_total{reason="idle",triton="a"} 1.0',
+            'cp_residency_evictions_created{triton="a",reason="lru"} 1.7e9',
+            'cp_residency_hits_total{triton="a"} 9.0',
         ]
     )
     assert metric(text, "cp_residency_evictions_total") == 6.0
     assert metric_by(text, "cp_residency_evictions_total", "reason") == {"lru": 5, "idle": 1}
-    assert metric_by(text, "cp_residency_evictions_total", "instance") == {"a": 4, "b": 2}
+    assert metric_by(text, "cp_residency_evictions_total", "triton") == {"a": 4, "b": 2}
     assert metric_by(text, "cp_residency_hits_total", "reason") == {}
