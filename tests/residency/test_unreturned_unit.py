@@ -80,7 +80,7 @@ def test_an_eviction_takes_its_version_off_the_instance_at_once(monkeypatch: pyt
     assert residency.stats.over_budget("i") == 22 * MIB, "still over: shown (and exported) as such"
     registry = CollectorRegistry()
     metrics.register(registry, residency.stats)
-    assert registry.get_sample_value("cp_residency_over_budget_bytes", {"instance": "i"}) == 22 * MIB
+    assert registry.get_sample_value("cp_residency_over_budget_bytes", {"triton": "i"}) == 22 * MIB
 
 
 def test_a_stub_slow_to_exit_gets_another_pass_once_it_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
