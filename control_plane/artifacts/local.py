@@ -126,13 +126,14 @@ class LocalArtifactStore(ArtifactStore):
 
     def read_owner(self) -> str | None:
         """The marker file's text; None when there is none."""
+        path = self.root / OWNER_KEY
         try:
-            with (self.root / OWNER_KEY).open("rb") as marker:
+            with path.open("rb") as marker:
                 return marker.read(MAX_OWNER_BYTES + 1).decode("utf-8", "replace").strip()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ArtifactStoreUnavailable(f"artifact directory {self.root}: {exc.strerror}") from exc
+            raise _unavailable(path, exc) from exc
 
     def write_owner(self, registry_id: str) -> None:
         """Write the marker file (through a temp file and a rename)."""
@@ -143,7 +144,7 @@ class LocalArtifactStore(ArtifactStore):
             tmp.write_text(registry_id)
             os.replace(tmp, path)
         except OSError as exc:
-            raise ArtifactStoreUnavailable(f"artifact directory {self.root}: {exc.strerror}") from exc
+            raise _unavailable(path, exc) from exc
 
     def listing(self) -> Iterator[ListedArtifact]:
         """The files `sha256/ab/<hex>`, directory by directory in name order (which is the hex's); links are

@@ -16,6 +16,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.commonconfig import REPLACE, ComposeSource, CopySource
+from minio.datatypes import Upload
 from minio.error import MinioException, S3Error
 from minio.helpers import MAX_PART_SIZE, DictType
 
@@ -165,8 +166,7 @@ class S3ArtifactStore(ArtifactStore):
     def _abort_uploads(self, key: str) -> None:
         # minio aborts its own multipart upload on error, but that abort itself may fail; sweep again.
         try:
-            result = self._client._list_multipart_uploads(self._bucket, prefix=key)
-            for upload in result.uploads:
+            for upload in self._multipart_uploads(key):
                 if upload.object_name == key and upload.upload_id:
                     self._client._abort_multipart_upload(self._bucket, key, upload.upload_id)
         except Exception:
@@ -258,35 +258,33 @@ class S3ArtifactStore(ArtifactStore):
             with _translated(f"leftover {key}"):
                 self._client.remove_object(self._bucket, key)
             removed += 1
-        for key, upload_id in self._stale_multipart_uploads(older_than):
+        with _translated(f"multipart uploads of bucket {self._bucket}"):
+            abandoned = [
+                (upload.object_name, upload.upload_id)
+                for upload in self._multipart_uploads(UPLOAD_PREFIX)
+                if _UPLOAD_NAME.fullmatch(upload.object_name)
+                and upload.upload_id
+                and upload.initiated_time
+                and upload.initiated_time < older_than
+            ]
+        for key, upload_id in abandoned:
             with _translated(f"multipart upload of {key}"):
                 self._client._abort_multipart_upload(self._bucket, key, upload_id)
             removed += 1
         return removed
 
-    def _stale_multipart_uploads(self, older_than: datetime) -> list[tuple[str, str]]:
-        stale: list[tuple[str, str]] = []
+    def _multipart_uploads(self, prefix: str) -> Iterator[Upload]:
+        """Multipart uploads under `prefix` neither completed nor aborted, page after page."""
         key_marker: str | None = None
         upload_id_marker: str | None = None
-        with _translated(f"multipart uploads of bucket {self._bucket}"):
-            while True:
-                result = self._client._list_multipart_uploads(
-                    self._bucket,
-                    prefix=UPLOAD_PREFIX,
-                    key_marker=key_marker,
-                    upload_id_marker=upload_id_marker,
-                )
-                stale += [
-                    (upload.object_name, upload.upload_id)
-                    for upload in result.uploads
-                    if _UPLOAD_NAME.fullmatch(upload.object_name)
-                    and upload.upload_id
-                    and upload.initiated_time
-                    and upload.initiated_time < older_than
-                ]
-                if not result.is_truncated or not result.next_key_marker:
-                    return stale
-                key_marker, upload_id_marker = result.next_key_marker, result.next_upload_id_marker
+        while True:
+            result = self._client._list_multipart_uploads(
+                self._bucket, prefix=prefix, key_marker=key_marker, upload_id_marker=upload_id_marker
+            )
+            yield from result.uploads
+            if not result.is_truncated or not result.next_key_marker:
+                return
+            key_marker, upload_id_marker = result.next_key_marker, result.next_upload_id_marker
 
     def check(self) -> None:
         """Raise ArtifactStoreUnavailable unless the bucket answers."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -22,6 +23,7 @@ class Principal:
     tenant_id: int | None
     key_id: int | None
     label: str
+    expires_at: datetime | None = None  # its key's expiry (None: never, or the bootstrap token)
 
     @property
     def is_admin(self) -> bool:

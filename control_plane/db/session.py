@@ -54,11 +54,11 @@ def _sqlite_journal(dbapi_connection: object, _: object) -> None:
     cursor.close()
 
 
-def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:
+def _sqlite_pragmas(dbapi_connection: object, record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+    _sqlite_journal(dbapi_connection, record)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -113,7 +113,7 @@ def _create(
         body.expires_at,
         max_ttl_s=state.settings.key_max_ttl_s,
         now=datetime.now(UTC),
-        creator_expires_at=service.expires_at_of(session, ctx.principal.key_id),
+        creator_expires_at=ctx.principal.expires_at,
     )
     key, plaintext = service.create(
         session, ctx=ctx, tenant=owner, role=role, description=body.description, expires_at=expires_at

@@ -46,20 +46,18 @@ def verify(session: Session, token: str) -> Principal | None:
         return None
     if key.expires_at is not None and as_utc(key.expires_at) <= datetime.now(UTC):
         raise KeyExpired(key.expires_at)
-    return Principal(role=Role(key.role), tenant_id=key.tenant_id, key_id=key.id, label=label_of(key))
+    return Principal(
+        role=Role(key.role),
+        tenant_id=key.tenant_id,
+        key_id=key.id,
+        label=label_of(key),
+        expires_at=as_utc(key.expires_at) if key.expires_at is not None else None,
+    )
 
 
 def label_of(key: ApiKey) -> str:
     """How the audit log names a key's holder: `admin-key:<prefix>` or `key:<prefix>` (a tenant's)."""
     return f"admin-key:{key.prefix}" if key.role == Role.ADMIN.value else f"key:{key.prefix}"
-
-
-def expires_at_of(session: Session, key_id: int | None) -> datetime | None:
-    """When the key `key_id` expires (None: never, or no stored key, as the bootstrap token)."""
-    if key_id is None:
-        return None
-    key = session.get(ApiKey, key_id)
-    return key.expires_at if key is not None else None
 
 
 def expiry(
