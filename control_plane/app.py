@@ -63,6 +63,7 @@ from control_plane.settings import Settings, get_settings
 from control_plane.state import AppState
 from control_plane.status.endpoints import router as status_router
 from control_plane.tenants.endpoints import router as tenants_router
+from control_plane.tenants.throttle import ApiThrottle, ApiThrottleMiddleware
 
 log = logging.getLogger(__name__)
 UPLOAD_PATH = re.compile(r"^/v1/tenants/[^/]+/models/[^/]+/versions/?$")
@@ -131,6 +132,7 @@ def build_state(settings: Settings) -> AppState:
             burst=settings.tenant_burst,
             max_concurrency=settings.tenant_max_concurrency,
         ),
+        api_throttle=ApiThrottle(settings, metrics.registry),
         metrics=metrics,
         key_usage=KeyUsage(internal),
         upstream=upstream,
@@ -339,5 +341,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limit=settings.max_upload_bytes,
         upload_path=UPLOAD_PATH,
     )
+    app.add_middleware(ApiThrottleMiddleware)  # after the request id, before any body is read
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     tenant_rate_limit: float = 0.0  # requests/s per tenant; 0 = unlimited
     tenant_burst: int = 100
     tenant_max_concurrency: int = 0  # in-flight requests per tenant; 0 = unlimited
+    # The management API's own per-tenant limits (tenants/throttle.py; admins are not limited): requests/s
+    # (0 = unlimited) with a burst, and requests in flight (0 = unlimited), held for a request's whole life,
+    # body included. The default keeps one tenant's slow uploads or load waits from holding the threads
+    # and pooled connections every tenant's management requests share (pool: 10 and as many again).
+    api_tenant_rate_limit: float = Field(0.0, ge=0, allow_inf_nan=False)
+    api_tenant_burst: int = Field(20, ge=1)
+    api_tenant_max_concurrency: int = Field(8, ge=0)
     # Quotas of every tenant without its own (PATCH /v1/tenants/{t}); 0 = unlimited. Live models, live
     # versions, and the bytes of the distinct artifacts its live versions use.
     tenant_max_models: int = Field(default=0, ge=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +29,9 @@ from control_plane.settings import Settings
 from control_plane.tritonserver import TritonProcess
 from control_plane.tritonserver.supervisor import TritonSupervisor
 
+if TYPE_CHECKING:  # the throttle's middleware reads the state: no import at run time
+    from control_plane.tenants.throttle import ApiThrottle
+
 
 @dataclass
 class AppState:
@@ -43,6 +47,7 @@ class AppState:
     loader: VersionLoader
     router: Router
     limits: TenantLimits
+    api_throttle: ApiThrottle  # the management API's per-tenant limits
     metrics: DataPlaneMetrics
     key_usage: KeyUsage
     upstream: Upstream

@@ -31,6 +31,7 @@ class TenantLimits:
     rate_per_s: float = 0.0
     burst: int = 0
     max_concurrency: int = 0
+    noun: str = "request"  # what the refusals count: "request" (inference), "management API request"
     _buckets: dict[int, _Bucket] = field(default_factory=dict)
     _in_flight: dict[int, int] = field(default_factory=dict)
 
@@ -47,7 +48,7 @@ class TenantLimits:
         bucket.updated = now
         if bucket.tokens < 1:
             wait = math.ceil((1 - bucket.tokens) / self.rate_per_s)
-            raise RateLimited(f"tenant request rate over {self.rate_per_s:g}/s", retry_after=max(wait, 1))
+            raise RateLimited(f"tenant {self.noun} rate over {self.rate_per_s:g}/s", retry_after=max(wait, 1))
         bucket.tokens -= 1
 
     def acquire(self, tenant_id: int) -> None:
@@ -57,9 +58,14 @@ class TenantLimits:
         current = self._in_flight.get(tenant_id, 0)
         if current >= self.max_concurrency:
             raise RateLimited(
-                f"tenant has {current} requests in flight (limit {self.max_concurrency})", retry_after=1
+                f"tenant has {current} {self.noun}s in flight (limit {self.max_concurrency})",
+                retry_after=1,
             )
         self._in_flight[tenant_id] = current + 1
+
+    def in_flight(self, tenant_id: int) -> int:
+        """How many of the tenant's slots are taken."""
+        return self._in_flight.get(tenant_id, 0)
 
     def release(self, tenant_id: int) -> None:
         """Give back a slot taken by `acquire`."""

@@ -1,0 +1,117 @@
+"""Per-tenant limits on the management API: a request rate and a cap on requests in flight.
+
+Management requests of every tenant share one process's threads, one pool of database connections and one
+temporary disk (upload bodies are spooled there). A tenant's burst of slow uploads, or of `/load` calls each
+waiting minutes for a load, would hold all of them, and every other tenant's management requests would
+queue behind it. So each tenant gets `CP_API_TENANT_MAX_CONCURRENCY` requests in flight and
+`CP_API_TENANT_RATE_LIMIT` per second (with `CP_API_TENANT_BURST`), counted per replica as the data plane's
+limits are; past either, a 429 with Retry-After, before the body is read.
+
+The caller's tenant comes from the data plane's in-memory key table (no query): the key's hash must match,
+so nobody can spend another tenant's allowance with a key prefix read from the audit log. Admins (the
+bootstrap token and admin keys) are not limited: they are the operators. A key the table does not know goes
+on to the endpoint, whose own check answers 401. Inference (`/v1/predict`, `/v2`) has its own limits.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from prometheus_client import CollectorRegistry, Counter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from control_plane.auth.dependencies import bearer_of
+from control_plane.dataplane.limits import RateLimited, TenantLimits
+from control_plane.errors import error_response
+from control_plane.keys.secrets import hash_key, prefix_of
+from control_plane.routing.table import RoutingTable
+from control_plane.settings import Settings
+
+
+class ApiThrottle:
+    """The management API's per-tenant limits, and the count of what they refused."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        self.limits = TenantLimits(
+            rate_per_s=settings.api_tenant_rate_limit,
+            burst=settings.api_tenant_burst,
+            max_concurrency=settings.api_tenant_max_concurrency,
+            noun="management API request",
+        )
+        self.refused = Counter(
+            "cp_api_throttled",
+            "Management API requests refused (429) by a tenant's rate or in-flight limit",
+            ("tenant", "reason"),
+            registry=registry,
+        )
+
+    def admit(self, tenant_id: int, tenant: str) -> None:
+        """Take a token and a slot of the tenant's (give the slot back with `release`), or RateLimited."""
+        try:
+            self.limits.check_rate(tenant_id)
+        except RateLimited:
+            self.refused.labels(tenant, "rate").inc()
+            raise
+        try:
+            self.limits.acquire(tenant_id)
+        except RateLimited:
+            self.refused.labels(tenant, "concurrency").inc()
+            raise
+
+    def release(self, tenant_id: int) -> None:
+        """Give back the slot `admit` took."""
+        self.limits.release(tenant_id)
+
+
+def tenant_of(table: RoutingTable, authorization: str, admin_token: str | None) -> tuple[int, str] | None:
+    """The (id, name) of the tenant whose key authorizes the request; None for an admin, or for no key or
+    one the table does not know (the endpoint answers those)."""
+    token = bearer_of(authorization)
+    if token is None:
+        return None
+    if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
+        return None
+    prefix = prefix_of(token)
+    entry = table.keys.get(prefix) if prefix else None
+    if entry is None or entry.tenant_id is None or not hmac.compare_digest(hash_key(token), entry.key_hash):
+        return None
+    name = table.tenants.get(entry.tenant_id)
+    return None if name is None else (entry.tenant_id, name)
+
+
+class ApiThrottleMiddleware:
+    """Applies `ApiThrottle` to every `/v1` request (inference and the console apart) for its whole life,
+    body included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = getattr(scope["app"].state, "cp", None) if scope["type"] == "http" else None
+        if state is None or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        admin_token = state.settings.admin_token
+        caller = tenant_of(
+            state.router.table,
+            _authorization(scope),
+            admin_token.get_secret_value() if admin_token is not None else None,
+        )
+        if caller is None:
+            await self.app(scope, receive, send)
+            return
+        tenant_id, tenant = caller
+        try:
+            state.api_throttle.admit(tenant_id, tenant)
+        except RateLimited as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            state.api_throttle.release(tenant_id)
+
+
+def _authorization(scope: Scope) -> str:
+    value = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+    return value.decode("latin-1")

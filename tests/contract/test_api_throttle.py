@@ -1,0 +1,183 @@
+"""Per-tenant limits on the management API, served by a real uvicorn on Postgres and the bundled Triton: a
+tenant's requests in flight and its request rate are capped, so one tenant's burst of slow uploads or of
+load waits cannot hold the threads and connections every tenant's management requests share. Past a limit
+the tenant gets a 429 with Retry-After that says which limit; other tenants, admins and inference go on."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+from control_plane.dataplane.limits import TenantLimits
+from control_plane.keys.secrets import prefix_of
+from tests.support.api import Api
+from tests.support.triton_models import MODEL, PYTHON_SPEC
+
+LOAD_S = 6.0  # how long the slow model's initialize() sleeps
+
+
+def known(served: Api, *keys: str) -> None:
+    """Wait until the in-memory key table (what the throttle reads) has every key."""
+    deadline = time.monotonic() + 10
+    while not all(prefix_of(key) in served.state.router.table.keys for key in keys):
+        assert time.monotonic() < deadline, "the routing table never saw the keys"
+        time.sleep(0.02)
+
+
+def get_models(served: Api, tenant: str, key: str) -> httpx.Response:
+    return served.client.get(f"/v1/tenants/{tenant}/models", headers=served.headers(key))
+
+
+def throttled(answer: httpx.Response, words: str) -> bool:
+    """A 429 RateLimited with a Retry-After, saying `words`."""
+    return (
+        answer.status_code == 429
+        and answer.json()["error"] == "RateLimited"
+        and words in answer.json()["detail"]
+        and int(answer.headers["retry-after"]) >= 1
+    )
+
+
+def refusals(served: Api, tenant: str, reason: str) -> float:
+    value = served.state.metrics.registry.get_sample_value(
+        "cp_api_throttled_total", {"tenant": tenant, "reason": reason}
+    )
+    return value or 0.0
+
+
+@contextmanager
+def slow_upload(served: Api, tenant: str, key: str) -> Iterator[None]:
+    """An upload whose body never finishes arriving, for the length of the block."""
+    url = httpx.URL(str(served.client.base_url))
+    with socket.create_connection((url.host, url.port), timeout=30) as conn:
+        conn.sendall(
+            f"POST /v1/tenants/{tenant}/models/m/versions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {key}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 1000000\r\n\r\n--b\r\n".encode()
+        )
+        yield
+
+
+def taken(slots: TenantLimits, tenant_id: int, count: int) -> bool:
+    return slots.in_flight(tenant_id) == count
+
+
+def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_tenants_slow_uploads_fill_its_own_slots_and_nobody_elses(make_served: Callable[..., Api]) -> None:
+    served = make_served(api_tenant_max_concurrency=2)
+    greedy, other = served.tenant(), served.tenant()
+    for tenant in (greedy, other):
+        assert served.create_model(tenant, name="m", format="onnx").status_code == 201
+    greedy_key, other_key = served.key(greedy), served.key(other)
+    consumer = served.key(greedy, "consumer")
+    known(served, greedy_key, other_key, consumer)
+
+    tenant_id = served.state.router.table.tenant_ids[greedy]
+    slots = served.state.api_throttle.limits
+    with ExitStack() as uploads:
+        for held in (1, 2):
+            uploads.enter_context(slow_upload(served, greedy, greedy_key))
+            until(functools.partial(taken, slots, tenant_id, held), "the upload took no slot")
+        refused = get_models(served, greedy, greedy_key)
+        beside = get_models(served, other, other_key)
+        admin = get_models(served, greedy, served.admin_token)
+        inference = served.client.get("/v2/models/m", headers=served.headers(consumer))
+
+    assert throttled(refused, "2 management API requests in flight (limit 2)"), refused.text
+    assert beside.status_code == 200, beside.text
+    assert admin.status_code == 200, admin.text  # the operators are not limited
+    assert inference.status_code != 429, inference.text  # inference has limits of its own
+    assert refusals(served, greedy, "concurrency") >= 1
+    assert refusals(served, other, "concurrency") == 0
+    # The clients hung up: their uploads ended, and so did their hold on the tenant's slots.
+    until(functools.partial(taken, slots, tenant_id, 0), "the slots were not given back")
+    assert get_models(served, greedy, greedy_key).status_code == 200
+
+
+def test_a_tenant_over_its_request_rate_gets_429_and_others_do_not(make_served: Callable[..., Api]) -> None:
+    served = make_served(api_tenant_rate_limit=0.5, api_tenant_burst=3)
+    greedy, other = served.tenant(), served.tenant()
+    greedy_key, other_key = served.key(greedy), served.key(other)
+    known(served, greedy_key, other_key)
+
+    answers = [get_models(served, greedy, greedy_key) for _ in range(5)]
+    beside = [get_models(served, other, other_key) for _ in range(3)]
+    admin = [get_models(served, greedy, served.admin_token) for _ in range(10)]
+
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429], [a.text for a in answers]
+    assert throttled(answers[3], "management API request rate over 0.5/s")
+    assert int(answers[3].headers["retry-after"]) == 2  # one token comes back every 2 s
+    assert [a.status_code for a in beside] == [200] * 3
+    assert [a.status_code for a in admin] == [200] * 10
+    assert refusals(served, greedy, "rate") == 2
+
+
+def test_a_forged_key_with_a_tenants_prefix_spends_none_of_its_allowance(
+    make_served: Callable[..., Api],
+) -> None:
+    """Key prefixes are no secret (the audit log shows them): only a key whose hash matches is counted."""
+    served = make_served(api_tenant_rate_limit=0.01, api_tenant_burst=2)
+    tenant = served.tenant()
+    key = served.key(tenant)
+    known(served, key)
+    forged = key[:-6] + ("aaaaaa" if not key.endswith("aaaaaa") else "bbbbbb")
+    assert prefix_of(forged) == prefix_of(key)
+
+    attempts = [get_models(served, tenant, forged).status_code for _ in range(10)]
+
+    assert attempts == [401] * 10
+    assert [get_models(served, tenant, key).status_code for _ in range(2)] == [200, 200]
+
+
+def test_a_tenants_load_waits_hold_no_thread_another_tenant_needs(
+    make_served: Callable[..., Api], tmp_path: Path
+) -> None:
+    """`/load` waits for the load, on one of the threads every management request runs on (40 of them):
+    a tenant's 48 waits at once would hold them all, and another tenant's listing would wait for the load."""
+    served = make_served(api_tenant_max_concurrency=4)
+    greedy, other = served.tenant(), served.tenant()
+    assert served.create_model(greedy, name="slow", format="python", **PYTHON_SPEC).status_code == 201
+    source = tmp_path / "model.py"
+    source.write_text(MODEL.format(init=f"import time; time.sleep({LOAD_S})", scale=2.0, offset=0.0))
+    assert served.upload(greedy, "slow", source).status_code == 201  # registered, not loaded
+    greedy_key, other_key = served.key(greedy), served.key(other)
+    known(served, greedy_key, other_key)
+    finished: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def load(_: int) -> int:
+        with httpx.Client(base_url=str(served.client.base_url), timeout=120) as client:
+            answer = client.post(
+                f"/v1/tenants/{greedy}/models/slow/versions/1/load", headers=served.headers(greedy_key)
+            )
+        if answer.status_code == 200:
+            with lock:
+                finished.setdefault("load", time.monotonic())
+        return answer.status_code
+
+    with ThreadPoolExecutor(48) as pool:
+        loads = pool.map(load, range(48))
+        time.sleep(1.0)  # the waits have begun
+        beside = get_models(served, other, other_key)
+        finished["beside"] = time.monotonic()
+        statuses = Counter(loads)
+
+    assert beside.status_code == 200, beside.text
+    assert finished["beside"] < finished["load"]  # answered while the load was still under way
+    assert statuses == Counter({200: 4, 429: 44}), statuses
