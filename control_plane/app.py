@@ -18,6 +18,7 @@ from control_plane import __version__
 from control_plane.artifacts import build_artifact_store
 from control_plane.audit.denials import install as install_denial_audit
 from control_plane.audit.endpoints import router as audit_router
+from control_plane.audit.retention import AuditRetention
 from control_plane.console import install as install_console
 from control_plane.dataplane.auth import KeyUsage
 from control_plane.dataplane.checks import RequestChecks
@@ -200,6 +201,15 @@ def build_state(settings: Settings) -> AppState:
         lock_timeout_s=settings.leader_lock_timeout_s,
     )
     state.artifact_sweeper.start()
+    state.audit_retention = AuditRetention(
+        internal,
+        database_url=settings.database_url,
+        retention_days=settings.audit_retention_days,
+        interval_s=settings.audit_retention_interval_s,
+        registry=metrics.registry,
+        lock_timeout_s=settings.leader_lock_timeout_s,
+    )
+    state.audit_retention.start()
     return state
 
 
@@ -271,6 +281,8 @@ def close_state(state: AppState) -> None:
         state.janitor.stop()
     if state.artifact_sweeper is not None:
         state.artifact_sweeper.stop()
+    if state.audit_retention is not None:
+        state.audit_retention.stop()
     if state.watcher is not None:
         state.watcher.stop()
     state.key_usage.stop()

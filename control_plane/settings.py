@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     tenant_max_models: int = Field(default=0, ge=0)
     tenant_max_versions: int = Field(default=0, ge=0)
     tenant_max_artifact_bytes: int = Field(default=0, ge=0)
+    # Audit events older than this many days are deleted, hourly, by one replica (0: kept for ever); at
+    # least a day when set (audit/retention.py).
+    audit_retention_days: float = Field(0.0, ge=0, le=36500, allow_inf_nan=False)
+    audit_retention_interval_s: float = Field(3600.0, gt=0, le=7 * 86400, allow_inf_nan=False)
     # The longest an API key may live (0: no limit); a key created without `expires_at` gets it.
     key_max_ttl_s: float = Field(0.0, ge=0, le=100 * 365 * 86400, allow_inf_nan=False)
     upstream_timeout_s: float = 60.0
@@ -181,6 +185,13 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("audit_retention_days")
+    @classmethod
+    def _retention(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("an audit retention shorter than a day is a mistake; 0 keeps events for ever")
+        return value
 
 
 @lru_cache

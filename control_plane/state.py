@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.artifacts import ArtifactStore
+from control_plane.audit.retention import AuditRetention
 from control_plane.dataplane.auth import KeyUsage
 from control_plane.dataplane.checks import RequestChecks
 from control_plane.dataplane.limits import TenantLimits
@@ -63,6 +64,7 @@ class AppState:
     watcher: RegistryWatcher | None = None
     janitor: KeepWarmJanitor | None = None
     artifact_sweeper: ArtifactSweeper | None = None
+    audit_retention: AuditRetention | None = None
 
     def reconcile_soon(self) -> None:
         """The fleet's desired state changed: run a reconcile pass now (once the loop exists)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import CursorResult, delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import AuditEvent
@@ -42,3 +42,16 @@ def events(session: Session, *, where: AuditFilter, page: Page[int]) -> list[Aud
         at = select(AuditEvent.created_at).where(AuditEvent.id == page.after).scalar_subquery()
         stmt = stmt.where(tuple_(AuditEvent.created_at, AuditEvent.id) < tuple_(at, page.after))
     return list(session.scalars(stmt))
+
+
+def delete_older(session: Session, *, older_than: datetime, batch: int) -> int:
+    """Delete up to `batch` of the oldest events created before `older_than`; how many went."""
+    oldest = (
+        select(AuditEvent.id)
+        .where(AuditEvent.created_at < older_than)
+        .order_by(AuditEvent.created_at, AuditEvent.id)
+        .limit(batch)
+    )
+    result = session.execute(delete(AuditEvent).where(AuditEvent.id.in_(oldest)))
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
