@@ -80,18 +80,44 @@ class BodyLimitMiddleware:
         if refusal is not None:
             await error_response(refusal)(scope, receive, send)
             return
-        received = 0
+        await _limited(self.app, scope, receive, send, limit=limit)
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
-            return message
 
-        await self.app(scope, counting_receive, send)
+async def _limited(app: ASGIApp, scope: Scope, receive: Receive, send: Send, *, limit: int) -> None:
+    """Run the app on a body that may not exceed `limit` bytes as it streams in (chunked, or longer than it
+    said). Past it, the app is told the client went away and its answer is dropped, and the client gets 413:
+    an exception raised from `receive` instead reached the client as whatever the app's body reader made
+    of it (FastAPI's JSON reader: 400, as 422)."""
+    received = 0
+    refusal: PayloadTooLarge | None = None
+    started = False
+
+    async def counting_receive() -> Message:
+        nonlocal received, refusal
+        if refusal is not None:
+            return {"type": "http.disconnect"}
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                refusal = PayloadTooLarge(f"request body over the limit of {limit} bytes")
+                return {"type": "http.disconnect"}
+        return message
+
+    async def guarded_send(message: Message) -> None:
+        nonlocal started
+        if refusal is not None and not started:
+            return  # the 413 goes out instead
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, counting_receive, guarded_send)
+    except Exception:
+        if refusal is None or started:
+            raise  # what the body's end made the app raise is answered below
+    if refusal is not None and not started:
+        await error_response(refusal)(scope, receive, send)
 
 
 def _refusal(scope: Scope, *, api: bool, limit: int) -> AppError | None:

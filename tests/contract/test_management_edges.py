@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -186,3 +187,24 @@ def test_a_management_query_string_over_its_limit_is_414(api: Api) -> None:
     assert response.status_code == 414, response.text
     assert response.json()["error"] == "URITooLong"
     assert api.client.get("/v1/tenants?limit=5", headers=api.headers()).status_code == 200
+
+
+def test_a_chunked_management_body_over_its_limit_is_413_not_a_parse_error(
+    make_served: Callable[..., Api],
+) -> None:
+    """Without a Content-Length the limit is found while the body streams in; the client must still hear 413
+    (FastAPI's JSON reader turned the refusal into a 400 'error parsing the body', answered as 422)."""
+    served = make_served(max_api_body_bytes=1000, max_upload_bytes=2048)
+    tenant = served.tenant()
+    chunks = (b"x" * 600 for _ in range(3))
+    answer = served.client.post(
+        f"/v1/tenants/{tenant}/models",
+        content=chunks,
+        headers={**served.headers(), "content-type": "application/json"},
+    )
+    assert answer.status_code == 413, answer.text
+    assert answer.json() == {
+        "error": "PayloadTooLarge",
+        "detail": "request body over the limit of 1000 bytes",
+    }
+    assert served.client.get(f"/v1/tenants/{tenant}/models", headers=served.headers()).status_code == 200
