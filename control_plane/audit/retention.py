@@ -12,7 +12,6 @@ the operators' setting, not something a leaked admin key can use to erase its tr
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -22,7 +21,7 @@ from control_plane.audit import repository
 from control_plane.audit import service as audit
 from control_plane.auth.principal import Principal, Role
 from control_plane.db.session import transaction
-from control_plane.fleet.leader import LeaderLease
+from control_plane.fleet.leader import LeaderLease, LeaderLoop
 
 log = logging.getLogger(__name__)
 LEADER_LOCK = 0x63705F617564  # "cp_aud": the replica that purges
@@ -57,20 +56,18 @@ class AuditRetention:
             registry=registry,
         )
         self._lease = LeaderLease(database_url, LEADER_LOCK, timeout_s=lock_timeout_s)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cp-audit-retention", daemon=True)
+        self._loop = LeaderLoop(
+            self.purge, name="cp-audit-retention", interval_s=interval_s, lease=self._lease, first_now=True
+        )
 
     def start(self) -> None:
         """Purge now and every `interval_s` (when a retention is set)."""
         if self.retention_days > 0:
-            self._thread.start()
+            self._loop.start()
 
     def stop(self) -> None:
         """Stop purging; a purge under way ends after its batch."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        self._lease.release()
+        self._loop.stop()
 
     def purge(self, *, now: datetime | None = None) -> int:
         """Delete every event older than the retention, batch by batch, if this replica leads (and while it
@@ -79,7 +76,7 @@ class AuditRetention:
             return 0
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.retention_days)
         deleted, finished = 0, False
-        while not finished and not self._stop.is_set() and self._lease.held():
+        while not finished and not self._loop.stopping.is_set() and self._lease.held():
             with transaction(self.session_factory) as session:
                 gone = repository.delete_older(session, older_than=cutoff, batch=self.batch)
             deleted += gone
@@ -98,12 +95,3 @@ class AuditRetention:
         if finished:
             self.last_success.set_to_current_time()
         return deleted
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.purge()
-            except Exception:
-                log.exception("audit purge failed; next one in %.0f s", self.interval_s)
-            if self._stop.wait(self.interval_s):
-                return

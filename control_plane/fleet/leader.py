@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -94,3 +96,50 @@ class LeaderLease:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+
+class LeaderLoop:
+    """Runs `work` on a daemon thread every `interval_s` (with `first_now`, once at start too) when this
+    replica holds `lease`, taken before each run and given up on `stop`. A run that fails is logged, and the
+    next comes an interval later. `stopping` is set by `stop`, for work that checks it as it goes."""
+
+    def __init__(
+        self,
+        work: Callable[[], object],
+        *,
+        name: str,
+        interval_s: float,
+        lease: LeaderLease,
+        first_now: bool = False,
+    ) -> None:
+        self.work = work
+        self.name = name
+        self.interval_s = interval_s
+        self.lease = lease
+        self.first_now = first_now
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (a run under way ends when it sees `stopping`); give up the lease."""
+        self.stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self.lease.release()
+
+    def _run(self) -> None:
+        if self.first_now:
+            self._once()
+        while not self.stopping.wait(self.interval_s):
+            self._once()
+
+    def _once(self) -> None:
+        try:
+            if self.lease.acquire():
+                self.work()
+        except Exception:
+            log.exception("%s failed; the next run in %.0f s", self.name, self.interval_s)

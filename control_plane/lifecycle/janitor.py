@@ -7,7 +7,6 @@ transaction that re-checks, under the row lock promotions also take, that nothin
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import ModelVersion
 from control_plane.db.session import transaction
-from control_plane.fleet.leader import LeaderLease
+from control_plane.fleet.leader import LeaderLease, LeaderLoop
 from control_plane.fleet.loader import VersionLoader
 from control_plane.registry import repository
 from control_plane.timestamps import as_utc
@@ -44,19 +43,16 @@ class KeepWarmJanitor:
         self.keep_warm = timedelta(seconds=keep_warm_s)
         self.interval_s = interval_s
         # One replica sweeps (SQLite: the one process); a leader that dies or hangs hands over (keepalives).
-        self._lease = LeaderLease(database_url, LEADER_LOCK, timeout_s=lock_timeout_s)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cp-keep-warm", daemon=True)
+        lease = LeaderLease(database_url, LEADER_LOCK, timeout_s=lock_timeout_s)
+        self._loop = LeaderLoop(self.sweep, name="cp-keep-warm", interval_s=interval_s, lease=lease)
 
     def start(self) -> None:
         """Start sweeping."""
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop sweeping; give up leadership."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._lease.release()
+        self._loop.stop()
 
     def sweep(self) -> list[int]:
         """Unload every version whose keep-warm period is over; returns their ids."""
@@ -84,11 +80,3 @@ class KeepWarmJanitor:
                 return False
             version.state, version.state_message = "unloaded", "unloaded after its keep-warm period"
             return True
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                if self._lease.acquire():
-                    self.sweep()
-            except Exception:
-                log.exception("keep-warm sweep failed; retrying")

@@ -41,7 +41,7 @@ from control_plane.audit import service as audit
 from control_plane.auth.principal import Principal, Role
 from control_plane.db.session import transaction
 from control_plane.errors import AppError, Conflict, ServiceUnavailable
-from control_plane.fleet.leader import LeaderLease
+from control_plane.fleet.leader import LeaderLease, LeaderLoop
 from control_plane.registry import artifact_guard, repository
 
 if TYPE_CHECKING:
@@ -142,21 +142,17 @@ class ArtifactSweeper:
         self.lock_timeout_s = lock_timeout_s
         self.metrics = SweepMetrics(state.metrics.registry)
         self._local = threading.Lock()
-        self._lease = LeaderLease(state.settings.database_url, LEADER_LOCK, timeout_s=lock_timeout_s)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cp-artifact-sweep", daemon=True)
+        lease = LeaderLease(state.settings.database_url, LEADER_LOCK, timeout_s=lock_timeout_s)
+        self.loop = LeaderLoop(self._periodic, name="cp-artifact-sweep", interval_s=interval_s, lease=lease)
 
     def start(self) -> None:
         """Sweep every `interval_s` from now on (the first one an interval from now)."""
         if self.interval_s > 0:
-            self._thread.start()
+            self.loop.start()
 
     def stop(self) -> None:
         """Stop sweeping; a sweep under way ends at its next artifact."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        self._lease.release()
+        self.loop.stop()
 
     def sweep(
         self,
@@ -173,7 +169,7 @@ class ArtifactSweeper:
         with self._exclusive() as still_held:
             try:
                 artifact_guard.claim_store(self.state, mark=not dry_run)
-                _sweep(self.state, report, stop=self._stop, held=still_held, metrics=self.metrics)
+                _sweep(self.state, report, stop=self.loop.stopping, held=still_held, metrics=self.metrics)
             except Exception as exc:
                 report.seconds = time.monotonic() - started
                 self.metrics.sweeps.labels(result="failed").inc()
@@ -238,15 +234,11 @@ class ArtifactSweeper:
             lock.release()  # closing its connection lets the lock go, whatever became of it
             self._local.release()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                if self._lease.acquire():
-                    self.sweep()
-            except SweepBusy:
-                log.info("artifact sweep skipped: another is under way")
-            except Exception:
-                log.exception("artifact sweep failed; next one in %.0f s", self.interval_s)
+    def _periodic(self) -> None:
+        try:
+            self.sweep()
+        except SweepBusy:
+            log.info("artifact sweep skipped: another is under way")
 
 
 def _sweep(

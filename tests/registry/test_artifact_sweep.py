@@ -377,11 +377,11 @@ def test_a_sweep_under_way_as_the_process_stops_ends_with_a_503(served: Api, tmp
     served.state.artifacts.put(io.BytesIO(onnx(tmp_path, 40).read_bytes()))
     sweeper = served.state.artifact_sweeper
     assert sweeper is not None
-    sweeper._stop.set()
+    sweeper.loop.stopping.set()
     try:
         answer = sweep(served, grace_s=0)
     finally:
-        sweeper._stop.clear()
+        sweeper.loop.stopping.clear()
     assert answer.status_code == 503 and "stopping" in answer.json()["detail"], answer.text
 
 
