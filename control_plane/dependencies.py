@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from control_plane.db import hooks
+from control_plane.db.session import transaction
 from control_plane.state import AppState
 
 
@@ -19,12 +19,5 @@ def get_state(request: Request) -> AppState:
 
 def get_session(request: Request) -> Iterator[Session]:
     """The request's session: committed when the endpoint returns, rolled back if it raises."""
-    with get_state(request).session_factory() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            hooks.rolled_back(session)
-            raise
-        hooks.committed(session)
+    with transaction(get_state(request).session_factory) as session:
+        yield session

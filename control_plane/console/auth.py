@@ -8,6 +8,7 @@ another origin is refused; the cookie itself is SameSite=Strict, HttpOnly, scope
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -71,8 +72,10 @@ def check_key(state: AppState, key: str) -> Principal:
     return principal
 
 
-def current_user(request: Request) -> ConsoleUser:
-    """The signed-in user (dependency of every page but sign-in); SignInRequired otherwise."""
+def current_user(request: Request) -> Iterator[ConsoleUser]:
+    """The signed-in user (dependency of every page but sign-in), holding one of its tenant's management
+    requests (`tenants/throttle.py`: a page's promote may wait minutes for a load) until the page is done;
+    SignInRequired otherwise."""
     session = codec(request).open(request.cookies.get(COOKIE))
     if session is None:
         raise SignInRequired("sign in with an API key")
@@ -88,7 +91,9 @@ def current_user(request: Request) -> ConsoleUser:
         ctx=RequestContext(principal=principal, request_id=getattr(request.state, "request_id", None)),
     )
     request.state.console_user = user
-    return user
+    state = app_state(request)
+    with state.api_throttle.held(principal, state.router.table):
+        yield user
 
 
 def same_origin(request: Request) -> None:

@@ -68,12 +68,15 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error, running the hooks."""
+    """A session whose work commits on success and rolls back on any error, running the hooks. The work
+    may end its transaction itself (a promote does, to hold nothing while its version loads) and go on in
+    a new one: what is open at the end is committed."""
     with factory() as session:
         try:
-            with session.begin():
-                yield session
+            yield session
+            session.commit()
         except BaseException:
+            session.rollback()
             hooks.rolled_back(session)
             raise
         hooks.committed(session)

@@ -10,17 +10,28 @@ limits are; past either, a 429 with Retry-After, before the body is read.
 The caller's tenant comes from the data plane's in-memory key table (no query): the key's hash must match,
 so nobody can spend another tenant's allowance with a key prefix read from the audit log. Admins (the
 bootstrap token and admin keys) are not limited: they are the operators. A key the table does not know goes
-on to the endpoint, whose own check answers 401. Inference (`/v1/predict`, `/v2`) has its own limits.
+on to the endpoint, whose own check answers 401; consumer and expired keys, which the endpoint refuses, are
+not counted either. The console's requests count as the signed-in key's. Inference (`/v1/predict`, `/v2`)
+has its own limits.
+
+The cap is per tenant, not a reservation: several tenants busy at once can still hold every thread between
+them (five at 8 fill the 40). It keeps one tenant from starving the rest; size it below the threads and
+the request pool divided by the tenants expected to be busy at once.
 """
 
 from __future__ import annotations
 
 import hmac
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.auth.dependencies import bearer_of
+from control_plane.auth.principal import Principal, Role
 from control_plane.dataplane.limits import RateLimited, TenantLimits
 from control_plane.errors import error_response
 from control_plane.keys.secrets import hash_key, prefix_of
@@ -44,28 +55,51 @@ class ApiThrottle:
             ("tenant", "reason"),
             registry=registry,
         )
+        self._lock = threading.Lock()
 
     def admit(self, tenant_id: int, tenant: str) -> None:
-        """Take a token and a slot of the tenant's (give the slot back with `release`), or RateLimited."""
-        try:
-            self.limits.check_rate(tenant_id)
-        except RateLimited:
-            self.refused.labels(tenant, "rate").inc()
-            raise
-        try:
-            self.limits.acquire(tenant_id)
-        except RateLimited:
-            self.refused.labels(tenant, "concurrency").inc()
-            raise
+        """Take a slot and a token of the tenant's (give the slot back with `release`), or RateLimited. The
+        slot first: a request refused for want of one spends no token, so a client retrying while its
+        slots are taken is not then refused for its rate."""
+        with self._lock:  # the middleware on the event loop, the console's dependency on worker threads
+            try:
+                self.limits.acquire(tenant_id)
+            except RateLimited:
+                self.refused.labels(tenant, "concurrency").inc()
+                raise
+            try:
+                self.limits.check_rate(tenant_id)
+            except RateLimited:
+                self.limits.release(tenant_id)
+                self.refused.labels(tenant, "rate").inc()
+                raise
 
     def release(self, tenant_id: int) -> None:
         """Give back the slot `admit` took."""
-        self.limits.release(tenant_id)
+        with self._lock:
+            self.limits.release(tenant_id)
+
+    @contextmanager
+    def held(self, principal: Principal, table: RoutingTable) -> Iterator[None]:
+        """`admit` for the length of a block, for a caller already authenticated (the console's); admins
+        and a tenant the table does not know yet are not limited."""
+        tenant_id = principal.tenant_id
+        name = table.tenants.get(tenant_id) if tenant_id is not None and not principal.is_admin else None
+        if tenant_id is None or name is None:
+            yield
+            return
+        self.admit(tenant_id, name)
+        try:
+            yield
+        finally:
+            self.release(tenant_id)
 
 
 def tenant_of(table: RoutingTable, authorization: str, admin_token: str | None) -> tuple[int, str] | None:
-    """The (id, name) of the tenant whose key authorizes the request; None for an admin, or for no key or
-    one the table does not know (the endpoint answers those)."""
+    """The (id, name) of the tenant whose key authorizes the request; None for an admin, and for no key, a
+    key the table does not know, a consumer key or an expired one: the endpoint refuses those, and their
+    holders (an application, a former holder) must not use up the tenant's allowance, trickling a body
+    in to hold a slot while its publishers are refused."""
     token = bearer_of(authorization)
     if token is None:
         return None
@@ -75,13 +109,17 @@ def tenant_of(table: RoutingTable, authorization: str, admin_token: str | None) 
     entry = table.keys.get(prefix) if prefix else None
     if entry is None or entry.tenant_id is None or not hmac.compare_digest(hash_key(token), entry.key_hash):
         return None
+    expired = entry.expires_at is not None and entry.expires_at <= time.time()
+    if entry.role == Role.CONSUMER.value or expired:
+        return None  # the endpoint refuses it (403, 401) whatever it sends
     name = table.tenants.get(entry.tenant_id)
     return None if name is None else (entry.tenant_id, name)
 
 
 class ApiThrottleMiddleware:
-    """Applies `ApiThrottle` to every `/v1` request (inference and the console apart) for its whole life,
-    body included."""
+    """Applies `ApiThrottle` to every `/v1` request (inference apart) for its whole life, body included. The
+    console's requests are held by its sign-in dependency (`console/auth.py`). Mounted under a `root_path`,
+    paths would not start with `/v1/`: `control-plane serve` sets none."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
