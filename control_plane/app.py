@@ -105,6 +105,12 @@ def build_state(settings: Settings) -> AppState:
     metrics = DataPlaneMetrics()
     upstream = Upstream(tritons, timeout_s=settings.upstream_timeout_s)
     router.listeners.append(lambda table: upstream.route(table.placements))
+    limits = TenantLimits(
+        rate_per_s=settings.tenant_rate_limit,
+        burst=settings.tenant_burst,
+        max_concurrency=settings.tenant_max_concurrency,
+    )
+    router.listeners.append(lambda table: limits.use(table.tenant_limits))
     inflight: Counter[str] = Counter()
     residency = Residency(
         session_factory=internal,
@@ -128,11 +134,7 @@ def build_state(settings: Settings) -> AppState:
             session_factory=internal, artifacts=artifacts, repository=repository, tritons=tritons
         ),
         router=router,
-        limits=TenantLimits(
-            rate_per_s=settings.tenant_rate_limit,
-            burst=settings.tenant_burst,
-            max_concurrency=settings.tenant_max_concurrency,
-        ),
+        limits=limits,
         api_throttle=ApiThrottle(settings, metrics.registry),
         metrics=metrics,
         key_usage=KeyUsage(internal),

@@ -101,9 +101,11 @@ class Settings(BaseSettings):
     routing_refresh_s: float = 30.0
     routing_poll_s: float = 1.0
 
-    tenant_rate_limit: float = 0.0  # requests/s per tenant; 0 = unlimited
-    tenant_burst: int = 100
-    tenant_max_concurrency: int = 0  # in-flight requests per tenant; 0 = unlimited
+    # Inference limits of every tenant without its own (PATCH /v1/tenants/{t} `limits`): requests/s per
+    # tenant (0 = unlimited), the token bucket's burst, in-flight requests per tenant (0 = unlimited).
+    tenant_rate_limit: float = Field(0.0, ge=0, allow_inf_nan=False)
+    tenant_burst: int = Field(100, ge=0)
+    tenant_max_concurrency: int = Field(0, ge=0)
     # The management API's own per-tenant limits (tenants/throttle.py; admins are not limited): requests/s
     # (0 = unlimited) with a burst, and requests in flight (0 = unlimited), held for a request's whole life,
     # body included. The default keeps one tenant's slow uploads or load waits from holding the threads

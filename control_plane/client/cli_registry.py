@@ -54,6 +54,11 @@ def _quota_table(tenant: Tenant) -> None:
     ]
     shown = [(what, held, "unlimited" if most is None else most) for what, held, most in rows]
     table(["", "HOLDS", "QUOTA"], shown, title=title)
+    own = tenant.limits
+    if own is not None:  # a server older than inference limits has none
+        rate = "unlimited" if own.rate_per_s is None else f"{own.rate_per_s:g}/s (burst {own.burst})"
+        most = "unlimited" if own.max_concurrency is None else own.max_concurrency
+        table(["INFERENCE", "LIMIT"], [("rate", rate), ("in flight", most)])
 
 
 def _limit(value: str | None, option: str) -> int | None:
@@ -88,6 +93,37 @@ def tenants_quota(
         raise typer.BadParameter("give --max-models, --max-versions or --max-artifact-bytes")
     found = connect().tenants.set_quota(name, **given)
     emit(found, output, lambda: _quota_table(found))
+
+
+@tenants_app.command("limits")
+@handled
+def tenants_limits(
+    name: str,
+    rate: str | None = typer.Option(None, help="Inference requests a second (0: unlimited; 'default')."),
+    burst: str | None = typer.Option(None, help="Requests allowed at once above the rate ('default')."),
+    max_concurrency: str | None = typer.Option(None, help="Inference requests in flight (0: unlimited)."),
+    output: Format = OutputOption,
+) -> None:
+    """Set a tenant's inference limits (admins); an option left out keeps its value."""
+    given: dict[str, float | None] = {}
+    if rate is not None:
+        given["rate_per_s"] = _rate(rate)
+    for key, value in {"burst": burst, "max_concurrency": max_concurrency}.items():
+        if value is not None:
+            given[key] = _limit(value, "--" + key.replace("_", "-"))
+    if not given:
+        raise typer.BadParameter("give --rate, --burst or --max-concurrency")
+    found = connect().tenants.set_limits(name, **given)
+    emit(found, output, lambda: _quota_table(found))
+
+
+def _rate(value: str) -> float | None:
+    if value == "default":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter("--rate takes a number of requests a second, or 'default'") from None
 
 
 @keys_app.command("list")

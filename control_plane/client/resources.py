@@ -35,6 +35,12 @@ class Tenants:
         body = {"quota": limits}
         return Tenant.model_validate(self._conn.json("PATCH", path("v1", "tenants", name), json=body))
 
+    def set_limits(self, name: str, **limits: float | None) -> Tenant:
+        """Set the tenant's own inference limits (admins): `rate_per_s`, `burst`, `max_concurrency` (0:
+        unlimited); one left out keeps its value, None sets it back to the server's default."""
+        body = {"limits": limits}
+        return Tenant.model_validate(self._conn.json("PATCH", path("v1", "tenants", name), json=body))
+
 
 class Keys:
     """`/v1/tenants/{t}/keys`, and `/v1/keys` for admin keys (admins)."""

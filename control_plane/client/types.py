@@ -36,12 +36,22 @@ class TenantUsage(_Out):
     artifact_bytes: int
 
 
+class TenantLimits(_Out):
+    """A tenant's inference limits in force; None: unlimited."""
+
+    rate_per_s: float | None
+    burst: int
+    max_concurrency: int | None
+
+
 class Tenant(_Out):
-    """A tenant, with its quotas and what it holds (None from a server older than quotas)."""
+    """A tenant, with its quotas, inference limits and what it holds (None from a server older than
+    them)."""
 
     name: str
     created_at: Timestamp
     quota: TenantQuota | None = None
+    limits: TenantLimits | None = None
     usage: TenantUsage | None = None
 
 

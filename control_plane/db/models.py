@@ -51,6 +51,11 @@ class Tenant(Base):
     max_models: Mapped[int | None] = mapped_column()
     max_versions: Mapped[int | None] = mapped_column()
     max_artifact_bytes: Mapped[int | None] = mapped_column(BigId)
+    # Its own inference limits (dataplane/limits.py): requests/s, the bucket's burst, requests in flight;
+    # NULL takes the settings' default (CP_TENANT_*), 0 means unlimited.
+    inference_rate_limit: Mapped[float | None] = mapped_column()
+    inference_burst: Mapped[int | None] = mapped_column()
+    inference_max_concurrency: Mapped[int | None] = mapped_column()
 
     models: Mapped[list[Model]] = relationship(back_populates="tenant", lazy="raise")
 

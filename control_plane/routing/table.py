@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.dataplane.contract import Contract
+from control_plane.dataplane.limits import OwnLimits
 from control_plane.dataplane.rewrite import hide_internal_name
 from control_plane.db.models import (
     Alias,
@@ -109,6 +110,8 @@ class RoutingTable:
     placements: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Triton model names observed ready on some instance, reachable or not (residency, issue 12).
     resident: frozenset[str] = frozenset()
+    # The inference limits of tenants that have their own (PATCH /v1/tenants/{t}).
+    tenant_limits: dict[int, OwnLimits] = field(default_factory=dict)
 
 
 EMPTY_TABLE = RoutingTable(models={}, tenants={}, tenant_ids={}, keys={})
@@ -118,8 +121,19 @@ def build_table(session: Session) -> RoutingTable:
     """Read the live registry in a handful of queries."""
     # Columns rather than ORM objects: a rebuild reads every live model and version (JSON columns and
     # all, when loaded as objects), and runs on every change that is not only placements'.
-    live_tenants = select(Tenant.id, Tenant.name).where(Tenant.deleted_at.is_(None))
-    tenants = dict(session.execute(live_tenants).tuples().all())
+    live_tenants = select(
+        Tenant.id,
+        Tenant.name,
+        Tenant.inference_rate_limit,
+        Tenant.inference_burst,
+        Tenant.inference_max_concurrency,
+    ).where(Tenant.deleted_at.is_(None))
+    tenants: dict[int, str] = {}
+    own_limits: dict[int, OwnLimits] = {}
+    for tenant_id, tenant_name, rate, burst, most in session.execute(live_tenants).tuples():
+        tenants[tenant_id] = tenant_name
+        if (rate, burst, most) != (None, None, None):
+            own_limits[tenant_id] = OwnLimits(rate_per_s=rate, burst=burst, max_concurrency=most)
     models = {
         model_id: (tenant_id, name)
         for model_id, tenant_id, name in session.execute(
@@ -187,6 +201,7 @@ def build_table(session: Session) -> RoutingTable:
         keys=keys,
         placements=ready_placements(session),
         resident=resident_names(session),
+        tenant_limits=own_limits,
     )
 
 

@@ -64,8 +64,12 @@ def update_tenant(
     state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> TenantOut:
-    """Set a tenant's quotas (admins only): the most live models, live versions and artifact bytes it may
-    hold. A field left out keeps its value; null sets it back to the default (`CP_TENANT_MAX_*`)."""
+    """Set a tenant's quotas (the most live models, live versions and artifact bytes it may hold) and its
+    inference limits (requests a second, burst, requests in flight), admins only. A field left out keeps
+    its value; null sets it back to the default (`CP_TENANT_MAX_*`, `CP_TENANT_RATE_LIMIT`, ...)."""
     found = service.visible(session, ctx=ctx, name=tenant)
-    service.set_quota(session, ctx=ctx, tenant=found, patch=body.quota)
+    if body.quota is not None:
+        service.set_quota(session, ctx=ctx, tenant=found, patch=body.quota)
+    if body.limits is not None:
+        service.set_limits(session, ctx=ctx, tenant=found, patch=body.limits)
     return service.describe(session, found, settings=state.settings)

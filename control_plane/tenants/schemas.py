@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from control_plane.names import Name
 from control_plane.timestamps import UtcDateTime
 
 MAX_COUNT = 10_000_000  # the most models or versions a quota may allow
 MAX_BYTES = 2**60  # the most artifact bytes (1 EiB)
+MAX_RATE = 1_000_000.0  # the most inference requests a second a tenant's limit may allow
+MAX_LIMIT = 1_000_000  # the largest burst or number of requests in flight
 
 
 class TenantCreate(BaseModel):
@@ -34,15 +36,49 @@ class QuotaPatch(BaseModel):
     )
 
 
+class LimitsPatch(BaseModel):
+    """A tenant's own inference limits. A field left out keeps its value; null sets it back to the default
+    (`CP_TENANT_RATE_LIMIT`, `CP_TENANT_BURST`, `CP_TENANT_MAX_CONCURRENCY`); 0 is unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_per_s: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_RATE,
+        allow_inf_nan=False,
+        strict=True,
+        description="inference requests a second (0: unlimited)",
+    )
+    burst: int | None = Field(
+        None, ge=1, le=MAX_LIMIT, strict=True, description="requests allowed at once above the rate"
+    )
+    max_concurrency: int | None = Field(
+        None, ge=0, le=MAX_LIMIT, strict=True, description="inference requests in flight (0: unlimited)"
+    )
+
+
 class TenantPatch(BaseModel):
-    """Body of PATCH /v1/tenants/{t} (admins)."""
+    """Body of PATCH /v1/tenants/{t} (admins): its quotas, its inference limits, or both."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"quota": {"max_models": 50, "max_artifact_bytes": 10 * 1024**3}}]},
+        json_schema_extra={
+            "examples": [
+                {"quota": {"max_models": 50, "max_artifact_bytes": 10 * 1024**3}},
+                {"limits": {"rate_per_s": 200, "burst": 400, "max_concurrency": 64}},
+            ]
+        },
     )
 
-    quota: QuotaPatch
+    quota: QuotaPatch | None = None
+    limits: LimitsPatch | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> TenantPatch:
+        if self.quota is None and self.limits is None:
+            raise ValueError("give 'quota', 'limits' or both")
+        return self
 
 
 class QuotaOut(BaseModel):
@@ -51,6 +87,14 @@ class QuotaOut(BaseModel):
     max_models: int | None
     max_versions: int | None
     max_artifact_bytes: int | None
+
+
+class LimitsOut(BaseModel):
+    """A tenant's inference limits in force (its own, else the defaults); null: unlimited."""
+
+    rate_per_s: float | None
+    burst: int
+    max_concurrency: int | None
 
 
 class UsageOut(BaseModel):
@@ -67,4 +111,5 @@ class TenantOut(BaseModel):
     name: str
     created_at: UtcDateTime
     quota: QuotaOut
+    limits: LimitsOut
     usage: UsageOut

@@ -1,4 +1,5 @@
-"""Create, look up and describe tenants (hiding other tenants from tenant-bound keys); set their quotas."""
+"""Create, look up and describe tenants (hiding other tenants from tenant-bound keys); set their quotas and
+inference limits."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from control_plane.paging import Listing, Page, cut
 from control_plane.settings import Settings
 from control_plane.tenants import quota, repository
 from control_plane.tenants.exceptions import TenantExists, TenantNotFound
-from control_plane.tenants.schemas import QuotaOut, QuotaPatch, TenantOut, UsageOut
+from control_plane.tenants.schemas import (
+    LimitsOut,
+    LimitsPatch,
+    QuotaOut,
+    QuotaPatch,
+    TenantOut,
+    UsageOut,
+)
 
 
 def create(session: Session, *, ctx: RequestContext, name: str) -> Tenant:
@@ -68,6 +76,7 @@ def describe_many(session: Session, tenants: list[Tenant], *, settings: Settings
             name=t.name,
             created_at=t.created_at,
             quota=QuotaOut(**asdict(quota.limits(t, settings))),
+            limits=inference_limits(t, settings),
             usage=UsageOut(**asdict(held[t.id])),
         )
         for t in tenants
@@ -83,16 +92,61 @@ def set_quota(session: Session, *, ctx: RequestContext, tenant: Tenant, patch: Q
     """Set the tenant's own quotas given in `patch` (null: back to the default), audited (admins only;
     checked by the router). A limit below what the tenant holds refuses new models or versions and
     removes nothing."""
-    repository.lock(session, tenant)
     given = patch.model_dump(include=patch.model_fields_set)
-    before = {name: getattr(tenant, name) for name in given}
+    return _set_own(session, ctx=ctx, tenant=tenant, action="tenant.quota", given=given, columns={})
+
+
+# A tenant's own inference limits: the API's fields and the columns that hold them.
+_LIMIT_COLUMNS = {
+    "rate_per_s": "inference_rate_limit",
+    "burst": "inference_burst",
+    "max_concurrency": "inference_max_concurrency",
+}
+
+
+def inference_limits(tenant: Tenant, settings: Settings) -> LimitsOut:
+    """The tenant's inference limits in force: its own, else the settings' (null: unlimited)."""
+    rate = tenant.inference_rate_limit
+    burst = tenant.inference_burst
+    most = tenant.inference_max_concurrency
+    rate = settings.tenant_rate_limit if rate is None else rate
+    most = settings.tenant_max_concurrency if most is None else most
+    return LimitsOut(
+        rate_per_s=rate or None,
+        burst=max(settings.tenant_burst if burst is None else burst, 1),
+        max_concurrency=most or None,
+    )
+
+
+def set_limits(session: Session, *, ctx: RequestContext, tenant: Tenant, patch: LimitsPatch) -> Tenant:
+    """Set the tenant's own inference limits given in `patch` (null: back to the default), audited (admins
+    only; checked by the router). Every replica applies them with its next routing table."""
+    given = patch.model_dump(include=patch.model_fields_set)
+    return _set_own(
+        session, ctx=ctx, tenant=tenant, action="tenant.limits", given=given, columns=_LIMIT_COLUMNS
+    )
+
+
+def _set_own(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    tenant: Tenant,
+    action: str,
+    given: dict[str, object],
+    columns: dict[str, str],
+) -> Tenant:
+    """Set the tenant's settings in `given` (by API field; `columns` names the column of a field whose
+    column is named otherwise), under the tenant's lock, audited as `action` with before and after."""
+    repository.lock(session, tenant)
+    before = {name: getattr(tenant, columns.get(name, name)) for name in given}
     for name, value in given.items():
-        setattr(tenant, name, value)
+        setattr(tenant, columns.get(name, name), value)
     session.flush()
     audit.record(
         session,
         actor=ctx.principal,
-        action="tenant.quota",
+        action=action,
         target=f"tenant/{tenant.name}",
         tenant=tenant.name,
         before=before,

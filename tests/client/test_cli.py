@@ -166,6 +166,25 @@ def test_an_admin_sets_quotas_and_a_create_past_one_exits_non_zero_naming_it(sta
     assert run("tenants", "quota", tenant, "--max-models", "9", key=publisher).exit_code != 0  # admins only
 
 
+def test_an_admin_sets_a_tenants_inference_limits_and_default_puts_them_back(stack: Api, run: Run) -> None:
+    admin = stack.admin_token
+    tenant = unique_name("cli")
+    ok(run("tenants", "create", tenant, key=admin))
+
+    limits = ("--rate", "2.5", "--burst", "5", "--max-concurrency", "3")
+    shown = as_json(run("tenants", "limits", tenant, *limits, "-o", "json", key=admin))
+    table = ok(run("tenants", "get", tenant, key=admin))
+    reset = as_json(run("tenants", "limits", tenant, "--rate", "default", "-o", "json", key=admin))
+    bad = run("tenants", "limits", tenant, "--rate", "fast", key=admin)
+    nothing = run("tenants", "limits", tenant, key=admin)
+
+    assert shown["limits"] == {"rate_per_s": 2.5, "burst": 5, "max_concurrency": 3}
+    assert "2.5/s (burst 5)" in table and "in flight" in table
+    assert reset["limits"] == {"rate_per_s": None, "burst": 5, "max_concurrency": 3}
+    assert bad.exit_code != 0 and "requests a second" in bad.output
+    assert nothing.exit_code != 0 and "--rate" in nothing.output
+
+
 def test_a_bad_key_or_no_configuration_exits_with_a_clear_message(run: Run) -> None:
     refused = run("models", "list", "-t", "acme", key="not-a-key")
     unconfigured = run("models", "list", env={"CP_URL": ""})

@@ -182,12 +182,15 @@ def test_a_tenants_page_shows_what_it_holds_against_its_quotas(world: World, adm
         sdk.models.create(tenant, name="a", format="onnx")
         unlimited = admin.get(f"/console/tenants/{tenant}").text
         sdk.tenants.set_quota(tenant, max_models=3, max_artifact_bytes=2 * 1024**2)
+        sdk.tenants.set_limits(tenant, rate_per_s=2.5, burst=5, max_concurrency=4)
     limited = admin.get(f"/console/tenants/{tenant}").text
 
-    def line(html: str) -> str:
-        found = re.search(r'<p id="quota"[^>]*>(.*?)</p>', html, re.S)
+    def line(html: str, what: str = "quota") -> str:
+        found = re.search(rf'<p id="{what}"[^>]*>(.*?)</p>', html, re.S)
         assert found is not None, html
         return " ".join(found.group(1).split())
 
     assert line(unlimited) == "Holds 1 model(s), 0 live version(s) and 0 Bytes of artifacts; no quota."
     assert line(limited) == "Holds 1 model(s) of 3, 0 live version(s) and 0 Bytes of artifacts of 2.0 MiB."
+    assert line(unlimited, "limits") == "Inference: no rate limit, no limit in flight."
+    assert line(limited, "limits") == "Inference: 2.5 request(s) a second (burst 5), 4 in flight at most."

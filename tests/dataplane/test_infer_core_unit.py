@@ -76,7 +76,7 @@ def test_a_failure_of_a_version_evicted_under_the_request_is_sent_again(evicted_
     state = _state()
     outcome, sends = asyncio.run(_forward(state, [500, 200], evicted_after=evicted_after))
     assert (outcome.status, sends) == (200, 2)
-    assert state.limits._in_flight[1] == 0 and state.inflight[NAME] == 0
+    assert state.limits.in_flight(1) == 0 and state.inflight[NAME] == 0
     state.residency.stop()
 
 
@@ -103,7 +103,7 @@ def test_a_failure_of_a_version_still_resident_is_passed_on_not_sent_again(statu
     state = _state()
     outcome, sends = asyncio.run(_forward(state, [status, 200], evicted_after=None))
     assert (outcome.status, sends) == (status, 1)
-    assert state.limits._in_flight[1] == 0
+    assert state.limits.in_flight(1) == 0
     state.residency.stop()
 
 
@@ -118,5 +118,5 @@ def test_a_request_is_sent_again_at_most_once() -> None:
     state = _state()
     outcome, sends = asyncio.run(_forward(state, [500, 500, 200], evicted_after=0.0))
     assert (outcome.status, sends) == (500, 2)
-    assert state.limits._in_flight[1] == 0
+    assert state.limits.in_flight(1) == 0
     state.residency.stop()
