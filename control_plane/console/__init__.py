@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from control_plane.console import actions, admin, browse, signin
+from control_plane.console import actions, admin, browse, keys, signin
 from control_plane.console.auth import SignInRequired, clear_session_cookie, console_path
 from control_plane.console.cookies import SessionCodec, cookie_secret
 from control_plane.console.docs import STATIC, install_docs
@@ -33,7 +33,7 @@ def create_console(parent: FastAPI, settings: Settings) -> FastAPI:
     console.state.control_plane = parent
     console.state.codec = SessionCodec(cookie_secret(settings), max_age_s=settings.console_session_s)
     console.state.live = None
-    for router in (signin.router, browse.router, actions.router, admin.router):
+    for router in (signin.router, browse.router, actions.router, admin.router, keys.router):
         console.include_router(router)
     console.add_exception_handler(AppError, _app_error)
     console.add_exception_handler(RequestValidationError, _invalid)

@@ -53,10 +53,14 @@ def _reason(value: str | None) -> str | None:
     return reason or None
 
 
-def _confirm(request: Request, *, title: str, lines: list[str], fields: dict[str, Any]) -> HTMLResponse:
-    """The confirmation page: what will change, and the same form with confirmed=yes."""
+def confirm_page(
+    request: Request, *, title: str, lines: list[str], fields: dict[str, Any], back: str | None = None
+) -> HTMLResponse:
+    """The confirmation page: what will change, and the same form with confirmed=yes; Cancel goes `back`
+    (by default, one step up the path)."""
     hidden = {k: "" if v is None else str(v) for k, v in fields.items()}
-    back = request.url.path.rsplit("/", 1)[0]  # .../promote -> the model, .../rollback -> the alias
+    if back is None:
+        back = request.url.path.rsplit("/", 1)[0]  # .../promote -> the model, .../rollback -> the alias
     context = {"title": title, "lines": lines, "fields": hidden, "back": back}
     return page(request, "confirm.html", context)
 
@@ -91,7 +95,7 @@ def promote(
             found = models.get_model(session, tenant=owner, name=model)
             current = models.describe(session, model=found, settings=state.settings).aliases.get(alias)
         was = f"v{current}" if current is not None else "nothing (a new alias)"
-        return _confirm(
+        return confirm_page(
             request,
             title=f"Promote {owner.name}/{found.name} v{number} to '{alias}'?",
             lines=[
@@ -147,7 +151,7 @@ def rollback(
             history = lifecycle.history(session, model=found, alias_name=alias).items
         back = target if target is not None else _previous_of(history, current.version)
         goes = f"v{back}" if back is not None else "its previous version (none is recorded: this will fail)"
-        return _confirm(
+        return confirm_page(
             request,
             title=f"Roll back '{alias}' of {owner.name}/{found.name}?",
             lines=[
@@ -217,7 +221,7 @@ async def set_traffic(
     if form.get("confirmed") != "yes":
         current: TrafficOut = await run_in_threadpool(_current_traffic, request, user, tenant, model, alias)
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str) and k != "confirmed"}
-        return _confirm(
+        return confirm_page(
             request,
             title=f"Change the traffic of '{alias}' of {tenant}/{model}?",
             lines=[

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -109,13 +108,13 @@ def _create(
     role: Role,
     body: AdminKeyCreate,
 ) -> KeyCreated:
-    expires_at = service.expiry(
-        body.expires_at,
-        max_ttl_s=state.settings.key_max_ttl_s,
-        now=datetime.now(UTC),
-        creator_expires_at=ctx.principal.expires_at,
-    )
-    key, plaintext = service.create(
-        session, ctx=ctx, tenant=owner, role=role, description=body.description, expires_at=expires_at
+    key, plaintext = service.issue(
+        session,
+        ctx=ctx,
+        settings=state.settings,
+        tenant=owner,
+        role=role,
+        description=body.description,
+        expires_at=body.expires_at,
     )
     return KeyCreated.model_validate({**KeyOut.model_validate(key).model_dump(), "key": plaintext})

@@ -13,6 +13,7 @@ from control_plane.db.models import ApiKey, Tenant
 from control_plane.errors import InvalidRequest, NotFound, Unauthorized
 from control_plane.keys import repository, secrets
 from control_plane.paging import Listing, Page, cut
+from control_plane.settings import Settings
 from control_plane.timestamps import as_utc, format_utc
 
 if TYPE_CHECKING:  # auth.context imports this module
@@ -91,6 +92,27 @@ def expiry(
     return expires_at
 
 
+def issue(
+    session: Session,
+    *,
+    ctx: RequestContext,
+    settings: Settings,
+    tenant: Tenant | None,
+    role: Role,
+    description: str | None,
+    expires_at: datetime | None,
+) -> tuple[ApiKey, str]:
+    """`create`, expiring when asked, else at the longest life the settings allow, and never after the
+    creator's own key (see `expiry`)."""
+    given = expiry(
+        expires_at,
+        max_ttl_s=settings.key_max_ttl_s,
+        now=datetime.now(UTC),
+        creator_expires_at=ctx.principal.expires_at,
+    )
+    return create(session, ctx=ctx, tenant=tenant, role=role, description=description, expires_at=given)
+
+
 def create(
     session: Session,
     *,
@@ -138,13 +160,19 @@ def page_for(session: Session, *, tenant: Tenant | None, page: Page[int]) -> Lis
     return cut(repository.for_tenant(session, owner, page=page), page, key=lambda k: k.id)
 
 
+def get(session: Session, *, tenant: Tenant | None, key_id: int, lock: bool = False) -> ApiKey:
+    """A key of the tenant (None: an admin key), or 404 (another tenant's keys included)."""
+    owner = tenant.id if tenant is not None else None
+    key = repository.get(session, tenant_id=owner, key_id=key_id, lock=lock)
+    if key is None:
+        raise NotFound(f"key {key_id} not found")
+    return key
+
+
 def revoke(session: Session, *, ctx: RequestContext, tenant: Tenant | None, key_id: int) -> ApiKey:
     """Revoke a key of the tenant (None: an admin key); revoking twice is harmless (and audited once,
     however close the two are)."""
-    owner = tenant.id if tenant is not None else None
-    key = repository.get(session, tenant_id=owner, key_id=key_id, lock=True)
-    if key is None:
-        raise NotFound(f"key {key_id} not found")
+    key = get(session, tenant=tenant, key_id=key_id, lock=True)
     if key.revoked_at is None:
         key.revoked_at = datetime.now(UTC)
         session.flush()
