@@ -32,6 +32,9 @@ class Device(StrEnum):
     GPU = "gpu"
 
 
+MIN_RATE = 0.001  # the least request rate a limit may set, but for 0 (unlimited): one every 1000 s
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -121,7 +124,7 @@ class Settings(BaseSettings):
     # Audit events older than this many days are deleted, hourly, by one replica (0: kept for ever); at
     # least a day when set (audit/retention.py).
     audit_retention_days: float = Field(0.0, ge=0, le=36500, allow_inf_nan=False)
-    audit_retention_interval_s: float = Field(3600.0, gt=0, le=7 * 86400, allow_inf_nan=False)
+    audit_retention_interval_s: float = Field(3600.0, ge=60, le=7 * 86400, allow_inf_nan=False)
     # The longest an API key may live (0: no limit); a key created without `expires_at` gets it.
     key_max_ttl_s: float = Field(0.0, ge=0, le=100 * 365 * 86400, allow_inf_nan=False)
     upstream_timeout_s: float = 60.0
@@ -187,6 +190,13 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("tenant_rate_limit", "api_tenant_rate_limit")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if 0 < value < MIN_RATE:
+            raise ValueError(f"0 (unlimited) or at least {MIN_RATE:g} requests a second")
+        return value
 
     @field_validator("audit_retention_days")
     @classmethod

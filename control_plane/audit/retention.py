@@ -76,22 +76,38 @@ class AuditRetention:
             return 0
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.retention_days)
         deleted, finished = 0, False
-        while not finished and not self._loop.stopping.is_set() and self._lease.held():
-            with transaction(self.session_factory) as session:
-                gone = repository.delete_older(session, older_than=cutoff, batch=self.batch)
-            deleted += gone
-            self.purged.inc(gone)
-            finished = gone < self.batch
-        if deleted:
-            with transaction(self.session_factory) as session:
-                audit.record(
-                    session,
-                    actor=SYSTEM,
-                    action="audit.purge",
-                    target="audit",
-                    after={"older_than": cutoff.isoformat(), "deleted": deleted},
-                )
-            log.info("audit retention: %d events older than %s deleted", deleted, cutoff.isoformat())
+        try:
+            while not finished and not self._loop.stopping.is_set() and self._lease.held():
+                with transaction(self.session_factory) as session:
+                    gone = repository.delete_older(session, older_than=cutoff, batch=self.batch)
+                deleted += gone
+                self.purged.inc(gone)
+                finished = gone < self.batch
+        except Exception as exc:
+            self._audit(cutoff, deleted, finished=False, error=type(exc).__name__)
+            raise
+        self._audit(cutoff, deleted, finished=finished, error=None)
         if finished:
             self.last_success.set_to_current_time()
         return deleted
+
+    def _audit(self, cutoff: datetime, deleted: int, *, finished: bool, error: str | None) -> None:
+        """Record a purge that deleted anything, finished or not (a batch that failed, a stop, a lost
+        lease), so that the log always says what left it."""
+        if not deleted:
+            return
+        figures: dict[str, object] = {"older_than": cutoff.isoformat(), "deleted": deleted}
+        if not finished:
+            figures["finished"] = False
+        if error is not None:
+            figures["error"] = error
+        with transaction(self.session_factory) as session:
+            audit.record(
+                session,
+                actor=SYSTEM,
+                action="audit.purge",
+                target="audit",
+                after=figures,
+                outcome="success" if error is None else "failure",
+            )
+        log.info("audit retention: %d events older than %s deleted", deleted, cutoff.isoformat())

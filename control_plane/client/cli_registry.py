@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -121,9 +122,12 @@ def _rate(value: str) -> float | None:
     if value == "default":
         return None
     try:
-        return float(value)
+        rate = float(value)
     except ValueError:
-        raise typer.BadParameter("--rate takes a number of requests a second, or 'default'") from None
+        rate = math.nan
+    if not math.isfinite(rate) or rate < 0:
+        raise typer.BadParameter("--rate takes a number of requests a second (0: unlimited), or 'default'")
+    return rate
 
 
 @keys_app.command("list")

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from control_plane.errors import AppError
 
+MAX_WAIT_S = 3600.0  # the longest Retry-After a rate limit gives (a tiny rate must not overflow it)
+
 
 class RateLimited(AppError):
     """429 with Retry-After."""
@@ -67,7 +69,7 @@ class TenantLimits:
         bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens < 1:
-            wait = math.ceil((1 - bucket.tokens) / rate)
+            wait = math.ceil(min((1 - bucket.tokens) / rate, MAX_WAIT_S))
             raise RateLimited(f"tenant {self.noun} rate over {rate:g}/s", retry_after=max(wait, 1))
         bucket.tokens -= 1
 

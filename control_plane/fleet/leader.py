@@ -142,4 +142,4 @@ class LeaderLoop:
             if self.lease.acquire():
                 self.work()
         except Exception:
-            log.exception("%s failed; the next run in %.0f s", self.name, self.interval_s)
+            log.exception("%s failed; the next run in %g s", self.name, self.interval_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from control_plane.names import Name
+from control_plane.settings import MIN_RATE
 from control_plane.timestamps import UtcDateTime
 
 MAX_COUNT = 10_000_000  # the most models or versions a quota may allow
@@ -35,6 +36,12 @@ class QuotaPatch(BaseModel):
         None, ge=1, le=MAX_BYTES, strict=True, description="bytes of the distinct artifacts live versions use"
     )
 
+    @model_validator(mode="after")
+    def _something(self) -> QuotaPatch:
+        if not self.model_fields_set:
+            raise ValueError("give max_models, max_versions or max_artifact_bytes (null: the default)")
+        return self
+
 
 class LimitsPatch(BaseModel):
     """A tenant's own inference limits. A field left out keeps its value; null sets it back to the default
@@ -56,6 +63,14 @@ class LimitsPatch(BaseModel):
     max_concurrency: int | None = Field(
         None, ge=0, le=MAX_LIMIT, strict=True, description="inference requests in flight (0: unlimited)"
     )
+
+    @model_validator(mode="after")
+    def _something(self) -> LimitsPatch:
+        if not self.model_fields_set:
+            raise ValueError("give rate_per_s, burst or max_concurrency (null: the default)")
+        if self.rate_per_s is not None and 0 < self.rate_per_s < MIN_RATE:
+            raise ValueError(f"rate_per_s: 0 (unlimited) or at least {MIN_RATE:g} requests a second")
+        return self
 
 
 class TenantPatch(BaseModel):

@@ -140,6 +140,8 @@ def _set_own(
     column is named otherwise), under the tenant's lock, audited as `action` with before and after."""
     repository.lock(session, tenant)
     before = {name: getattr(tenant, columns.get(name, name)) for name in given}
+    if before == given:
+        return tenant  # nothing changes, nothing to audit
     for name, value in given.items():
         setattr(tenant, columns.get(name, name), value)
     session.flush()

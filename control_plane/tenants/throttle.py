@@ -69,9 +69,10 @@ class ApiThrottle:
                 raise
             try:
                 self.limits.check_rate(tenant_id)
-            except RateLimited:
+            except BaseException as exc:
                 self.limits.release(tenant_id)
-                self.refused.labels(tenant, "rate").inc()
+                if isinstance(exc, RateLimited):
+                    self.refused.labels(tenant, "rate").inc()
                 raise
 
     def release(self, tenant_id: int) -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.audit import repository
 from control_plane.audit.retention import AuditRetention
 from control_plane.db import migrate
 from control_plane.db.models import AuditEvent
@@ -141,3 +143,38 @@ def test_a_served_app_purges_what_is_older_than_the_retention_at_start(
 def test_a_retention_under_a_day_or_unbounded_is_refused_at_start_up(days: float) -> None:
     with pytest.raises(ValidationError, match="audit_retention_days"):
         Settings(audit_retention_days=days)
+
+
+def test_a_purge_that_fails_midway_audits_what_it_deleted(
+    sessions: sessionmaker[Session], fresh_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fails (a failover, a statement timeout) must not leave deleted events unrecorded."""
+    add_events(sessions, days_ago=40, count=12, action="old")
+    purger = retention(sessions, fresh_url)
+    batches = 0
+    delete_older = repository.delete_older
+
+    def failing(session: Session, **kwargs: Any) -> int:
+        nonlocal batches
+        batches += 1
+        if batches == 3:
+            raise RuntimeError("connection lost")
+        return delete_older(session, **kwargs)
+
+    monkeypatch.setattr(repository, "delete_older", failing)
+    try:
+        with pytest.raises(RuntimeError):
+            purger.purge(now=NOW)
+    finally:
+        purger.stop()
+
+    with sessions() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "audit.purge")).one()
+    assert event.outcome == "failure"
+    assert event.after == {
+        "older_than": (NOW - timedelta(days=30)).isoformat(),
+        "deleted": 10,
+        "finished": False,
+        "error": "RuntimeError",
+    }
+    assert actions(sessions).count("old") == 2

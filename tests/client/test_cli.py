@@ -176,12 +176,14 @@ def test_an_admin_sets_a_tenants_inference_limits_and_default_puts_them_back(sta
     table = ok(run("tenants", "get", tenant, key=admin))
     reset = as_json(run("tenants", "limits", tenant, "--rate", "default", "-o", "json", key=admin))
     bad = run("tenants", "limits", tenant, "--rate", "fast", key=admin)
+    endless = run("tenants", "limits", tenant, "--rate", "inf", key=admin)
     nothing = run("tenants", "limits", tenant, key=admin)
 
     assert shown["limits"] == {"rate_per_s": 2.5, "burst": 5, "max_concurrency": 3}
     assert "2.5/s (burst 5)" in table and "in flight" in table
     assert reset["limits"] == {"rate_per_s": None, "burst": 5, "max_concurrency": 3}
     assert bad.exit_code != 0 and "requests a second" in bad.output
+    assert endless.exit_code != 0 and "requests a second" in endless.output
     assert nothing.exit_code != 0 and "--rate" in nothing.output
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from control_plane.dataplane.limits import MAX_WAIT_S, RateLimited, TenantLimits
 from control_plane.keys.secrets import generate
 from control_plane.routing.table import KeyEntry, RoutingTable
-from control_plane.tenants.throttle import tenant_of
+from control_plane.settings import Settings
+from control_plane.tenants.throttle import ApiThrottle, tenant_of
 
 ADMIN_TOKEN = "bootstrap-admin-token"
 
@@ -61,3 +64,24 @@ CASES = {  # the Authorization header, and what it counts against (the secrets a
 def test_only_a_tenants_valid_management_key_is_counted(case: str) -> None:
     header, counted = CASES[case]
     assert tenant_of(TABLE, header, ADMIN_TOKEN) == counted
+
+
+def test_a_tiny_rate_answers_a_bounded_retry_after_instead_of_overflowing() -> None:
+    limits = TenantLimits(rate_per_s=5e-324, burst=1)  # what validation now refuses, as a last resort
+    limits.check_rate(1)
+    with pytest.raises(RateLimited) as refused:
+        limits.check_rate(1)
+    assert refused.value.retry_after == MAX_WAIT_S
+
+
+def test_a_slot_is_given_back_whatever_ends_the_admission(monkeypatch: pytest.MonkeyPatch) -> None:
+    throttle = ApiThrottle(Settings(api_tenant_max_concurrency=2), CollectorRegistry())
+
+    def broken(_: int) -> None:
+        raise OverflowError("a bug in the rate check")
+
+    monkeypatch.setattr(throttle.limits, "check_rate", broken)
+    for _ in range(3):
+        with pytest.raises(OverflowError):
+            throttle.admit(7, "acme")
+    assert throttle.limits.in_flight(7) == 0  # no slot kept: the tenant is not locked out

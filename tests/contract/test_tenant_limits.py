@@ -14,8 +14,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException
 
+from control_plane.settings import Settings
 from tests.fixtures_triton import RunningTriton
 from tests.support.api import Api
 from tests.support.procs import free_port
@@ -149,6 +151,9 @@ BAD_LIMITS: list[dict[str, Any]] = [
     {"max_concurrency": "8"},
     {"rate_per_s": 1e9},
     {"requests": 5},
+    {"rate_per_s": 5e-324},  # its Retry-After overflowed: every request of the tenant was a 500
+    {"rate_per_s": 0.0005},
+    {},
 ]
 
 
@@ -167,6 +172,7 @@ def test_only_admins_set_limits_and_each_change_is_audited(served: Api) -> None:
     refused = set_limits(served, tenant, publisher, rate_per_s=1000)
     empty = served.client.patch(f"/v1/tenants/{tenant}", json={}, headers=served.headers())
     assert set_limits(served, tenant, rate_per_s=50, max_concurrency=0).status_code == 200
+    assert set_limits(served, tenant, rate_per_s=50).status_code == 200  # no change: not audited again
     shown = served.client.get(f"/v1/tenants/{tenant}", headers=served.headers(publisher)).json()
     events = served.client.get(
         "/v1/audit", params={"tenant": tenant, "action": "tenant.limits"}, headers=served.headers()
@@ -178,3 +184,10 @@ def test_only_admins_set_limits_and_each_change_is_audited(served: Api) -> None:
     assert [(e["before"], e["after"]) for e in events] == [
         ({"rate_per_s": None, "max_concurrency": None}, {"rate_per_s": 50.0, "max_concurrency": 0})
     ]
+
+
+@pytest.mark.parametrize("setting", ["tenant_rate_limit", "api_tenant_rate_limit"])
+def test_a_default_rate_below_the_least_is_refused_at_start_up(setting: str) -> None:
+    with pytest.raises(ValidationError, match=r"at least 0\.001 requests a second"):
+        Settings.model_validate({setting: 1e-9})
+    assert getattr(Settings.model_validate({setting: 0}), setting) == 0  # 0: unlimited
