@@ -12,6 +12,7 @@ from pathlib import Path
 import httptools
 import pytest
 
+from control_plane.dataplane import fastpath
 from tests.support.api import Api
 from tests.support.deploy import Deployed, deploy_onnx
 
@@ -148,3 +149,24 @@ def test_idle_keep_alive_connections_close_after_the_timeout_and_busy_ones_stay(
             responses.parser.feed_data(sock.recv(65536))
         assert [status for status, _, _ in responses.done] == [200, 200]
         assert 0.5 < _wait_closed(sock, within=5) < 2.5
+
+
+def test_a_bug_of_ours_before_the_body_is_a_500_not_the_clients_bad_request(
+    deployed: tuple[Api, Deployed], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception we did not foresee while the headers are checked (a limit's arithmetic, say) was raised
+    out of the parser's callback, and uvicorn answered it as the client's 'Invalid HTTP request' (400)."""
+    api, d = deployed
+
+    def broken(*_: object) -> None:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(fastpath, "check_limits", broken)
+    infer = _request(f"/v2/models/{d.model}/infer", d)
+    done, _ = _exchange(api, infer, expect=1)
+
+    status, _, body = done[0]
+    assert status == 500, body
+    assert json.loads(body) == {"error": "internal error", "kind": "InternalError"}
+    assert b"infinity" not in body  # nothing internal reaches the client; the log has it
+    assert any(r.exc_info and r.exc_info[0] is OverflowError for r in caplog.records)
