@@ -91,9 +91,13 @@ class LeaderLease:
         return bool(row and row[0])
 
     def release(self) -> None:
-        """Give up leadership (closing the connection releases the lock)."""
+        """Give up leadership: unlocked at once, then the connection closed (which alone would release it
+        only once the server has ended its backend, a moment after the close returns)."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            if not conn.closed and not conn.broken:  # a lost connection is not waited on: its lock is gone
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock_all()")
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
