@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     api_tenant_rate_limit: float = Field(0.0, ge=0, allow_inf_nan=False)
     api_tenant_burst: int = Field(20, ge=1)
     api_tenant_max_concurrency: int = Field(8, ge=0)
+    # Threads of management calls that wait for a version's load (`/load`, promote, rollback), apart from
+    # the 40 every other management request runs on; past them, such calls queue without a thread.
+    load_wait_threads: int = Field(32, ge=1, le=1000)
     # Quotas of every tenant without its own (PATCH /v1/tenants/{t}); 0 = unlimited. Live models, live
     # versions, and the bytes of the distinct artifacts its live versions use.
     tenant_max_models: int = Field(default=0, ge=0)

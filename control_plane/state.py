@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,6 +66,13 @@ class AppState:
     janitor: KeepWarmJanitor | None = None
     artifact_sweeper: ArtifactSweeper | None = None
     audit_retention: AuditRetention | None = None
+    _load_waits: anyio.CapacityLimiter | None = None
+
+    def load_wait_limiter(self) -> anyio.CapacityLimiter:
+        """The threads of management calls that wait for loads (made on first use: it needs the loop)."""
+        if self._load_waits is None:
+            self._load_waits = anyio.CapacityLimiter(self.settings.load_wait_threads)
+        return self._load_waits
 
     def reconcile_soon(self) -> None:
         """The fleet's desired state changed: run a reconcile pass now (once the loop exists)."""

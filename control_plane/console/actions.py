@@ -8,6 +8,8 @@ the alias page (post/redirect/get).
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from control_plane.console.auth import ConsoleUser, app_state, check_csrf, console_path, current_user
 from control_plane.console.render import page
 from control_plane.db.session import transaction
+from control_plane.dependencies import waiting_for_loads
 from control_plane.errors import InvalidRequest
 from control_plane.lifecycle import service as lifecycle
 from control_plane.lifecycle import traffic
@@ -70,8 +73,20 @@ def _done(request: Request, tenant: str, model: str, alias: str, action: str) ->
     return RedirectResponse(f"{url}?done={action}", status_code=303)
 
 
+@dataclass(frozen=True)
+class _Form:
+    """What every action's form gives besides its own fields."""
+
+    request: Request
+    user: ConsoleUser
+    tenant: str
+    model: str
+    confirmed: str | None
+    csrf: str | None
+
+
 @router.post(MODEL + "/promote", response_class=HTMLResponse)
-def promote(
+async def promote(
     request: Request,
     tenant: str,
     model: str,
@@ -82,8 +97,17 @@ def promote(
     confirmed: str | None = Form(None),
     user: ConsoleUser = Depends(current_user),
 ) -> Response:
-    """Point an alias (new or existing) at a version, after confirmation."""
+    """Point an alias (new or existing) at a version, after confirmation (the promote may wait for the
+    version's load: on the threads of such waits)."""
     check_csrf(request, user, csrf)
+    form = _Form(request, user, tenant, model, confirmed=confirmed, csrf=csrf)
+    work = functools.partial(_promote, form, alias=alias, version=version, reason=reason)
+    return await waiting_for_loads(app_state(request), work)
+
+
+def _promote(form: _Form, *, alias: str, version: str, reason: str | None) -> Response:
+    request, user, tenant, model = form.request, form.user, form.tenant, form.model
+    confirmed, csrf = form.confirmed, form.csrf
     alias = alias.strip()
     if not alias:
         raise InvalidRequest("name the alias to move")
@@ -128,7 +152,7 @@ def _previous_of(history: list[HistoryEntry], current: int) -> int | None:
 
 
 @router.post(ALIAS + "/rollback", response_class=HTMLResponse)
-def rollback(
+async def rollback(
     request: Request,
     tenant: str,
     model: str,
@@ -139,8 +163,17 @@ def rollback(
     confirmed: str | None = Form(None),
     user: ConsoleUser = Depends(current_user),
 ) -> Response:
-    """Move an alias back to its previous version (or a chosen one), after confirmation."""
+    """Move an alias back to its previous version (or a chosen one), after confirmation (on the threads of
+    calls that wait for loads, as a promote)."""
     check_csrf(request, user, csrf)
+    form = _Form(request, user, tenant, model, confirmed=confirmed, csrf=csrf)
+    work = functools.partial(_rollback, form, alias=alias, to_version=to_version, reason=reason)
+    return await waiting_for_loads(app_state(request), work)
+
+
+def _rollback(form: _Form, *, alias: str, to_version: str | None, reason: str | None) -> Response:
+    request, user, tenant, model = form.request, form.user, form.tenant, form.model
+    confirmed, csrf = form.confirmed, form.csrf
     target, why = _optional_number(to_version, "version"), _reason(reason)
     state = app_state(request)
     if confirmed != "yes":
@@ -231,7 +264,8 @@ async def set_traffic(
             ],
             fields=fields,
         )
-    await run_in_threadpool(_apply_traffic, request, user, tenant, model, alias, body)
+    apply = functools.partial(_apply_traffic, request, user, tenant, model, alias, body)
+    await waiting_for_loads(app_state(request), apply)  # it loads every version named first
     return _done(request, tenant, model, alias, "traffic")
 
 

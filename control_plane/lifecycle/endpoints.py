@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from control_plane import paging
 from control_plane.auth.context import RequestContext, request_context
 from control_plane.db.models import Model, Tenant
-from control_plane.dependencies import get_session, get_state
+from control_plane.dependencies import get_session, get_state, waiting_for_loads
 from control_plane.lifecycle import service, traffic
 from control_plane.lifecycle.schemas import AliasMove, HistoryEntry, Promote, Rollback, Traffic, TrafficOut
 from control_plane.paging import Page
@@ -25,7 +25,7 @@ def _owner(session: Session, ctx: RequestContext, tenant: str, model: str) -> tu
 
 
 @router.put("", response_model=AliasMove)
-def promote(
+async def promote(
     tenant: str,
     model: str,
     alias: str,
@@ -35,21 +35,25 @@ def promote(
     session: Session = Depends(get_session, scope="function"),
 ) -> AliasMove:
     """Load the version if needed, wait until ready, then switch the alias with history and audit."""
-    owner, found = _owner(session, ctx, tenant, model)
-    return service.promote(
-        session,
-        ctx=ctx,
-        state=state,
-        tenant=owner,
-        model=found,
-        alias_name=alias,
-        number=body.version,
-        reason=body.reason,
-    )
+
+    def promote() -> AliasMove:
+        owner, found = _owner(session, ctx, tenant, model)
+        return service.promote(
+            session,
+            ctx=ctx,
+            state=state,
+            tenant=owner,
+            model=found,
+            alias_name=alias,
+            number=body.version,
+            reason=body.reason,
+        )
+
+    return await waiting_for_loads(state, promote)
 
 
 @router.post("/rollback", response_model=AliasMove)
-def rollback(
+async def rollback(
     tenant: str,
     model: str,
     alias: str,
@@ -59,18 +63,22 @@ def rollback(
     session: Session = Depends(get_session, scope="function"),
 ) -> AliasMove:
     """Back to the alias' previous version (or `to_version`), reloading it first if needed."""
-    body = body or Rollback()
-    owner, found = _owner(session, ctx, tenant, model)
-    return service.rollback(
-        session,
-        ctx=ctx,
-        state=state,
-        tenant=owner,
-        model=found,
-        alias_name=alias,
-        to_version=body.to_version,
-        reason=body.reason,
-    )
+    given = body or Rollback()
+
+    def rollback() -> AliasMove:
+        owner, found = _owner(session, ctx, tenant, model)
+        return service.rollback(
+            session,
+            ctx=ctx,
+            state=state,
+            tenant=owner,
+            model=found,
+            alias_name=alias,
+            to_version=given.to_version,
+            reason=given.reason,
+        )
+
+    return await waiting_for_loads(state, rollback)
 
 
 @router.get("/history", response_model=list[HistoryEntry])
@@ -92,7 +100,7 @@ def history(
 
 
 @router.put("/traffic", response_model=TrafficOut)
-def set_traffic(
+async def set_traffic(
     tenant: str,
     model: str,
     alias: str,
@@ -101,11 +109,16 @@ def set_traffic(
     state: AppState = Depends(get_state),
     session: Session = Depends(get_session, scope="function"),
 ) -> TrafficOut:
-    """Canary weights (sum 100, sticky per X-Routing-Key) and a shadow; empty routes clear the split."""
-    owner, found = _owner(session, ctx, tenant, model)
-    return traffic.set_traffic(
-        session, ctx=ctx, state=state, tenant=owner, model=found, alias_name=alias, body=body
-    )
+    """Canary weights (sum 100, sticky per X-Routing-Key) and a shadow; empty routes clear the split.
+    Every version named is loaded first if needed."""
+
+    def set_routes() -> TrafficOut:
+        owner, found = _owner(session, ctx, tenant, model)
+        return traffic.set_traffic(
+            session, ctx=ctx, state=state, tenant=owner, model=found, alias_name=alias, body=body
+        )
+
+    return await waiting_for_loads(state, set_routes)
 
 
 @router.get("/traffic", response_model=TrafficOut)

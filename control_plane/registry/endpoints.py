@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 
 from control_plane import paging
 from control_plane.auth.context import RequestContext, request_context
-from control_plane.dependencies import get_session, get_state
+from control_plane.dependencies import get_session, get_state, waiting_for_loads
 from control_plane.errors import InvalidRequest
 from control_plane.paging import Page
 from control_plane.registry import service, versions
@@ -219,7 +219,7 @@ def delete_version(
 
 
 @router.post("/{model}/versions/{number}/load", response_model=VersionOut)
-def load_version(
+async def load_version(
     tenant: str,
     model: str,
     number: Annotated[int, Path(ge=1, le=MAX_VERSION)],
@@ -229,9 +229,13 @@ def load_version(
 ) -> VersionOut:
     """Load a version now and wait (warm it before traffic): `ready` and resident, or `failed` with
     Triton's reason. Versions otherwise load on their first request or on promote (residency)."""
-    owner = tenants.visible(session, ctx=ctx, name=tenant)
-    found = service.get_model(session, tenant=owner, name=model)
-    return versions.load(session, state=state, model=found, number=number)
+
+    def load() -> VersionOut:
+        owner = tenants.visible(session, ctx=ctx, name=tenant)
+        found = service.get_model(session, tenant=owner, name=model)
+        return versions.load(session, state=state, model=found, number=number)
+
+    return await waiting_for_loads(state, load)
 
 
 @router.post("/{model}/versions/{number}/redeploy", status_code=201, response_model=VersionOut)

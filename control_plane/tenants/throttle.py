@@ -16,7 +16,8 @@ has its own limits.
 
 The cap is per tenant, not a reservation: several tenants busy at once can still hold every thread between
 them (five at 8 fill the 40). It keeps one tenant from starving the rest; size it below the threads and
-the request pool divided by the tenants expected to be busy at once.
+the request pool divided by the tenants expected to be busy at once. Calls that wait for loads, the longest,
+run on threads of their own (`dependencies.waiting_for_loads`), whatever their tenants.
 """
 
 from __future__ import annotations

@@ -217,6 +217,44 @@ def test_a_tenants_load_waits_hold_no_thread_another_tenant_needs(
     assert statuses == Counter({200: 4, 429: 44}), statuses
 
 
+def test_load_waits_of_any_tenants_hold_none_of_the_request_threads(
+    make_served: Callable[..., Api], tmp_path: Path
+) -> None:
+    """Calls that wait for a load run on threads of their own (`CP_LOAD_WAIT_THREADS`), so even with no
+    per-tenant limit, 48 waits hold none of the 40 threads every other management request runs on; past
+    their threads they queue, and all of them are answered once the load is done."""
+    served = make_served(api_tenant_max_concurrency=0, load_wait_threads=4)
+    greedy, other = served.tenant(), served.tenant()
+    assert served.create_model(greedy, name="slow", format="python", **PYTHON_SPEC).status_code == 201
+    source = tmp_path / "model.py"
+    source.write_text(MODEL.format(init=f"import time; time.sleep({LOAD_S})", scale=2.0, offset=0.0))
+    assert served.upload(greedy, "slow", source).status_code == 201
+    greedy_key, other_key = served.key(greedy), served.key(other)
+    known(served, greedy_key, other_key)
+    finished: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def load(_: int) -> int:
+        with httpx.Client(base_url=str(served.client.base_url), timeout=120) as client:
+            answer = client.post(
+                f"/v1/tenants/{greedy}/models/slow/versions/1/load", headers=served.headers(greedy_key)
+            )
+        with lock:
+            finished.setdefault("load", time.monotonic())
+        return answer.status_code
+
+    with ThreadPoolExecutor(48) as pool:
+        loads = pool.map(load, range(48))
+        time.sleep(1.0)  # the waits have begun
+        beside = get_models(served, other, other_key)
+        finished["beside"] = time.monotonic()
+        statuses = Counter(loads)
+
+    assert beside.status_code == 200, beside.text
+    assert finished["beside"] < finished["load"]  # answered while the load was still under way
+    assert statuses == Counter({200: 48}), statuses
+
+
 def console_session(served: Api, key: str) -> tuple[httpx.Client, str]:
     """A browser's session of the console, signed in with `key`, and its CSRF token."""
     client = httpx.Client(base_url=str(served.client.base_url), timeout=120)
