@@ -27,7 +27,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = (_header(scope, b"x-request-id") or b"").decode("latin-1")
+        given = (header_of(scope, b"x-request-id") or b"").decode("latin-1")
         request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         raw_id = request_id.encode()
@@ -126,7 +126,7 @@ def _refusal(scope: Scope, *, api: bool, limit: int) -> AppError | None:
         return URITooLong(f"the query string is over the limit of {API_QUERY_BYTES} bytes")
     if api and scope["method"] in _WITH_BODY and _bearer(scope) is None:
         return Unauthorized(NO_BEARER)
-    declared = _header(scope, b"content-length")
+    declared = header_of(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return PayloadTooLarge(f"request body over the limit of {limit} bytes")
     return None
@@ -134,9 +134,9 @@ def _refusal(scope: Scope, *, api: bool, limit: int) -> AppError | None:
 
 def _bearer(scope: Scope) -> str | None:
     """The key of the request's `Authorization: Bearer <key>` header, if it has one."""
-    return bearer_of((_header(scope, b"authorization") or b"").decode("latin-1"))
+    return bearer_of((header_of(scope, b"authorization") or b"").decode("latin-1"))
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def header_of(scope: Scope, name: bytes) -> bytes | None:
     """A request header's value (its first), as ASGI hands them over (names lower-cased)."""
     return next((value for key, value in scope["headers"] if key == name), None)

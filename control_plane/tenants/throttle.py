@@ -36,6 +36,7 @@ from control_plane.auth.principal import Principal, Role
 from control_plane.dataplane.limits import RateLimited, TenantLimits
 from control_plane.errors import error_response
 from control_plane.keys.secrets import hash_key, prefix_of
+from control_plane.middleware import header_of
 from control_plane.routing.table import RoutingTable
 from control_plane.settings import Settings
 
@@ -134,7 +135,7 @@ class ApiThrottleMiddleware:
         admin_token = state.settings.admin_token
         caller = tenant_of(
             state.router.table,
-            _authorization(scope),
+            (header_of(scope, b"authorization") or b"").decode("latin-1"),
             admin_token.get_secret_value() if admin_token is not None else None,
         )
         if caller is None:
@@ -150,8 +151,3 @@ class ApiThrottleMiddleware:
             await self.app(scope, receive, send)
         finally:
             state.api_throttle.release(tenant_id)
-
-
-def _authorization(scope: Scope) -> str:
-    value = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-    return value.decode("latin-1")
