@@ -72,10 +72,39 @@ def test_an_admin_creates_a_key_sees_it_once_and_revokes_it(world: World, admin:
     assert "key.create" in actions and "key.revoke" in actions
 
 
+def test_an_admin_creates_an_admin_key_for_a_colleague_and_revokes_it(
+    world: World, admin: httpx.Client
+) -> None:
+    assert 'id="nav-keys"' in admin.get("/console/tenants").text
+    token = csrf_of(admin, "/console/keys")
+    created = admin.post(
+        "/console/keys", data={"csrf": token, "description": "colleague", "expires_in_days": "7"}
+    )
+    assert created.status_code == 200, created.text
+    found = re.search(r'<code id="new-key">([^<]+)</code>', created.text)
+    assert found is not None
+    key = found.group(1)
+    listed = httpx.get(f"{world.url}/v1/tenants", headers={"Authorization": f"Bearer {key}"})
+    assert listed.status_code == 200  # an admin's key: every tenant
+    prefix = key.split("_")[1]
+    page = admin.get("/console/keys").text
+    key_id = re.search(rf'data-key="{prefix}".*?action="[^"]*/keys/(\d+)/revoke"', page, re.S)
+    assert key_id is not None and "colleague" in page
+    revoke = f"/console/keys/{key_id.group(1)}/revoke"
+    done = admin.post(revoke, data={"csrf": token, "confirmed": "yes"}, follow_redirects=False)
+
+    assert done.status_code == 303 and done.headers["location"].endswith("/console/keys?done=revoke")
+    assert httpx.get(f"{world.url}/v1/tenants", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
+        events = [(e.action, e.target) for e in sdk.audit.list(action="key.create", limit=50)]
+    assert ("key.create", f"key/{prefix}") in events
+
+
 def test_publishers_may_not_manage_keys_and_forms_need_the_token(world: World, admin: httpx.Client) -> None:
     keys_page = f"/console/tenants/{world.tenant}/keys"
     with signed_in(world, world.publisher) as publisher:
         assert publisher.get(keys_page).status_code == 403
+        assert publisher.get("/console/keys").status_code == 403
         assert 'id="tenant-keys"' not in publisher.get(f"/console/tenants/{world.tenant}").text
         token = csrf_of(publisher, f"/console/tenants/{world.tenant}")
         assert publisher.post(keys_page, data={"csrf": token, "role": "publisher"}).status_code == 403
