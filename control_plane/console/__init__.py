@@ -6,11 +6,13 @@ vendored htmx, Swagger UI and ReDoc in `static/` (see `static/vendor/README.md`)
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -26,6 +28,8 @@ from control_plane.settings import Settings
 CONSOLE = "/console"
 STATIC_DIR = Path(__file__).parent / "static"
 
+log = logging.getLogger(__name__)
+
 
 def create_console(parent: FastAPI, settings: Settings) -> FastAPI:
     """The console as its own ASGI app (its routes are not API routes, and not in the OpenAPI)."""
@@ -38,6 +42,7 @@ def create_console(parent: FastAPI, settings: Settings) -> FastAPI:
     console.add_exception_handler(AppError, _app_error)
     console.add_exception_handler(RequestValidationError, _invalid)
     console.add_exception_handler(HTTPException, _http_error)
+    console.add_exception_handler(DataError, _unstorable)
     return console
 
 
@@ -75,6 +80,15 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
     context = {"status": 422, "kind": "InvalidRequest", "message": problems or "invalid request"}
     return page(request, "error.html", context, status_code=422)
+
+
+async def _unstorable(request: Request, exc: Exception) -> Response:
+    """A value the database refuses that no check caught (as the API's handler): the form's fault, a 422."""
+    log.warning("the database refused a value of a console form: %s", str(exc).splitlines()[0][:300])
+    message = "a value in the form cannot be stored (a NUL character or a number out of range)"
+    return page(
+        request, "error.html", {"status": 422, "kind": "InvalidRequest", "message": message}, status_code=422
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ the alias page (post/redirect/get).
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -33,13 +34,14 @@ from control_plane.tenants import service as tenants
 router = APIRouter()
 MODEL = "/tenants/{tenant}/models/{model}"
 ALIAS = MODEL + "/aliases/{alias}"
+WHOLE = re.compile(r"[0-9]{1,10}")  # ASCII digits only: "²" is a digit to str.isdigit, not to int()
 
 
 def _number(value: str | None, what: str) -> int:
     """A whole number typed in a form (from 1), or 422 in the user's terms."""
     if value is None or not value.strip():
         raise InvalidRequest(f"choose a {what}")
-    if not value.strip().isdigit() or not 0 < int(value) < 2**31:
+    if not WHOLE.fullmatch(value.strip()) or not 0 < int(value) < 2**31:
         raise InvalidRequest(f"{what} must be a whole number from 1, not {value!r}")
     return int(value)
 

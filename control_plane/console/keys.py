@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from control_plane import paging
 from control_plane.auth.principal import Role
-from control_plane.console.actions import confirm_page
+from control_plane.console.actions import WHOLE, confirm_page
 from control_plane.console.auth import ConsoleUser, app_state, check_csrf, console_path, current_user
 from control_plane.console.render import page
 from control_plane.db.models import Tenant
@@ -47,7 +47,7 @@ def _days(value: str | None) -> int | None:
     text = (value or "").strip()
     if not text:
         return None
-    if not text.isdigit() or not 1 <= int(text) <= MOST_DAYS:
+    if not WHOLE.fullmatch(text) or not 1 <= int(text) <= MOST_DAYS:
         raise InvalidRequest(f"expires in: a whole number of days from 1 to {MOST_DAYS}, not {text!r}")
     return int(text)
 
@@ -149,6 +149,8 @@ def _create(
     label = (description or "").strip() or None
     if label is not None and len(label) > 200:
         raise InvalidRequest("the description may have at most 200 characters")
+    if label is not None and not label.isprintable():
+        raise InvalidRequest("the description may not hold control characters (a NUL, a newline, a tab)")
     lasting = _days(days)
     expires_at = datetime.now(UTC) + timedelta(days=lasting) if lasting is not None else None
     state = app_state(request)

@@ -106,6 +106,13 @@ def test_a_form_confirms_before_it_changes_anything(world: World, admin: httpx.C
         data={"alias": "production", "version": "two", "csrf": token},
     )
     assert bad.status_code == 422 and "version must be a whole number" in bad.text
+    superscript = admin.post(
+        f"/console/tenants/{world.tenant}/models/mlp/promote",
+        data={"alias": "production", "version": "\u00b2", "csrf": token},
+    )
+    assert (
+        superscript.status_code == 422 and "version must be a whole number" in superscript.text
+    )  # was a 500
 
 
 def test_a_tampered_or_missing_session_goes_to_sign_in(world: World, admin: httpx.Client) -> None:

@@ -121,6 +121,15 @@ def test_publishers_may_not_manage_keys_and_forms_need_the_token(world: World, a
         ({"role": "consumer", "expires_in_days": "-3"}, "expires in: a whole number of days"),
         ({"role": "consumer", "expires_in_days": "99999999"}, "expires in: a whole number of days"),
         ({"role": "consumer", "description": "x" * 201}, "at most 200 characters"),
+        (
+            {"role": "consumer", "expires_in_days": "\u00b2"},
+            "expires in: a whole number of days",
+        ),  # was a 500
+        (
+            {"role": "consumer", "expires_in_days": "\u0663"},
+            "expires in: a whole number of days",
+        ),  # was 3 days
+        ({"role": "consumer", "description": "ci\x00bot"}, "may not hold control characters"),  # was a 500
     ],
 )
 def test_a_bad_new_key_form_is_422_in_its_own_terms(
