@@ -179,12 +179,10 @@ def test_a_forged_key_with_a_tenants_prefix_spends_none_of_its_allowance(
     assert [get_models(served, tenant, key).status_code for _ in range(2)] == [200, 200]
 
 
-def test_a_tenants_load_waits_hold_no_thread_another_tenant_needs(
-    make_served: Callable[..., Api], tmp_path: Path
-) -> None:
-    """`/load` waits for the load, on one of the threads every management request runs on (40 of them):
-    a tenant's 48 waits at once would hold them all, and another tenant's listing would wait for the load."""
-    served = make_served(api_tenant_max_concurrency=4)
+def load_waits_beside_a_listing(served: Api, tmp_path: Path) -> tuple[Counter[int], httpx.Response, bool]:
+    """48 `/load` calls at once of one tenant, on a version whose load takes LOAD_S, and another tenant's
+    model listing 1 s into them: the loads' statuses, the listing, and whether the listing was answered
+    before the first load was."""
     greedy, other = served.tenant(), served.tenant()
     assert served.create_model(greedy, name="slow", format="python", **PYTHON_SPEC).status_code == 201
     source = tmp_path / "model.py"
@@ -211,9 +209,18 @@ def test_a_tenants_load_waits_hold_no_thread_another_tenant_needs(
         beside = get_models(served, other, other_key)
         finished["beside"] = time.monotonic()
         statuses = Counter(loads)
+    return statuses, beside, finished["beside"] < finished["load"]
+
+
+def test_a_tenants_load_waits_hold_no_thread_another_tenant_needs(
+    make_served: Callable[..., Api], tmp_path: Path
+) -> None:
+    """`/load` waits for the load, on one of the threads every management request runs on (40 of them):
+    a tenant's 48 waits at once would hold them all, and another tenant's listing would wait for the load."""
+    statuses, beside, first = load_waits_beside_a_listing(make_served(api_tenant_max_concurrency=4), tmp_path)
 
     assert beside.status_code == 200, beside.text
-    assert finished["beside"] < finished["load"]  # answered while the load was still under way
+    assert first  # answered while the load was still under way
     assert statuses == Counter({200: 4, 429: 44}), statuses
 
 
@@ -224,34 +231,10 @@ def test_load_waits_of_any_tenants_hold_none_of_the_request_threads(
     per-tenant limit, 48 waits hold none of the 40 threads every other management request runs on; past
     their threads they queue, and all of them are answered once the load is done."""
     served = make_served(api_tenant_max_concurrency=0, load_wait_threads=4)
-    greedy, other = served.tenant(), served.tenant()
-    assert served.create_model(greedy, name="slow", format="python", **PYTHON_SPEC).status_code == 201
-    source = tmp_path / "model.py"
-    source.write_text(MODEL.format(init=f"import time; time.sleep({LOAD_S})", scale=2.0, offset=0.0))
-    assert served.upload(greedy, "slow", source).status_code == 201
-    greedy_key, other_key = served.key(greedy), served.key(other)
-    known(served, greedy_key, other_key)
-    finished: dict[str, float] = {}
-    lock = threading.Lock()
-
-    def load(_: int) -> int:
-        with httpx.Client(base_url=str(served.client.base_url), timeout=120) as client:
-            answer = client.post(
-                f"/v1/tenants/{greedy}/models/slow/versions/1/load", headers=served.headers(greedy_key)
-            )
-        with lock:
-            finished.setdefault("load", time.monotonic())
-        return answer.status_code
-
-    with ThreadPoolExecutor(48) as pool:
-        loads = pool.map(load, range(48))
-        time.sleep(1.0)  # the waits have begun
-        beside = get_models(served, other, other_key)
-        finished["beside"] = time.monotonic()
-        statuses = Counter(loads)
+    statuses, beside, first = load_waits_beside_a_listing(served, tmp_path)
 
     assert beside.status_code == 200, beside.text
-    assert finished["beside"] < finished["load"]  # answered while the load was still under way
+    assert first  # answered while the load was still under way
     assert statuses == Counter({200: 48}), statuses
 
 
