@@ -124,7 +124,7 @@ def _refusal(scope: Scope, *, api: bool, limit: int) -> AppError | None:
     """What refuses a request before its body is read (414, 401, 413), if anything."""
     if api and len(scope.get("query_string", b"")) > API_QUERY_BYTES:
         return URITooLong(f"the query string is over the limit of {API_QUERY_BYTES} bytes")
-    if api and scope["method"] in _WITH_BODY and _bearer(scope) is None:
+    if api and scope["method"] in _WITH_BODY and bearer_in(scope) is None:
         return Unauthorized(NO_BEARER)
     declared = header_of(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -132,7 +132,7 @@ def _refusal(scope: Scope, *, api: bool, limit: int) -> AppError | None:
     return None
 
 
-def _bearer(scope: Scope) -> str | None:
+def bearer_in(scope: Scope) -> str | None:
     """The key of the request's `Authorization: Bearer <key>` header, if it has one."""
     return bearer_of((header_of(scope, b"authorization") or b"").decode("latin-1"))
 

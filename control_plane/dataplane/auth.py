@@ -46,7 +46,7 @@ def authenticate(
     token = parse_bearer(authorization)
     if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
         return _admin_caller(table, tenant_header, key_id=None)
-    entry = _key_entry(table, token)
+    entry = key_entry(table, token)
     if entry.tenant_id is None:
         return _admin_caller(table, tenant_header, key_id=entry.key_id)
     return Caller(tenant_id=entry.tenant_id, tenant=table.tenants[entry.tenant_id], key_id=entry.key_id)
@@ -56,7 +56,7 @@ def require_key(table: RoutingTable, *, authorization: str | None, admin_token: 
     """Any valid key (of any role, or the bootstrap admin key); 401 otherwise."""
     token = parse_bearer(authorization)
     if admin_token is None or not hmac.compare_digest(token.encode(), admin_token.encode()):
-        _key_entry(table, token)
+        key_entry(table, token)
 
 
 def authorize_metrics(
@@ -67,11 +67,12 @@ def authorize_metrics(
     for secret in (metrics_token, admin_token):
         if secret is not None and hmac.compare_digest(token.encode(), secret.encode()):
             return
-    if _key_entry(table, token).role != "admin":
+    if key_entry(table, token).role != "admin":
         raise Forbidden("/metrics needs an admin key or the metrics token")
 
 
-def _key_entry(table: RoutingTable, token: str) -> KeyEntry:
+def key_entry(table: RoutingTable, token: str) -> KeyEntry:
+    """The table's entry of a valid, unexpired key; Unauthorized (saying which) otherwise."""
     prefix = prefix_of(token)
     entry = table.keys.get(prefix) if prefix else None
     if entry is None or not hmac.compare_digest(hash_key(token), entry.key_hash):

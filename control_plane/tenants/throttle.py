@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import hmac
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from control_plane.auth.dependencies import bearer_of
 from control_plane.auth.principal import Principal, Role
+from control_plane.dataplane.auth import key_entry
 from control_plane.dataplane.limits import RateLimited, TenantLimits
-from control_plane.errors import error_response
-from control_plane.keys.secrets import hash_key, prefix_of
-from control_plane.middleware import header_of
+from control_plane.errors import Unauthorized, error_response
+from control_plane.middleware import bearer_in
 from control_plane.routing.table import RoutingTable
 from control_plane.settings import Settings
 
@@ -98,23 +96,21 @@ class ApiThrottle:
             self.release(tenant_id)
 
 
-def tenant_of(table: RoutingTable, authorization: str, admin_token: str | None) -> tuple[int, str] | None:
-    """The (id, name) of the tenant whose key authorizes the request; None for an admin, and for no key, a
-    key the table does not know, a consumer key or an expired one: the endpoint refuses those, and their
-    holders (an application, a former holder) must not use up the tenant's allowance, trickling a body
-    in to hold a slot while its publishers are refused."""
-    token = bearer_of(authorization)
-    if token is None:
+def tenant_of(table: RoutingTable, token: str | None, admin_token: str | None) -> tuple[int, str] | None:
+    """The (id, name) of the tenant whose key `token` is; None for an admin, and for no key, a key the table
+    does not know, a consumer key or an expired one: the endpoint refuses those, and their holders (an
+    application, a former holder) must not use up the tenant's allowance, trickling a body in to hold a
+    slot while its publishers are refused."""
+    if token is None or (
+        admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode())
+    ):
         return None
-    if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
+    try:
+        entry = key_entry(table, token)  # the data plane's check: hash, revocation, expiry
+    except Unauthorized:
         return None
-    prefix = prefix_of(token)
-    entry = table.keys.get(prefix) if prefix else None
-    if entry is None or entry.tenant_id is None or not hmac.compare_digest(hash_key(token), entry.key_hash):
-        return None
-    expired = entry.expires_at is not None and entry.expires_at <= time.time()
-    if entry.role == Role.CONSUMER.value or expired:
-        return None  # the endpoint refuses it (403, 401) whatever it sends
+    if entry.tenant_id is None or entry.role == Role.CONSUMER.value:
+        return None  # an admin key; a consumer key, which the endpoint refuses (403) whatever it sends
     name = table.tenants.get(entry.tenant_id)
     return None if name is None else (entry.tenant_id, name)
 
@@ -135,7 +131,7 @@ class ApiThrottleMiddleware:
         admin_token = state.settings.admin_token
         caller = tenant_of(
             state.router.table,
-            (header_of(scope, b"authorization") or b"").decode("latin-1"),
+            bearer_in(scope),
             admin_token.get_secret_value() if admin_token is not None else None,
         )
         if caller is None:
