@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -306,18 +307,19 @@ class ControlPlaneApp(FastAPI):
         return HttpDataPlane(super().build_middleware_stack())
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The control-plane ASGI app."""
+def create_app(settings: Settings | None = None, *, grpc_socket: socket.socket | None = None) -> FastAPI:
+    """The control-plane ASGI app; its gRPC data plane serves on `grpc_socket` where one was bound
+    already (`control-plane serve`), otherwise it binds CP_GRPC_PORT (when set) as it starts."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await run_in_threadpool(build_state, settings)
         app.state.cp = state
-        grpc = GrpcProxy(state) if settings.grpc_port else None
+        grpc = GrpcProxy(state) if settings.grpc_port or grpc_socket is not None else None
         try:
             if grpc is not None:
-                await grpc.start(settings.http_host, settings.grpc_port)
+                await grpc.start(settings.http_host, settings.grpc_port, sock=grpc_socket)
             state.checks.start()
             yield
         finally:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+from pathlib import Path
 
 import typer
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from control_plane.client.cli import register as register_client_commands
 from control_plane.db import migrate
+from control_plane.listeners import ListenError, listening_socket
 from control_plane.settings import get_settings
 from control_plane.tritonserver.cli import app as triton_app
 
@@ -42,28 +46,54 @@ def db_check() -> None:
 def serve(
     host: str | None = typer.Option(None, help="Bind address (default CP_HTTP_HOST)."),
     port: int | None = typer.Option(None, help="HTTP port (default CP_HTTP_PORT)."),
+    listening_file: Path | None = typer.Option(
+        None,
+        help="Write host:port to this file once the API's port is bound (for a script waiting on this "
+        "process: from then on, what answers on that port is this server).",
+    ),
 ) -> None:
     """Serve the API (and the embedded Triton when CP_TRITON_EMBEDDED is set) until SIGINT/SIGTERM."""
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    http_setting = "--port" if port else "CP_HTTP_PORT"
+    host, port = host or settings.http_host, port or settings.http_port
+    # The ports first, before the app starts Triton (which picks free ports of its own) or anything else.
+    try:
+        http_socket = listening_socket(host, port, setting=http_setting)
+        grpc_socket = (
+            listening_socket(settings.http_host, settings.grpc_port, setting="CP_GRPC_PORT")
+            if settings.grpc_port
+            else None
+        )
+    except ListenError as exc:
+        typer.echo(f"control-plane serve: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if listening_file is not None:
+        listening_file.write_text(f"{host}:{port}\n")
+
     from control_plane.app import create_app
     from control_plane.dataplane.fastpath import fast_path_protocol
 
-    settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, grpc_socket=grpc_socket)
     # Everything imported so far lives as long as the process: keep it out of the cyclic GC's full
     # collections, which otherwise pause the event loop for ~0.1 s every few seconds under load.
     gc.collect()
     gc.freeze()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
-        host=host or settings.http_host,
-        port=port or settings.http_port,
+        host=host,
+        port=port,
         loop="uvloop",
         http=fast_path_protocol(app),  # httptools, with the inference hot path outside ASGI
         access_log=False,
         timeout_keep_alive=settings.http_keep_alive_s,
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[http_socket])
+    if not server.started:
+        raise typer.Exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import tritonclient.grpc as triton_grpc
 
+from control_plane.tritonserver import TritonProcess
 from tests.support import model_files
 from tests.support.procs import free_port
 from tests.tritonserver.procfs import live_processes
@@ -91,13 +92,32 @@ def _start(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+PORT_TAKEN = "cannot listen on"  # what the server says when a port it was given is taken
+
+
+def _start_ready(tmp_path: Path, seen: list[str], **extra: str) -> tuple[subprocess.Popen[str], int, int]:
+    """scripts/serve on free HTTP and gRPC ports, up to its 'Control plane ready' line: the process and
+    its two ports. Another test's server may bind a port between free_port handing it out and the
+    server binding it; the server then says so and stops, and it is started again on other ports."""
+    for _ in range(3):
+        port, grpc_port = free_port(), free_port()
+        proc = _start(_env(tmp_path, CP_HTTP_PORT=str(port), CP_GRPC_PORT=str(grpc_port), **extra))
+        try:
+            _wait_for_line(proc, r"Control plane ready", timeout=240, seen=seen)
+            return proc, port, grpc_port
+        except AssertionError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if not any(PORT_TAKEN in line for line in seen):
+                raise
+            seen.clear()
+    raise AssertionError(f"three servers in a row found a port taken:\n{''.join(seen)}")
+
+
 def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) -> None:
-    port, grpc_port = free_port(), free_port()
-    env = _env(tmp_path, CP_HTTP_PORT=str(port), CP_GRPC_PORT=str(grpc_port), CP_HTTP_KEEP_ALIVE_S="2")
-    proc = _start(env)
     seen: list[str] = []
+    proc, port, grpc_port = _start_ready(tmp_path, seen, CP_HTTP_KEEP_ALIVE_S="2")
     try:
-        _wait_for_line(proc, r"Control plane ready", timeout=240, seen=seen)
         key = _wait_for_line(proc, r"Admin key \(generated.*\): (\S+)", timeout=5, seen=seen).group(1)
         example = _wait_for_line(proc, r"curl -H \"Authorization: Bearer (\S+)\" (\S+)", timeout=5, seen=seen)
         assert example.group(1) == key
@@ -140,19 +160,13 @@ def _idle_connection_closed_after(port: int, keep_alive_s: float) -> None:
     assert keep_alive_s - 0.3 <= idle < 4.5, idle
 
 
-def _serve(env: dict[str, str], seen: list[str]) -> subprocess.Popen[str]:
-    """scripts/serve started and ready (its 'Control plane ready' line seen)."""
-    proc = _start(env)
-    try:
-        _wait_for_line(proc, r"Control plane ready", timeout=240, seen=seen)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
+def _serve(tmp_path: Path, seen: list[str], **extra: str) -> tuple[subprocess.Popen[str], int]:
+    """scripts/serve started and ready (`_start_ready`): the process and its HTTP port."""
+    proc, port, _ = _start_ready(tmp_path, seen, **extra)
     # Keep reading its output, so that a full pipe never blocks the server's logging.
     assert proc.stdout is not None
     threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True).start()
-    return proc
+    return proc, port
 
 
 def _predict(port: int, key: str) -> httpx.Response:
@@ -170,10 +184,9 @@ def _instances(database: Path) -> list[tuple[str, str]]:
 
 
 def test_serve_again_on_the_same_folders_serves_the_same_aliases(tmp_path: Path) -> None:
-    port, admin = free_port(), "serve-restart-admin-key"
-    env = _env(tmp_path, CP_HTTP_PORT=str(port), CP_GRPC_PORT=str(free_port()), CP_ADMIN_TOKEN=admin)
+    admin = "serve-restart-admin-key"
     seen: list[str] = []
-    proc = _serve(env, seen)
+    proc, port = _serve(tmp_path, seen, CP_ADMIN_TOKEN=admin)
     try:
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {admin}"}
@@ -188,7 +201,7 @@ def test_serve_again_on_the_same_folders_serves_the_same_aliases(tmp_path: Path)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
 
-        proc = _serve(env, seen)  # same folders, nothing done by hand in between
+        proc, port = _serve(tmp_path, seen, CP_ADMIN_TOKEN=admin)  # same folders, nothing done by hand
         again = _predict(port, key)
         assert again.status_code == 200, again.text
         assert again.json()["outputs"] == first.json()["outputs"]
@@ -205,3 +218,32 @@ def test_serve_again_on_the_same_folders_serves_the_same_aliases(tmp_path: Path)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_a_port_another_server_holds_is_refused_at_once_not_taken_for_ready(
+    tmp_path: Path, triton_backend_dir: Path
+) -> None:
+    """A Triton's metrics port answers 200 to any GET, /v2/health/ready included. scripts/serve given
+    that port (or handed it by a race: CI once) printed "Control plane ready" and the API answered 405s.
+    The server now takes its ports before it starts anything, says which one it cannot have, and the
+    script ends with its status, without calling it ready."""
+    (tmp_path / "repository").mkdir()
+    other = TritonProcess(
+        repository=str(tmp_path / "repository"), workdir=tmp_path / "other", backend_dir=triton_backend_dir
+    )
+    other.start(timeout_s=60)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{other.metrics_port}/v2/health/ready").status_code == 200
+        for setting in ("CP_HTTP_PORT", "CP_GRPC_PORT"):
+            ports = {"CP_HTTP_PORT": str(free_port()), "CP_GRPC_PORT": str(free_port())}
+            ports[setting] = str(other.metrics_port)
+            (tmp_path / setting).mkdir()
+            proc = _start(_env(tmp_path / setting, **ports))
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 1, out
+            taken = f"{setting}: cannot listen on 127.0.0.1:{other.metrics_port}: Address already in use"
+            assert taken in out
+            assert "Control plane ready" not in out
+            assert "embedded Triton" not in out  # refused before it started one
+    finally:
+        other.stop()

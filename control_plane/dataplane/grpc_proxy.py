@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
@@ -125,8 +126,8 @@ class GrpcProxy:
         self._typed = self._typed_methods()
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind `host:port` and start serving."""
+    async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+        """Bind `host:port` and start serving; or serve on `sock`, bound already (`listeners`)."""
         s = self.state.settings
         limits = ServerLimits(
             header_timeout_s=s.header_timeout_s,
@@ -136,10 +137,15 @@ class GrpcProxy:
             max_message_bytes=s.max_request_bytes,
         )
         loop = asyncio.get_running_loop()
+
+        def connection() -> GrpcServerConnection:
+            return GrpcServerConnection(self, limits, self._connections)
+
         try:
-            server = await loop.create_server(
-                lambda: GrpcServerConnection(self, limits, self._connections), host, port, reuse_address=True
-            )
+            if sock is not None:
+                server = await loop.create_server(connection, sock=sock)
+            else:
+                server = await loop.create_server(connection, host, port, reuse_address=True)
         except OSError as exc:
             raise RuntimeError(f"gRPC data plane cannot listen on {host}:{port}: {exc}") from exc
         self._server = server
