@@ -17,7 +17,7 @@ import tritonclient.grpc as triton_grpc
 
 from control_plane.tritonserver import TritonProcess
 from tests.support import model_files
-from tests.support.procs import free_port
+from tests.support.procs import PORT_TAKEN, free_port
 from tests.tritonserver.procfs import live_processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,9 +90,6 @@ def _start(env: dict[str, str]) -> subprocess.Popen[str]:
         text=True,
         start_new_session=True,
     )
-
-
-PORT_TAKEN = "cannot listen on"  # what the server says when a port it was given is taken
 
 
 def _start_ready(tmp_path: Path, seen: list[str], **extra: str) -> tuple[subprocess.Popen[str], int, int]:

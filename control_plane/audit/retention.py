@@ -50,6 +50,12 @@ class AuditRetention:
         self.purged = Counter(
             "cp_audit_purged", "Audit events deleted for being older than the retention", registry=registry
         )
+        self.purges = Counter(
+            "cp_audit_purges",
+            "Audit purges this replica ran as the leader, by result (ok: complete; failed: an error)",
+            ["result"],
+            registry=registry,
+        )
         self.last_success = Gauge(
             "cp_audit_purge_last_success_timestamp_seconds",
             "When this replica's last audit purge ended well (0: none yet)",
@@ -84,10 +90,12 @@ class AuditRetention:
                 self.purged.inc(gone)
                 finished = gone < self.batch
         except Exception as exc:
+            self.purges.labels(result="failed").inc()
             self._audit(cutoff, deleted, finished=False, error=type(exc).__name__)
             raise
         self._audit(cutoff, deleted, finished=finished, error=None)
         if finished:
+            self.purges.labels(result="ok").inc()
             self.last_success.set_to_current_time()
         return deleted
 

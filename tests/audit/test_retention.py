@@ -91,6 +91,8 @@ def test_old_events_go_in_batches_and_the_purge_is_audited(
     assert event.after is not None and event.after["deleted"] == 12
     assert datetime.fromisoformat(event.after["older_than"]) == NOW - timedelta(days=30)
     assert registry.get_sample_value("cp_audit_purged_total") == 12
+    assert registry.get_sample_value("cp_audit_purges_total", {"result": "ok"}) == 2
+    assert registry.get_sample_value("cp_audit_purges_total", {"result": "failed"}) is None
     assert registry.get_sample_value("cp_audit_purge_last_success_timestamp_seconds")
 
 
@@ -150,7 +152,8 @@ def test_a_purge_that_fails_midway_audits_what_it_deleted(
 ) -> None:
     """A batch that fails (a failover, a statement timeout) must not leave deleted events unrecorded."""
     add_events(sessions, days_ago=40, count=12, action="old")
-    purger = retention(sessions, fresh_url)
+    registry = CollectorRegistry()
+    purger = retention(sessions, fresh_url, registry=registry)
     batches = 0
     delete_older = repository.delete_older
 
@@ -178,3 +181,6 @@ def test_a_purge_that_fails_midway_audits_what_it_deleted(
         "error": "RuntimeError",
     }
     assert actions(sessions).count("old") == 2
+    assert registry.get_sample_value("cp_audit_purges_total", {"result": "failed"}) == 1  # AuditPurgeFailing
+    assert registry.get_sample_value("cp_audit_purges_total", {"result": "ok"}) is None
+    assert registry.get_sample_value("cp_audit_purge_last_success_timestamp_seconds") == 0

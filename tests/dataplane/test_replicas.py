@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +12,7 @@ import pytest
 
 from tests.support.api import Api
 from tests.support.deploy import deploy_onnx
-from tests.support.procs import free_port, wait_for_port
+from tests.support.procs import start_control_plane, stop
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.25]}]}
 
@@ -25,7 +22,6 @@ def second_process(make_served: Callable[..., Api], tmp_path: Path) -> Iterator[
     """App A in this process, app B as a separate `control-plane serve` process on the same registry."""
     first = make_served()
     s = first.settings
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
     env.update(
         CP_DATABASE_URL=s.database_url,
@@ -37,21 +33,14 @@ def second_process(make_served: Callable[..., Api], tmp_path: Path) -> Iterator[
         CP_MODEL_REPOSITORY=s.model_repository,
         CP_TRITON_URLS=",".join(s.triton_urls),
         CP_ADMIN_TOKEN=first.admin_token,
-        CP_HTTP_PORT=str(port),
         CP_GRPC_PORT="0",
     )
-    log = (tmp_path / "replica.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control_plane.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    proc, port = start_control_plane(env, log=tmp_path / "replica.log")
     try:
-        wait_for_port(port, timeout=60, proc=proc)  # type: ignore[arg-type]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             yield first, client
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
+        stop(proc, timeout=30)
 
 
 def test_alias_change_through_one_process_is_served_by_the_other_within_1s(

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 
 from control_plane.db import migrate
 from tests.support import model_files
-from tests.support.procs import free_port
+from tests.support.procs import start_control_plane
 from tests.tritonserver.procfs import Proc, group_members, live_processes, stubs_of
 
 ADMIN = "fault-test-admin-key"
@@ -66,7 +65,6 @@ def _deploy(client: httpx.Client, tmp_path: Path) -> None:
 def test_sigkill_of_the_control_plane_leaves_no_triton_or_stub_after_5_s(tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path / 'registry.db'}"
     migrate.upgrade(database_url)
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
     env.update(
         CP_DATABASE_URL=database_url,
@@ -74,19 +72,10 @@ def test_sigkill_of_the_control_plane_leaves_no_triton_or_stub_after_5_s(tmp_pat
         CP_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
         CP_TRITON_WORKDIR=str(tmp_path / "triton"),
         CP_TRITON_EMBEDDED="true",
-        CP_HTTP_PORT=str(port),
-        CP_GRPC_PORT=str(free_port()),
         CP_ADMIN_TOKEN=ADMIN,
     )
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "control_plane.cli", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc, port = start_control_plane(env, log=log)
     triton = None
     try:
         headers = {"Authorization": f"Bearer {ADMIN}"}

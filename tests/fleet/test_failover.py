@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,12 +31,8 @@ BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1
 @contextmanager
 def control_plane(env: dict[str, str], log: Path) -> Iterator[tuple[httpx.Client, Any]]:
     """`control-plane serve` on a free port until the block ends (its process, for SIGKILL)."""
-    port = procs.free_port()
-    proc = procs.start(
-        [sys.executable, "-m", "control_plane.cli", "serve"], log=log, env={**env, "CP_HTTP_PORT": str(port)}
-    )
+    proc, port = procs.start_control_plane(env, log=log)
     try:
-        procs.wait_for_port(port, timeout=60, proc=proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             yield client, proc
     finally:

@@ -7,13 +7,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from control_plane.tritonserver.process import free_port
 
-__all__ = ["free_port", "start", "stop", "wait_for_port"]
+__all__ = ["PORT_TAKEN", "free_port", "start", "start_control_plane", "stop", "wait_for_port"]
+
+PORT_TAKEN = "cannot listen on"  # what `control-plane serve` says when a port it was given is taken
 
 
 def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -49,3 +52,32 @@ def stop(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> None:
             proc.wait(timeout=timeout)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # children left in the group
+
+
+def start_control_plane(env: dict[str, str], *, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`control-plane serve` of this interpreter on free ports (HTTP, and gRPC unless `env` turns it off
+    with CP_GRPC_PORT=0), as `start` does: the process and its HTTP port, once it holds its ports (it
+    wrote its --listening-file; it answers once it has started).
+
+    Another test's server may bind a port between free_port handing it out and this server binding it.
+    The server then says so and exits, and it is started again on other ports."""
+    listening = log.with_name(f"{log.name}.listening")
+    for _ in range(3):
+        port = free_port()
+        grpc_port = "0" if env.get("CP_GRPC_PORT") == "0" else str(free_port())
+        listening.unlink(missing_ok=True)
+        proc = start(
+            [sys.executable, "-m", "control_plane.cli", "serve", "--listening-file", str(listening)],
+            log=log,
+            env={**env, "CP_HTTP_PORT": str(port), "CP_GRPC_PORT": grpc_port},
+        )
+        deadline = time.monotonic() + 60
+        while not listening.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if listening.exists():
+            return proc, port
+        stop(proc)
+        said = log.read_text(errors="replace")
+        if PORT_TAKEN not in said:
+            raise RuntimeError(f"control-plane serve did not bind its ports:\n{said[-3000:]}")
+    raise RuntimeError(f"three servers in a row found a port taken:\n{said[-3000:]}")
