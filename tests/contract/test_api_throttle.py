@@ -73,6 +73,13 @@ def taken(slots: TenantLimits, tenant_id: int, count: int) -> bool:
     return slots.in_flight(tenant_id) == count
 
 
+def settled(slots: TenantLimits, tenant_id: int) -> None:
+    """Wait until the tenant's earlier requests have given their slots back: a request's slot is given back
+    when the app is done with it, which may be a moment after its client has the answer (a console page's
+    dependency ends after the page is sent), so a slot seen taken right after is not yet the next one's."""
+    until(functools.partial(taken, slots, tenant_id, 0), "an earlier request still holds a slot")
+
+
 def until(check: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 10
     while not check():
@@ -90,6 +97,7 @@ def test_a_tenants_slow_uploads_fill_its_own_slots_and_nobody_elses(make_served:
 
     tenant_id = served.state.router.table.tenant_ids[greedy]
     slots = served.state.api_throttle.limits
+    settled(slots, tenant_id)
     with ExitStack() as uploads:
         for held in (1, 2):
             uploads.enter_context(slow_upload(served, greedy, greedy_key))
@@ -135,6 +143,7 @@ def test_a_request_refused_for_want_of_a_slot_spends_no_token(make_served: Calla
     known(served, key)
     tenant_id = served.state.router.table.tenant_ids[tenant]
     slots = served.state.api_throttle.limits
+    settled(slots, tenant_id)
 
     with slow_upload(served, tenant, key):  # a slot and a token
         until(functools.partial(taken, slots, tenant_id, 1), "the upload took no slot")
@@ -272,6 +281,7 @@ def test_a_console_promote_waiting_for_its_load_holds_a_slot_of_its_tenant(
         url = f"/console/tenants/{tenant}/models/slow/promote"
         promoted.append(browser.post(url, data=form, follow_redirects=False))
 
+    settled(slots, tenant_id)  # the console's pages above
     try:
         waiting = threading.Thread(target=promote)
         waiting.start()
