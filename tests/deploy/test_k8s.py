@@ -16,13 +16,16 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 from minio import Minio
 
 from control_plane.modelrepo.s3 import MARKER
 from control_plane.settings import Settings
 from control_plane.status.endpoints import router as status_router
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from tests.deploy.manifests import K8S, kustomize
+from tests.deploy.manifests import K8S, alert_rules, kustomize
+
+PROMETHEUS = K8S.parent / "prometheus"
 
 # The oldest and the newest Kubernetes the manifests are checked against (HPA v2, policy/v1 PDB,
 # Job TTL, startup probes: all GA long before the oldest).
@@ -81,6 +84,55 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
         },
     },
 }
+# The PrometheusRule's fields (monitoring.coreos.com/v1), as strict: a rule is an alert, with the fields
+# Prometheus' rule files take.
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "interval": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["alert", "expr"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "expr": {"type": "string"},
+                                        "for": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h|d)$"},
+                                        "labels": _STRINGS,
+                                        "annotations": _STRINGS,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
 
 
 @pytest.fixture(scope="module", params=sorted(KUSTOMIZATIONS))
@@ -112,10 +164,10 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(rendered: tuple[st
     _, objects = rendered
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "StatefulSet", "Service", "HorizontalPodAutoscaler", "Job", "Secret"} <= kinds
-    assert {"ConfigMap", "ServiceMonitor"} <= kinds
+    assert {"ConfigMap", "ServiceMonitor", "PrometheusRule"} <= kinds
     for obj in objects:
-        if obj["kind"] == "ServiceMonitor":
-            jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+        if obj["kind"] in CRD_SCHEMAS:
+            jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
             continue
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
@@ -304,3 +356,29 @@ def test_the_repository_marker_program_makes_the_prefix_triton_needs(
 def test_kustomizations_exist() -> None:
     for path in KUSTOMIZATIONS.values():
         assert (Path(path) / "kustomization.yaml").is_file()
+
+
+def test_the_prometheus_rule_is_alerts_yml_as_generated() -> None:
+    """deploy/k8s/base/prometheusrule.yaml is what prometheus_rule.py makes of alerts.yml now: an alert
+    changed in one and not the other fails here (regenerate as its header says)."""
+    generated = subprocess.run(
+        [sys.executable, str(PROMETHEUS / "prometheus_rule.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert (K8S / "base" / "prometheusrule.yaml").read_text() == generated
+    rule = yaml.safe_load(generated)
+    assert rule["spec"]["groups"] == yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    assert {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]} == {
+        r["alert"] for r in alert_rules()
+    }
+
+
+def test_the_rule_schema_refuses_a_misspelt_field(rendered: tuple[str, list[dict]]) -> None:
+    _, objects = rendered
+    rule = copy.deepcopy(by_kind(objects, "PrometheusRule", "control-plane"))
+    rule["spec"]["groups"][0]["rules"][0]["fro"] = rule["spec"]["groups"][0]["rules"][0].pop("for")
+    with pytest.raises(jsonschema.ValidationError, match="fro"):
+        jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
