@@ -202,18 +202,21 @@ def test_the_replica_holding_the_lease_sweeps_by_itself(
     while api.state.artifacts.exists(stored.sha256) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not api.state.artifacts.exists(stored.sha256)
-    swept: list[str] = []
-    while time.monotonic() < deadline:  # the sweep counts itself once it is over, after its deletes
+
+    def figure(metrics: str, name: str) -> float:
+        found = [line.split()[1] for line in metrics.splitlines() if line.startswith(f"{name} ")]
+        return float(found[0]) if found else 0.0
+
+    # The sweep counts each delete as it goes, and its success once it is over: wait for both.
+    swept = last = 0.0
+    while time.monotonic() < deadline:
         metrics = api.client.get("/metrics", headers=api.headers()).text
-        swept = [line for line in metrics.splitlines() if line.startswith("cp_artifacts_swept_total ")]
-        if swept and float(swept[0].split()[1]) >= 1:
+        swept = figure(metrics, "cp_artifacts_swept_total")
+        last = figure(metrics, "cp_artifact_sweep_last_success_timestamp_seconds")
+        if swept >= 1 and last > 0:
             break
         time.sleep(0.2)
-    assert swept and float(swept[0].split()[1]) >= 1, swept
-    last = [
-        line for line in metrics.splitlines() if line.startswith("cp_artifact_sweep_last_success_timestamp")
-    ]
-    assert last and float(last[0].split()[1]) > 0, last
+    assert swept >= 1 and last > 0, (swept, last)
     while time.monotonic() < deadline:  # and audits itself, as the system, once it is over
         audit = api.client.get("/v1/audit", params={"action": "artifacts.sweep"}, headers=api.headers())
         if any(e["actor"] == "system:artifact-sweep" for e in audit.json()):
