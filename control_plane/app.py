@@ -7,7 +7,7 @@ import logging
 import re
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -307,8 +307,8 @@ class ControlPlaneApp(FastAPI):
         return HttpDataPlane(super().build_middleware_stack())
 
 
-def create_app(settings: Settings | None = None, *, grpc_socket: socket.socket | None = None) -> FastAPI:
-    """The control-plane ASGI app; its gRPC data plane serves on `grpc_socket` where one was bound
+def create_app(settings: Settings | None = None, *, grpc_sockets: Sequence[socket.socket] = ()) -> FastAPI:
+    """The control-plane ASGI app; its gRPC data plane serves on `grpc_sockets` where they were bound
     already (`control-plane serve`), otherwise it binds CP_GRPC_PORT (when set) as it starts."""
     settings = settings or get_settings()
 
@@ -316,10 +316,10 @@ def create_app(settings: Settings | None = None, *, grpc_socket: socket.socket |
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await run_in_threadpool(build_state, settings)
         app.state.cp = state
-        grpc = GrpcProxy(state) if settings.grpc_port or grpc_socket is not None else None
+        grpc = GrpcProxy(state) if settings.grpc_port or grpc_sockets else None
         try:
             if grpc is not None:
-                await grpc.start(settings.http_host, settings.grpc_port, sock=grpc_socket)
+                await grpc.start(settings.http_host, settings.grpc_port, sockets=grpc_sockets)
             state.checks.start()
             yield
         finally:

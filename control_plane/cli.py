@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import socket
 from pathlib import Path
 
 import typer
@@ -13,9 +14,11 @@ from uvicorn.config import STARTUP_FAILURE
 
 from control_plane.client.cli import register as register_client_commands
 from control_plane.db import migrate
-from control_plane.listeners import ListenError, listening_socket
-from control_plane.settings import get_settings
+from control_plane.listeners import ListenError, addresses, announce, listening_sockets
+from control_plane.settings import Settings, get_settings
 from control_plane.tritonserver.cli import app as triton_app
+
+log = logging.getLogger("control_plane.serve")
 
 app = typer.Typer(help="Control plane for NVIDIA Triton Inference Server.", no_args_is_help=True)
 db_app = typer.Typer(help="Registry database migrations.", no_args_is_help=True)
@@ -48,8 +51,9 @@ def serve(
     port: int | None = typer.Option(None, help="HTTP port (default CP_HTTP_PORT)."),
     listening_file: Path | None = typer.Option(
         None,
-        help="Write host:port to this file once the API's port is bound (for a script waiting on this "
-        "process: from then on, what answers on that port is this server).",
+        help="Write the API's host:port to this file once its port is held (for a script waiting on "
+        "this process: from then on, what answers there is this server). Removed as the server starts "
+        "and when it stops.",
     ),
 ) -> None:
     """Serve the API (and the embedded Triton when CP_TRITON_EMBEDDED is set) until SIGINT/SIGTERM."""
@@ -57,24 +61,46 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     http_setting = "--port" if port else "CP_HTTP_PORT"
     host, port = host or settings.http_host, port or settings.http_port
+    if listening_file is not None:
+        listening_file.unlink(missing_ok=True)  # a file left by an earlier server must not speak for this one
     # The ports first, before the app starts Triton (which picks free ports of its own) or anything else.
     try:
-        http_socket = listening_socket(host, port, setting=http_setting)
-        grpc_socket = (
-            listening_socket(settings.http_host, settings.grpc_port, setting="CP_GRPC_PORT")
+        http_sockets = listening_sockets(host, port, setting=http_setting)
+        grpc_sockets = (
+            listening_sockets(settings.http_host, settings.grpc_port, setting="CP_GRPC_PORT")
             if settings.grpc_port
-            else None
+            else []
         )
     except ListenError as exc:
         typer.echo(f"control-plane serve: {exc}", err=True)
         raise typer.Exit(1) from None
+    log.info(
+        "listening on %s (HTTP)%s; serving once started",
+        ", ".join(addresses(http_sockets)),
+        f", {', '.join(addresses(grpc_sockets))} (gRPC)" if grpc_sockets else "",
+    )
     if listening_file is not None:
-        listening_file.write_text(f"{host}:{port}\n")
+        announce(listening_file, "\n".join(addresses(http_sockets)) + "\n")
+    try:
+        _serve(settings, http_sockets, grpc_sockets, host=host, port=port)
+    finally:
+        if listening_file is not None:
+            listening_file.unlink(missing_ok=True)
 
+
+def _serve(
+    settings: Settings,
+    http_sockets: list[socket.socket],
+    grpc_sockets: list[socket.socket],
+    *,
+    host: str,
+    port: int,
+) -> None:
+    """Run the app with uvicorn on the sockets bound already, until SIGINT/SIGTERM."""
     from control_plane.app import create_app
     from control_plane.dataplane.fastpath import fast_path_protocol
 
-    app = create_app(settings, grpc_socket=grpc_socket)
+    app = create_app(settings, grpc_sockets=grpc_sockets)
     # Everything imported so far lives as long as the process: keep it out of the cyclic GC's full
     # collections, which otherwise pause the event loop for ~0.1 s every few seconds under load.
     gc.collect()
@@ -91,7 +117,7 @@ def serve(
     )
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[http_socket])
+        server.run(sockets=http_sockets)
     if not server.started:
         raise typer.Exit(STARTUP_FAILURE)
 

@@ -92,12 +92,16 @@ def _start(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def _start_ready(tmp_path: Path, seen: list[str], **extra: str) -> tuple[subprocess.Popen[str], int, int]:
-    """scripts/serve on free HTTP and gRPC ports, up to its 'Control plane ready' line: the process and
-    its two ports. Another test's server may bind a port between free_port handing it out and the
-    server binding it; the server then says so and stops, and it is started again on other ports."""
+def _start_ready(
+    tmp_path: Path, seen: list[str], ports: tuple[int, int] | None = None, **extra: str
+) -> tuple[subprocess.Popen[str], int, int]:
+    """scripts/serve on `ports` (HTTP, gRPC; else free ones), up to its 'Control plane ready' line: the
+    process and its two ports. Another test's server may bind a port between free_port handing it out
+    (or an earlier server here giving it back) and this server binding it; the server then says so and
+    stops, and it is started again on other ports."""
     for _ in range(3):
-        port, grpc_port = free_port(), free_port()
+        port, grpc_port = ports or (free_port(), free_port())
+        ports = None
         proc = _start(_env(tmp_path, CP_HTTP_PORT=str(port), CP_GRPC_PORT=str(grpc_port), **extra))
         try:
             _wait_for_line(proc, r"Control plane ready", timeout=240, seen=seen)
@@ -157,13 +161,15 @@ def _idle_connection_closed_after(port: int, keep_alive_s: float) -> None:
     assert keep_alive_s - 0.3 <= idle < 4.5, idle
 
 
-def _serve(tmp_path: Path, seen: list[str], **extra: str) -> tuple[subprocess.Popen[str], int]:
-    """scripts/serve started and ready (`_start_ready`): the process and its HTTP port."""
-    proc, port, _ = _start_ready(tmp_path, seen, **extra)
+def _serve(
+    tmp_path: Path, seen: list[str], ports: tuple[int, int] | None = None, **extra: str
+) -> tuple[subprocess.Popen[str], tuple[int, int]]:
+    """scripts/serve started and ready (`_start_ready`): the process and its HTTP and gRPC ports."""
+    proc, port, grpc_port = _start_ready(tmp_path, seen, ports, **extra)
     # Keep reading its output, so that a full pipe never blocks the server's logging.
     assert proc.stdout is not None
     threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True).start()
-    return proc, port
+    return proc, (port, grpc_port)
 
 
 def _predict(port: int, key: str) -> httpx.Response:
@@ -183,7 +189,8 @@ def _instances(database: Path) -> list[tuple[str, str]]:
 def test_serve_again_on_the_same_folders_serves_the_same_aliases(tmp_path: Path) -> None:
     admin = "serve-restart-admin-key"
     seen: list[str] = []
-    proc, port = _serve(tmp_path, seen, CP_ADMIN_TOKEN=admin)
+    proc, ports = _serve(tmp_path, seen, CP_ADMIN_TOKEN=admin)
+    port = ports[0]
     try:
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {admin}"}
@@ -198,7 +205,10 @@ def test_serve_again_on_the_same_folders_serves_the_same_aliases(tmp_path: Path)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
 
-        proc, port = _serve(tmp_path, seen, CP_ADMIN_TOKEN=admin)  # same folders, nothing done by hand
+        # Same folders and ports (as on 8080 every day), nothing done by hand in between.
+        proc, again_ports = _serve(tmp_path, seen, ports, CP_ADMIN_TOKEN=admin)
+        print(f"\nserved again on {again_ports} (the first time {ports})")
+        port = again_ports[0]
         again = _predict(port, key)
         assert again.status_code == 200, again.text
         assert again.json()["outputs"] == first.json()["outputs"]

@@ -56,6 +56,8 @@ class AuditRetention:
             ["result"],
             registry=registry,
         )
+        for result in ("ok", "failed"):  # exported from the start: `increase()` misses a series' first step
+            self.purges.labels(result=result)
         self.last_success = Gauge(
             "cp_audit_purge_last_success_timestamp_seconds",
             "When this replica's last audit purge ended well (0: none yet)",

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -122,12 +122,12 @@ class GrpcProxy:
         self._channels: dict[str, _Channel] = {}
         self._connections: set[GrpcServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._typed = self._typed_methods()
         self.port = 0
 
-    async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
-        """Bind `host:port` and start serving; or serve on `sock`, bound already (`listeners`)."""
+    async def start(self, host: str, port: int, *, sockets: Sequence[socket.socket] = ()) -> None:
+        """Bind `host:port` and start serving; or serve on `sockets`, bound already (`listeners`)."""
         s = self.state.settings
         limits = ServerLimits(
             header_timeout_s=s.header_timeout_s,
@@ -142,20 +142,19 @@ class GrpcProxy:
             return GrpcServerConnection(self, limits, self._connections)
 
         try:
-            if sock is not None:
-                server = await loop.create_server(connection, sock=sock)
+            if sockets:
+                self._servers = [await loop.create_server(connection, sock=sock) for sock in sockets]
             else:
-                server = await loop.create_server(connection, host, port, reuse_address=True)
+                self._servers = [await loop.create_server(connection, host, port, reuse_address=True)]
         except OSError as exc:
             raise RuntimeError(f"gRPC data plane cannot listen on {host}:{port}: {exc}") from exc
-        self._server = server
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self._servers[0].sockets[0].getsockname()[1]
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking calls, finish those in flight (up to `grace_s`), then close the upstreams."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
         for connection in list(self._connections):
             connection.shutdown()
         deadline = time.monotonic() + grace_s

@@ -112,6 +112,8 @@ class SweepMetrics:
         self.sweeps = Counter(
             "cp_artifact_sweeps", "Artifact garbage sweeps run here, by result", ["result"], registry=registry
         )
+        for result in ("ok", "failed"):  # exported from the start: `increase()` misses a series' first step
+            self.sweeps.labels(result=result)
         self.deleted = Counter(
             "cp_artifacts_swept", "Artifacts the sweep deleted (no live version used them)", registry=registry
         )

@@ -347,7 +347,8 @@ def test_a_sweep_that_fails_midway_is_audited_with_what_it_deleted(
     )
     assert "S3 does not answer" in failed[0]["after"]["error"]
     metrics = served.client.get("/metrics", headers=served.headers()).text
-    assert 'cp_artifact_sweeps_total{result="failed"}' in metrics
+    assert 'cp_artifact_sweeps_total{result="failed"} 1.0' in metrics
+    assert 'cp_artifact_sweeps_total{result="ok"} 0.0' in metrics  # exported before any sweep succeeds
 
 
 def test_a_sweep_that_loses_its_lock_stops_before_its_next_delete(

@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
+
 from control_plane.tritonserver.process import free_port
 
 __all__ = ["PORT_TAKEN", "free_port", "start", "start_control_plane", "stop", "wait_for_port"]
@@ -57,7 +59,7 @@ def stop(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> None:
 def start_control_plane(env: dict[str, str], *, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     """`control-plane serve` of this interpreter on free ports (HTTP, and gRPC unless `env` turns it off
     with CP_GRPC_PORT=0), as `start` does: the process and its HTTP port, once it holds its ports (it
-    wrote its --listening-file; it answers once it has started).
+    wrote its --listening-file) and has started (`/v2/health/live` answers; ready may take longer).
 
     Another test's server may bind a port between free_port handing it out and this server binding it.
     The server then says so and exits, and it is started again on other ports."""
@@ -75,9 +77,24 @@ def start_control_plane(env: dict[str, str], *, log: Path) -> tuple[subprocess.P
         while not listening.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if listening.exists():
+            _wait_until_live(proc, port, log)
             return proc, port
         stop(proc)
         said = log.read_text(errors="replace")
         if PORT_TAKEN not in said:
             raise RuntimeError(f"control-plane serve did not bind its ports:\n{said[-3000:]}")
     raise RuntimeError(f"three servers in a row found a port taken:\n{said[-3000:]}")
+
+
+def _wait_until_live(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 180.0) -> None:
+    """Until the server answers `/v2/health/live` (its start-up done), or fail with its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"control-plane serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5).status_code == 200:
+                return
+        time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"control-plane serve did not start in {timeout:g} s:\n{log.read_text()[-3000:]}")
