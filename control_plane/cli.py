@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -81,11 +82,24 @@ def serve(
     )
     if listening_file is not None:
         announce(listening_file, "\n".join(addresses(http_sockets)) + "\n")
+        _remove_on_sigterm(listening_file)
     try:
         _serve(settings, http_sockets, grpc_sockets, host=host, port=port)
     finally:
         if listening_file is not None:
             listening_file.unlink(missing_ok=True)
+
+
+def _remove_on_sigterm(path: Path) -> None:
+    """Remove `path` when SIGTERM ends the process: uvicorn ends on it gracefully, then raises it again
+    with this handler back in place (so the process still ends by SIGTERM, as before)."""
+
+    def remove_then_end(signum: int, _: object) -> None:
+        path.unlink(missing_ok=True)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, remove_then_end)
 
 
 def _serve(

@@ -4,14 +4,19 @@ address its host stands for, as uvicorn's own binding did, or a clear error and 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from control_plane.db import migrate
 from control_plane.listeners import ListenError, addresses, announce, listening_sockets
+from tests.support.procs import free_port
 
 
 def _ipv6() -> bool:
@@ -108,3 +113,36 @@ def test_serve_with_a_port_taken_exits_at_once_and_leaves_no_listening_file(tmp_
     assert f"--port: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "Traceback" not in done.stderr
     assert not listening.exists()
+
+
+def test_the_listening_file_says_where_it_listens_and_goes_when_sigterm_ends_the_server(
+    tmp_path: Path,
+) -> None:
+    listening, port = tmp_path / "listening", free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
+    env.update(
+        CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
+        CP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
+        CP_MODEL_REPOSITORY=str(tmp_path / "repository"),
+        CP_GRPC_PORT="0",
+    )
+    migrate.upgrade(env["CP_DATABASE_URL"])
+    argv = ["serve", "--port", str(port), "--listening-file", str(listening)]
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "control_plane.cli", *argv], env=env, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not listening.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.05)
+        assert listening.read_text() == f"127.0.0.1:{port}\n"
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=60).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == -signal.SIGTERM  # ended by the signal, as uvicorn.run ended
+        assert not listening.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
