@@ -189,7 +189,6 @@ def build_state(settings: Settings) -> AppState:
     state.key_usage.start()
     state.janitor = KeepWarmJanitor(
         session_factory=internal,
-        loader=state.loader,
         inflight=state.inflight,
         keep_warm_s=settings.keep_warm_s,
         interval_s=settings.janitor_interval_s,

@@ -1,7 +1,11 @@
 """Keep-warm: a replaced version stays loaded for a while (instant rollback), then is unloaded.
 
 One replica sweeps (it holds a Postgres advisory lock, `fleet.leader`); each sweep claims a version in a
-transaction that re-checks, under the row lock promotions also take, that nothing references it.
+transaction that re-checks, under the row lock promotions also take, that nothing references it, and marks
+it `unloaded`. That is all it does: the commit is a change of the desired state, and the reconcile loop
+unloads the released version from Triton under the version's lock, checking its state there again, so a
+rollback that asked for the version since (its state `ready` again) keeps it. The janitor once unloaded
+it itself and recorded `unloaded` after Triton's answer, overwriting such a rollback's `ready`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane.db.models import ModelVersion
 from control_plane.db.session import transaction
 from control_plane.fleet.leader import LeaderLease, LeaderLoop
-from control_plane.fleet.loader import VersionLoader
 from control_plane.registry import repository
 from control_plane.timestamps import as_utc
 
@@ -30,7 +33,6 @@ class KeepWarmJanitor:
         self,
         *,
         session_factory: sessionmaker[Session],
-        loader: VersionLoader,
         inflight: Counter[str],
         keep_warm_s: float,
         interval_s: float,
@@ -38,7 +40,6 @@ class KeepWarmJanitor:
         lock_timeout_s: float = 10.0,
     ):
         self.session_factory = session_factory
-        self.loader = loader
         self.inflight = inflight
         self.keep_warm = timedelta(seconds=keep_warm_s)
         self.interval_s = interval_s
@@ -55,14 +56,12 @@ class KeepWarmJanitor:
         self._loop.stop()
 
     def sweep(self) -> list[int]:
-        """Unload every version whose keep-warm period is over; returns their ids."""
+        """Release every version whose keep-warm period is over (the reconcile loop unloads them);
+        returns their ids."""
         cutoff = datetime.now(UTC) - self.keep_warm
         with self.session_factory() as session:
             candidates = repository.released_before(session, cutoff)
-        unloaded = [version_id for version_id in candidates if self._claim(version_id, cutoff)]
-        for version_id in unloaded:
-            self.loader.unload(version_id)
-        return unloaded
+        return [version_id for version_id in candidates if self._claim(version_id, cutoff)]
 
     def _claim(self, version_id: int, cutoff: datetime) -> bool:
         with transaction(self.session_factory) as session:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from control_plane.db.models import ModelVersion
@@ -331,3 +332,50 @@ def test_clearing_a_canary_and_a_shadow_reroutes_at_commit_without_a_periodic_re
     assert promoted.status_code == 200, promoted.text
     target = api.state.router.table.models[(_tenant_id(api, v1), v1.model)].aliases["production"]
     assert (target.version, target.weighted) == (2, ())
+
+
+def test_a_load_racing_the_keep_warm_unload_ends_with_the_version_served(
+    make_api: Callable[..., Api], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The janitor unloaded a version itself, after its claim, and recorded `unloaded` once Triton's
+    unload returned: a rollback that asked for the version in between (its load set `ready` again) was
+    overwritten and refused, 409 "it is unloaded" (CI once), the version then lost to its alias. The
+    janitor now only claims; the reconcile loop unloads what is released, re-checking the state under
+    the version's lock, and loads it back when a load asks for it."""
+    api = make_api(keep_warm_s=60.0, janitor_interval_s=3600)  # sweeps when the test asks
+    v1, v2 = _two_versions(api, tmp_path)
+    moved = api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers())
+    assert moved.status_code == 200, moved.text
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    with transaction(api.state.session_factory) as session:
+        version = session.scalar(select(ModelVersion).where(ModelVersion.triton_name == v1.triton_name))
+        assert version is not None
+        version.released_at = version.updated_at = long_ago
+        version_id = version.id
+    loader, record = api.state.loader, api.state.loader._record
+    recording = threading.Event()
+
+    def slow_unloaded_record(version: int, **kwargs: Any) -> None:
+        if kwargs.get("state") == "unloaded":
+            recording.set()
+            time.sleep(1.5)  # a busy machine, between an unload's Triton call and its record
+        record(version, **kwargs)
+
+    monkeypatch.setattr(loader, "_record", slow_unloaded_record)
+    janitor, triton = api.state.janitor, api.state.tritons[0].health
+    assert janitor is not None
+    swept: list[list[int]] = []
+    sweeping = threading.Thread(target=lambda: swept.append(janitor.sweep()))
+    sweeping.start()
+    deadline = time.monotonic() + 30
+    while not recording.is_set() and triton.is_model_ready(v1.triton_name):  # unloaded, by either part
+        assert time.monotonic() < deadline, "the released version was not unloaded"
+        time.sleep(0.02)
+
+    assert loader.load(version_id) == "ready"  # what a rollback to it does first
+    sweeping.join(timeout=30)
+    assert version_id in swept[0]
+    deadline = time.monotonic() + 30
+    while _version_state(api, v1, 1) != "ready" or not triton.is_model_ready(v1.triton_name):
+        assert time.monotonic() < deadline, f"v1 is {_version_state(api, v1, 1)} after its load"
+        time.sleep(0.1)
