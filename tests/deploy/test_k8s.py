@@ -33,105 +33,103 @@ K8S_VERSIONS = ("1.29.0", "1.37.0")
 KUSTOMIZATIONS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu"}
 SETTINGS_ENV = {f"CP_{name.upper()}" for name in Settings.model_fields}
 
-# kubernetes-validate has the core API only; ServiceMonitor is a CRD of the Prometheus Operator. The
-# fields we use, typed as monitoring.coreos.com/v1 defines them; unknown fields are refused.
+# kubernetes-validate has the core API only; ServiceMonitor and PrometheusRule are CRDs of the Prometheus
+# Operator. The fields we use, typed as monitoring.coreos.com/v1 defines them; unknown fields are refused.
+
+
+def _operator_object(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The schema of a Prometheus Operator object (monitoring.coreos.com/v1) of `kind` with `spec`."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": spec,
+        },
+    }
+
+
 _SECRET_KEY = {
     "type": "object",
     "required": ["name", "key"],
     "additionalProperties": False,
     "properties": {"name": {"type": "string"}, "key": {"type": "string"}, "optional": {"type": "boolean"}},
 }
-SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "selector": {
+SERVICE_MONITOR_SCHEMA = _operator_object(
+    "ServiceMonitor",
+    {
+        "type": "object",
+        "required": ["selector", "endpoints"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+            },
+            "endpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
                     "type": "object",
+                    "required": ["port"],
                     "additionalProperties": False,
                     "properties": {
-                        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}
-                    },
-                },
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["port"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
-                            "authorization": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {"type": {"type": "string"}, "credentials": _SECRET_KEY},
-                            },
+                        "port": {"type": "string"},
+                        "path": {"type": "string", "pattern": "^/"},
+                        "scheme": {"enum": ["http", "https"]},
+                        "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
+                        "authorization": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"type": {"type": "string"}, "credentials": _SECRET_KEY},
                         },
                     },
                 },
             },
         },
     },
-}
+)
 # The PrometheusRule's fields (monitoring.coreos.com/v1), as strict: a rule is an alert, with the fields
 # Prometheus' rule files take.
 _STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {
-            "type": "object",
-            "required": ["groups"],
-            "additionalProperties": False,
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "rules"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string"},
-                            "interval": {"type": "string"},
-                            "rules": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {
-                                    "type": "object",
-                                    "required": ["alert", "expr"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "alert": {"type": "string"},
-                                        "expr": {"type": "string"},
-                                        "for": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h|d)$"},
-                                        "labels": _STRINGS,
-                                        "annotations": _STRINGS,
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-            },
-        },
+
+
+def _strict(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """An object with these fields and no other."""
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
+
+
+def _list_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "minItems": 1, "items": item}
+
+
+_RULE = _strict(
+    ["alert", "expr"],
+    {
+        "alert": {"type": "string"},
+        "expr": {"type": "string"},
+        "for": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h|d)$"},
+        "labels": _STRINGS,
+        "annotations": _STRINGS,
     },
-}
+)
+PROMETHEUS_RULE_SCHEMA = _operator_object(
+    "PrometheusRule",
+    _strict(
+        ["groups"],
+        {
+            "groups": _list_of(
+                _strict(
+                    ["name", "rules"],
+                    {"name": {"type": "string"}, "interval": {"type": "string"}, "rules": _list_of(_RULE)},
+                )
+            )
+        },
+    ),
+)
 CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
 
 
