@@ -181,14 +181,23 @@ def test_429_concurrency_limit(make_served: Callable[..., Api], tmp_path: Path, 
 
     first = threading.Thread(target=call)
     first.start()
+
+    def counted() -> tuple[int, float | None, int]:
+        """The tenant's slot, the in-flight gauge, and what keeps the keep-warm janitor off the version:
+        taken one after the other as the request starts, so all three are waited for."""
+        return (
+            served.state.limits.in_flight(tenant_id),
+            registry.get_sample_value("cp_inference_in_flight", {"protocol": "http"}),
+            served.state.inflight[d.triton_name],
+        )
+
     deadline = time.monotonic() + 10
-    while served.state.limits._in_flight.get(tenant_id, 0) < 1 and time.monotonic() < deadline:
+    while counted() != (1, 1.0, 1) and time.monotonic() < deadline:
         time.sleep(0.01)
-    in_flight = registry.get_sample_value("cp_inference_in_flight", {"protocol": "http"})
-    held = served.state.inflight[d.triton_name]  # what keeps the keep-warm janitor off this version
+    seen = counted()
     second = served.client.post(url, json=SLOW_BODY, headers=headers)
     first.join()
-    assert (in_flight, held) == (1.0, 1)
+    assert seen == (1, 1.0, 1)
     assert registry.get_sample_value("cp_inference_in_flight", {"protocol": "http"}) == 0.0
     assert served.state.inflight[d.triton_name] == 0
     _assert_v2_error(second, 429, "RateLimited", "in flight")

@@ -74,6 +74,17 @@ class Stack:
         """OUTPUT0 of [1, 2] through the control plane's gRPC port (stock tritonclient)."""
         return _infer_grpc(self.api, model, self.consumer)
 
+    def wait_in_flight(self, *models: str, timeout: float = 10.0) -> None:
+        """Until a request to each of these resident models is on its way to Triton (counted by the data
+        plane, which keeps an eviction off it): a request submitted to a pool may not have started yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counted = {_short(name) for name, n in self.api.state.inflight.items() if n > 0}
+            if set(models) <= counted:
+                return
+            assert time.monotonic() < deadline, f"no request in flight for {set(models) - counted}"
+            time.sleep(0.01)
+
     def loaded(self) -> set[str]:
         """Our models Triton has loaded, by short name."""
         index = self.triton.client.repository_index()
@@ -209,7 +220,7 @@ def test_five_models_in_a_budget_of_three_lru_inflight_and_pinned(stack: Stack) 
         assert stack.infer("m2").status_code == 200  # loads m2 (evicting m3, the LRU)
         with ThreadPoolExecutor(1) as pool:
             slow = pool.submit(stack.infer, "m2")  # in flight for 3 s, and now the LRU of the unpinned
-            time.sleep(0.5)
+            stack.wait_in_flight("m2")
             assert stack.infer("m4").status_code == 200  # resident: a hit
             assert stack.infer("m0").status_code == 200  # must evict m4: m1 pinned, m2 in flight
             assert "m2" in stack.loaded() and "m1" in stack.loaded()
@@ -542,7 +553,7 @@ def test_a_version_waiting_for_room_loads_as_soon_as_a_busy_one_goes_idle(
         time.sleep(1.2)  # the loop's wait at the old period is over
         with ThreadPoolExecutor(2) as pool:
             busy = [pool.submit(stack.infer, m) for m in ("m2", "s1")]
-            time.sleep(0.5)
+            stack.wait_in_flight("m2", "s1")
             started = time.monotonic()
             cold = stack.infer("m0")
             took = time.monotonic() - started
@@ -575,7 +586,7 @@ def test_an_instance_over_a_lowered_budget_evicts_a_busy_version_as_soon_as_it_i
         before = _evictions(stack)
         with ThreadPoolExecutor(1) as pool:
             busy = pool.submit(stack.infer, "s1")
-            time.sleep(0.5)
+            stack.wait_in_flight("s1")
             _set_budget(stack, int(size * 1.5))  # m1 (pinned) and half of another
             deadline = time.monotonic() + 10
             while stack.loaded() != {"m1", "s1"}:

@@ -25,7 +25,9 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 HTTP_KINDS = {400: "BadRequest", 404: "NotFound", 413: "PayloadTooLarge"}
 # Anchored at a name's start so that a megabyte-long token costs one linear scan, not a quadratic one.
 INTERNAL_NAME = re.compile(r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]+--[A-Za-z0-9_.-]+--v\d+")
-DEADLINE_S = 1.0
+# No hang: each answer within this. Not a speed target (those are bench/'s): the biggest bodies are checked
+# in worker processes at nice 10, which a loaded 2-core CI machine slowed to 1.4-1.8 s (1.0 s failed there).
+DEADLINE_S = 5.0
 
 
 @dataclass

@@ -68,6 +68,9 @@ def test_sigkill_of_the_parent_leaves_no_triton_stub_or_shared_memory(
         print(f"Triton's process group dead {gone_after * 1000:.0f} ms after SIGKILL of its parent")
         assert group_members(triton_pid) == [], "nothing of the group runs 5 s later"
         assert not stubs_of(triton_pid)
+        # The guard kills the group, then removes the regions, then exits: wait for those too.
+        while time.monotonic() - killed_at < 5 and (list(SHM_DIR.glob(f"{prefix}*")) or _guards(prefix)):
+            time.sleep(0.01)
         assert not list(SHM_DIR.glob(f"{prefix}*"))
         assert not _guards(prefix), "the guard exits once it has done its job"
         # The dead are reaped by init (which here does it every second or so).
