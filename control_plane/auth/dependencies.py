@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import Request
 
 from control_plane.auth.principal import Principal, Role
 from control_plane.errors import Forbidden, Unauthorized
 from control_plane.keys import service as keys
+from control_plane.keys.secrets import is_secret
 from control_plane.state import AppState
 
 ADMIN_TOKEN_PRINCIPAL = Principal(role=Role.ADMIN, tenant_id=None, key_id=None, label="admin-token")
@@ -37,9 +36,7 @@ def principal_for_key(state: AppState, token: str) -> Principal | None:
     """The caller a key stands for (bootstrap admin token or a stored key), None if invalid or revoked;
     KeyExpired (a 401 that says so) for an expired one."""
     admin_token = state.settings.admin_token
-    if admin_token is not None and hmac.compare_digest(
-        token.encode(), admin_token.get_secret_value().encode()
-    ):
+    if admin_token is not None and is_secret(token, admin_token.get_secret_value()):
         return ADMIN_TOKEN_PRINCIPAL
     with state.session_factory() as session:
         return keys.verify(session, token)

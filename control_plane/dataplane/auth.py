@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -13,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.errors import Forbidden, NotFound, Unauthorized
 from control_plane.keys import repository as keys
-from control_plane.keys.secrets import hash_key, prefix_of
+from control_plane.keys.secrets import is_secret, matches, prefix_of
 from control_plane.keys.service import expired_message
 from control_plane.routing.table import KeyEntry, RoutingTable
 
@@ -44,7 +43,7 @@ def authenticate(
 ) -> Caller:
     """The caller's tenant: from its key, or for admins from the `X-Tenant` header."""
     token = parse_bearer(authorization)
-    if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
+    if is_secret(token, admin_token):
         return _admin_caller(table, tenant_header, key_id=None)
     entry = key_entry(table, token)
     if entry.tenant_id is None:
@@ -55,7 +54,7 @@ def authenticate(
 def require_key(table: RoutingTable, *, authorization: str | None, admin_token: str | None) -> None:
     """Any valid key (of any role, or the bootstrap admin key); 401 otherwise."""
     token = parse_bearer(authorization)
-    if admin_token is None or not hmac.compare_digest(token.encode(), admin_token.encode()):
+    if not is_secret(token, admin_token):
         key_entry(table, token)
 
 
@@ -64,9 +63,8 @@ def authorize_metrics(
 ) -> None:
     """/metrics names every tenant's models: only the metrics token or an admin key may read it."""
     token = parse_bearer(authorization)
-    for secret in (metrics_token, admin_token):
-        if secret is not None and hmac.compare_digest(token.encode(), secret.encode()):
-            return
+    if is_secret(token, metrics_token) or is_secret(token, admin_token):
+        return
     if key_entry(table, token).role != "admin":
         raise Forbidden("/metrics needs an admin key or the metrics token")
 
@@ -75,7 +73,7 @@ def key_entry(table: RoutingTable, token: str) -> KeyEntry:
     """The table's entry of a valid, unexpired key; Unauthorized (saying which) otherwise."""
     prefix = prefix_of(token)
     entry = table.keys.get(prefix) if prefix else None
-    if entry is None or not hmac.compare_digest(hash_key(token), entry.key_hash):
+    if entry is None or not matches(token, entry.key_hash):
         raise Unauthorized("invalid or revoked API key")
     expires_at = entry.expires_at
     if expires_at is not None and expires_at <= time.time():

@@ -39,6 +39,12 @@ def prefix_of(plaintext: str) -> str | None:
     return parts[1]
 
 
+def is_secret(token: str, secret: str | None) -> bool:
+    """Whether `token` is a configured secret (`CP_ADMIN_TOKEN`, `CP_METRICS_TOKEN`), compared in constant
+    time; never when none is configured."""
+    return secret is not None and hmac.compare_digest(token.encode(), secret.encode())
+
+
 def matches(plaintext: str, key_hash: str) -> bool:
     """Constant-time comparison of a presented key with a stored hash."""
     return hmac.compare_digest(hash_key(plaintext), key_hash)

@@ -22,7 +22,6 @@ run on threads of their own (`dependencies.waiting_for_loads`), whatever their t
 
 from __future__ import annotations
 
-import hmac
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from control_plane.auth.principal import Principal, Role
 from control_plane.dataplane.auth import key_entry
 from control_plane.dataplane.limits import RateLimited, TenantLimits
 from control_plane.errors import Unauthorized, error_response
+from control_plane.keys.secrets import is_secret
 from control_plane.middleware import bearer_in
 from control_plane.routing.table import RoutingTable
 from control_plane.settings import Settings
@@ -101,9 +101,7 @@ def tenant_of(table: RoutingTable, token: str | None, admin_token: str | None) -
     does not know, a consumer key or an expired one: the endpoint refuses those, and their holders (an
     application, a former holder) must not use up the tenant's allowance, trickling a body in to hold a
     slot while its publishers are refused."""
-    if token is None or (
-        admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode())
-    ):
+    if token is None or is_secret(token, admin_token):
         return None
     try:
         entry = key_entry(table, token)  # the data plane's check: hash, revocation, expiry
