@@ -90,6 +90,20 @@ def test_announce_replaces_a_link_instead_of_writing_through_it(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "listening"]  # no temporary left
 
 
+def _serve(tmp_path: Path, port: int, listening: Path) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of `control-plane serve` on `port` with its --listening-file, SQLite and local
+    folders in `tmp_path`, no gRPC."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
+    env.update(
+        CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
+        CP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
+        CP_MODEL_REPOSITORY=str(tmp_path / "repository"),
+        CP_GRPC_PORT="0",
+    )
+    argv = ["serve", "--port", str(port), "--listening-file", str(listening)]
+    return [sys.executable, "-m", "control_plane.cli", *argv], env
+
+
 def test_serve_with_a_port_taken_exits_at_once_and_leaves_no_listening_file(tmp_path: Path) -> None:
     """A file left by an earlier server must not say this one holds its port."""
     listening = tmp_path / "listening"
@@ -98,11 +112,9 @@ def test_serve_with_a_port_taken_exits_at_once_and_leaves_no_listening_file(tmp_
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
-        env.update(CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}", CP_GRPC_PORT="0")
-        argv = ["serve", "--port", str(port), "--listening-file", str(listening)]
+        argv, env = _serve(tmp_path, port, listening)
         done = subprocess.run(
-            [sys.executable, "-m", "control_plane.cli", *argv],
+            argv,
             env=env,
             capture_output=True,
             text=True,
@@ -119,19 +131,10 @@ def test_the_listening_file_says_where_it_listens_and_goes_when_sigterm_ends_the
     tmp_path: Path,
 ) -> None:
     listening, port = tmp_path / "listening", free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
-    env.update(
-        CP_DATABASE_URL=f"sqlite:///{tmp_path / 'registry.db'}",
-        CP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
-        CP_MODEL_REPOSITORY=str(tmp_path / "repository"),
-        CP_GRPC_PORT="0",
-    )
+    argv, env = _serve(tmp_path, port, listening)
     migrate.upgrade(env["CP_DATABASE_URL"])
-    argv = ["serve", "--port", str(port), "--listening-file", str(listening)]
     with (tmp_path / "serve.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "control_plane.cli", *argv], env=env, stdout=log, stderr=log
-        )
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 60
         while not listening.exists():

@@ -53,8 +53,14 @@ def _days(value: str | None) -> int | None:
 
 
 def _owner(session: Session, user: ConsoleUser, tenant: str | None) -> Tenant | None:
-    """The tenant whose keys these are (404 if unknown); None: the admin keys."""
+    """The tenant whose keys these are (404 if unknown; its name is `tenant`, looked up exactly); None: the
+    admin keys."""
     return tenants.visible(session, ctx=user.ctx, name=tenant) if tenant is not None else None
+
+
+def _roles(tenant: str | None) -> tuple[str, ...]:
+    """The roles a new key may have: a tenant's publisher or consumer, or admin for the admin keys."""
+    return TENANT_ROLES if tenant is not None else (Role.ADMIN.value,)
 
 
 def _keys_url(request: Request, tenant: str | None) -> str:
@@ -94,12 +100,12 @@ def _listing(
         found = keys.page_for(session, tenant=owner, page=at)
     now = datetime.now(UTC)
     context = {
-        "tenant": owner.name if owner is not None else None,
-        "kbase": _keys_url(request, owner.name if owner is not None else None),
+        "tenant": tenant,
+        "kbase": _keys_url(request, tenant),
         "keys": [KeyOut.model_validate(k) for k in found.items],
         "expired": {k.id for k in found.items if k.expires_at is not None and as_utc(k.expires_at) <= now},
         "done": "revoke" if done == "revoke" else None,
-        "roles": TENANT_ROLES if owner is not None else (Role.ADMIN.value,),
+        "roles": _roles(tenant),
         "following": paging.next_query(request, found, at),
     }
     return page(request, "keys.html", context)
@@ -143,7 +149,7 @@ def _create(
     days: str | None,
 ) -> HTMLResponse:
     _admin(user)
-    allowed = TENANT_ROLES if tenant is not None else (Role.ADMIN.value,)
+    allowed = _roles(tenant)
     if role not in allowed:
         raise InvalidRequest(f"role: choose {' or '.join(allowed)}")
     label = (description or "").strip() or None
@@ -166,8 +172,7 @@ def _create(
             expires_at=expires_at,
         )
         shown = KeyOut.model_validate(key)
-    name = owner.name if owner is not None else None
-    context = {"tenant": name, "kbase": _keys_url(request, name), "key": shown, "secret": secret}
+    context = {"tenant": tenant, "kbase": _keys_url(request, tenant), "key": shown, "secret": secret}
     return page(request, "key_created.html", context)
 
 
@@ -211,10 +216,9 @@ def _revoke(
     state = app_state(request)
     if confirmed != "yes":
         with transaction(state.session_factory) as session:
-            owner = _owner(session, user, tenant)
-            found = keys.get(session, tenant=owner, key_id=key_id)
+            found = keys.get(session, tenant=_owner(session, user, tenant), key_id=key_id)
         held_by = f" ({found.description})" if found.description else ""
-        whose = f" of {owner.name}" if owner is not None else ""
+        whose = f" of {tenant}" if tenant is not None else ""
         return confirm_page(
             request,
             title=f"Revoke {found.role} key {found.prefix}{whose}?",
@@ -223,11 +227,8 @@ def _revoke(
                 "This cannot be undone; the change is audited.",
             ],
             fields={"csrf": csrf},
-            back=_keys_url(request, owner.name if owner is not None else None),
+            back=_keys_url(request, tenant),
         )
     with transaction(state.session_factory) as session:
-        owner = _owner(session, user, tenant)
-        keys.revoke(session, ctx=user.ctx, tenant=owner, key_id=key_id)
-    return RedirectResponse(
-        _keys_url(request, owner.name if owner is not None else None) + "?done=revoke", status_code=303
-    )
+        keys.revoke(session, ctx=user.ctx, tenant=_owner(session, user, tenant), key_id=key_id)
+    return RedirectResponse(_keys_url(request, tenant) + "?done=revoke", status_code=303)
