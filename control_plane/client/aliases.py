@@ -1,4 +1,4 @@
-"""Aliases: promote, roll back, history; traffic: canary weights and shadow."""
+"""Aliases: promote, roll back, history, delete; traffic: canary weights and shadow."""
 
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ class Aliases:
         return [
             HistoryEntry.model_validate(h) for h in self._conn.listing(_url(tenant, model, alias, "history"))
         ]
+
+    def delete(self, tenant: str, model: str, *, alias: str) -> None:
+        """Remove the alias with its canary split, shadow and history (no default: name the alias)."""
+        self._conn.request("DELETE", _url(tenant, model, alias))
 
 
 class TrafficSplits:

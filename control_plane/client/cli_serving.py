@@ -12,7 +12,7 @@ from control_plane.client.output import Format, OutputOption, emit, handled, tab
 from control_plane.client.session import TenantOption, configured_tenant, connect, tenant_for
 from control_plane.client.types import AliasMove, Traffic
 
-aliases_app = typer.Typer(help="Aliases: promote, roll back, history.", no_args_is_help=True)
+aliases_app = typer.Typer(help="Aliases: promote, roll back, history, delete.", no_args_is_help=True)
 traffic_app = typer.Typer(help="Canary weights and shadow traffic of an alias.", no_args_is_help=True)
 AliasOption = typer.Option("production", "--alias", "-a", help="Alias.")
 
@@ -72,6 +72,19 @@ def aliases_history(
     found = cp.aliases.history(tenant_for(cp, tenant), model, alias=alias)
     rows = [(h.at, h.action, h.from_version, h.to_version, h.actor, h.reason) for h in found]
     emit(found, output, lambda: table(["AT", "ACTION", "FROM", "TO", "ACTOR", "REASON"], rows))
+
+
+@aliases_app.command("delete")
+@handled
+def aliases_delete(
+    model: str,
+    alias: str = typer.Option(..., "--alias", "-a", help="Alias to remove (no default)."),
+    tenant: str | None = TenantOption,
+) -> None:
+    """Remove the alias with its canary split, shadow and history (the audit trail keeps what it was)."""
+    cp = connect()
+    cp.aliases.delete(tenant_for(cp, tenant), model, alias=alias)
+    typer.echo(f"{model}@{alias} deleted")
 
 
 def _show_traffic(traffic: Traffic) -> None:

@@ -1,4 +1,4 @@
-"""Console actions: promote, roll back, canary weights and shadow, each confirmed before it is done.
+"""Console actions: promote, roll back, canary weights and shadow, delete an alias, each confirmed first.
 
 A form first posts without `confirmed`: the console answers a page saying what will change, whose
 "Confirm" button posts the same fields again with `confirmed=yes`. The change itself is the same
@@ -209,6 +209,40 @@ def _rollback(form: _Form, *, alias: str, to_version: str | None, reason: str | 
             reason=why,
         )
     return _done(request, owner.name, found.name, alias, "rollback")
+
+
+@router.post(ALIAS + "/delete", response_class=HTMLResponse)
+def delete_alias(
+    request: Request,
+    tenant: str,
+    model: str,
+    alias: str,
+    csrf: str | None = Form(None),
+    confirmed: str | None = Form(None),
+    user: ConsoleUser = Depends(current_user),
+) -> Response:
+    """Remove an alias with its canary split, shadow and history, after confirmation; then the model."""
+    check_csrf(request, user, csrf)
+    state = app_state(request)
+    with transaction(state.session_factory) as session:
+        owner = tenants.visible(session, ctx=user.ctx, name=tenant)
+        found = models.get_model(session, tenant=owner, name=model)
+        if confirmed != "yes":
+            current = traffic.get_traffic(session, state=state, tenant=owner, model=found, alias_name=alias)
+            return confirm_page(
+                request,
+                title=f"Delete '{alias}' of {owner.name}/{found.name}?",
+                lines=[
+                    f"'{alias}' points at v{current.version} ({_describe(current.routes, current.shadow)}).",
+                    f"Requests naming '{alias}' will get 404; its history goes with it; this is audited.",
+                ],
+                fields={"csrf": csrf},
+            )
+        lifecycle.delete_alias(
+            session, ctx=user.ctx, state=state, tenant=owner, model=found, alias_name=alias
+        )
+    url = f"{console_path(request)}/tenants/{quote(owner.name)}/models/{quote(found.name)}"
+    return RedirectResponse(f"{url}?deleted={quote(alias)}", status_code=303)
 
 
 def _traffic_from(form: FormData) -> Traffic:

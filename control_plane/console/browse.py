@@ -97,7 +97,7 @@ def model_page(
         "versions": [(v, measured_memory(v)) for v in reversed(listed)],
         "movable": [v.version for v in reversed(listed) if v.state in MOVABLE],
         "traffic": routes,
-        "done": request.query_params.get("done"),
+        "deleted": request.query_params.get("deleted"),  # an alias just deleted (the console's redirect)
     }
     return page(request, "model.html", context)
 

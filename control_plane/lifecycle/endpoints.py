@@ -52,6 +52,21 @@ async def promote(
     return await waiting_for_loads(state, promote)
 
 
+@router.delete("", status_code=204)
+def delete_alias(
+    tenant: str,
+    model: str,
+    alias: str,
+    ctx: RequestContext = Depends(request_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> None:
+    """Remove the alias with its canary split, shadow and history (audited with what it was). Requests
+    naming it get 404; the versions it named can be deleted once nothing else uses them."""
+    owner, found = _owner(session, ctx, tenant, model)
+    service.delete_alias(session, ctx=ctx, state=state, tenant=owner, model=found, alias_name=alias)
+
+
 @router.post("/rollback", response_model=AliasMove)
 async def rollback(
     tenant: str,

@@ -167,6 +167,15 @@ def remove_routes(session: Session, *, alias_id: int, kind: str | None = None) -
     return named
 
 
+def delete_alias(session: Session, *, alias_id: int) -> set[int]:
+    """Delete an alias with its traffic routes and history; the versions its routes named. Core deletes,
+    flagged as `remove_routes` does: the routing table drops the alias at commit, on every replica."""
+    named = remove_routes(session, alias_id=alias_id)
+    session.execute(delete(AliasHistory).where(AliasHistory.alias_id == alias_id))
+    session.execute(delete(Alias).where(Alias.id == alias_id))
+    return named
+
+
 def aliases_referencing(session: Session, *, version_id: int) -> list[str]:
     """Names of aliases (or traffic routes) that point at a version."""
     direct = select(Alias.name).where(Alias.version_id == version_id)

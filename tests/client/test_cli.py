@@ -103,6 +103,12 @@ def test_the_tour(stack: Api, run: Run, tmp_path: Path) -> None:
     assert actions[:2] == ["alias.rollback", "alias.promote"]
     assert {"tenant.create", "key.create", "model.create", "version.create"} <= set(actions)
     assert "alias.rollback" in ok(run("audit", "list", "-t", tenant, key=admin))
+    assert "mlp@staging: - -> 2" in ok(run("aliases", "promote", "mlp", "2", "-a", "staging", key=publisher))
+    assert run("aliases", "delete", "mlp", key=publisher).exit_code == 2  # no default: name the alias
+    assert "mlp@staging deleted" in ok(run("aliases", "delete", "mlp", "-a", "staging", key=publisher))
+    assert as_json(run("aliases", "list", "mlp", "-o", "json", key=publisher)) == {"production": 1}
+    refused = run("aliases", "delete", "mlp", "-a", "production", key=publisher)
+    assert refused.exit_code != 0 and "only admins may delete it" in refused.output, refused.output
     listed = ok(run("models", "list", key=publisher))
     assert "mlp" in listed and "production=1" in listed
     versions = ok(run("versions", "list", "mlp", key=publisher))

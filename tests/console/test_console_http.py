@@ -201,3 +201,34 @@ def test_a_tenants_page_shows_what_it_holds_against_its_quotas(world: World, adm
     assert line(limited) == "Holds 1 model(s) of 3, 0 live version(s) and 0 Bytes of artifacts of 2.0 MiB."
     assert line(unlimited, "limits") == "Inference: no rate limit, no limit in flight."
     assert line(limited, "limits") == "Inference: 2.5 request(s) a second (burst 5), 4 in flight at most."
+
+
+def test_an_alias_is_deleted_after_confirmation_and_only_by_whom_may(
+    world: World, admin: httpx.Client
+) -> None:
+    alias = unique_name("gone")
+    with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
+        sdk.aliases.promote(world.tenant, "mlp", 2, alias=alias)
+    page = f"/console/tenants/{world.tenant}/models/mlp/aliases/{alias}"
+    token = csrf_of(admin, page)
+    assert 'id="delete-alias"' in admin.get(page).text
+    asked = admin.post(page + "/delete", data={"csrf": token})
+    assert asked.status_code == 200 and 'name="confirmed" value="yes"' in asked.text
+    assert f"Delete &#39;{alias}&#39;" in asked.text and "points at v2" in asked.text
+    assert admin.post(page + "/delete", data={"confirmed": "yes"}).status_code == 403  # no CSRF token
+    with signed_in(world, world.publisher) as publisher:
+        mine = csrf_of(publisher, page)
+        refused = publisher.post(
+            f"/console/tenants/{world.tenant}/models/mlp/aliases/production/delete",
+            data={"csrf": mine, "confirmed": "yes"},
+        )
+        assert refused.status_code == 403 and "only admins may delete it" in refused.text
+    assert production(world) == 1
+    done = admin.post(page + "/delete", data={"csrf": token, "confirmed": "yes"})
+    assert done.status_code == 303
+    assert done.headers["location"] == f"/console/tenants/{world.tenant}/models/mlp?deleted={alias}"
+    after = admin.get(done.headers["location"])
+    assert f"Done: alias '{alias}' deleted." in after.text
+    with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
+        assert alias not in sdk.models.get(world.tenant, "mlp").aliases
+    assert admin.get(page).status_code == 404

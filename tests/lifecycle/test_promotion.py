@@ -192,8 +192,7 @@ def test_replaced_version_is_unloaded_after_keep_warm_and_others_stay(
 ) -> None:
     api = make_api(keep_warm_s=1.0, janitor_interval_s=0.2)
     v1, v2 = _two_versions(api, tmp_path)
-    v3 = deploy_onnx(api, tmp_path, tenant=v1.tenant, seed=3, alias="candidate")
-    assert api.client.delete(_alias_url(v3, "candidate"), headers=api.headers()).status_code in (404, 405)
+    deploy_onnx(api, tmp_path, tenant=v1.tenant, seed=3, alias="candidate")
     assert (
         api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
     )
