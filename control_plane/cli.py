@@ -48,7 +48,7 @@ def db_check() -> None:
 
 @app.command("serve")
 def serve(
-    host: str | None = typer.Option(None, help="Bind address (default CP_HTTP_HOST)."),
+    host: str | None = typer.Option(None, help="Bind address of HTTP and gRPC (default CP_HTTP_HOST)."),
     port: int | None = typer.Option(None, help="HTTP port (default CP_HTTP_PORT)."),
     listening_file: Path | None = typer.Option(
         None,
@@ -68,9 +68,7 @@ def serve(
     try:
         http_sockets = listening_sockets(host, port, setting=http_setting)
         grpc_sockets = (
-            listening_sockets(settings.http_host, settings.grpc_port, setting="CP_GRPC_PORT")
-            if settings.grpc_port
-            else []
+            listening_sockets(host, settings.grpc_port, setting="CP_GRPC_PORT") if settings.grpc_port else []
         )
     except ListenError as exc:
         typer.echo(f"control-plane serve: {exc}", err=True)

@@ -127,6 +127,22 @@ def test_serve_with_a_port_taken_exits_at_once_and_leaves_no_listening_file(tmp_
     assert not listening.exists()
 
 
+def test_grpc_listens_on_the_host_given_to_serve_too(tmp_path: Path) -> None:
+    """`--host` binds gRPC as well as HTTP (gRPC took CP_HTTP_HOST whatever `--host` said): with the gRPC
+    port held on the host given, serve is refused there instead of opening gRPC on another interface."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.2", 0))
+        other.listen()
+        grpc_port = other.getsockname()[1]
+        argv, env = _serve(tmp_path, free_port(), tmp_path / "listening")
+        env.update(CP_GRPC_PORT=str(grpc_port), CP_HTTP_HOST="127.0.0.1")
+        done = subprocess.run(
+            [*argv, "--host", "127.0.0.2"], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert done.returncode == 1, done.stderr
+    assert f"CP_GRPC_PORT: cannot listen on 127.0.0.2:{grpc_port}: Address already in use" in done.stderr
+
+
 def test_the_listening_file_says_where_it_listens_and_goes_when_sigterm_ends_the_server(
     tmp_path: Path,
 ) -> None:
