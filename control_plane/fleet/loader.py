@@ -79,10 +79,6 @@ class VersionLoader:
             if self._loading.get(version_id) is future:
                 del self._loading[version_id]
 
-    def submit_unload(self, version_id: int) -> Future[None]:
-        """Unload a version from every Triton (its repository entry stays, so a reload is quick)."""
-        return self._executor.submit(self.unload, version_id)
-
     def submit_retire(self, version_id: int) -> Future[None]:
         """Unload a retired version and remove its repository entry in the background."""
         return self._executor.submit(self.retire, version_id)
@@ -150,15 +146,6 @@ class VersionLoader:
             self._unload_everywhere(name)
             self.repository.remove_model(name)
         self._record(version_id, state="retired", message=None, failed={}, placement_state="unloaded")
-
-    def unload(self, version_id: int) -> None:
-        """Unload a ready version everywhere; state `unloaded` (promote or rollback loads it again)."""
-        name = self._name_of(version_id)
-        if name is None:
-            return
-        with self._locks[name]:
-            self._unload_everywhere(name)
-        self._record(version_id, state="unloaded", message=None, failed={}, placement_state="unloaded")
 
     def _name_of(self, version_id: int) -> str | None:
         with self.session_factory() as session:

@@ -103,14 +103,17 @@ def _tenant_id(api: Api, d: Deployed) -> int:
 def test_rollback_to_an_unloaded_version_reloads_it_first(
     make_served: Callable[..., Api], tmp_path: Path
 ) -> None:
-    api = make_served()
+    api = make_served(keep_warm_s=0.5, janitor_interval_s=0.2)
     v1, v2 = _two_versions(api, tmp_path)
     assert (
         api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
     )
-    _unload(api, v1, 1)
-    assert _version_state(api, v1, 1) == "unloaded"
-    assert not api.state.tritons[0].health.is_model_ready(v1.triton_name)
+    deadline = time.monotonic() + 15  # released after its keep-warm period, then unloaded by the loop
+    while _version_state(api, v1, 1) != "unloaded" or api.state.tritons[0].health.is_model_ready(
+        v1.triton_name
+    ):
+        assert time.monotonic() < deadline, "v1 was not unloaded after its keep-warm period"
+        time.sleep(0.1)
 
     failures: list[int] = []
     stop = threading.Event()
@@ -143,17 +146,6 @@ def test_rollback_to_an_unloaded_version_reloads_it_first(
     assert _version_state(api, v1, 1) == "ready"
     assert api.state.tritons[0].health.is_model_ready(v1.triton_name)
     assert failures == []
-
-
-def _unload(api: Api, d: Deployed, number: int) -> None:
-    from sqlalchemy import select
-
-    from control_plane.db.models import ModelVersion
-
-    with api.state.session_factory() as session:
-        version_id = session.scalar(select(ModelVersion.id).where(ModelVersion.triton_name == d.triton_name))
-    assert version_id is not None
-    api.state.loader.unload(version_id)
 
 
 def test_a_version_that_failed_to_load_cannot_be_promoted(api: Api, tmp_path: Path) -> None:
