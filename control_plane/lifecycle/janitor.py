@@ -70,7 +70,7 @@ class KeepWarmJanitor:
                 version is None
                 or version.state != "ready"
                 or version.released_at is None
-                or version.released_at >= cutoff
+                or as_utc(version.released_at) >= cutoff  # SQLite gives it back without its zone
                 # Loaded again since (a rollback or promote on its way to referencing it): warm anew.
                 or as_utc(version.updated_at) >= cutoff
                 or self.inflight.get(version.triton_name, 0) > 0

@@ -21,7 +21,7 @@ from control_plane.lifecycle.schemas import AliasMove, HistoryEntry
 from control_plane.paging import Listing, Page, cut
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
-from control_plane.registry.exceptions import AliasNotFound, VersionConflict
+from control_plane.registry.exceptions import AliasNotFound, ModelNotFound, VersionConflict
 from control_plane.registry.versions import get_version, public_state_message
 from control_plane.routing.table import public_reason
 from control_plane.state import AppState
@@ -288,6 +288,8 @@ def switch(
     else:
         previous = session.get(ModelVersion, alias.version_id)
         dropped = repository.remove_routes(session, alias_id=alias.id, kind="weighted")
+        if not repository.alias_exists(session, alias.id):  # SQLite: deleted since it was read
+            raise AliasNotFound(model.name, alias_name)
         alias.version_id, alias.updated_at = version.id, now
     version.released_at = None
     if previous is None or previous.id != version.id:  # a move to where it is (a canary ended) is no move
@@ -332,6 +334,8 @@ def delete_alias(
     keep-warm period, and a version it held can be deleted. Protected aliases: admins only, as moves."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings, verb="delete")
     repository.lock_model(session, model)  # as a move: no promote or traffic change of the model beside
+    if model.deleted_at is not None:  # deleted since it was read (the lock read it again)
+        raise ModelNotFound(tenant.name, model.name)
     alias = repository.get_alias(session, model_id=model.id, name=alias_name, lock=True)
     if alias is None:
         raise AliasNotFound(model.name, alias_name)
@@ -348,8 +352,11 @@ def delete_alias(
             ({"version": numbers[r.version_id], "percent": r.weight} for r in routes if r.kind == "shadow"),
             None,
         ),
+        "pinned": alias_name in (model.pinned_aliases or ()),  # the pin stays: pins name aliases
     }
     named = repository.delete_alias(session, alias_id=alias.id)
+    if named is None:  # SQLite: deleted by another request since it was read
+        raise AliasNotFound(model.name, alias_name)
     release_after_commit(session, state=state, version_ids=named | {alias.version_id})
     # A new alias of the name starts its shadow results afresh (this process's; each keeps its own).
     hooks.after_commit(

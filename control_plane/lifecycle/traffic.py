@@ -51,6 +51,8 @@ def set_traffic(
     alias = _alias(session, model=model, alias_name=alias_name, lock=True)
     before = describe(session, state=state, tenant=tenant, model=model, alias=alias)
     old_ids = repository.remove_routes(session, alias_id=alias.id)
+    if not repository.alias_exists(session, alias.id):  # SQLite: deleted since it was read
+        raise AliasNotFound(model.name, alias_name)
     for version_id, kind, weight in rows:
         session.add(AliasRoute(alias_id=alias.id, version_id=version_id, kind=kind, weight=weight))
         referenced = session.get(ModelVersion, version_id)

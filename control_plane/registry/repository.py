@@ -167,13 +167,24 @@ def remove_routes(session: Session, *, alias_id: int, kind: str | None = None) -
     return named
 
 
-def delete_alias(session: Session, *, alias_id: int) -> set[int]:
-    """Delete an alias with its traffic routes and history; the versions its routes named. Core deletes,
+def delete_alias(session: Session, *, alias_id: int) -> set[int] | None:
+    """Delete an alias with its traffic routes and history: the versions its routes named, or None when the
+    alias was gone already (SQLite takes no row locks: another request may have deleted it since it was
+    read; the first delete here holds SQLite's write lock, so what follows is current). Core deletes,
     flagged as `remove_routes` does: the routing table drops the alias at commit, on every replica."""
     named = remove_routes(session, alias_id=alias_id)
+    if not alias_exists(session, alias_id):
+        return None
     session.execute(delete(AliasHistory).where(AliasHistory.alias_id == alias_id))
     session.execute(delete(Alias).where(Alias.id == alias_id))
     return named
+
+
+def alias_exists(session: Session, alias_id: int) -> bool:
+    """Whether the alias is still there. On SQLite, which ignores row locks, ask this after the
+    transaction's first write (it then holds the database's write lock) to learn whether a concurrent
+    delete removed the alias read earlier."""
+    return session.scalar(select(Alias.id).where(Alias.id == alias_id)) is not None
 
 
 def aliases_referencing(session: Session, *, version_id: int) -> list[str]:

@@ -4,11 +4,21 @@ protected aliases are for admins, other tenants see 404, and the audit trail kee
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
+from control_plane.db import migrate
+from control_plane.lifecycle import service, traffic
+from control_plane.registry import repository
+from control_plane.registry.aliases import check_may_move
 from tests.support.api import Api
 from tests.support.deploy import Deployed, deploy_onnx
 
@@ -29,6 +39,15 @@ def _audited(api: Api, d: Deployed) -> list[dict[str, Any]]:
     answer = api.client.get("/v1/audit", params=params, headers=api.headers())
     assert answer.status_code == 200, answer.text
     return list(answer.json())
+
+
+def _app(make_api: Callable[..., Api], tmp_path: Path, registry: str, **overrides: Any) -> Api:
+    """An app on the session's Postgres, or on a SQLite registry of its own (which takes no row locks)."""
+    if registry == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+        migrate.upgrade(url)
+        return make_api(database_url=url, **overrides)
+    return make_api(**overrides)
 
 
 def _state(api: Api, d: Deployed, number: int) -> str:
@@ -67,7 +86,7 @@ def test_a_deleted_alias_routes_nothing_and_the_version_it_held_can_be_deleted(
 
     [event] = _audited(api, v2)
     assert event["target"] == f"{v1.tenant}/{v1.model}@staging"
-    assert event["before"] == {"version": 2, "routes": [], "shadow": None}
+    assert event["before"] == {"version": 2, "routes": [], "shadow": None, "pinned": False}
     assert event["actor"].startswith("key:") and event["outcome"] == "success"
 
 
@@ -105,10 +124,13 @@ def test_protected_aliases_are_deleted_by_admins_only_and_other_tenants_see_404(
     assert _infer(api, theirs, "production").status_code == 200
 
 
+@pytest.mark.parametrize("registry", ["postgres", "sqlite"])
 def test_deleting_an_alias_removes_its_canary_and_shadow_and_releases_their_versions(
-    make_api: Callable[..., Api], tmp_path: Path
+    make_api: Callable[..., Api], tmp_path: Path, registry: str
 ) -> None:
-    api = make_api(keep_warm_s=1.0, janitor_interval_s=0.2)
+    """On SQLite too: its keep-warm janitor compared a zoneless `released_at` with an aware cutoff and
+    failed every sweep, so no released version was ever unloaded there."""
+    api = _app(make_api, tmp_path, registry, keep_warm_s=1.0, janitor_interval_s=0.2)
     v1 = deploy_onnx(api, tmp_path)  # production -> 1
     deploy_onnx(api, tmp_path, tenant=v1.tenant, seed=1, alias="canary")  # 2
     deploy_onnx(api, tmp_path, tenant=v1.tenant, seed=2, alias="shadowed")  # 3
@@ -128,6 +150,7 @@ def test_deleting_an_alias_removes_its_canary_and_shadow_and_releases_their_vers
         "version": 4,
         "routes": [{"version": 2, "weight": 30}, {"version": 4, "weight": 70}],
         "shadow": {"version": 3, "percent": 100},
+        "pinned": False,
     }
     deadline = time.monotonic() + 20
     while {_state(api, v1, n) for n in (2, 3, 4)} != {"unloaded"}:
@@ -159,3 +182,128 @@ def test_another_replica_stops_routing_a_deleted_alias(make_api: Callable[..., A
         assert answer.status_code == 200, answer.text
         assert time.monotonic() < deadline, "the other replica still routes the deleted alias"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("registry", ["postgres", "sqlite"])
+def test_two_deletes_at_once_give_one_204_one_404_and_one_audit_event(
+    make_api: Callable[..., Api], tmp_path: Path, registry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite ignores the row locks: both requests read the alias, and both answered 204 and audited it."""
+    api = _app(make_api, tmp_path, registry)
+    d = deploy_onnx(api, tmp_path, alias="staging")
+    real, both_read = repository.delete_alias, threading.Barrier(2, timeout=3)
+
+    def after_both_read(session: Any, *, alias_id: int) -> set[int] | None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait()  # Postgres: the second waits on the model's lock, so this times out
+        return real(session, alias_id=alias_id)
+
+    monkeypatch.setattr(repository, "delete_alias", after_both_read)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: api.client.delete(_url(d, "staging"), headers=api.headers()), "ab"))
+    assert sorted(a.status_code for a in answers) == [204, 404], [a.text for a in answers]
+    assert len(_audited(api, d)) == 1
+
+
+@pytest.mark.parametrize("registry", ["postgres", "sqlite"])
+@pytest.mark.parametrize("move", ["promote", "rollback", "traffic"])
+def test_a_move_racing_a_delete_of_its_alias_is_done_first_or_404_never_500(
+    make_api: Callable[..., Api], tmp_path: Path, registry: str, move: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move pauses right after reading the alias (locked); the alias is deleted meanwhile. Postgres: the
+    delete waits for the move. SQLite: the move found the alias gone at its write and answered 500
+    (StaleDataError; for traffic, a foreign key failure)."""
+    api = _app(make_api, tmp_path, registry)
+    v1 = deploy_onnx(api, tmp_path, alias="staging")
+    deploy_onnx(api, tmp_path, tenant=v1.tenant, seed=1, alias="staging")  # staging: 1 -> 2
+    real_get = repository.get_alias
+    mover: dict[str, int] = {}
+    paused, deleted = threading.Event(), threading.Event()
+
+    def marked(**kwargs: Any) -> None:  # the mover's thread is the one that checks a move, not a delete
+        if kwargs.get("verb", "move") == "move":
+            mover["thread"] = threading.get_ident()
+        check_may_move(**kwargs)
+
+    def get_then_pause(session: Any, *, model_id: int, name: str, lock: bool = False) -> Any:
+        found = real_get(session, model_id=model_id, name=name, lock=lock)
+        if lock and threading.get_ident() == mover.get("thread") and not paused.is_set():
+            paused.set()
+            deleted.wait(3)  # Postgres: the delete waits for this move's lock, so this times out
+        return found
+
+    monkeypatch.setattr(repository, "get_alias", get_then_pause)
+    monkeypatch.setattr(service, "check_may_move", marked)
+    monkeypatch.setattr(traffic, "check_may_move", marked)
+
+    def do_move() -> httpx.Response:
+        url, headers = _url(v1, "staging"), api.headers()
+        if move == "promote":
+            return api.client.put(url, json={"version": 1}, headers=headers)
+        if move == "rollback":
+            return api.client.post(url + "/rollback", headers=headers)
+        split = {"routes": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]}
+        return api.client.put(url + "/traffic", json=split, headers=headers)
+
+    with ThreadPoolExecutor(1) as pool:
+        moving = pool.submit(do_move)
+        assert paused.wait(30)
+        gone = api.client.delete(_url(v1, "staging"), headers=api.headers())
+        deleted.set()
+        moved = moving.result()
+    assert gone.status_code == 204, gone.text
+    if registry == "postgres":
+        assert moved.status_code == 200, moved.text  # done first; then the delete
+    else:
+        assert moved.status_code == 404, moved.text
+        assert moved.json()["detail"] == f"alias 'staging' not found on model '{v1.model}'"
+    model = api.client.get(f"/v1/tenants/{v1.tenant}/models/{v1.model}", headers=api.headers()).json()
+    assert "staging" not in model["aliases"]
+
+
+def test_deleting_an_alias_of_a_model_deleted_meanwhile_is_404(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model was deleted (kept, marked) between the request's read of it and its lock: the alias'
+    delete went ahead, answered 204 and was audited after the model's delete."""
+    d = deploy_onnx(api, tmp_path, alias="staging")
+    real_lock, paused, go = repository.lock_model, threading.Event(), threading.Event()
+
+    def pause_then_lock(session: Any, model: Any) -> None:
+        if not paused.is_set():
+            paused.set()
+            go.wait(10)
+        real_lock(session, model)
+
+    monkeypatch.setattr(repository, "lock_model", pause_then_lock)
+    with ThreadPoolExecutor(1) as pool:
+        deleting = pool.submit(lambda: api.client.delete(_url(d, "staging"), headers=api.headers()))
+        assert paused.wait(30)
+        model_url = f"/v1/tenants/{d.tenant}/models/{d.model}"
+        assert api.client.delete(model_url, headers=api.headers()).status_code == 204
+        go.set()
+        answer = deleting.result()
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["detail"] == f"model '{d.model}' not found in tenant '{d.tenant}'"
+    assert _audited(api, d) == []
+
+
+def test_a_pin_on_the_alias_stays_on_the_model_and_the_event_says_it_was_pinned(
+    make_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    """Pins name aliases (one may be pinned before it exists): the admin's pin stays, pinning nothing
+    until an alias of that name is created again; the version the deleted alias held is released."""
+    api = make_api(keep_warm_s=1.0, janitor_interval_s=0.2)
+    v1 = deploy_onnx(api, tmp_path)
+    deploy_onnx(api, tmp_path, tenant=v1.tenant, seed=1, alias="staging")  # 2
+    placement = f"/v1/tenants/{v1.tenant}/models/{v1.model}/placement"
+    pinned = api.client.put(placement, json={"pinned_aliases": ["staging"]}, headers=api.headers())
+    assert pinned.status_code == 200, pinned.text
+    assert api.client.delete(_url(v1, "staging"), headers=api.headers(v1.publisher_key)).status_code == 204
+    [event] = _audited(api, v1)
+    assert event["before"] == {"version": 2, "routes": [], "shadow": None, "pinned": True}
+    assert api.client.get(placement, headers=api.headers()).json()["pinned_aliases"] == ["staging"]
+    deadline = time.monotonic() + 20
+    while _state(api, v1, 2) != "unloaded":
+        assert time.monotonic() < deadline, _state(api, v1, 2)
+        time.sleep(0.2)
