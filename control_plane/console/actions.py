@@ -238,9 +238,7 @@ def delete_alias(
                 ],
                 fields={"csrf": csrf},
             )
-        lifecycle.delete_alias(
-            session, ctx=user.ctx, state=state, tenant=owner, model=found, alias_name=alias
-        )
+        traffic.delete_alias(session, ctx=user.ctx, state=state, tenant=owner, model=found, alias_name=alias)
     url = f"{console_path(request)}/tenants/{quote(owner.name)}/models/{quote(found.name)}"
     return RedirectResponse(f"{url}?deleted={quote(alias)}", status_code=303)
 

@@ -64,7 +64,7 @@ def delete_alias(
     """Remove the alias with its canary split, shadow and history (audited with what it was). Requests
     naming it get 404; the versions it named can be deleted once nothing else uses them."""
     owner, found = _owner(session, ctx, tenant, model)
-    service.delete_alias(session, ctx=ctx, state=state, tenant=owner, model=found, alias_name=alias)
+    traffic.delete_alias(session, ctx=ctx, state=state, tenant=owner, model=found, alias_name=alias)
 
 
 @router.post("/rollback", response_model=AliasMove)

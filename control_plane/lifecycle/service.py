@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
-from functools import partial
 
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
@@ -21,7 +20,7 @@ from control_plane.lifecycle.schemas import AliasMove, HistoryEntry
 from control_plane.paging import Listing, Page, cut
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
-from control_plane.registry.exceptions import AliasNotFound, ModelNotFound, VersionConflict
+from control_plane.registry.exceptions import AliasNotFound, VersionConflict
 from control_plane.registry.versions import get_version, public_state_message
 from control_plane.routing.table import public_reason
 from control_plane.state import AppState
@@ -323,54 +322,6 @@ def switch(
         version=version.version,
         previous_version=previous.version if previous else None,
         action=action,
-    )
-
-
-def delete_alias(
-    session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant, model: Model, alias_name: str
-) -> None:
-    """Remove an alias with its canary split, shadow and history (the audit trail keeps what it was).
-    Requests naming it get 404 once this commits, on every replica; the versions it named start their
-    keep-warm period, and a version it held can be deleted. Protected aliases: admins only, as moves."""
-    check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings, verb="delete")
-    repository.lock_model(session, model)  # as a move: no promote or traffic change of the model beside
-    if model.deleted_at is not None:  # deleted since it was read (the lock read it again)
-        raise ModelNotFound(tenant.name, model.name)
-    alias = repository.get_alias(session, model_id=model.id, name=alias_name, lock=True)
-    if alias is None:
-        raise AliasNotFound(model.name, alias_name)
-    numbers = {
-        v.id: v.version for v in repository.list_versions(session, model_id=model.id, include_retired=True)
-    }
-    routes = repository.alias_routes(session, alias_id=alias.id)
-    before = {
-        "version": numbers[alias.version_id],
-        "routes": [
-            {"version": numbers[r.version_id], "weight": r.weight} for r in routes if r.kind == "weighted"
-        ],
-        "shadow": next(
-            ({"version": numbers[r.version_id], "percent": r.weight} for r in routes if r.kind == "shadow"),
-            None,
-        ),
-        "pinned": alias_name in (model.pinned_aliases or ()),  # the pin stays: pins name aliases
-    }
-    named = repository.delete_alias(session, alias_id=alias.id)
-    if named is None:  # SQLite: deleted by another request since it was read
-        raise AliasNotFound(model.name, alias_name)
-    release_after_commit(session, state=state, version_ids=named | {alias.version_id})
-    # A new alias of the name starts its shadow results afresh (this process's; each keeps its own).
-    hooks.after_commit(
-        session, partial(state.shadow.reset, tenant=tenant.name, model=model.name, alias=alias_name)
-    )
-    audit.record(
-        session,
-        actor=ctx.principal,
-        action="alias.delete",
-        target=f"{tenant.name}/{model.name}@{alias_name}",
-        tenant=tenant.name,
-        model=model.name,
-        before=before,
-        request_id=ctx.request_id,
     )
 
 

@@ -1,17 +1,20 @@
-"""Canary splits and shadow mirroring on an alias."""
+"""Canary splits and shadow mirroring on an alias, and deleting an alias with them."""
 
 from __future__ import annotations
+
+from functools import partial
 
 from sqlalchemy.orm import Session
 
 from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
+from control_plane.db import hooks
 from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion, Tenant
 from control_plane.lifecycle.schemas import Route, Shadow, Traffic, TrafficOut
 from control_plane.lifecycle.service import ensure_ready_locked, release_after_commit
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
-from control_plane.registry.exceptions import AliasNotFound
+from control_plane.registry.exceptions import AliasNotFound, ModelNotFound
 from control_plane.registry.versions import get_version
 from control_plane.state import AppState
 
@@ -73,6 +76,42 @@ def set_traffic(
         request_id=ctx.request_id,
     )
     return after
+
+
+def delete_alias(
+    session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant, model: Model, alias_name: str
+) -> None:
+    """Remove an alias with its canary split, shadow and history (the audit event keeps what it was, as
+    a traffic change's does, and whether it was pinned: the pin stays, pins name aliases). Requests
+    naming it get 404 once this commits, on every replica; the versions it named start their keep-warm
+    period, and a version it held can be deleted. Protected aliases: admins only, as moves."""
+    check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings, verb="delete")
+    repository.lock_model(session, model)  # as a move: no promote or traffic change of the model beside
+    if model.deleted_at is not None:  # deleted since it was read (the lock read it again)
+        raise ModelNotFound(tenant.name, model.name)
+    alias = _alias(session, model=model, alias_name=alias_name, lock=True)
+    before = describe(session, state=state, tenant=tenant, model=model, alias=alias)
+    named = repository.delete_alias(session, alias_id=alias.id)
+    if named is None:  # SQLite: deleted by another request since it was read
+        raise AliasNotFound(model.name, alias_name)
+    release_after_commit(session, state=state, version_ids=named | {alias.version_id})
+    # A new alias of the name starts its shadow results afresh (this process's; each keeps its own).
+    hooks.after_commit(
+        session, partial(state.shadow.reset, tenant=tenant.name, model=model.name, alias=alias_name)
+    )
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="alias.delete",
+        target=f"{tenant.name}/{model.name}@{alias_name}",
+        tenant=tenant.name,
+        model=model.name,
+        before={
+            **before.model_dump(exclude={"shadow_stats"}),
+            "pinned": alias_name in (model.pinned_aliases or ()),
+        },
+        request_id=ctx.request_id,
+    )
 
 
 def get_traffic(

@@ -86,7 +86,13 @@ def test_a_deleted_alias_routes_nothing_and_the_version_it_held_can_be_deleted(
 
     [event] = _audited(api, v2)
     assert event["target"] == f"{v1.tenant}/{v1.model}@staging"
-    assert event["before"] == {"version": 2, "routes": [], "shadow": None, "pinned": False}
+    assert event["before"] == {
+        "alias": "staging",
+        "version": 2,
+        "routes": [],
+        "shadow": None,
+        "pinned": False,
+    }
     assert event["actor"].startswith("key:") and event["outcome"] == "success"
 
 
@@ -147,6 +153,7 @@ def test_deleting_an_alias_removes_its_canary_and_shadow_and_releases_their_vers
     [event, *_] = _audited(api, v1)
     assert event["target"].endswith("@beta")
     assert event["before"] == {
+        "alias": "beta",
         "version": 4,
         "routes": [{"version": 2, "weight": 30}, {"version": 4, "weight": 70}],
         "shadow": {"version": 3, "percent": 100},
@@ -301,7 +308,7 @@ def test_a_pin_on_the_alias_stays_on_the_model_and_the_event_says_it_was_pinned(
     assert pinned.status_code == 200, pinned.text
     assert api.client.delete(_url(v1, "staging"), headers=api.headers(v1.publisher_key)).status_code == 204
     [event] = _audited(api, v1)
-    assert event["before"] == {"version": 2, "routes": [], "shadow": None, "pinned": True}
+    assert event["before"] == {"alias": "staging", "version": 2, "routes": [], "shadow": None, "pinned": True}
     assert api.client.get(placement, headers=api.headers()).json()["pinned_aliases"] == ["staging"]
     deadline = time.monotonic() + 20
     while _state(api, v1, 2) != "unloaded":
