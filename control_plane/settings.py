@@ -120,10 +120,13 @@ class Settings(BaseSettings):
     # the 40 every other management request runs on; past them, such calls queue without a thread.
     load_wait_threads: int = Field(32, ge=1, le=1000)
     # Quotas of every tenant without its own (PATCH /v1/tenants/{t}); 0 = unlimited. Live models, live
-    # versions, and the bytes of the distinct artifacts its live versions use.
+    # versions, the bytes of the distinct artifacts its live versions use, the aliases of its live models,
+    # and its live API keys (neither revoked nor expired).
     tenant_max_models: int = Field(default=0, ge=0)
     tenant_max_versions: int = Field(default=0, ge=0)
     tenant_max_artifact_bytes: int = Field(default=0, ge=0)
+    tenant_max_aliases: int = Field(default=0, ge=0)
+    tenant_max_keys: int = Field(default=0, ge=0)
     # Audit events older than this many days are deleted, hourly, by one replica (0: kept for ever); at
     # least a day when set (audit/retention.py).
     audit_retention_days: float = Field(0.0, ge=0, le=36500, allow_inf_nan=False)

@@ -52,6 +52,8 @@ def _quota_table(tenant: Tenant) -> None:
         ("models", used.models, limits.max_models),
         ("versions", used.versions, limits.max_versions),
         ("artifact bytes", used.artifact_bytes, limits.max_artifact_bytes),
+        *([("aliases", used.aliases, limits.max_aliases)] if used.aliases is not None else []),
+        *([("live keys", used.keys, limits.max_keys)] if used.keys is not None else []),
     ]
     shown = [(what, held, "unlimited" if most is None else most) for what, held, most in rows]
     table(["", "HOLDS", "QUOTA"], shown, title=title)
@@ -78,6 +80,8 @@ def tenants_quota(
     max_models: str | None = typer.Option(None, help="Live models; 'default' for the server's default."),
     max_versions: str | None = typer.Option(None, help="Live versions of all its models together."),
     max_artifact_bytes: str | None = typer.Option(None, help="Bytes of the distinct artifacts it uses."),
+    max_aliases: str | None = typer.Option(None, help="Aliases of all its models together."),
+    max_keys: str | None = typer.Option(None, help="API keys neither revoked nor expired."),
     output: Format = OutputOption,
 ) -> None:
     """Set a tenant's quotas (admins); an option left out keeps its value."""
@@ -87,11 +91,15 @@ def tenants_quota(
             "max_models": max_models,
             "max_versions": max_versions,
             "max_artifact_bytes": max_artifact_bytes,
+            "max_aliases": max_aliases,
+            "max_keys": max_keys,
         }.items()
         if value is not None
     }
     if not given:
-        raise typer.BadParameter("give --max-models, --max-versions or --max-artifact-bytes")
+        raise typer.BadParameter(
+            "give --max-models, --max-versions, --max-artifact-bytes, --max-aliases or --max-keys"
+        )
     found = connect().tenants.set_quota(name, **given)
     emit(found, output, lambda: _quota_table(found))
 

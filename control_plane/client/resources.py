@@ -30,8 +30,8 @@ class Tenants:
         return Tenant.model_validate(self._conn.json("GET", path("v1", "tenants", name)))
 
     def set_quota(self, name: str, **limits: int | None) -> Tenant:
-        """Set the tenant's own quotas (admins): `max_models`, `max_versions`, `max_artifact_bytes`; one left
-        out keeps its value, None sets it back to the server's default."""
+        """Set the tenant's own quotas (admins): `max_models`, `max_versions`, `max_artifact_bytes`,
+        `max_aliases`, `max_keys`; one left out keeps its value, None sets it back to the server's default."""
         body = {"quota": limits}
         return Tenant.model_validate(self._conn.json("PATCH", path("v1", "tenants", name), json=body))
 

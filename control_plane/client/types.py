@@ -26,6 +26,8 @@ class TenantQuota(_Out):
     max_models: int | None
     max_versions: int | None
     max_artifact_bytes: int | None
+    max_aliases: int | None = None  # (absent from a server older than these two quotas)
+    max_keys: int | None = None
 
 
 class TenantUsage(_Out):
@@ -34,6 +36,8 @@ class TenantUsage(_Out):
     models: int
     versions: int
     artifact_bytes: int
+    aliases: int | None = None  # (absent from a server older than these two quotas)
+    keys: int | None = None
 
 
 class TenantLimits(_Out):

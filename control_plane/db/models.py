@@ -46,11 +46,13 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime] = utcnow_column()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Quotas (tenants/quota.py): the most live models, live versions and distinct artifact bytes; NULL
-    # takes the settings' default.
+    # Quotas (tenants/quota.py): the most live models, live versions, distinct artifact bytes, aliases of
+    # its live models and live API keys; NULL takes the settings' default.
     max_models: Mapped[int | None] = mapped_column()
     max_versions: Mapped[int | None] = mapped_column()
     max_artifact_bytes: Mapped[int | None] = mapped_column(BigId)
+    max_aliases: Mapped[int | None] = mapped_column()
+    max_keys: Mapped[int | None] = mapped_column()
     # Its own inference limits (dataplane/limits.py): requests/s, the bucket's burst, requests in flight;
     # NULL takes the settings' default (CP_TENANT_*), 0 means unlimited.
     inference_rate_limit: Mapped[float | None] = mapped_column()

@@ -14,6 +14,7 @@ from control_plane.errors import InvalidRequest, NotFound, Unauthorized
 from control_plane.keys import repository, secrets
 from control_plane.paging import Listing, Page, cut
 from control_plane.settings import Settings
+from control_plane.tenants import quota
 from control_plane.timestamps import as_utc, format_utc
 
 if TYPE_CHECKING:  # auth.context imports this module
@@ -103,7 +104,9 @@ def issue(
     expires_at: datetime | None,
 ) -> tuple[ApiKey, str]:
     """`create`, expiring when asked, else at the longest life the settings allow, and never after the
-    creator's own key (see `expiry`)."""
+    creator's own key (see `expiry`); a tenant's key only if its quota of live keys has room."""
+    if tenant is not None:
+        quota.check_key(session, tenant=tenant, settings=settings)
     given = expiry(
         expires_at,
         max_ttl_s=settings.key_max_ttl_s,

@@ -24,6 +24,7 @@ from control_plane.registry.exceptions import AliasNotFound, VersionConflict
 from control_plane.registry.versions import get_version, public_state_message
 from control_plane.routing.table import public_reason
 from control_plane.state import AppState
+from control_plane.tenants import quota
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3  # a keep-warm unload may slip in between load and lock; then load again
@@ -43,6 +44,8 @@ def promote(
     """Load the version if needed, wait until ready, then point the alias at it (clearing a canary split)."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
     target = f"{tenant.name}/{model.name}@{alias_name}"
+    if repository.get_alias(session, model_id=model.id, name=alias_name) is None:  # refused before its load
+        quota.check_alias(session, tenant=tenant, settings=state.settings, lock=False)
     _load_unlocked(
         session, state=state, ctx=ctx, version=get_version(session, model=model, number=number), target=target
     )
@@ -281,6 +284,8 @@ def switch(
     if alias is None:
         if not create:
             raise AliasNotFound(model.name, alias_name)
+        # A new alias: within the tenant's quota (its lock taken after the model's, as an upload's).
+        quota.check_alias(session, tenant=tenant, settings=state.settings)
         alias = Alias(model_id=model.id, name=alias_name, version_id=version.id)
         session.add(alias)
         session.flush()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import Model, ModelVersion, Tenant
+from control_plane.db.models import Alias, ApiKey, Model, ModelVersion, Tenant
 from control_plane.paging import Page, keyset
 
 
@@ -33,9 +35,10 @@ def lock(session: Session, tenant: Tenant) -> None:
     session.get(Tenant, tenant.id, with_for_update={"key_share": True}, populate_existing=True)
 
 
-def counts(session: Session, tenant_ids: list[int]) -> dict[int, tuple[int, int, int]]:
-    """Tenant id -> (live models, live versions, bytes of the distinct artifacts live versions use), for
-    the tenants with any model (two queries, whatever the number of tenants)."""
+def counts(session: Session, tenant_ids: list[int]) -> dict[int, tuple[int, int, int, int, int]]:
+    """Tenant id -> (live models, live versions, bytes of the distinct artifacts live versions use,
+    aliases of live models, live API keys: neither revoked nor expired), for the tenants holding any
+    (four queries, whatever the number of tenants)."""
     if not tenant_ids:
         return {}
     models = {
@@ -65,7 +68,40 @@ def counts(session: Session, tenant_ids: list[int]) -> dict[int, tuple[int, int,
             )
         )
     }
-    return {tenant_id: (count, *versions.get(tenant_id, (0, 0))) for tenant_id, count in models.items()}
+    aliases = {
+        tenant_id: int(count)
+        for tenant_id, count in session.execute(
+            select(Model.tenant_id, func.count())
+            .join(Alias, Alias.model_id == Model.id)
+            .where(Model.tenant_id.in_(tenant_ids), Model.deleted_at.is_(None))
+            .group_by(Model.tenant_id)
+        )
+    }
+    keys = {
+        tenant_id: int(count)
+        for tenant_id, count in session.execute(
+            select(ApiKey.tenant_id, func.count())
+            .where(ApiKey.tenant_id.in_(tenant_ids), *live_key())
+            .group_by(ApiKey.tenant_id)
+        )
+        if tenant_id is not None
+    }
+    held = models.keys() | versions.keys() | aliases.keys() | keys.keys()
+    return {
+        tenant_id: (
+            models.get(tenant_id, 0),
+            *versions.get(tenant_id, (0, 0)),
+            aliases.get(tenant_id, 0),
+            keys.get(tenant_id, 0),
+        )
+        for tenant_id in held
+    }
+
+
+def live_key() -> tuple[ColumnElement[bool], ...]:
+    """Where-clauses of a key that is neither revoked nor expired (now)."""
+    expiry = ApiKey.expires_at
+    return (ApiKey.revoked_at.is_(None), or_(expiry.is_(None), expiry > datetime.now(UTC)))
 
 
 def holds_artifact(session: Session, tenant_id: int, sha256: str) -> bool:

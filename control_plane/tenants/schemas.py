@@ -8,7 +8,7 @@ from control_plane.names import Name
 from control_plane.settings import MIN_RATE
 from control_plane.timestamps import UtcDateTime
 
-MAX_COUNT = 10_000_000  # the most models or versions a quota may allow
+MAX_COUNT = 10_000_000  # the most models, versions, aliases or keys a quota may allow
 MAX_BYTES = 2**60  # the most artifact bytes (1 EiB)
 MAX_RATE = 1_000_000.0  # the most inference requests a second a tenant's limit may allow
 MAX_LIMIT = 1_000_000  # the largest burst or number of requests in flight
@@ -35,11 +35,20 @@ class QuotaPatch(BaseModel):
     max_artifact_bytes: int | None = Field(
         None, ge=1, le=MAX_BYTES, strict=True, description="bytes of the distinct artifacts live versions use"
     )
+    max_aliases: int | None = Field(
+        None, ge=1, le=MAX_COUNT, strict=True, description="aliases of its live models, all together"
+    )
+    max_keys: int | None = Field(
+        None, ge=1, le=MAX_COUNT, strict=True, description="API keys neither revoked nor expired"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> QuotaPatch:
         if not self.model_fields_set:
-            raise ValueError("give max_models, max_versions or max_artifact_bytes (null: the default)")
+            raise ValueError(
+                "give max_models, max_versions, max_artifact_bytes, max_aliases or max_keys "
+                "(null: the default)"
+            )
         return self
 
 
@@ -102,6 +111,8 @@ class QuotaOut(BaseModel):
     max_models: int | None
     max_versions: int | None
     max_artifact_bytes: int | None
+    max_aliases: int | None
+    max_keys: int | None
 
 
 class LimitsOut(BaseModel):
@@ -118,6 +129,8 @@ class UsageOut(BaseModel):
     models: int
     versions: int
     artifact_bytes: int
+    aliases: int
+    keys: int
 
 
 class TenantOut(BaseModel):

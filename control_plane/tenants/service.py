@@ -90,8 +90,7 @@ def describe(session: Session, tenant: Tenant, *, settings: Settings) -> TenantO
 
 def set_quota(session: Session, *, ctx: RequestContext, tenant: Tenant, patch: QuotaPatch) -> Tenant:
     """Set the tenant's own quotas given in `patch` (null: back to the default), audited (admins only;
-    checked by the router). A limit below what the tenant holds refuses new models or versions and
-    removes nothing."""
+    checked by the router). A limit below what the tenant holds refuses new ones and removes nothing."""
     given = patch.model_dump(include=patch.model_fields_set)
     return _set_own(session, ctx=ctx, tenant=tenant, action="tenant.quota", given=given, columns={})
 

@@ -164,12 +164,25 @@ def test_an_admin_sets_quotas_and_a_create_past_one_exits_non_zero_naming_it(sta
     reset = as_json(run("tenants", "quota", tenant, "--max-models", "default", "-o", "json", key=admin))
     bad = run("tenants", "quota", tenant, "--max-models", "many", key=admin)
 
-    assert shown["quota"] == {"max_models": 1, "max_versions": 5, "max_artifact_bytes": None}
+    assert shown["quota"] == {
+        "max_models": 1,
+        "max_versions": 5,
+        "max_artifact_bytes": None,
+        "max_aliases": None,
+        "max_keys": None,
+    }
     assert refused.exit_code != 0 and "max_models" in refused.stderr, refused.output
     assert "models" in table and "unlimited" in table  # HOLDS 1 of QUOTA 1; bytes unlimited
     assert reset["quota"]["max_models"] is None and reset["usage"]["models"] == 1
     assert bad.exit_code != 0 and "whole number" in bad.output
     assert run("tenants", "quota", tenant, "--max-models", "9", key=publisher).exit_code != 0  # admins only
+    both = as_json(
+        run("tenants", "quota", tenant, "--max-aliases", "3", "--max-keys", "4", "-o", "json", key=admin)
+    )
+    assert (both["quota"]["max_aliases"], both["quota"]["max_keys"]) == (3, 4)
+    assert both["usage"]["keys"] == 1  # the publisher's
+    shown_table = ok(run("tenants", "get", tenant, key=admin))
+    assert any(line.split()[:3] == ["live", "keys", "1"] for line in shown_table.splitlines()), shown_table
 
 
 def test_an_admin_sets_a_tenants_inference_limits_and_default_puts_them_back(stack: Api, run: Run) -> None:

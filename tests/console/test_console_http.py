@@ -197,8 +197,13 @@ def test_a_tenants_page_shows_what_it_holds_against_its_quotas(world: World, adm
         assert found is not None, html
         return " ".join(found.group(1).split())
 
-    assert line(unlimited) == "Holds 1 model(s), 0 live version(s) and 0 Bytes of artifacts; no quota."
-    assert line(limited) == "Holds 1 model(s) of 3, 0 live version(s) and 0 Bytes of artifacts of 2.0 MiB."
+    assert line(unlimited) == (
+        "Holds 1 model(s), 0 live version(s), 0 Bytes of artifacts, 0 alias(es) and 0 live key(s); no quota."
+    )
+    assert line(limited) == (
+        "Holds 1 model(s) of 3, 0 live version(s), 0 Bytes of artifacts of 2.0 MiB, 0 alias(es) "
+        "and 0 live key(s)."
+    )
     assert line(unlimited, "limits") == "Inference: no rate limit, no limit in flight."
     assert line(limited, "limits") == "Inference: 2.5 request(s) a second (burst 5), 4 in flight at most."
 

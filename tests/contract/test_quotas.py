@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,14 @@ def test_a_tenant_shows_what_it_holds_and_the_same_bytes_twice_count_once(
     tenant = served.tenant()
     publisher = served.key(tenant, "publisher")
     fresh = tenant_of(served, tenant)
-    assert fresh["quota"] == {"max_models": None, "max_versions": None, "max_artifact_bytes": None}
-    assert fresh["usage"] == {"models": 0, "versions": 0, "artifact_bytes": 0}
+    assert fresh["quota"] == {
+        "max_models": None,
+        "max_versions": None,
+        "max_artifact_bytes": None,
+        "max_aliases": None,
+        "max_keys": None,
+    }
+    assert fresh["usage"] == {"models": 0, "versions": 0, "artifact_bytes": 0, "aliases": 0, "keys": 1}
 
     artifact = onnx(tmp_path, 1)
     assert served.create_model(tenant, name="m", format="onnx", key=publisher).status_code == 201
@@ -96,14 +103,28 @@ def test_a_tenant_shows_what_it_holds_and_the_same_bytes_twice_count_once(
         "models": 1,
         "versions": 2,
         "artifact_bytes": size,
+        "aliases": 0,
+        "keys": 1,
     }
 
     assert served.client.delete(
         f"/v1/tenants/{tenant}/models/m/versions/1", headers=served.headers()
     ).is_success
-    assert tenant_of(served, tenant)["usage"] == {"models": 1, "versions": 1, "artifact_bytes": size}
+    assert tenant_of(served, tenant)["usage"] == {
+        "models": 1,
+        "versions": 1,
+        "artifact_bytes": size,
+        "aliases": 0,
+        "keys": 1,
+    }
     assert served.client.delete(f"/v1/tenants/{tenant}/models/m", headers=served.headers()).is_success
-    assert tenant_of(served, tenant)["usage"] == {"models": 0, "versions": 0, "artifact_bytes": 0}
+    assert tenant_of(served, tenant)["usage"] == {
+        "models": 0,
+        "versions": 0,
+        "artifact_bytes": 0,
+        "aliases": 0,
+        "keys": 1,
+    }
     listed = served.client.get(
         "/v1/tenants", params={"after": tenant[:-1], "limit": 5}, headers=served.headers()
     )
@@ -204,6 +225,79 @@ def test_concurrent_creates_and_uploads_cannot_together_pass_a_quota(served: Api
     assert tenant_of(served, tenant)["usage"]["versions"] == 4
 
 
+def test_alias_and_key_quotas_refuse_new_ones_and_a_delete_or_a_revoke_makes_room(
+    served: Api, tmp_path: Path
+) -> None:
+    """Aliases count those of live models (every replica holds every alias in its routing table); moving
+    one is no new alias. Keys count those neither revoked nor expired."""
+    tenant = served.tenant()
+    publisher = served.key(tenant, "publisher")
+    assert served.create_model(tenant, name="a", format="onnx", key=publisher).status_code == 201
+    assert served.upload(tenant, "a", onnx(tmp_path, 1), key=publisher).status_code == 201
+    aliases = f"/v1/tenants/{tenant}/models/a/aliases"
+
+    def promote(alias: str) -> httpx.Response:
+        answer: httpx.Response = served.client.put(
+            f"{aliases}/{alias}", json={"version": 1}, headers=served.headers(publisher)
+        )
+        return answer
+
+    assert promote("staging").status_code == 200
+    assert set_quota(served, tenant, max_aliases=1).status_code == 200
+    beta = promote("beta")
+    assert refused(beta, "max_aliases"), beta.text
+    assert beta.json()["detail"] == (
+        f"tenant '{tenant}' has 1 aliases and its quota allows 1 (max_aliases): delete an alias, "
+        "or ask an admin to raise the quota"
+    )
+    assert promote("staging").status_code == 200  # a move of an alias it has is no new one
+    assert tenant_of(served, tenant)["usage"]["aliases"] == 1
+    assert served.client.delete(f"{aliases}/staging", headers=served.headers(publisher)).status_code == 204
+    assert promote("beta").status_code == 200
+    assert set_quota(served, tenant, max_aliases=None).status_code == 200
+
+    keys = f"/v1/tenants/{tenant}/keys"
+    assert set_quota(served, tenant, max_keys=2).status_code == 200  # it has one: the publisher's
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    expiring = served.client.post(
+        keys, json={"role": "consumer", "expires_at": soon}, headers=served.headers()
+    )
+    assert expiring.status_code == 201, expiring.text
+    past = served.client.post(keys, json={"role": "consumer"}, headers=served.headers())
+    assert refused(past, "max_keys") and "has 2 live API keys" in past.json()["detail"], past.text
+    time.sleep(2.2)  # the key that expired no longer counts
+    kept = served.client.post(keys, json={"role": "consumer"}, headers=served.headers())
+    assert kept.status_code == 201, kept.text
+    assert refused(served.client.post(keys, json={"role": "consumer"}, headers=served.headers()), "max_keys")
+    assert served.client.delete(f"{keys}/{kept.json()['id']}", headers=served.headers()).status_code == 200
+    assert served.client.post(keys, json={"role": "consumer"}, headers=served.headers()).status_code == 201
+    assert tenant_of(served, tenant)["usage"]["keys"] == 2
+    admin_key = served.client.post("/v1/keys", json={}, headers=served.headers())  # bound to no tenant
+    assert admin_key.status_code == 201, admin_key.text
+
+
+def test_concurrent_key_creates_and_first_promotes_cannot_together_pass_a_quota(
+    served: Api, tmp_path: Path
+) -> None:
+    tenant = served.tenant()
+    publisher = served.key(tenant, "publisher")
+    assert served.create_model(tenant, name="a", format="onnx", key=publisher).status_code == 201
+    assert served.upload(tenant, "a", onnx(tmp_path, 1), key=publisher).status_code == 201
+    assert served.load(tenant, "a", 1)["state"] == "ready"
+    assert set_quota(served, tenant, max_keys=3, max_aliases=2).status_code == 200
+
+    def create_key(c: httpx.Client) -> httpx.Response:
+        return c.post(f"/v1/tenants/{tenant}/keys", json={"role": "consumer"})
+
+    assert together(served, [create_key] * RACERS) == Counter({201: 2, 403: RACERS - 2})
+
+    def promote(alias: str) -> Callable[[httpx.Client], httpx.Response]:
+        return lambda c: c.put(f"/v1/tenants/{tenant}/models/a/aliases/{alias}", json={"version": 1})
+
+    assert together(served, [promote(f"a{i}") for i in range(RACERS)]) == Counter({200: 2, 403: RACERS - 2})
+    assert tenant_of(served, tenant)["usage"]["aliases"] == 2
+
+
 def test_only_admins_set_quotas_with_valid_values_and_each_change_is_audited(
     make_served: Callable[..., Api],
 ) -> None:
@@ -220,6 +314,8 @@ def test_only_admins_set_quotas_with_valid_values_and_each_change_is_audited(
         {"max_gpus": 1},
         {"max_artifact_bytes": 2**63},
         {"max_versions": -1},
+        {"max_aliases": 0},
+        {"max_keys": 1.5},
     ):
         answer = set_quota(served, tenant, **bad)
         assert answer.status_code == 422, (bad, answer.text)
@@ -236,6 +332,8 @@ def test_only_admins_set_quotas_with_valid_values_and_each_change_is_audited(
         "max_models": 2,  # left out: kept
         "max_versions": 9,
         "max_artifact_bytes": None,
+        "max_aliases": None,
+        "max_keys": None,
     }
     assert (
         set_quota(served, tenant, max_models=None).json()["quota"]["max_models"] == 5
