@@ -105,14 +105,14 @@ def issue(
 ) -> tuple[ApiKey, str]:
     """`create`, expiring when asked, else at the longest life the settings allow, and never after the
     creator's own key (see `expiry`); a tenant's key only if its quota of live keys has room."""
-    if tenant is not None:
-        quota.check_key(session, tenant=tenant, settings=settings)
     given = expiry(
         expires_at,
         max_ttl_s=settings.key_max_ttl_s,
         now=datetime.now(UTC),
         creator_expires_at=ctx.principal.expires_at,
     )
+    if tenant is not None:  # after the request's own checks: a bad expiry is 422 whatever the quota
+        quota.check_key(session, tenant=tenant, settings=settings)
     return create(session, ctx=ctx, tenant=tenant, role=role, description=description, expires_at=given)
 
 

@@ -44,11 +44,10 @@ def promote(
     """Load the version if needed, wait until ready, then point the alias at it (clearing a canary split)."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
     target = f"{tenant.name}/{model.name}@{alias_name}"
+    version = get_version(session, model=model, number=number)  # a missing version is 404 first
     if repository.get_alias(session, model_id=model.id, name=alias_name) is None:  # refused before its load
         quota.check_alias(session, tenant=tenant, settings=state.settings, lock=False)
-    _load_unlocked(
-        session, state=state, ctx=ctx, version=get_version(session, model=model, number=number), target=target
-    )
+    _load_unlocked(session, state=state, ctx=ctx, version=version, target=target)
     repository.lock_model(session, model)
     version = get_version(session, model=model, number=number)
     return _move(

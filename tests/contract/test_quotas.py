@@ -25,6 +25,7 @@ from minio.error import S3Error
 from sqlalchemy import text
 
 from control_plane.artifacts.base import content_key
+from control_plane.db import migrate
 from tests.support import model_files
 from tests.support.api import Api
 from tests.support.builders import unique_name
@@ -42,6 +43,15 @@ def onnx(tmp_path: Path, seed: int) -> Path:
     any live version uses stays); another seed gives other bytes."""
     name = f"x_{uuid.uuid4().hex[:12]}"
     return model_files.onnx_mlp(tmp_path / f"m{seed}.onnx", seed=seed, input_name=name)
+
+
+def _served_on(make_served: Callable[..., Api], tmp_path: Path, registry: str) -> Api:
+    """A served app on the session's Postgres, or on a SQLite registry of its own (no row locks there)."""
+    if registry == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+        migrate.upgrade(url)
+        return make_served(database_url=url)
+    return make_served()
 
 
 def tenant_of(api: Api, tenant: str, key: str | None = None) -> dict[str, Any]:
@@ -204,7 +214,11 @@ def test_a_tenant_over_its_byte_quota_is_refused_before_its_upload_body_arrives(
     assert b"QuotaExceeded" in answer and b"max_artifact_bytes" in answer
 
 
-def test_concurrent_creates_and_uploads_cannot_together_pass_a_quota(served: Api, tmp_path: Path) -> None:
+@pytest.mark.parametrize("registry", ["postgres", "sqlite"])
+def test_concurrent_creates_and_uploads_cannot_together_pass_a_quota(
+    make_served: Callable[..., Api], tmp_path: Path, registry: str
+) -> None:
+    served = _served_on(make_served, tmp_path, registry)
     tenant = served.tenant()
     assert set_quota(served, tenant, max_models=3, max_versions=4).status_code == 200
 
@@ -244,6 +258,8 @@ def test_alias_and_key_quotas_refuse_new_ones_and_a_delete_or_a_revoke_makes_roo
 
     assert promote("staging").status_code == 200
     assert set_quota(served, tenant, max_aliases=1).status_code == 200
+    missing = served.client.put(f"{aliases}/beta", json={"version": 9}, headers=served.headers(publisher))
+    assert missing.status_code == 404, missing.text  # the request's own error first, not the quota
     beta = promote("beta")
     assert refused(beta, "max_aliases"), beta.text
     assert beta.json()["detail"] == (
@@ -265,6 +281,9 @@ def test_alias_and_key_quotas_refuse_new_ones_and_a_delete_or_a_revoke_makes_roo
     assert expiring.status_code == 201, expiring.text
     past = served.client.post(keys, json={"role": "consumer"}, headers=served.headers())
     assert refused(past, "max_keys") and "has 2 live API keys" in past.json()["detail"], past.text
+    before = (datetime.now(UTC) - timedelta(seconds=60)).isoformat()
+    late = served.client.post(keys, json={"role": "consumer", "expires_at": before}, headers=served.headers())
+    assert late.status_code == 422, late.text  # the request's own error first, not the quota
     time.sleep(2.2)  # the key that expired no longer counts
     kept = served.client.post(keys, json={"role": "consumer"}, headers=served.headers())
     assert kept.status_code == 201, kept.text
@@ -276,9 +295,13 @@ def test_alias_and_key_quotas_refuse_new_ones_and_a_delete_or_a_revoke_makes_roo
     assert admin_key.status_code == 201, admin_key.text
 
 
+@pytest.mark.parametrize("registry", ["postgres", "sqlite"])
 def test_concurrent_key_creates_and_first_promotes_cannot_together_pass_a_quota(
-    served: Api, tmp_path: Path
+    make_served: Callable[..., Api], tmp_path: Path, registry: str
 ) -> None:
+    """SQLite ignores the tenant's row lock: there all 8 keys were created under a quota of 2 (and models and
+    versions passed their quotas alike) until the lock took SQLite's write lock."""
+    served = _served_on(make_served, tmp_path, registry)
     tenant = served.tenant()
     publisher = served.key(tenant, "publisher")
     assert served.create_model(tenant, name="a", format="onnx", key=publisher).status_code == 201
