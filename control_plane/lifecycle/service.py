@@ -47,7 +47,7 @@ def promote(
     version = get_version(session, model=model, number=number)  # a missing version is 404 first
     if repository.get_alias(session, model_id=model.id, name=alias_name) is None:  # refused before its load
         quota.check_alias(session, tenant=tenant, settings=state.settings, lock=False)
-    _load_unlocked(session, state=state, ctx=ctx, version=version, target=target)
+    load_unlocked(session, state=state, ctx=ctx, version=version, target=target)
     repository.lock_model(session, model)
     version = get_version(session, model=model, number=number)
     return _move(
@@ -78,7 +78,7 @@ def rollback(
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
     target = f"{tenant.name}/{model.name}@{alias_name}"
     version = _rollback_target(session, model=model, alias_name=alias_name, to_version=to_version)
-    _load_unlocked(session, state=state, ctx=ctx, version=version, target=target, action="alias.rollback")
+    load_unlocked(session, state=state, ctx=ctx, version=version, target=target, action="alias.rollback")
     repository.lock_model(session, model)
     version = _rollback_target(session, model=model, alias_name=alias_name, to_version=to_version)
     return _move(
@@ -106,7 +106,7 @@ def _rollback_target(
     return _previous(session, alias)
 
 
-def _load_unlocked(
+def load_unlocked(
     session: Session,
     *,
     state: AppState,

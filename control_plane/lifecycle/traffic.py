@@ -11,7 +11,7 @@ from control_plane.auth.context import RequestContext
 from control_plane.db import hooks
 from control_plane.db.models import Alias, AliasRoute, Model, ModelVersion, Tenant
 from control_plane.lifecycle.schemas import Route, Shadow, Traffic, TrafficOut
-from control_plane.lifecycle.service import ensure_ready_locked, release_after_commit
+from control_plane.lifecycle.service import ensure_ready_locked, load_unlocked, release_after_commit
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
 from control_plane.registry.exceptions import AliasNotFound, ModelNotFound
@@ -36,14 +36,19 @@ def set_traffic(
     alias_name: str,
     body: Traffic,
 ) -> TrafficOut:
-    """Replace the alias' canary routes and shadow; every version named is loaded and ready first."""
+    """Replace the alias' canary routes and shadow; every version named is loaded and ready first, before
+    the model's lock is taken (held through the loads, it queued every other change of the model)."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings)
-    repository.lock_model(session, model)
     _alias(session, model=model, alias_name=alias_name)
     target = f"{tenant.name}/{model.name}@{alias_name}"
     wanted = [(r.version, "weighted", r.weight) for r in body.routes]
     if body.shadow is not None:
         wanted.append((body.shadow.version, "shadow", body.shadow.percent))
+    for number in sorted({number for number, _, _ in wanted}):  # loaded first, holding nothing, as a promote
+        version = get_version(session, model=model, number=number)
+        load_unlocked(session, state=state, ctx=ctx, version=version, target=target, action="alias.traffic")
+    repository.lock_model(session, model)
+    _alias(session, model=model, alias_name=alias_name)
     rows = []
     for number, kind, weight in sorted(wanted):
         version = get_version(session, model=model, number=number)

@@ -135,8 +135,8 @@ def register(
     # upload ran configures this version too, and a model deleted meanwhile is 404.
     get_model(session, tenant=tenant, name=model.name, lock=True)
     # Then the quota, locking the tenant when it has a limit: no other upload of the tenant passes its check
-    # beside this one. After the model's lock, so that waiting for a model held long (a canary change
-    # loading its versions) holds up no other model of the tenant.
+    # beside this one. After the model's lock, so that waiting for a model held long (a move whose version
+    # was unloaded again between its load and its lock, loading it once more) holds up no other model.
     quota.check_version(
         session,
         tenant=tenant,

@@ -224,6 +224,33 @@ def test_a_promote_holds_nothing_while_its_version_loads(served: Api, tmp_path: 
     assert answers["upload_s"] < SLOW_LOAD_S - 1.5, answers["upload_s"]  # not queued behind the load
 
 
+def test_a_traffic_change_holds_nothing_while_its_versions_load(served: Api, tmp_path: Path) -> None:
+    """A canary split loaded the versions it names while holding the model's lock (and a database
+    connection): an upload of the same model waited for the load."""
+    tenant = slow_model(served, tmp_path)
+    alias = f"/v1/tenants/{tenant}/models/slow/aliases/production"
+    assert served.client.put(alias, json={"version": 1}, headers=served.headers()).status_code == 200
+    assert served.upload(tenant, "slow", tmp_path / "model.py").status_code == 201  # v2, not loaded
+    answers: dict[str, Any] = {}
+
+    def split() -> None:
+        routes = {"routes": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]}
+        answers["traffic"] = served.client.put(alias + "/traffic", json=routes, headers=served.headers())
+
+    splitting = threading.Thread(target=split)
+    splitting.start()
+    time.sleep(1.0)  # version 2 is loading (its initialize sleeps SLOW_LOAD_S)
+    started = time.monotonic()
+    answers["upload"] = served.upload(tenant, "slow", tmp_path / "model.py")  # numbering locks the model
+    answers["upload_s"] = time.monotonic() - started
+    splitting.join(timeout=120)
+
+    assert answers["traffic"].status_code == 200, answers["traffic"].text
+    assert [r["version"] for r in answers["traffic"].json()["routes"]] == [1, 2]
+    assert answers["upload"].status_code == 201, answers["upload"].text
+    assert answers["upload_s"] < SLOW_LOAD_S - 1.5, answers["upload_s"]  # not queued behind the load
+
+
 def test_a_load_of_a_version_deleted_while_it_loads_is_404(served: Api, tmp_path: Path) -> None:
     tenant = slow_model(served, tmp_path)
     answers: dict[str, httpx.Response] = {}
