@@ -300,3 +300,25 @@ def test_a_publisher_may_not_move_production(browser: webdriver.Chrome, world: W
     with ControlPlane(world.url, ADMIN_TOKEN) as admin:
         assert admin.models.get(world.tenant, "mlp").aliases["production"] == 1
     sign_out(browser)
+
+
+def test_a_publisher_deletes_an_alias_after_confirming(
+    browser: webdriver.Chrome, world: World, screenshots: Path
+) -> None:
+    with ControlPlane(world.url, ADMIN_TOKEN) as admin:
+        admin.aliases.promote(world.tenant, "mlp", 2, alias="doomed")
+    sign_in(browser, world.url, world.publisher)
+    browser.get(f"{world.url}/console/tenants/{world.tenant}/models/mlp/aliases/doomed")
+    wait_css(browser, "#delete-alias").click()
+    confirm = wait_css(browser, "#confirm-form").find_element(By.XPATH, "..").text
+    assert "Delete 'doomed'" in confirm and "points at v2" in confirm and "will get 404" in confirm
+    shot(browser, screenshots, "confirm-delete-alias")
+    browser.find_element(By.ID, "confirm").click()
+    assert "Done: alias 'doomed' deleted." in wait_css(browser, "#done").text
+    assert (
+        "doomed" not in wait_css(browser, "#aliases").text
+        and "production" in browser.find_element(By.ID, "aliases").text
+    )
+    with ControlPlane(world.url, ADMIN_TOKEN) as admin:
+        assert "doomed" not in admin.models.get(world.tenant, "mlp").aliases
+    sign_out(browser)
