@@ -209,6 +209,8 @@ def _load_or_refuse(
     if outcome == NO_ROOM:
         why = NO_ROOM_DETAIL
     session.refresh(version)
+    if version.state == "retired":  # deleted (or its model) while it loaded: the lookup after the lock is 404
+        return
     if outcome != "ready" or version.state != "ready":
         _refuse(state, ctx=ctx, version=version, target=target, action=action, why=why)
 
@@ -277,6 +279,7 @@ def switch(
 ) -> AliasMove:
     """Point the alias at `version` (row-locked, so concurrent moves serialize), with history and audit."""
     now = datetime.now(UTC)
+    repository.hold_model(session, model)  # SQLite: what is read next is current (nothing slow follows)
     alias = repository.get_alias(session, model_id=model.id, name=alias_name, lock=True)
     previous: ModelVersion | None = None
     dropped: set[int] = set()
@@ -291,8 +294,6 @@ def switch(
     else:
         previous = session.get(ModelVersion, alias.version_id)
         dropped = repository.remove_routes(session, alias_id=alias.id, kind="weighted")
-        if not repository.alias_exists(session, alias.id):  # SQLite: deleted since it was read
-            raise AliasNotFound(model.name, alias_name)
         alias.version_id, alias.updated_at = version.id, now
     version.released_at = None
     if previous is None or previous.id != version.id:  # a move to where it is (a canary ended) is no move

@@ -56,11 +56,10 @@ def set_traffic(
             session, state=state, ctx=ctx, version=version, target=target, action="alias.traffic"
         )
         rows.append((locked.id, kind, weight))
+    repository.hold_model(session, model)  # SQLite: what is read next is current (the loads are done)
     alias = _alias(session, model=model, alias_name=alias_name, lock=True)
     before = describe(session, state=state, tenant=tenant, model=model, alias=alias)
     old_ids = repository.remove_routes(session, alias_id=alias.id)
-    if not repository.alias_exists(session, alias.id):  # SQLite: deleted since it was read
-        raise AliasNotFound(model.name, alias_name)
     for version_id, kind, weight in rows:
         session.add(AliasRoute(alias_id=alias.id, version_id=version_id, kind=kind, weight=weight))
         referenced = session.get(ModelVersion, version_id)
@@ -91,14 +90,13 @@ def delete_alias(
     naming it get 404 once this commits, on every replica; the versions it named start their keep-warm
     period, and a version it held can be deleted. Protected aliases: admins only, as moves."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings, verb="delete")
+    repository.hold_model(session, model)  # SQLite: what the lock reads next is current
     repository.lock_model(session, model)  # as a move: no promote or traffic change of the model beside
     if model.deleted_at is not None:  # deleted since it was read (the lock read it again)
         raise ModelNotFound(tenant.name, model.name)
     alias = _alias(session, model=model, alias_name=alias_name, lock=True)
     before = describe(session, state=state, tenant=tenant, model=model, alias=alias)
     named = repository.delete_alias(session, alias_id=alias.id)
-    if named is None:  # SQLite: deleted by another request since it was read
-        raise AliasNotFound(model.name, alias_name)
     release_after_commit(session, state=state, version_ids=named | {alias.version_id})
     # A new alias of the name starts its shadow results afresh (this process's; each keeps its own).
     hooks.after_commit(

@@ -18,6 +18,7 @@ from control_plane.db.models import (
     Tenant,
     TritonInstance,
 )
+from control_plane.db.session import sqlite_write_lock
 from control_plane.paging import Page, keyset
 from control_plane.routing.changes import mark_routing_changed
 
@@ -35,6 +36,13 @@ def lock_model(session: Session, model: Model) -> None:
     """Serialize the changes of one model's aliases, traffic and versions (taken first: model, then
     versions); `model` is read afresh."""
     session.get(Model, model.id, with_for_update={"key_share": True}, populate_existing=True)
+
+
+def hold_model(session: Session, model: Model) -> None:
+    """Before an alias change reads what it replaces, right after `lock_model` or any load: on SQLite,
+    which ignores that lock, the database's write lock (`sqlite_write_lock`), so two moves of one alias
+    cannot both read the same previous version. Never before a load (it would stall the loader)."""
+    sqlite_write_lock(session, Model, model.id)
 
 
 def list_models(session: Session, *, tenant_id: int, page: Page[str] | None = None) -> list[Model]:
@@ -111,10 +119,12 @@ def aliases_of_models(session: Session, *, model_ids: list[int]) -> dict[int, di
 
 
 def get_alias(session: Session, *, model_id: int, name: str, lock: bool = False) -> Alias | None:
-    """One alias of a model, optionally locked for update."""
+    """One alias of a model, optionally locked for update and then read afresh, as the other locked reads
+    are: a copy this session read before the lock (a promote's quota check, a rollback's target) may be
+    older than what the lock guards, and a move records the version it replaces from it."""
     stmt = select(Alias).where(Alias.model_id == model_id, Alias.name == name)
     if lock:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return session.scalar(stmt)
 
 
@@ -167,24 +177,13 @@ def remove_routes(session: Session, *, alias_id: int, kind: str | None = None) -
     return named
 
 
-def delete_alias(session: Session, *, alias_id: int) -> set[int] | None:
-    """Delete an alias with its traffic routes and history: the versions its routes named, or None when the
-    alias was gone already (SQLite takes no row locks: another request may have deleted it since it was
-    read; the first delete here holds SQLite's write lock, so what follows is current). Core deletes,
+def delete_alias(session: Session, *, alias_id: int) -> set[int]:
+    """Delete an alias with its traffic routes and history; the versions its routes named. Core deletes,
     flagged as `remove_routes` does: the routing table drops the alias at commit, on every replica."""
     named = remove_routes(session, alias_id=alias_id)
-    if not alias_exists(session, alias_id):
-        return None
     session.execute(delete(AliasHistory).where(AliasHistory.alias_id == alias_id))
     session.execute(delete(Alias).where(Alias.id == alias_id))
     return named
-
-
-def alias_exists(session: Session, alias_id: int) -> bool:
-    """Whether the alias is still there. On SQLite, which ignores row locks, ask this after the
-    transaction's first write (it then holds the database's write lock) to learn whether a concurrent
-    delete removed the alias read earlier."""
-    return session.scalar(select(Alias.id).where(Alias.id == alias_id)) is not None
 
 
 def aliases_referencing(session: Session, *, version_id: int) -> list[str]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Alias, ApiKey, Model, ModelVersion, Tenant
+from control_plane.db.session import sqlite_write_lock
 from control_plane.paging import Page, keyset
 
 
@@ -32,10 +33,9 @@ def exists_named(session: Session, name: str) -> bool:
 def lock(session: Session, tenant: Tenant) -> None:
     """Serialize the changes that count against the tenant's quotas (an upload takes it after its model's
     lock; nothing takes a model's lock while holding it); `tenant` is read afresh, its quotas included.
-    SQLite ignores row locks: there a write that changes nothing takes the database's write lock, held to
-    the commit, so what is counted after it is current and concurrent checks go one at a time."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(Tenant).where(Tenant.id == tenant.id).values(id=Tenant.id))
+    On SQLite, which ignores row locks, the database's write lock (`sqlite_write_lock`): what is counted
+    after it is current, and concurrent checks go one at a time."""
+    sqlite_write_lock(session, Tenant, tenant.id)
     session.get(Tenant, tenant.id, with_for_update={"key_share": True}, populate_existing=True)
 
 

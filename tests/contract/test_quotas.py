@@ -25,10 +25,10 @@ from minio.error import S3Error
 from sqlalchemy import text
 
 from control_plane.artifacts.base import content_key
-from control_plane.db import migrate
 from tests.support import model_files
 from tests.support.api import Api
 from tests.support.builders import unique_name
+from tests.support.registries import on_registry
 
 RACERS = 8
 
@@ -43,15 +43,6 @@ def onnx(tmp_path: Path, seed: int) -> Path:
     any live version uses stays); another seed gives other bytes."""
     name = f"x_{uuid.uuid4().hex[:12]}"
     return model_files.onnx_mlp(tmp_path / f"m{seed}.onnx", seed=seed, input_name=name)
-
-
-def _served_on(make_served: Callable[..., Api], tmp_path: Path, registry: str) -> Api:
-    """A served app on the session's Postgres, or on a SQLite registry of its own (no row locks there)."""
-    if registry == "sqlite":
-        url = f"sqlite:///{tmp_path / 'registry.db'}"
-        migrate.upgrade(url)
-        return make_served(database_url=url)
-    return make_served()
 
 
 def tenant_of(api: Api, tenant: str, key: str | None = None) -> dict[str, Any]:
@@ -218,7 +209,7 @@ def test_a_tenant_over_its_byte_quota_is_refused_before_its_upload_body_arrives(
 def test_concurrent_creates_and_uploads_cannot_together_pass_a_quota(
     make_served: Callable[..., Api], tmp_path: Path, registry: str
 ) -> None:
-    served = _served_on(make_served, tmp_path, registry)
+    served = on_registry(make_served, tmp_path, registry)
     tenant = served.tenant()
     assert set_quota(served, tenant, max_models=3, max_versions=4).status_code == 200
 
@@ -301,7 +292,7 @@ def test_concurrent_key_creates_and_first_promotes_cannot_together_pass_a_quota(
 ) -> None:
     """SQLite ignores the tenant's row lock: there all 8 keys were created under a quota of 2 (and models and
     versions passed their quotas alike) until the lock took SQLite's write lock."""
-    served = _served_on(make_served, tmp_path, registry)
+    served = on_registry(make_served, tmp_path, registry)
     tenant = served.tenant()
     publisher = served.key(tenant, "publisher")
     assert served.create_model(tenant, name="a", format="onnx", key=publisher).status_code == 201

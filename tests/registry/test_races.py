@@ -251,6 +251,37 @@ def test_a_traffic_change_holds_nothing_while_its_versions_load(served: Api, tmp
     assert answers["upload_s"] < SLOW_LOAD_S - 1.5, answers["upload_s"]  # not queued behind the load
 
 
+@pytest.mark.parametrize("what", ["version", "model"])
+def test_a_traffic_change_naming_a_version_deleted_while_it_loads_is_404(
+    served: Api, tmp_path: Path, what: str
+) -> None:
+    """The change loads its versions holding no lock, so a delete may commit meanwhile: it answered 409
+    "it is retired (retired)" and audited a failed traffic change; the version is simply gone."""
+    tenant = slow_model(served, tmp_path)
+    alias = f"/v1/tenants/{tenant}/models/slow/aliases/production"
+    assert served.client.put(alias, json={"version": 1}, headers=served.headers()).status_code == 200
+    assert served.upload(tenant, "slow", tmp_path / "model.py").status_code == 201  # v2, not loaded
+    answers: dict[str, Any] = {}
+
+    def split() -> None:
+        routes = {"routes": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]}
+        answers["traffic"] = served.client.put(alias + "/traffic", json=routes, headers=served.headers())
+
+    splitting = threading.Thread(target=split)
+    splitting.start()
+    time.sleep(1.0)  # version 2 is loading (its initialize sleeps SLOW_LOAD_S)
+    gone = f"/v1/tenants/{tenant}/models/slow" + ("/versions/2" if what == "version" else "")
+    assert served.client.delete(gone, headers=served.headers()).is_success
+    splitting.join(timeout=120)
+
+    answer = answers["traffic"]
+    assert answer.status_code == 404, answer.text
+    events = served.client.get(
+        "/v1/audit", params={"tenant": tenant, "action": "alias.traffic"}, headers=served.headers()
+    ).json()
+    assert [e for e in events if e["outcome"] == "failure"] == []
+
+
 def test_a_load_of_a_version_deleted_while_it_loads_is_404(served: Api, tmp_path: Path) -> None:
     tenant = slow_model(served, tmp_path)
     answers: dict[str, httpx.Response] = {}
