@@ -224,9 +224,9 @@ def test_a_promote_holds_nothing_while_its_version_loads(served: Api, tmp_path: 
     assert answers["upload_s"] < SLOW_LOAD_S - 1.5, answers["upload_s"]  # not queued behind the load
 
 
-def test_a_traffic_change_holds_nothing_while_its_versions_load(served: Api, tmp_path: Path) -> None:
-    """A canary split loaded the versions it names while holding the model's lock (and a database
-    connection): an upload of the same model waited for the load."""
+def _split_while_v2_loads(served: Api, tmp_path: Path) -> tuple[str, threading.Thread, dict[str, Any]]:
+    """A slow model's v1 behind production and a v2 not loaded; a canary split naming v2 started in a
+    thread (its answer goes to `answers["traffic"]`), returned once v2 is loading."""
     tenant = slow_model(served, tmp_path)
     alias = f"/v1/tenants/{tenant}/models/slow/aliases/production"
     assert served.client.put(alias, json={"version": 1}, headers=served.headers()).status_code == 200
@@ -240,6 +240,13 @@ def test_a_traffic_change_holds_nothing_while_its_versions_load(served: Api, tmp
     splitting = threading.Thread(target=split)
     splitting.start()
     time.sleep(1.0)  # version 2 is loading (its initialize sleeps SLOW_LOAD_S)
+    return tenant, splitting, answers
+
+
+def test_a_traffic_change_holds_nothing_while_its_versions_load(served: Api, tmp_path: Path) -> None:
+    """A canary split loaded the versions it names while holding the model's lock (and a database
+    connection): an upload of the same model waited for the load."""
+    tenant, splitting, answers = _split_while_v2_loads(served, tmp_path)
     started = time.monotonic()
     answers["upload"] = served.upload(tenant, "slow", tmp_path / "model.py")  # numbering locks the model
     answers["upload_s"] = time.monotonic() - started
@@ -257,19 +264,7 @@ def test_a_traffic_change_naming_a_version_deleted_while_it_loads_is_404(
 ) -> None:
     """The change loads its versions holding no lock, so a delete may commit meanwhile: it answered 409
     "it is retired (retired)" and audited a failed traffic change; the version is simply gone."""
-    tenant = slow_model(served, tmp_path)
-    alias = f"/v1/tenants/{tenant}/models/slow/aliases/production"
-    assert served.client.put(alias, json={"version": 1}, headers=served.headers()).status_code == 200
-    assert served.upload(tenant, "slow", tmp_path / "model.py").status_code == 201  # v2, not loaded
-    answers: dict[str, Any] = {}
-
-    def split() -> None:
-        routes = {"routes": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]}
-        answers["traffic"] = served.client.put(alias + "/traffic", json=routes, headers=served.headers())
-
-    splitting = threading.Thread(target=split)
-    splitting.start()
-    time.sleep(1.0)  # version 2 is loading (its initialize sleeps SLOW_LOAD_S)
+    tenant, splitting, answers = _split_while_v2_loads(served, tmp_path)
     gone = f"/v1/tenants/{tenant}/models/slow" + ("/versions/2" if what == "version" else "")
     assert served.client.delete(gone, headers=served.headers()).is_success
     splitting.join(timeout=120)
