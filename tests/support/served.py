@@ -69,7 +69,11 @@ def serve(settings: Settings, *, timeout_keep_alive: int = 5) -> Iterator[Api]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{config.port}", timeout=60)
+    # The client lets an idle connection go well before the server closes it: with both at 5 s (httpx's
+    # default), a request sent on a connection just as the server closed it was reset (ECONNRESET, seen in
+    # CI: `/metrics` read after 5 s of waiting for a slow request), and httpx does not resend it.
+    limits = httpx.Limits(keepalive_expiry=timeout_keep_alive / 2)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{config.port}", timeout=60, limits=limits)
     try:
         yield Api(client, admin_token=ADMIN_TOKEN, settings=settings, app=app)
     finally:
