@@ -35,7 +35,20 @@ def get(session: Session, *, tenant_id: int | None, key_id: int, lock: bool = Fa
     return session.scalar(stmt)
 
 
+def unrevoked(session: Session, *, tenant_id: int) -> list[ApiKey]:
+    """The tenant's keys not revoked (expired ones included), oldest first, locked and read afresh."""
+    stmt = (
+        select(ApiKey)
+        .where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+        .order_by(ApiKey.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list(session.scalars(stmt))
+
+
 def record_last_used(session: Session, used: Mapping[int, datetime]) -> None:
-    """Each key's last use (key id -> when)."""
-    for key_id, when in used.items():
+    """Each key's last use (key id -> when), in key order: the order every writer of several keys locks
+    them in (a tenant's deletion revokes its keys), so two such writers cannot deadlock."""
+    for key_id, when in sorted(used.items()):
         session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))

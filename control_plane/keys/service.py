@@ -15,6 +15,8 @@ from control_plane.keys import repository, secrets
 from control_plane.paging import Listing, Page, cut
 from control_plane.settings import Settings
 from control_plane.tenants import quota
+from control_plane.tenants import repository as tenant_repository
+from control_plane.tenants.exceptions import TenantNotFound
 from control_plane.timestamps import as_utc, format_utc
 
 if TYPE_CHECKING:  # auth.context imports this module
@@ -140,6 +142,8 @@ def create(
     )
     session.add(key)
     session.flush()
+    if tenant is not None and not tenant_repository.is_live(session, tenant):  # deleted while this ran
+        raise TenantNotFound(tenant.name)
     audit.record(
         session,
         actor=ctx.principal,
@@ -177,16 +181,30 @@ def revoke(session: Session, *, ctx: RequestContext, tenant: Tenant | None, key_
     however close the two are)."""
     key = get(session, tenant=tenant, key_id=key_id, lock=True)
     if key.revoked_at is None:
-        key.revoked_at = datetime.now(UTC)
-        session.flush()
-        audit.record(
-            session,
-            actor=ctx.principal,
-            action="key.revoke",
-            target=f"key/{key.prefix}",
-            tenant=tenant.name if tenant is not None else None,
-            before={"revoked": False},
-            after={"revoked": True},
-            request_id=ctx.request_id,
-        )
+        revoke_locked(session, ctx=ctx, tenant=tenant, key=key)
     return key
+
+
+def revoke_all(session: Session, *, ctx: RequestContext, tenant: Tenant) -> list[str]:
+    """Revoke every key of the tenant not revoked yet (expired ones too), each audited as `revoke` does;
+    their prefixes, oldest first."""
+    keys = repository.unrevoked(session, tenant_id=tenant.id)
+    for key in keys:
+        revoke_locked(session, ctx=ctx, tenant=tenant, key=key)
+    return [key.prefix for key in keys]
+
+
+def revoke_locked(session: Session, *, ctx: RequestContext, tenant: Tenant | None, key: ApiKey) -> None:
+    """Revoke an unrevoked key, locked and read afresh by the caller, audited as `key.revoke`."""
+    key.revoked_at = datetime.now(UTC)
+    session.flush()
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="key.revoke",
+        target=f"key/{key.prefix}",
+        tenant=tenant.name if tenant is not None else None,
+        before={"revoked": False},
+        after={"revoked": True},
+        request_id=ctx.request_id,
+    )

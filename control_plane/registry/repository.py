@@ -38,6 +38,18 @@ def lock_model(session: Session, model: Model) -> None:
     session.get(Model, model.id, with_for_update={"key_share": True}, populate_existing=True)
 
 
+def lock_live_models(session: Session, *, tenant_id: int) -> list[Model]:
+    """Lock the tenant's live models as `lock_model` does, in id order (one statement), read afresh."""
+    stmt = (
+        select(Model)
+        .where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None))
+        .order_by(Model.id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return list(session.scalars(stmt))
+
+
 def hold_model(session: Session, model: Model) -> None:
     """Before an alias change reads what it replaces, right after `lock_model` or any load: on SQLite,
     which ignores that lock, the database's write lock (`sqlite_write_lock`), so two moves of one alias

@@ -31,6 +31,8 @@ from control_plane.registry.serving import check_spec, model_serving
 from control_plane.settings import Settings
 from control_plane.state import AppState
 from control_plane.tenants import quota
+from control_plane.tenants import repository as tenant_repository
+from control_plane.tenants.exceptions import TenantNotFound
 
 
 def get_model(session: Session, *, tenant: Tenant, name: str, lock: bool = False) -> Model:
@@ -77,6 +79,8 @@ def create(
     )
     session.add(model)
     session.flush()
+    if not tenant_repository.is_live(session, tenant):  # deleted while this request ran
+        raise TenantNotFound(tenant.name)
     audit.record(
         session,
         actor=ctx.principal,

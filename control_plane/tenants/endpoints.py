@@ -73,3 +73,18 @@ def update_tenant(
     if body.limits is not None:
         service.set_limits(session, ctx=ctx, tenant=found, patch=body.limits)
     return service.describe(session, found, settings=state.settings)
+
+
+@router.delete("/{tenant}", status_code=204)
+def delete_tenant(
+    tenant: str,
+    ctx: RequestContext = Depends(admin_context),
+    state: AppState = Depends(get_state),
+    session: Session = Depends(get_session, scope="function"),
+) -> None:
+    """Offboard a tenant (admins only): its models are deleted (their versions unloaded and retired, their
+    artifacts released), its keys revoked, and the tenant removed; from then on its keys get 401 and its
+    names 404, on every replica. Audited as `tenant.delete` (with the models and keys it held), beside
+    each `model.delete` and `key.revoke`; the audit trail stays, and the name is not reused."""
+    found = service.visible(session, ctx=ctx, name=tenant)
+    service.delete(session, ctx=ctx, state=state, tenant=found)

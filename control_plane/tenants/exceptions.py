@@ -11,7 +11,13 @@ class TenantNotFound(NotFound):
 
 
 class TenantExists(Conflict):
-    """A tenant of that name exists already."""
+    """A tenant of that name exists already, or existed: a deleted tenant keeps its name, which its audit
+    trail names it by."""
 
-    def __init__(self, name: str):
-        super().__init__(f"tenant '{name}' already exists")
+    def __init__(self, name: str, *, deleted: bool = False):
+        if deleted:
+            super().__init__(
+                f"tenant '{name}' was deleted and its name is kept for its audit trail: choose another name"
+            )
+        else:
+            super().__init__(f"tenant '{name}' already exists")

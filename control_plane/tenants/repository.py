@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from control_plane.db.models import Alias, ApiKey, Model, ModelVersion, Tenant
 from control_plane.db.session import sqlite_write_lock
 from control_plane.paging import Page, keyset
+from control_plane.tenants.exceptions import TenantNotFound
 
 
 def get_by_name(session: Session, name: str) -> Tenant | None:
@@ -25,9 +26,9 @@ def list_all(session: Session, *, only_id: int | None = None, page: Page[str] | 
     return list(session.scalars(keyset(stmt, page, Tenant.name)))
 
 
-def exists_named(session: Session, name: str) -> bool:
-    """Whether any tenant row (live or deleted) holds `name`."""
-    return session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None
+def named(session: Session, name: str) -> Tenant | None:
+    """The tenant row holding `name`, live or deleted (a deleted tenant keeps its name)."""
+    return session.scalar(select(Tenant).where(Tenant.name == name))
 
 
 def lock(session: Session, tenant: Tenant) -> None:
@@ -36,7 +37,28 @@ def lock(session: Session, tenant: Tenant) -> None:
     On SQLite, which ignores row locks, the database's write lock (`sqlite_write_lock`): what is counted
     after it is current, and concurrent checks go one at a time."""
     sqlite_write_lock(session, Tenant, tenant.id)
-    session.get(Tenant, tenant.id, with_for_update={"key_share": True}, populate_existing=True)
+    fresh = session.get(Tenant, tenant.id, with_for_update={"key_share": True}, populate_existing=True)
+    if fresh is None or fresh.deleted_at is not None:  # deleted meanwhile
+        raise TenantNotFound(tenant.name)
+
+
+def lock_to_delete(session: Session, tenant: Tenant) -> bool:
+    """Lock the tenant's row against everything referencing it (`FOR UPDATE`: an insert of a model or a
+    key waits for it, in its foreign key's check) and read it afresh; whether it is still live. On SQLite
+    the caller holds the write lock already (`sqlite_write_lock`)."""
+    stmt = (
+        select(Tenant)
+        .where(Tenant.id == tenant.id, Tenant.deleted_at.is_(None))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return session.scalar(stmt) is not None
+
+
+def is_live(session: Session, tenant: Tenant) -> bool:
+    """Whether the tenant is not deleted, read now. Right after an insert referencing it: a deletion under
+    way has either finished (and this sees it) or will wait for this transaction (and see what it added)."""
+    return session.scalar(select(Tenant.deleted_at).where(Tenant.id == tenant.id)) is None
 
 
 def counts(session: Session, tenant_ids: list[int]) -> dict[int, tuple[int, int, int, int, int]]:

@@ -4,15 +4,21 @@ inference limits."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
 from control_plane.audit import service as audit
 from control_plane.auth.context import RequestContext
 from control_plane.db.models import Tenant
+from control_plane.db.session import sqlite_write_lock
+from control_plane.keys import service as keys_service
 from control_plane.names import is_valid_name
 from control_plane.paging import Listing, Page, cut
+from control_plane.registry import repository as registry_repository
+from control_plane.registry import service as registry_service
 from control_plane.settings import Settings
+from control_plane.state import AppState
 from control_plane.tenants import quota, repository
 from control_plane.tenants.exceptions import TenantExists, TenantNotFound
 from control_plane.tenants.schemas import (
@@ -27,8 +33,9 @@ from control_plane.tenants.schemas import (
 
 def create(session: Session, *, ctx: RequestContext, name: str) -> Tenant:
     """Create a tenant (admins only; checked by the router)."""
-    if repository.exists_named(session, name):
-        raise TenantExists(name)
+    held = repository.named(session, name)
+    if held is not None:
+        raise TenantExists(name, deleted=held.deleted_at is not None)
     tenant = Tenant(name=name)
     session.add(tenant)
     session.flush()
@@ -42,6 +49,39 @@ def create(session: Session, *, ctx: RequestContext, name: str) -> Tenant:
         request_id=ctx.request_id,
     )
     return tenant
+
+
+def delete(session: Session, *, ctx: RequestContext, state: AppState, tenant: Tenant) -> None:
+    """Offboard a tenant (admins only; checked by the router), in one transaction: each live model is
+    deleted as `DELETE .../models/{m}` does (its versions retired and unloaded after commit, its
+    artifacts released, each audited `model.delete`), each unrevoked key revoked (`key.revoke`), and the
+    tenant marked deleted (`tenant.delete`, with what it held). Its requests get 401 and 404 from then on,
+    on every replica; its audit trail stays, and its name is not given to another tenant.
+
+    Locks: the models first, in id order, as every change of one model takes its lock before the tenant's;
+    then the tenant's row, which holds back inserts of models and keys referencing it until the commit
+    (they then find it deleted, `registry.service.create`, `keys.service.create`); then the models again,
+    for any committed before that lock. On SQLite, the write lock first: deletes go one at a time."""
+    sqlite_write_lock(session, Tenant, tenant.id)
+    registry_repository.lock_live_models(session, tenant_id=tenant.id)
+    if not repository.lock_to_delete(session, tenant):
+        raise TenantNotFound(tenant.name)  # deleted meanwhile
+    models = registry_repository.lock_live_models(session, tenant_id=tenant.id)
+    for model in models:
+        registry_service.mark_deleted(session, ctx=ctx, state=state, tenant=tenant, model=model)
+    revoked = keys_service.revoke_all(session, ctx=ctx, tenant=tenant)
+    tenant.deleted_at = datetime.now(UTC)
+    session.flush()
+    audit.record(
+        session,
+        actor=ctx.principal,
+        action="tenant.delete",
+        target=f"tenant/{tenant.name}",
+        tenant=tenant.name,
+        before={"models": sorted(m.name for m in models), "keys": revoked},
+        after={"deleted": True},
+        request_id=ctx.request_id,
+    )
 
 
 def visible(session: Session, *, ctx: RequestContext, name: str) -> Tenant:
