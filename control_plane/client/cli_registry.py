@@ -42,6 +42,19 @@ def tenants_get(name: str, output: Format = OutputOption) -> None:
     emit(found, output, lambda: _quota_table(found))
 
 
+@tenants_app.command("delete")
+@handled
+def tenants_delete(
+    name: str, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+) -> None:
+    """Delete a tenant: its models are deleted and unloaded, its keys revoked (not undone; the name is
+    not reused; the audit trail stays)."""
+    if not yes:
+        typer.confirm(f"Delete tenant {name} with all its models and keys?", abort=True)
+    connect().tenants.delete(name)
+    typer.echo(f"tenant {name} deleted")
+
+
 def _quota_table(tenant: Tenant) -> None:
     title = f"{tenant.name} (created {cell(tenant.created_at)})"
     limits, used = tenant.quota, tenant.usage

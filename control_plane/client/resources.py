@@ -29,6 +29,11 @@ class Tenants:
         """One tenant."""
         return Tenant.model_validate(self._conn.json("GET", path("v1", "tenants", name)))
 
+    def delete(self, name: str) -> None:
+        """Offboard a tenant (admins): its models deleted and unloaded, its keys revoked; not undone, and
+        the name is not reused."""
+        self._conn.request("DELETE", path("v1", "tenants", name))
+
     def set_quota(self, name: str, **limits: int | None) -> Tenant:
         """Set the tenant's own quotas (admins): `max_models`, `max_versions`, `max_artifact_bytes`,
         `max_aliases`, `max_keys`; one left out keeps its value, None sets it back to the server's default."""

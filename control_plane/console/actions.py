@@ -1,4 +1,5 @@
-"""Console actions: promote, roll back, canary weights and shadow, delete an alias, each confirmed first.
+"""Console actions: promote, roll back, canary weights and shadow, delete an alias, delete a tenant (admins),
+each confirmed first.
 
 A form first posts without `confirmed`: the console answers a page saying what will change, whose
 "Confirm" button posts the same fields again with `confirmed=yes`. The change itself is the same
@@ -24,7 +25,7 @@ from control_plane.console.auth import ConsoleUser, app_state, check_csrf, conso
 from control_plane.console.render import page
 from control_plane.db.session import transaction
 from control_plane.dependencies import waiting_for_loads
-from control_plane.errors import InvalidRequest
+from control_plane.errors import Forbidden, InvalidRequest
 from control_plane.lifecycle import service as lifecycle
 from control_plane.lifecycle import traffic
 from control_plane.lifecycle.schemas import HistoryEntry, Route, Shadow, Traffic, TrafficOut
@@ -241,6 +242,38 @@ def delete_alias(
         traffic.delete_alias(session, ctx=user.ctx, state=state, tenant=owner, model=found, alias_name=alias)
     url = f"{console_path(request)}/tenants/{quote(owner.name)}/models/{quote(found.name)}"
     return RedirectResponse(f"{url}?deleted={quote(alias)}", status_code=303)
+
+
+@router.post("/tenants/{tenant}/delete", response_class=HTMLResponse)
+def delete_tenant(
+    request: Request,
+    tenant: str,
+    csrf: str | None = Form(None),
+    confirmed: str | None = Form(None),
+    user: ConsoleUser = Depends(current_user),
+) -> Response:
+    """Offboard a tenant (admins), after confirmation; then the tenants page."""
+    check_csrf(request, user, csrf)
+    if not user.is_admin:
+        raise Forbidden("admin role required")
+    state = app_state(request)
+    with transaction(state.session_factory) as session:
+        owner = tenants.visible(session, ctx=user.ctx, name=tenant)
+        if confirmed != "yes":
+            usage = tenants.describe(session, owner, settings=state.settings).usage
+            return confirm_page(
+                request,
+                title=f"Delete tenant {owner.name}?",
+                lines=[
+                    f"Its {usage.models} model(s) are deleted and unloaded, and its {usage.keys} live key(s) "
+                    "revoked: its requests get 401 from now on.",
+                    "This cannot be undone, and the name is not given to another tenant; the audit trail "
+                    "keeps what it held.",
+                ],
+                fields={"csrf": csrf},
+            )
+        tenants.delete(session, ctx=user.ctx, state=state, tenant=owner)
+    return RedirectResponse(f"{console_path(request)}/tenants?deleted={quote(owner.name)}", status_code=303)
 
 
 def _traffic_from(form: FormData) -> Traffic:

@@ -51,7 +51,12 @@ def tenants_page(
         visible = tenants.page_visible(session, ctx=user.ctx, page=at)
         names = models.names_by_tenant(session, tenants=visible.items)
     rows = [(t, names[t.id]) for t in visible.items]
-    return page(request, "tenants.html", {"rows": rows, "following": paging.next_query(request, visible, at)})
+    context = {
+        "rows": rows,
+        "following": paging.next_query(request, visible, at),
+        "deleted": request.query_params.get("deleted"),  # a tenant just deleted (the console's redirect)
+    }
+    return page(request, "tenants.html", context)
 
 
 @router.get("/tenants/{tenant}", response_class=HTMLResponse)

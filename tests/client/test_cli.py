@@ -29,11 +29,13 @@ Run = Callable[..., Result]
 def run(base_url: str, tmp_path: Path) -> Run:
     """Invoke `control-plane ARGS` with a key (admin unless given) and a private config dir."""
 
-    def invoke(*args: str, key: str | None = None, env: dict[str, str] | None = None) -> Result:
+    def invoke(
+        *args: str, key: str | None = None, env: dict[str, str] | None = None, input: str | None = None
+    ) -> Result:
         base = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "CP_URL": base_url, "CP_TENANT": ""}
         if key is not None:
             base["CP_KEY"] = key
-        return CliRunner().invoke(app, list(args), env={**base, **(env or {})})
+        return CliRunner().invoke(app, list(args), env={**base, **(env or {})}, input=input)
 
     return invoke
 
@@ -277,3 +279,21 @@ def test_a_key_created_with_an_expiry_lists_it_and_a_bad_duration_is_refused(sta
     assert endless.exit_code == 2 and "more than 100 years" in endless.output, endless.output
     listed = ok(run("keys", "list", "-t", tenant, key=admin))
     assert "EXPIRES" in listed and expires.strftime("%Y-%m-%d") in listed
+
+
+def test_tenants_delete_asks_first_and_then_the_tenant_is_gone(stack: Api, run: Run) -> None:
+    admin = stack.admin_token
+    tenant = unique_name("cli")
+    ok(run("tenants", "create", tenant, key=admin))
+    key = as_json(run("keys", "create", "-r", "consumer", "-o", "json", "-t", tenant, key=admin))["key"]
+
+    declined = run("tenants", "delete", tenant, key=admin, input="n\n")
+    assert declined.exit_code == 1 and "Aborted" in declined.output, declined.output
+    assert stack.client.get(f"/v1/tenants/{tenant}", headers=stack.headers()).status_code == 200
+    refused = run("tenants", "delete", tenant, "--yes", key=key)
+    assert refused.exit_code != 0 and "admin role required" in refused.stderr, refused.output
+
+    assert f"tenant {tenant} deleted" in ok(run("tenants", "delete", tenant, "--yes", key=admin))
+    assert stack.client.get(f"/v1/tenants/{tenant}", headers=stack.headers()).status_code == 404
+    again = run("tenants", "delete", tenant, "-y", key=admin)
+    assert again.exit_code != 0 and f"tenant '{tenant}' not found" in again.stderr, again.output

@@ -109,3 +109,22 @@ def test_listings_longer_than_a_page_come_whole(stack: Api, base_url: str) -> No
     assert (
         len(admin.audit.list(tenant=tenant, limit=DEFAULT_LIMIT + 5)) == DEFAULT_LIMIT + 4
     )  # and tenant.create
+
+
+def test_a_deleted_tenant_is_gone_and_its_keys_refused(stack: Api, base_url: str) -> None:
+    admin = ControlPlane(base_url, stack.admin_token)
+    tenant = admin.tenants.create(unique_name("sdk")).name
+    publisher = ControlPlane(base_url, admin.keys.create(tenant, role="publisher").key)
+    assert [t.name for t in publisher.tenants.list()] == [tenant]
+
+    with pytest.raises(Forbidden):
+        publisher.tenants.delete(tenant)
+    admin.tenants.delete(tenant)
+
+    with pytest.raises(NotFound):
+        admin.tenants.get(tenant)
+    with pytest.raises(Unauthorized):
+        publisher.tenants.list()
+    with pytest.raises(Conflict) as reused:
+        admin.tenants.create(tenant)
+    assert "was deleted" in reused.value.detail

@@ -20,6 +20,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from control_plane.client import ControlPlane
 from tests.console.conftest import Request, World, requested
 from tests.support.api import ADMIN_TOKEN
+from tests.support.builders import unique_name
 
 WAIT_S = 20
 
@@ -321,4 +322,23 @@ def test_a_publisher_deletes_an_alias_after_confirming(
     )
     with ControlPlane(world.url, ADMIN_TOKEN) as admin:
         assert "doomed" not in admin.models.get(world.tenant, "mlp").aliases
+    sign_out(browser)
+
+
+def test_an_admin_deletes_a_tenant_after_confirming(
+    browser: webdriver.Chrome, world: World, screenshots: Path
+) -> None:
+    with ControlPlane(world.url, ADMIN_TOKEN) as admin:
+        doomed = admin.tenants.create(unique_name("doomed")).name
+    sign_in(browser, world.url, ADMIN_TOKEN)
+    browser.get(f"{world.url}/console/tenants/{doomed}")
+    wait_css(browser, "#delete-tenant").click()
+    confirm = wait_css(browser, "#confirm-form").find_element(By.XPATH, "..").text
+    assert f"Delete tenant {doomed}?" in confirm and "cannot be undone" in confirm
+    shot(browser, screenshots, "confirm-delete-tenant")
+    browser.find_element(By.ID, "confirm").click()
+    assert f"Done: tenant '{doomed}' deleted." in wait_css(browser, "#done").text
+    assert doomed not in wait_css(browser, "#tenants").text and world.tenant in browser.page_source
+    with ControlPlane(world.url, ADMIN_TOKEN) as admin:
+        assert doomed not in {t.name for t in admin.tenants.list()}
     sign_out(browser)

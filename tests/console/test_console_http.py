@@ -237,3 +237,31 @@ def test_an_alias_is_deleted_after_confirmation_and_only_by_whom_may(
     with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
         assert alias not in sdk.models.get(world.tenant, "mlp").aliases
     assert admin.get(page).status_code == 404
+
+
+def test_a_tenant_is_deleted_by_an_admin_after_confirmation(world: World, admin: httpx.Client) -> None:
+    with ControlPlane(world.url, ADMIN_TOKEN) as sdk:
+        doomed = sdk.tenants.create(unique_name("doomed")).name
+        key = sdk.keys.create(doomed, role="publisher").key
+    page = f"/console/tenants/{doomed}"
+    token = csrf_of(admin, page)
+    assert 'id="delete-tenant"' in admin.get(page).text
+    with signed_in(world, key) as publisher:
+        assert 'id="delete-tenant"' not in publisher.get(page).text
+        refused = publisher.post(
+            page + "/delete", data={"csrf": csrf_of(publisher, page), "confirmed": "yes"}
+        )
+        assert refused.status_code == 403 and "admin role required" in refused.text
+    asked = admin.post(page + "/delete", data={"csrf": token})
+    assert asked.status_code == 200 and 'name="confirmed" value="yes"' in asked.text
+    assert f"Delete tenant {doomed}?" in asked.text and "1 live key(s) revoked" in asked.text
+    assert admin.post(page + "/delete", data={"confirmed": "yes"}).status_code == 403  # no CSRF token
+    assert admin.get(page).status_code == 200
+
+    done = admin.post(page + "/delete", data={"csrf": token, "confirmed": "yes"})
+    assert done.status_code == 303 and done.headers["location"] == f"/console/tenants?deleted={doomed}"
+    assert f"Done: tenant '{doomed}' deleted." in admin.get(done.headers["location"]).text
+    assert admin.get(page).status_code == 404
+    with httpx.Client(base_url=world.url, follow_redirects=False, timeout=30) as client:
+        sign_in = client.post("/console/login", data={"key": key})  # its key is refused
+        assert sign_in.status_code == 401, sign_in.text
