@@ -27,7 +27,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub
 
 from control_plane.dataplane import protowire
-from control_plane.dataplane.auth import authenticate
+from control_plane.dataplane.auth import Caller, authenticate
 from control_plane.dataplane.balance import Backend, TritonUnreachable, retryable
 from control_plane.dataplane.checks import as_app_error
 from control_plane.dataplane.contract import CheckLater, Rejected
@@ -173,6 +173,24 @@ class GrpcProxy:
             await channel.channel.close()
 
     # --- dispatch ----------------------------------------------------------------------------------
+
+    def screen(self, call: ServerCall) -> RpcFailure | None:
+        """Before a call's message is read: a method not served here is UNIMPLEMENTED at once (a
+        ModelStreamInfer stream too, rather than after its first message or a stall); the other calls'
+        messages are held to `TYPED_MAX_BYTES`; and a ModelInfer whose key is refused is refused unread
+        (each of its streams could otherwise hold up to CP_GRPC_MAX_MESSAGE_BYTES of memory, without any
+        key). Its key is checked again, with the rest, once the message is in."""
+        path = call.path
+        if path == INFER_PATH:
+            try:
+                self._authenticate(call)
+            except AppError as exc:
+                return RpcFailure.of(exc)
+            return None
+        if path not in self._typed:
+            return RpcFailure(Code.UNIMPLEMENTED, f"method {path.decode(errors='replace')}")
+        call.limit = min(call.limit, TYPED_MAX_BYTES)
+        return None
 
     def on_call(self, connection: GrpcServerConnection, call: ServerCall, message: bytes) -> None:
         """A call's request message is in: ModelInfer on the fast path, the rest as tasks."""
@@ -447,16 +465,20 @@ class GrpcProxy:
         )
         return await asyncio.to_thread(_hide_internal_name, answer, resolved)
 
-    def _identify(self, call: ServerCall) -> None:
-        """Authenticate the call (key from `authorization`, admins' tenant from `x-tenant`)."""
+    def _authenticate(self, call: ServerCall) -> Caller:
+        """The call's caller (key from `authorization`, admins' tenant from `x-tenant`), or what refuses
+        it."""
         ex = Exchange(call.headers)
-        caller = authenticate(
+        return authenticate(
             self.state.router.table,
             authorization=ex.header(b"authorization"),
             tenant_header=ex.header(b"x-tenant"),
             admin_token=self._admin_token,
         )
-        self.state.key_usage.touch(caller.key_id)
+
+    def _identify(self, call: ServerCall) -> None:
+        """Authenticate the call, counting its key's use."""
+        self.state.key_usage.touch(self._authenticate(call).key_id)
 
     def _resolve(self, call: ServerCall, model: str, version: str) -> Resolved:
         """Authenticate and resolve through the core, as ModelInfer does."""

@@ -69,7 +69,12 @@ class Failure(Protocol):
 
 
 class CallHandler(Protocol):
-    """Serves a call whose request message is complete."""
+    """Screens a call once its headers are in, and serves it once its request message is complete."""
+
+    def screen(self, call: ServerCall) -> Failure | None:
+        """What refuses the call before its message is read (answered at once; what it sends is dropped
+        unread), or None; it may lower `call.limit`, the most message bytes the call may send."""
+        ...
 
     def on_call(self, connection: GrpcServerConnection, call: ServerCall, message: bytes) -> None: ...
 
@@ -94,6 +99,7 @@ class ServerCall:
         "chunks",
         "headers",
         "last_active",
+        "limit",
         "on_cancel",
         "path",
         "receiving",
@@ -109,6 +115,7 @@ class ServerCall:
         self.path = b""
         self.chunks: list[bytes] = []
         self.size = self.recv_unacked = 0
+        self.limit = 0  # the most message bytes it may send: the connection's limit, or the handler's
         self.receiving = True
         self.answered = self.cancelled = False
         self.started = time.perf_counter()
@@ -317,12 +324,15 @@ class GrpcServerConnection(H2Connection):
         else:
             call.headers = dict(headers)
             call.path = call.headers.get(b":path", b"")
+            call.limit = self.limits.max_message_bytes
             if call.headers.get(b":method") != b"POST" or not call.headers.get(
                 b"content-type", b""
             ).startswith(_CONTENT_TYPE):
                 self._refuse(
                     call, StatusError(INTERNAL, "not a gRPC request (POST, content-type application/grpc)")
                 )
+            elif (failure := self.handler.screen(call)) is not None:
+                self._refuse(call, failure)
         if end_stream:
             self._end_stream(call)
         else:
@@ -353,12 +363,11 @@ class GrpcServerConnection(H2Connection):
         data = h2.strip_padding(flags, payload)
         if not call.answered:
             call.size += len(data)
-            if call.size > self.limits.max_message_bytes + 5:
+            if call.size > call.limit + 5:
                 self._refuse(
                     call,
                     StatusError(
-                        RESOURCE_EXHAUSTED,
-                        f"request message larger than the limit of {self.limits.max_message_bytes} bytes",
+                        RESOURCE_EXHAUSTED, f"request message larger than the limit of {call.limit} bytes"
                     ),
                 )
                 call.chunks.clear()

@@ -70,12 +70,12 @@ class Raw:
         self.buf = b""
         self.sock.sendall(h2.PREFACE + h2.settings_frame(settings))
 
-    def headers(self, stream_id: int, key: str, *, end_stream: bool = False) -> bytes:
+    def headers(self, stream_id: int, key: str, *, end_stream: bool = False, path: bytes = INFER) -> bytes:
         block = self.encoder.encode(
             [
                 (":method", "POST"),
                 (":scheme", "http"),
-                (":path", INFER.decode()),
+                (":path", path.decode()),
                 (":authority", "x"),
                 ("content-type", "application/grpc"),
                 ("te", "trailers"),
@@ -325,3 +325,40 @@ def test_metadata_over_the_count_limit_is_refused_per_call(setup: tuple[Api, Dep
             )
         assert "RESOURCE_EXHAUSTED" in str(refused.value.status())
         assert client.is_model_ready(d.model, headers={"authorization": f"Bearer {d.consumer_key}"})
+
+
+SERVICE = "/inference.GRPCInferenceService/"
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "status", "sent"),
+    [
+        (INFER, "not-a-key", "16", 0),  # UNAUTHENTICATED
+        (INFER, "cp_0123456789ab_nothing", "16", 3 * 16384),
+        (f"{SERVICE}ModelStreamInfer".encode(), "consumer", "12", 16384),  # UNIMPLEMENTED
+        (f"{SERVICE}ServerLive".encode(), "none", "8", 5 * 16384),  # RESOURCE_EXHAUSTED: over 64 KiB
+    ],
+)
+def test_a_call_its_headers_refuse_is_answered_without_waiting_for_its_message(
+    setup: tuple[Api, Deployed], path: bytes, key: str, status: str, sent: int
+) -> None:
+    """Before: a ModelInfer with no valid key was only refused once its whole message was in, so 24
+    streams of 7 MiB each, sent without any key and never ended, held 171 MiB of the server's memory (up
+    to CP_GRPC_MAX_MESSAGE_BYTES per stream, 256 streams per connection); a stock client's
+    ModelStreamInfer waited 30 s for the stall timeout (DEADLINE_EXCEEDED) instead of UNIMPLEMENTED; and
+    ServerLive, which needs no key, took up to 64 MiB before the 64 KiB limit of such calls refused it."""
+    api, d = setup
+    raw = Raw(api.settings.grpc_port)
+    assert raw.send(raw.headers(1, d.consumer_key if key == "consumer" else key, path=path))
+    for _ in range(sent // 16384):  # never END_STREAM
+        raw.send(h2.frame(h2.DATA, 0, 1, b"\x00" * 16384))
+
+    def answered(frames: list[tuple[int, int, int, bytes]]) -> bool:
+        return any(kind == h2.HEADERS and sid == 1 for kind, _, sid, _ in frames)
+
+    frames, _ = raw.frames(until=answered, within=3)
+    [block] = [payload for kind, _, sid, payload in frames if kind == h2.HEADERS and sid == 1]
+    headers = {name.decode(): value.decode() for name, value in hpack.Decoder().decode(block, raw=True)}
+    assert headers["grpc-status"] == status, headers
+    raw.sock.close()
+    served(api, d)

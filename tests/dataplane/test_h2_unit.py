@@ -25,6 +25,9 @@ Outcome = tuple[GrpcAnswer | None, BaseException | None]
 class Echo:
     """Answers each call with its own message; calls to /x/Silent are never answered."""
 
+    def screen(self, call: ServerCall) -> None:
+        return None
+
     def on_call(self, connection: GrpcServerConnection, call: ServerCall, message: bytes) -> None:
         if call.path != b"/x/Silent":
             connection.reply(call, message)
