@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,13 +105,16 @@ def error_reply(exc: AppError, *, v2: bool) -> Reply:
     return Reply(exc.status_code, JSON, orjson.dumps(document), extra=extra)
 
 
+_VERSION = re.compile(r"[0-9]{1,10}")
+
+
 def parse_models_path(path: str) -> tuple[str, int | None, str]:
     """`/v2/models/{m}[/versions/{n}][/{action}]` -> (m, n, action); 404 for anything else."""
     parts = path.removeprefix("/v2/models/").rstrip("/").split("/")
     model, rest = parts[0], parts[1:]
     version = None
     if len(rest) >= 2 and rest[0] == "versions":
-        if not rest[1].isdigit():
+        if not _VERSION.fullmatch(rest[1]):  # ASCII digits: "²" and Arabic-Indic ones are digits to isdigit
             raise NotFound(f"version '{rest[1]}' of model '{model}' not found")
         version, rest = int(rest[1]), rest[2:]
     if not model or len(rest) > 1:

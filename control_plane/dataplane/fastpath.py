@@ -21,7 +21,7 @@ from control_plane.dataplane.connection import DRAIN_LIMIT, GuardedProtocol
 from control_plane.dataplane.exchange import Exchange, Reply, error_reply, parse_models_path
 from control_plane.dataplane.infer import begin, check_limits, observe, start_infer
 from control_plane.dataplane.uvicorn_compat import check_uvicorn
-from control_plane.errors import AppError, ServiceUnavailable
+from control_plane.errors import AppError, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,10 @@ class FastPathProtocol(GuardedProtocol):
         state = self._state()
         ex = request.ex = Exchange(dict(request.headers))
         try:
-            model, version, _ = parse_models_path(request.url.split(b"?", 1)[0].decode("latin-1"))
+            path = request.url.partition(b"?")[0].decode("latin-1")
+            model, version, action = parse_models_path(path)
+            if action != "infer":  # "/v2/models/infer" names a model, not an action: no route, as on ASGI
+                raise NotFound(f"no route for POST {path}")
             begin(state, ex, model=model, version=version)
             check_limits(state, ex)
         except Exception as caught:
@@ -99,7 +102,7 @@ class FastPathProtocol(GuardedProtocol):
         url = self.url
         return (
             url.startswith(b"/v2/models/")
-            and url.endswith(b"/infer")
+            and url.partition(b"?")[0].endswith(b"/infer")  # not a query's "?/infer"
             and self.parser.get_method() == b"POST"
             and self.parser.get_http_version() == "1.1"
             and not self.expect_100_continue

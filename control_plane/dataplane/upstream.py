@@ -34,7 +34,15 @@ class BadGateway(AppError):
 
 
 # Triton answers 500 to requests its JSON parser refuses; those are the client's mistakes.
-_CLIENT_MISTAKES = ("unable to parse", "failed to parse", "unexpected inference", "inference input")
+# Triton's 500s that are the request's fault: "Unable to set 'classification': ..." answers a bad output
+# parameter (a negative or non-integer class count, over HTTP; gRPC says INVALID_ARGUMENT itself).
+_CLIENT_MISTAKES = (
+    "unable to parse",
+    "failed to parse",
+    "unexpected inference",
+    "inference input",
+    "unable to set",
+)
 
 
 class UpstreamResponse:

@@ -254,3 +254,45 @@ def test_504_when_triton_is_too_slow(make_served: Callable[..., Api], tmp_path: 
         f"/v2/models/{d.model}/infer", json=SLOW_BODY, headers=_bearer(d.consumer_key)
     )
     _assert_v2_error(response, 504, "UpstreamTimeout")
+
+
+@pytest.mark.parametrize("version", ["%C2%B2", "%D9%A1", "1" * 5000, "-1", "1.0"])
+def test_a_version_that_is_not_ascii_digits_is_404_on_every_path(
+    served: Api, tmp_path: Path, version: str
+) -> None:
+    """Superscript two and Arabic-Indic one are digits to str.isdigit: the first was a 500 (int() refused
+    it), the second served version 1; 5000 digits were past int()'s limit, another 500."""
+    d = deploy_onnx(served, tmp_path)
+    headers = _bearer(d.consumer_key)
+    base = f"/v2/models/{d.model}/versions/{version}"
+    for answer in (
+        served.client.get(base, headers=headers),  # metadata (the ASGI path)
+        served.client.get(base + "/ready", headers=headers),
+        served.client.post(base + "/infer", json=BODY, headers=headers),  # the fast path
+        served.client.post(base + "/infer", json=BODY, headers={**headers, "Expect": "100-continue"}),
+    ):
+        _assert_v2_error(answer, 404, "NotFound", "of model")
+
+
+@pytest.mark.parametrize("path", ["/ready?/infer", "/config?x=/infer", "s/infer", ""])
+def test_only_an_infer_path_runs_an_inference_whatever_its_query(
+    served: Api, tmp_path: Path, path: str
+) -> None:
+    """The fast path took any POST whose URL ended in /infer, query included: POST .../ready?/infer
+    answered 200 with the model's outputs; POST /v2/models/infer inferred with a model named "infer"."""
+    d = deploy_onnx(served, tmp_path)
+    url = f"/v2/models/{d.model}{path}" if path else "/v2/models/infer"
+    answer = served.client.post(url, json=BODY, headers=_bearer(d.consumer_key))
+    assert answer.status_code in (404, 405), answer.text
+    assert "outputs" not in answer.text
+
+
+@pytest.mark.parametrize("value", [-1, "two", 1.5])
+def test_a_bad_classification_parameter_is_the_clients_400(served: Api, tmp_path: Path, value: Any) -> None:
+    """Triton answers such a parameter with a 500 "Unable to set 'classification'", which was passed on
+    as 502 (the server's fault); gRPC's own INVALID_ARGUMENT was right."""
+    d = deploy_onnx(served, tmp_path)
+    body = {**BODY, "outputs": [{"name": "y", "parameters": {"classification": value}}]}
+    answer = served.client.post(f"/v2/models/{d.model}/infer", json=body, headers=_bearer(d.consumer_key))
+    _assert_v2_error(answer, 400, "BadRequest", "classification")
+    assert d.triton_name not in answer.text
