@@ -14,6 +14,8 @@ from control_plane.dataplane.upstream import UpstreamResponse
 from control_plane.errors import AppError, NotFound
 from control_plane.routing.router import Resolved
 
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")  # as the management API takes it (middleware)
+
 JSON = b"application/json"
 
 
@@ -58,13 +60,18 @@ class Exchange:
             self.upstream_s = time.perf_counter() - began
 
     def response_headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
-        """Content type and length, Server-Timing (`_server_timing`), and the reply's own headers."""
-        return [
+        """Content type and length, Server-Timing (`_server_timing`), the reply's own headers, and the
+        client's `X-Request-ID` (`request_id`)."""
+        headers = [
             (b"content-type", reply.content_type),
             (b"content-length", str(len(reply.head) + len(reply.tail)).encode()),
             (b"server-timing", self._server_timing(reply)),
             *reply.extra,
         ]
+        request_id = self.request_id()
+        if request_id is not None:
+            headers.append((b"x-request-id", request_id))
+        return headers
 
     def response_header_block(self, reply: Reply) -> bytes:
         """`response_headers` as HTTP/1.1 header lines, for the fast path's single write."""
@@ -75,7 +82,16 @@ class Exchange:
         )
         for name, value in reply.extra:
             block += b"%s: %s\r\n" % (name, value)
+        request_id = self.request_id()
+        if request_id is not None:
+            block += b"x-request-id: %s\r\n" % request_id
         return block
+
+    def request_id(self) -> bytes | None:
+        """The client's `X-Request-ID`, echoed on the answer when it is safe to (1-64 characters of
+        letters, digits and `._:-`, as the management API takes it); the data plane makes none."""
+        given = self.headers.get(b"x-request-id")
+        return given if given is not None and _SAFE_REQUEST_ID.fullmatch(given) else None
 
     def _server_timing(self, reply: Reply) -> bytes:
         """The reply's status noted; `server_timing`."""

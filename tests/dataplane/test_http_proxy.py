@@ -186,3 +186,31 @@ def test_large_binary_tensors_round_trip_through_the_proxy(served: Api, tmp_path
         result = proxy.infer(d.model, [tensor], outputs=outputs, headers=headers)
     assert np.array_equal(result.as_numpy("OUTPUT0"), data)
     assert result.get_response()["model_name"] == d.model
+
+
+def test_a_clients_request_id_is_echoed_on_every_inference_answer(served: Api, tmp_path: Path) -> None:
+    """On the fast path, the ASGI path (Expect: 100-continue), /v1/predict, metadata and errors alike; an
+    unsafe one is not echoed (the management API makes one of its own instead)."""
+    d = deploy_onnx(served, tmp_path)
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X[0].tolist()}]}
+    key = {"Authorization": f"Bearer {d.consumer_key}"}
+    infer = f"/v2/models/{d.model}/infer"
+    for headers in ({}, {"Expect": "100-continue"}):
+        answer = served.client.post(
+            infer, json=body, headers={**key, **headers, "X-Request-ID": "job-42.a:b"}
+        )
+        assert answer.status_code == 200 and answer.headers["x-request-id"] == "job-42.a:b", headers
+    predict = served.client.post(
+        f"/v1/predict/{d.model}",
+        json={"inputs": {"x": X[:1].tolist()}},
+        headers={**key, "X-Request-ID": "p1"},
+    )
+    assert predict.status_code == 200 and predict.headers["x-request-id"] == "p1"
+    metadata = served.client.get(f"/v2/models/{d.model}", headers={**key, "X-Request-ID": "m1"})
+    assert metadata.status_code == 200 and metadata.headers["x-request-id"] == "m1"
+    missing = served.client.post("/v2/models/nope/infer", json=body, headers={**key, "X-Request-ID": "e1"})
+    assert missing.status_code == 404 and missing.headers["x-request-id"] == "e1"
+    for unsafe in ("a b", "x" * 65, "<script>"):
+        answer = served.client.post(infer, json=body, headers={**key, "X-Request-ID": unsafe})
+        assert answer.status_code == 200 and "x-request-id" not in answer.headers, unsafe
+    assert "x-request-id" not in served.client.post(infer, json=body, headers=key).headers
