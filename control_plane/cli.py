@@ -7,10 +7,14 @@ import gc
 import logging
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 import uvicorn
+from alembic.util.exc import CommandError
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from uvicorn.config import STARTUP_FAILURE
 
 from control_plane.client.cli import register as register_client_commands
@@ -28,22 +32,68 @@ app.add_typer(triton_app, name="triton", help="Run the bundled Triton Inference 
 register_client_commands(app)  # login, tenants, keys, models, versions, aliases, ... on the SDK
 
 
+def _settings() -> Settings:
+    """The process's settings, or exit 2 naming each bad CP_* variable (no traceback)."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = "_".join(str(part) for part in error["loc"])
+            given = (
+                f" (got {error['input']!r})"
+                if "input" in error and not isinstance(error["input"], dict)
+                else ""
+            )
+            typer.echo(f"control-plane: CP_{field.upper()}: {error['msg']}{given}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _registry_errors(command: str) -> Iterator[None]:
+    """The database's own refusals (unreachable, a missing folder, not migrated) as one line, exit 1."""
+    try:
+        yield
+    except (CommandError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        typer.echo(f"control-plane {command}: the registry database (CP_DATABASE_URL): {reason}", err=True)
+        raise typer.Exit(1) from None
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Upgrade the registry database (CP_DATABASE_URL) to a revision."""
-    migrate.upgrade(get_settings().database_url, revision)
+    with _registry_errors("db upgrade"):
+        migrate.upgrade(_settings().database_url, revision)
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: str = typer.Argument(...)) -> None:
     """Downgrade the registry database to a revision ('base' drops everything)."""
-    migrate.downgrade(get_settings().database_url, revision)
+    with _registry_errors("db downgrade"):
+        migrate.downgrade(_settings().database_url, revision)
 
 
 @db_app.command("check")
 def db_check() -> None:
-    """Fail when the models and the migrations have drifted apart."""
-    migrate.check(get_settings().database_url)
+    """Fail when the database is not at this release's latest migration, or the models and the
+    migrations have drifted apart."""
+    url = _settings().database_url
+    with _registry_errors("db check"):
+        _require_migrated(url, "db check")
+        migrate.check(url)
+
+
+def _require_migrated(url: str, command: str) -> None:
+    """Exit 1 saying what to run when the database is behind (or ahead of) this release's migrations."""
+    current, head = migrate.revisions(url)
+    if current != head:
+        at = "has no tables of ours yet" if current is None else f"is at migration {current}"
+        typer.echo(
+            f"control-plane {command}: the registry database (CP_DATABASE_URL) {at}, this release needs "
+            f"{head}: run `control-plane db upgrade`",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command("serve")
@@ -58,7 +108,7 @@ def serve(
     ),
 ) -> None:
     """Serve the API (and the embedded Triton when CP_TRITON_EMBEDDED is set) until SIGINT/SIGTERM."""
-    settings = get_settings()
+    settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     http_setting = "--port" if port else "CP_HTTP_PORT"
     host, port = host or settings.http_host, port or settings.http_port
@@ -73,6 +123,8 @@ def serve(
     except ListenError as exc:
         typer.echo(f"control-plane serve: {exc}", err=True)
         raise typer.Exit(1) from None
+    with _registry_errors("serve"):  # then the registry: one line, not the app's start-up traceback
+        _require_migrated(settings.database_url, "serve")
     log.info(
         "listening on %s (HTTP)%s; serving once started",
         ", ".join(addresses(http_sockets)),

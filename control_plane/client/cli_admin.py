@@ -28,6 +28,8 @@ def login(
     key = key or typer.prompt("API key", hide_input=True)
     with ControlPlane(url, key) as cp:
         visible = [t.name for t in cp.tenants.list()]  # 401 for a bad key, before anything is saved
+        if tenant:
+            cp.tenants.get(tenant)  # 404 for a tenant the key cannot see, before anything is saved
     path = config.save(config.Profile(url=url, key=key, tenant=tenant or saved.tenant))
     sees = ", ".join(visible[:5]) + (" ..." if len(visible) > 5 else "") if visible else "no tenants yet"
     typer.echo(f"logged in to {url} (sees {sees}); saved in {path}")

@@ -226,6 +226,11 @@ def test_login_keeps_url_and_key_private_and_env_overrides(
     saved = tmp_path / "config" / "control-plane" / "config.json"
     refused = run("login", "--url", base_url, "--key", "wrong", env={"CP_URL": ""})
     assert refused.exit_code == 3 and not saved.exists()
+    unknown = run(
+        "login", "--url", base_url, "--key", stack.admin_token, "-t", "no-such-tenant", env={"CP_URL": ""}
+    )
+    assert unknown.exit_code != 0 and "tenant 'no-such-tenant' not found" in unknown.stderr, unknown.output
+    assert not saved.exists()  # was saved, and every later command failed with that 404
 
     logged_in = ok(run("login", "--url", base_url, "--key", stack.admin_token, env={"CP_URL": ""}))
 
