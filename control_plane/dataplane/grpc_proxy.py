@@ -42,7 +42,15 @@ from control_plane.dataplane.grpc_check import (
 from control_plane.dataplane.grpc_errors import BY_NUMBER, Code, RpcFailure, triton_failure, upstream_failure
 from control_plane.dataplane.grpc_server import GrpcServerConnection, ServerCall, ServerLimits
 from control_plane.dataplane.h2client import GrpcAnswer, H2Pool
-from control_plane.dataplane.infer import Gone, begin, check_rate, observe, start_forward
+from control_plane.dataplane.infer import (
+    Gone,
+    begin,
+    check_rate,
+    loaded_on_demand,
+    observe,
+    start_forward,
+    wait_resident,
+)
 from control_plane.dataplane.rewrite import HIDDEN_EXTENSIONS
 from control_plane.errors import AppError, ClientClosed, UpstreamTimeout
 from control_plane.routing.router import ModelLoading, Resolved
@@ -441,16 +449,20 @@ class GrpcProxy:
 
     async def _model_ready(self, request: Any, call: ServerCall) -> Any:
         try:
-            resolved = self._resolve(call, request.name, request.version)
+            ex = self._resolve(call, request.name, request.version)
         except AppError as exc:  # unknown and loading read as "not ready", as Triton says
             if exc.status_code == 404 or isinstance(exc, ModelLoading):
                 return pb.ModelReadyResponse(ready=False)
             raise
+        if loaded_on_demand(self.state, ex):
+            return pb.ModelReadyResponse(ready=True)
+        resolved = ex.resolved
+        assert resolved is not None
         upstream_request = pb.ModelReadyRequest(name=resolved.triton_name)
         return await self._call(self._stub(resolved.triton_name).ModelReady, upstream_request, call, resolved)
 
     async def _model_metadata(self, request: Any, call: ServerCall) -> Any:
-        resolved = self._resolve(call, request.name, request.version)
+        resolved = await self._resolve_resident(call, request.name, request.version)
         upstream_request = pb.ModelMetadataRequest(name=resolved.triton_name)
         stub = self._stub(resolved.triton_name)
         answer = await self._call(stub.ModelMetadata, upstream_request, call, resolved)
@@ -458,7 +470,7 @@ class GrpcProxy:
         return await asyncio.to_thread(_hide_internal_name, answer, resolved)
 
     async def _model_config(self, request: Any, call: ServerCall) -> Any:
-        resolved = self._resolve(call, request.name, request.version)
+        resolved = await self._resolve_resident(call, request.name, request.version)
         upstream_request = pb.ModelConfigRequest(name=resolved.triton_name)
         answer = await self._call(
             self._stub(resolved.triton_name).ModelConfig, upstream_request, call, resolved
@@ -480,10 +492,16 @@ class GrpcProxy:
         """Authenticate the call, counting its key's use."""
         self.state.key_usage.touch(self._authenticate(call).key_id)
 
-    def _resolve(self, call: ServerCall, model: str, version: str) -> Resolved:
+    def _resolve(self, call: ServerCall, model: str, version: str) -> Exchange:
         """Authenticate and resolve through the core, as ModelInfer does."""
         ex = Exchange(call.headers, protocol="grpc")
         begin(self.state, ex, model=model, version=_version_number(version))
+        return ex
+
+    async def _resolve_resident(self, call: ServerCall, model: str, version: str) -> Resolved:
+        """`_resolve`, then the version loaded on demand if it is not resident (`wait_resident`)."""
+        ex = self._resolve(call, model, version)
+        await wait_resident(self.state, ex)
         assert ex.resolved is not None
         return ex.resolved
 

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from control_plane.dataplane import predict
 from control_plane.dataplane.auth import authorize_metrics, require_key
 from control_plane.dataplane.exchange import JSON, Exchange, Reply, error_reply, parse_models_path
-from control_plane.dataplane.infer import begin, check_limits, infer, observe
+from control_plane.dataplane.infer import begin, check_limits, infer, loaded_on_demand, observe, wait_resident
 from control_plane.dataplane.requests import Call, read_body, send_response, watching_for_hangup
 from control_plane.dataplane.rewrite import rewrite_metadata, server_metadata
 from control_plane.dataplane.upstream import triton_error
@@ -112,6 +112,8 @@ async def _config(state: AppState, call: Call) -> None:
 async def _forward_metadata(state: AppState, call: Call, suffix: str) -> None:
     resolved = call.ex.resolved
     assert resolved is not None
+    async with watching_for_hangup(call):
+        await wait_resident(state, call.ex)
     upstream = await call.ex.timed(
         state.upstream.request(b"GET", f"/v2/models/{resolved.triton_name}{suffix}")
     )
@@ -126,6 +128,9 @@ async def _forward_metadata(state: AppState, call: Call, suffix: str) -> None:
 async def _ready(state: AppState, call: Call) -> None:
     resolved = call.ex.resolved
     assert resolved is not None
+    if loaded_on_demand(state, call.ex):
+        await call.respond(Reply(200, JSON, b""))
+        return
     upstream = await call.ex.timed(state.upstream.request(b"GET", f"/v2/models/{resolved.triton_name}/ready"))
     if upstream.status != 200:
         raise ModelLoading(f"model '{resolved.model}' version {resolved.version} is not ready", retry_after=2)

@@ -101,6 +101,48 @@ def start_forward(
         raise
 
 
+def loaded_on_demand(state: AppState, ex: Exchange) -> bool:
+    """Whether the resolved version is not resident: a registered version the next inference loads (a
+    readiness check answers it ready without asking Triton, which does not have it; loading it for a
+    readiness check would load every model a health check lists)."""
+    assert ex.resolved is not None
+    return ex.resolved.triton_name not in state.residency.resident
+
+
+async def wait_resident(state: AppState, ex: Exchange) -> None:
+    """Before a metadata or config call, for every protocol: a version that is not resident is loaded on
+    demand and waited for as an inference is (503 with Retry-After when the wait is over or the load
+    failed), holding one of the tenant's slots and after one of its tokens, as such a call costs a load.
+    Before this, such calls answered 503 with a Retry-After that never came true: nothing loaded it."""
+    resolved, caller = ex.resolved, ex.caller
+    assert resolved is not None and caller is not None
+    if resolved.triton_name in state.residency.resident:
+        return
+    check_rate(state, ex)
+    state.limits.acquire(caller.tenant_id)
+    future: asyncio.Future[AppError | None] = asyncio.get_running_loop().create_future()
+
+    def done(error: AppError | None) -> None:
+        if not future.done():
+            future.set_result(error)
+
+    began = time.perf_counter()
+    try:
+        cancel = ex.cancel = state.residency.when_resident(resolved, done)  # a hang-up ends the wait
+        try:
+            error = await future
+        except asyncio.CancelledError:
+            if cancel is not None:
+                cancel()
+            raise
+    finally:
+        ex.cancel = None
+        ex.waited_s += time.perf_counter() - began
+        state.limits.release(caller.tenant_id)
+    if error is not None:
+        raise error
+
+
 def _send(
     state: AppState,
     ex: Exchange,

@@ -109,7 +109,7 @@ def cold(
 ) -> Iterator[Cold]:
     url = create_database()
     migrate.upgrade(url)
-    names = [f"c{i}" for i in range(6)]
+    names = [f"c{i}" for i in range(9)]
     with ExitStack() as stack:
         triton = stack.enter_context(
             private_triton(
@@ -270,3 +270,60 @@ def test_the_tenant_limit_refuses_before_the_wait_and_hits_never_go_negative(col
     hits = next(line for line in metrics.splitlines() if line.startswith("cp_residency_hits_total"))
     assert float(hits.rsplit(" ", 1)[1]) >= 0 and stats.hits >= 0
     cold.settled(model)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_metadata_of_a_cold_version_loads_it_and_readiness_answers_without_loading(
+    cold: Cold, protocol: str
+) -> None:
+    """Metadata and config of a version not loaded answered 503 with a Retry-After that never came true
+    (nothing loaded it; gRPC said UNAVAILABLE "not loaded right now: ... not found"), and readiness said
+    not ready for ever. Stock clients ask for metadata before their first inference. Now metadata and
+    config wait for the version's load, as an inference does; readiness answers ready without loading
+    it (a request would load it; loading for readiness checks would load every model a health check
+    lists)."""
+    model = next(cold.models)
+    name = cold.name_of(model)
+    headers = {"authorization": f"Bearer {cold.consumer}"}  # gRPC metadata keys are lower-case
+    grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{cold.api.settings.grpc_port}")
+    try:
+        if protocol == "http":
+            ready = cold.api.client.get(f"/v2/models/{model}/versions/1/ready", headers=headers)
+            assert ready.status_code == 200, ready.text
+        else:
+            assert grpc.is_model_ready(model, "1", headers=headers) is True
+        time.sleep(0.5)
+        assert name not in cold.api.state.residency.resident and not cold.triton.client.is_model_ready(name)
+
+        if protocol == "http":
+            metadata = cold.api.client.get(f"/v2/models/{model}/versions/1", headers=headers, timeout=60)
+            assert metadata.status_code == 200, metadata.text
+            assert metadata.json()["name"] == model and name not in metadata.text
+            assert "load;dur=" in metadata.headers["server-timing"]
+            config = cold.api.client.get(f"/v2/models/{model}/versions/1/config", headers=headers)
+            assert config.status_code == 200 and name not in config.text, config.text
+        else:
+            answer = grpc.get_model_metadata(model, "1", headers=headers, client_timeout=60)
+            assert answer.name == model and [t.name for t in answer.inputs] == ["INPUT0"]
+            assert grpc.get_model_config(model, "1", headers=headers).config.name == model
+        assert cold.triton.client.is_model_ready(name)
+        assert cold.inferences(model) == 0  # loaded, not inferred
+    finally:
+        grpc.close()
+
+
+def test_a_metadata_request_whose_client_hangs_up_stops_waiting(cold: Cold) -> None:
+    """A GET's handler reads no body: the hang-up watch took the empty body's message for the end and
+    stopped watching."""
+    model = next(cold.models)
+    stats = cold.api.state.residency.stats
+    abandoned = stats.abandoned
+    port = int(str(cold.api.client.base_url).rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /v2/models/%s/versions/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+            % (model.encode(), cold.consumer.encode())
+        )
+        time.sleep(0.3)  # the request waits for the load
+    cold.settled(model)
+    assert stats.abandoned - abandoned == 1
