@@ -13,7 +13,11 @@ from control_plane.client.errors import ConnectionFailed, ControlPlaneError, err
 
 
 def path(*segments: str | int) -> str:
-    """An API path with every segment percent-encoded (`path("v1", "tenants", t)` -> `/v1/tenants/t`)."""
+    """An API path with every segment percent-encoded (`path("v1", "tenants", t)` -> `/v1/tenants/t`); an
+    empty one is a ValueError (`tenants.delete("")` sent `DELETE /v1/tenants/`, which the server
+    redirected, and reported success)."""
+    if any(str(s) == "" for s in segments):
+        raise ValueError("a name may not be empty")
     return "/" + "/".join(quote(str(s), safe="") for s in segments)
 
 
@@ -67,6 +71,8 @@ class Connection:
             raise ConnectionFailed(f"cannot reach the control plane at {self.url}: {exc}") from exc
         if response.status_code >= 400:
             raise error_for(response)
+        if response.status_code >= 300:  # the API redirects nothing it serves: not the request meant
+            raise ControlPlaneError(f"unexpected answer {response.status_code} to {method} {url}")
         return response
 
     def json(self, method: str, url: str, **kwargs: Any) -> Any:

@@ -20,7 +20,7 @@ from control_plane.lifecycle.schemas import AliasMove, HistoryEntry
 from control_plane.paging import Listing, Page, cut
 from control_plane.registry import repository
 from control_plane.registry.aliases import check_may_move
-from control_plane.registry.exceptions import AliasNotFound, VersionConflict
+from control_plane.registry.exceptions import AliasNotFound, ModelNotFound, VersionConflict
 from control_plane.registry.versions import get_version, public_state_message
 from control_plane.routing.table import public_reason
 from control_plane.state import AppState
@@ -279,7 +279,8 @@ def switch(
 ) -> AliasMove:
     """Point the alias at `version` (row-locked, so concurrent moves serialize), with history and audit."""
     now = datetime.now(UTC)
-    repository.hold_model(session, model)  # SQLite: what is read next is current (nothing slow follows)
+    if not repository.hold_model(session, model):  # SQLite: what is read next is current
+        raise ModelNotFound(tenant.name, model.name)
     alias = repository.get_alias(session, model_id=model.id, name=alias_name, lock=True)
     previous: ModelVersion | None = None
     dropped: set[int] = set()

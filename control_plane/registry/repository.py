@@ -50,11 +50,15 @@ def lock_live_models(session: Session, *, tenant_id: int) -> list[Model]:
     return list(session.scalars(stmt))
 
 
-def hold_model(session: Session, model: Model) -> None:
-    """Before an alias change reads what it replaces, right after `lock_model` or any load: on SQLite,
+def hold_model(session: Session, model: Model) -> bool:
+    """Before a change of the model reads what it changes, right after `lock_model` or any load: on SQLite,
     which ignores that lock, the database's write lock (`sqlite_write_lock`), so two moves of one alias
-    cannot both read the same previous version. Never before a load (it would stall the loader)."""
+    cannot both read the same previous version. Never before a load (it would stall the loader). Then
+    `model` is read afresh; whether it is still live (on SQLite it may have been deleted, its tenant with
+    it, since the caller read it: the change would land in a deleted model)."""
     sqlite_write_lock(session, Model, model.id)
+    fresh = session.get(Model, model.id, populate_existing=True)
+    return fresh is not None and fresh.deleted_at is None
 
 
 def list_models(session: Session, *, tenant_id: int, page: Page[str] | None = None) -> list[Model]:

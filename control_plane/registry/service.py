@@ -36,13 +36,15 @@ from control_plane.tenants.exceptions import TenantNotFound
 
 
 def get_model(session: Session, *, tenant: Tenant, name: str, lock: bool = False) -> Model:
-    """A live model of the tenant, or 404."""
+    """A live model of the tenant, or 404. With `lock`, for a change of the model: locked (on SQLite, the
+    database's write lock, `repository.hold_model`: the callers load nothing before they commit) and read
+    afresh, and 404 if it was deleted meanwhile."""
     model = (
         repository.get_model(session, tenant_id=tenant.id, name=name, lock=lock)
         if is_valid_name(name)
         else None
     )
-    if model is None:
+    if model is None or (lock and not repository.hold_model(session, model)):
         raise ModelNotFound(tenant.name, name)
     return model
 

@@ -302,3 +302,8 @@ def test_tenants_delete_asks_first_and_then_the_tenant_is_gone(stack: Api, run: 
     assert stack.client.get(f"/v1/tenants/{tenant}", headers=stack.headers()).status_code == 404
     again = run("tenants", "delete", tenant, "-y", key=admin)
     assert again.exit_code != 0 and f"tenant '{tenant}' not found" in again.stderr, again.output
+
+
+def test_deleting_a_tenant_of_no_name_is_a_usage_error(stack: Api, run: Run) -> None:
+    result = run("tenants", "delete", "", "--yes", key=stack.admin_token)
+    assert result.exit_code == 2 and "a name may not be empty" in result.stderr, result.output

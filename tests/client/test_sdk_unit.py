@@ -285,3 +285,19 @@ def test_a_key_with_an_expiry_sends_it_as_iso_8601_and_a_naive_time_is_refused()
     with pytest.raises(ValueError, match="timezone-aware"):
         cp.keys.create("acme", role="consumer", expires_at=datetime(2027, 1, 1))
     assert len(sent) == 2
+
+
+def test_an_empty_name_or_a_redirect_is_never_taken_for_success() -> None:
+    """`tenants.delete("")` sent `DELETE /v1/tenants/`, which the server answers with a redirect (307) to
+    the listing: the SDK returned as if it had deleted a tenant, and the CLI said so."""
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(307, headers={"location": "http://cp.test/v1/tenants"})
+
+    with pytest.raises(ValueError, match="a name may not be empty"):
+        client(handler).tenants.delete("")
+    assert sent == []
+    with pytest.raises(ControlPlaneError, match="unexpected answer 307 to DELETE"):
+        client(handler).tenants.delete("acme")

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from tritonclient.utils import InferenceServerException
 
-from control_plane.db.models import ApiKey, Model, Tenant
+from control_plane.db.models import Alias, ApiKey, Model, ModelVersion, Tenant
 from control_plane.registry import service as registry_service
 from control_plane.tenants import repository as tenant_repository
 from tests.contract.test_api_keys import BODY, grpc_infer
@@ -40,8 +40,10 @@ def _infer(api: Api, model: str, key: str) -> httpx.Response:
     return response
 
 
-def _audit(api: Api, tenant: str, action: str) -> list[dict[str, Any]]:
-    answer = api.client.get("/v1/audit", params={"tenant": tenant, "action": action}, headers=api.headers())
+def _audit(api: Api, tenant: str, action: str | None) -> list[dict[str, Any]]:
+    """The tenant's audit events (of `action`; None: all), newest first."""
+    params = {"tenant": tenant, **({"action": action} if action else {})}
+    answer = api.client.get("/v1/audit", params=params, headers=api.headers())
     assert answer.status_code == 200, answer.text
     return list(answer.json())
 
@@ -236,3 +238,82 @@ def test_two_deletes_at_once_give_one_204_and_one_404(
     assert sorted(a.status_code for a in answers) == [204, 404], [a.text for a in answers]
     assert len(_audit(api, d.tenant, "tenant.delete")) == 1
     assert len(_audit(api, d.tenant, "model.delete")) == 1
+
+
+def _upload(api: Api, d: Any) -> httpx.Response:
+    return api.upload(d.tenant, d.model, d.artifact)
+
+
+CHANGES: dict[str, Callable[[Api, Any], httpx.Response]] = {
+    "upload": _upload,
+    "promote": lambda api, d: api.client.put(
+        f"/v1/tenants/{d.tenant}/models/{d.model}/aliases/canary", json={"version": 1}, headers=api.headers()
+    ),
+    "traffic": lambda api, d: api.client.put(
+        f"/v1/tenants/{d.tenant}/models/{d.model}/aliases/production/traffic",
+        json={"routes": [], "shadow": {"version": 1, "percent": 50}},
+        headers=api.headers(),
+    ),
+    "pins": lambda api, d: api.client.put(
+        f"/v1/tenants/{d.tenant}/models/{d.model}/placement",
+        json={"pinned_aliases": ["production"]},
+        headers=api.headers(),
+    ),
+    "patch": lambda api, d: api.client.patch(
+        f"/v1/tenants/{d.tenant}/models/{d.model}", json={"max_batch_size": 4}, headers=api.headers()
+    ),
+    "delete": lambda api, d: api.client.delete(
+        f"/v1/tenants/{d.tenant}/models/{d.model}", headers=api.headers()
+    ),
+}
+
+
+@pytest.mark.parametrize("registry", ["postgres", "sqlite"])
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_change_of_a_model_racing_its_tenants_delete_is_404_and_lands_nowhere(
+    make_api: Callable[..., Api],
+    tmp_path: Path,
+    registry: str,
+    change: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The change reads the model while the delete holds its locks, and writes after the delete commits.
+    On SQLite, which ignores the model's row lock, each went ahead (201, 200, 204): an upload left a live
+    version (its artifact never freed) in the deleted model, a promote a new alias, and every one an
+    audit event after `tenant.delete`. (Found by a review; Postgres refused them all.)"""
+    api = on_registry(make_api, tmp_path, registry)
+    d = deploy_onnx(api, tmp_path)
+    paused, go = threading.Event(), threading.Event()
+    real_mark = registry_service.mark_deleted
+
+    def pause_delete(session: Any, **kwargs: Any) -> None:
+        if not paused.is_set():
+            paused.set()
+            go.wait(20)
+        real_mark(session, **kwargs)
+
+    monkeypatch.setattr(registry_service, "mark_deleted", pause_delete)
+    with ThreadPoolExecutor(2) as pool:
+        deleting = pool.submit(_delete, api, d.tenant)
+        assert paused.wait(30)
+        changing = pool.submit(CHANGES[change], api, d)
+        time.sleep(0.5)  # it has read the model, and waits for the delete's locks to write
+        go.set()
+        deleted, changed = deleting.result(), changing.result()
+    assert deleted.status_code == 204, deleted.text
+    assert changed.status_code == 404, changed.text
+    with api.state.session_factory() as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == d.tenant))
+        live = session.scalar(
+            select(func.count())
+            .select_from(ModelVersion)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .where(Model.tenant_id == tenant_id, ModelVersion.state != "retired")
+        )
+        assert live == 0
+        aliases = session.scalar(
+            select(func.count()).select_from(Alias).join(Model).where(Model.tenant_id == tenant_id)
+        )
+    actions = [e["action"] for e in reversed(_audit(api, d.tenant, None))]
+    assert actions[-1] == "tenant.delete", actions  # nothing audited after it
+    assert aliases == 1  # production, kept with its deleted model; no new one
