@@ -69,6 +69,9 @@ class _Tally:
         )
 
 
+TENANT_SHARE = 4  # one tenant may hold at most a quarter of the pending shadow requests
+
+
 class ShadowMirror:
     """Mirrors a share of an alias' traffic to its shadow version in background tasks, and keeps score."""
 
@@ -83,6 +86,10 @@ class ShadowMirror:
     ):
         self.upstream = upstream
         self.max_pending = max_pending
+        # One tenant's share of the pending requests: a slow shadow version of one tenant held all 64, and
+        # every other tenant's shadow requests were skipped while it did.
+        self.max_pending_per_tenant = max(1, max_pending // TENANT_SHARE)
+        self._pending_of: dict[str, int] = {}
         self.rtol, self.atol = rtol, atol
         self._tasks: set[asyncio.Task[None]] = set()
         self._tallies: dict[Key, _Tally] = {}
@@ -124,7 +131,9 @@ class ShadowMirror:
         tally = self._tally(key, version)
         if random.random() * 100 >= percent:  # noqa: S311 - sampling, not security
             return
-        if len(self._tasks) >= self.max_pending:
+        tenant = resolved.tenant
+        held = self._pending_of.get(tenant, 0)
+        if len(self._tasks) >= self.max_pending or held >= self.max_pending_per_tenant:
             self._record(key, tally, "skipped")
             return
         try:
@@ -137,7 +146,17 @@ class ShadowMirror:
             return
         tally.requests += 1
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._pending_of[tenant] = held + 1
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._tasks.discard(done)
+            left = self._pending_of.get(tenant, 1) - 1
+            if left > 0:
+                self._pending_of[tenant] = left
+            else:
+                self._pending_of.pop(tenant, None)
+
+        task.add_done_callback(finished)
 
     def stats(self, *, tenant: str, model: str, alias: str) -> ShadowStats | None:
         """The alias' shadow results, or None if it has not had shadow traffic."""
