@@ -117,8 +117,8 @@ class Version(_Out):
     state_message: str | None = None
     sha256: str
     size_bytes: int
-    artifact_uri: str = ""
-    triton_name: str = ""
+    artifact_uri: str | None = None  # admins only
+    triton_name: str | None = None  # admins only
     signature: dict[str, Any] = {}
     config: str | None = None
     serving: dict[str, Any] = {}

@@ -116,7 +116,9 @@ def version_page(
         owner = tenants.visible(session, ctx=user.ctx, name=tenant)
         found = models.get_model(session, tenant=owner, name=model)
         detail = versions.describe(
-            versions.get_version(session, model=found, number=number), model=found.name
+            versions.get_version(session, model=found, number=number),
+            model=found.name,
+            internal=user.is_admin,
         )
     context = {"tenant": owner.name, "model": found.name, "v": detail, "memory": measured_memory(detail)}
     return page(request, "version.html", context)

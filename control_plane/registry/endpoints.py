@@ -166,7 +166,7 @@ async def upload_version(
             stream=upload.file,
             example=example.file if example is not None else None,
         )
-    return versions.describe(version, model=found.name)
+    return versions.describe(version, model=found.name, internal=ctx.principal.is_admin)
 
 
 @router.get("/{model}/versions", response_model=list[VersionOut])
@@ -182,7 +182,8 @@ def list_versions(
     """The model's versions, oldest first (paged: `limit`, `after`, `Link: rel="next"`)."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
     found = service.get_model(session, tenant=owner, name=model)
-    return paging.answer(request, response, versions.page_for(session, model=found, page=page), page)
+    listed = versions.page_for(session, model=found, page=page, internal=ctx.principal.is_admin)
+    return paging.answer(request, response, listed, page)
 
 
 @router.get("/{model}/versions/{number}", response_model=VersionOut)
@@ -193,11 +194,17 @@ def get_version(
     ctx: RequestContext = Depends(request_context),
     session: Session = Depends(get_session, scope="function"),
 ) -> VersionOut:
-    """One version: state (with Triton's message), sha256, size, signature, generated config, Triton name."""
+    """One version: state (with Triton's message), sha256, size, signature, generated config; where its
+    artifact is stored and its name in Triton for admins."""
     owner = tenants.visible(session, ctx=ctx, name=tenant)
     found = service.get_model(session, tenant=owner, name=model)
     version = versions.get_version(session, model=found, number=number)
-    return versions.describe(version, model=found.name, resident_on=versions.resident_on(session, version.id))
+    return versions.describe(
+        version,
+        model=found.name,
+        resident_on=versions.resident_on(session, version.id),
+        internal=ctx.principal.is_admin,
+    )
 
 
 @router.delete("/{model}/versions/{number}", response_model=VersionOut)
@@ -215,6 +222,7 @@ def delete_version(
     return versions.describe(
         versions.retire(session, ctx=ctx, state=state, tenant=owner, model=found, number=number),
         model=found.name,
+        internal=ctx.principal.is_admin,
     )
 
 
@@ -233,7 +241,9 @@ async def load_version(
     def load() -> VersionOut:
         owner = tenants.visible(session, ctx=ctx, name=tenant)
         found = service.get_model(session, tenant=owner, name=model)
-        return versions.load(session, state=state, model=found, number=number)
+        return versions.load(
+            session, state=state, model=found, number=number, internal=ctx.principal.is_admin
+        )
 
     return await waiting_for_loads(state, load)
 
@@ -256,4 +266,5 @@ def redeploy_version(
     return versions.describe(
         versions.redeploy(session, ctx=ctx, state=state, tenant=owner, model=found, number=number),
         model=found.name,
+        internal=ctx.principal.is_admin,
     )

@@ -125,8 +125,8 @@ class VersionOut(BaseModel):
     memory_unreturned_bytes: int | None = None
     sha256: str
     size_bytes: int
-    artifact_uri: str
-    triton_name: str
+    artifact_uri: str | None = Field(None, description="where the artifact is stored: admins only")
+    triton_name: str | None = Field(None, description="the version's name in Triton: admins only")
     signature: dict[str, Any]
     config: str | None
     serving: Serving

@@ -189,7 +189,9 @@ def register(
     return version
 
 
-def load(session: Session, *, state: AppState, model: Model, number: int) -> VersionOut:
+def load(
+    session: Session, *, state: AppState, model: Model, number: int, internal: bool = False
+) -> VersionOut:
     """Load a version and wait until it is resident or failed (or the load wait is over)."""
     version = get_version(session, model=model, number=number)
     version_id = version.id
@@ -207,7 +209,7 @@ def load(session: Session, *, state: AppState, model: Model, number: int) -> Ver
     fresh = session.get_one(ModelVersion, version_id, populate_existing=True)
     if fresh.state == "retired":  # deleted while it loaded: gone, as it is for every other request
         raise VersionNotFound(model.name, number)
-    return describe(fresh, model=model.name, resident_on=resident_on(session, version_id))
+    return describe(fresh, model=model.name, resident_on=resident_on(session, version_id), internal=internal)
 
 
 def resident_on(session: Session, version_id: int) -> list[str]:
@@ -223,15 +225,20 @@ def get_version(session: Session, *, model: Model, number: int) -> ModelVersion:
     return version
 
 
-def list_for(session: Session, *, model: Model) -> list[VersionOut]:
-    """The model's non-retired versions, oldest first."""
-    return [describe(v, model=model.name) for v in repository.list_versions(session, model_id=model.id)]
+def list_for(session: Session, *, model: Model, internal: bool = False) -> list[VersionOut]:
+    """The model's non-retired versions, oldest first (`internal`: as `describe`)."""
+    rows = repository.list_versions(session, model_id=model.id)
+    return [describe(v, model=model.name, internal=internal) for v in rows]
 
 
-def page_for(session: Session, *, model: Model, page: Page[int]) -> Listing[VersionOut]:
-    """One page of the model's non-retired versions, oldest first."""
+def page_for(
+    session: Session, *, model: Model, page: Page[int], internal: bool = False
+) -> Listing[VersionOut]:
+    """One page of the model's non-retired versions, oldest first (`internal`: as `describe`)."""
     rows = repository.list_versions(session, model_id=model.id, page=page)
-    return cut(rows, page, key=lambda v: v.version).map(lambda v: describe(v, model=model.name))
+    return cut(rows, page, key=lambda v: v.version).map(
+        lambda v: describe(v, model=model.name, internal=internal)
+    )
 
 
 def public_state_message(version: ModelVersion, model: str) -> str | None:
@@ -242,8 +249,15 @@ def public_state_message(version: ModelVersion, model: str) -> str | None:
     return public_reason(message, version.triton_name, model) if message else None
 
 
-def describe(version: ModelVersion, *, model: str, resident_on: list[str] | None = None) -> VersionOut:
-    """The API view of a version of `model`."""
+def describe(
+    version: ModelVersion, *, model: str, resident_on: list[str] | None = None, internal: bool = False
+) -> VersionOut:
+    """The API view of a version of `model`. Where its artifact is stored and its name in Triton are the
+    platform's (`internal`: for admins): for tenants' keys they are null, and its config names the model
+    as they do (internal names and addresses never reach tenants)."""
+    config = version.config_text
+    if not internal and config is not None:
+        config = config.replace(f'name: "{version.triton_name}"', f'name: "{model}"', 1)
     return VersionOut(
         version=version.version,
         state=version.state,
@@ -255,10 +269,10 @@ def describe(version: ModelVersion, *, model: str, resident_on: list[str] | None
         memory_unreturned_bytes=version.memory_unreturned_bytes,
         sha256=version.sha256,
         size_bytes=version.size_bytes,
-        artifact_uri=version.artifact_uri,
-        triton_name=version.triton_name,
+        artifact_uri=version.artifact_uri if internal else None,
+        triton_name=version.triton_name if internal else None,
         signature=version.signature,
-        config=version.config_text,
+        config=config,
         serving=serving_of_config(version.config_text),
         created_at=version.created_at,
         updated_at=version.updated_at,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.api import Api
+from tests.support.deploy import deploy_onnx
 
 TENSOR = {"name": "a", "datatype": "FP32", "shape": [-1, 4]}
 
@@ -208,3 +210,25 @@ def test_a_chunked_management_body_over_its_limit_is_413_not_a_parse_error(
         "detail": "request body over the limit of 1000 bytes",
     }
     assert served.client.get(f"/v1/tenants/{tenant}/models", headers=served.headers()).status_code == 200
+
+
+def test_tenants_keys_see_no_storage_address_or_internal_name_of_their_versions(
+    api: Api, tmp_path: Path
+) -> None:
+    """A publisher's GET of its version showed `artifact_uri` (a server folder or bucket) and `triton_name`
+    (the version's name in Triton, also in its config): the platform's own, which the contract says never
+    reach tenants. Admins still see them."""
+    d = deploy_onnx(api, tmp_path)
+    url = f"/v1/tenants/{d.tenant}/models/{d.model}/versions"
+    mine = api.headers(d.publisher_key)
+    uploaded = api.upload(d.tenant, d.model, d.artifact, key=d.publisher_key).json()
+    one = api.client.get(f"{url}/1", headers=mine).json()
+    listed = api.client.get(url, headers=mine).json()
+    loaded = api.client.post(f"{url}/1/load", headers=mine).json()
+    for seen in (uploaded, one, *listed, loaded):
+        assert seen["artifact_uri"] is None and seen["triton_name"] is None, seen
+        assert d.triton_name not in str(seen) and "sha256/" not in str(seen)
+    assert 'name: "mlp"' in one["config"]
+    admin = api.client.get(f"{url}/1", headers=api.headers()).json()
+    assert admin["triton_name"] == d.triton_name and admin["artifact_uri"]
+    assert f'name: "{d.triton_name}"' in admin["config"]
