@@ -120,6 +120,7 @@ def test_serve_reaches_ready_serves_a_model_and_stops_cleanly(tmp_path: Path) ->
     proc, port, grpc_port = _start_ready(tmp_path, seen, CP_HTTP_KEEP_ALIVE_S="2")
     try:
         key = _wait_for_line(proc, r"Admin key \(generated.*\): (\S+)", timeout=5, seen=seen).group(1)
+        assert any(f"gRPC on 127.0.0.1:{grpc_port})" in line for line in seen), seen  # the banner names it
         example = _wait_for_line(proc, r"curl -H \"Authorization: Bearer (\S+)\" (\S+)", timeout=5, seen=seen)
         assert example.group(1) == key
         children = _descendants(proc.pid)

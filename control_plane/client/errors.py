@@ -55,6 +55,10 @@ class Forbidden(ApiError):
     """403: the key's role may not do this."""
 
 
+class QuotaExceeded(Forbidden):
+    """403 `QuotaExceeded`: the tenant's quota has no room (the detail names it and what to do)."""
+
+
 class NotFound(ApiError):
     """404: unknown (or another tenant's) tenant, model, version, alias or instance."""
 
@@ -149,6 +153,9 @@ BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
+BY_KIND: dict[str, type[ApiError]] = {"QuotaExceeded": QuotaExceeded}  # finer than their status's class
+
+
 def _kind_and_detail(response: httpx.Response) -> tuple[str | None, str]:
     """Read `{"error": Kind, "detail": msg}` (/v1) or `{"error": msg, "kind": Kind}` (/v2, KServe)."""
     try:
@@ -176,7 +183,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 def error_for(response: httpx.Response) -> ApiError:
     """The exception for an error response (its class chosen by status; the body's kind kept)."""
     kind, detail = _kind_and_detail(response)
-    cls = BY_STATUS.get(response.status_code, ApiError)
+    cls = BY_KIND.get(kind or "") or BY_STATUS.get(response.status_code, ApiError)
     return cls(
         detail,
         status_code=response.status_code,

@@ -85,7 +85,8 @@ def _admin_caller(table: RoutingTable, tenant_header: str | None, *, key_id: int
     tenant_id = table.tenant_ids.get(tenant_header or "")
     if tenant_id is None:
         raise NotFound(
-            "admin keys infer on behalf of a tenant: set the X-Tenant header to an existing tenant"
+            "admin keys infer on behalf of a tenant: set the X-Tenant header (gRPC: x-tenant metadata) to an "
+            "existing tenant"
         )
     return Caller(tenant_id=tenant_id, tenant=table.tenants[tenant_id], key_id=key_id)
 

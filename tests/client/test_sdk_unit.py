@@ -19,6 +19,7 @@ from control_plane.client import (
     ControlPlaneError,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     ServiceUnavailable,
     Unauthorized,
@@ -62,6 +63,8 @@ def version_body(number: int, state: str) -> dict[str, object]:
         (504, {"error": "UpstreamTimeout", "detail": "no answer"}, UpstreamTimeout, "UpstreamTimeout",
          "no answer"),
         (418, {"error": "Teapot", "detail": "short and stout"}, ApiError, "Teapot", "short and stout"),
+        (403, {"error": "QuotaExceeded", "detail": "max_keys of 2 reached"}, QuotaExceeded, "QuotaExceeded",
+         "max_keys of 2 reached"),  # a Forbidden too
         (502, "<html>bad gateway</html>", BadGateway, "BadGateway", "<html>bad gateway</html>"),
     ],
 )  # fmt: skip

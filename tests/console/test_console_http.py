@@ -265,3 +265,11 @@ def test_a_tenant_is_deleted_by_an_admin_after_confirmation(world: World, admin:
     with httpx.Client(base_url=world.url, follow_redirects=False, timeout=30) as client:
         sign_in = client.post("/console/login", data={"key": key})  # its key is refused
         assert sign_in.status_code == 401, sign_in.text
+
+
+def test_the_promote_forms_alias_suggestions_name_each_alias_once(world: World, admin: httpx.Client) -> None:
+    page = admin.get(f"/console/tenants/{world.tenant}/models/mlp").text
+    [suggestions] = re.findall(r'<datalist id="alias-names">(.*?)</datalist>', page)
+    names = re.findall(r'<option value="([^"]+)">', suggestions)
+    assert "production" in names and "staging" in names
+    assert len(names) == len(set(names)), names  # production was listed twice: as the model's, and always
