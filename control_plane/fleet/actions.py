@@ -390,15 +390,19 @@ class Actions:
                     self._abandon_load(endpoint, name)
                 self._failed(endpoint.name, name, version_id, getattr(exc, "message", None) or repr(exc))
                 return False
-        with self._lock:
-            self._loaded_at[key] = time.monotonic()
-        self.backoff.succeeded(key)
-        self.observed.stats.loaded(endpoint.name, ok=True)
-        try:
-            self.residency.loaded(endpoint, name, version_id, seconds)
-        except Exception:  # a measurement never fails the load
-            log.exception("measuring %s on %s failed", name, endpoint.name)
-        self.note_many(endpoint.name, [(version_id, "ready", None)])
+            # Recorded under the version's lock too: a retire or an unload waiting for it (a version
+            # deleted, its tenant with it, while it loaded) then comes after, and its `unloaded` is the
+            # last word, not this `ready` written over it (a review saw such placements stay `ready` for
+            # over 40 s, the version listed as resident, after Triton had unloaded it).
+            with self._lock:
+                self._loaded_at[key] = time.monotonic()
+            self.backoff.succeeded(key)
+            self.observed.stats.loaded(endpoint.name, ok=True)
+            try:
+                self.residency.loaded(endpoint, name, version_id, seconds)
+            except Exception:  # a measurement never fails the load
+                log.exception("measuring %s on %s failed", name, endpoint.name)
+            self.note_many(endpoint.name, [(version_id, "ready", None)])
         log.info("reconciler loaded %s on %s", name, endpoint.name)
         return True
 
