@@ -53,6 +53,12 @@ def _to_v2_request(body: bytes, contract: Contract, strings_limit: int | None) -
         raise Rejected(
             f'expected {{"inputs": {{"<input name>": [...]}}}}; the model takes {contract.expected()}'
         )
+    others = sorted(str(key) for key in document if key != "inputs")
+    if others:  # {"inputs": ..., "version": 2} served the alias' version, as if asked for
+        raise Rejected(
+            f'unknown field {others[0]!r}: /v1/predict takes only "inputs" (a version: '
+            "POST /v2/models/{model}/versions/{n}/infer; another alias: the X-Model-Alias header)"
+        )
     headers, blobs = [], []
     for name, value in given.items():
         rule = contract.inputs.get(name)

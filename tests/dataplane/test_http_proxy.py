@@ -134,6 +134,13 @@ def test_simple_predict(served: Api, tmp_path: Path) -> None:
     assert bad.status_code == 400
     assert bad.json()["error"] == "BadRequest"
     assert bad.json()["detail"] == "unknown input 'z'; the model's inputs are 'x'"
+    versioned = served.client.post(  # the field was ignored: the alias' version answered, as if asked for
+        f"/v1/predict/{d.model}",
+        json={"inputs": {"x": X.tolist()}, "version": 2},
+        headers={"Authorization": f"Bearer {d.consumer_key}"},
+    )
+    assert versioned.status_code == 400, versioned.text
+    assert versioned.json()["detail"].startswith("unknown field 'version': /v1/predict takes only \"inputs\"")
 
 
 def test_two_tenants_with_the_same_model_name_reach_their_own(served: Api, tmp_path: Path) -> None:
