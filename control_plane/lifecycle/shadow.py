@@ -69,7 +69,7 @@ class _Tally:
         )
 
 
-TENANT_SHARE = 4  # one tenant may hold at most a quarter of the pending shadow requests
+TENANT_SHARE = 2  # one tenant may hold at most half of the pending shadow requests
 
 
 class ShadowMirror:

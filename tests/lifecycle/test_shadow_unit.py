@@ -277,7 +277,7 @@ def test_percent_zero_sends_nothing_and_fifty_sends_about_half() -> None:
 
 def test_requests_over_a_tenants_share_of_max_pending_are_skipped() -> None:
     async def scenario() -> None:
-        async with harness(infer_reply(OUTPUTS, delay_s=0.3), max_pending=12) as h:  # a tenant's share: 3
+        async with harness(infer_reply(OUTPUTS, delay_s=0.3), max_pending=6) as h:  # a tenant's share: 3
             await h.serve(times=10)
             assert h.mirror.pending == 3
             assert await h.mirror.drain(5)
@@ -296,7 +296,7 @@ def test_mirror_returns_at_once_while_the_shadow_is_slow_and_close_cancels() -> 
                 b"POST", f"/v2/models/{LIVE}/infer", body=REQUEST, headers=REQUEST_HEADERS
             )
             durations = []
-            for _ in range(h.mirror.max_pending_per_tenant):  # all one tenant may have pending: 16
+            for _ in range(h.mirror.max_pending_per_tenant):  # all one tenant may have pending: 32
                 began = time.perf_counter()
                 h.mirror.mirror(
                     resolved=RESOLVED,
@@ -307,14 +307,14 @@ def test_mirror_returns_at_once_while_the_shadow_is_slow_and_close_cancels() -> 
                 )
                 durations.append(time.perf_counter() - began)
             assert max(durations) < 0.02, durations  # the shadow takes 5 s
-            assert h.mirror.pending == 16
+            assert h.mirror.pending == 32
             assert not await h.mirror.drain(0.2)
             began = time.perf_counter()
             await h.mirror.close()
             assert time.perf_counter() - began < 1.0
             assert h.mirror.pending == 0
             stats = h.mirror.stats(tenant="acme", model="m", alias="production")
-            assert stats is not None and (stats.requests, stats.matches, stats.errors) == (16, 0, 0)
+            assert stats is not None and (stats.requests, stats.matches, stats.errors) == (32, 0, 0)
             h.mirror.mirror(
                 resolved=RESOLVED,
                 body=REQUEST,
@@ -411,7 +411,7 @@ def test_one_tenants_slow_shadow_leaves_room_for_the_others() -> None:
     other = replace(RESOLVED, tenant="beta", triton_name=live2, shadow=(shadow2, 2, 100))
 
     async def scenario() -> None:
-        async with harness(infer_reply(OUTPUTS, delay_s=5.0), max_pending=8) as h:  # a tenant's share: 2
+        async with harness(infer_reply(OUTPUTS, delay_s=5.0), max_pending=4) as h:  # a tenant's share: 2
             h.triton.replies.update({live2: infer_reply(OUTPUTS), shadow2: infer_reply(OUTPUTS)})
             await h.serve(times=10)  # acme's slow shadow takes its whole share
             assert h.mirror.pending == 2
