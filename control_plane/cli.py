@@ -41,11 +41,17 @@ def _settings() -> Settings:
             field = "_".join(str(part) for part in error["loc"])
             given = (
                 f" (got {error['input']!r})"
-                if "input" in error and not isinstance(error["input"], dict)
+                if "input" in error and not isinstance(error["input"], dict) and not _is_secret(field)
                 else ""
             )
             typer.echo(f"control-plane: CP_{field.upper()}: {error['msg']}{given}", err=True)
         raise typer.Exit(2) from None
+
+
+def _is_secret(field: str) -> bool:
+    """Whether a setting holds a secret (a key, a token): its bad value is not echoed back."""
+    info = Settings.model_fields.get(field)
+    return info is not None and "SecretStr" in str(info.annotation)
 
 
 @contextlib.contextmanager

@@ -43,3 +43,13 @@ def test_an_unreachable_database_and_a_bad_setting_are_one_line(tmp_path: Path) 
     _refused(_run("db", "upgrade", CP_DATABASE_URL=closed), 1, "the registry database (CP_DATABASE_URL)")
     _refused(_run("db", "upgrade", CP_HTTP_PORT="abc"), 2, "CP_HTTP_PORT: Input should be a valid integer")
     _refused(_run("serve", CP_HTTP_PORT="abc"), 2, "(got 'abc')")
+
+
+def test_a_bad_secret_setting_is_named_and_its_value_never_echoed() -> None:
+    """The secrets' values are not repeated on stderr (a log may keep it), whatever refuses them."""
+    from control_plane.cli import _is_secret
+
+    assert [_is_secret(f) for f in ("admin_token", "s3_secret_key", "console_secret", "metrics_token")] == [
+        True
+    ] * 4
+    assert not _is_secret("http_port") and not _is_secret("database_url")
