@@ -30,6 +30,7 @@ from control_plane.dataplane.grpc_check import REQUEST_FIELDS, check_infer_reque
 from control_plane.dataplane.heavy import HeavyWork
 from control_plane.dataplane.protowire import WireError
 from control_plane.dataplane.v2request import decompress, header_length_of, prepare, prepare_http
+from control_plane.errors import BadRequest
 from control_plane.routing.contracts import contract_from_config
 
 MLP = Contract(inputs={"x": TensorRule("x", "FP32", (-1, 4))}, outputs=frozenset({"y"}), max_batch_size=8)
@@ -506,9 +507,17 @@ def test_predict_bodies_of_many_nested_lists_go_to_a_worker() -> None:
     rows = orjson.dumps({"inputs": {"x": [[1, 2, 3, 4]] * 8}})
     asyncio.run(checks.predict_request(ex, rows))
     assert workers.submitted == []
-    many = orjson.dumps({"inputs": {"x": [[1, 2, 3, 4]] * 8}, "note": [[]] * 5000})
+    unbatched = Contract(
+        inputs={"x": TensorRule("x", "FP32", (-1, 4))}, outputs=frozenset({"y"}), max_batch_size=0
+    )
+    ex.resolved = SimpleNamespace(contract=unbatched)  # type: ignore[assignment]
+    many = orjson.dumps({"inputs": {"x": [[1, 2, 3, 4]] * 5000}})
     body, length = asyncio.run(checks.predict_request(ex, many))
-    assert workers.submitted == [many] and orjson.loads(body[:length])["inputs"][0]["shape"] == [8, 4]
+    assert workers.submitted == [many] and orjson.loads(body[:length])["inputs"][0]["shape"] == [5000, 4]
+    noted = orjson.dumps({"inputs": {"x": [[1, 2, 3, 4]] * 8}, "note": [[]] * 5000})  # refused there too
+    with pytest.raises(BadRequest, match="unknown field 'note'"):
+        asyncio.run(checks.predict_request(ex, noted))
+    assert workers.submitted == [many, noted]
 
 
 def test_nested_data_is_counted_level_by_level_with_its_ranges_checked() -> None:
