@@ -211,6 +211,8 @@ def _load_or_refuse(
     session.refresh(version)
     if version.state == "retired":  # deleted (or its model) while it loaded: the lookup after the lock is 404
         return
+    if outcome == "ready" and version.state == "unloaded":  # released by keep-warm since: the caller loads
+        return  # it again (`ensure_ready_locked`); refused here, a slow move was a 409 "it is unloaded"
     if outcome != "ready" or version.state != "ready":
         _refuse(state, ctx=ctx, version=version, target=target, action=action, why=why)
 

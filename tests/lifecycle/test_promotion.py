@@ -148,6 +148,41 @@ def test_rollback_to_an_unloaded_version_reloads_it_first(
     assert failures == []
 
 
+def test_a_rollback_whose_version_keep_warm_released_right_after_its_load_loads_it_again(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keep-warm janitor may release the version between its load and the move's read of it (on a busy
+    machine the move came more than CP_KEEP_WARM_S after the load): the move answered 409 "it is unloaded
+    (unloaded after its keep-warm period)" (CI, `test_rollback_to_an_unloaded_version_reloads_it_first`)
+    instead of loading it again, as it does when the release comes after that read."""
+    v1, v2 = _two_versions(api, tmp_path)
+    assert (
+        api.client.put(_alias_url(v1), json={"version": v2.version}, headers=api.headers()).status_code == 200
+    )
+    loader, released = api.state.loader, list[int]()
+    real_submit = loader.submit_load
+
+    def load_then_release(version_id: int) -> Any:
+        done = real_submit(version_id)
+        done.result(timeout=60)
+        if not released:  # what the janitor's claim does, once, right after the load
+            with transaction(api.state.session_factory) as session:
+                version = session.get_one(ModelVersion, version_id)
+                version.state, version.state_message = "unloaded", "unloaded after its keep-warm period"
+            released.append(version_id)
+        return done
+
+    monkeypatch.setattr(loader, "submit_load", load_then_release)
+    with api.state.session_factory() as session:  # the version the rollback goes back to, not loaded
+        one = session.scalars(select(ModelVersion).where(ModelVersion.triton_name == v1.triton_name)).one()
+    with transaction(api.state.session_factory) as session:
+        session.get_one(ModelVersion, one.id).state = "unloaded"
+    rolled = api.client.post(_alias_url(v1) + "/rollback", headers=api.headers())
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["version"] == 1 and released == [one.id]
+    assert _version_state(api, v1, 1) == "ready"
+
+
 def test_a_version_that_failed_to_load_cannot_be_promoted(api: Api, tmp_path: Path) -> None:
     v1 = deploy_onnx(api, tmp_path, model="py")  # alias production -> an ONNX model named "py"
     spec: dict[str, Any] = {
