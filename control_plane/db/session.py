@@ -83,11 +83,13 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         hooks.committed(session)
 
 
-def sqlite_write_lock(session: Session, table: Any, row_id: int) -> None:
+def sqlite_write_lock(session: Session, table: Any, row_id: int) -> bool:
     """On SQLite, which ignores row locks (`FOR UPDATE`), take the database's write lock with a write that
     changes nothing (`table`'s row `row_id`), held to the commit: what the transaction reads after it is
     current, and transactions doing the same go one at a time, as a row lock makes them on Postgres (where
     this does nothing). Only where nothing slow follows before the commit: held across a Triton load, it
-    would stall the loader's own writes, every other writer's too."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(table).where(table.id == row_id).values(id=table.id))
+    would stall the loader's own writes, every other writer's too. Whether it took it (SQLite)."""
+    if session.get_bind().dialect.name != "sqlite":
+        return False
+    session.execute(update(table).where(table.id == row_id).values(id=table.id))
+    return True

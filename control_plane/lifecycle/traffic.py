@@ -91,9 +91,9 @@ def delete_alias(
     naming it get 404 once this commits, on every replica; the versions it named start their keep-warm
     period, and a version it held can be deleted. Protected aliases: admins only, as moves."""
     check_may_move(ctx=ctx, alias_name=alias_name, settings=state.settings, verb="delete")
-    live = repository.hold_model(session, model)  # SQLite: what the lock reads next is current
+    repository.hold_model(session, model)  # SQLite: what the lock reads next is current
     repository.lock_model(session, model)  # as a move: no promote or traffic change of the model beside
-    if not live or model.deleted_at is not None:  # deleted since it was read (the lock read it again)
+    if model.deleted_at is not None:  # deleted since it was read (the lock read it again)
         raise ModelNotFound(tenant.name, model.name)
     alias = _alias(session, model=model, alias_name=alias_name, lock=True)
     before = describe(session, state=state, tenant=tenant, model=model, alias=alias)

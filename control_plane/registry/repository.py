@@ -53,12 +53,13 @@ def lock_live_models(session: Session, *, tenant_id: int) -> list[Model]:
 def hold_model(session: Session, model: Model) -> bool:
     """Before a change of the model reads what it changes, right after `lock_model` or any load: on SQLite,
     which ignores that lock, the database's write lock (`sqlite_write_lock`), so two moves of one alias
-    cannot both read the same previous version. Never before a load (it would stall the loader). Then
-    `model` is read afresh; whether it is still live (on SQLite it may have been deleted, its tenant with
-    it, since the caller read it: the change would land in a deleted model)."""
-    sqlite_write_lock(session, Model, model.id)
-    fresh = session.get(Model, model.id, populate_existing=True)
-    return fresh is not None and fresh.deleted_at is None
+    cannot both read the same previous version. Never before a load (it would stall the loader). Whether
+    `model` is still live: on SQLite it is read afresh under that lock (it may have been deleted, its
+    tenant with it, since the caller read it: the change would land in a deleted model); on Postgres the
+    caller's locked read of it is current already."""
+    if sqlite_write_lock(session, Model, model.id):
+        session.refresh(model)
+    return model.deleted_at is None
 
 
 def list_models(session: Session, *, tenant_id: int, page: Page[str] | None = None) -> list[Model]:
