@@ -27,7 +27,6 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub
 
 from control_plane.dataplane import protowire
-from control_plane.dataplane.auth import Caller, authenticate
 from control_plane.dataplane.balance import Backend, TritonUnreachable, retryable
 from control_plane.dataplane.checks import as_app_error
 from control_plane.dataplane.contract import CheckLater, Rejected
@@ -46,6 +45,7 @@ from control_plane.dataplane.infer import (
     Gone,
     begin,
     check_rate,
+    identify,
     loaded_on_demand,
     observe,
     start_forward,
@@ -124,8 +124,6 @@ class GrpcProxy:
 
     def __init__(self, state: AppState):
         self.state = state
-        token = state.settings.admin_token
-        self._admin_token = token.get_secret_value() if token is not None else None
         self._pools: dict[str, H2Pool] = {}
         self._channels: dict[str, _Channel] = {}
         self._connections: set[GrpcServerConnection] = set()
@@ -191,7 +189,7 @@ class GrpcProxy:
         path = call.path
         if path == INFER_PATH:
             try:
-                self._authenticate(call)
+                identify(self.state, Exchange(call.headers))
             except AppError as exc:
                 return RpcFailure.of(exc)
             return None
@@ -477,20 +475,9 @@ class GrpcProxy:
         )
         return await asyncio.to_thread(_hide_internal_name, answer, resolved)
 
-    def _authenticate(self, call: ServerCall) -> Caller:
-        """The call's caller (key from `authorization`, admins' tenant from `x-tenant`), or what refuses
-        it."""
-        ex = Exchange(call.headers)
-        return authenticate(
-            self.state.router.table,
-            authorization=ex.header(b"authorization"),
-            tenant_header=ex.header(b"x-tenant"),
-            admin_token=self._admin_token,
-        )
-
     def _identify(self, call: ServerCall) -> None:
-        """Authenticate the call, counting its key's use."""
-        self.state.key_usage.touch(self._authenticate(call).key_id)
+        """Authenticate the call (as `begin` does), counting its key's use."""
+        self.state.key_usage.touch(identify(self.state, Exchange(call.headers)).key_id)
 
     def _resolve(self, call: ServerCall, model: str, version: str) -> Exchange:
         """Authenticate and resolve through the core, as ModelInfer does."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
-from control_plane.dataplane.auth import authenticate
+from control_plane.dataplane.auth import Caller, authenticate
 from control_plane.dataplane.callbacks import wait_for
 from control_plane.dataplane.exchange import JSON, Exchange, Reply
 from control_plane.dataplane.rewrite import rewrite_infer_response
@@ -35,13 +35,7 @@ EVICTED_CHECK_S = 0.1  # how long a failed answer waits for the routes to say wh
 
 def begin(state: AppState, ex: Exchange, *, model: str, version: int | None) -> None:
     """Authenticate the caller and resolve the model (no I/O: in-memory tables only)."""
-    admin = state.settings.admin_token
-    ex.caller = authenticate(
-        state.router.table,
-        authorization=ex.header(b"authorization"),
-        tenant_header=ex.header(b"x-tenant"),
-        admin_token=admin.get_secret_value() if admin is not None else None,
-    )
+    ex.caller = identify(state, ex)
     state.key_usage.touch(ex.caller.key_id)
     ex.resolved = state.router.resolve(
         tenant_id=ex.caller.tenant_id,
@@ -49,6 +43,18 @@ def begin(state: AppState, ex: Exchange, *, model: str, version: int | None) -> 
         alias=ex.header(b"x-model-alias"),
         version=version,
         routing_key=ex.header(b"x-routing-key"),
+    )
+
+
+def identify(state: AppState, ex: Exchange) -> Caller:
+    """The caller of the request's key (admins: for the tenant their `X-Tenant` names), for every protocol;
+    raises what refuses it (401, 404)."""
+    admin = state.settings.admin_token
+    return authenticate(
+        state.router.table,
+        authorization=ex.header(b"authorization"),
+        tenant_header=ex.header(b"x-tenant"),
+        admin_token=admin.get_secret_value() if admin is not None else None,
     )
 
 
@@ -120,27 +126,21 @@ async def wait_resident(state: AppState, ex: Exchange) -> None:
         return
     check_rate(state, ex)
     state.limits.acquire(caller.tenant_id)
-    future: asyncio.Future[AppError | None] = asyncio.get_running_loop().create_future()
 
-    def done(error: AppError | None) -> None:
-        if not future.done():
-            future.set_result(error)
+    def start(done: Callable[[AppError | None], None]) -> None:
+        ex.cancel = state.residency.when_resident(resolved, done)  # a hang-up ends the wait
 
     began = time.perf_counter()
     try:
-        cancel = ex.cancel = state.residency.when_resident(resolved, done)  # a hang-up ends the wait
-        try:
-            error = await future
-        except asyncio.CancelledError:
-            if cancel is not None:
-                cancel()
-            raise
+        await wait_for(start)  # raises the error the wait ended with
+    except asyncio.CancelledError:  # the call itself was cancelled (a gRPC reset): stop waiting
+        if ex.cancel is not None:
+            ex.cancel()
+        raise
     finally:
         ex.cancel = None
         ex.waited_s += time.perf_counter() - began
         state.limits.release(caller.tenant_id)
-    if error is not None:
-        raise error
 
 
 def _send(
